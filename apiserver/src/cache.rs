@@ -1,0 +1,370 @@
+//! The watch cache: one store watch per resource type, fanned out to every API watcher and
+//! serving `resourceVersion=0` lists (kube-apiserver's cacher, in miniature).
+//!
+//! # Definitions
+//!
+//! - The cache is *at* revision R when its object map equals the store's state of this type at
+//!   R. R advances with every store event and every store progress report.
+//! - The *window* is (`window_start`, R]: every event of this type with a revision in it is in
+//!   the event buffer. A watch may start after any revision in [`window_start`, R].
+//!
+//! # Invariants
+//!
+//! - Events in the buffer are in revision order and gap-free over the window.
+//! - A watcher is never silently skipped past an event: if its position falls out of the
+//!   window (buffer trimmed, store history compacted, cache re-listed) it gets `410 Expired`
+//!   and must re-list, exactly as with Kubernetes.
+//! - Each object is serialized once per revision ([`CachedObject::json`]); watchers share it.
+//!
+//! # Assumptions
+//!
+//! The store delivers every event after the cache's list revision exactly once and in order
+//! (the `Store` watch guarantee); progress responses are how a quiet type keeps up with the
+//! global revision, which is what bookmarks report.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use corral_store::{DynStore, EventKind, ListRequest, Revision, StoreError, WatchOptions};
+use futures::StreamExt;
+use serde_json::Value;
+use tokio::sync::watch;
+
+use crate::object;
+use crate::resource::ResourceType;
+
+/// One object at one revision, with its serialized form.
+#[derive(Debug)]
+pub struct CachedObject {
+    pub key: String,
+    pub revision: Revision,
+    pub value: Value,
+    pub json: Bytes,
+}
+
+impl CachedObject {
+    pub fn new(key: String, revision: Revision, mut value: Value) -> CachedObject {
+        object::set_resource_version(&mut value, revision);
+        let json = Bytes::from(serde_json::to_vec(&value).expect("a JSON value always serializes"));
+        CachedObject {
+            key,
+            revision,
+            value,
+            json,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventType {
+    Added,
+    Modified,
+    Deleted,
+}
+
+impl EventType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventType::Added => "ADDED",
+            EventType::Modified => "MODIFIED",
+            EventType::Deleted => "DELETED",
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct CacheEvent {
+    pub kind: EventType,
+    /// The new state; for a deletion, the last state with the deletion's revision.
+    pub object: Arc<CachedObject>,
+    /// The state before this event, for selector transitions.
+    pub prev: Option<Arc<CachedObject>>,
+}
+
+impl CacheEvent {
+    pub fn revision(&self) -> Revision {
+        self.object.revision
+    }
+}
+
+#[derive(Default)]
+struct State {
+    objects: BTreeMap<String, Arc<CachedObject>>,
+    events: VecDeque<Arc<CacheEvent>>,
+    window_start: Revision,
+    revision: Revision,
+    /// False until the first list completes, and while re-listing.
+    ready: bool,
+}
+
+/// What a watcher gets when it asks for the events after its position.
+pub enum Since {
+    /// The events after the position (possibly none), and the new position.
+    Events(Vec<Arc<CacheEvent>>, Revision),
+    /// The position is older than the window: the client must re-list.
+    Expired {
+        requested: Revision,
+        oldest: Revision,
+    },
+}
+
+pub struct Cacher {
+    pub resource: Arc<ResourceType>,
+    state: RwLock<State>,
+    /// The cache's revision; changes whenever events arrive or progress is made.
+    revision_tx: watch::Sender<Revision>,
+    capacity: usize,
+}
+
+/// Tunables of every cache.
+#[derive(Clone, Debug)]
+pub struct CacheConfig {
+    /// Events kept per resource type for watchers that resume from an older revision.
+    pub capacity: usize,
+    /// How often the store reports progress on a quiet type.
+    pub progress_interval: Duration,
+}
+
+impl Default for CacheConfig {
+    fn default() -> CacheConfig {
+        CacheConfig {
+            capacity: 20_000,
+            progress_interval: Duration::from_millis(500),
+        }
+    }
+}
+
+impl Cacher {
+    pub fn new(resource: Arc<ResourceType>, config: &CacheConfig) -> Arc<Cacher> {
+        let (revision_tx, _) = watch::channel(0);
+        Arc::new(Cacher {
+            resource,
+            state: RwLock::new(State::default()),
+            revision_tx,
+            capacity: config.capacity,
+        })
+    }
+
+    /// Keeps the cache in step with the store until the task is dropped.
+    pub async fn run(self: Arc<Cacher>, store: DynStore, config: CacheConfig) {
+        let prefix = self.resource.key_prefix();
+        let mut backoff = Duration::from_millis(100);
+        let mut need_list = true;
+        loop {
+            if need_list {
+                match self.list(&store, &prefix).await {
+                    Ok(()) => need_list = false,
+                    Err(error) => {
+                        tracing::warn!(resource = %self.resource.plural, %error, "cache list failed; retrying");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                        continue;
+                    }
+                }
+            }
+            let after = self.revision();
+            let options = WatchOptions {
+                after,
+                progress_interval: config.progress_interval,
+            };
+            let mut stream = match store.watch(&prefix, options).await {
+                Ok(stream) => stream,
+                Err(error) => {
+                    need_list = matches!(error, StoreError::Compacted { .. });
+                    tracing::warn!(resource = %self.resource.plural, %error, "cache watch failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+            };
+            backoff = Duration::from_millis(100);
+            while let Some(item) = stream.next().await {
+                match item {
+                    Ok(response) => self.apply(response),
+                    Err(error) => {
+                        need_list = matches!(error, StoreError::Compacted { .. });
+                        tracing::warn!(resource = %self.resource.plural, %error, "cache watch broke; resuming");
+                        break;
+                    }
+                }
+            }
+            tokio::time::sleep(backoff).await;
+        }
+    }
+
+    async fn list(&self, store: &DynStore, prefix: &str) -> Result<(), StoreError> {
+        let mut objects = BTreeMap::new();
+        let mut revision = None;
+        let mut start = None;
+        loop {
+            let page = store
+                .list(ListRequest {
+                    prefix: prefix.to_string(),
+                    revision,
+                    start: start.clone(),
+                    limit: Some(1000),
+                })
+                .await?;
+            revision = Some(page.revision);
+            for kv in &page.items {
+                match object::decode(kv) {
+                    Ok(stored) => {
+                        objects.insert(
+                            kv.key.clone(),
+                            Arc::new(CachedObject::new(
+                                kv.key.clone(),
+                                kv.mod_revision,
+                                stored.object,
+                            )),
+                        );
+                    }
+                    Err(error) => tracing::error!(%error, "skipping corrupt object"),
+                }
+            }
+            match (page.more, page.items.last()) {
+                (true, Some(last)) => start = Some(format!("{}\0", last.key)),
+                _ => break,
+            }
+        }
+        let revision = revision.unwrap_or(0);
+        {
+            let mut state = self.state.write().expect("cache lock poisoned");
+            // Everything a watcher may have been positioned at is gone from the window.
+            state.objects = objects;
+            state.events.clear();
+            state.window_start = revision;
+            state.revision = revision;
+            state.ready = true;
+        }
+        self.revision_tx.send_replace(revision);
+        Ok(())
+    }
+
+    fn apply(&self, response: corral_store::WatchResponse) {
+        let mut state = self.state.write().expect("cache lock poisoned");
+        for event in response.events {
+            let key = event.kv.key.clone();
+            let revision = event.kv.mod_revision;
+            if revision <= state.revision {
+                continue; // Already reflected (the store promises no duplicates; belt and braces).
+            }
+            let prev = state.objects.get(&key).cloned();
+            let decoded = match object::decode(&event.kv) {
+                Ok(stored) => stored.object,
+                Err(error) => {
+                    tracing::error!(%error, "skipping corrupt object in watch");
+                    continue;
+                }
+            };
+            let cached = Arc::new(CachedObject::new(key.clone(), revision, decoded));
+            let kind = match event.kind {
+                EventKind::Create => EventType::Added,
+                EventKind::Update => EventType::Modified,
+                EventKind::Delete => EventType::Deleted,
+            };
+            if kind == EventType::Deleted {
+                state.objects.remove(&key);
+            } else {
+                state.objects.insert(key, cached.clone());
+            }
+            state.events.push_back(Arc::new(CacheEvent {
+                kind,
+                object: cached,
+                prev,
+            }));
+            state.revision = revision;
+            while state.events.len() > self.capacity {
+                if let Some(dropped) = state.events.pop_front() {
+                    state.window_start = dropped.revision();
+                }
+            }
+        }
+        if response.progress > state.revision {
+            state.revision = response.progress;
+        }
+        let revision = state.revision;
+        drop(state);
+        self.revision_tx.send_if_modified(|r| {
+            let changed = *r != revision;
+            *r = revision;
+            changed
+        });
+    }
+
+    /// Drops history at or below a compacted revision, so watchers from before it get 410
+    /// from every API server alike.
+    pub fn forget_before(&self, compacted: Revision) {
+        let mut state = self.state.write().expect("cache lock poisoned");
+        while state
+            .events
+            .front()
+            .is_some_and(|e| e.revision() <= compacted)
+        {
+            state.events.pop_front();
+        }
+        if state.window_start < compacted {
+            state.window_start = compacted.min(state.revision);
+        }
+    }
+
+    pub fn revision(&self) -> Revision {
+        self.state.read().expect("cache lock poisoned").revision
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.state.read().expect("cache lock poisoned").ready
+    }
+
+    /// Waits until the cache is ready and at least at `revision`, for at most `timeout`.
+    pub async fn wait_for(&self, revision: Revision, timeout: Duration) -> bool {
+        let mut rx = self.revision_tx.subscribe();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if self.is_ready() && self.revision() >= revision {
+                return true;
+            }
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Ok(Ok(())) => continue,
+                _ => return self.is_ready() && self.revision() >= revision,
+            }
+        }
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<Revision> {
+        self.revision_tx.subscribe()
+    }
+
+    /// Every current object (in key order) and the revision they are at.
+    pub fn snapshot(&self) -> (Vec<Arc<CachedObject>>, Revision) {
+        let state = self.state.read().expect("cache lock poisoned");
+        (state.objects.values().cloned().collect(), state.revision)
+    }
+
+    /// Current objects whose key starts with `prefix`, and the revision they are at.
+    pub fn snapshot_prefix(&self, prefix: &str) -> (Vec<Arc<CachedObject>>, Revision) {
+        let state = self.state.read().expect("cache lock poisoned");
+        let objects = state
+            .objects
+            .range(prefix.to_string()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(_, v)| v.clone())
+            .collect();
+        (objects, state.revision)
+    }
+
+    /// The events after `position`, or `Expired` if they are no longer all known.
+    pub fn since(&self, position: Revision) -> Since {
+        let state = self.state.read().expect("cache lock poisoned");
+        if position < state.window_start || !state.ready {
+            return Since::Expired {
+                requested: position,
+                oldest: state.window_start,
+            };
+        }
+        let first = state.events.partition_point(|e| e.revision() <= position);
+        let events = state.events.range(first..).cloned().collect();
+        Since::Events(events, state.revision.max(position))
+    }
+}

@@ -1,0 +1,327 @@
+//! The garbage collector: keeps ownerReferences and deletion propagation true, as
+//! kube-controller-manager's GC and namespace controller do for a real cluster.
+//!
+//! # Definitions
+//!
+//! - A dependent's owner *exists* if (and only if) an object of the owner's kind and name with
+//!   the referenced uid is in the store (checked against the store before acting, never on a
+//!   possibly stale cache alone).
+//! - An owner is *orphaning* if it is being deleted with the `orphan` finalizer, and
+//!   *deleting in the foreground* if it is being deleted with `foregroundDeletion`.
+//!
+//! # What it converges
+//!
+//! - Background: a dependent none of whose owners exists is deleted.
+//! - A dependent with some owners gone loses the dangling references.
+//! - Orphan: dependents of an orphaning owner lose their reference to it; then the owner's
+//!   `orphan` finalizer is removed.
+//! - Foreground: dependents of an owner deleting in the foreground are deleted (in the
+//!   foreground too); once no dependent with `blockOwnerDeletion: true` remains, the owner's
+//!   `foregroundDeletion` finalizer is removed.
+//! - A namespace being deleted loses its content; when none is left, its `kubernetes`
+//!   finalizer goes and the namespace is removed.
+//!
+//! # Assumptions
+//!
+//! Every action is a conditional write or delete and "already done" (NotFound) is success, so
+//! several API servers may collect at once. Level-triggered: each pass computes from the
+//! caches' current state; events only decide when a pass is worth running.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use corral_store::Revision;
+use serde_json::{Value, json};
+
+use crate::ApiServer;
+use crate::cache::{CachedObject, EventType, Since};
+use crate::handlers::delete::{self, DeleteOptions, FOREGROUND, ORPHAN, Propagation};
+use crate::object;
+use crate::resource::ResourceType;
+
+const POLL: Duration = Duration::from_millis(100);
+
+pub async fn run(server: Arc<ApiServer>) {
+    let mut positions: Vec<Revision> = server.caches().iter().map(|c| c.revision()).collect();
+    let mut dirty = true;
+    let mut next_resync = tokio::time::Instant::now() + server.config.gc_resync_interval;
+    let mut ticker = tokio::time::interval(POLL);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        for (cache, position) in server.caches().iter().zip(positions.iter_mut()) {
+            match cache.since(*position) {
+                Since::Events(events, new_position) => {
+                    dirty |= events.iter().any(|e| is_relevant(e.kind, &e.object.value));
+                    *position = new_position;
+                }
+                Since::Expired { .. } => {
+                    dirty = true;
+                    *position = cache.revision();
+                }
+            }
+        }
+        if tokio::time::Instant::now() >= next_resync {
+            dirty = true;
+            next_resync = tokio::time::Instant::now() + server.config.gc_resync_interval;
+        }
+        if dirty {
+            // A pass that acted will cause events; the next pass checks their effect.
+            dirty = collect(&server).await;
+        }
+    }
+}
+
+fn is_relevant(kind: EventType, value: &Value) -> bool {
+    kind == EventType::Deleted
+        || object::is_deleting(value)
+        || object::meta(value).is_some_and(|m| m.contains_key("ownerReferences"))
+}
+
+struct Entry {
+    resource: Arc<ResourceType>,
+    object: Arc<CachedObject>,
+}
+
+fn owner_refs(value: &Value) -> Vec<Value> {
+    object::meta(value)
+        .and_then(|m| m.get("ownerReferences"))
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default()
+}
+
+fn ref_uid(reference: &Value) -> &str {
+    reference.get("uid").and_then(Value::as_str).unwrap_or("")
+}
+
+/// One pass; returns true if it acted (so another pass should follow).
+async fn collect(server: &Arc<ApiServer>) -> bool {
+    let mut by_uid: HashMap<String, Entry> = HashMap::new();
+    let mut all: Vec<Entry> = Vec::new();
+    for cache in server.caches() {
+        let (objects, _) = cache.snapshot();
+        for o in objects {
+            let entry = Entry {
+                resource: cache.resource.clone(),
+                object: o.clone(),
+            };
+            by_uid.insert(
+                object::uid(&o.value).to_string(),
+                Entry {
+                    resource: cache.resource.clone(),
+                    object: o,
+                },
+            );
+            all.push(entry);
+        }
+    }
+    let mut acted = false;
+    // Owners that still have dependents referencing them: (any, blocking).
+    let mut referenced: HashSet<String> = HashSet::new();
+    let mut blocking: HashSet<String> = HashSet::new();
+
+    for dependent in &all {
+        let value = &dependent.object.value;
+        let refs = owner_refs(value);
+        if refs.is_empty() {
+            continue;
+        }
+        let mut dangling = Vec::new();
+        let mut orphaned = Vec::new();
+        let mut foreground = false;
+        for r in &refs {
+            let uid = ref_uid(r);
+            match by_uid.get(uid) {
+                Some(owner)
+                    if object::is_deleting(&owner.object.value)
+                        && object::finalizers(&owner.object.value)
+                            .iter()
+                            .any(|f| f == ORPHAN) =>
+                {
+                    orphaned.push(uid.to_string());
+                }
+                Some(owner) => {
+                    if object::is_deleting(&owner.object.value)
+                        && object::finalizers(&owner.object.value)
+                            .iter()
+                            .any(|f| f == FOREGROUND)
+                    {
+                        foreground = true;
+                    }
+                    referenced.insert(uid.to_string());
+                    if r.get("blockOwnerDeletion").and_then(Value::as_bool) == Some(true) {
+                        blocking.insert(uid.to_string());
+                    }
+                }
+                None => {
+                    if !owner_exists(server, r, object::namespace(value)).await {
+                        dangling.push(uid.to_string());
+                    } else {
+                        referenced.insert(uid.to_string());
+                    }
+                }
+            }
+        }
+        let key = dependent
+            .resource
+            .key(object::namespace(value), object::name(value));
+        let target = dependent.resource.target(object::name(value));
+        if dangling.len() == refs.len() {
+            if !object::is_deleting(value) {
+                tracing::info!(kind = %dependent.resource.kind, name = object::name(value), "deleting dependent whose owners are gone");
+                let options = DeleteOptions {
+                    propagation: Some(Propagation::Background),
+                    ..Default::default()
+                };
+                let _ = delete::delete_object(server, &dependent.resource, &key, &target, &options)
+                    .await;
+                acted = true;
+            }
+            continue;
+        }
+        if foreground && !object::is_deleting(value) {
+            let options = DeleteOptions {
+                propagation: Some(Propagation::Foreground),
+                ..Default::default()
+            };
+            let _ =
+                delete::delete_object(server, &dependent.resource, &key, &target, &options).await;
+            acted = true;
+        }
+        let drop: Vec<String> = dangling.into_iter().chain(orphaned).collect();
+        if !drop.is_empty() {
+            let result = delete::mutate(server, &dependent.resource, &key, |o| {
+                let kept: Vec<Value> = owner_refs(o)
+                    .into_iter()
+                    .filter(|r| !drop.contains(&ref_uid(r).to_string()))
+                    .collect();
+                let m = object::meta_mut(o);
+                if kept.is_empty() {
+                    m.remove("ownerReferences");
+                } else {
+                    m.insert("ownerReferences".into(), json!(kept));
+                }
+                true
+            })
+            .await;
+            if let Err(error) = result {
+                tracing::warn!(%error, "could not remove owner references");
+            }
+            acted = true;
+        }
+    }
+
+    for owner in &all {
+        let value = &owner.object.value;
+        if !object::is_deleting(value) {
+            continue;
+        }
+        let uid = object::uid(value).to_string();
+        let finalizers = object::finalizers(value);
+        let key = owner
+            .resource
+            .key(object::namespace(value), object::name(value));
+        let release_orphan =
+            finalizers.iter().any(|f| f == ORPHAN) && !referenced.contains(&uid) && !acted;
+        let release_foreground =
+            finalizers.iter().any(|f| f == FOREGROUND) && !blocking.contains(&uid) && !acted;
+        if release_orphan || release_foreground {
+            let result = delete::mutate(server, &owner.resource, &key, |o| {
+                let kept: Vec<String> = object::finalizers(o)
+                    .into_iter()
+                    .filter(|f| {
+                        !(release_orphan && f == ORPHAN) && !(release_foreground && f == FOREGROUND)
+                    })
+                    .collect();
+                object::set_finalizers(o, kept);
+                true
+            })
+            .await;
+            if let Err(error) = result {
+                tracing::warn!(%error, "could not remove a deletion finalizer");
+            }
+            acted = true;
+        }
+        if owner.resource.group.is_empty() && owner.resource.plural == "namespaces" {
+            acted |= finalize_namespace(server, &all, owner).await;
+        }
+    }
+    acted
+}
+
+/// Deletes a terminating namespace's content; removes the namespace once it is empty.
+async fn finalize_namespace(server: &Arc<ApiServer>, all: &[Entry], namespace: &Entry) -> bool {
+    let name = object::name(&namespace.object.value);
+    let content: Vec<&Entry> = all
+        .iter()
+        .filter(|e| e.resource.namespaced && object::namespace(&e.object.value) == Some(name))
+        .collect();
+    if content.is_empty() {
+        let key = namespace.resource.key(None, name);
+        let result = delete::mutate(server, &namespace.resource, &key, |o| {
+            if let Some(spec) = o.get_mut("spec").and_then(Value::as_object_mut) {
+                spec.remove("finalizers");
+            }
+            true
+        })
+        .await;
+        if let Err(error) = result {
+            tracing::warn!(%error, namespace = name, "could not finalize namespace");
+        }
+        return true;
+    }
+    let mut acted = false;
+    for entry in content {
+        let value = &entry.object.value;
+        if object::is_deleting(value) {
+            continue;
+        }
+        let key = entry.resource.key(Some(name), object::name(value));
+        let target = entry.resource.target(object::name(value));
+        let options = DeleteOptions {
+            propagation: Some(Propagation::Background),
+            ..Default::default()
+        };
+        let _ = delete::delete_object(server, &entry.resource, &key, &target, &options).await;
+        acted = true;
+    }
+    acted
+}
+
+/// Checks the store (not the cache) for an owner, so a lagging cache never causes a delete.
+async fn owner_exists(
+    server: &ApiServer,
+    reference: &Value,
+    dependent_namespace: Option<&str>,
+) -> bool {
+    let api_version = reference
+        .get("apiVersion")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    let kind = reference.get("kind").and_then(Value::as_str).unwrap_or("");
+    let name = reference.get("name").and_then(Value::as_str).unwrap_or("");
+    let group = api_version.rsplit_once('/').map(|(g, _)| g).unwrap_or("");
+    let Some(resource) = server
+        .registry
+        .types()
+        .iter()
+        .find(|t| t.group == group && t.kind == kind)
+    else {
+        // An owner of a kind this server does not serve cannot be checked; keep the reference.
+        return true;
+    };
+    let namespace = if resource.namespaced {
+        dependent_namespace
+    } else {
+        None
+    };
+    match server.store.get(&resource.key(namespace, name)).await {
+        Ok(Some(kv)) => {
+            object::decode(&kv).is_ok_and(|s| object::uid(&s.object) == ref_uid(reference))
+        }
+        Ok(None) => false,
+        Err(_) => true,
+    }
+}

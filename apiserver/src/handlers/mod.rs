@@ -1,0 +1,362 @@
+//! HTTP routing: paths are parsed by hand (not by the router) because Kubernetes paths are
+//! ambiguous to a pattern router — `/api/v1/namespaces/x` is an object, while
+//! `/api/v1/namespaces/x/events` is a collection inside it.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use bytes::Bytes;
+use serde_json::Value;
+
+use crate::ApiServer;
+use crate::error::{ApiError, ApiResult, Reason};
+use crate::query::Query;
+use crate::resource::ResourceType;
+
+pub mod delete;
+pub mod discovery;
+pub mod openapi;
+mod read;
+mod table;
+mod watch;
+pub mod write;
+
+pub fn router(server: Arc<ApiServer>) -> Router {
+    Router::new()
+        .route("/version", get(discovery::version))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/livez", get(|| async { "ok" }))
+        .route("/readyz", get(|| async { "ok" }))
+        .route("/openapi/v2", get(|| async { ApiError::no_route() }))
+        .route("/openapi/v3", get(openapi::index))
+        .route("/openapi/v3/{*path}", get(openapi::document))
+        .fallback(dispatch)
+        .with_state(server)
+        .layer(
+            tower_http::trace::TraceLayer::new_for_http()
+                .make_span_with(|request: &Request| {
+                    tracing::info_span!("request", method = %request.method(), uri = %request.uri())
+                })
+                .on_response(tower_http::trace::DefaultOnResponse::new().level(tracing::Level::DEBUG)),
+        )
+}
+
+/// A subresource of an object.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Subresource {
+    Status,
+}
+
+/// A request aimed at a resource: collection, object or subresource.
+pub struct ResourceRequest {
+    pub server: Arc<ApiServer>,
+    pub resource: Arc<ResourceType>,
+    pub version: String,
+    pub namespace: Option<String>,
+    pub name: Option<String>,
+    pub subresource: Option<Subresource>,
+    pub query: Query,
+    pub headers: HeaderMap,
+}
+
+impl ResourceRequest {
+    pub fn api_version(&self) -> String {
+        self.resource.api_version(&self.version)
+    }
+
+    pub fn target(&self) -> crate::error::Target {
+        self.resource.target(self.name.as_deref().unwrap_or(""))
+    }
+
+    /// The name from the path; only called on object routes.
+    pub fn object_name(&self) -> &str {
+        self.name.as_deref().unwrap_or("")
+    }
+
+    pub fn key(&self) -> String {
+        self.resource
+            .key(self.namespace.as_deref(), self.object_name())
+    }
+
+    /// The field manager: `?fieldManager=`, else derived from the User-Agent like Kubernetes
+    /// (the program name before the first `/`).
+    pub fn field_manager(&self) -> String {
+        if let Some(m) = self.query.string("fieldManager") {
+            return m.to_string();
+        }
+        let agent = self
+            .headers
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("unknown");
+        agent.split('/').next().unwrap_or(agent).to_string()
+    }
+}
+
+/// What the client accepts in a response body.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Accept {
+    Json,
+    Table,
+}
+
+fn negotiate(headers: &HeaderMap) -> ApiResult<Accept> {
+    let Some(accept) = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()) else {
+        return Ok(Accept::Json);
+    };
+    let mut json = false;
+    for part in accept.split(',') {
+        let part = part.trim();
+        let media = part.split(';').next().unwrap_or("").trim();
+        if part.contains("as=Table")
+            && part.contains("g=meta.k8s.io")
+            && media == "application/json"
+        {
+            return Ok(Accept::Table);
+        }
+        if media.is_empty()
+            || media == "*/*"
+            || media == "application/*"
+            || (media == "application/json" && !part.contains("as="))
+        {
+            json = true;
+        }
+    }
+    if json {
+        Ok(Accept::Json)
+    } else {
+        Err(ApiError::new(
+            Reason::NotAcceptable,
+            format!(
+                "only the following media types are accepted: application/json, application/json;as=Table;v=v1;g=meta.k8s.io (requested {accept})"
+            ),
+        ))
+    }
+}
+
+/// A JSON reply.
+pub fn json_response(status: StatusCode, value: &Value) -> Response {
+    let body = serde_json::to_vec(value).expect("a JSON value always serializes");
+    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+async fn dispatch(State(server): State<Arc<ApiServer>>, request: Request) -> Response {
+    match route(server, request).await {
+        Ok(response) => response,
+        Err(error) => error.into_response(),
+    }
+}
+
+async fn route(server: Arc<ApiServer>, request: Request) -> ApiResult<Response> {
+    let (parts, body) = request.into_parts();
+    let path = parts.uri.path().to_string();
+    let segments: Vec<&str> = path
+        .trim_matches('/')
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .collect();
+    let query = Query::parse(parts.uri.query());
+    let (group, version, rest): (&str, &str, &[&str]) = match segments.as_slice() {
+        ["api"] => return Ok(discovery::api()),
+        ["apis"] => return discovery::apis(&server, &parts.headers),
+        ["api", "v1"] => return discovery::resource_list(&server, "", "v1"),
+        ["apis", group] => return discovery::group(&server, group),
+        ["apis", group, version] => return discovery::resource_list(&server, group, version),
+        ["api", "v1", rest @ ..] => ("", "v1", rest),
+        ["apis", group, version, rest @ ..] => (group, version, rest),
+        _ => return Err(ApiError::no_route()),
+    };
+    let (namespace, plural, name, sub) =
+        parse_resource_path(group, rest).ok_or_else(ApiError::no_route)?;
+    let resource = server
+        .registry
+        .lookup(group, plural)
+        .ok_or_else(ApiError::no_route)?
+        .clone();
+    if resource.version(version).is_none() {
+        return Err(ApiError::no_route());
+    }
+    // A namespaced path for a cluster-scoped kind, or a bare name for a namespaced kind, names
+    // no resource.
+    if namespace.is_some() != resource.namespaced && name.is_some() {
+        return Err(ApiError::no_route());
+    }
+    if namespace.is_some() && !resource.namespaced {
+        return Err(ApiError::no_route());
+    }
+    let subresource = match sub {
+        None => None,
+        Some("status") if resource.has_status => Some(Subresource::Status),
+        Some(_) => return Err(ApiError::no_route()),
+    };
+    let accept = negotiate(&parts.headers)?;
+    let request = ResourceRequest {
+        server: server.clone(),
+        resource,
+        version: version.to_string(),
+        namespace: namespace.map(String::from),
+        name: name.map(String::from),
+        subresource,
+        query,
+        headers: parts.headers,
+    };
+    let method = parts.method;
+    let is_object = request.name.is_some();
+    let body_needed = matches!(
+        method,
+        Method::POST | Method::PUT | Method::PATCH | Method::DELETE
+    );
+    let body = if body_needed {
+        read_body(body, server.config.max_body_bytes).await?
+    } else {
+        Bytes::new()
+    };
+    match (method, is_object) {
+        (Method::GET, false) if request.query.bool("watch") => watch::watch(request, accept).await,
+        (Method::GET, false) => read::list(request, accept).await,
+        (Method::POST, false) if request.subresource.is_none() => {
+            write::create(request, body).await
+        }
+        (Method::DELETE, false) => delete::delete_collection(request, body).await,
+        (Method::GET, true) => read::get(request, accept).await,
+        (Method::PUT, true) => write::replace(request, body).await,
+        (Method::PATCH, true) => write::patch(request, body).await,
+        (Method::DELETE, true) if request.subresource.is_none() => {
+            delete::delete(request, body).await
+        }
+        (method, _) => Err(ApiError::new(
+            Reason::MethodNotAllowed,
+            format!("the server does not allow this method on the requested resource ({method})"),
+        )),
+    }
+}
+
+/// Splits the part of a resource path after the group version into
+/// (namespace, plural, name, subresource).
+fn parse_resource_path<'a>(
+    group: &str,
+    rest: &[&'a str],
+) -> Option<(Option<&'a str>, &'a str, Option<&'a str>, Option<&'a str>)> {
+    let namespaced = rest.first() == Some(&"namespaces")
+        && rest.len() >= 3
+        // `/api/v1/namespaces/x/status` is the namespace's own subresource.
+        && !(group.is_empty() && rest.len() == 3 && matches!(rest[2], "status" | "finalize"));
+    if namespaced {
+        match rest {
+            [_, ns, plural] => Some((Some(ns), plural, None, None)),
+            [_, ns, plural, name] => Some((Some(ns), plural, Some(name), None)),
+            [_, ns, plural, name, sub] => Some((Some(ns), plural, Some(name), Some(sub))),
+            _ => None,
+        }
+    } else {
+        match rest {
+            [plural] => Some((None, plural, None, None)),
+            [plural, name] => Some((None, plural, Some(name), None)),
+            [plural, name, sub] => Some((None, plural, Some(name), Some(sub))),
+            _ => None,
+        }
+    }
+}
+
+async fn read_body(body: Body, limit: usize) -> ApiResult<Bytes> {
+    axum::body::to_bytes(body, limit).await.map_err(|_| {
+        ApiError::new(
+            Reason::RequestEntityTooLarge,
+            format!("the request body is larger than the limit of {limit} bytes"),
+        )
+    })
+}
+
+/// Decodes a JSON or YAML request body into an object.
+pub fn decode_body(headers: &HeaderMap, body: &[u8]) -> ApiResult<Value> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::bad_request("the request body is empty"));
+    }
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/json");
+    let value: Value = if content_type.contains("yaml") {
+        let text = std::str::from_utf8(body)
+            .map_err(|_| ApiError::bad_request("the request body is not valid UTF-8"))?;
+        serde_saphyr::from_str(text).map_err(|e| {
+            ApiError::bad_request(format!("the request body is not valid YAML: {e}"))
+        })?
+    } else {
+        serde_json::from_slice(body).map_err(|e| {
+            ApiError::bad_request(format!("the request body is not valid JSON: {e}"))
+        })?
+    };
+    if !value.is_object() {
+        return Err(ApiError::bad_request(
+            "the request body must be a JSON object",
+        ));
+    }
+    Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_split_into_namespace_plural_name_and_subresource() {
+        let check =
+            |group: &str, path: &str, expect: (Option<&str>, &str, Option<&str>, Option<&str>)| {
+                let rest: Vec<&str> = path.split('/').collect();
+                assert_eq!(parse_resource_path(group, &rest), Some(expect), "{path}");
+            };
+        check("", "namespaces", (None, "namespaces", None, None));
+        check(
+            "",
+            "namespaces/default",
+            (None, "namespaces", Some("default"), None),
+        );
+        check(
+            "",
+            "namespaces/default/status",
+            (None, "namespaces", Some("default"), Some("status")),
+        );
+        check(
+            "",
+            "namespaces/default/events",
+            (Some("default"), "events", None, None),
+        );
+        check(
+            "g",
+            "namespaces/ns/instances/a/status",
+            (Some("ns"), "instances", Some("a"), Some("status")),
+        );
+        check("g", "sleds/s1", (None, "sleds", Some("s1"), None));
+    }
+
+    #[test]
+    fn accept_negotiation_prefers_tables_and_refuses_protobuf_only() {
+        let mut h = HeaderMap::new();
+        assert_eq!(negotiate(&h).unwrap(), Accept::Json);
+        h.insert(
+            header::ACCEPT,
+            "application/json;as=Table;v=v1;g=meta.k8s.io,application/json"
+                .parse()
+                .unwrap(),
+        );
+        assert_eq!(negotiate(&h).unwrap(), Accept::Table);
+        h.insert(
+            header::ACCEPT,
+            "application/vnd.kubernetes.protobuf,application/json"
+                .parse()
+                .unwrap(),
+        );
+        assert_eq!(negotiate(&h).unwrap(), Accept::Json);
+        h.insert(
+            header::ACCEPT,
+            "application/vnd.kubernetes.protobuf".parse().unwrap(),
+        );
+        assert_eq!(negotiate(&h).unwrap_err().reason, Reason::NotAcceptable);
+    }
+}

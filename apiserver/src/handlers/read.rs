@@ -1,0 +1,400 @@
+//! GET of one object and LIST of a collection (k8s-api.md §6).
+//!
+//! - `resourceVersion` unset: a consistent read from the store, paginated with `limit` and
+//!   `continue` at one revision.
+//! - `resourceVersion=0` or `resourceVersionMatch=NotOlderThan`: served from the watch cache
+//!   (after it has caught up to the asked revision); `limit` is ignored, which Kubernetes allows.
+//! - `resourceVersionMatch=Exact`: a store read at exactly that revision (410 once compacted).
+
+use std::sync::Arc;
+
+use axum::http::StatusCode;
+use axum::response::Response;
+use base64::Engine;
+use corral_store::{ListRequest, StoreError};
+use serde_json::{Value, json};
+
+use super::table::{self, IncludeObject};
+use super::{Accept, ResourceRequest, json_response};
+use crate::error::{ApiError, ApiResult, Reason};
+use crate::filter::Filter;
+use crate::object;
+
+/// Sets the apiVersion and kind a client asked for on an object from the store or cache.
+pub fn present(request: &ResourceRequest, mut object: Value) -> Value {
+    if let Some(map) = object.as_object_mut() {
+        map.insert("apiVersion".into(), json!(request.api_version()));
+        map.insert("kind".into(), json!(request.resource.kind));
+    }
+    object
+}
+
+/// The single-object reply, as JSON or as a one-row Table.
+pub fn object_response(
+    request: &ResourceRequest,
+    accept: Accept,
+    status: StatusCode,
+    object: Value,
+) -> Response {
+    let object = present(request, object);
+    match accept {
+        Accept::Json => json_response(status, &object),
+        Accept::Table => {
+            let version = request
+                .resource
+                .version(&request.version)
+                .expect("version was checked when routing");
+            let rv = object
+                .pointer("/metadata/resourceVersion")
+                .cloned()
+                .unwrap_or(json!(""));
+            let row = table::row(version, &object, IncludeObject::from_query(&request.query));
+            json_response(
+                status,
+                &table::table(version, vec![row], json!({"resourceVersion": rv}), true),
+            )
+        }
+    }
+}
+
+pub async fn get(request: ResourceRequest, accept: Accept) -> ApiResult<Response> {
+    let target = request.target();
+    let object = match request.query.string("resourceVersion") {
+        Some("0") => {
+            let cache = request.server.cache(&request.resource);
+            let (objects, _) = cache.snapshot_prefix(&request.key());
+            objects
+                .into_iter()
+                .find(|o| o.key == request.key())
+                .map(|o| o.value.clone())
+                .ok_or_else(|| ApiError::not_found(&target))?
+        }
+        _ => {
+            let kv = request
+                .server
+                .store
+                .get(&request.key())
+                .await
+                .map_err(|e| ApiError::from_store(e, &target))?
+                .ok_or_else(|| ApiError::not_found(&target))?;
+            object::decode(&kv)
+                .map_err(|e| ApiError::internal("stored object is corrupt", &e))?
+                .object
+        }
+    };
+    Ok(object_response(&request, accept, StatusCode::OK, object))
+}
+
+/// Where a list starts and at which revision.
+enum ListMode {
+    /// From the store at `revision` (None = latest), starting at `start`.
+    Store {
+        revision: Option<i64>,
+        start: Option<String>,
+    },
+    /// From the cache once it is at least at this revision.
+    Cache { not_older_than: i64 },
+}
+
+fn parse_revision(text: &str) -> ApiResult<i64> {
+    text.parse::<i64>()
+        .ok()
+        .filter(|r| *r >= 0)
+        .ok_or_else(|| ApiError::bad_request(format!("invalid resource version: {text:?}")))
+}
+
+fn list_mode(request: &ResourceRequest, prefix: &str) -> ApiResult<ListMode> {
+    let query = &request.query;
+    let rv = query.string("resourceVersion");
+    let rv_match = query.string("resourceVersionMatch");
+    if query.bool("sendInitialEvents") {
+        return Err(ApiError::new(
+            Reason::Invalid,
+            "sendInitialEvents: Forbidden: sendInitialEvents is forbidden for list",
+        ));
+    }
+    if let Some(token) = query.string("continue") {
+        if rv.is_some_and(|r| r != "0") || rv_match.is_some() {
+            return Err(ApiError::bad_request(
+                "specifying resource version is not allowed when using continue",
+            ));
+        }
+        let (revision, start) = decode_continue(token)?;
+        return Ok(ListMode::Store {
+            revision: Some(revision),
+            start: Some(format!("{prefix}{start}")),
+        });
+    }
+    match (rv, rv_match) {
+        (None, Some(_)) => Err(ApiError::new(
+            Reason::Invalid,
+            "resourceVersionMatch: Forbidden: resourceVersionMatch is forbidden unless resourceVersion is provided",
+        )),
+        (None, None) => Ok(ListMode::Store {
+            revision: None,
+            start: None,
+        }),
+        (Some(rv), Some("Exact")) => {
+            let revision = parse_revision(rv)?;
+            if revision == 0 {
+                return Err(ApiError::new(
+                    Reason::Invalid,
+                    "resourceVersionMatch: Forbidden: resourceVersionMatch \"exact\" is forbidden for resourceVersion \"0\"",
+                ));
+            }
+            Ok(ListMode::Store {
+                revision: Some(revision),
+                start: None,
+            })
+        }
+        (Some(rv), None | Some("NotOlderThan")) => Ok(ListMode::Cache {
+            not_older_than: parse_revision(rv)?,
+        }),
+        (Some(_), Some(other)) => Err(ApiError::new(
+            Reason::Invalid,
+            format!(
+                "resourceVersionMatch: Unsupported value: {other:?}: supported values: \"Exact\", \"NotOlderThan\""
+            ),
+        )),
+    }
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct ContinueToken {
+    v: String,
+    rv: i64,
+    start: String,
+}
+
+fn encode_continue(revision: i64, start: &str) -> String {
+    let token = ContinueToken {
+        v: "meta.k8s.io/v1".into(),
+        rv: revision,
+        start: start.to_string(),
+    };
+    base64::engine::general_purpose::URL_SAFE.encode(serde_json::to_vec(&token).unwrap_or_default())
+}
+
+fn decode_continue(token: &str) -> ApiResult<(i64, String)> {
+    let bad = || ApiError::bad_request("continue key is not valid: the token could not be decoded");
+    let bytes = base64::engine::general_purpose::URL_SAFE
+        .decode(token)
+        .or_else(|_| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(token))
+        .map_err(|_| bad())?;
+    let token: ContinueToken = serde_json::from_slice(&bytes).map_err(|_| bad())?;
+    if token.v != "meta.k8s.io/v1"
+        || token.rv <= 0
+        || token.start.starts_with('/')
+        || token.start.contains("..")
+    {
+        return Err(bad());
+    }
+    Ok((token.rv, token.start))
+}
+
+/// The objects of one list page, the revision they are at, and what follows.
+pub struct Page {
+    pub objects: Vec<Value>,
+    pub revision: i64,
+    pub continue_token: Option<String>,
+    pub remaining: Option<u64>,
+}
+
+pub async fn collect(request: &ResourceRequest, filter: &Filter) -> ApiResult<Page> {
+    let prefix = match &request.namespace {
+        Some(ns) => request.resource.namespace_prefix(ns),
+        None => request.resource.key_prefix(),
+    };
+    let limit = request
+        .query
+        .int("limit")?
+        .filter(|l| *l > 0)
+        .map(|l| l as usize);
+    match list_mode(request, &prefix)? {
+        ListMode::Cache { not_older_than } => {
+            let cache = request.server.cache(&request.resource);
+            if !cache
+                .wait_for(not_older_than, std::time::Duration::from_secs(3))
+                .await
+            {
+                return Err(ApiError::new(
+                    Reason::Timeout,
+                    format!(
+                        "Too large resource version: {not_older_than}, current: {}",
+                        cache.revision()
+                    ),
+                ));
+            }
+            let (objects, revision) = cache.snapshot_prefix(&prefix);
+            let objects = objects
+                .iter()
+                .filter(|o| filter.matches(&o.value))
+                .map(|o| o.value.clone())
+                .collect();
+            Ok(Page {
+                objects,
+                revision,
+                continue_token: None,
+                remaining: None,
+            })
+        }
+        ListMode::Store {
+            mut revision,
+            mut start,
+        } => {
+            let store = &request.server.store;
+            let mut objects = Vec::new();
+            let continued = start.is_some();
+            let mut remaining = None;
+            loop {
+                let want = limit.map(|l| l - objects.len());
+                // With a selector, read more than asked: most keys may not match.
+                let page_size = match want {
+                    Some(w) if filter.selects_everything() => Some(w),
+                    Some(w) => Some(w.max(256)),
+                    None => None,
+                };
+                let page = store
+                    .list(ListRequest { prefix: prefix.clone(), revision, start: start.clone(), limit: page_size })
+                    .await
+                    .map_err(|e| match e {
+                        StoreError::Compacted { .. } if continued => ApiError::expired(
+                            "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter.",
+                        ),
+                        StoreError::Compacted { .. } => ApiError::expired(
+                            "The resourceVersion for the provided list is too old.",
+                        ),
+                        other => ApiError::from_store(other, &request.target()),
+                    })?;
+                revision = Some(page.revision);
+                let mut last_key = None;
+                for kv in &page.items {
+                    last_key = Some(kv.key.clone());
+                    let stored = object::decode(kv)
+                        .map_err(|e| ApiError::internal("stored object is corrupt", &e))?;
+                    if filter.matches(&stored.object) {
+                        objects.push(stored.object);
+                        if limit.is_some_and(|l| objects.len() >= l) {
+                            break;
+                        }
+                    }
+                }
+                let examined_all = last_key.as_ref() == page.items.last().map(|kv| &kv.key);
+                let full = limit.is_some_and(|l| objects.len() >= l);
+                let more = page.more || !examined_all;
+                if !more {
+                    return Ok(Page {
+                        objects,
+                        revision: page.revision,
+                        continue_token: None,
+                        remaining: None,
+                    });
+                }
+                let Some(last) = last_key else {
+                    return Ok(Page {
+                        objects,
+                        revision: page.revision,
+                        continue_token: None,
+                        remaining: None,
+                    });
+                };
+                let next_start = format!("{last}\0");
+                if full {
+                    if filter.selects_everything() {
+                        remaining = Some(page.count.saturating_sub(page.items.len() as u64));
+                    }
+                    let relative = next_start
+                        .strip_prefix(&prefix)
+                        .unwrap_or(&next_start)
+                        .to_string();
+                    return Ok(Page {
+                        objects,
+                        revision: page.revision,
+                        continue_token: Some(encode_continue(page.revision, &relative)),
+                        remaining,
+                    });
+                }
+                start = Some(next_start);
+            }
+        }
+    }
+}
+
+pub async fn list(request: ResourceRequest, accept: Accept) -> ApiResult<Response> {
+    let filter = Filter::from_query(
+        &request.resource,
+        &request.version,
+        request.namespace.as_deref(),
+        &request.query,
+    )?;
+    let page = collect(&request, &filter).await?;
+    let mut metadata = json!({"resourceVersion": page.revision.to_string()});
+    if let Some(token) = &page.continue_token {
+        metadata["continue"] = json!(token);
+    }
+    if let Some(remaining) = page.remaining.filter(|r| *r > 0) {
+        metadata["remainingItemCount"] = json!(remaining);
+    }
+    let request = Arc::new(request);
+    match accept {
+        Accept::Json => {
+            let items: Vec<Value> = page
+                .objects
+                .into_iter()
+                .map(|o| present(&request, o))
+                .collect();
+            Ok(json_response(
+                StatusCode::OK,
+                &json!({
+                    "apiVersion": request.api_version(),
+                    "kind": request.resource.list_kind,
+                    "metadata": metadata,
+                    "items": items,
+                }),
+            ))
+        }
+        Accept::Table => {
+            let version = request
+                .resource
+                .version(&request.version)
+                .expect("version was checked when routing");
+            let include = IncludeObject::from_query(&request.query);
+            let rows = page
+                .objects
+                .into_iter()
+                .map(|o| table::row(version, &present(&request, o), include))
+                .collect();
+            Ok(json_response(
+                StatusCode::OK,
+                &table::table(version, rows, metadata, true),
+            ))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn continue_tokens_round_trip_and_reject_garbage() {
+        let token = encode_continue(42, "ns/name\0");
+        assert_eq!(
+            decode_continue(&token).unwrap(),
+            (42, "ns/name\0".to_string())
+        );
+        for bad in [
+            "",
+            "%%%",
+            "bm90IGpzb24",
+            &encode_continue(0, "x"),
+            &encode_continue(5, "/etc"),
+        ] {
+            assert_eq!(
+                decode_continue(bad).unwrap_err().reason,
+                Reason::BadRequest,
+                "{bad}"
+            );
+        }
+    }
+}

@@ -1,0 +1,828 @@
+//! Create, replace (PUT), patch (merge, JSON, apply) of objects and their status subresource.
+//!
+//! Every write goes through one pipeline, in Kubernetes' order:
+//! decode → unknown-field check (`fieldValidation`) → server-owned metadata → defaulting →
+//! validation (schema and metadata) → field-manager bookkeeping → no-op check → conditional
+//! store write.
+//!
+//! # Invariants
+//!
+//! - `generation` rises exactly when something outside `metadata` and `status` changes (and
+//!   once when deletion starts — see `delete.rs`). Status writes never bump it.
+//! - The main resource never changes `status` of a kind with a status subresource; the status
+//!   subresource changes nothing but `status` (and its managedFields).
+//! - A write that changes nothing gets the current object back: no new revision, no event.
+//! - `dryRun=All` runs every step but the store write.
+//! - An object whose deletion has started and whose last finalizer is removed is deleted.
+
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::Response;
+use bytes::Bytes;
+use corral_apimachinery::managed::{self, ApplyOptions, ManagedFieldsEntry, UpdateOptions};
+use corral_apimachinery::patch::{self, PatchError};
+use corral_apimachinery::validation::{self, FieldError};
+use corral_store::{KeyValue, StoreError};
+use serde_json::{Value, json};
+
+use super::read::present;
+use super::{Accept, ResourceRequest, Subresource, decode_body, read};
+use crate::ApiServer;
+use crate::error::{ApiError, ApiResult, Reason, Target};
+use crate::object::{self, Stored};
+use crate::query::FieldValidation;
+use crate::resource::ResourceType;
+
+/// Metadata fields only the server sets.
+const SERVER_OWNED: &[&str] = &[
+    "uid",
+    "creationTimestamp",
+    "generation",
+    "deletionTimestamp",
+    "deletionGracePeriodSeconds",
+    "selfLink",
+];
+
+/// Warnings for the `Warning` response header (unknown fields under `fieldValidation=Warn`).
+#[derive(Default)]
+struct Warnings(Vec<String>);
+
+fn with_warnings(mut response: Response, warnings: &Warnings) -> Response {
+    for w in &warnings.0 {
+        let text = format!("299 - \"{}\"", w.replace('"', "\\\""));
+        if let Ok(value) = HeaderValue::from_str(&text) {
+            response.headers_mut().append(header::WARNING, value);
+        }
+    }
+    response
+}
+
+fn check_type_meta(request: &ResourceRequest, body: &Value) -> ApiResult<()> {
+    let expected = request.api_version();
+    match body.get("apiVersion").and_then(Value::as_str) {
+        Some(v) if v == expected => {}
+        Some(v) => {
+            return Err(ApiError::bad_request(format!(
+                "the API version in the data ({v}) does not match the expected API version ({expected})"
+            )));
+        }
+        None => {
+            return Err(ApiError::bad_request(
+                "Object 'apiVersion' is missing in the request body",
+            ));
+        }
+    }
+    match body.get("kind").and_then(Value::as_str) {
+        Some(k) if k == request.resource.kind => {}
+        Some(k) => {
+            return Err(ApiError::bad_request(format!(
+                "the kind in the data ({k}) does not match the expected kind ({})",
+                request.resource.kind
+            )));
+        }
+        None => {
+            return Err(ApiError::bad_request(
+                "Object 'Kind' is missing in the request body",
+            ));
+        }
+    }
+    match body.get("metadata") {
+        None | Some(Value::Object(_)) => Ok(()),
+        Some(_) => Err(ApiError::bad_request(
+            "the request body's metadata must be an object",
+        )),
+    }
+}
+
+/// Applies `fieldValidation` to unknown fields: an error (Strict), a warning (Warn) or nothing
+/// (Ignore); the fields are pruned in the last two cases.
+fn handle_unknown_fields(
+    request: &ResourceRequest,
+    object: &mut Value,
+    warnings: &mut Warnings,
+) -> ApiResult<()> {
+    let version = request
+        .resource
+        .version(&request.version)
+        .expect("version was checked when routing");
+    let unknown = version.schema.prune(object);
+    if unknown.is_empty() {
+        return Ok(());
+    }
+    match FieldValidation::from_query(&request.query)? {
+        FieldValidation::Strict => {
+            let list: Vec<String> = unknown
+                .iter()
+                .map(|f| format!("unknown field \"{f}\""))
+                .collect();
+            Err(ApiError::bad_request(format!(
+                "strict decoding error: {}",
+                list.join(", ")
+            )))
+        }
+        FieldValidation::Warn => {
+            warnings
+                .0
+                .extend(unknown.iter().map(|f| format!("unknown field \"{f}\"")));
+            Ok(())
+        }
+        FieldValidation::Ignore => Ok(()),
+    }
+}
+
+/// Defaulting then validation of a complete object.
+fn default_and_validate(
+    request: &ResourceRequest,
+    object: &mut Value,
+    target: &Target,
+) -> ApiResult<()> {
+    let version = request
+        .resource
+        .version(&request.version)
+        .expect("version was checked when routing");
+    version.schema.apply_defaults(object);
+    let mut errors = validation::validate_object_meta(
+        object.get("metadata").unwrap_or(&Value::Null),
+        request.resource.namespaced,
+    );
+    if is_namespace_kind(&request.resource) {
+        let name = object::name(object);
+        if !name.is_empty() {
+            for message in validation::is_dns1123_label(name) {
+                errors.push(FieldError::invalid("metadata.name", json!(name), message));
+            }
+        }
+    }
+    errors.extend(version.schema.validate(object));
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::invalid(target, &errors))
+    }
+}
+
+fn is_namespace_kind(resource: &ResourceType) -> bool {
+    resource.group.is_empty() && resource.plural == "namespaces"
+}
+
+fn managed_fields_of(object: &Value) -> Vec<ManagedFieldsEntry> {
+    object
+        .pointer("/metadata/managedFields")
+        .cloned()
+        .and_then(|v| serde_json::from_value(v).ok())
+        .unwrap_or_default()
+}
+
+fn set_managed_fields(object: &mut Value, entries: Vec<ManagedFieldsEntry>) {
+    let m = object::meta_mut(object);
+    if entries.is_empty() {
+        m.remove("managedFields");
+    } else {
+        m.insert(
+            "managedFields".into(),
+            serde_json::to_value(entries).unwrap_or(Value::Null),
+        );
+    }
+}
+
+fn subresource_name(request: &ResourceRequest) -> Option<String> {
+    request
+        .subresource
+        .map(|Subresource::Status| "status".to_string())
+}
+
+fn raw_schema(request: &ResourceRequest) -> &Value {
+    &request
+        .resource
+        .version(&request.version)
+        .expect("version was checked when routing")
+        .raw_schema
+}
+
+/// Records a non-apply write in managedFields.
+fn track_update(request: &ResourceRequest, old: Option<&Value>, new: &mut Value) {
+    let entries = managed::update(
+        old,
+        new,
+        &request.field_manager(),
+        &managed_fields_of(old.unwrap_or(new)),
+        UpdateOptions {
+            subresource: subresource_name(request),
+            api_version: request.api_version(),
+            now: object::now_rfc3339(),
+        },
+        raw_schema(request),
+    );
+    set_managed_fields(new, entries);
+}
+
+/// Makes sure a namespace exists (used for `default` at start).
+pub async fn ensure_namespace(server: &ApiServer, name: &str) -> Result<(), StoreError> {
+    let Some(resource) = server.registry.lookup("", "namespaces") else {
+        return Ok(());
+    };
+    let key = resource.key(None, name);
+    if server.store.get(&key).await?.is_some() {
+        return Ok(());
+    }
+    let namespace = json!({
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {
+            "name": name,
+            "uid": uuid::Uuid::new_v4().to_string(),
+            "creationTimestamp": object::now_rfc3339(),
+            "generation": 1,
+        },
+        "spec": {"finalizers": ["kubernetes"]},
+        "status": {"phase": "Active"},
+    });
+    match server.store.create(&key, object::encode(&namespace)).await {
+        Ok(_) | Err(StoreError::AlreadyExists { .. }) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Namespaced objects may only be created in a namespace that exists and is not terminating.
+async fn check_namespace_open(request: &ResourceRequest, namespace: &str) -> ApiResult<()> {
+    let Some(ns_type) = request.server.registry.lookup("", "namespaces") else {
+        return Ok(());
+    };
+    let target = ns_type.target(namespace);
+    let kv = request
+        .server
+        .store
+        .get(&ns_type.key(None, namespace))
+        .await
+        .map_err(|e| ApiError::from_store(e, &target))?
+        .ok_or_else(|| ApiError::not_found(&target))?;
+    let ns =
+        object::decode(&kv).map_err(|e| ApiError::internal("stored namespace is corrupt", &e))?;
+    if object::is_deleting(&ns.object) {
+        return Err(ApiError::new(
+            Reason::Forbidden,
+            format!(
+                "{} \"{}\" is forbidden: unable to create new content in namespace {namespace} because it is being terminated",
+                request.target().qualified_resource(),
+                object::name(&ns.object)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn random_suffix() -> String {
+    use rand::Rng;
+    const CHARS: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    let mut rng = rand::rng();
+    (0..5)
+        .map(|_| CHARS[rng.random_range(0..CHARS.len())] as char)
+        .collect()
+}
+
+/// Turns a client's body into a new object ready to store (everything but the name when
+/// `generateName` is used, which is drawn per attempt).
+fn prepare_create(
+    request: &ResourceRequest,
+    mut object: Value,
+    warnings: &mut Warnings,
+) -> ApiResult<Value> {
+    check_type_meta(request, &object)?;
+    let meta = object::meta_mut(&mut object);
+    match (
+        meta.get("namespace").and_then(Value::as_str),
+        request.namespace.as_deref(),
+    ) {
+        (Some(body_ns), Some(url_ns)) if !body_ns.is_empty() && body_ns != url_ns => {
+            return Err(ApiError::bad_request(
+                "the namespace of the provided object does not match the namespace sent on the request",
+            ));
+        }
+        _ => {}
+    }
+    match &request.namespace {
+        Some(ns) if request.resource.namespaced => {
+            meta.insert("namespace".into(), json!(ns));
+        }
+        _ => {
+            meta.remove("namespace");
+        }
+    }
+    for field in SERVER_OWNED {
+        meta.remove(*field);
+    }
+    meta.remove("resourceVersion");
+    if meta
+        .get("name")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .is_empty()
+    {
+        meta.remove("name");
+    }
+    if request.resource.has_status {
+        if let Some(map) = object.as_object_mut() {
+            map.remove("status");
+        }
+    }
+    handle_unknown_fields(request, &mut object, warnings)?;
+    let storage = request.resource.storage_version();
+    let map = object.as_object_mut().expect("checked to be an object");
+    map.insert(
+        "apiVersion".into(),
+        json!(request.resource.api_version(&storage.name)),
+    );
+    map.insert("kind".into(), json!(request.resource.kind));
+    let meta = object::meta_mut(&mut object);
+    meta.insert("uid".into(), json!(uuid::Uuid::new_v4().to_string()));
+    meta.insert("creationTimestamp".into(), json!(object::now_rfc3339()));
+    meta.insert("generation".into(), json!(1));
+    if is_namespace_kind(&request.resource) {
+        // Namespaces are born Active with the `kubernetes` finalizer, as in Kubernetes.
+        object["spec"]["finalizers"] = json!(["kubernetes"]);
+        object["status"] = json!({"phase": "Active"});
+    }
+    Ok(object)
+}
+
+pub async fn create(request: ResourceRequest, body: Bytes) -> ApiResult<Response> {
+    if request.resource.namespaced && request.namespace.is_none() {
+        return Err(ApiError::no_route());
+    }
+    let dry_run = request.query.dry_run()?;
+    if request.query.bool("force") {
+        return Err(ApiError::new(
+            Reason::Invalid,
+            "force: Forbidden: may not be specified for non-apply patch",
+        ));
+    }
+    let mut warnings = Warnings::default();
+    let body = decode_body(&request.headers, &body)?;
+    let mut object = prepare_create(&request, body, &mut warnings)?;
+    let generate_name = object::meta_str(&object, "generateName").map(String::from);
+    let explicit_name = object::meta_str(&object, "name").map(String::from);
+    if let Some(ns) = &request.namespace {
+        check_namespace_open(&request, ns).await?;
+    }
+    let attempts = if explicit_name.is_none() && generate_name.is_some() {
+        8
+    } else {
+        1
+    };
+    for attempt in 0..attempts {
+        let name = match (&explicit_name, &generate_name) {
+            (Some(name), _) => name.clone(),
+            (None, Some(prefix)) => format!("{prefix}{}", random_suffix()),
+            (None, None) => String::new(),
+        };
+        if !name.is_empty() {
+            object::meta_mut(&mut object).insert("name".into(), json!(name));
+        }
+        let target = request.resource.target(&name);
+        let mut candidate = object.clone();
+        default_and_validate(&request, &mut candidate, &target)?;
+        if name.is_empty() {
+            let error = FieldError::required("metadata.name", "name or generateName is required");
+            return Err(ApiError::invalid(&target, &[error]));
+        }
+        track_update(&request, None, &mut candidate);
+        if dry_run {
+            return Ok(with_warnings(
+                read::object_response(&request, Accept::Json, StatusCode::CREATED, candidate),
+                &warnings,
+            ));
+        }
+        let key = request.resource.key(request.namespace.as_deref(), &name);
+        match request
+            .server
+            .store
+            .create(&key, object::encode(&candidate))
+            .await
+        {
+            Ok(kv) => {
+                object::set_resource_version(&mut candidate, kv.mod_revision);
+                return Ok(with_warnings(
+                    read::object_response(&request, Accept::Json, StatusCode::CREATED, candidate),
+                    &warnings,
+                ));
+            }
+            Err(StoreError::AlreadyExists { .. }) if attempt + 1 < attempts => continue,
+            Err(e) => return Err(ApiError::from_store(e, &target)),
+        }
+    }
+    unreachable!("the last attempt always returns")
+}
+
+/// Builds the object an update will store from the current one and the client's intent, or
+/// `None` when nothing changes.
+fn prepare_update(
+    request: &ResourceRequest,
+    current: &Value,
+    mut desired: Value,
+    warnings: &mut Warnings,
+    track: bool,
+) -> ApiResult<Option<Value>> {
+    let name = request.object_name();
+    let target = request.target();
+    check_type_meta(request, &desired)?;
+    let body_name = object::meta_str(&desired, "name").unwrap_or("");
+    if body_name != name {
+        return Err(ApiError::bad_request(format!(
+            "the name of the object ({body_name}) does not match the name on the URL ({name})"
+        )));
+    }
+    if let (Some(body_ns), Some(url_ns)) =
+        (object::namespace(&desired), request.namespace.as_deref())
+    {
+        if body_ns != url_ns {
+            return Err(ApiError::bad_request(
+                "the namespace of the provided object does not match the namespace sent on the request",
+            ));
+        }
+    }
+    handle_unknown_fields(request, &mut desired, warnings)?;
+    let mut next = match request.subresource {
+        // The status subresource takes nothing but status from the client.
+        Some(Subresource::Status) => {
+            let mut next = current.clone();
+            match desired.get("status") {
+                Some(status) => next["status"] = status.clone(),
+                None => {
+                    if let Some(map) = next.as_object_mut() {
+                        map.remove("status");
+                    }
+                }
+            }
+            next
+        }
+        None => {
+            let mut next = desired;
+            if request.resource.has_status {
+                match current.get("status") {
+                    Some(status) => next["status"] = status.clone(),
+                    None => {
+                        if let Some(map) = next.as_object_mut() {
+                            map.remove("status");
+                        }
+                    }
+                }
+            }
+            // Server-owned metadata always comes from the stored object.
+            let current_meta = object::meta(current).cloned().unwrap_or_default();
+            let meta = object::meta_mut(&mut next);
+            for field in SERVER_OWNED
+                .iter()
+                .chain(["namespace", "managedFields"].iter())
+            {
+                match current_meta.get(*field) {
+                    Some(v) => meta.insert(field.to_string(), v.clone()),
+                    None => meta.remove(*field),
+                };
+            }
+            next
+        }
+    };
+    let storage = request.resource.storage_version();
+    next["apiVersion"] = json!(request.resource.api_version(&storage.name));
+    next["kind"] = json!(request.resource.kind);
+    object::meta_mut(&mut next).insert(
+        "resourceVersion".into(),
+        current
+            .pointer("/metadata/resourceVersion")
+            .cloned()
+            .unwrap_or(Value::Null),
+    );
+    default_and_validate(request, &mut next, &target)?;
+    if object::is_deleting(current) {
+        let old: Vec<String> = object::finalizers(current);
+        if object::finalizers(&next).iter().any(|f| !old.contains(f)) {
+            let error = FieldError::forbidden(
+                "metadata.finalizers",
+                "no new finalizers can be added if the object is being deleted",
+            );
+            return Err(ApiError::invalid(&target, &[error]));
+        }
+    }
+    if object::spec_part_differs(current, &next, request.resource.has_status) {
+        let generation = object::generation(current) + 1;
+        object::meta_mut(&mut next).insert("generation".into(), json!(generation));
+    }
+    if track {
+        track_update(request, Some(current), &mut next);
+    }
+    if without_managed_fields(current) == without_managed_fields(&next) {
+        return Ok(None);
+    }
+    Ok(Some(next))
+}
+
+fn without_managed_fields(object: &Value) -> Value {
+    let mut copy = object.clone();
+    object::meta_mut(&mut copy).remove("managedFields");
+    copy
+}
+
+/// Stores an update conditional on `current`'s revision; an object being deleted whose last
+/// finalizer went is deleted instead. Returns the reply body.
+async fn commit(request: &ResourceRequest, current: &Stored, mut next: Value) -> ApiResult<Value> {
+    let key = request.key();
+    let store = &request.server.store;
+    if object::is_deleting(&next) && object::finalizers(&next).is_empty() {
+        let kv = store
+            .delete(&key, current.revision)
+            .await
+            .map_err(|e| ApiError::from_store(e, &request.target()))?;
+        object::set_resource_version(&mut next, kv.mod_revision);
+        return Ok(next);
+    }
+    let kv: KeyValue = store
+        .update(&key, current.revision, object::encode(&next))
+        .await
+        .map_err(|e| ApiError::from_store(e, &request.target()))?;
+    object::set_resource_version(&mut next, kv.mod_revision);
+    Ok(next)
+}
+
+async fn read_current(request: &ResourceRequest) -> ApiResult<Option<Stored>> {
+    let kv = request
+        .server
+        .store
+        .get(&request.key())
+        .await
+        .map_err(|e| ApiError::from_store(e, &request.target()))?;
+    match kv {
+        None => Ok(None),
+        Some(kv) => {
+            Ok(Some(object::decode(&kv).map_err(|e| {
+                ApiError::internal("stored object is corrupt", &e)
+            })?))
+        }
+    }
+}
+
+pub async fn replace(request: ResourceRequest, body: Bytes) -> ApiResult<Response> {
+    let dry_run = request.query.dry_run()?;
+    let target = request.target();
+    let desired = decode_body(&request.headers, &body)?;
+    let rv = desired
+        .pointer("/metadata/resourceVersion")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    if rv.is_empty() {
+        let error = FieldError::invalid(
+            "metadata.resourceVersion",
+            json!(0),
+            "must be specified for an update",
+        );
+        return Err(ApiError::invalid(&target, &[error]));
+    }
+    let current = read_current(&request)
+        .await?
+        .ok_or_else(|| ApiError::not_found(&target))?;
+    if rv != current.revision.to_string() {
+        return Err(ApiError::modified(&target));
+    }
+    let mut warnings = Warnings::default();
+    let result = match prepare_update(&request, &current.object, desired, &mut warnings, true)? {
+        None => current.object,
+        Some(next) if dry_run => next,
+        Some(next) => commit(&request, &current, next).await?,
+    };
+    Ok(with_warnings(
+        read::object_response(&request, Accept::Json, StatusCode::OK, result),
+        &warnings,
+    ))
+}
+
+/// The kinds of PATCH custom resources support.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum PatchKind {
+    Json,
+    Merge,
+    Apply,
+}
+
+fn patch_kind(headers: &HeaderMap) -> ApiResult<PatchKind> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let media = content_type.split(';').next().unwrap_or("").trim();
+    match media {
+        "application/json-patch+json" => Ok(PatchKind::Json),
+        "application/merge-patch+json" => Ok(PatchKind::Merge),
+        "application/apply-patch+yaml" | "application/apply-patch+json" => Ok(PatchKind::Apply),
+        _ => Err(ApiError::new(
+            Reason::UnsupportedMediaType,
+            "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml",
+        )),
+    }
+}
+
+/// How many times a patch is recomputed from a fresh read when another write got in first.
+const PATCH_RETRIES: usize = 16;
+
+pub async fn patch(request: ResourceRequest, body: Bytes) -> ApiResult<Response> {
+    let kind = patch_kind(&request.headers)?;
+    let dry_run = request.query.dry_run()?;
+    let target = request.target();
+    let force = request.query.bool("force");
+    if force && kind != PatchKind::Apply {
+        return Err(ApiError::new(
+            Reason::Invalid,
+            "force: Forbidden: may not be specified for non-apply patch",
+        ));
+    }
+    let patch_doc: Value = match kind {
+        PatchKind::Apply => {
+            if request.query.string("fieldManager").is_none() {
+                let error = FieldError::required("fieldManager", "is required for apply patch");
+                return Err(ApiError::invalid(&target, &[error]));
+            }
+            let text = std::str::from_utf8(&body)
+                .map_err(|_| ApiError::bad_request("the request body is not valid UTF-8"))?;
+            let doc: Value = serde_saphyr::from_str(text)
+                .map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))?;
+            if !doc.is_object() {
+                return Err(ApiError::bad_request(
+                    "the applied configuration must be an object",
+                ));
+            }
+            if doc
+                .pointer("/metadata/managedFields")
+                .is_some_and(|v| !v.is_null())
+            {
+                return Err(ApiError::bad_request("metadata.managedFields must be nil"));
+            }
+            doc
+        }
+        PatchKind::Json | PatchKind::Merge => serde_json::from_slice(&body).map_err(|e| {
+            ApiError::bad_request(format!("the request body is not valid JSON: {e}"))
+        })?,
+    };
+    if kind == PatchKind::Merge && !patch_doc.is_object() {
+        return Err(ApiError::bad_request("Invalid JSON Patch"));
+    }
+    let mut warnings = Warnings::default();
+    for _ in 0..PATCH_RETRIES {
+        let current = read_current(&request).await?;
+        let Some(current) = current else {
+            if kind == PatchKind::Apply && request.subresource.is_none() {
+                return apply_create(request, patch_doc, force, dry_run).await;
+            }
+            return Err(ApiError::not_found(&target));
+        };
+        let presented = present(&request, current.object.clone());
+        let (desired, track) = match kind {
+            PatchKind::Merge => (
+                patch::merge_patch(&presented, &patch_doc).map_err(patch_error)?,
+                true,
+            ),
+            PatchKind::Json => (
+                patch::json_patch(&presented, &patch_doc).map_err(patch_error)?,
+                true,
+            ),
+            PatchKind::Apply => (
+                apply_to(&request, Some(&presented), &patch_doc, force, &mut warnings)?,
+                false,
+            ),
+        };
+        // A resourceVersion in the patch is a precondition.
+        let wanted_rv = desired
+            .pointer("/metadata/resourceVersion")
+            .and_then(Value::as_str)
+            .map(String::from);
+        let precondition = wanted_rv.filter(|rv| {
+            Some(rv.as_str())
+                != presented
+                    .pointer("/metadata/resourceVersion")
+                    .and_then(Value::as_str)
+        });
+        if precondition.is_some() {
+            return Err(ApiError::modified(&target));
+        }
+        let result = match prepare_update(&request, &current.object, desired, &mut warnings, track)?
+        {
+            None => current.object.clone(),
+            Some(next) if dry_run => next,
+            Some(next) => match commit(&request, &current, next).await {
+                Ok(stored) => stored,
+                Err(e) if e.reason == Reason::Conflict => continue,
+                Err(e) => return Err(e),
+            },
+        };
+        return Ok(with_warnings(
+            read::object_response(&request, Accept::Json, StatusCode::OK, result),
+            &warnings,
+        ));
+    }
+    Err(ApiError::modified(&target))
+}
+
+fn patch_error(error: PatchError) -> ApiError {
+    match error {
+        PatchError::Apply { .. } => ApiError::new(Reason::Invalid, error.to_string()),
+        PatchError::TooManyOperations { .. } => {
+            ApiError::new(Reason::RequestEntityTooLarge, error.to_string())
+        }
+        _ => ApiError::bad_request(error.to_string()),
+    }
+}
+
+/// Server-side apply of `applied` onto `live` (None: the object does not exist yet).
+fn apply_to(
+    request: &ResourceRequest,
+    live: Option<&Value>,
+    applied: &Value,
+    force: bool,
+    warnings: &mut Warnings,
+) -> ApiResult<Value> {
+    let target = request.target();
+    check_type_meta(request, applied)?;
+    let mut applied = applied.clone();
+    handle_unknown_fields(request, &mut applied, warnings)?;
+    if let Some(name) = object::meta_str(&applied, "name") {
+        if name != request.object_name() {
+            return Err(ApiError::bad_request(format!(
+                "the name of the object ({name}) does not match the name on the URL ({})",
+                request.object_name()
+            )));
+        }
+    }
+    let existing = live.map(managed_fields_of).unwrap_or_default();
+    let outcome = managed::apply(
+        live,
+        &applied,
+        &request.field_manager(),
+        &existing,
+        ApplyOptions {
+            force,
+            subresource: subresource_name(request),
+            api_version: request.api_version(),
+            now: object::now_rfc3339(),
+        },
+        raw_schema(request),
+    )
+    .map_err(|e| match e {
+        managed::ApplyError::Conflicts(ref conflicts) => {
+            let mut error = ApiError::new(Reason::Conflict, e.to_string()).with_target(&target);
+            error.causes = conflicts
+                .iter()
+                .map(|c| crate::error::Cause {
+                    kind: "FieldManagerConflict".into(),
+                    message: format!("conflict with \"{}\"", c.manager),
+                    field: c.field.clone(),
+                })
+                .collect();
+            error
+        }
+        other => ApiError::bad_request(other.to_string()),
+    })?;
+    let mut object = outcome.object;
+    set_managed_fields(&mut object, outcome.managed_fields);
+    if let Some(live) = live {
+        // Keep the live metadata the server owns; apply never sets it.
+        let rv = live.pointer("/metadata/resourceVersion").cloned();
+        if let Some(rv) = rv {
+            object::meta_mut(&mut object).insert("resourceVersion".into(), rv);
+        }
+    }
+    object::meta_mut(&mut object).insert("name".into(), json!(request.object_name()));
+    Ok(object)
+}
+
+/// Apply to a missing object creates it.
+async fn apply_create(
+    request: ResourceRequest,
+    applied: Value,
+    force: bool,
+    dry_run: bool,
+) -> ApiResult<Response> {
+    let mut warnings = Warnings::default();
+    let object = apply_to(&request, None, &applied, force, &mut warnings)?;
+    let mut object = prepare_create(&request, object, &mut warnings)?;
+    object::meta_mut(&mut object).insert("name".into(), json!(request.object_name()));
+    if let Some(ns) = &request.namespace {
+        check_namespace_open(&request, ns).await?;
+    }
+    let target = request.target();
+    default_and_validate(&request, &mut object, &target)?;
+    if dry_run {
+        return Ok(with_warnings(
+            read::object_response(&request, Accept::Json, StatusCode::CREATED, object),
+            &warnings,
+        ));
+    }
+    let key = request.key();
+    let kv = request
+        .server
+        .store
+        .create(&key, object::encode(&object))
+        .await
+        .map_err(|e| ApiError::from_store(e, &target))?;
+    object::set_resource_version(&mut object, kv.mod_revision);
+    Ok(with_warnings(
+        read::object_response(&request, Accept::Json, StatusCode::CREATED, object),
+        &warnings,
+    ))
+}

@@ -1,0 +1,216 @@
+//! `corral`: the server-side commands. Thin: parse flags, set up tracing, run.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use corral_apiserver::resource::Registry;
+use corral_store::StoreConfig;
+
+mod bench;
+
+#[derive(Parser)]
+#[command(
+    name = "corral",
+    version,
+    about = "A declarative control plane for a rack of VM servers"
+)]
+struct Cli {
+    /// Log format: "text" or "json". Filter with RUST_LOG (default: info).
+    #[arg(long, global = true, default_value = "text")]
+    log_format: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run everything on one machine with the embedded store (SQLite under --data-dir).
+    Up(UpArgs),
+    /// Run the Kubernetes-compatible API server.
+    Apiserver(ApiserverArgs),
+    /// Benchmarks that print numbers and ratios.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+}
+
+#[derive(clap::Args)]
+struct UpArgs {
+    /// Where the store, kubeconfig and logs live.
+    #[arg(long, default_value = ".corral")]
+    data_dir: PathBuf,
+    /// Address of the API server.
+    #[arg(long, default_value = "127.0.0.1:6443")]
+    listen: SocketAddr,
+    /// Directory of CustomResourceDefinition YAML to serve (default: the crds/ of this checkout, if present).
+    #[arg(long)]
+    crds: Option<PathBuf>,
+}
+
+#[derive(clap::Args, Clone)]
+pub struct ApiserverArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:6443")]
+    listen: SocketAddr,
+    /// `sqlite:PATH` or `etcd:URL[,URL...]`.
+    #[arg(long)]
+    store: StoreConfig,
+    /// Key prefix in etcd (several Corral installations may share one etcd).
+    #[arg(long, default_value = "/corral")]
+    etcd_prefix: String,
+    /// Directory of CustomResourceDefinition YAML files to serve.
+    #[arg(long)]
+    crds: Option<PathBuf>,
+    /// Keep this much store history for watchers to resume from; compact older history.
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    compaction_interval: Duration,
+    /// How often watches that ask for bookmarks get one.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    bookmark_interval: Duration,
+}
+
+/// Parses `500ms`, `30s`, `5m`, `1h` (and a bare number of seconds).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("invalid duration {text:?}"))?;
+    match unit {
+        "" | "s" => Ok(Duration::from_secs(n)),
+        "ms" => Ok(Duration::from_millis(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        "h" => Ok(Duration::from_secs(n * 3600)),
+        _ => Err(format!(
+            "invalid duration unit in {text:?} (use ms, s, m or h)"
+        )),
+    }
+}
+
+fn init_tracing(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let cli = Cli::parse();
+    init_tracing(&cli.log_format);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Apiserver(args) => run_apiserver(args, None).await,
+            Command::Up(args) => up(args).await,
+            Command::Bench(command) => bench::run(command).await,
+        }
+    })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing a SIGTERM handler cannot fail");
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term.recv() => {},
+    }
+    tracing::info!("shutting down");
+}
+
+/// Starts the API server; `on_listening` is told the bound address.
+async fn run_apiserver(
+    args: ApiserverArgs,
+    on_listening: Option<Box<dyn FnOnce(SocketAddr) -> anyhow::Result<()> + Send>>,
+) -> anyhow::Result<()> {
+    let mut store_config = args.store.clone();
+    if let StoreConfig::Etcd { prefix, .. } = &mut store_config {
+        *prefix = args.etcd_prefix.clone();
+    }
+    let registry =
+        Registry::load(args.crds.as_deref()).context("loading CustomResourceDefinitions")?;
+    let store = corral_store::open(&store_config)
+        .await
+        .with_context(|| format!("opening store {store_config}"))?;
+    let config = corral_apiserver::Config {
+        compaction_interval: args.compaction_interval,
+        bookmark_interval: args.bookmark_interval,
+        ..Default::default()
+    };
+    let running = corral_apiserver::ApiServer::start(registry, store, config).await?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    let address = listener.local_addr()?;
+    tracing::info!(%address, store = %store_config, "apiserver listening");
+    if let Some(callback) = on_listening {
+        callback(address)?;
+    }
+    corral_apiserver::serve(listener, running.server.clone(), shutdown_signal()).await?;
+    running.shutdown().await;
+    Ok(())
+}
+
+fn kubeconfig(address: SocketAddr) -> String {
+    format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: corral\n  cluster:\n    server: http://{address}\ncontexts:\n- name: corral\n  context:\n    cluster: corral\n    user: corral\n    namespace: default\ncurrent-context: corral\nusers:\n- name: corral\n  user: {{}}\n"
+    )
+}
+
+async fn up(args: UpArgs) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("creating {}", args.data_dir.display()))?;
+    let data_dir = args.data_dir.canonicalize()?;
+    let crds = args.crds.or_else(|| {
+        let default = PathBuf::from("crds");
+        default
+            .join("corral.dev")
+            .is_dir()
+            .then_some(default.join("corral.dev"))
+    });
+    let apiserver = ApiserverArgs {
+        listen: args.listen,
+        store: StoreConfig::Sqlite {
+            path: data_dir.join("store.db"),
+        },
+        etcd_prefix: "/corral".into(),
+        crds,
+        compaction_interval: Duration::from_secs(300),
+        bookmark_interval: Duration::from_secs(60),
+    };
+    let kubeconfig_path = data_dir.join("kubeconfig");
+    run_apiserver(
+        apiserver,
+        Some(Box::new(move |address| {
+            std::fs::write(&kubeconfig_path, kubeconfig(address))
+                .with_context(|| format!("writing {}", kubeconfig_path.display()))?;
+            println!(
+                "Corral is up: API server at http://{address}, data in {}",
+                data_dir.display()
+            );
+            println!();
+            println!("Next, in another terminal:");
+            println!("  export KUBECONFIG={}", kubeconfig_path.display());
+            println!("  kubectl api-resources");
+            println!("  kubectl create namespace demo && kubectl get namespaces");
+            println!();
+            println!("Ctrl-C stops; running `corral up` again resumes from the same data.");
+            Ok(())
+        })),
+    )
+    .await
+}

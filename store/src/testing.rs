@@ -1,0 +1,173 @@
+//! Test support (feature `testing`): a real etcd on free loopback ports, and the conformance
+//! suite every backend must pass.
+//!
+//! A backend's tests are one macro call; each case becomes its own `#[tokio::test]`:
+//!
+//! ```ignore
+//! corral_store::conformance_tests!(sqlite, corral_store::testing::sqlite_harness);
+//! corral_store::conformance_tests!(etcd, corral_store::testing::etcd_harness);
+//! ```
+//!
+//! The second argument is anything callable as `f().await -> Harness`: a [`Harness`] owns a
+//! fresh, empty store, knows how to open it again on the same data (for the restart cases) and
+//! keeps alive what the store lives on (a temporary directory, an etcd process).
+
+pub mod conformance;
+mod etcd_server;
+
+use std::any::Any;
+use std::future::Future;
+use std::sync::Arc;
+
+use futures::FutureExt;
+use futures::future::BoxFuture;
+
+pub use etcd_server::EtcdServer;
+
+use crate::etcd::EtcdStore;
+use crate::sqlite::SqliteStore;
+use crate::{DynStore, Result};
+
+type Opener = Arc<dyn Fn() -> BoxFuture<'static, Result<DynStore>> + Send + Sync>;
+
+/// A store under test, a way to reopen it on the same data, and what it lives on.
+pub struct Harness {
+    // Field order is drop order: the store goes before what it lives on.
+    store: Option<DynStore>,
+    open: Opener,
+    resources: Vec<Box<dyn Any + Send + Sync>>,
+}
+
+impl Harness {
+    /// Opens the store with `open`, which must open the same data each time it is called.
+    pub async fn new<F, Fut>(open: F) -> Result<Harness>
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<DynStore>> + Send + 'static,
+    {
+        let open: Opener = Arc::new(move || open().boxed());
+        let store = open().await?;
+        Ok(Harness {
+            store: Some(store),
+            open,
+            resources: Vec::new(),
+        })
+    }
+
+    /// Keeps `resource` alive as long as the harness (after the store is dropped).
+    pub fn keep(mut self, resource: impl Any + Send + Sync) -> Harness {
+        self.resources.push(Box::new(resource));
+        self
+    }
+
+    /// The store. Clones must be dropped before [`Harness::reopen`].
+    pub fn store(&self) -> DynStore {
+        match &self.store {
+            Some(store) => store.clone(),
+            None => panic!("the harness has no open store (a reopen failed)"),
+        }
+    }
+
+    /// Closes the store (drops the harness's handle) and opens it again on the same data.
+    pub async fn reopen(&mut self) -> Result<DynStore> {
+        self.store = None;
+        let store = (self.open)().await?;
+        self.store = Some(store.clone());
+        Ok(store)
+    }
+}
+
+/// A SQLite store in a new temporary directory (in a subdirectory that does not exist yet, so
+/// opening also creates it).
+pub async fn sqlite_harness() -> Harness {
+    let dir = match tempfile::Builder::new().prefix("corral-store-").tempdir() {
+        Ok(dir) => dir,
+        Err(error) => panic!("creating a temporary directory: {error}"),
+    };
+    let path = dir.path().join("state").join("store.sqlite");
+    let harness = Harness::new(move || {
+        let path = path.clone();
+        async move { Ok(Arc::new(SqliteStore::open(&path).await?) as DynStore) }
+    })
+    .await;
+    match harness {
+        Ok(harness) => harness.keep(dir),
+        Err(error) => panic!("opening a SQLite store: {error:?}"),
+    }
+}
+
+/// An etcd store on an etcd server of its own (so compaction, which is server-wide, cannot
+/// disturb another test), under a prefix.
+pub async fn etcd_harness() -> Harness {
+    let server = match EtcdServer::start().await {
+        Ok(server) => server,
+        Err(error) => panic!("starting etcd: {error}"),
+    };
+    let endpoints = vec![server.endpoint()];
+    let harness =
+        Harness::new(move || {
+            let endpoints = endpoints.clone();
+            async move {
+                Ok(Arc::new(EtcdStore::connect(&endpoints, "/conformance").await?) as DynStore)
+            }
+        })
+        .await;
+    match harness {
+        Ok(harness) => harness.keep(server),
+        Err(error) => panic!("connecting to etcd: {error:?}"),
+    }
+}
+
+/// Generates one `#[tokio::test]` per conformance case, in a module named `$backend`.
+///
+/// `$harness` is callable as `$harness().await` and yields a [`Harness`]. The calling crate
+/// needs `tokio` (with the `macros` and `rt-multi-thread` features).
+#[macro_export]
+macro_rules! conformance_tests {
+    ($backend:ident, $harness:expr) => {
+        $crate::__conformance_cases!(
+            $backend,
+            $harness,
+            create_then_get,
+            create_existing_key_fails_with_current,
+            update_requires_current_revision,
+            delete_requires_current_revision,
+            racing_updates_have_one_winner,
+            revisions_increase_globally,
+            list_isolates_prefixes,
+            list_paginates_with_count_and_more,
+            list_at_older_revision_sees_old_state,
+            list_at_compacted_revision_fails,
+            watch_delivers_history_in_order_with_previous_values,
+            watch_from_current_sees_only_new_events,
+            watch_isolates_prefixes,
+            watch_reports_progress_when_idle,
+            watch_from_compacted_revision_fails,
+            compaction_keeps_current_values,
+            concurrent_creates_are_distinct_and_watched_once,
+            reopen_keeps_data_and_history,
+        );
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __conformance_cases {
+    ($backend:ident, $harness:expr, $($case:ident),+ $(,)?) => {
+        mod $backend {
+            #[allow(unused_imports)]
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    let harness = ($harness)().await;
+                    $crate::testing::conformance::run(
+                        stringify!($case),
+                        $crate::testing::conformance::$case(harness),
+                    )
+                    .await;
+                }
+            )+
+        }
+    };
+}

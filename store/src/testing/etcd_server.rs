@@ -1,0 +1,302 @@
+//! A real etcd for tests: one process on free loopback ports with a temporary data directory.
+//!
+//! # Guarantees
+//!
+//! - [`EtcdServer::start`] returns only once `GET /health` reports healthy (within about 10 s);
+//!   a port taken between choosing and binding it is retried with new ports.
+//! - The process never outlives its owner: `Drop` kills it (SIGKILL, then waits) and removes
+//!   the data directory, also when a test panics. If the test process itself dies (a timeout's
+//!   SIGKILL, a static that is never dropped), the kernel kills etcd: it is started with
+//!   `PR_SET_PDEATHSIG`. That signal follows the *thread* that spawned the process, so every
+//!   etcd is spawned by a keeper thread that lives exactly as long as its `EtcdServer` (and,
+//!   for [`EtcdServer::shared`], as long as the process).
+//!
+//! # Assumptions
+//!
+//! `/usr/bin/etcd` (or `etcd` on `PATH`) is etcd 3.4 or later.
+
+use std::fs::OpenOptions;
+use std::io;
+use std::net::{Ipv4Addr, TcpListener};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::OnceCell;
+use tokio::time::Instant;
+
+const HEALTH_TIMEOUT: Duration = Duration::from_secs(10);
+const PORT_ATTEMPTS: usize = 5;
+
+/// A running etcd. See the module docs.
+pub struct EtcdServer {
+    child: Option<Child>,
+    client_port: u16,
+    peer_port: u16,
+    keeper: Keeper,
+    // Dropped last: the directory goes once the process is dead.
+    root: tempfile::TempDir,
+}
+
+impl EtcdServer {
+    /// Starts a new etcd and waits until it is healthy.
+    pub async fn start() -> io::Result<EtcdServer> {
+        let root = tempfile::Builder::new().prefix("corral-etcd-").tempdir()?;
+        let mut server = EtcdServer {
+            child: None,
+            client_port: 0,
+            peer_port: 0,
+            keeper: Keeper::start()?,
+            root,
+        };
+        let mut attempt = 1;
+        loop {
+            (server.client_port, server.peer_port) = free_ports()?;
+            match server.launch().await {
+                Ok(()) => return Ok(server),
+                Err(error) if attempt < PORT_ATTEMPTS && server.port_was_taken() => {
+                    tracing::debug!(%error, attempt, "etcd lost a port race; retrying");
+                    attempt += 1;
+                    // A half-initialized member directory would pin the old peer URL.
+                    let _ = std::fs::remove_dir_all(server.data_dir());
+                }
+                Err(error) => return Err(error),
+            }
+        }
+    }
+
+    /// One server for the whole test process, started on first use and killed when the
+    /// process exits. etcd's compaction is server-wide: users must not compact, or must
+    /// tolerate each other's compactions, and each must keep to a prefix of its own.
+    pub async fn shared() -> io::Result<&'static EtcdServer> {
+        static SHARED: OnceCell<EtcdServer> = OnceCell::const_new();
+        SHARED.get_or_try_init(EtcdServer::start).await
+    }
+
+    /// The client URL, `http://127.0.0.1:PORT`.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
+    }
+
+    /// A store config for this server under `prefix`.
+    pub fn config(&self, prefix: &str) -> crate::StoreConfig {
+        crate::StoreConfig::Etcd {
+            endpoints: vec![self.endpoint()],
+            prefix: prefix.to_owned(),
+        }
+    }
+
+    /// Kills the process (SIGKILL) and waits for it; the data stays for [`EtcdServer::restart`].
+    pub fn kill(&mut self) -> io::Result<()> {
+        if let Some(mut child) = self.child.take() {
+            child.kill()?;
+            child.wait()?;
+        }
+        Ok(())
+    }
+
+    /// Kills the process if it runs and starts it again on the same ports and data.
+    pub async fn restart(&mut self) -> io::Result<()> {
+        self.kill()?;
+        self.launch().await
+    }
+
+    fn data_dir(&self) -> PathBuf {
+        self.root.path().join("data")
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.root.path().join("etcd.log")
+    }
+
+    fn port_was_taken(&self) -> bool {
+        std::fs::read_to_string(self.log_path())
+            .is_ok_and(|log| log.contains("address already in use"))
+    }
+
+    fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(self.log_path()).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(15)..].join("\n")
+    }
+
+    async fn launch(&mut self) -> io::Result<()> {
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())?;
+        let client_url = format!("http://127.0.0.1:{}", self.client_port);
+        let peer_url = format!("http://127.0.0.1:{}", self.peer_port);
+        let mut command = Command::new(etcd_binary());
+        command
+            .arg("--name")
+            .arg("corral-test")
+            .arg("--data-dir")
+            .arg(self.data_dir())
+            .arg("--listen-client-urls")
+            .arg(&client_url)
+            .arg("--advertise-client-urls")
+            .arg(&client_url)
+            .arg("--listen-peer-urls")
+            .arg(&peer_url)
+            .arg("--initial-advertise-peer-urls")
+            .arg(&peer_url)
+            .arg("--initial-cluster")
+            .arg(format!("corral-test={peer_url}"))
+            .arg("--initial-cluster-state")
+            .arg("new")
+            .arg("--logger")
+            .arg("zap")
+            .arg("--log-outputs")
+            .arg("stderr")
+            .arg("--log-level")
+            .arg("warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log.try_clone()?))
+            .stderr(Stdio::from(log));
+        die_with_parent(&mut command);
+        let child = self.keeper.spawn(command).await?;
+        self.child = Some(child);
+
+        let deadline = Instant::now() + HEALTH_TIMEOUT;
+        loop {
+            if let Some(child) = self.child.as_mut()
+                && let Some(status) = child.try_wait()?
+            {
+                self.child = None;
+                return Err(io::Error::other(format!(
+                    "etcd exited ({status}) before it was healthy:\n{}",
+                    self.log_tail()
+                )));
+            }
+            if healthy(self.client_port).await {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                let _ = self.kill();
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!(
+                        "etcd was not healthy within {HEALTH_TIMEOUT:?}:\n{}",
+                        self.log_tail()
+                    ),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for EtcdServer {
+    fn drop(&mut self) {
+        if let Err(error) = self.kill() {
+            tracing::warn!(%error, "killing etcd failed");
+        }
+    }
+}
+
+fn etcd_binary() -> PathBuf {
+    let packaged = Path::new("/usr/bin/etcd");
+    if packaged.exists() {
+        packaged.to_owned()
+    } else {
+        PathBuf::from("etcd")
+    }
+}
+
+/// Two distinct free loopback ports (free when asked; see the retry in `start`).
+fn free_ports() -> io::Result<(u16, u16)> {
+    let first = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
+    let second = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
+    Ok((first.local_addr()?.port(), second.local_addr()?.port()))
+}
+
+/// `GET /health` answers `"health":"true"`.
+async fn healthy(port: u16) -> bool {
+    let probe = async {
+        let mut stream = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).await?;
+        stream
+            .write_all(b"GET /health HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+            .await?;
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).await?;
+        io::Result::Ok(String::from_utf8_lossy(&response).contains("\"health\":\"true\""))
+    };
+    matches!(
+        tokio::time::timeout(Duration::from_secs(1), probe).await,
+        Ok(Ok(true))
+    )
+}
+
+/// Asks the kernel to SIGKILL the child when the thread that spawns it exits.
+fn die_with_parent(command: &mut Command) {
+    let parent = std::process::id();
+    let hook = move || {
+        // SAFETY: prctl and getppid are async-signal-safe system calls; nothing here
+        // allocates or takes a lock, as required between fork and exec.
+        let armed = unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+        if armed != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // If the parent died before the signal was armed, nobody would ever send it.
+        if unsafe { libc::getppid() } as u32 != parent {
+            return Err(io::Error::from_raw_os_error(libc::ESRCH));
+        }
+        Ok(())
+    };
+    // SAFETY: the hook only makes async-signal-safe system calls (see above).
+    unsafe {
+        command.pre_exec(hook);
+    }
+}
+
+struct SpawnJob {
+    command: Command,
+    reply: tokio::sync::oneshot::Sender<io::Result<Child>>,
+}
+
+/// A thread that spawns the etcd processes and lives as long as the server (see module docs).
+struct Keeper {
+    jobs: Option<std::sync::mpsc::Sender<SpawnJob>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Keeper {
+    fn start() -> io::Result<Keeper> {
+        let (jobs, receiver) = std::sync::mpsc::channel::<SpawnJob>();
+        let thread = std::thread::Builder::new()
+            .name("etcd-keeper".to_owned())
+            .spawn(move || {
+                for mut job in receiver {
+                    let _ = job.reply.send(job.command.spawn());
+                }
+            })?;
+        Ok(Keeper {
+            jobs: Some(jobs),
+            thread: Some(thread),
+        })
+    }
+
+    async fn spawn(&self, command: Command) -> io::Result<Child> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let gone = || io::Error::other("the etcd keeper thread is gone");
+        self.jobs
+            .as_ref()
+            .ok_or_else(gone)?
+            .send(SpawnJob { command, reply })
+            .map_err(|_| gone())?;
+        answer.await.map_err(|_| gone())?
+    }
+}
+
+impl Drop for Keeper {
+    fn drop(&mut self) {
+        self.jobs = None;
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
