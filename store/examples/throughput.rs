@@ -2,10 +2,10 @@
 //! baseline (`raw_write_rate`) beside it.
 //!
 //! ```text
-//! cargo run --release -p corral-store --example throughput [WRITES [CONCURRENCY [VALUE_BYTES]]]
+//! cargo run --release -p corral-store --example throughput [WRITES [CONCURRENCY [VALUE_BYTES [sqlite|etcd]]]]
 //! ```
 //!
-//! Defaults: 20000 writes, 64 in flight, 1024-byte values. SQLite runs in a temporary
+//! Defaults: 20000 writes, 64 in flight, 1024-byte values, both backends. SQLite runs in a temporary
 //! directory; etcd is a fresh local server (`testing::EtcdServer`).
 
 use std::sync::Arc;
@@ -71,8 +71,20 @@ async fn main() -> Result<(), Error> {
     let writes = arg(1, 20_000)?;
     let concurrency = arg(2, 64)?;
     let value_size = arg(3, 1024)?;
+    let only = std::env::args().nth(4);
+    let runs = |backend: &str| only.as_deref().is_none_or(|only| only == backend);
     println!("{writes} writes, {concurrency} in flight, {value_size}-byte values");
 
+    if runs("sqlite") {
+        sqlite(writes, concurrency, value_size).await?;
+    }
+    if runs("etcd") {
+        etcd(writes, concurrency, value_size).await?;
+    }
+    Ok(())
+}
+
+async fn sqlite(writes: usize, concurrency: usize, value_size: usize) -> Result<(), Error> {
     let dir = tempfile::tempdir()?;
     let sqlite = StoreConfig::Sqlite {
         path: dir.path().join("bench.sqlite"),
@@ -81,7 +93,10 @@ async fn main() -> Result<(), Error> {
     report("sqlite Store::create", writes, elapsed);
     let raw = raw_write_rate(&sqlite, writes, concurrency, value_size).await?;
     report("sqlite raw (1 row/txn)", raw.writes, raw.elapsed);
+    Ok(())
+}
 
+async fn etcd(writes: usize, concurrency: usize, value_size: usize) -> Result<(), Error> {
     let server = EtcdServer::start().await?;
     let etcd = server.config("/bench");
     let elapsed = create_rate(open(&etcd).await?, writes, concurrency, value_size).await?;

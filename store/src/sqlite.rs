@@ -14,8 +14,10 @@
 //!   revision of the key, deleted flag). A row is *superseded at C* if (and only if) a newer row
 //!   of the same key has a revision <= C. A delete's row (a *tombstone*) stores no value; its
 //!   value is its previous row's.
-//! - The *kv* table holds the current value of every live key; it is exactly what replaying
-//!   the whole log would give, kept so that latest reads need no log scan.
+//! - The *kv* table names the current row of every live key (its create and mod revisions; the
+//!   value is read from the log row at the mod revision, so each value is written once). It is
+//!   exactly what replaying the whole log would give, kept so that latest reads need no log
+//!   scan.
 //! - The *meta* table holds the compacted revision and the schema version.
 //! - The current revision is the greatest of the log's greatest revision and the compacted
 //!   revision (compaction may remove the newest row when it is a tombstone).
@@ -31,7 +33,9 @@
 //!
 //! # Invariants
 //!
-//! - **kv = replay(log)** for every key, after every commit (both change in one transaction).
+//! - **kv = replay(log)** for every key, after every commit (both change in one transaction),
+//!   and the log row a kv row names is never compacted (it is its key's newest and no
+//!   tombstone, so nothing supersedes it).
 //! - **No gaps**: the log holds every revision above the compacted revision that was ever
 //!   committed, except rows removed by compaction, which are always <= the compacted revision.
 //! - **Compaction keeps history above C whole**: at C it removes only rows superseded at C and
@@ -165,12 +169,12 @@ CREATE TABLE IF NOT EXISTS log (
 );
 -- Entries are ordered by (key, rowid) and the rowid is the revision.
 CREATE INDEX IF NOT EXISTS log_by_key ON log (key);
+-- The value of a live key is in its log row at mod_revision: values are written once.
 CREATE TABLE IF NOT EXISTS kv (
     key BLOB PRIMARY KEY,
-    value BLOB NOT NULL,
     create_revision INTEGER NOT NULL,
     mod_revision INTEGER NOT NULL
-);
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS meta (
     name TEXT PRIMARY KEY,
     value INTEGER NOT NULL
@@ -336,8 +340,9 @@ fn key_value(row: &SqliteRow) -> Result<KeyValue> {
     })
 }
 
-const LIST_LATEST_SQL: &str = "SELECT key, value, create_revision, mod_revision FROM kv \
-     WHERE key >= ?1 AND key < ?2 ORDER BY key LIMIT ?3";
+const LIST_LATEST_SQL: &str = "SELECT k.key, l.value, k.create_revision, k.mod_revision \
+     FROM kv AS k JOIN log AS l ON l.revision = k.mod_revision \
+     WHERE k.key >= ?1 AND k.key < ?2 ORDER BY k.key LIMIT ?3";
 const COUNT_LATEST_SQL: &str = "SELECT COUNT(*) FROM kv WHERE key >= ?1 AND key < ?2";
 /// The rows that are each key's newest at revision ?3 and not tombstones. SQLite walks the key
 /// index in order and stops at the limit; each candidate costs one index probe for a newer row.
@@ -372,7 +377,10 @@ impl Store for SqliteStore {
 
     async fn get(&self, key: &str) -> Result<Option<KeyValue>> {
         let row =
-            sqlx::query("SELECT key, value, create_revision, mod_revision FROM kv WHERE key = ?1")
+            sqlx::query(
+                "SELECT k.key, l.value, k.create_revision, k.mod_revision \
+                 FROM kv AS k JOIN log AS l ON l.revision = k.mod_revision WHERE k.key = ?1",
+            )
                 .bind(key.as_bytes())
                 .fetch_optional(&self.reads)
                 .await

@@ -21,6 +21,7 @@ use crate::resource::ResourceType;
 pub mod delete;
 pub mod discovery;
 pub mod openapi;
+pub mod protobuf;
 mod read;
 mod table;
 mod watch;
@@ -272,8 +273,8 @@ async fn read_body(body: Body, limit: usize) -> ApiResult<Bytes> {
     })
 }
 
-/// Decodes a JSON or YAML request body into an object.
-pub fn decode_body(headers: &HeaderMap, body: &[u8]) -> ApiResult<Value> {
+/// Decodes a JSON, YAML or (core kinds only) protobuf request body into an object.
+pub fn decode_body(headers: &HeaderMap, resource: &ResourceType, body: &[u8]) -> ApiResult<Value> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::bad_request("the request body is empty"));
     }
@@ -281,7 +282,15 @@ pub fn decode_body(headers: &HeaderMap, body: &[u8]) -> ApiResult<Value> {
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("application/json");
-    let value: Value = if content_type.contains("yaml") {
+    let value: Value = if content_type.starts_with(protobuf::MEDIA_TYPE) {
+        if !resource.group.is_empty() {
+            return Err(ApiError::new(
+                Reason::UnsupportedMediaType,
+                "protobuf is not supported for custom resources; send application/json or application/yaml",
+            ));
+        }
+        protobuf::decode(&resource.kind, body)?
+    } else if content_type.contains("yaml") {
         let text = std::str::from_utf8(body)
             .map_err(|_| ApiError::bad_request("the request body is not valid UTF-8"))?;
         serde_saphyr::from_str(text).map_err(|e| {

@@ -356,7 +356,7 @@ pub async fn create(request: ResourceRequest, body: Bytes) -> ApiResult<Response
         ));
     }
     let mut warnings = Warnings::default();
-    let body = decode_body(&request.headers, &body)?;
+    let body = decode_body(&request.headers, &request.resource, &body)?;
     let mut object = prepare_create(&request, body, &mut warnings)?;
     let generate_name = object::meta_str(&object, "generateName").map(String::from);
     let explicit_name = object::meta_str(&object, "name").map(String::from);
@@ -562,7 +562,7 @@ async fn read_current(request: &ResourceRequest) -> ApiResult<Option<Stored>> {
 pub async fn replace(request: ResourceRequest, body: Bytes) -> ApiResult<Response> {
     let dry_run = request.query.dry_run()?;
     let target = request.target();
-    let desired = decode_body(&request.headers, &body)?;
+    let desired = decode_body(&request.headers, &request.resource, &body)?;
     let rv = desired
         .pointer("/metadata/resourceVersion")
         .and_then(Value::as_str)

@@ -259,7 +259,8 @@ impl Writer {
         let mut state: HashMap<String, KeyValue> = HashMap::with_capacity(keys.len());
         for chunk in statement_chunks(&keys) {
             let sql = format!(
-                "SELECT key, value, create_revision, mod_revision FROM kv WHERE key IN ({})",
+                "SELECT k.key, l.value, k.create_revision, k.mod_revision \
+                 FROM kv AS k JOIN log AS l ON l.revision = k.mod_revision WHERE k.key IN ({})",
                 placeholders(chunk.len())
             );
             let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
@@ -414,16 +415,15 @@ impl Writer {
         let live: Vec<&KeyValue> = live.iter().filter_map(|key| state.get(*key)).collect();
         for chunk in statement_chunks(&live) {
             let sql = format!(
-                "INSERT INTO kv (key, value, create_revision, mod_revision) VALUES {} \
-                 ON CONFLICT (key) DO UPDATE SET value = excluded.value, \
+                "INSERT INTO kv (key, create_revision, mod_revision) VALUES {} \
+                 ON CONFLICT (key) DO UPDATE SET \
                  create_revision = excluded.create_revision, mod_revision = excluded.mod_revision",
-                rows_placeholders(4, chunk.len())
+                rows_placeholders(3, chunk.len())
             );
             let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
             for kv in chunk {
                 query = query
                     .bind(kv.key.as_bytes())
-                    .bind(&kv.value[..])
                     .bind(kv.create_revision)
                     .bind(kv.mod_revision);
             }
