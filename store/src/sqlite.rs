@@ -376,15 +376,14 @@ impl Store for SqliteStore {
     }
 
     async fn get(&self, key: &str) -> Result<Option<KeyValue>> {
-        let row =
-            sqlx::query(
-                "SELECT k.key, l.value, k.create_revision, k.mod_revision \
+        let row = sqlx::query(
+            "SELECT k.key, l.value, k.create_revision, k.mod_revision \
                  FROM kv AS k JOIN log AS l ON l.revision = k.mod_revision WHERE k.key = ?1",
-            )
-                .bind(key.as_bytes())
-                .fetch_optional(&self.reads)
-                .await
-                .map_err(sql_error)?;
+        )
+        .bind(key.as_bytes())
+        .fetch_optional(&self.reads)
+        .await
+        .map_err(sql_error)?;
         row.as_ref().map(key_value).transpose()
     }
 

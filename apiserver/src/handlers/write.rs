@@ -563,6 +563,14 @@ pub async fn replace(request: ResourceRequest, body: Bytes) -> ApiResult<Respons
     let dry_run = request.query.dry_run()?;
     let target = request.target();
     let desired = decode_body(&request.headers, &request.resource, &body)?;
+    check_type_meta(&request, &desired)?;
+    let body_name = object::meta_str(&desired, "name").unwrap_or("");
+    if body_name != request.object_name() {
+        return Err(ApiError::bad_request(format!(
+            "the name of the object ({body_name}) does not match the name on the URL ({})",
+            request.object_name()
+        )));
+    }
     let rv = desired
         .pointer("/metadata/resourceVersion")
         .and_then(Value::as_str)
