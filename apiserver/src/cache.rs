@@ -342,6 +342,16 @@ impl Cacher {
         (state.objects.values().cloned().collect(), state.revision)
     }
 
+    /// The current object under `key`, if the cache has it.
+    pub fn get(&self, key: &str) -> Option<Arc<CachedObject>> {
+        self.state
+            .read()
+            .expect("cache lock poisoned")
+            .objects
+            .get(key)
+            .cloned()
+    }
+
     /// Current objects whose key starts with `prefix`, and the revision they are at.
     pub fn snapshot_prefix(&self, prefix: &str) -> (Vec<Arc<CachedObject>>, Revision) {
         let state = self.state.read().expect("cache lock poisoned");

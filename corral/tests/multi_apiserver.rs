@@ -13,8 +13,16 @@ use serde_json::Value;
 const BASE: &str = "/apis/test.corral.dev/v1/namespaces/default/widgets";
 
 fn create(server: &Apiserver, name: &str) -> Value {
-    let body = format!(r#"{{"apiVersion":"test.corral.dev/v1","kind":"Widget","metadata":{{"name":"{name}"}},"spec":{{"color":"red"}}}}"#);
-    let (status, body) = http(server.address, "POST", BASE, &[("Content-Type", "application/json")], body.as_bytes());
+    let body = format!(
+        r#"{{"apiVersion":"test.corral.dev/v1","kind":"Widget","metadata":{{"name":"{name}"}},"spec":{{"color":"red"}}}}"#
+    );
+    let (status, body) = http(
+        server.address,
+        "POST",
+        BASE,
+        &[("Content-Type", "application/json")],
+        body.as_bytes(),
+    );
     assert_eq!(status, 201, "{body}");
     serde_json::from_str(&body).unwrap()
 }
@@ -27,13 +35,26 @@ fn three_apiservers_on_one_etcd_agree() {
 
     // A watch through C, started before the writes.
     let (_, list) = http(c.address, "GET", BASE, &[], b"");
-    let rv = serde_json::from_str::<Value>(&list).unwrap()["metadata"]["resourceVersion"].as_str().unwrap().to_string();
+    let rv = serde_json::from_str::<Value>(&list).unwrap()["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let mut watch = TcpStream::connect(c.address).unwrap();
-    watch.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    write!(watch, "GET {BASE}?watch=1&resourceVersion={rv} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    watch
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    write!(
+        watch,
+        "GET {BASE}?watch=1&resourceVersion={rv} HTTP/1.1\r\nHost: x\r\n\r\n"
+    )
+    .unwrap();
 
     let created = create(&a, "from-a");
-    let created_rv: i64 = created["metadata"]["resourceVersion"].as_str().unwrap().parse().unwrap();
+    let created_rv: i64 = created["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
 
     // B reads A's write at once (a consistent read from etcd).
     let (status, body) = http(b.address, "GET", &format!("{BASE}/from-a"), &[], b"");
@@ -44,10 +65,22 @@ fn three_apiservers_on_one_etcd_agree() {
     // A stale update through B conflicts once A has moved the object on.
     let mut stale = through_b.clone();
     let patch = r#"{"spec":{"color":"blue"}}"#;
-    let (status, _) = http(a.address, "PATCH", &format!("{BASE}/from-a"), &[("Content-Type", "application/merge-patch+json")], patch.as_bytes());
+    let (status, _) = http(
+        a.address,
+        "PATCH",
+        &format!("{BASE}/from-a"),
+        &[("Content-Type", "application/merge-patch+json")],
+        patch.as_bytes(),
+    );
     assert_eq!(status, 200);
     stale["spec"]["color"] = "green".into();
-    let (status, body) = http(b.address, "PUT", &format!("{BASE}/from-a"), &[("Content-Type", "application/json")], stale.to_string().as_bytes());
+    let (status, body) = http(
+        b.address,
+        "PUT",
+        &format!("{BASE}/from-a"),
+        &[("Content-Type", "application/json")],
+        stale.to_string().as_bytes(),
+    );
     assert_eq!(status, 409, "{body}");
 
     // Every server lists the same objects at a revision at least as new as the write.
@@ -56,9 +89,18 @@ fn three_apiservers_on_one_etcd_agree() {
         let (status, body) = http(server.address, "GET", BASE, &[], b"");
         assert_eq!(status, 200);
         let list: Value = serde_json::from_str(&body).unwrap();
-        let names: Vec<&str> = list["items"].as_array().unwrap().iter().map(|i| i["metadata"]["name"].as_str().unwrap()).collect();
+        let names: Vec<&str> = list["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["metadata"]["name"].as_str().unwrap())
+            .collect();
         assert_eq!(names, vec!["from-a", "from-b"]);
-        let list_rv: i64 = list["metadata"]["resourceVersion"].as_str().unwrap().parse().unwrap();
+        let list_rv: i64 = list["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
         assert!(list_rv > created_rv);
     }
 
@@ -74,7 +116,19 @@ fn three_apiservers_on_one_etcd_agree() {
             continue; // HTTP headers and chunk sizes.
         }
         let event: Value = serde_json::from_str(trimmed).unwrap();
-        seen.push(format!("{} {} {}", event["type"].as_str().unwrap(), event["object"]["metadata"]["name"].as_str().unwrap(), event["object"]["spec"]["color"].as_str().unwrap()));
+        seen.push(format!(
+            "{} {} {}",
+            event["type"].as_str().unwrap(),
+            event["object"]["metadata"]["name"].as_str().unwrap(),
+            event["object"]["spec"]["color"].as_str().unwrap()
+        ));
     }
-    assert_eq!(seen, vec!["ADDED from-a red", "MODIFIED from-a blue", "ADDED from-b red"]);
+    assert_eq!(
+        seen,
+        vec![
+            "ADDED from-a red",
+            "MODIFIED from-a blue",
+            "ADDED from-b red"
+        ]
+    );
 }

@@ -396,7 +396,9 @@ impl Store for SqliteStore {
         };
         let limit = request.limit.filter(|&limit| limit > 0);
         // One more than asked tells whether there are more.
-        let fetch = limit.map_or(-1, |limit| i64::try_from(limit).unwrap_or(i64::MAX - 1) + 1);
+        let fetch = limit.map_or(-1, |limit| {
+            i64::try_from(limit).unwrap_or(i64::MAX).saturating_add(1)
+        });
 
         // One read transaction: the revision, the items and the count share a snapshot.
         let mut tx = self.reads.begin().await.map_err(sql_error)?;

@@ -6,9 +6,9 @@
 //! and checks every acknowledged key, the revision sequence and the watch history.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,7 +16,9 @@ use bytes::Bytes;
 use corral_store::sqlite::SqliteStore;
 use corral_store::{Store, WatchOptions};
 use futures::StreamExt;
+use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 
 const CHILD_ENV: &str = "CORRAL_STORE_DURABILITY_DB";
 /// The child stops by itself after this many writes, should the parent never kill it.
@@ -60,47 +62,48 @@ async fn writer_child() {
 async fn acknowledged_writes_survive_sigkill() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("durable.sqlite");
-    let mut child = Command::new(std::env::current_exe().expect("current_exe"))
+    let mut child = tokio::process::Command::new(std::env::current_exe().expect("current_exe"))
         .args(["writer_child", "--exact", "--nocapture", "--test-threads=1"])
         .env(CHILD_ENV, &path)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
+        .kill_on_drop(true)
         .spawn()
         .expect("spawn the writer child");
     let stdout = child.stdout.take().expect("child stdout");
-
-    // Read acknowledgements on a thread; the kill happens once enough have arrived.
-    let (acks_tx, acks_rx) = std::sync::mpsc::channel::<(String, i64)>();
-    let reader = std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            let mut parts = line.split_whitespace();
-            if let (Some("ACK"), Some(key), Some(revision)) =
-                (parts.next(), parts.next(), parts.next())
-                && let Ok(revision) = revision.parse()
-                && acks_tx.send((key.to_owned(), revision)).is_err()
-            {
-                break;
-            }
-        }
-    });
+    let mut lines = BufReader::new(stdout).lines();
     let mut acked = BTreeMap::new();
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while acked.len() < KILL_AFTER {
-        let wait = deadline.saturating_duration_since(std::time::Instant::now());
-        match acks_rx.recv_timeout(wait) {
-            Ok((key, revision)) => {
-                acked.insert(key, revision);
+    let mut record = |line: &str| {
+        let mut parts = line.split_whitespace();
+        if let (Some("ACK"), Some(key), Some(revision)) = (parts.next(), parts.next(), parts.next())
+        {
+            let revision: i64 = revision.parse().expect("an ACK names a revision");
+            acked.insert(key.to_owned(), revision);
+        }
+    };
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut count = 0;
+    while count < KILL_AFTER {
+        match tokio::time::timeout_at(deadline, lines.next_line()).await {
+            Ok(Ok(Some(line))) => {
+                record(&line);
+                count += 1;
             }
-            Err(error) => panic!("only {} acknowledgements before {error:?}", acked.len()),
+            Ok(Ok(None)) => panic!("the writer exited after {count} acknowledgements"),
+            Ok(Err(error)) => panic!("reading the writer's output: {error}"),
+            Err(_) => panic!("only {count} acknowledgements within 60 s"),
         }
     }
-    child.kill().expect("SIGKILL the writer");
-    child.wait().expect("reap the writer");
+    child.kill().await.expect("SIGKILL the writer");
     // Acknowledgements printed before the kill are still in the pipe.
-    reader.join().expect("reader thread");
-    while let Ok((key, revision)) = acks_rx.try_recv() {
-        acked.insert(key, revision);
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), lines.next_line()).await {
+            Ok(Ok(Some(line))) => record(&line),
+            Ok(Ok(None)) => break,
+            Ok(Err(error)) => panic!("reading the writer's output: {error}"),
+            Err(_) => panic!("the writer's output did not end after SIGKILL"),
+        }
     }
     assert!(acked.len() >= KILL_AFTER);
 

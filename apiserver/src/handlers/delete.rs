@@ -162,6 +162,14 @@ pub async fn delete_object(
     target: &Target,
     options: &DeleteOptions,
 ) -> ApiResult<Deleted> {
+    // Like NamespaceLifecycle admission: the namespace the server guarantees is never deleted.
+    if is_namespace(resource) && target.name == "default" {
+        return Err(ApiError::new(
+            Reason::Forbidden,
+            "namespaces \"default\" is forbidden: this namespace may not be deleted",
+        )
+        .with_target(target));
+    }
     for _ in 0..DELETE_RETRIES {
         let kv = server
             .store
@@ -367,7 +375,7 @@ pub async fn delete_collection(request: ResourceRequest, body: Bytes) -> ApiResu
             Ok(Deleted::Removed(last)) | Ok(Deleted::Pending(last)) => {
                 items.push(present(&request, last))
             }
-            Err(e) if e.reason == Reason::NotFound => {}
+            Err(e) if matches!(e.reason, Reason::NotFound | Reason::Forbidden) => {}
             Err(e) => return Err(e),
         }
     }

@@ -75,7 +75,10 @@ fn text(data: &[u8]) -> Result<String, ()> {
     String::from_utf8(data.to_vec()).map_err(|_| ())
 }
 
-fn fields<'a>(data: &'a [u8], mut each: impl FnMut(u64, Field<'a>) -> Result<(), ()>) -> Result<(), ()> {
+fn fields<'a>(
+    data: &'a [u8],
+    mut each: impl FnMut(u64, Field<'a>) -> Result<(), ()>,
+) -> Result<(), ()> {
     let mut reader = Reader { bytes: data };
     while let Some((number, field)) = reader.next()? {
         each(number, field)?;
@@ -170,7 +173,8 @@ fn namespace(data: &[u8]) -> Result<Value, ()> {
 
 /// Decodes a protobuf body for `kind` of the core group into JSON.
 pub fn decode(kind: &str, body: &[u8]) -> ApiResult<Value> {
-    let bad = || ApiError::bad_request("the request body is not a valid Kubernetes protobuf message");
+    let bad =
+        || ApiError::bad_request("the request body is not a valid Kubernetes protobuf message");
     let envelope = body.strip_prefix(b"k8s\0").ok_or_else(bad)?;
     let mut raw = None;
     let mut declared_kind = String::new();
@@ -198,7 +202,9 @@ pub fn decode(kind: &str, body: &[u8]) -> ApiResult<Value> {
         "Namespace" => namespace(raw).map_err(|_| bad()),
         _ => Err(ApiError::new(
             Reason::UnsupportedMediaType,
-            format!("protobuf request bodies are not supported for {kind}; send application/json or application/yaml"),
+            format!(
+                "protobuf request bodies are not supported for {kind}; send application/json or application/yaml"
+            ),
         )),
     }
 }
@@ -219,15 +225,32 @@ mod tests {
         let meta = [field(1, b"demo"), field(11, &label)].concat();
         let namespace = field(1, &meta);
         let type_meta = [field(1, b"v1"), field(2, b"Namespace")].concat();
-        let body = [b"k8s\0".to_vec(), field(1, &type_meta), field(2, &namespace)].concat();
+        let body = [
+            b"k8s\0".to_vec(),
+            field(1, &type_meta),
+            field(2, &namespace),
+        ]
+        .concat();
         let value = decode("Namespace", &body).unwrap();
-        assert_eq!(value, json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "demo", "labels": {"team": "a"}}}));
+        assert_eq!(
+            value,
+            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "demo", "labels": {"team": "a"}}})
+        );
     }
 
     #[test]
     fn garbage_is_a_bad_request_not_a_panic() {
-        for body in [&b""[..], b"k8s", b"k8s\0\xff\xff\xff", b"k8s\0\x12\x7f", b"json"] {
-            assert_eq!(decode("Namespace", body).unwrap_err().reason, Reason::BadRequest);
+        for body in [
+            &b""[..],
+            b"k8s",
+            b"k8s\0\xff\xff\xff",
+            b"k8s\0\x12\x7f",
+            b"json",
+        ] {
+            assert_eq!(
+                decode("Namespace", body).unwrap_err().reason,
+                Reason::BadRequest
+            );
         }
     }
 }

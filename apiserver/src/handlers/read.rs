@@ -62,10 +62,8 @@ pub async fn get(request: ResourceRequest, accept: Accept) -> ApiResult<Response
     let object = match request.query.string("resourceVersion") {
         Some("0") => {
             let cache = request.server.cache(&request.resource);
-            let (objects, _) = cache.snapshot_prefix(&request.key());
-            objects
-                .into_iter()
-                .find(|o| o.key == request.key())
+            cache
+                .get(&request.key())
                 .map(|o| o.value.clone())
                 .ok_or_else(|| ApiError::not_found(&target))?
         }
@@ -114,7 +112,15 @@ fn list_mode(request: &ResourceRequest, prefix: &str) -> ApiResult<ListMode> {
         ));
     }
     if let Some(token) = query.string("continue") {
-        if rv.is_some_and(|r| r != "0") || rv_match.is_some() {
+        // Option validation (422) comes before the storage layer's check (400), as in
+        // `meta/internalversion/validation` ValidateListOptions.
+        if rv_match.is_some() {
+            return Err(ApiError::new(
+                Reason::Invalid,
+                "resourceVersionMatch: Forbidden: resourceVersionMatch is forbidden when continue is provided",
+            ));
+        }
+        if rv.is_some_and(|r| r != "0") {
             return Err(ApiError::bad_request(
                 "specifying resource version is not allowed when using continue",
             ));

@@ -243,27 +243,41 @@ pub async fn ensure_namespace(server: &ApiServer, name: &str) -> Result<(), Stor
 }
 
 /// Namespaced objects may only be created in a namespace that exists and is not terminating.
+/// Like Kubernetes' NamespaceLifecycle admission, this reads the watch cache and falls back to
+/// the store only when the cache does not know the namespace (it may have just been created).
 async fn check_namespace_open(request: &ResourceRequest, namespace: &str) -> ApiResult<()> {
     let Some(ns_type) = request.server.registry.lookup("", "namespaces") else {
         return Ok(());
     };
     let target = ns_type.target(namespace);
-    let kv = request
+    let key = ns_type.key(None, namespace);
+    let cached = request
         .server
-        .store
-        .get(&ns_type.key(None, namespace))
-        .await
-        .map_err(|e| ApiError::from_store(e, &target))?
-        .ok_or_else(|| ApiError::not_found(&target))?;
-    let ns =
-        object::decode(&kv).map_err(|e| ApiError::internal("stored namespace is corrupt", &e))?;
-    if object::is_deleting(&ns.object) {
+        .cache(ns_type)
+        .get(&key)
+        .map(|o| o.value.clone());
+    let object = match cached {
+        Some(object) => object,
+        None => {
+            let kv = request
+                .server
+                .store
+                .get(&key)
+                .await
+                .map_err(|e| ApiError::from_store(e, &target))?
+                .ok_or_else(|| ApiError::not_found(&target))?;
+            object::decode(&kv)
+                .map_err(|e| ApiError::internal("stored namespace is corrupt", &e))?
+                .object
+        }
+    };
+    if object::is_deleting(&object) {
         return Err(ApiError::new(
             Reason::Forbidden,
             format!(
                 "{} \"{}\" is forbidden: unable to create new content in namespace {namespace} because it is being terminated",
                 request.target().qualified_resource(),
-                object::name(&ns.object)
+                request.object_name()
             ),
         ));
     }
@@ -440,6 +454,10 @@ fn prepare_update(
         }
     }
     handle_unknown_fields(request, &mut desired, warnings)?;
+    // An apply computed the new managedFields itself (`apply_to`); keep them. Every other
+    // write records its managedFields below, from the stored ones.
+    let applied_managed_fields =
+        (!track).then(|| desired.pointer("/metadata/managedFields").cloned());
     let mut next = match request.subresource {
         // The status subresource takes nothing but status from the client.
         Some(Subresource::Status) => {
@@ -466,6 +484,15 @@ fn prepare_update(
                     }
                 }
             }
+            // The uid is immutable (ValidateObjectMetaUpdate); the other server-owned fields
+            // are silently kept from the stored object, as Kubernetes' BeforeUpdate does.
+            if let Some(uid) = object::meta_str(&next, "uid").filter(|u| !u.is_empty()) {
+                if uid != object::uid(current) {
+                    let error =
+                        FieldError::invalid("metadata.uid", json!(uid), "field is immutable");
+                    return Err(ApiError::invalid(&target, &[error]));
+                }
+            }
             // Server-owned metadata always comes from the stored object.
             let current_meta = object::meta(current).cloned().unwrap_or_default();
             let meta = object::meta_mut(&mut next);
@@ -484,6 +511,13 @@ fn prepare_update(
     let storage = request.resource.storage_version();
     next["apiVersion"] = json!(request.resource.api_version(&storage.name));
     next["kind"] = json!(request.resource.kind);
+    if let Some(managed_fields) = applied_managed_fields {
+        let meta = object::meta_mut(&mut next);
+        match managed_fields {
+            Some(entries) => meta.insert("managedFields".into(), entries),
+            None => meta.remove("managedFields"),
+        };
+    }
     object::meta_mut(&mut next).insert(
         "resourceVersion".into(),
         current
@@ -509,16 +543,13 @@ fn prepare_update(
     if track {
         track_update(request, Some(current), &mut next);
     }
-    if without_managed_fields(current) == without_managed_fields(&next) {
+    // managedFields count: an apply that only changes ownership (a second applier of an
+    // equal value) must be stored. Unchanged writes keep their entries' times, so a true
+    // no-op stays one.
+    if *current == next {
         return Ok(None);
     }
     Ok(Some(next))
-}
-
-fn without_managed_fields(object: &Value) -> Value {
-    let mut copy = object.clone();
-    object::meta_mut(&mut copy).remove("managedFields");
-    copy
 }
 
 /// Stores an update conditional on `current`'s revision; an object being deleted whose last

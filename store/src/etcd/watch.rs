@@ -136,10 +136,11 @@ impl EtcdWatch {
                             }
                         }
                         if let (Some((candidate, _)), Some(first)) = (self.candidate, events.first())
-                            && first.revision() <= candidate {
-                                // The candidate overtook these events: it proves nothing.
-                                self.candidate = None;
-                            }
+                            && first.revision() <= candidate
+                        {
+                            // The candidate overtook these events: it proves nothing.
+                            self.candidate = None;
+                        }
                         if let Some(last) = events.last() {
                             self.delivered = self.delivered.max(last.revision());
                         }
@@ -163,10 +164,11 @@ impl EtcdWatch {
                     let now = Instant::now();
                     self.next_tick = now + self.tick;
                     if let Some((candidate, arrived)) = self.candidate
-                        && now.duration_since(arrived) >= self.hold {
-                            self.delivered = self.delivered.max(candidate);
-                            self.candidate = None;
-                        }
+                        && now.duration_since(arrived) >= self.hold
+                    {
+                        self.delivered = self.delivered.max(candidate);
+                        self.candidate = None;
+                    }
                     if let Err(error) = self.stream.request_progress().await {
                         return self.finish(other(error));
                     }
@@ -179,9 +181,9 @@ impl EtcdWatch {
     }
 
     fn translate(&self, event: &etcd_client::Event) -> Result<Event, Untranslatable> {
-        let kv = event.kv().ok_or(Untranslatable::Error(super::malformed(
-            "the key-value of a watch event",
-        )))?;
+        let kv = event.kv().ok_or_else(|| {
+            Untranslatable::Error(super::malformed("the key-value of a watch event"))
+        })?;
         let key = self.store.strip(kv.key()).map_err(Untranslatable::Error)?;
         let revision = kv.mod_revision();
         let prev = event

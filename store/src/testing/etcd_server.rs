@@ -9,7 +9,8 @@
 //!   SIGKILL, a static that is never dropped), the kernel kills etcd: it is started with
 //!   `PR_SET_PDEATHSIG`. That signal follows the *thread* that spawned the process, so every
 //!   etcd is spawned by a keeper thread that lives exactly as long as its `EtcdServer` (and,
-//!   for [`EtcdServer::shared`], as long as the process).
+//!   for [`EtcdServer::shared`], as long as the process). A directory left behind that way is
+//!   removed by the next `start` in any process, once its owner's process id is gone.
 //!
 //! # Assumptions
 //!
@@ -29,6 +30,9 @@ use tokio::sync::OnceCell;
 use tokio::time::Instant;
 
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(10);
+const DIRECTORY_PREFIX: &str = "corral-etcd-";
+/// Names the process that owns a server's directory (see `sweep_abandoned_directories`).
+const OWNER_FILE: &str = "owner.pid";
 const PORT_ATTEMPTS: usize = 5;
 
 /// A running etcd. See the module docs.
@@ -44,7 +48,11 @@ pub struct EtcdServer {
 impl EtcdServer {
     /// Starts a new etcd and waits until it is healthy.
     pub async fn start() -> io::Result<EtcdServer> {
-        let root = tempfile::Builder::new().prefix("corral-etcd-").tempdir()?;
+        sweep_abandoned_directories();
+        let root = tempfile::Builder::new()
+            .prefix(DIRECTORY_PREFIX)
+            .tempdir()?;
+        std::fs::write(root.path().join(OWNER_FILE), std::process::id().to_string())?;
         let mut server = EtcdServer {
             child: None,
             client_port: 0,
@@ -194,6 +202,33 @@ impl Drop for EtcdServer {
     fn drop(&mut self) {
         if let Err(error) = self.kill() {
             tracing::warn!(%error, "killing etcd failed");
+        }
+    }
+}
+
+/// Removes the directories of servers whose owning process is gone. A server that is never
+/// dropped (a static, a killed test process) cannot remove its own directory; the next start
+/// does. Directories without an owner file are left alone.
+fn sweep_abandoned_directories() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if !entry
+            .file_name()
+            .to_string_lossy()
+            .starts_with(DIRECTORY_PREFIX)
+        {
+            continue;
+        }
+        let Ok(owner) = std::fs::read_to_string(entry.path().join(OWNER_FILE)) else {
+            continue;
+        };
+        let Ok(owner) = owner.trim().parse::<u32>() else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{owner}")).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
         }
     }
 }
