@@ -81,12 +81,40 @@ pub struct CacheEvent {
     pub object: Arc<CachedObject>,
     /// The state before this event, for selector transitions.
     pub prev: Option<Arc<CachedObject>>,
+    /// The watch line `{"type":KIND,"object":OBJECT}\n`, built once and shared by every
+    /// watcher that receives this event as it is.
+    pub line: Bytes,
 }
 
 impl CacheEvent {
+    pub fn new(
+        kind: EventType,
+        object: Arc<CachedObject>,
+        prev: Option<Arc<CachedObject>>,
+    ) -> CacheEvent {
+        let line = event_line(kind, &object.json);
+        CacheEvent {
+            kind,
+            object,
+            prev,
+            line,
+        }
+    }
+
     pub fn revision(&self) -> Revision {
         self.object.revision
     }
+}
+
+/// `{"type":KIND,"object":OBJECT}\n` from an already serialized object.
+pub fn event_line(kind: EventType, object_json: &[u8]) -> Bytes {
+    let mut out = Vec::with_capacity(object_json.len() + 32);
+    out.extend_from_slice(b"{\"type\":\"");
+    out.extend_from_slice(kind.as_str().as_bytes());
+    out.extend_from_slice(b"\",\"object\":");
+    out.extend_from_slice(object_json);
+    out.extend_from_slice(b"}\n");
+    Bytes::from(out)
 }
 
 #[derive(Default)]
@@ -243,36 +271,48 @@ impl Cacher {
     }
 
     fn apply(&self, response: corral_store::WatchResponse) {
+        // Decode and serialize outside the lock; readers only wait for the map updates.
+        let decoded: Vec<(EventType, Arc<CachedObject>, Bytes)> = response
+            .events
+            .into_iter()
+            .filter_map(|event| {
+                let stored = match object::decode(&event.kv) {
+                    Ok(stored) => stored.object,
+                    Err(error) => {
+                        tracing::error!(%error, "skipping corrupt object in watch");
+                        return None;
+                    }
+                };
+                let kind = match event.kind {
+                    EventKind::Create => EventType::Added,
+                    EventKind::Update => EventType::Modified,
+                    EventKind::Delete => EventType::Deleted,
+                };
+                let cached = Arc::new(CachedObject::new(
+                    event.kv.key,
+                    event.kv.mod_revision,
+                    stored,
+                ));
+                let line = event_line(kind, &cached.json);
+                Some((kind, cached, line))
+            })
+            .collect();
         let mut state = self.state.write().expect("cache lock poisoned");
-        for event in response.events {
-            let key = event.kv.key.clone();
-            let revision = event.kv.mod_revision;
+        for (kind, cached, line) in decoded {
+            let revision = cached.revision;
             if revision <= state.revision {
                 continue; // Already reflected (the store promises no duplicates; belt and braces).
             }
-            let prev = state.objects.get(&key).cloned();
-            let decoded = match object::decode(&event.kv) {
-                Ok(stored) => stored.object,
-                Err(error) => {
-                    tracing::error!(%error, "skipping corrupt object in watch");
-                    continue;
-                }
-            };
-            let cached = Arc::new(CachedObject::new(key.clone(), revision, decoded));
-            let kind = match event.kind {
-                EventKind::Create => EventType::Added,
-                EventKind::Update => EventType::Modified,
-                EventKind::Delete => EventType::Deleted,
-            };
-            if kind == EventType::Deleted {
-                state.objects.remove(&key);
+            let prev = if kind == EventType::Deleted {
+                state.objects.remove(&cached.key)
             } else {
-                state.objects.insert(key, cached.clone());
-            }
+                state.objects.insert(cached.key.clone(), cached.clone())
+            };
             state.events.push_back(Arc::new(CacheEvent {
                 kind,
                 object: cached,
                 prev,
+                line,
             }));
             state.revision = revision;
             while state.events.len() > self.capacity {

@@ -106,7 +106,7 @@ async fn create_sets_server_owned_metadata() {
 async fn create_drops_client_sent_server_fields_and_status() {
     let h = Harness::start().await;
     let sent_uid = "00000000-0000-0000-0000-000000000001";
-    let body = widget_with(
+    let mut body = widget_with(
         "a",
         json!({"color": "red"}),
         json!({
@@ -119,7 +119,6 @@ async fn create_drops_client_sent_server_fields_and_status() {
             "resourceVersion": "12345",
         }),
     );
-    let mut body = body;
     body["status"] = json!({"phase": "Running"});
     let created = h.create(WIDGETS, body).await;
     let meta = &created["metadata"];
@@ -1930,14 +1929,20 @@ async fn watch_selector_transitions_become_deleted_and_added() {
     h.delete(&widget_path("b"), None).await.expect(200);
     watch.expect("DELETED", "b").await;
 
-    // Field selectors on a selectable field transition the same way.
+    // Field selectors on a selectable field transition the same way (list, then watch from
+    // the list's revision, as clients do).
+    let red = enc("spec.color=red");
+    let list = h
+        .get(&format!("{WIDGETS}?fieldSelector={red}"))
+        .await
+        .expect(200);
+    assert_eq!(names(&list), ["a"]);
     let mut watch = h
         .watch(&format!(
-            "{WIDGETS}?watch=true&fieldSelector={}",
-            enc("spec.color=red")
+            "{WIDGETS}?watch=true&fieldSelector={red}&resourceVersion={}",
+            rv(&list)
         ))
         .await;
-    watch.expect("ADDED", "a").await;
     h.merge_patch(&widget_path("a"), &json!({"spec": {"color": "blue"}}))
         .await
         .expect(200);
@@ -2278,13 +2283,13 @@ async fn kubectl_wait_for_delete_sees_the_deletion() {
     .await;
     h.create_widget("b", json!({"color": "red"})).await;
     let selector = enc("metadata.name=a");
-    let list = h
-        .get(&format!(
-            "{WIDGETS}?fieldSelector={selector}&limit=500&resourceVersion=0"
-        ))
-        .await
-        .expect(200);
-    assert_eq!(names(&list), ["a"]);
+    let by_name = format!("{WIDGETS}?fieldSelector={selector}&limit=500&resourceVersion=0");
+    // `resourceVersion=0` is served by the cache, which may lag the create by a moment.
+    wait_until("the cache to hold a", || async {
+        names(&h.get(&by_name).await.expect(200)) == ["a"]
+    })
+    .await;
+    let list = h.get(&by_name).await.expect(200);
     let mut watch = h
         .watch(&format!(
             "{WIDGETS}?allowWatchBookmarks=true&fieldSelector={selector}&resourceVersion={}&timeoutSeconds=30&watch=true",

@@ -98,16 +98,25 @@ fn object_body(name: &str, payload: &str, sent_at_micros: u128) -> Bytes {
     )
 }
 
-/// The `sentAtMicros` value in a serialized event, found without parsing the whole line.
+/// The `sentAtMicros` value in a serialized event, found without parsing the whole line. It
+/// is the last field of the object, so the search runs from the end.
 fn sent_at_micros(line: &[u8]) -> Option<u64> {
     const NEEDLE: &[u8] = b"\"sentAtMicros\":";
-    let at = line.windows(NEEDLE.len()).position(|w| w == NEEDLE)? + NEEDLE.len();
-    let digits: Vec<u8> = line[at..]
-        .iter()
-        .take_while(|b| b.is_ascii_digit())
-        .copied()
-        .collect();
-    std::str::from_utf8(&digits).ok()?.parse().ok()
+    let at = line.windows(NEEDLE.len()).rposition(|w| w == NEEDLE)? + NEEDLE.len();
+    let mut value: u64 = 0;
+    let mut digits = 0;
+    for b in &line[at..] {
+        if !b.is_ascii_digit() {
+            break;
+        }
+        value = value.checked_mul(10)?.checked_add(u64::from(b - b'0'))?;
+        digits += 1;
+    }
+    (digits > 0).then_some(value)
+}
+
+fn memchr_newline(bytes: &[u8]) -> Option<usize> {
+    bytes.iter().position(|b| *b == b'\n')
 }
 
 fn micros_since_epoch() -> u128 {
@@ -319,7 +328,7 @@ async fn watch_latency(
         watchers.spawn(async move {
             let response = watch_client.get(url.parse()?).await?;
             let mut body = response.into_body();
-            let mut buffer = Vec::new();
+            let mut buffer: Vec<u8> = Vec::new();
             let mut seen = 0usize;
             while seen < total {
                 let Some(frame) = body.frame().await else {
@@ -330,16 +339,19 @@ async fn watch_latency(
                     continue;
                 };
                 buffer.extend_from_slice(data);
-                while let Some(end) = buffer.iter().position(|b| *b == b'\n') {
-                    let line: Vec<u8> = buffer.drain(..=end).collect();
-                    let now = micros_since_epoch();
+                let now = micros_since_epoch();
+                let mut consumed = 0;
+                while let Some(end) = memchr_newline(&buffer[consumed..]) {
+                    let line = &buffer[consumed..consumed + end];
+                    consumed += end + 1;
                     // Only the send time is needed; a full parse of every event would make
                     // the benchmark's own client, on the same cores, the bottleneck.
-                    if let Some(sent) = sent_at_micros(&line) {
+                    if let Some(sent) = sent_at_micros(line) {
                         let _ = tx.send((now.saturating_sub(sent as u128)) as f64 / 1000.0);
                         seen += 1;
                     }
                 }
+                buffer.drain(..consumed);
             }
             Ok::<(), anyhow::Error>(())
         });

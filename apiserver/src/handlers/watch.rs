@@ -146,12 +146,18 @@ pub async fn watch(request: ResourceRequest, accept: Accept) -> ApiResult<Respon
         async move {
             loop {
                 if !w.pending.is_empty() {
-                    // Send everything ready as one chunk.
-                    let mut chunk = BytesMut::new();
-                    while let Some(frame) = w.pending.pop_front() {
-                        chunk.put(frame);
-                    }
-                    return Some((Ok::<Bytes, std::io::Error>(chunk.freeze()), w));
+                    // Send everything ready as one chunk (one write for the connection).
+                    let chunk = if w.pending.len() == 1 {
+                        w.pending.pop_front().unwrap_or_default()
+                    } else {
+                        let size = w.pending.iter().map(Bytes::len).sum();
+                        let mut chunk = BytesMut::with_capacity(size);
+                        while let Some(frame) = w.pending.pop_front() {
+                            chunk.put(frame);
+                        }
+                        chunk.freeze()
+                    };
+                    return Some((Ok::<Bytes, std::io::Error>(chunk), w));
                 }
                 if w.done {
                     return None;
@@ -237,25 +243,12 @@ impl Watcher {
             .prev
             .as_ref()
             .is_some_and(|p| self.filter.matches(&p.value));
-        match event.kind {
-            EventType::Deleted => now_matches.then(|| {
-                self.frame(
-                    EventType::Deleted,
-                    &event.object.value,
-                    Some(&event.object.json),
-                )
-            }),
+        let kind = match event.kind {
+            EventType::Deleted if now_matches => EventType::Deleted,
+            EventType::Deleted => return None,
             EventType::Added | EventType::Modified => match (was_matching, now_matches) {
-                (true, true) => Some(self.frame(
-                    EventType::Modified,
-                    &event.object.value,
-                    Some(&event.object.json),
-                )),
-                (false, true) => Some(self.frame(
-                    EventType::Added,
-                    &event.object.value,
-                    Some(&event.object.json),
-                )),
+                (true, true) => EventType::Modified,
+                (false, true) => EventType::Added,
                 (true, false) => {
                     // It left the selection: its last matching state, at the new revision.
                     let mut last = event
@@ -264,25 +257,21 @@ impl Watcher {
                         .map(|p| p.value.clone())
                         .unwrap_or_default();
                     object::set_resource_version(&mut last, event.revision());
-                    Some(self.frame(EventType::Deleted, &last, None))
+                    return Some(self.frame(EventType::Deleted, &last, None));
                 }
-                (false, false) => None,
+                (false, false) => return None,
             },
+        };
+        if kind == event.kind && self.accept == Accept::Json && self.storage_version {
+            return Some(event.line.clone());
         }
+        Some(self.frame(kind, &event.object.value, Some(&event.object.json)))
     }
 
     fn frame(&mut self, kind: EventType, object: &Value, json: Option<&Bytes>) -> Bytes {
         match self.accept {
             Accept::Json => match json.filter(|_| self.storage_version) {
-                Some(json) => {
-                    let mut out = BytesMut::with_capacity(json.len() + 32);
-                    out.put_slice(b"{\"type\":\"");
-                    out.put_slice(kind.as_str().as_bytes());
-                    out.put_slice(b"\",\"object\":");
-                    out.put_slice(json);
-                    out.put_slice(b"}\n");
-                    out.freeze()
-                }
+                Some(json) => crate::cache::event_line(kind, json),
                 None => line(
                     &json!({"type": kind.as_str(), "object": present(&self.request, object.clone())}),
                 ),

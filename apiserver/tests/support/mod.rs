@@ -6,7 +6,10 @@
 //! status. Watch streams are checked frame by frame: one compact JSON object per line.
 //!
 //! Waits are bounded: `wait_until` polls a condition until a deadline, and every watch read has
-//! a timeout, so a broken server fails a test instead of hanging it.
+//! a timeout, so a broken server fails a test instead of hanging it. Time is real, not paused:
+//! the SQLite backend's writer runs on its own thread, and paused time would auto-advance while
+//! a test waits for it, firing timeouts that real time never would. The server's periodic work
+//! (bookmarks, progress, GC, compaction) is configured fast instead (`test_config`).
 
 #![allow(dead_code)]
 
