@@ -21,7 +21,7 @@ struct Reader<'a> {
 }
 
 enum Field<'a> {
-    Varint(u64),
+    Varint,
     Bytes(&'a [u8]),
     Other,
 }
@@ -47,7 +47,10 @@ impl<'a> Reader<'a> {
         }
         let key = self.varint().ok_or(())?;
         let field = match key & 7 {
-            0 => Field::Varint(self.varint().ok_or(())?),
+            0 => {
+                self.varint().ok_or(())?;
+                Field::Varint
+            }
             1 => {
                 self.bytes = self.bytes.get(8..).ok_or(())?;
                 Field::Other

@@ -74,6 +74,12 @@ pub async fn watch(request: ResourceRequest, accept: Accept) -> ApiResult<Respon
             "allowWatchBookmarks: Forbidden: sendInitialEvents requires allowWatchBookmarks=true",
         ));
     }
+    if rv_match.is_some() && !send_initial {
+        return Err(ApiError::new(
+            Reason::Invalid,
+            "resourceVersionMatch: Forbidden: resourceVersionMatch is forbidden for watch unless sendInitialEvents is provided",
+        ));
+    }
     let start: Option<Revision> =
         match rv {
             None | Some("0") => None,
@@ -89,6 +95,21 @@ pub async fn watch(request: ResourceRequest, accept: Accept) -> ApiResult<Respon
                     "Too large resource version: {rv}, current: {}",
                     cache.revision()
                 ),
+            ));
+        }
+    } else if rv.is_none() {
+        // "Start at most recent": the initial state is consistent, so the cache must first
+        // catch up with the store's current revision.
+        let current = request
+            .server
+            .store
+            .current_revision()
+            .await
+            .map_err(|e| ApiError::from_store(e, &request.target()))?;
+        if !cache.wait_for(current, Duration::from_secs(3)).await {
+            return Err(ApiError::new(
+                Reason::Timeout,
+                format!("the watch cache did not reach the current revision {current} in time"),
             ));
         }
     } else {
