@@ -179,6 +179,38 @@ where
     Ok(start.elapsed())
 }
 
+/// CPU seconds (user + system) a process has used so far, from `/proc/PID/stat`.
+fn cpu_seconds(pid: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
+}
+
+/// CPU used by this process and by a local etcd over one phase.
+struct CpuMeter {
+    etcd_pid: Option<u32>,
+    start: (f64, f64),
+}
+
+impl CpuMeter {
+    fn start(etcd_pid: Option<u32>) -> CpuMeter {
+        let etcd = etcd_pid.and_then(|p| cpu_seconds(&p.to_string())).unwrap_or(0.0);
+        CpuMeter { etcd_pid, start: (cpu_seconds("self").unwrap_or(0.0), etcd) }
+    }
+
+    /// "corral X.XX s CPU, etcd Y.YY s CPU" for the phase so far.
+    fn report(&self) -> String {
+        let own = cpu_seconds("self").unwrap_or(0.0) - self.start.0;
+        match self.etcd_pid.and_then(|p| cpu_seconds(&p.to_string())) {
+            Some(etcd) => format!("CPU: corral {own:.2} s, etcd {:.2} s", etcd - self.start.1),
+            None => format!("CPU: corral {own:.2} s"),
+        }
+    }
+}
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -239,7 +271,10 @@ async fn api(args: ApiArgs) -> anyhow::Result<()> {
     );
     let payload: String = "x".repeat(1024 - 200);
 
+    let etcd_pid = _etcd.as_ref().and_then(|e: &corral_store::testing::EtcdServer| e.pid());
+
     // Phase 1: creates through the API.
+    let meter = CpuMeter::start(etcd_pid);
     let api_elapsed = {
         let client = client.clone();
         let base = base.clone();
@@ -254,30 +289,38 @@ async fn api(args: ApiArgs) -> anyhow::Result<()> {
     };
     let api_rate = args.objects as f64 / api_elapsed.as_secs_f64();
     println!(
-        "api creates:      {:>9.0} objects/s  ({} in {:.2} s)",
+        "api creates:      {:>9.0} objects/s  ({} in {:.2} s; {})",
         api_rate,
         args.objects,
-        api_elapsed.as_secs_f64()
+        api_elapsed.as_secs_f64(),
+        meter.report()
     );
 
     // Phase 2: the engine alone.
+    let meter = CpuMeter::start(etcd_pid);
     let raw =
         corral_store::raw::raw_write_rate(&store_config, args.objects, args.concurrency, 1024)
             .await?;
     let raw_rate = raw.writes as f64 / raw.elapsed.as_secs_f64();
     println!(
-        "raw store writes: {:>9.0} writes/s   ({} in {:.2} s; {})",
+        "raw store writes: {:>9.0} writes/s   ({} in {:.2} s; {}; {})",
         raw_rate,
         raw.writes,
         raw.elapsed.as_secs_f64(),
-        raw_kind(&store_config)
+        raw_kind(&store_config),
+        meter.report()
     );
 
     // Phase 3: watch delivery latency.
+    let meter = CpuMeter::start(etcd_pid);
     let (p50, p99, delivered, expected) = watch_latency(&client, &base, &payload, &args).await?;
     println!(
-        "watch delivery:   p50 {:.1} ms, p99 {:.1} ms  ({} watchers, {} writes/s, {delivered}/{expected} events delivered)",
-        p50, p99, args.watchers, args.watch_rate
+        "watch delivery:   p50 {:.1} ms, p99 {:.1} ms  ({} watchers, {} writes/s, {delivered}/{expected} events delivered; {})",
+        p50,
+        p99,
+        args.watchers,
+        args.watch_rate,
+        meter.report()
     );
 
     let _ = stop_tx.send(());

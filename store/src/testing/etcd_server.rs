@@ -85,6 +85,11 @@ impl EtcdServer {
     }
 
     /// The client URL, `http://127.0.0.1:PORT`.
+    /// The etcd process id while it runs (for CPU accounting in benchmarks).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     pub fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.client_port)
     }
