@@ -197,8 +197,13 @@ struct CpuMeter {
 
 impl CpuMeter {
     fn start(etcd_pid: Option<u32>) -> CpuMeter {
-        let etcd = etcd_pid.and_then(|p| cpu_seconds(&p.to_string())).unwrap_or(0.0);
-        CpuMeter { etcd_pid, start: (cpu_seconds("self").unwrap_or(0.0), etcd) }
+        let etcd = etcd_pid
+            .and_then(|p| cpu_seconds(&p.to_string()))
+            .unwrap_or(0.0);
+        CpuMeter {
+            etcd_pid,
+            start: (cpu_seconds("self").unwrap_or(0.0), etcd),
+        }
     }
 
     /// "corral X.XX s CPU, etcd Y.YY s CPU" for the phase so far.
@@ -271,7 +276,9 @@ async fn api(args: ApiArgs) -> anyhow::Result<()> {
     );
     let payload: String = "x".repeat(1024 - 200);
 
-    let etcd_pid = _etcd.as_ref().and_then(|e: &corral_store::testing::EtcdServer| e.pid());
+    let etcd_pid = _etcd
+        .as_ref()
+        .and_then(|e: &corral_store::testing::EtcdServer| e.pid());
 
     // Phase 1: creates through the API.
     let meter = CpuMeter::start(etcd_pid);
@@ -310,6 +317,12 @@ async fn api(args: ApiArgs) -> anyhow::Result<()> {
         raw_kind(&store_config),
         meter.report()
     );
+
+    // The earlier phases leave tens of thousands of revisions behind; a running API server
+    // compacts its history every few minutes, so do what its compactor would before measuring
+    // steady-state latency.
+    let store = &running.server.store;
+    store.compact(store.current_revision().await?).await?;
 
     // Phase 3: watch delivery latency.
     let meter = CpuMeter::start(etcd_pid);
