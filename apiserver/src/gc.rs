@@ -20,6 +20,9 @@
 //!   `foregroundDeletion` finalizer is removed.
 //! - A namespace being deleted loses its content; when none is left, its `kubernetes`
 //!   finalizer goes and the namespace is removed.
+//! - An object in a namespace that does not exist (checked against the store) is deleted. The
+//!   create path admits namespaces from the watch cache, so a create racing the last moments
+//!   of a namespace deletion can land; this is what cleans it up.
 //!
 //! # Assumptions
 //!
@@ -213,6 +216,8 @@ async fn collect(server: &Arc<ApiServer>) -> bool {
         }
     }
 
+    acted |= sweep_orphaned_namespaces(server, &all).await;
+
     for owner in &all {
         let value = &owner.object.value;
         if !object::is_deleting(value) {
@@ -286,6 +291,52 @@ async fn finalize_namespace(server: &Arc<ApiServer>, all: &[Entry], namespace: &
         };
         let _ = delete::delete_object(server, &entry.resource, &key, &target, &options).await;
         acted = true;
+    }
+    acted
+}
+
+/// Deletes namespaced objects whose namespace is gone from the store.
+async fn sweep_orphaned_namespaces(server: &Arc<ApiServer>, all: &[Entry]) -> bool {
+    let Some(ns_type) = server.registry.lookup("", "namespaces") else {
+        return false;
+    };
+    let known: HashSet<&str> = all
+        .iter()
+        .filter(|e| Arc::ptr_eq(&e.resource, ns_type))
+        .map(|e| object::name(&e.object.value))
+        .collect();
+    let mut missing: HashMap<String, bool> = HashMap::new();
+    let mut acted = false;
+    for entry in all.iter().filter(|e| e.resource.namespaced) {
+        let value = &entry.object.value;
+        let Some(namespace) = object::namespace(value) else {
+            continue;
+        };
+        if known.contains(namespace) {
+            continue;
+        }
+        let gone = match missing.get(namespace) {
+            Some(gone) => *gone,
+            None => {
+                let gone = matches!(
+                    server.store.get(&ns_type.key(None, namespace)).await,
+                    Ok(None)
+                );
+                missing.insert(namespace.to_string(), gone);
+                gone
+            }
+        };
+        if gone && !object::is_deleting(value) {
+            tracing::info!(kind = %entry.resource.kind, namespace, name = object::name(value), "deleting an object whose namespace is gone");
+            let key = entry.resource.key(Some(namespace), object::name(value));
+            let target = entry.resource.target(object::name(value));
+            let options = DeleteOptions {
+                propagation: Some(Propagation::Background),
+                ..Default::default()
+            };
+            let _ = delete::delete_object(server, &entry.resource, &key, &target, &options).await;
+            acted = true;
+        }
     }
     acted
 }

@@ -379,13 +379,9 @@ pub async fn delete_collection(request: ResourceRequest, body: Bytes) -> ApiResu
             Err(e) => return Err(e),
         }
     }
+    let metadata = json!({"resourceVersion": page.revision.to_string()});
     Ok(json_response(
         StatusCode::OK,
-        &json!({
-            "apiVersion": request.api_version(),
-            "kind": request.resource.list_kind,
-            "metadata": {"resourceVersion": page.revision.to_string()},
-            "items": items,
-        }),
+        &read::list_body(&request, metadata, items),
     ))
 }

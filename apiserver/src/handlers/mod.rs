@@ -21,6 +21,7 @@ use crate::resource::ResourceType;
 pub mod delete;
 pub mod discovery;
 pub mod openapi;
+mod patch;
 pub mod protobuf;
 mod read;
 mod table;
@@ -226,7 +227,7 @@ async fn route(server: Arc<ApiServer>, request: Request) -> ApiResult<Response> 
         (Method::DELETE, false) => delete::delete_collection(request, body).await,
         (Method::GET, true) => read::get(request, accept).await,
         (Method::PUT, true) => write::replace(request, body).await,
-        (Method::PATCH, true) => write::patch(request, body).await,
+        (Method::PATCH, true) => patch::patch(request, body).await,
         (Method::DELETE, true) if request.subresource.is_none() => {
             delete::delete(request, body).await
         }

@@ -198,6 +198,16 @@ fn decode_continue(token: &str) -> ApiResult<(i64, String)> {
     Ok((token.rv, token.start))
 }
 
+/// A `<Kind>List` of presented objects; `items` is never null.
+pub fn list_body(request: &ResourceRequest, metadata: Value, items: Vec<Value>) -> Value {
+    json!({
+        "apiVersion": request.api_version(),
+        "kind": request.resource.list_kind,
+        "metadata": metadata,
+        "items": items,
+    })
+}
+
 /// The objects of one list page, the revision they are at, and what follows.
 pub struct Page {
     pub objects: Vec<Value>,
@@ -351,12 +361,7 @@ pub async fn list(request: ResourceRequest, accept: Accept) -> ApiResult<Respons
                 .collect();
             Ok(json_response(
                 StatusCode::OK,
-                &json!({
-                    "apiVersion": request.api_version(),
-                    "kind": request.resource.list_kind,
-                    "metadata": metadata,
-                    "items": items,
-                }),
+                &list_body(&request, metadata, items),
             ))
         }
         Accept::Table => {

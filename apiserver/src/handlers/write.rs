@@ -1,4 +1,5 @@
-//! Create, replace (PUT), patch (merge, JSON, apply) of objects and their status subresource.
+//! Create and replace (PUT) of objects and their status subresource, and the write pipeline
+//! that PATCH (`patch.rs`) shares.
 //!
 //! Every write goes through one pipeline, in Kubernetes' order:
 //! decode → unknown-field check (`fieldValidation`) → server-owned metadata → defaulting →
@@ -15,16 +16,14 @@
 //! - `dryRun=All` runs every step but the store write.
 //! - An object whose deletion has started and whose last finalizer is removed is deleted.
 
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::Response;
 use bytes::Bytes;
-use corral_apimachinery::managed::{self, ApplyOptions, ManagedFieldsEntry, UpdateOptions};
-use corral_apimachinery::patch::{self, PatchError};
+use corral_apimachinery::managed::{self, ManagedFieldsEntry, UpdateOptions};
 use corral_apimachinery::validation::{self, FieldError};
 use corral_store::{KeyValue, StoreError};
 use serde_json::{Value, json};
 
-use super::read::present;
 use super::{Accept, ResourceRequest, Subresource, decode_body, read};
 use crate::ApiServer;
 use crate::error::{ApiError, ApiResult, Reason, Target};
@@ -44,9 +43,9 @@ const SERVER_OWNED: &[&str] = &[
 
 /// Warnings for the `Warning` response header (unknown fields under `fieldValidation=Warn`).
 #[derive(Default)]
-struct Warnings(Vec<String>);
+pub(super) struct Warnings(pub(super) Vec<String>);
 
-fn with_warnings(mut response: Response, warnings: &Warnings) -> Response {
+pub(super) fn with_warnings(mut response: Response, warnings: &Warnings) -> Response {
     for w in &warnings.0 {
         let text = format!("299 - \"{}\"", w.replace('"', "\\\""));
         if let Ok(value) = HeaderValue::from_str(&text) {
@@ -56,7 +55,7 @@ fn with_warnings(mut response: Response, warnings: &Warnings) -> Response {
     response
 }
 
-fn check_type_meta(request: &ResourceRequest, body: &Value) -> ApiResult<()> {
+pub(super) fn check_type_meta(request: &ResourceRequest, body: &Value) -> ApiResult<()> {
     let expected = request.api_version();
     match body.get("apiVersion").and_then(Value::as_str) {
         Some(v) if v == expected => {}
@@ -95,7 +94,7 @@ fn check_type_meta(request: &ResourceRequest, body: &Value) -> ApiResult<()> {
 
 /// Applies `fieldValidation` to unknown fields: an error (Strict), a warning (Warn) or nothing
 /// (Ignore); the fields are pruned in the last two cases.
-fn handle_unknown_fields(
+pub(super) fn handle_unknown_fields(
     request: &ResourceRequest,
     object: &mut Value,
     warnings: &mut Warnings,
@@ -130,7 +129,7 @@ fn handle_unknown_fields(
 }
 
 /// Defaulting then validation of a complete object.
-fn default_and_validate(
+pub(super) fn default_and_validate(
     request: &ResourceRequest,
     object: &mut Value,
     target: &Target,
@@ -164,7 +163,7 @@ fn is_namespace_kind(resource: &ResourceType) -> bool {
     resource.group.is_empty() && resource.plural == "namespaces"
 }
 
-fn managed_fields_of(object: &Value) -> Vec<ManagedFieldsEntry> {
+pub(super) fn managed_fields_of(object: &Value) -> Vec<ManagedFieldsEntry> {
     object
         .pointer("/metadata/managedFields")
         .cloned()
@@ -172,7 +171,7 @@ fn managed_fields_of(object: &Value) -> Vec<ManagedFieldsEntry> {
         .unwrap_or_default()
 }
 
-fn set_managed_fields(object: &mut Value, entries: Vec<ManagedFieldsEntry>) {
+pub(super) fn set_managed_fields(object: &mut Value, entries: Vec<ManagedFieldsEntry>) {
     let m = object::meta_mut(object);
     if entries.is_empty() {
         m.remove("managedFields");
@@ -184,13 +183,13 @@ fn set_managed_fields(object: &mut Value, entries: Vec<ManagedFieldsEntry>) {
     }
 }
 
-fn subresource_name(request: &ResourceRequest) -> Option<String> {
+pub(super) fn subresource_name(request: &ResourceRequest) -> Option<String> {
     request
         .subresource
         .map(|Subresource::Status| "status".to_string())
 }
 
-fn raw_schema(request: &ResourceRequest) -> &Value {
+pub(super) fn raw_schema(request: &ResourceRequest) -> &Value {
     &request
         .resource
         .version(&request.version)
@@ -245,7 +244,10 @@ pub async fn ensure_namespace(server: &ApiServer, name: &str) -> Result<(), Stor
 /// Namespaced objects may only be created in a namespace that exists and is not terminating.
 /// Like Kubernetes' NamespaceLifecycle admission, this reads the watch cache and falls back to
 /// the store only when the cache does not know the namespace (it may have just been created).
-async fn check_namespace_open(request: &ResourceRequest, namespace: &str) -> ApiResult<()> {
+pub(super) async fn check_namespace_open(
+    request: &ResourceRequest,
+    namespace: &str,
+) -> ApiResult<()> {
     let Some(ns_type) = request.server.registry.lookup("", "namespaces") else {
         return Ok(());
     };
@@ -295,7 +297,7 @@ fn random_suffix() -> String {
 
 /// Turns a client's body into a new object ready to store (everything but the name when
 /// `generateName` is used, which is drawn per attempt).
-fn prepare_create(
+pub(super) fn prepare_create(
     request: &ResourceRequest,
     mut object: Value,
     warnings: &mut Warnings,
@@ -428,7 +430,7 @@ pub async fn create(request: ResourceRequest, body: Bytes) -> ApiResult<Response
 
 /// Builds the object an update will store from the current one and the client's intent, or
 /// `None` when nothing changes.
-fn prepare_update(
+pub(super) fn prepare_update(
     request: &ResourceRequest,
     current: &Value,
     mut desired: Value,
@@ -554,7 +556,11 @@ fn prepare_update(
 
 /// Stores an update conditional on `current`'s revision; an object being deleted whose last
 /// finalizer went is deleted instead. Returns the reply body.
-async fn commit(request: &ResourceRequest, current: &Stored, mut next: Value) -> ApiResult<Value> {
+pub(super) async fn commit(
+    request: &ResourceRequest,
+    current: &Stored,
+    mut next: Value,
+) -> ApiResult<Value> {
     let key = request.key();
     let store = &request.server.store;
     if object::is_deleting(&next) && object::finalizers(&next).is_empty() {
@@ -573,7 +579,7 @@ async fn commit(request: &ResourceRequest, current: &Stored, mut next: Value) ->
     Ok(next)
 }
 
-async fn read_current(request: &ResourceRequest) -> ApiResult<Option<Stored>> {
+pub(super) async fn read_current(request: &ResourceRequest) -> ApiResult<Option<Stored>> {
     let kv = request
         .server
         .store
@@ -629,239 +635,6 @@ pub async fn replace(request: ResourceRequest, body: Bytes) -> ApiResult<Respons
     };
     Ok(with_warnings(
         read::object_response(&request, Accept::Json, StatusCode::OK, result),
-        &warnings,
-    ))
-}
-
-/// The kinds of PATCH custom resources support.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum PatchKind {
-    Json,
-    Merge,
-    Apply,
-}
-
-fn patch_kind(headers: &HeaderMap) -> ApiResult<PatchKind> {
-    let content_type = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    let media = content_type.split(';').next().unwrap_or("").trim();
-    match media {
-        "application/json-patch+json" => Ok(PatchKind::Json),
-        "application/merge-patch+json" => Ok(PatchKind::Merge),
-        "application/apply-patch+yaml" | "application/apply-patch+json" => Ok(PatchKind::Apply),
-        _ => Err(ApiError::new(
-            Reason::UnsupportedMediaType,
-            "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml",
-        )),
-    }
-}
-
-/// How many times a patch is recomputed from a fresh read when another write got in first.
-const PATCH_RETRIES: usize = 16;
-
-pub async fn patch(request: ResourceRequest, body: Bytes) -> ApiResult<Response> {
-    let kind = patch_kind(&request.headers)?;
-    let dry_run = request.query.dry_run()?;
-    let target = request.target();
-    let force = request.query.bool("force");
-    if force && kind != PatchKind::Apply {
-        return Err(ApiError::new(
-            Reason::Invalid,
-            "force: Forbidden: may not be specified for non-apply patch",
-        ));
-    }
-    let patch_doc: Value = match kind {
-        PatchKind::Apply => {
-            if request.query.string("fieldManager").is_none() {
-                let error = FieldError::required("fieldManager", "is required for apply patch");
-                return Err(ApiError::invalid(&target, &[error]));
-            }
-            let text = std::str::from_utf8(&body)
-                .map_err(|_| ApiError::bad_request("the request body is not valid UTF-8"))?;
-            let doc: Value = serde_saphyr::from_str(text)
-                .map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))?;
-            if !doc.is_object() {
-                return Err(ApiError::bad_request(
-                    "the applied configuration must be an object",
-                ));
-            }
-            if doc
-                .pointer("/metadata/managedFields")
-                .is_some_and(|v| !v.is_null())
-            {
-                return Err(ApiError::bad_request("metadata.managedFields must be nil"));
-            }
-            doc
-        }
-        PatchKind::Json | PatchKind::Merge => serde_json::from_slice(&body).map_err(|e| {
-            ApiError::bad_request(format!("the request body is not valid JSON: {e}"))
-        })?,
-    };
-    if kind == PatchKind::Merge && !patch_doc.is_object() {
-        return Err(ApiError::bad_request("Invalid JSON Patch"));
-    }
-    let mut warnings = Warnings::default();
-    for _ in 0..PATCH_RETRIES {
-        let current = read_current(&request).await?;
-        let Some(current) = current else {
-            if kind == PatchKind::Apply && request.subresource.is_none() {
-                return apply_create(request, patch_doc, force, dry_run).await;
-            }
-            return Err(ApiError::not_found(&target));
-        };
-        let presented = present(&request, current.object.clone());
-        let (desired, track) = match kind {
-            PatchKind::Merge => (
-                patch::merge_patch(&presented, &patch_doc).map_err(patch_error)?,
-                true,
-            ),
-            PatchKind::Json => (
-                patch::json_patch(&presented, &patch_doc).map_err(patch_error)?,
-                true,
-            ),
-            PatchKind::Apply => (
-                apply_to(&request, Some(&presented), &patch_doc, force, &mut warnings)?,
-                false,
-            ),
-        };
-        // A resourceVersion in the patch is a precondition.
-        let wanted_rv = desired
-            .pointer("/metadata/resourceVersion")
-            .and_then(Value::as_str)
-            .map(String::from);
-        let precondition = wanted_rv.filter(|rv| {
-            Some(rv.as_str())
-                != presented
-                    .pointer("/metadata/resourceVersion")
-                    .and_then(Value::as_str)
-        });
-        if precondition.is_some() {
-            return Err(ApiError::modified(&target));
-        }
-        let result = match prepare_update(&request, &current.object, desired, &mut warnings, track)?
-        {
-            None => current.object.clone(),
-            Some(next) if dry_run => next,
-            Some(next) => match commit(&request, &current, next).await {
-                Ok(stored) => stored,
-                Err(e) if e.reason == Reason::Conflict => continue,
-                Err(e) => return Err(e),
-            },
-        };
-        return Ok(with_warnings(
-            read::object_response(&request, Accept::Json, StatusCode::OK, result),
-            &warnings,
-        ));
-    }
-    Err(ApiError::modified(&target))
-}
-
-fn patch_error(error: PatchError) -> ApiError {
-    match error {
-        PatchError::Apply { .. } => ApiError::new(Reason::Invalid, error.to_string()),
-        PatchError::TooManyOperations { .. } => {
-            ApiError::new(Reason::RequestEntityTooLarge, error.to_string())
-        }
-        _ => ApiError::bad_request(error.to_string()),
-    }
-}
-
-/// Server-side apply of `applied` onto `live` (None: the object does not exist yet).
-fn apply_to(
-    request: &ResourceRequest,
-    live: Option<&Value>,
-    applied: &Value,
-    force: bool,
-    warnings: &mut Warnings,
-) -> ApiResult<Value> {
-    let target = request.target();
-    check_type_meta(request, applied)?;
-    let mut applied = applied.clone();
-    handle_unknown_fields(request, &mut applied, warnings)?;
-    if let Some(name) = object::meta_str(&applied, "name") {
-        if name != request.object_name() {
-            return Err(ApiError::bad_request(format!(
-                "the name of the object ({name}) does not match the name on the URL ({})",
-                request.object_name()
-            )));
-        }
-    }
-    let existing = live.map(managed_fields_of).unwrap_or_default();
-    let outcome = managed::apply(
-        live,
-        &applied,
-        &request.field_manager(),
-        &existing,
-        ApplyOptions {
-            force,
-            subresource: subresource_name(request),
-            api_version: request.api_version(),
-            now: object::now_rfc3339(),
-        },
-        raw_schema(request),
-    )
-    .map_err(|e| match e {
-        managed::ApplyError::Conflicts(ref conflicts) => {
-            let mut error = ApiError::new(Reason::Conflict, e.to_string()).with_target(&target);
-            error.causes = conflicts
-                .iter()
-                .map(|c| crate::error::Cause {
-                    kind: "FieldManagerConflict".into(),
-                    message: format!("conflict with \"{}\"", c.manager),
-                    field: c.field.clone(),
-                })
-                .collect();
-            error
-        }
-        other => ApiError::bad_request(other.to_string()),
-    })?;
-    let mut object = outcome.object;
-    set_managed_fields(&mut object, outcome.managed_fields);
-    if let Some(live) = live {
-        // Keep the live metadata the server owns; apply never sets it.
-        let rv = live.pointer("/metadata/resourceVersion").cloned();
-        if let Some(rv) = rv {
-            object::meta_mut(&mut object).insert("resourceVersion".into(), rv);
-        }
-    }
-    object::meta_mut(&mut object).insert("name".into(), json!(request.object_name()));
-    Ok(object)
-}
-
-/// Apply to a missing object creates it.
-async fn apply_create(
-    request: ResourceRequest,
-    applied: Value,
-    force: bool,
-    dry_run: bool,
-) -> ApiResult<Response> {
-    let mut warnings = Warnings::default();
-    let object = apply_to(&request, None, &applied, force, &mut warnings)?;
-    let mut object = prepare_create(&request, object, &mut warnings)?;
-    object::meta_mut(&mut object).insert("name".into(), json!(request.object_name()));
-    if let Some(ns) = &request.namespace {
-        check_namespace_open(&request, ns).await?;
-    }
-    let target = request.target();
-    default_and_validate(&request, &mut object, &target)?;
-    if dry_run {
-        return Ok(with_warnings(
-            read::object_response(&request, Accept::Json, StatusCode::CREATED, object),
-            &warnings,
-        ));
-    }
-    let key = request.key();
-    let kv = request
-        .server
-        .store
-        .create(&key, object::encode(&object))
-        .await
-        .map_err(|e| ApiError::from_store(e, &target))?;
-    object::set_resource_version(&mut object, kv.mod_revision);
-    Ok(with_warnings(
-        read::object_response(&request, Accept::Json, StatusCode::CREATED, object),
         &warnings,
     ))
 }
