@@ -44,6 +44,9 @@ pub struct ApiArgs {
     /// Writes per second during the latency phase.
     #[arg(long, default_value_t = 1000)]
     watch_rate: usize,
+    /// Send the creates over HTTP/2 (cleartext, prior knowledge) instead of HTTP/1.1.
+    #[arg(long)]
+    http2: bool,
     /// Length of the latency phase.
     #[arg(long, default_value = "5s", value_parser = crate::parse_duration)]
     watch_duration: Duration,
@@ -267,6 +270,7 @@ async fn api(args: ApiArgs) -> anyhow::Result<()> {
     }));
     let base = format!("http://{address}");
     let client: HttpClient = Client::builder(TokioExecutor::new())
+        .http2_only(args.http2)
         .pool_max_idle_per_host(args.concurrency.max(args.watchers) + 8)
         .build_http();
 

@@ -106,22 +106,8 @@ fn validate_embedded_resource(map: &Map<String, Value>, path: &str, errors: &mut
 
 #[cfg(test)]
 mod tests {
-    use super::super::Structural;
-    use serde_json::{Value, json};
-
-    fn check(schema: Value, object: Value, expected: &[&str]) {
-        let schema = Structural::from_value(&schema).unwrap_or_else(|e| panic!("{e}"));
-        let actual: Vec<String> = schema
-            .validate(&object)
-            .iter()
-            .map(ToString::to_string)
-            .collect();
-        assert_eq!(actual, expected, "object {object}");
-    }
-
-    fn spec(properties: Value) -> Value {
-        json!({"type": "object", "properties": {"spec": {"type": "object", "properties": properties}}})
-    }
+    use super::super::test_support::{check, spec};
+    use serde_json::json;
 
     #[test]
     fn embedded_resources() {

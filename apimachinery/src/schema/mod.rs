@@ -36,6 +36,8 @@ mod embedded;
 mod formats;
 mod listtype;
 mod prune;
+#[cfg(test)]
+mod test_support;
 mod validate;
 
 use crate::validation::FieldError;

@@ -490,21 +490,8 @@ fn json_equal(a: &Value, b: &Value) -> bool {
 #[cfg(test)]
 mod tests {
     use super::super::Structural;
-    use serde_json::{Value, json};
-
-    fn check(schema: Value, object: Value, expected: &[&str]) {
-        let schema = Structural::from_value(&schema).unwrap_or_else(|e| panic!("{e}"));
-        let actual: Vec<String> = schema
-            .validate(&object)
-            .iter()
-            .map(ToString::to_string)
-            .collect();
-        assert_eq!(actual, expected, "object {object}");
-    }
-
-    fn spec(properties: Value) -> Value {
-        json!({"type": "object", "properties": {"spec": {"type": "object", "properties": properties}}})
-    }
+    use super::super::test_support::{check, spec};
+    use serde_json::json;
 
     #[test]
     fn types() {

@@ -64,6 +64,15 @@ pub fn widget(name: &str, spec: Value) -> Value {
     })
 }
 
+/// A widget body with extra metadata merged in.
+pub fn widget_with(name: &str, spec: Value, metadata: Value) -> Value {
+    let mut body = widget(name, spec);
+    for (k, v) in metadata.as_object().expect("metadata object") {
+        body["metadata"][k] = v.clone();
+    }
+    body
+}
+
 pub fn gadget(name: &str, spec: Value) -> Value {
     json!({
         "apiVersion": API_VERSION,
@@ -161,6 +170,57 @@ pub fn names(list: &Value) -> Vec<String> {
         .iter()
         .map(|i| i["metadata"]["name"].as_str().unwrap_or("").to_string())
         .collect()
+}
+
+pub fn enc(text: &str) -> String {
+    form_urlencoded::byte_serialize(text.as_bytes()).collect()
+}
+
+/// `metav1.Time` as Kubernetes writes it: RFC 3339, UTC, whole seconds.
+pub fn is_k8s_time(text: &str) -> bool {
+    text.len() == 20
+        && text.ends_with('Z')
+        && text.as_bytes()[10] == b'T'
+        && text.parse::<jiff::Timestamp>().is_ok()
+}
+
+pub fn causes(status: &Value) -> Vec<Value> {
+    status["details"]["causes"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+pub fn cause_fields(status: &Value) -> Vec<String> {
+    causes(status)
+        .iter()
+        .map(|c| c["field"].as_str().unwrap_or("").to_string())
+        .collect()
+}
+
+/// The managedFields entry of a manager, if any.
+pub fn managed_entry(object: &Value, manager: &str, operation: &str) -> Option<Value> {
+    object["metadata"]["managedFields"]
+        .as_array()?
+        .iter()
+        .find(|e| e["manager"] == manager && e["operation"] == operation)
+        .cloned()
+}
+
+pub fn owner_ref(owner: &Value, block: bool) -> Value {
+    json!({
+        "apiVersion": owner["apiVersion"],
+        "kind": owner["kind"],
+        "name": owner["metadata"]["name"],
+        "uid": owner["metadata"]["uid"],
+        "blockOwnerDeletion": block,
+    })
+}
+
+/// The `message` of a `Status`.
+#[track_caller]
+pub fn message(status: &Value) -> &str {
+    status["message"].as_str().unwrap()
 }
 
 /// Polls `check` every 50 ms until it is true; panics after `PATIENCE`.
@@ -368,6 +428,37 @@ impl Harness {
         self.post(WIDGETS, &widget(name, spec)).await.expect(201)
     }
 
+    /// Creates a widget in `default` with extra metadata (labels, finalizers, owners) and
+    /// returns it.
+    pub async fn create_widget_with(&self, name: &str, spec: Value, metadata: Value) -> Value {
+        self.create(WIDGETS, widget_with(name, spec, metadata))
+            .await
+    }
+
+    /// Server-side applies a widget in `default` to its own path; `query` carries
+    /// `fieldManager` (and `force`, `dryRun`, …).
+    pub async fn apply_widget(&self, query: &str, name: &str, spec: Value) -> Reply {
+        self.apply(
+            &format!("{}?{query}", widget_path(name)),
+            &widget(name, spec),
+        )
+        .await
+    }
+
+    /// Merge-patches the status subresource of the object at `path`; returns the object.
+    pub async fn patch_status(&self, path: &str, status: Value) -> Value {
+        self.merge_patch(&format!("{path}/status"), &json!({ "status": status }))
+            .await
+            .expect(200)
+    }
+
+    /// Clears the finalizers of the object at `path` with a merge patch; returns the object.
+    pub async fn remove_finalizers(&self, path: &str) -> Value {
+        self.merge_patch(path, &json!({"metadata": {"finalizers": null}}))
+            .await
+            .expect(200)
+    }
+
     /// Creates an object from a full body and returns it.
     pub async fn create(&self, collection: &str, body: Value) -> Value {
         self.post(collection, &body).await.expect(201)
@@ -385,6 +476,15 @@ impl Harness {
     /// True once GET `path` is 404.
     pub async fn is_gone(&self, path: &str) -> bool {
         self.get(path).await.status == StatusCode::NOT_FOUND
+    }
+
+    /// Watches the widgets of `default` from the resourceVersion of `object`.
+    pub async fn watch_widgets_from(&self, object: &Value) -> Watch {
+        self.watch(&format!(
+            "{WIDGETS}?watch=true&resourceVersion={}",
+            rv(object)
+        ))
+        .await
     }
 
     /// Opens a watch; `path` includes `watch=true` and the other parameters.

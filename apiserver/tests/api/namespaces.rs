@@ -1,0 +1,104 @@
+//! Namespaces: the default namespace, creation in missing namespaces, namespace deletion.
+
+use serde_json::json;
+
+use crate::support::*;
+
+#[tokio::test]
+async fn the_default_namespace_exists_at_start() {
+    let h = Harness::start().await;
+    let ns = h.get(&format!("{NAMESPACES}/default")).await.expect(200);
+    assert_eq!(ns["kind"], "Namespace");
+    assert_eq!(ns["apiVersion"], "v1");
+    assert_eq!(ns["status"]["phase"], "Active");
+    assert!(ns["metadata"]["uid"].is_string());
+    let list = h.get(NAMESPACES).await.expect(200);
+    assert_eq!(list["kind"], "NamespaceList");
+    assert!(names(&list).contains(&"default".to_string()));
+}
+
+#[tokio::test]
+async fn the_default_namespace_cannot_be_deleted() {
+    let h = Harness::start().await;
+    h.create_widget("a", json!({"color": "red"})).await;
+    let status = h
+        .delete(&format!("{NAMESPACES}/default"), None)
+        .await
+        .expect_error(403, "Forbidden");
+    assert_eq!(
+        status["message"],
+        "namespaces \"default\" is forbidden: this namespace may not be deleted"
+    );
+    let ns = h.get(&format!("{NAMESPACES}/default")).await.expect(200);
+    assert!(ns["metadata"].get("deletionTimestamp").is_none());
+    h.create_widget("b", json!({"color": "red"})).await;
+}
+
+#[tokio::test]
+async fn creating_in_a_missing_namespace_is_not_found() {
+    let h = Harness::start().await;
+    let status = h
+        .post(
+            &widgets_in("nowhere"),
+            &widget("a", json!({"color": "red"})),
+        )
+        .await
+        .expect_error(404, "NotFound");
+    assert_eq!(status["message"], "namespaces \"nowhere\" not found");
+    h.apply(
+        &format!("{}/a?fieldManager=m", widgets_in("nowhere")),
+        &widget("a", json!({"color": "red"})),
+    )
+    .await
+    .expect_error(404, "NotFound");
+}
+
+#[tokio::test]
+async fn deleting_a_namespace_deletes_its_content_first() {
+    let h = Harness::start().await;
+    h.create_namespace("doomed").await;
+    let doomed = widgets_in("doomed");
+    h.post(
+        &doomed,
+        &widget_with(
+            "held",
+            json!({"color": "red"}),
+            json!({"finalizers": ["test/hold"]}),
+        ),
+    )
+    .await
+    .expect(201);
+    h.post(&doomed, &widget("free", json!({"color": "red"})))
+        .await
+        .expect(201);
+    let ns_path = format!("{NAMESPACES}/doomed");
+    let deleting = h.delete(&ns_path, None).await.expect(200);
+    assert!(deleting["metadata"]["deletionTimestamp"].is_string());
+    assert_eq!(deleting["status"]["phase"], "Terminating");
+
+    // Creation checks the namespace in the watch cache (as NamespaceLifecycle admission does),
+    // which may lag the DELETE by a moment; probe with dry runs until it has caught up.
+    let late = widget("late", json!({"color": "red"}));
+    wait_until("creation in the namespace to be forbidden", || async {
+        h.post(&format!("{doomed}?dryRun=All"), &late).await.status == 403
+    })
+    .await;
+    let status = h.post(&doomed, &late).await.expect_error(403, "Forbidden");
+    assert!(message(&status).contains("being terminated"), "{status}");
+
+    h.wait_gone(&format!("{doomed}/free"), "unheld content to go")
+        .await;
+    wait_until("held content to be deleting", || async {
+        h.get(&format!("{doomed}/held")).await.expect(200)["metadata"]["deletionTimestamp"]
+            .is_string()
+    })
+    .await;
+    let ns = h.get(&ns_path).await.expect(200);
+    assert_eq!(
+        ns["status"]["phase"], "Terminating",
+        "the namespace waits for its content"
+    );
+
+    h.remove_finalizers(&format!("{doomed}/held")).await;
+    h.wait_gone(&ns_path, "the namespace to go").await;
+}
