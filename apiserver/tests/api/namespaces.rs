@@ -102,3 +102,26 @@ async fn deleting_a_namespace_deletes_its_content_first() {
     h.remove_finalizers(&format!("{doomed}/held")).await;
     h.wait_gone(&ns_path, "the namespace to go").await;
 }
+
+/// An object that landed in a namespace which no longer exists (a create racing the end of a
+/// namespace deletion) is collected. The object is written straight to the store to stage it.
+#[tokio::test]
+async fn objects_whose_namespace_is_gone_are_collected() {
+    let h = Harness::start().await;
+    let mut orphan = widget("stray", json!({"color": "red"}));
+    orphan["metadata"]["namespace"] = json!("vanished");
+    orphan["metadata"]["uid"] = json!("00000000-0000-0000-0000-000000000001");
+    let key = "/registry/test.corral.dev/widgets/vanished/stray";
+    h.store
+        .create(key, serde_json::to_vec(&orphan).unwrap().into())
+        .await
+        .expect("staging the orphan");
+    let kept = h.create_widget_with("kept", json!({"color": "red"}), json!({})).await;
+    wait_until("the orphan to be collected", || async {
+        h.store.get(key).await.expect("store read").is_none()
+    })
+    .await;
+    // Objects in namespaces that exist are left alone.
+    let still = h.get(&widget_path("kept")).await.expect(200);
+    assert_eq!(still["metadata"]["uid"], kept["metadata"]["uid"]);
+}
