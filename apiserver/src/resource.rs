@@ -361,6 +361,16 @@ fn parse_crd(crd: &Value) -> Result<ResourceType, String> {
             ));
         }
     };
+    // Versions share one stored form; only the `None` conversion strategy (rewrite apiVersion)
+    // is implemented, so a CRD that needs a conversion webhook cannot be served faithfully.
+    match str_at(spec, &["conversion", "strategy"]) {
+        None | Some("None") => {}
+        Some(other) => {
+            return Err(format!(
+                "spec.conversion.strategy {other:?} is not supported (only \"None\": versions share one stored form)"
+            ));
+        }
+    }
     let version_docs = spec
         .get("versions")
         .and_then(Value::as_array)
@@ -380,6 +390,13 @@ fn parse_crd(crd: &Value) -> Result<ResourceType, String> {
             .ok_or_else(|| format!("{} is required", at("schema.openAPIV3Schema")))?;
         let schema = Structural::from_value(&raw_schema)
             .map_err(|e| format!("{}: {e}", at("schema.openAPIV3Schema")))?;
+        if schema.uses_cel() {
+            tracing::warn!(
+                crd = %str_at(crd, &["metadata", "name"]).unwrap_or(""),
+                version = name,
+                "x-kubernetes-validations (CEL) rules are not evaluated by this server"
+            );
+        }
         if v.pointer("/subresources/status").is_some() {
             has_status = true;
         }
@@ -444,4 +461,58 @@ fn parse_crd(crd: &Value) -> Result<ResourceType, String> {
         has_status,
         versions,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn crd(extra_spec: Value) -> Value {
+        let mut crd = json!({
+            "apiVersion": "apiextensions.k8s.io/v1",
+            "kind": "CustomResourceDefinition",
+            "metadata": {"name": "things.example.dev"},
+            "spec": {
+                "group": "example.dev",
+                "scope": "Namespaced",
+                "names": {"plural": "things", "kind": "Thing"},
+                "versions": [{"name": "v1", "served": true, "storage": true,
+                              "schema": {"openAPIV3Schema": {"type": "object"}}}],
+            }
+        });
+        if let (Some(spec), Some(extra)) = (crd["spec"].as_object_mut(), extra_spec.as_object()) {
+            spec.extend(extra.clone());
+        }
+        crd
+    }
+
+    #[test]
+    fn a_minimal_crd_gets_kubernetes_defaults() {
+        let t = parse_crd(&crd(json!({}))).unwrap();
+        assert_eq!(
+            (t.singular.as_str(), t.list_kind.as_str()),
+            ("thing", "ThingList")
+        );
+        assert!(t.namespaced && !t.has_status);
+        assert_eq!(t.key(Some("ns"), "a"), "/registry/example.dev/things/ns/a");
+    }
+
+    #[test]
+    fn crds_that_cannot_be_served_faithfully_are_refused() {
+        let check = |extra: Value, needle: &str| {
+            let error = parse_crd(&crd(extra)).unwrap_err();
+            assert!(error.contains(needle), "{error}");
+        };
+        check(
+            json!({"conversion": {"strategy": "Webhook"}}),
+            "conversion.strategy",
+        );
+        check(json!({"scope": "Galaxy"}), "spec.scope");
+        check(json!({"versions": []}), "at least one version");
+        check(
+            json!({"versions": [{"name": "v1", "served": false, "schema": {"openAPIV3Schema": {"type": "object"}}}]}),
+            "no served version",
+        );
+    }
 }

@@ -116,7 +116,9 @@ async fn objects_whose_namespace_is_gone_are_collected() {
         .create(key, serde_json::to_vec(&orphan).unwrap().into())
         .await
         .expect("staging the orphan");
-    let kept = h.create_widget_with("kept", json!({"color": "red"}), json!({})).await;
+    let kept = h
+        .create_widget_with("kept", json!({"color": "red"}), json!({}))
+        .await;
     wait_until("the orphan to be collected", || async {
         h.store.get(key).await.expect("store read").is_none()
     })
