@@ -73,13 +73,16 @@ async fn acknowledged_writes_survive_sigkill() {
     let stdout = child.stdout.take().expect("child stdout");
     let mut lines = BufReader::new(stdout).lines();
     let mut acked = BTreeMap::new();
-    let mut record = |line: &str| {
+    // Records an acknowledgement; other lines (the test harness's own output) do not count.
+    let mut record = |line: &str| -> bool {
         let mut parts = line.split_whitespace();
         if let (Some("ACK"), Some(key), Some(revision)) = (parts.next(), parts.next(), parts.next())
         {
             let revision: i64 = revision.parse().expect("an ACK names a revision");
             acked.insert(key.to_owned(), revision);
+            return true;
         }
+        false
     };
 
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -87,8 +90,9 @@ async fn acknowledged_writes_survive_sigkill() {
     while count < KILL_AFTER {
         match tokio::time::timeout_at(deadline, lines.next_line()).await {
             Ok(Ok(Some(line))) => {
-                record(&line);
-                count += 1;
+                if record(&line) {
+                    count += 1;
+                }
             }
             Ok(Ok(None)) => panic!("the writer exited after {count} acknowledgements"),
             Ok(Err(error)) => panic!("reading the writer's output: {error}"),
@@ -99,7 +103,9 @@ async fn acknowledged_writes_survive_sigkill() {
     // Acknowledgements printed before the kill are still in the pipe.
     loop {
         match tokio::time::timeout(Duration::from_secs(10), lines.next_line()).await {
-            Ok(Ok(Some(line))) => record(&line),
+            Ok(Ok(Some(line))) => {
+                record(&line);
+            }
             Ok(Ok(None)) => break,
             Ok(Err(error)) => panic!("reading the writer's output: {error}"),
             Err(_) => panic!("the writer's output did not end after SIGKILL"),
