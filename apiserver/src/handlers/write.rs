@@ -198,12 +198,17 @@ pub(super) fn raw_schema(request: &ResourceRequest) -> &Value {
 }
 
 /// Records a non-apply write in managedFields.
-fn track_update(request: &ResourceRequest, old: Option<&Value>, new: &mut Value) {
+fn track_update(
+    request: &ResourceRequest,
+    old: Option<&Value>,
+    new: &mut Value,
+    base: &[ManagedFieldsEntry],
+) {
     let entries = managed::update(
         old,
         new,
         &request.field_manager(),
-        &managed_fields_of(old.unwrap_or(new)),
+        base,
         UpdateOptions {
             subresource: subresource_name(request),
             api_version: request.api_version(),
@@ -212,6 +217,29 @@ fn track_update(request: &ResourceRequest, old: Option<&Value>, new: &mut Value)
         raw_schema(request),
     );
     set_managed_fields(new, entries);
+}
+
+/// The managedFields a non-apply write starts from, as in Kubernetes: a non-empty list sent by
+/// the client replaces the stored one (kubectl uses this to hand fields from client-side to
+/// server-side apply), a list of empty entries (`[{}]`) resets ownership, and anything else
+/// keeps what is stored.
+fn managed_fields_base(sent: Option<&Value>, stored: Option<&Value>) -> Vec<ManagedFieldsEntry> {
+    let stored_entries = || stored.map(managed_fields_of).unwrap_or_default();
+    match sent {
+        Some(Value::Array(list)) if !list.is_empty() => {
+            if list
+                .iter()
+                .all(|e| e.as_object().is_some_and(|o| o.is_empty()))
+            {
+                return Vec::new();
+            }
+            if stored.and_then(|s| s.pointer("/metadata/managedFields")) == sent {
+                return stored_entries();
+            }
+            serde_json::from_value(Value::Array(list.clone())).unwrap_or_else(|_| stored_entries())
+        }
+        _ => stored_entries(),
+    }
 }
 
 /// Makes sure a namespace exists (used for `default` at start).
@@ -400,7 +428,8 @@ pub async fn create(request: ResourceRequest, body: Bytes) -> ApiResult<Response
             let error = FieldError::required("metadata.name", "name or generateName is required");
             return Err(ApiError::invalid(&target, &[error]));
         }
-        track_update(&request, None, &mut candidate);
+        let base = managed_fields_base(object.pointer("/metadata/managedFields"), None);
+        track_update(&request, None, &mut candidate, &base);
         if dry_run {
             return Ok(with_warnings(
                 read::object_response(&request, Accept::Json, StatusCode::CREATED, candidate),
@@ -460,6 +489,7 @@ pub(super) fn prepare_update(
     // write records its managedFields below, from the stored ones.
     let applied_managed_fields =
         (!track).then(|| desired.pointer("/metadata/managedFields").cloned());
+    let sent_managed_fields = desired.pointer("/metadata/managedFields").cloned();
     let mut next = match request.subresource {
         // The status subresource takes nothing but status from the client.
         Some(Subresource::Status) => {
@@ -543,7 +573,8 @@ pub(super) fn prepare_update(
         object::meta_mut(&mut next).insert("generation".into(), json!(generation));
     }
     if track {
-        track_update(request, Some(current), &mut next);
+        let base = managed_fields_base(sent_managed_fields.as_ref(), Some(current));
+        track_update(request, Some(current), &mut next, &base);
     }
     // managedFields count: an apply that only changes ownership (a second applier of an
     // equal value) must be stored. Unchanged writes keep their entries' times, so a true

@@ -471,3 +471,81 @@ async fn patch_requests_that_are_refused() {
     }
     assert_eq!(generation(&h.get(&a).await.expect(200)), 1);
 }
+
+/// A write that carries managedFields replaces the stored ones (how kubectl hands fields from
+/// client-side to server-side apply), and `[{}]` resets them, as in Kubernetes.
+#[tokio::test]
+async fn managed_fields_sent_by_the_client_replace_or_reset_the_stored_ones() {
+    let h = Harness::start().await;
+    h.apply_widget("fieldManager=alpha", "w", json!({"color": "red"}))
+        .await
+        .expect(201);
+
+    // Replace: ownership of spec.color moves to "migrated"...
+    let handed_over = json!([{
+        "manager": "migrated",
+        "operation": "Apply",
+        "apiVersion": "test.corral.dev/v1",
+        "fieldsType": "FieldsV1",
+        "fieldsV1": {"f:spec": {"f:color": {}}},
+    }]);
+    let patched = h
+        .json_patch(
+            &widget_path("w"),
+            &json!([{"op": "replace", "path": "/metadata/managedFields", "value": handed_over}]),
+        )
+        .await
+        .expect(200);
+    assert!(
+        managed_entry(&patched, "migrated", "Apply").is_some(),
+        "{patched}"
+    );
+    assert!(
+        managed_entry(&patched, "alpha", "Apply").is_none(),
+        "{patched}"
+    );
+    // ...so another applier of a different color now conflicts with it.
+    let conflict = h
+        .apply_widget("fieldManager=beta", "w", json!({"color": "blue"}))
+        .await
+        .expect_error(409, "Conflict");
+    assert!(message(&conflict).contains("migrated"), "{conflict}");
+
+    // Reset: `[{}]` clears ownership; the object keeps its fields.
+    let reset = h
+        .merge_patch(
+            &format!("{}?fieldManager=resetter", widget_path("w")),
+            &json!({"metadata": {"managedFields": [{}]}}),
+        )
+        .await
+        .expect(200);
+    assert!(
+        reset["metadata"]["managedFields"]
+            .as_array()
+            .is_none_or(|a| a.is_empty()),
+        "{reset}"
+    );
+    assert_eq!(reset["spec"]["color"], "red");
+    // As in Kubernetes, the first apply after a reset credits the existing fields to
+    // "before-first-apply": changing them needs force.
+    let conflict = h
+        .apply_widget("fieldManager=beta", "w", json!({"color": "blue"}))
+        .await
+        .expect_error(409, "Conflict");
+    assert!(
+        message(&conflict).contains("before-first-apply"),
+        "{conflict}"
+    );
+    let forced = h
+        .apply_widget(
+            "fieldManager=beta&force=true",
+            "w",
+            json!({"color": "blue"}),
+        )
+        .await
+        .expect(200);
+    assert!(
+        managed_entry(&forced, "beta", "Apply").is_some(),
+        "{forced}"
+    );
+}
