@@ -56,6 +56,10 @@ pub struct ResourceType {
     pub namespaced: bool,
     pub has_status: bool,
     pub versions: Vec<Version>,
+    /// A built-in kind (namespaces, events, leases). Like Kubernetes' typed decoders, the
+    /// server fills in a missing `apiVersion`/`kind` of their request bodies from the URL;
+    /// custom resources must carry both.
+    pub builtin: bool,
 }
 
 impl ResourceType {
@@ -173,7 +177,7 @@ impl Registry {
     pub fn load(dir: Option<&Path>) -> Result<Registry, LoadError> {
         let mut registry = Registry::default();
         for (path, text) in BUILTIN_CRDS {
-            registry.add_documents(path, text)?;
+            registry.add_documents(path, text, true)?;
         }
         if let Some(dir) = dir {
             let read_err = |source| LoadError::Read {
@@ -196,13 +200,13 @@ impl Registry {
                     path: path.display().to_string(),
                     source,
                 })?;
-                registry.add_documents(&path.display().to_string(), &text)?;
+                registry.add_documents(&path.display().to_string(), &text, false)?;
             }
         }
         Ok(registry)
     }
 
-    fn add_documents(&mut self, path: &str, text: &str) -> Result<(), LoadError> {
+    fn add_documents(&mut self, path: &str, text: &str, builtin: bool) -> Result<(), LoadError> {
         let documents: Vec<Value> =
             serde_saphyr::from_multiple(text).map_err(|source| LoadError::Yaml {
                 path: path.to_string(),
@@ -218,7 +222,8 @@ impl Registry {
                 document: index + 1,
                 message,
             };
-            let resource = parse_crd(&document).map_err(invalid)?;
+            let mut resource = parse_crd(&document).map_err(invalid)?;
+            resource.builtin = builtin;
             self.insert(resource, path)?;
         }
         Ok(())
@@ -460,6 +465,7 @@ fn parse_crd(crd: &Value) -> Result<ResourceType, String> {
         namespaced,
         has_status,
         versions,
+        builtin: false,
     })
 }
 

@@ -55,6 +55,20 @@ pub(super) fn with_warnings(mut response: Response, warnings: &Warnings) -> Resp
     response
 }
 
+/// Fills a missing `apiVersion`/`kind` of a built-in kind's body from the URL (clients such as
+/// the Python one send core objects without them); custom resources must carry both.
+pub(super) fn default_builtin_type_meta(request: &ResourceRequest, body: &mut Value) {
+    if !request.resource.builtin {
+        return;
+    }
+    if let Some(map) = body.as_object_mut() {
+        map.entry("apiVersion")
+            .or_insert_with(|| json!(request.api_version()));
+        map.entry("kind")
+            .or_insert_with(|| json!(request.resource.kind));
+    }
+}
+
 pub(super) fn check_type_meta(request: &ResourceRequest, body: &Value) -> ApiResult<()> {
     let expected = request.api_version();
     match body.get("apiVersion").and_then(Value::as_str) {
@@ -400,7 +414,8 @@ pub async fn create(request: ResourceRequest, body: Bytes) -> ApiResult<Response
         ));
     }
     let mut warnings = Warnings::default();
-    let body = decode_body(&request.headers, &request.resource, &body)?;
+    let mut body = decode_body(&request.headers, &request.resource, &body)?;
+    default_builtin_type_meta(&request, &mut body);
     let mut object = prepare_create(&request, body, &mut warnings)?;
     let generate_name = object::meta_str(&object, "generateName").map(String::from);
     let explicit_name = object::meta_str(&object, "name").map(String::from);
@@ -630,7 +645,8 @@ pub(super) async fn read_current(request: &ResourceRequest) -> ApiResult<Option<
 pub async fn replace(request: ResourceRequest, body: Bytes) -> ApiResult<Response> {
     let dry_run = request.query.dry_run()?;
     let target = request.target();
-    let desired = decode_body(&request.headers, &request.resource, &body)?;
+    let mut desired = decode_body(&request.headers, &request.resource, &body)?;
+    default_builtin_type_meta(&request, &mut desired);
     check_type_meta(&request, &desired)?;
     let body_name = object::meta_str(&desired, "name").unwrap_or("");
     if body_name != request.object_name() {

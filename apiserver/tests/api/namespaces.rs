@@ -127,3 +127,26 @@ async fn objects_whose_namespace_is_gone_are_collected() {
     let still = h.get(&widget_path("kept")).await.expect(200);
     assert_eq!(still["metadata"]["uid"], kept["metadata"]["uid"]);
 }
+
+/// Built-in kinds take a missing apiVersion/kind from the URL, as Kubernetes' typed decoders do
+/// (the Python client sends core objects without them); custom resources must carry both.
+#[tokio::test]
+async fn builtin_bodies_may_omit_type_meta_but_custom_resources_may_not() {
+    let h = Harness::start().await;
+    let created = h
+        .post(NAMESPACES, &json!({"metadata": {"name": "bare"}}))
+        .await
+        .expect(201);
+    assert_eq!(
+        (created["apiVersion"].as_str(), created["kind"].as_str()),
+        (Some("v1"), Some("Namespace"))
+    );
+    let status = h
+        .post(
+            &widgets_in("default"),
+            &json!({"metadata": {"name": "bare"}, "spec": {"color": "red"}}),
+        )
+        .await
+        .expect_error(400, "BadRequest");
+    assert!(message(&status).contains("apiVersion"), "{status}");
+}
