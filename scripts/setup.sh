@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Installs the system packages Corral needs (idempotent): etcd for the distributed store and
-# its tests, protoc for etcd-client's build. Safe to run any number of times.
+# Installs what Corral needs (idempotent): etcd for the distributed store and its tests, protoc
+# for etcd-client's build, and the Python `kubernetes` client for the client-compatibility
+# tests. Safe to run any number of times.
 set -euo pipefail
 
 need=()
@@ -13,4 +14,9 @@ if ((${#need[@]})); then
   echo "setup: installing ${need[*]}" >&2
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+if ! python3 -c "import kubernetes" >/dev/null 2>&1; then
+  echo "setup: installing the Python kubernetes client" >&2
+  python3 -m pip install -q --disable-pip-version-check "kubernetes>=31" >/dev/null
 fi
