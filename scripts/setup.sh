@@ -18,5 +18,5 @@ fi
 
 if ! python3 -c "import kubernetes" >/dev/null 2>&1; then
   echo "setup: installing the Python kubernetes client" >&2
-  python3 -m pip install -q --disable-pip-version-check "kubernetes>=31" >/dev/null
+  python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore "kubernetes>=31" >/dev/null
 fi
