@@ -114,7 +114,8 @@ pub struct Cause {
 pub struct ApiError {
     pub reason: Reason,
     pub message: String,
-    pub target: Option<Target>,
+    /// Boxed: errors travel by value through every handler, so they stay small.
+    pub target: Option<Box<Target>>,
     pub causes: Vec<Cause>,
 }
 
@@ -131,7 +132,7 @@ impl ApiError {
     }
 
     pub fn with_target(mut self, target: &Target) -> ApiError {
-        self.target = Some(target.clone());
+        self.target = Some(Box::new(target.clone()));
         self
     }
 
@@ -209,7 +210,7 @@ impl ApiError {
         ApiError {
             reason: Reason::Invalid,
             message,
-            target: Some(target.clone()),
+            target: Some(Box::new(target.clone())),
             causes,
         }
     }

@@ -69,20 +69,20 @@ impl Filter {
     }
 
     pub fn matches(&self, object: &Value) -> bool {
-        if let Some(ns) = &self.namespace {
-            if object::namespace(object) != Some(ns.as_str()) {
-                return false;
-            }
+        if let Some(ns) = &self.namespace
+            && object::namespace(object) != Some(ns.as_str())
+        {
+            return false;
         }
-        if let Some(labels) = &self.labels {
-            if !labels.matches_json(object::meta(object).and_then(|m| m.get("labels"))) {
-                return false;
-            }
+        if let Some(labels) = &self.labels
+            && !labels.matches_json(object::meta(object).and_then(|m| m.get("labels")))
+        {
+            return false;
         }
-        if let Some(fields) = &self.fields {
-            if !fields.matches(|field| field_value(&self.resource, &self.version, object, field)) {
-                return false;
-            }
+        if let Some(fields) = &self.fields
+            && !fields.matches(|field| field_value(&self.resource, &self.version, object, field))
+        {
+            return false;
         }
         true
     }

@@ -237,7 +237,9 @@ async fn collect(server: &Arc<ApiServer>) -> bool {
                 let kept: Vec<String> = object::finalizers(o)
                     .into_iter()
                     .filter(|f| {
-                        !(release_orphan && f == ORPHAN) && !(release_foreground && f == FOREGROUND)
+                        let released = (release_orphan && f == ORPHAN)
+                            || (release_foreground && f == FOREGROUND);
+                        !released
                     })
                     .collect();
                 object::set_finalizers(o, kept);

@@ -132,7 +132,7 @@ pub enum LoadError {
         path: String,
         document: usize,
         #[source]
-        source: serde_saphyr::Error,
+        source: Box<serde_saphyr::Error>,
     },
     #[error("{path}: document {document}: {message}")]
     Invalid {
@@ -211,7 +211,7 @@ impl Registry {
             serde_saphyr::from_multiple(text).map_err(|source| LoadError::Yaml {
                 path: path.to_string(),
                 document: 1,
-                source,
+                source: Box::new(source),
             })?;
         for (index, document) in documents.into_iter().enumerate() {
             if document.is_null() {
@@ -350,12 +350,12 @@ fn parse_crd(crd: &Value) -> Result<ResourceType, String> {
         format!("{plural}.{group}")
     };
     // Built-in core kinds have no group; their embedded CRDs are named by plural alone.
-    if let Some(name) = str_at(crd, &["metadata", "name"]) {
-        if name != expected_name {
-            return Err(format!(
-                "metadata.name must be {expected_name:?}, found {name:?}"
-            ));
-        }
+    if let Some(name) = str_at(crd, &["metadata", "name"])
+        && name != expected_name
+    {
+        return Err(format!(
+            "metadata.name must be {expected_name:?}, found {name:?}"
+        ));
     }
     let namespaced = match str_at(spec, &["scope"]) {
         Some("Namespaced") => true,

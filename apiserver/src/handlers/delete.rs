@@ -178,27 +178,27 @@ pub async fn delete_object(
             .map_err(|e| ApiError::from_store(e, target))?;
         let current = object::decode(&kv.ok_or_else(|| ApiError::not_found(target))?)
             .map_err(|e| ApiError::internal("stored object is corrupt", &e))?;
-        if let Some(uid) = &options.uid {
-            if uid != object::uid(&current.object) {
-                return Err(ApiError::conflict(
-                    target,
-                    &format!(
-                        "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
-                        object::uid(&current.object)
-                    ),
-                ));
-            }
+        if let Some(uid) = &options.uid
+            && uid != object::uid(&current.object)
+        {
+            return Err(ApiError::conflict(
+                target,
+                &format!(
+                    "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
+                    object::uid(&current.object)
+                ),
+            ));
         }
-        if let Some(rv) = &options.resource_version {
-            if *rv != current.revision.to_string() {
-                return Err(ApiError::conflict(
-                    target,
-                    &format!(
-                        "Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {}",
-                        current.revision
-                    ),
-                ));
-            }
+        if let Some(rv) = &options.resource_version
+            && *rv != current.revision.to_string()
+        {
+            return Err(ApiError::conflict(
+                target,
+                &format!(
+                    "Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {}",
+                    current.revision
+                ),
+            ));
         }
         match delete_step(server, resource, key, &current, options).await {
             Ok(outcome) => return Ok(outcome),

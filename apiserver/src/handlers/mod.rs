@@ -173,8 +173,12 @@ async fn route(server: Arc<ApiServer>, request: Request) -> ApiResult<Response> 
         ["apis", group, version, rest @ ..] => (group, version, rest),
         _ => return Err(ApiError::no_route()),
     };
-    let (namespace, plural, name, sub) =
-        parse_resource_path(group, rest).ok_or_else(ApiError::no_route)?;
+    let ResourcePath {
+        namespace,
+        plural,
+        name,
+        subresource: sub,
+    } = parse_resource_path(group, rest).ok_or_else(ApiError::no_route)?;
     let resource = server
         .registry
         .lookup(group, plural)
@@ -240,26 +244,40 @@ async fn route(server: Arc<ApiServer>, request: Request) -> ApiResult<Response> 
 
 /// Splits the part of a resource path after the group version into
 /// (namespace, plural, name, subresource).
-fn parse_resource_path<'a>(
-    group: &str,
-    rest: &[&'a str],
-) -> Option<(Option<&'a str>, &'a str, Option<&'a str>, Option<&'a str>)> {
+/// The parts of a resource path after its group version.
+#[derive(Debug, PartialEq, Eq)]
+struct ResourcePath<'a> {
+    namespace: Option<&'a str>,
+    plural: &'a str,
+    name: Option<&'a str>,
+    subresource: Option<&'a str>,
+}
+
+fn parse_resource_path<'a>(group: &str, rest: &[&'a str]) -> Option<ResourcePath<'a>> {
+    let path = |namespace, plural, name, subresource| {
+        Some(ResourcePath {
+            namespace,
+            plural,
+            name,
+            subresource,
+        })
+    };
     let namespaced = rest.first() == Some(&"namespaces")
         && rest.len() >= 3
         // `/api/v1/namespaces/x/status` is the namespace's own subresource.
         && !(group.is_empty() && rest.len() == 3 && matches!(rest[2], "status" | "finalize"));
     if namespaced {
         match rest {
-            [_, ns, plural] => Some((Some(ns), plural, None, None)),
-            [_, ns, plural, name] => Some((Some(ns), plural, Some(name), None)),
-            [_, ns, plural, name, sub] => Some((Some(ns), plural, Some(name), Some(sub))),
+            [_, ns, plural] => path(Some(ns), plural, None, None),
+            [_, ns, plural, name] => path(Some(ns), plural, Some(name), None),
+            [_, ns, plural, name, sub] => path(Some(ns), plural, Some(name), Some(sub)),
             _ => None,
         }
     } else {
         match rest {
-            [plural] => Some((None, plural, None, None)),
-            [plural, name] => Some((None, plural, Some(name), None)),
-            [plural, name, sub] => Some((None, plural, Some(name), Some(sub))),
+            [plural] => path(None, plural, None, None),
+            [plural, name] => path(None, plural, Some(name), None),
+            [plural, name, sub] => path(None, plural, Some(name), Some(sub)),
             _ => None,
         }
     }
@@ -319,6 +337,13 @@ mod tests {
         let check =
             |group: &str, path: &str, expect: (Option<&str>, &str, Option<&str>, Option<&str>)| {
                 let rest: Vec<&str> = path.split('/').collect();
+                let (namespace, plural, name, subresource) = expect;
+                let expect = ResourcePath {
+                    namespace,
+                    plural,
+                    name,
+                    subresource,
+                };
                 assert_eq!(parse_resource_path(group, &rest), Some(expect), "{path}");
             };
         check("", "namespaces", (None, "namespaces", None, None));

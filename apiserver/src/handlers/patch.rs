@@ -174,13 +174,13 @@ fn apply_to(
     check_type_meta(request, applied)?;
     let mut applied = applied.clone();
     handle_unknown_fields(request, &mut applied, warnings)?;
-    if let Some(name) = object::meta_str(&applied, "name") {
-        if name != request.object_name() {
-            return Err(ApiError::bad_request(format!(
-                "the name of the object ({name}) does not match the name on the URL ({})",
-                request.object_name()
-            )));
-        }
+    if let Some(name) = object::meta_str(&applied, "name")
+        && name != request.object_name()
+    {
+        return Err(ApiError::bad_request(format!(
+            "the name of the object ({name}) does not match the name on the URL ({})",
+            request.object_name()
+        )));
     }
     let existing = live.map(managed_fields_of).unwrap_or_default();
     let outcome = managed::apply(

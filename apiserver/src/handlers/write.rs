@@ -377,10 +377,10 @@ pub(super) fn prepare_create(
     {
         meta.remove("name");
     }
-    if request.resource.has_status {
-        if let Some(map) = object.as_object_mut() {
-            map.remove("status");
-        }
+    if request.resource.has_status
+        && let Some(map) = object.as_object_mut()
+    {
+        map.remove("status");
     }
     handle_unknown_fields(request, &mut object, warnings)?;
     let storage = request.resource.storage_version();
@@ -492,12 +492,11 @@ pub(super) fn prepare_update(
     }
     if let (Some(body_ns), Some(url_ns)) =
         (object::namespace(&desired), request.namespace.as_deref())
+        && body_ns != url_ns
     {
-        if body_ns != url_ns {
-            return Err(ApiError::bad_request(
-                "the namespace of the provided object does not match the namespace sent on the request",
-            ));
-        }
+        return Err(ApiError::bad_request(
+            "the namespace of the provided object does not match the namespace sent on the request",
+        ));
     }
     handle_unknown_fields(request, &mut desired, warnings)?;
     // An apply computed the new managedFields itself (`apply_to`); keep them. Every other
@@ -533,12 +532,11 @@ pub(super) fn prepare_update(
             }
             // The uid is immutable (ValidateObjectMetaUpdate); the other server-owned fields
             // are silently kept from the stored object, as Kubernetes' BeforeUpdate does.
-            if let Some(uid) = object::meta_str(&next, "uid").filter(|u| !u.is_empty()) {
-                if uid != object::uid(current) {
-                    let error =
-                        FieldError::invalid("metadata.uid", json!(uid), "field is immutable");
-                    return Err(ApiError::invalid(&target, &[error]));
-                }
+            if let Some(uid) = object::meta_str(&next, "uid").filter(|u| !u.is_empty())
+                && uid != object::uid(current)
+            {
+                let error = FieldError::invalid("metadata.uid", json!(uid), "field is immutable");
+                return Err(ApiError::invalid(&target, &[error]));
             }
             // Server-owned metadata always comes from the stored object.
             let current_meta = object::meta(current).cloned().unwrap_or_default();

@@ -153,13 +153,13 @@ impl Apiserver {
             if http_get(address, "/readyz").is_some_and(|(status, _)| status == 200) {
                 return;
             }
-            if let Some(child) = self.child.as_mut() {
-                if let Ok(Some(status)) = child.try_wait() {
-                    panic!(
-                        "corral apiserver exited with {status}; log:\n{}",
-                        self.log()
-                    );
-                }
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                panic!(
+                    "corral apiserver exited with {status}; log:\n{}",
+                    self.log()
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
