@@ -109,6 +109,12 @@ impl ResourceType {
         }
     }
 
+    /// Kubernetes serves no `deletecollection` for namespaces (one request could wipe every
+    /// project); every other kind has it.
+    pub fn supports_delete_collection(&self) -> bool {
+        !(self.group.is_empty() && self.plural == "namespaces")
+    }
+
     pub fn target(&self, name: &str) -> Target {
         Target {
             group: self.group.clone(),

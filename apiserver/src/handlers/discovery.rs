@@ -98,7 +98,10 @@ fn resource_json(t: &ResourceType) -> Vec<Value> {
         "singularName": t.singular,
         "namespaced": t.namespaced,
         "kind": t.kind,
-        "verbs": VERBS,
+        "verbs": VERBS
+            .iter()
+            .filter(|v| **v != "deletecollection" || t.supports_delete_collection())
+            .collect::<Vec<_>>(),
         "shortNames": t.short_names,
         "categories": t.categories,
         "storageVersionHash": storage_version_hash(t),

@@ -228,7 +228,9 @@ async fn route(server: Arc<ApiServer>, request: Request) -> ApiResult<Response> 
         (Method::POST, false) if request.subresource.is_none() => {
             write::create(request, body).await
         }
-        (Method::DELETE, false) => delete::delete_collection(request, body).await,
+        (Method::DELETE, false) if request.resource.supports_delete_collection() => {
+            delete::delete_collection(request, body).await
+        }
         (Method::GET, true) => read::get(request, accept).await,
         (Method::PUT, true) => write::replace(request, body).await,
         (Method::PATCH, true) => patch::patch(request, body).await,

@@ -224,15 +224,20 @@ fn add_resource(
     .iter()
     .map(|p| param(p, "query"))
     .collect();
-    paths.insert(
-        format!("{scope}/{}", t.plural),
-        json!({
-            "parameters": collection_params,
-            "get": op("list", &list_params, None, ok(&list_ref)),
-            "post": op("post", &write_params, Some(body(&object_ref)), json!({"201": {"description": "Created", "content": {"application/json": {"schema": object_ref}}}})),
-            "delete": op("deletecollection", &vec![], None, ok(&json!({"type": "object"}))),
-        }),
-    );
+    let mut collection = json!({
+        "parameters": collection_params,
+        "get": op("list", &list_params, None, ok(&list_ref)),
+        "post": op("post", &write_params, Some(body(&object_ref)), json!({"201": {"description": "Created", "content": {"application/json": {"schema": object_ref}}}})),
+    });
+    if t.supports_delete_collection() {
+        collection["delete"] = op(
+            "deletecollection",
+            &vec![],
+            None,
+            ok(&json!({"type": "object"})),
+        );
+    }
+    paths.insert(format!("{scope}/{}", t.plural), collection);
     paths.insert(
         format!("{scope}/{}/{{name}}", t.plural),
         json!({

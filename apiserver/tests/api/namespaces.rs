@@ -150,3 +150,19 @@ async fn builtin_bodies_may_omit_type_meta_but_custom_resources_may_not() {
         .expect_error(400, "BadRequest");
     assert!(message(&status).contains("apiVersion"), "{status}");
 }
+
+/// As in Kubernetes, namespaces have no deletecollection: not advertised, and refused.
+#[tokio::test]
+async fn namespaces_cannot_be_deleted_as_a_collection() {
+    let h = Harness::start().await;
+    let resources = h.get("/api/v1").await.expect(200);
+    let namespaces = resources["resources"]
+        .as_array()
+        .and_then(|r| r.iter().find(|r| r["name"] == "namespaces"))
+        .cloned()
+        .expect("namespaces in discovery");
+    assert!(!namespaces["verbs"].as_array().unwrap().contains(&json!("deletecollection")));
+    h.create_namespace("keep").await;
+    h.delete(NAMESPACES, None).await.expect_error(405, "MethodNotAllowed");
+    h.get(&format!("{NAMESPACES}/keep")).await.expect(200);
+}
