@@ -182,6 +182,14 @@ where
     Ok(start.elapsed())
 }
 
+/// The peak resident memory of this process, from `/proc/self/status` (`VmHWM`).
+fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
 /// CPU seconds (user + system) a process has used so far, from `/proc/PID/stat`.
 fn cpu_seconds(pid: &str) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -344,6 +352,9 @@ async fn api(args: ApiArgs) -> anyhow::Result<()> {
     running.server.shutdown.cancel();
     let _ = serving.await;
     running.shutdown().await;
+    if let Some(peak) = peak_rss_mib() {
+        println!("peak RSS of this process (client + API server + cache): {peak:.0} MiB");
+    }
     println!("api/store ratio: {:.2}", api_rate / raw_rate);
     Ok(())
 }

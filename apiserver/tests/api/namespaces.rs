@@ -161,8 +161,15 @@ async fn namespaces_cannot_be_deleted_as_a_collection() {
         .and_then(|r| r.iter().find(|r| r["name"] == "namespaces"))
         .cloned()
         .expect("namespaces in discovery");
-    assert!(!namespaces["verbs"].as_array().unwrap().contains(&json!("deletecollection")));
+    assert!(
+        !namespaces["verbs"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("deletecollection"))
+    );
     h.create_namespace("keep").await;
-    h.delete(NAMESPACES, None).await.expect_error(405, "MethodNotAllowed");
+    h.delete(NAMESPACES, None)
+        .await
+        .expect_error(405, "MethodNotAllowed");
     h.get(&format!("{NAMESPACES}/keep")).await.expect(200);
 }
