@@ -365,10 +365,12 @@ async fn owner_exists(
         // An owner of a kind this server does not serve cannot be checked; keep the reference.
         return true;
     };
-    let namespace = if resource.namespaced {
-        dependent_namespace
-    } else {
-        None
+    let namespace = match (resource.namespaced, dependent_namespace) {
+        // A cluster-scoped dependent cannot name a namespaced owner; Kubernetes treats such a
+        // reference as unresolvable and never collects the dependent because of it.
+        (true, None) => return true,
+        (true, namespace) => namespace,
+        (false, _) => None,
     };
     match server.store.get(&resource.key(namespace, name)).await {
         Ok(Some(kv)) => {

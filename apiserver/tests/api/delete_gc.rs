@@ -300,3 +300,28 @@ async fn delete_collection_deletes_what_the_selector_matches() {
     assert_eq!(names(&deleted), ["a", "b"]);
     assert_eq!(names(&h.get(WIDGETS).await.expect(200)), ["c"]);
 }
+
+/// A cluster-scoped dependent cannot name a namespaced owner; as in Kubernetes the reference is
+/// unresolvable and the dependent is not collected because of it. (A gadget whose gadget owner
+/// is gone is collected in the same passes, which shows the collector ran.)
+#[tokio::test]
+async fn cluster_scoped_dependents_of_namespaced_owners_are_left_alone() {
+    let h = Harness::start().await;
+    let missing_widget = json!({
+        "apiVersion": "test.corral.dev/v1", "kind": "Widget", "name": "nowhere",
+        "uid": "00000000-0000-0000-0000-0000000000aa",
+    });
+    let missing_gadget = json!({
+        "apiVersion": "test.corral.dev/v1", "kind": "Gadget", "name": "gone",
+        "uid": "00000000-0000-0000-0000-0000000000bb",
+    });
+    let mut unresolvable = gadget("unresolvable", json!({}));
+    unresolvable["metadata"]["ownerReferences"] = json!([missing_widget]);
+    h.create(GADGETS, unresolvable).await;
+    let mut orphaned = gadget("orphaned", json!({}));
+    orphaned["metadata"]["ownerReferences"] = json!([missing_gadget]);
+    h.create(GADGETS, orphaned).await;
+    h.wait_gone(&gadget_path("orphaned"), "the gadget whose owner is gone")
+        .await;
+    h.get(&gadget_path("unresolvable")).await.expect(200);
+}
