@@ -101,7 +101,11 @@ pub async fn patch(request: ResourceRequest, body: Bytes) -> ApiResult<Response>
         let current = read_current(&request).await?;
         let Some(current) = current else {
             if kind == PatchKind::Apply && request.subresource.is_none() {
-                return apply_create(request, patch_doc, force, dry_run).await;
+                match apply_create(&request, &patch_doc, force, dry_run).await {
+                    // Another writer created it first: apply to what it created.
+                    Err(e) if e.reason == Reason::AlreadyExists => continue,
+                    outcome => return outcome,
+                }
             }
             return Err(ApiError::not_found(&target));
         };
@@ -226,23 +230,23 @@ fn apply_to(
 
 /// Apply to a missing object creates it.
 async fn apply_create(
-    request: ResourceRequest,
-    applied: Value,
+    request: &ResourceRequest,
+    applied: &Value,
     force: bool,
     dry_run: bool,
 ) -> ApiResult<Response> {
     let mut warnings = Warnings::default();
-    let object = apply_to(&request, None, &applied, force, &mut warnings)?;
-    let mut object = prepare_create(&request, object, &mut warnings)?;
+    let object = apply_to(request, None, applied, force, &mut warnings)?;
+    let mut object = prepare_create(request, object, &mut warnings)?;
     object::meta_mut(&mut object).insert("name".into(), json!(request.object_name()));
     if let Some(ns) = &request.namespace {
-        check_namespace_open(&request, ns).await?;
+        check_namespace_open(request, ns).await?;
     }
     let target = request.target();
-    default_and_validate(&request, &mut object, &target)?;
+    default_and_validate(request, &mut object, &target)?;
     if dry_run {
         return Ok(with_warnings(
-            read::object_response(&request, Accept::Json, StatusCode::CREATED, object),
+            read::object_response(request, Accept::Json, StatusCode::CREATED, object),
             &warnings,
         ));
     }
@@ -255,7 +259,7 @@ async fn apply_create(
         .map_err(|e| ApiError::from_store(e, &target))?;
     object::set_resource_version(&mut object, kv.mod_revision);
     Ok(with_warnings(
-        read::object_response(&request, Accept::Json, StatusCode::CREATED, object),
+        read::object_response(request, Accept::Json, StatusCode::CREATED, object),
         &warnings,
     ))
 }

@@ -549,3 +549,37 @@ async fn managed_fields_sent_by_the_client_replace_or_reset_the_stored_ones() {
         "{forced}"
     );
 }
+
+/// Appliers racing to create the same object all succeed: the losers of the create apply to
+/// what the winner created (equal values, so no conflict), as in Kubernetes.
+#[tokio::test]
+async fn concurrent_applies_to_a_missing_object_all_succeed() {
+    let h = std::sync::Arc::new(Harness::start().await);
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..8 {
+        let h = h.clone();
+        tasks.spawn(async move {
+            h.apply_widget(
+                &format!("fieldManager=racer-{i}"),
+                "raced",
+                json!({"color": "red"}),
+            )
+            .await
+            .status
+        });
+    }
+    let mut codes = Vec::new();
+    while let Some(code) = tasks.join_next().await {
+        codes.push(code.expect("task").as_u16());
+    }
+    codes.sort();
+    assert_eq!(codes.iter().filter(|c| **c == 201).count(), 1, "{codes:?}");
+    assert!(codes.iter().all(|c| *c == 200 || *c == 201), "{codes:?}");
+    let object = h.get(&widget_path("raced")).await.expect(200);
+    for i in 0..8 {
+        assert!(
+            managed_entry(&object, &format!("racer-{i}"), "Apply").is_some(),
+            "{object}"
+        );
+    }
+}
