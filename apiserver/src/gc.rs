@@ -38,7 +38,7 @@ use corral_store::Revision;
 use serde_json::{Value, json};
 
 use crate::ApiServer;
-use crate::cache::{CachedObject, EventType, Since};
+use crate::cache::{CacheEvent, CachedObject, EventType, Since};
 use crate::handlers::delete::{self, DeleteOptions, FOREGROUND, ORPHAN, Propagation};
 use crate::object;
 use crate::resource::ResourceType;
@@ -56,7 +56,7 @@ pub async fn run(server: Arc<ApiServer>) {
         for (cache, position) in server.caches().iter().zip(positions.iter_mut()) {
             match cache.since(*position) {
                 Since::Events(events, new_position) => {
-                    dirty |= events.iter().any(|e| is_relevant(e.kind, &e.object.value));
+                    dirty |= events.iter().any(|e| is_relevant(e));
                     *position = new_position;
                 }
                 Since::Expired { .. } => {
@@ -76,10 +76,22 @@ pub async fn run(server: Arc<ApiServer>) {
     }
 }
 
-fn is_relevant(kind: EventType, value: &Value) -> bool {
-    kind == EventType::Deleted
-        || object::is_deleting(value)
-        || object::meta(value).is_some_and(|m| m.contains_key("ownerReferences"))
+/// Whether an event can change what the collector would do: a deletion (owners may now be
+/// gone), an object being deleted (propagation, namespace content), or owner references that
+/// are new or changed. A status update of an owned object is none of these, so busy owned
+/// objects do not cause rescans.
+fn is_relevant(event: &CacheEvent) -> bool {
+    let value = &event.object.value;
+    if event.kind == EventType::Deleted || object::is_deleting(value) {
+        return true;
+    }
+    let refs = object::meta(value).and_then(|m| m.get("ownerReferences"));
+    let before = event
+        .prev
+        .as_ref()
+        .and_then(|p| object::meta(&p.value))
+        .and_then(|m| m.get("ownerReferences"));
+    refs.is_some() && refs != before
 }
 
 struct Entry {
@@ -378,5 +390,62 @@ async fn owner_exists(
         }
         Ok(None) => false,
         Err(_) => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(kind: EventType, prev: Option<Value>, now: Value) -> CacheEvent {
+        let cached = |v: Value| Arc::new(CachedObject::new("/k".into(), 1, v));
+        CacheEvent::new(kind, cached(now), prev.map(cached))
+    }
+
+    #[test]
+    fn only_events_that_can_change_a_collection_decision_wake_the_collector() {
+        let owned = json!({"metadata": {"name": "a", "ownerReferences": [{"uid": "u1"}]}, "status": {"x": 1}});
+        let mut status_update = owned.clone();
+        status_update["status"]["x"] = json!(2);
+        let mut new_owner = owned.clone();
+        new_owner["metadata"]["ownerReferences"] = json!([{"uid": "u2"}]);
+        let mut deleting = owned.clone();
+        deleting["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
+        let plain = json!({"metadata": {"name": "b"}});
+        let cases = [
+            (
+                "a status update of an owned object",
+                event(EventType::Modified, Some(owned.clone()), status_update),
+                false,
+            ),
+            (
+                "an object without owners",
+                event(EventType::Added, None, plain.clone()),
+                false,
+            ),
+            (
+                "a new owned object",
+                event(EventType::Added, None, owned.clone()),
+                true,
+            ),
+            (
+                "changed owner references",
+                event(EventType::Modified, Some(owned.clone()), new_owner),
+                true,
+            ),
+            (
+                "deletion started",
+                event(EventType::Modified, Some(owned.clone()), deleting),
+                true,
+            ),
+            (
+                "a deletion",
+                event(EventType::Deleted, Some(plain.clone()), plain),
+                true,
+            ),
+        ];
+        for (what, event, expected) in cases {
+            assert_eq!(is_relevant(&event), expected, "{what}");
+        }
     }
 }
