@@ -99,6 +99,26 @@ struct Entry {
     object: Arc<CachedObject>,
 }
 
+impl Entry {
+    /// The object's store key.
+    fn key(&self) -> String {
+        let value = &self.object.value;
+        self.resource
+            .key(object::namespace(value), object::name(value))
+    }
+
+    /// Deletes the object with `propagation`. Failures (already gone, a conflict) are left to
+    /// the next pass, which recomputes from the state it then finds.
+    async fn delete(&self, server: &ApiServer, propagation: Propagation) {
+        let target = self.resource.target(object::name(&self.object.value));
+        let options = DeleteOptions {
+            propagation: Some(propagation),
+            ..Default::default()
+        };
+        let _ = delete::delete_object(server, &self.resource, &self.key(), &target, &options).await;
+    }
+}
+
 fn owner_refs(value: &Value) -> Vec<Value> {
     object::meta(value)
         .and_then(|m| m.get("ownerReferences"))
@@ -179,30 +199,17 @@ async fn collect(server: &Arc<ApiServer>) -> bool {
                 }
             }
         }
-        let key = dependent
-            .resource
-            .key(object::namespace(value), object::name(value));
-        let target = dependent.resource.target(object::name(value));
+        let key = dependent.key();
         if dangling.len() == refs.len() {
             if !object::is_deleting(value) {
                 tracing::info!(kind = %dependent.resource.kind, name = object::name(value), "deleting dependent whose owners are gone");
-                let options = DeleteOptions {
-                    propagation: Some(Propagation::Background),
-                    ..Default::default()
-                };
-                let _ = delete::delete_object(server, &dependent.resource, &key, &target, &options)
-                    .await;
+                dependent.delete(server, Propagation::Background).await;
                 acted = true;
             }
             continue;
         }
         if foreground && !object::is_deleting(value) {
-            let options = DeleteOptions {
-                propagation: Some(Propagation::Foreground),
-                ..Default::default()
-            };
-            let _ =
-                delete::delete_object(server, &dependent.resource, &key, &target, &options).await;
+            dependent.delete(server, Propagation::Foreground).await;
             acted = true;
         }
         let drop: Vec<String> = dangling.into_iter().chain(orphaned).collect();
@@ -237,9 +244,7 @@ async fn collect(server: &Arc<ApiServer>) -> bool {
         }
         let uid = object::uid(value).to_string();
         let finalizers = object::finalizers(value);
-        let key = owner
-            .resource
-            .key(object::namespace(value), object::name(value));
+        let key = owner.key();
         let release_orphan =
             finalizers.iter().any(|f| f == ORPHAN) && !referenced.contains(&uid) && !acted;
         let release_foreground =
@@ -297,13 +302,7 @@ async fn finalize_namespace(server: &Arc<ApiServer>, all: &[Entry], namespace: &
         if object::is_deleting(value) {
             continue;
         }
-        let key = entry.resource.key(Some(name), object::name(value));
-        let target = entry.resource.target(object::name(value));
-        let options = DeleteOptions {
-            propagation: Some(Propagation::Background),
-            ..Default::default()
-        };
-        let _ = delete::delete_object(server, &entry.resource, &key, &target, &options).await;
+        entry.delete(server, Propagation::Background).await;
         acted = true;
     }
     acted
@@ -342,13 +341,7 @@ async fn sweep_orphaned_namespaces(server: &Arc<ApiServer>, all: &[Entry]) -> bo
         };
         if gone && !object::is_deleting(value) {
             tracing::info!(kind = %entry.resource.kind, namespace, name = object::name(value), "deleting an object whose namespace is gone");
-            let key = entry.resource.key(Some(namespace), object::name(value));
-            let target = entry.resource.target(object::name(value));
-            let options = DeleteOptions {
-                propagation: Some(Propagation::Background),
-                ..Default::default()
-            };
-            let _ = delete::delete_object(server, &entry.resource, &key, &target, &options).await;
+            entry.delete(server, Propagation::Background).await;
             acted = true;
         }
     }
