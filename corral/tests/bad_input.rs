@@ -598,14 +598,7 @@ fn run(backend: Backend) {
         assert_eq!(health, 200, "server unhealthy after {}", c.name);
     }
     // Nothing of a rejected create was written.
-    let (_, list) = http(server.address, "GET", BASE, &[], b"");
-    let list: Value = serde_json::from_str(&list).unwrap();
-    let names: Vec<&str> = list["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| i["metadata"]["name"].as_str().unwrap())
-        .collect();
+    let names = common::list_names(server.address, BASE);
     assert_eq!(names, vec!["good"], "only the good object exists");
     assert!(
         failures.is_empty(),

@@ -49,14 +49,8 @@ fn burst_then_kill(backend: Backend) {
     }
     let acknowledged = acknowledged.lock().unwrap().clone();
     server.restart();
-    let (status, body) = http(server.address, "GET", BASE, &[], b"");
-    assert_eq!(status, 200);
-    let list: serde_json::Value = serde_json::from_str(&body).unwrap();
-    let present: std::collections::HashSet<&str> = list["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| i["metadata"]["name"].as_str().unwrap())
+    let present: std::collections::HashSet<String> = common::list_names(server.address, BASE)
+        .into_iter()
         .collect();
     let lost: Vec<&String> = acknowledged
         .iter()

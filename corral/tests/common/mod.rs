@@ -273,3 +273,21 @@ pub fn http(
         .unwrap_or_default();
     (status, body)
 }
+
+/// GETs a collection and returns the names of its items, in list order.
+pub fn list_names(address: SocketAddr, path: &str) -> Vec<String> {
+    let (status, body) = http(address, "GET", path, &[], b"");
+    assert_eq!(status, 200, "listing {path}: {body}");
+    let list: serde_json::Value = serde_json::from_str(&body).expect("a list is JSON");
+    list["items"]
+        .as_array()
+        .expect("a list has items")
+        .iter()
+        .map(|i| {
+            i["metadata"]["name"]
+                .as_str()
+                .expect("every item has a name")
+                .to_string()
+        })
+        .collect()
+}
