@@ -268,7 +268,7 @@ async fn collect(server: &Arc<ApiServer>) -> bool {
             }
             acted = true;
         }
-        if owner.resource.group.is_empty() && owner.resource.plural == "namespaces" {
+        if owner.resource.is_namespace() {
             acted |= finalize_namespace(server, &all, owner).await;
         }
     }

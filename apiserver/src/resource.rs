@@ -109,10 +109,16 @@ impl ResourceType {
         }
     }
 
+    /// The core Namespace kind, which has rules of its own: DNS-label names, the
+    /// `spec.finalizers` that hold its deletion, and a namespace controller in the GC.
+    pub fn is_namespace(&self) -> bool {
+        self.group.is_empty() && self.plural == "namespaces"
+    }
+
     /// Kubernetes serves no `deletecollection` for namespaces (one request could wipe every
     /// project); every other kind has it.
     pub fn supports_delete_collection(&self) -> bool {
-        !(self.group.is_empty() && self.plural == "namespaces")
+        !self.is_namespace()
     }
 
     pub fn target(&self, name: &str) -> Target {

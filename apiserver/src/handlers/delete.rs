@@ -138,13 +138,9 @@ pub enum Deleted {
     Pending(Value),
 }
 
-fn is_namespace(resource: &ResourceType) -> bool {
-    resource.group.is_empty() && resource.plural == "namespaces"
-}
-
 /// True when nothing holds the object back any more.
 fn finalizers_done(resource: &ResourceType, object: &Value) -> bool {
-    let spec_finalizers = is_namespace(resource)
+    let spec_finalizers = resource.is_namespace()
         && object
             .pointer("/spec/finalizers")
             .and_then(Value::as_array)
@@ -163,7 +159,7 @@ pub async fn delete_object(
     options: &DeleteOptions,
 ) -> ApiResult<Deleted> {
     // Like NamespaceLifecycle admission: the namespace the server guarantees is never deleted.
-    if is_namespace(resource) && target.name == "default" {
+    if resource.is_namespace() && target.name == "default" {
         return Err(ApiError::new(
             Reason::Forbidden,
             "namespaces \"default\" is forbidden: this namespace may not be deleted",
@@ -251,7 +247,7 @@ async fn delete_step(
             "generation".into(),
             json!(object::generation(&current.object) + 1),
         );
-        if is_namespace(resource) {
+        if resource.is_namespace() {
             next["status"]["phase"] = json!("Terminating");
         }
     }

@@ -29,7 +29,6 @@ use crate::ApiServer;
 use crate::error::{ApiError, ApiResult, Reason, Target};
 use crate::object::{self, Stored};
 use crate::query::FieldValidation;
-use crate::resource::ResourceType;
 
 /// Metadata fields only the server sets.
 const SERVER_OWNED: &[&str] = &[
@@ -157,7 +156,7 @@ pub(super) fn default_and_validate(
         object.get("metadata").unwrap_or(&Value::Null),
         request.resource.namespaced,
     );
-    if is_namespace_kind(&request.resource) {
+    if request.resource.is_namespace() {
         let name = object::name(object);
         if !name.is_empty() {
             for message in validation::is_dns1123_label(name) {
@@ -171,10 +170,6 @@ pub(super) fn default_and_validate(
     } else {
         Err(ApiError::invalid(target, &errors))
     }
-}
-
-fn is_namespace_kind(resource: &ResourceType) -> bool {
-    resource.group.is_empty() && resource.plural == "namespaces"
 }
 
 pub(super) fn managed_fields_of(object: &Value) -> Vec<ManagedFieldsEntry> {
@@ -394,7 +389,7 @@ pub(super) fn prepare_create(
     meta.insert("uid".into(), json!(uuid::Uuid::new_v4().to_string()));
     meta.insert("creationTimestamp".into(), json!(object::now_rfc3339()));
     meta.insert("generation".into(), json!(1));
-    if is_namespace_kind(&request.resource) {
+    if request.resource.is_namespace() {
         // Namespaces are born Active with the `kubernetes` finalizer, as in Kubernetes.
         object["spec"]["finalizers"] = json!(["kubernetes"]);
         object["status"] = json!({"phase": "Active"});
