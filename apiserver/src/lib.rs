@@ -127,9 +127,13 @@ impl ApiServer {
         for cache in &server.caches {
             cache.wait_for(0, Duration::from_secs(3600)).await;
         }
-        handlers::write::ensure_namespace(&server, "default")
-            .await
-            .map_err(StartError::Bootstrap)?;
+        // As in Kubernetes: `default` for users, `kube-system` for the control plane's own
+        // objects (leader-election Leases), `kube-node-lease` for node heartbeats.
+        for namespace in ["default", "kube-system", "kube-node-lease"] {
+            handlers::write::ensure_namespace(&server, namespace)
+                .await
+                .map_err(StartError::Bootstrap)?;
+        }
         tasks.spawn(gc::run(server.clone()));
         if !config.compaction_interval.is_zero() {
             tasks.spawn(compactor(server.clone()));

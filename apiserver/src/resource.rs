@@ -187,9 +187,18 @@ impl Registry {
     /// The built-in kinds plus every CRD found in `dir` (`*.yaml`, `*.yml`, `*.json`, sorted by
     /// file name; multi-document files allowed).
     pub fn load(dir: Option<&Path>) -> Result<Registry, LoadError> {
+        Registry::load_with(&[], dir)
+    }
+
+    /// The built-in kinds, then the CRD documents of `embedded` ((origin, YAML) pairs a binary
+    /// carries), then every CRD found in `dir` as [`Registry::load`] reads it.
+    pub fn load_with(embedded: &[(&str, &str)], dir: Option<&Path>) -> Result<Registry, LoadError> {
         let mut registry = Registry::default();
         for (path, text) in BUILTIN_CRDS {
             registry.add_documents(path, text, true)?;
+        }
+        for (path, text) in embedded {
+            registry.add_documents(path, text, false)?;
         }
         if let Some(dir) = dir {
             let read_err = |source| LoadError::Read {

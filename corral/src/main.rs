@@ -47,7 +47,7 @@ struct UpArgs {
     /// Address of the API server.
     #[arg(long, default_value = "127.0.0.1:6443")]
     listen: SocketAddr,
-    /// Directory of CustomResourceDefinition YAML to serve (default: the crds/ of this checkout, if present).
+    /// A directory of further CustomResourceDefinition YAML to serve, besides Corral's own kinds.
     #[arg(long)]
     crds: Option<PathBuf>,
 }
@@ -63,7 +63,8 @@ pub struct ApiserverArgs {
     /// Key prefix in etcd (several Corral installations may share one etcd).
     #[arg(long, default_value = "/corral")]
     etcd_prefix: String,
-    /// Directory of CustomResourceDefinition YAML files to serve.
+    /// A directory of further CustomResourceDefinition YAML files to serve, besides Corral's
+    /// own kinds (Sled, Instance, Vmm), which are always served.
     #[arg(long)]
     crds: Option<PathBuf>,
     /// Keep this much store history for watchers to resume from; compact older history.
@@ -144,8 +145,8 @@ async fn run_apiserver(
     if let StoreConfig::Etcd { prefix, .. } = &mut store_config {
         *prefix = args.etcd_prefix.clone();
     }
-    let registry =
-        Registry::load(args.crds.as_deref()).context("loading CustomResourceDefinitions")?;
+    let registry = Registry::load_with(corral_crds::MANIFESTS, args.crds.as_deref())
+        .context("loading CustomResourceDefinitions")?;
     let store = corral_store::open(&store_config)
         .await
         .with_context(|| format!("opening store {store_config}"))?;
@@ -178,13 +179,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating {}", args.data_dir.display()))?;
     let data_dir = args.data_dir.canonicalize()?;
-    let crds = args.crds.or_else(|| {
-        let default = PathBuf::from("crds");
-        default
-            .join("corral.dev")
-            .is_dir()
-            .then_some(default.join("corral.dev"))
-    });
+    let crds = args.crds;
     let apiserver = ApiserverArgs {
         listen: args.listen,
         store: StoreConfig::Sqlite {

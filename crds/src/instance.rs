@@ -1,0 +1,233 @@
+//! `Instance`: a virtual machine a user wants (namespaced; a namespace is a project).
+//!
+//! Writers: users write `spec` (`corralctl start/stop/reboot` write `runStrategy`,
+//! `startRequest` and `rebootRequest`). The instance controller alone writes `status`.
+//!
+//! An Instance runs as at most one *active* Vmm (plus, during a live migration, one *target*
+//! Vmm). `status.activeVmm` is written before the Vmm is created, so a Vmm that its Instance
+//! does not name is abandoned, never merely "not yet recorded".
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::condition::{Condition, Reason};
+use crate::sled::Resources;
+
+/// A virtual network interface.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Nic {
+    pub name: String,
+    /// The VPC the interface is attached to.
+    pub vpc: String,
+    /// The interface's private IP address within the VPC.
+    pub ip: String,
+}
+
+string_enum! {
+    /// Whether the instance should run, and what the control plane does when it stops.
+    pub enum RunStrategy {
+        /// Run; restart whenever the instance stops, whatever the reason.
+        Always,
+        /// Run; restart after a failure (guest crash, VMM lost, sled lost) but not after the
+        /// guest shuts down cleanly.
+        RerunOnFailure,
+        /// Start when created and on each `startRequest`; never restart automatically.
+        Manual,
+        /// Do not run; a running instance is stopped.
+        Halted,
+    }
+}
+
+impl Default for RunStrategy {
+    fn default() -> Self {
+        RunStrategy::Always
+    }
+}
+
+string_enum! {
+    /// What a drain of the instance's sled does to it.
+    pub enum EvictionStrategy {
+        /// Live-migrate it to another sled.
+        LiveMigrate,
+        /// Stop it and start it again elsewhere.
+        Restart,
+        /// Leave it; the drain cannot complete while it runs.
+        None,
+    }
+}
+
+impl Default for EvictionStrategy {
+    fn default() -> Self {
+        EvictionStrategy::LiveMigrate
+    }
+}
+
+/// A virtual machine instance.
+#[derive(CustomResource, Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "corral.dev",
+    version = "v1alpha1",
+    kind = "Instance",
+    plural = "instances",
+    shortname = "inst",
+    namespaced,
+    status = "InstanceStatus",
+    category = "corral",
+    printcolumn = r#"{"name":"State","type":"string","jsonPath":".status.state"}"#,
+    printcolumn = r#"{"name":"Sled","type":"string","jsonPath":".status.sled"}"#,
+    printcolumn = r#"{"name":"CPUs","type":"integer","jsonPath":".spec.cpus"}"#,
+    printcolumn = r#"{"name":"Memory","type":"integer","jsonPath":".spec.memoryMiB"}"#,
+    printcolumn = r#"{"name":"Strategy","type":"string","priority":1,"jsonPath":".spec.runStrategy"}"#,
+    printcolumn = r#"{"name":"VMM","type":"string","priority":1,"jsonPath":".status.activeVmm"}"#,
+    printcolumn = r#"{"name":"Restarts","type":"integer","priority":1,"jsonPath":".status.restarts"}"#,
+    printcolumn = r#"{"name":"Diverged","type":"string","priority":1,"jsonPath":".status.conditions[?(@.type==\"Diverged\")].status"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    selectable = ".spec.runStrategy",
+    selectable = ".status.sled",
+    selectable = ".status.state"
+)]
+#[serde(rename_all = "camelCase")]
+pub struct InstanceSpec {
+    #[schemars(range(min = 1, max = 256))]
+    pub cpus: u32,
+    #[serde(rename = "memoryMiB")]
+    #[schemars(range(min = 64))]
+    pub memory_mib: u64,
+    /// The boot image.
+    pub image: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nics: Vec<Nic>,
+    #[serde(default)]
+    pub run_strategy: RunStrategy,
+    #[serde(default)]
+    pub eviction_strategy: EvictionStrategy,
+    /// Place only on sleds whose labels include all of these.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub sled_selector: BTreeMap<String, String>,
+    /// Instances of one group are placed on different sleds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub anti_affinity_group: Option<String>,
+    /// An opaque token (`corralctl start` writes the current time). A new value asks for one
+    /// start of an instance that is not running (`Manual`, or `RerunOnFailure` after a clean
+    /// shutdown).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_request: Option<String>,
+    /// An opaque token (`corralctl reboot` writes the current time). A new value asks for one
+    /// reboot of the running guest, in place.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reboot_request: Option<String>,
+}
+
+impl InstanceSpec {
+    pub fn resources(&self) -> Resources {
+        Resources {
+            cpus: self.cpus,
+            memory_mib: self.memory_mib,
+        }
+    }
+}
+
+string_enum! {
+    /// Where the instance is in its life, derived from the instance and its Vmms.
+    pub enum InstanceState {
+        /// It should run and no Vmm has reported yet (being placed, or its Vmm being created).
+        Creating,
+        /// Its VMM is booting.
+        Starting,
+        /// Its VMM runs.
+        Running,
+        /// Its VMM is being stopped.
+        Stopping,
+        /// It does not run, as its runStrategy wants.
+        Stopped,
+        /// It is moving to another sled.
+        Migrating,
+        /// Its VMM stopped or diverged against its runStrategy and it is being brought back.
+        Repairing,
+        /// It stopped on a failure and its runStrategy does not restart it.
+        Failed,
+    }
+}
+
+string_enum! {
+    /// The condition types of an Instance.
+    pub enum InstanceConditionType {
+        /// A sled was chosen for it (False with `Unschedulable` and why, when none fits).
+        Scheduled,
+        /// Its VMM runs.
+        Running,
+        /// A live migration is in progress.
+        Migrating,
+        /// What runs differs from what the control plane assigned.
+        Diverged,
+        /// Its sled stopped renewing its heartbeat.
+        SledUnreachable,
+        /// A restart waits for its backoff.
+        RestartBackoff,
+    }
+}
+
+/// How the instance's last VMM ended without the control plane asking it to.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct InstanceExit {
+    /// `GuestShutdown`, `GuestCrashed`, `VmmKilled`, `VmmMissing`, `StaleSledEpoch`, ...
+    pub reason: Reason,
+    pub vmm: String,
+    pub at: Time,
+}
+
+/// Written only by the instance controller.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct InstanceStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<InstanceState>,
+    /// The sled of the active Vmm.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sled: Option<String>,
+    /// The Vmm that is (or is becoming) the instance. Written before the Vmm is created.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active_vmm: Option<String>,
+    /// The Vmm a live migration moves the instance to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_vmm: Option<String>,
+    /// The unfinished Migration of this instance.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub migration: Option<String>,
+    /// Bumped whenever the sled the instance runs on changes.
+    #[serde(default)]
+    pub location_generation: u64,
+    /// How many Vmms were created for the instance; the next is `NAME-v{vmmSerial+1}`.
+    #[serde(default)]
+    pub vmm_serial: u64,
+    /// Automatic restarts so far.
+    #[serde(default)]
+    pub restarts: u32,
+    /// Failures in a row the instance itself caused; sets the restart backoff. Failures the
+    /// sled caused (a reboot, a lost sled) do not count.
+    #[serde(default)]
+    pub consecutive_failures: u32,
+    /// No automatic restart before this time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backoff_until: Option<Time>,
+    /// How the last VMM ended on its own, if it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_exit: Option<InstanceExit>,
+    /// The `spec.startRequest` already acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handled_start_request: Option<String>,
+    /// The `spec.rebootRequest` already passed to the VMM.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handled_reboot_request: Option<String>,
+    #[serde(default)]
+    pub conditions: Vec<Condition<InstanceConditionType>>,
+    /// The `metadata.generation` this status was computed from.
+    #[serde(default)]
+    pub observed_generation: i64,
+}

@@ -1,0 +1,123 @@
+//! `Sled`: one server of the rack (cluster-scoped).
+//!
+//! Writers: users and operators write `spec` (`corralctl cordon` sets `unschedulable`); the
+//! sled's node-agent alone writes `status` (the sled-health controller will own `health` and the
+//! `Fenced` condition). The agent's heartbeat is a `Lease` named after the sled in
+//! [`crate::SLED_LEASE_NAMESPACE`], not a status field, so that heartbeats do not wake every
+//! watcher of Sleds.
+
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::condition::Condition;
+
+/// What a sled offers and what is allocated of it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Resources {
+    pub cpus: u32,
+    #[serde(rename = "memoryMiB")]
+    pub memory_mib: u64,
+}
+
+impl Resources {
+    pub fn fits_within(&self, free: &Resources) -> bool {
+        self.cpus <= free.cpus && self.memory_mib <= free.memory_mib
+    }
+
+    pub fn saturating_sub(&self, other: &Resources) -> Resources {
+        Resources {
+            cpus: self.cpus.saturating_sub(other.cpus),
+            memory_mib: self.memory_mib.saturating_sub(other.memory_mib),
+        }
+    }
+}
+
+impl std::ops::Add for Resources {
+    type Output = Resources;
+    fn add(self, other: Resources) -> Resources {
+        Resources {
+            cpus: self.cpus + other.cpus,
+            memory_mib: self.memory_mib + other.memory_mib,
+        }
+    }
+}
+
+impl std::ops::AddAssign for Resources {
+    fn add_assign(&mut self, other: Resources) {
+        *self = *self + other;
+    }
+}
+
+/// A sled: where VMMs run.
+#[derive(CustomResource, Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "corral.dev",
+    version = "v1alpha1",
+    kind = "Sled",
+    plural = "sleds",
+    shortname = "sl",
+    status = "SledStatus",
+    category = "corral",
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Cordoned","type":"boolean","jsonPath":".spec.unschedulable"}"#,
+    printcolumn = r#"{"name":"VMMs","type":"integer","jsonPath":".status.vmms"}"#,
+    printcolumn = r#"{"name":"CPUs","type":"integer","jsonPath":".status.allocated.cpus"}"#,
+    printcolumn = r#"{"name":"Capacity","type":"integer","jsonPath":".status.capacity.cpus"}"#,
+    printcolumn = r#"{"name":"Epoch","type":"integer","jsonPath":".status.epoch"}"#,
+    printcolumn = r#"{"name":"Domain","type":"string","priority":1,"jsonPath":".spec.failureDomain"}"#,
+    printcolumn = r#"{"name":"Diverged","type":"string","priority":1,"jsonPath":".status.conditions[?(@.type==\"Diverged\")].status"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct SledSpec {
+    /// Cordon: when true the scheduler places no new Vmm here. Running VMMs stay.
+    #[serde(default)]
+    pub unschedulable: bool,
+    /// The failure domain (for example a power shelf); anti-affinity may spread across it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_domain: Option<String>,
+    /// Base URL of the sled's out-of-band power controller (`GET/POST {url}/power`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub power_controller: Option<String>,
+}
+
+string_enum! {
+    /// The condition types of a Sled.
+    pub enum SledConditionType {
+        /// The node-agent runs, renews its Lease and accepts Vmms (node-agent).
+        Ready,
+        /// The sled runs exactly the VMMs the control plane assigns it (node-agent).
+        Diverged,
+        /// The sled was powered off by the control plane to fence it (sled-health controller).
+        Fenced,
+    }
+}
+
+/// What the node-agent observes of its sled. Written only by the sled's node-agent.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SledStatus {
+    /// What the sled can give to VMMs.
+    #[serde(default)]
+    pub capacity: Resources,
+    /// The sum of the resources of the Vmms assigned to this sled and not yet torn down.
+    #[serde(default)]
+    pub allocated: Resources,
+    /// The number of VMMs the agent holds (running or on their way up or down).
+    #[serde(default)]
+    pub vmms: u32,
+    /// Bumped on every boot of the sled (and every fence). A Vmm whose `sledEpoch` is lower was
+    /// meant for an earlier life of the sled and is refused.
+    #[serde(default)]
+    pub epoch: u64,
+    /// The node-agent's version.
+    #[serde(default)]
+    pub agent_version: String,
+    /// Where the agent's fault-injection and migration API listens, if anywhere.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_address: Option<String>,
+    #[serde(default)]
+    pub conditions: Vec<Condition<SledConditionType>>,
+}

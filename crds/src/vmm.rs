@@ -1,0 +1,126 @@
+//! `Vmm`: one incarnation of an Instance on one sled (namespaced, owned by its Instance).
+//!
+//! Writers: the instance controller creates Vmms (with the node-agent's finalizer
+//! [`crate::VMM_FINALIZER`] already on) and deletes them; `spec` never changes after creation
+//! except `rebootRequest`. The node-agent of `spec.sled` alone writes `status`.
+//!
+//! Deleting a Vmm is how the control plane asks the sled to tear it down: the node-agent stops
+//! the VMM, frees its resources and only then removes its finalizer. A Vmm that neither
+//! `activeVmm` nor `targetVmm` of its Instance names is *abandoned*; the reaper deletes it.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::condition::{Condition, Reason};
+use crate::instance::Nic;
+use crate::sled::Resources;
+
+/// One VMM of an instance on one sled.
+#[derive(CustomResource, Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "corral.dev",
+    version = "v1alpha1",
+    kind = "Vmm",
+    plural = "vmms",
+    shortname = "vm",
+    namespaced,
+    status = "VmmStatus",
+    category = "corral",
+    printcolumn = r#"{"name":"Instance","type":"string","jsonPath":".spec.instance"}"#,
+    printcolumn = r#"{"name":"Sled","type":"string","jsonPath":".spec.sled"}"#,
+    printcolumn = r#"{"name":"State","type":"string","jsonPath":".status.state"}"#,
+    printcolumn = r#"{"name":"Epoch","type":"integer","priority":1,"jsonPath":".spec.sledEpoch"}"#,
+    printcolumn = r#"{"name":"Generation","type":"integer","priority":1,"jsonPath":".status.stateGeneration"}"#,
+    printcolumn = r#"{"name":"Reason","type":"string","priority":1,"jsonPath":".status.reason"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    selectable = ".spec.sled",
+    selectable = ".spec.instance"
+)]
+#[serde(rename_all = "camelCase")]
+pub struct VmmSpec {
+    /// The Instance (same namespace) this VMM is an incarnation of.
+    pub instance: String,
+    /// The sled that runs it.
+    pub sled: String,
+    /// The sled's epoch when the Vmm was placed. A sled whose epoch has moved past it refuses
+    /// the Vmm: it was meant for an earlier life of the sled.
+    pub sled_epoch: u64,
+    pub resources: Resources,
+    pub image: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nics: Vec<Nic>,
+    /// For a live-migration target: the source Vmm.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub migrate_from: Option<String>,
+    /// Copied from the Instance's `spec.rebootRequest`; a new value asks for one guest reboot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reboot_request: Option<String>,
+}
+
+string_enum! {
+    /// What the node-agent last saw of the VMM.
+    pub enum VmmState {
+        /// Accepted by the agent, not yet booting.
+        Creating,
+        /// Booting.
+        Starting,
+        /// Running.
+        Running,
+        /// Shutting down because the Vmm is being deleted.
+        Stopping,
+        /// The guest shut down on its own; the VMM no longer runs.
+        Stopped,
+        /// Sending or receiving a live migration.
+        Migrating,
+        /// Ended on a failure (`reason` says which), or refused by the agent.
+        Failed,
+        /// Torn down and its resources freed; the finalizer is about to go.
+        Destroyed,
+    }
+}
+
+impl VmmState {
+    /// Whether the VMM may still be consuming the sled (anything but the final states).
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            VmmState::Stopped | VmmState::Failed | VmmState::Destroyed
+        )
+    }
+}
+
+string_enum! {
+    /// The condition types of a Vmm.
+    pub enum VmmConditionType {
+        /// What runs on the sled differs from this Vmm (the agent says how).
+        Diverged,
+    }
+}
+
+/// Written only by the node-agent of `spec.sled`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VmmStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<VmmState>,
+    /// Monotonic, bumped by the node-agent on every report. A report with a lower generation
+    /// than the one stored is stale and ignored.
+    #[serde(default)]
+    pub state_generation: u64,
+    /// Why the VMM is in its state (for `Failed`: `GuestCrashed`, `VmmKilled`, `VmmMissing`,
+    /// `StaleSledEpoch`, `InsufficientCapacity`, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<Reason>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+    /// When the guest last finished booting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub booted_at: Option<Time>,
+    /// The `spec.rebootRequest` the agent last carried out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handled_reboot_request: Option<String>,
+    #[serde(default)]
+    pub conditions: Vec<Condition<VmmConditionType>>,
+}
