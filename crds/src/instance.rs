@@ -43,6 +43,8 @@ string_enum! {
     }
 }
 
+// The enum macro does not derive Default, so that only kinds with a natural default have one.
+#[allow(clippy::derivable_impls)]
 impl Default for RunStrategy {
     fn default() -> Self {
         RunStrategy::Always
@@ -61,6 +63,7 @@ string_enum! {
     }
 }
 
+#[allow(clippy::derivable_impls)]
 impl Default for EvictionStrategy {
     fn default() -> Self {
         EvictionStrategy::LiveMigrate

@@ -1,0 +1,61 @@
+//! What every Corral client shares — controllers, node-agents and `corralctl` alike: how to
+//! reach the API server ([`connect`]), the one clock ([`clock`]), Events ([`events`]), Leases
+//! for heartbeats and leader election ([`lease`]).
+//!
+//! **Invariant:** talks to the API server only; never names the store.
+
+pub mod clock;
+pub mod events;
+pub mod lease;
+
+use std::path::Path;
+
+/// Why a client could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("reading kubeconfig {path}")]
+    Kubeconfig {
+        path: String,
+        #[source]
+        source: kube::config::KubeconfigError,
+    },
+    #[error("finding a kubeconfig ($KUBECONFIG, ~/.kube/config or in-cluster)")]
+    Infer(#[source] kube::config::InferConfigError),
+    #[error("building a client")]
+    Client(#[source] kube::Error),
+    #[error("invalid API server URL {0:?}")]
+    InvalidUrl(String),
+}
+
+/// A client for the API server named by `kubeconfig`, or by `$KUBECONFIG` / `~/.kube/config`
+/// when it is `None` — the same lookup kubectl does. Must be called inside the Tokio runtime.
+pub async fn connect(kubeconfig: Option<&Path>) -> Result<kube::Client, ConnectError> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let options = kube::config::KubeConfigOptions::default();
+            let file = kube::config::Kubeconfig::read_from(path).map_err(|source| {
+                ConnectError::Kubeconfig {
+                    path: path.display().to_string(),
+                    source,
+                }
+            })?;
+            kube::Config::from_custom_kubeconfig(file, &options)
+                .await
+                .map_err(|source| ConnectError::Kubeconfig {
+                    path: path.display().to_string(),
+                    source,
+                })?
+        }
+        None => kube::Config::infer().await.map_err(ConnectError::Infer)?,
+    };
+    kube::Client::try_from(config).map_err(ConnectError::Client)
+}
+
+/// A client for a plain-HTTP API server at `url` (for processes started with `--server`).
+pub fn connect_url(url: &str) -> Result<kube::Client, ConnectError> {
+    let uri = url
+        .parse()
+        .map_err(|_| ConnectError::InvalidUrl(url.to_string()))?;
+    let config = kube::Config::new(uri);
+    kube::Client::try_from(config).map_err(ConnectError::Client)
+}
