@@ -35,6 +35,8 @@ mod handlers;
 pub mod object;
 pub mod query;
 pub mod resource;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 use cache::{CacheConfig, Cacher};
 use resource::{Registry, ResourceType};
