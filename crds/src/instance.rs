@@ -182,6 +182,9 @@ pub struct InstanceExit {
     /// `GuestShutdown`, `GuestCrashed`, `VmmKilled`, `VmmMissing`, `StaleSledEpoch`, ...
     pub reason: Reason,
     pub vmm: String,
+    /// The sled the VMM ran on (a restart avoids it after a failure).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sled: Option<String>,
     pub at: Time,
 }
 

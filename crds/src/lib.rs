@@ -77,8 +77,8 @@ pub mod vmm;
 
 pub use condition::{Condition, ConditionStatus, Reason};
 pub use instance::{
-    EvictionStrategy, Instance, InstanceConditionType, InstanceSpec, InstanceState, InstanceStatus,
-    Nic, RunStrategy,
+    EvictionStrategy, Instance, InstanceConditionType, InstanceExit, InstanceSpec, InstanceState,
+    InstanceStatus, Nic, RunStrategy,
 };
 pub use sled::{Resources, Sled, SledConditionType, SledSpec, SledStatus};
 pub use vmm::{Vmm, VmmConditionType, VmmSpec, VmmState, VmmStatus};

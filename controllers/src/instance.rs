@@ -1,0 +1,475 @@
+//! The scheduler / instance controller: keeps every Instance that should run on exactly one
+//! sled, and its `status` true to what its Vmms report.
+//!
+//! Reads Instances (primary), Vmms (owned: a Vmm event wakes its Instance) and Sleds (for
+//! placement). Writes `Instance.status` (it alone), the instance finalizer, Vmms (create,
+//! delete, `spec.rebootRequest`) and Events. The decisions are [`plan::plan`]'s; this file
+//! wires the watches and executes plans.
+//!
+//! # Invariants
+//! - Never plans from a cached Instance older than its own last write to it (the
+//!   *expectations*: resourceVersions in Corral are one increasing integer, docs/rack.md).
+//! - Places nothing until the Vmm and Sled caches have listed once (the ledger would be empty).
+//! # Assumptions
+//! - Only the leader runs this (see `lib.rs`); each step is idempotent and a reconcile may stop
+//!   at any `.await`: the next one re-plans from what was written.
+
+pub mod plan;
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use corral_client::events::Recorder;
+use corral_crds::{
+    INSTANCE_FINALIZER, INSTANCE_LABEL, Instance, Reason, Sled, VMM_FINALIZER, Vmm, VmmSpec,
+};
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::runtime::controller::{Action as Requeue, Controller};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Resource, ResourceExt};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::scheduler::{ANTI_AFFINITY_LABEL, Ledger};
+use plan::{Action, Observed, Severity};
+
+/// How long a created Vmm may take to show up in the cache before it counts as missing.
+const IN_FLIGHT_TTL: Duration = Duration::from_secs(30);
+/// Even with nothing happening, every Instance is looked at this often.
+const RESYNC: Duration = Duration::from_secs(300);
+
+/// What a reconcile can fail on.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{operation} {object}")]
+    Api {
+        operation: &'static str,
+        object: String,
+        #[source]
+        source: kube::Error,
+    },
+}
+
+impl Error {
+    fn is_conflict(&self) -> bool {
+        matches!(self, Error::Api { source: kube::Error::Api(status), .. } if status.code == 409)
+    }
+}
+
+/// The Vmms of each instance (`namespace/instance` → Vmm names), fed by the Vmm watch.
+#[derive(Default)]
+struct VmmIndex {
+    by_instance: std::sync::Mutex<HashMap<String, BTreeSet<String>>>,
+    relist: std::sync::Mutex<Option<HashMap<String, BTreeSet<String>>>>,
+}
+
+impl VmmIndex {
+    fn observe(&self, event: &watcher::Event<Vmm>) {
+        let key = |vmm: &Vmm| {
+            format!(
+                "{}/{}",
+                vmm.namespace().unwrap_or_default(),
+                vmm.spec.instance
+            )
+        };
+        match event {
+            watcher::Event::Apply(vmm) => {
+                let mut index = self.by_instance.lock().expect("index lock");
+                index.entry(key(vmm)).or_default().insert(vmm.name_any());
+            }
+            watcher::Event::Delete(vmm) => {
+                let mut index = self.by_instance.lock().expect("index lock");
+                if let Some(names) = index.get_mut(&key(vmm)) {
+                    names.remove(&vmm.name_any());
+                    if names.is_empty() {
+                        index.remove(&key(vmm));
+                    }
+                }
+            }
+            watcher::Event::Init => *self.relist.lock().expect("index lock") = Some(HashMap::new()),
+            watcher::Event::InitApply(vmm) => {
+                let mut relist = self.relist.lock().expect("index lock");
+                relist
+                    .get_or_insert_with(HashMap::new)
+                    .entry(key(vmm))
+                    .or_default()
+                    .insert(vmm.name_any());
+            }
+            watcher::Event::InitDone => {
+                let fresh = self
+                    .relist
+                    .lock()
+                    .expect("index lock")
+                    .take()
+                    .unwrap_or_default();
+                *self.by_instance.lock().expect("index lock") = fresh;
+            }
+        }
+    }
+
+    fn names(&self, namespace: &str, instance: &str) -> Vec<String> {
+        let index = self.by_instance.lock().expect("index lock");
+        index
+            .get(&format!("{namespace}/{instance}"))
+            .map(|names| names.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+}
+
+/// Shared by every reconcile.
+pub struct Context {
+    client: kube::Client,
+    vmms: Store<Vmm>,
+    sleds: Store<Sled>,
+    ledger: Ledger,
+    index: VmmIndex,
+    /// Instance uid → the resourceVersion of this controller's last write to it.
+    expectations: std::sync::Mutex<HashMap<String, u64>>,
+    /// `namespace/vmm` → when this controller created it (until the cache shows it).
+    in_flight: std::sync::Mutex<HashMap<String, Instant>>,
+    vmms_synced: AtomicBool,
+    sleds_synced: AtomicBool,
+    recorder: Recorder,
+}
+
+fn resource_version(object: &impl Resource) -> u64 {
+    object
+        .meta()
+        .resource_version
+        .as_deref()
+        .and_then(|rv| rv.parse().ok())
+        .unwrap_or(0)
+}
+
+impl Context {
+    fn expect(&self, instance: &Instance) {
+        if let Some(uid) = instance.uid() {
+            self.expectations
+                .lock()
+                .expect("expectations lock")
+                .insert(uid, resource_version(instance));
+        }
+    }
+
+    /// Whether the cached `instance` is older than this controller's last write to it.
+    fn is_stale(&self, instance: &Instance) -> bool {
+        let Some(uid) = instance.uid() else {
+            return false;
+        };
+        let mut expectations = self.expectations.lock().expect("expectations lock");
+        match expectations.get(&uid) {
+            Some(expected) if resource_version(instance) < *expected => true,
+            Some(_) => {
+                expectations.remove(&uid);
+                false
+            }
+            None => false,
+        }
+    }
+
+    fn observe_vmm(&self, event: &watcher::Event<Vmm>) {
+        self.ledger.observe(event);
+        self.index.observe(event);
+        match event {
+            watcher::Event::Apply(vmm) | watcher::Event::InitApply(vmm) => {
+                let key = format!("{}/{}", vmm.namespace().unwrap_or_default(), vmm.name_any());
+                self.in_flight.lock().expect("in-flight lock").remove(&key);
+            }
+            watcher::Event::InitDone => self.vmms_synced.store(true, Ordering::Release),
+            _ => {}
+        }
+    }
+
+    fn vmms_of(&self, instance: &Instance) -> Vec<Arc<Vmm>> {
+        let namespace = instance.namespace().unwrap_or_default();
+        self.index
+            .names(&namespace, &instance.name_any())
+            .into_iter()
+            .filter_map(|name| self.vmms.get(&ObjectRef::new(&name).within(&namespace)))
+            .collect()
+    }
+
+    fn is_in_flight(&self, namespace: &str, name: &str) -> bool {
+        let mut in_flight = self.in_flight.lock().expect("in-flight lock");
+        in_flight.retain(|_, at| at.elapsed() < IN_FLIGHT_TTL);
+        in_flight.contains_key(&format!("{namespace}/{name}"))
+    }
+}
+
+/// Runs the controller until `stop` fires; returns when every reconcile has finished.
+pub async fn controller(client: kube::Client, concurrency: u16, stop: CancellationToken) {
+    let (vmm_reader, vmm_writer) = reflector::store::<Vmm>();
+    let (sled_reader, sled_writer) = reflector::store::<Sled>();
+    let context = Arc::new(Context {
+        client: client.clone(),
+        vmms: vmm_reader,
+        sleds: sled_reader,
+        ledger: Ledger::default(),
+        index: VmmIndex::default(),
+        expectations: Default::default(),
+        in_flight: Default::default(),
+        vmms_synced: AtomicBool::new(false),
+        sleds_synced: AtomicBool::new(false),
+        recorder: Recorder::new(client.clone(), "instance-controller"),
+    });
+    let tap = context.clone();
+    let vmm_events = watcher(Api::<Vmm>::all(client.clone()), watcher::Config::default())
+        .default_backoff()
+        .map_ok(move |event| {
+            tap.observe_vmm(&event);
+            event
+        })
+        .reflect(vmm_writer)
+        .touched_objects();
+    let tap = context.clone();
+    let sled_events = watcher(Api::<Sled>::all(client.clone()), watcher::Config::default())
+        .default_backoff()
+        .map_ok(move |event| {
+            if matches!(event, watcher::Event::InitDone) {
+                tap.sleds_synced.store(true, Ordering::Release);
+            }
+            event
+        })
+        .reflect(sled_writer)
+        .touched_objects();
+    let instances = Api::<Instance>::all(client);
+    Controller::new(instances, watcher::Config::default())
+        .owns_stream(vmm_events)
+        .watches_stream(sled_events, |_sled: Sled| {
+            std::iter::empty::<ObjectRef<Instance>>()
+        })
+        .with_config(kube::runtime::controller::Config::default().concurrency(concurrency))
+        .graceful_shutdown_on(async move { stop.cancelled().await })
+        .run(reconcile, error_policy, context)
+        .for_each(|result| async move {
+            if let Err(error) = result {
+                tracing::debug!(%error, "instance reconcile");
+            }
+        })
+        .await;
+}
+
+async fn reconcile(instance: Arc<Instance>, context: Arc<Context>) -> Result<Requeue, Error> {
+    if !context.vmms_synced.load(Ordering::Acquire) || !context.sleds_synced.load(Ordering::Acquire)
+    {
+        return Ok(Requeue::requeue(Duration::from_millis(200)));
+    }
+    if context.is_stale(&instance) {
+        // Our own last write will arrive through the watch and wake us again.
+        return Ok(Requeue::await_change());
+    }
+    let namespace = instance.namespace().unwrap_or_default();
+    let vmms = context.vmms_of(&instance);
+    let active_in_flight = instance
+        .status
+        .as_ref()
+        .and_then(|s| s.active_vmm.as_ref())
+        .is_some_and(|name| context.is_in_flight(&namespace, name));
+    let sleds = context.sleds.state();
+    let observed = Observed {
+        instance: &instance,
+        vmms: &vmms,
+        active_in_flight,
+        now: corral_client::clock::now(),
+    };
+    let plan = plan::plan(&observed, &mut |vmm_name, avoid| {
+        context.ledger.place(&instance, vmm_name, &sleds, avoid)
+    });
+    let result = execute(&instance, &plan, &context).await;
+    if result.is_err() {
+        // A placement whose status was never written must not hold capacity.
+        for action in &plan.actions {
+            if let Action::CreateVmm { name, .. } = action
+                && !context.is_in_flight(&namespace, name)
+            {
+                context.ledger.release(&namespace, name);
+            }
+        }
+    }
+    result?;
+    Ok(match plan.requeue {
+        Some(after) => Requeue::requeue(after),
+        None => Requeue::requeue(RESYNC),
+    })
+}
+
+fn error_policy(_instance: Arc<Instance>, error: &Error, _context: Arc<Context>) -> Requeue {
+    if error.is_conflict() {
+        Requeue::requeue(Duration::from_millis(50))
+    } else {
+        tracing::warn!(%error, "instance reconcile failed");
+        Requeue::requeue(Duration::from_secs(1))
+    }
+}
+
+/// Executes a plan in order; Events go last, so that they never delay the work they report.
+async fn execute(instance: &Instance, plan: &plan::Plan, context: &Context) -> Result<(), Error> {
+    let client = &context.client;
+    let namespace = instance.namespace().unwrap_or_default();
+    let name = instance.name_any();
+    let instances: Api<Instance> = Api::namespaced(client.clone(), &namespace);
+    let vmms: Api<Vmm> = Api::namespaced(client.clone(), &namespace);
+    let api_error = |operation: &'static str, object: &str| {
+        let object = format!("{namespace}/{object}");
+        move |source| Error::Api {
+            operation,
+            object,
+            source,
+        }
+    };
+    let mut current = instance.clone();
+    for action in &plan.actions {
+        match action {
+            Action::AddFinalizer | Action::RemoveFinalizer => {
+                let mut finalizers: Vec<String> = current
+                    .finalizers()
+                    .iter()
+                    .filter(|f| *f != INSTANCE_FINALIZER)
+                    .cloned()
+                    .collect();
+                if *action == Action::AddFinalizer {
+                    finalizers.push(INSTANCE_FINALIZER.to_string());
+                }
+                let patch = serde_json::json!({"metadata": {
+                    "finalizers": finalizers,
+                    "resourceVersion": current.resource_version(),
+                }});
+                let operation = "updating the finalizers of instance";
+                match instances
+                    .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await
+                {
+                    Ok(updated) => {
+                        context.expect(&updated);
+                        current = updated;
+                    }
+                    Err(kube::Error::Api(status))
+                        if status.code == 404 && *action == Action::RemoveFinalizer => {}
+                    Err(error) => return Err(api_error(operation, &name)(error)),
+                }
+            }
+            Action::WriteStatus => {
+                let mut updated = current.clone();
+                updated.status = Some(plan.status.clone());
+                let written = instances
+                    .replace_status(&name, &PostParams::default(), &updated)
+                    .await
+                    .map_err(api_error("writing the status of instance", &name))?;
+                context.expect(&written);
+                current = written;
+            }
+            Action::CreateVmm {
+                name: vmm_name,
+                sled,
+            } => {
+                let vmm = build_vmm(&current, vmm_name, sled, context);
+                context
+                    .in_flight
+                    .lock()
+                    .expect("in-flight lock")
+                    .insert(format!("{namespace}/{vmm_name}"), Instant::now());
+                match vmms.create(&PostParams::default(), &vmm).await {
+                    Ok(_) => {}
+                    Err(kube::Error::Api(status)) if status.code == 409 => {}
+                    Err(error) => {
+                        context
+                            .in_flight
+                            .lock()
+                            .expect("in-flight lock")
+                            .remove(&format!("{namespace}/{vmm_name}"));
+                        return Err(api_error("creating vmm", vmm_name)(error));
+                    }
+                }
+            }
+            Action::DeleteVmm { name: vmm_name } => {
+                match vmms.delete(vmm_name, &DeleteParams::background()).await {
+                    Ok(_) => {}
+                    Err(kube::Error::Api(status)) if status.code == 404 => {}
+                    Err(error) => return Err(api_error("deleting vmm", vmm_name)(error)),
+                }
+            }
+            Action::RebootVmm {
+                name: vmm_name,
+                request,
+            } => {
+                let patch = serde_json::json!({"spec": {"rebootRequest": request}});
+                vmms.patch(vmm_name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await
+                    .map_err(api_error("asking for a reboot of vmm", vmm_name))?;
+            }
+            Action::Event { .. } => {}
+        }
+    }
+    for action in &plan.actions {
+        if let Action::Event {
+            severity,
+            reason,
+            message,
+        } = action
+        {
+            publish(context, &current, *severity, *reason, message).await;
+        }
+    }
+    Ok(())
+}
+
+async fn publish(
+    context: &Context,
+    instance: &Instance,
+    severity: Severity,
+    reason: Reason,
+    message: &str,
+) {
+    match severity {
+        Severity::Normal => context.recorder.normal(instance, reason, message).await,
+        Severity::Warning => context.recorder.warning(instance, reason, message).await,
+    }
+}
+
+/// The Vmm an instance's status names, for creation on `sled` at the sled's current epoch.
+fn build_vmm(instance: &Instance, name: &str, sled: &str, context: &Context) -> Vmm {
+    let epoch = context
+        .sleds
+        .get(&ObjectRef::new(sled))
+        .and_then(|s| s.status.as_ref().map(|status| status.epoch))
+        .unwrap_or(0);
+    let mut labels = std::collections::BTreeMap::new();
+    labels.insert(INSTANCE_LABEL.to_string(), instance.name_any());
+    if let Some(group) = &instance.spec.anti_affinity_group {
+        labels.insert(ANTI_AFFINITY_LABEL.to_string(), group.clone());
+    }
+    Vmm {
+        metadata: ObjectMeta {
+            name: Some(name.to_string()),
+            namespace: instance.namespace(),
+            labels: Some(labels),
+            finalizers: Some(vec![VMM_FINALIZER.to_string()]),
+            owner_references: Some(vec![OwnerReference {
+                api_version: Instance::api_version(&()).into_owned(),
+                kind: Instance::kind(&()).into_owned(),
+                name: instance.name_any(),
+                uid: instance.uid().unwrap_or_default(),
+                controller: Some(true),
+                block_owner_deletion: Some(true),
+            }]),
+            ..Default::default()
+        },
+        spec: VmmSpec {
+            instance: instance.name_any(),
+            sled: sled.to_string(),
+            sled_epoch: epoch,
+            resources: instance.spec.resources(),
+            image: instance.spec.image.clone(),
+            nics: instance.spec.nics.clone(),
+            migrate_from: None,
+            // A reboot asked for before this VMM existed is not this VMM's to do.
+            reboot_request: None,
+        },
+        status: None,
+    }
+}

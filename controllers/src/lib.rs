@@ -1,0 +1,77 @@
+//! Corral's controllers: they watch the API and reconcile the rack toward it. One
+//! `corral controllers` process (or `corral up`) runs them all, and only while it holds the
+//! leader Lease `kube-system/corral-controllers`: two replicas never act at once, and a
+//! survivor takes over within the Lease's duration when the leader dies
+//! (`corral_client::lease` has the rules).
+//!
+//! - [`instance`]: the scheduler / instance controller (placement, Vmm lifecycle,
+//!   `Instance.status`, restarts, reboot, delete, divergence on the Instance).
+//! - [`reaper`]: abandoned Vmms.
+//! - [`scheduler`]: placement rules and the allocation ledger (pure, unit-tested).
+//!
+//! Not here: the node-agent (`node-agent/`), ownerReference garbage collection (the API
+//! server's `gc.rs`).
+
+pub mod instance;
+pub mod reaper;
+pub mod scheduler;
+
+use std::time::Duration;
+
+use corral_client::lease::{self, LeaseConfig};
+use tokio_util::sync::CancellationToken;
+
+/// The leader-election Lease.
+pub const LEADER_LEASE: (&str, &str) = ("kube-system", "corral-controllers");
+
+/// How the controllers run.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Reconciles of the instance controller in flight at once.
+    pub concurrency: u16,
+    /// Leader election timing (`duration`, `renew_deadline`, `retry_period`).
+    pub lease_duration: Duration,
+    pub renew_deadline: Duration,
+    pub retry_period: Duration,
+    /// This process's identity in the Lease.
+    pub identity: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            concurrency: 64,
+            lease_duration: Duration::from_secs(15),
+            renew_deadline: Duration::from_secs(10),
+            retry_period: Duration::from_secs(2),
+            identity: lease::identity("controllers"),
+        }
+    }
+}
+
+/// Runs every controller while this process leads, until `shutdown`. Losing the Lease stops
+/// every controller (waiting for in-flight reconciles) before campaigning again.
+pub async fn run(client: kube::Client, config: Config, shutdown: CancellationToken) {
+    let lease_config = LeaseConfig {
+        duration: config.lease_duration,
+        renew_deadline: config.renew_deadline,
+        retry_period: config.retry_period,
+        ..LeaseConfig::new(LEADER_LEASE.0, LEADER_LEASE.1, &config.identity)
+    };
+    loop {
+        let Some(leadership) = lease::acquire(&client, &lease_config, &shutdown).await else {
+            return;
+        };
+        tracing::info!(identity = %config.identity, "leading: starting controllers");
+        let lost = leadership.lost.clone();
+        tokio::join!(
+            instance::controller(client.clone(), config.concurrency, lost.clone()),
+            reaper::run(client.clone(), lost.clone()),
+        );
+        if shutdown.is_cancelled() {
+            leadership.release().await;
+            return;
+        }
+        tracing::warn!(identity = %config.identity, "lost the lease: controllers stopped");
+    }
+}
