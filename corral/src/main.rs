@@ -34,6 +34,8 @@ enum Command {
     Up(UpArgs),
     /// Run the Kubernetes-compatible API server.
     Apiserver(ApiserverArgs),
+    /// Run the controllers (leader-elected: run several, one acts).
+    Controllers(ControllersArgs),
     /// Benchmarks that print numbers and ratios.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -73,6 +75,19 @@ pub struct ApiserverArgs {
     /// How often watches that ask for bookmarks get one.
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     bookmark_interval: Duration,
+}
+
+#[derive(clap::Args, Clone)]
+pub struct ControllersArgs {
+    /// The kubeconfig to reach the API server with (default: $KUBECONFIG, ~/.kube/config).
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// Instance reconciles in flight at once.
+    #[arg(long, default_value_t = 64)]
+    concurrency: u16,
+    /// How long the leader Lease lasts without renewal; a survivor takes over after it.
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    lease_duration: Duration,
 }
 
 /// Parses `500ms`, `30s`, `5m`, `1h` (and a bare number of seconds).
@@ -119,6 +134,7 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(async move {
         match cli.command {
             Command::Apiserver(args) => run_apiserver(args, None).await,
+            Command::Controllers(args) => run_controllers(args).await,
             Command::Up(args) => up(args).await,
             Command::Bench(command) => bench::run(command).await,
         }
@@ -166,6 +182,32 @@ async fn run_apiserver(
     }
     corral_apiserver::serve(listener, running.server.clone(), shutdown_signal()).await?;
     running.shutdown().await;
+    Ok(())
+}
+
+/// Leader lease timing scaled from its duration, in Kubernetes' proportions (15 s / 10 s / 2 s).
+pub fn controllers_config(
+    lease_duration: Duration,
+    concurrency: u16,
+) -> corral_controllers::Config {
+    corral_controllers::Config {
+        concurrency,
+        lease_duration,
+        renew_deadline: lease_duration.mul_f64(2.0 / 3.0),
+        retry_period: lease_duration.mul_f64(2.0 / 15.0),
+        ..Default::default()
+    }
+}
+
+async fn run_controllers(args: ControllersArgs) -> anyhow::Result<()> {
+    let client = corral_client::connect(args.kubeconfig.as_deref()).await?;
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let config = controllers_config(args.lease_duration, args.concurrency);
+    tracing::info!(identity = %config.identity, "controllers: campaigning for the leader lease");
+    let run = tokio::spawn(corral_controllers::run(client, config, shutdown.clone()));
+    shutdown_signal().await;
+    shutdown.cancel();
+    run.await?;
     Ok(())
 }
 

@@ -159,10 +159,7 @@ impl Planner<'_> {
 
 /// Computes the plan for one instance. `place` chooses (and reserves) a sled for a Vmm name,
 /// given a sled to avoid.
-pub fn plan(
-    observed: &Observed<'_>,
-    place: &mut Place<'_>,
-) -> Plan {
+pub fn plan(observed: &Observed<'_>, place: &mut Place<'_>) -> Plan {
     let instance = observed.instance;
     let previous = instance.status.clone().unwrap_or_default();
     let mut planner = Planner {
@@ -319,6 +316,12 @@ fn plan_active(planner: &mut Planner<'_>) {
             unreachable!("final states are handled above")
         }
     };
+    // On its way back after a divergence, the instance is Repairing until it runs.
+    let diverged = condition::is_true(&planner.status.conditions, Cond::Diverged);
+    let state = match state {
+        InstanceState::Creating | InstanceState::Starting if diverged => InstanceState::Repairing,
+        other => other,
+    };
     planner.status.state = Some(state);
     let sled = vmm.spec.sled.clone();
     let message = match state {
@@ -411,10 +414,7 @@ fn record_exit(planner: &mut Planner<'_>, reason: Reason, name: &str) {
 }
 
 /// No active Vmm: place and start one if the instance should run.
-fn plan_start(
-    planner: &mut Planner<'_>,
-    place: &mut Place<'_>,
-) {
+fn plan_start(planner: &mut Planner<'_>, place: &mut Place<'_>) {
     let observed = planner.observed;
     let instance = observed.instance;
     if !should_run(instance, &planner.status) {
