@@ -1,0 +1,11 @@
+//! corralctl end to end: the real binary against a real API server (`TestServer`, Corral's
+//! CRDs, a temporary SQLite store, no controllers). Tests write the status a controller or
+//! node-agent would, through the /status subresource. Every wait is bounded.
+
+mod support;
+
+mod apply;
+mod describe_events;
+mod get;
+mod operate;
+mod wait_delete;
