@@ -16,8 +16,8 @@ use std::time::Duration;
 use corral_crds::Reason;
 use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use kube::Resource;
 use kube::api::{Api, Patch, PatchParams, PostParams};
-use kube::{Resource, ResourceExt};
 
 use crate::clock;
 
@@ -197,28 +197,4 @@ impl Recorder {
             tracing::warn!(%error, %reason, "publishing an event failed");
         }
     }
-}
-
-/// The Events about `object`, oldest first (by last time seen).
-pub async fn list_for<K: Resource<DynamicType = ()>>(
-    client: &kube::Client,
-    object: &K,
-) -> Result<Vec<Event>, kube::Error> {
-    let namespace = object.namespace().unwrap_or_else(|| "default".to_string());
-    let api: Api<Event> = Api::namespaced(client.clone(), &namespace);
-    let selector = format!(
-        "involvedObject.name={},involvedObject.kind={}",
-        object.name_any(),
-        K::kind(&())
-    );
-    let list = api
-        .list(&kube::api::ListParams::default().fields(&selector))
-        .await?;
-    let mut items: Vec<Event> = list
-        .items
-        .into_iter()
-        .filter(|e| e.involved_object.uid == object.meta().uid || object.meta().uid.is_none())
-        .collect();
-    items.sort_by(|a, b| a.last_timestamp.cmp(&b.last_timestamp));
-    Ok(items)
 }
