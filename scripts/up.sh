@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Sets up the machine (idempotent) and runs `corral up` on the embedded store.
+# Sets up the machine (idempotent), builds `corral` and `corralctl`, and runs `corral up` on the
+# embedded store.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
-exec cargo run --release --quiet -p corral -- up "$@"
+cargo build --release --quiet -p corral -p corral-cli
+exec target/release/corral up "$@"

@@ -10,6 +10,7 @@ use corral_apiserver::resource::Registry;
 use corral_store::StoreConfig;
 
 mod bench;
+mod rack;
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -30,28 +31,20 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run everything on one machine with the embedded store (SQLite under --data-dir).
-    Up(UpArgs),
+    /// Run everything on one machine: the API server on SQLite under --data-dir, the
+    /// controllers and --sleds simulated sleds.
+    Up(rack::UpArgs),
     /// Run the Kubernetes-compatible API server.
     Apiserver(ApiserverArgs),
     /// Run the controllers (leader-elected: run several, one acts).
     Controllers(ControllersArgs),
+    /// Run the node-agent of one simulated sled.
+    NodeAgent(rack::NodeAgentArgs),
+    /// Run many simulated sleds (machines and agents) and their power controllers.
+    PowerSim(rack::PowerSimArgs),
     /// Benchmarks that print numbers and ratios.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
-}
-
-#[derive(clap::Args)]
-struct UpArgs {
-    /// Where the store, kubeconfig and logs live.
-    #[arg(long, default_value = ".corral")]
-    data_dir: PathBuf,
-    /// Address of the API server.
-    #[arg(long, default_value = "127.0.0.1:6443")]
-    listen: SocketAddr,
-    /// A directory of further CustomResourceDefinition YAML to serve, besides Corral's own kinds.
-    #[arg(long)]
-    crds: Option<PathBuf>,
 }
 
 #[derive(clap::Args, Clone)]
@@ -133,15 +126,17 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     runtime.block_on(async move {
         match cli.command {
-            Command::Apiserver(args) => run_apiserver(args, None).await,
+            Command::Apiserver(args) => run_apiserver(args).await,
             Command::Controllers(args) => run_controllers(args).await,
-            Command::Up(args) => up(args).await,
+            Command::Up(args) => rack::up(args).await,
+            Command::NodeAgent(args) => rack::node_agent(args).await,
+            Command::PowerSim(args) => rack::power_sim(args).await,
             Command::Bench(command) => bench::run(command).await,
         }
     })
 }
 
-async fn shutdown_signal() {
+pub async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .expect("installing a SIGTERM handler cannot fail");
@@ -152,11 +147,12 @@ async fn shutdown_signal() {
     tracing::info!("shutting down");
 }
 
-/// Starts the API server; `on_listening` is told the bound address.
-async fn run_apiserver(
+/// Starts the API server in this process; it serves until `stop`. Returns its address and the
+/// task that ends when it has shut down.
+pub async fn start_apiserver(
     args: ApiserverArgs,
-    on_listening: Option<Box<dyn FnOnce(SocketAddr) -> anyhow::Result<()> + Send>>,
-) -> anyhow::Result<()> {
+    stop: tokio_util::sync::CancellationToken,
+) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<anyhow::Result<()>>)> {
     let mut store_config = args.store.clone();
     if let StoreConfig::Etcd { prefix, .. } = &mut store_config {
         *prefix = args.etcd_prefix.clone();
@@ -177,12 +173,24 @@ async fn run_apiserver(
         .with_context(|| format!("binding {}", args.listen))?;
     let address = listener.local_addr()?;
     tracing::info!(%address, store = %store_config, "apiserver listening");
-    if let Some(callback) = on_listening {
-        callback(address)?;
-    }
-    corral_apiserver::serve(listener, running.server.clone(), shutdown_signal()).await?;
-    running.shutdown().await;
-    Ok(())
+    let task = tokio::spawn(async move {
+        corral_apiserver::serve(listener, running.server.clone(), async move {
+            stop.cancelled().await
+        })
+        .await?;
+        running.shutdown().await;
+        Ok(())
+    });
+    Ok((address, task))
+}
+
+/// `corral apiserver`: serves until SIGINT or SIGTERM.
+async fn run_apiserver(args: ApiserverArgs) -> anyhow::Result<()> {
+    let stop = tokio_util::sync::CancellationToken::new();
+    let (_address, task) = start_apiserver(args, stop.clone()).await?;
+    shutdown_signal().await;
+    stop.cancel();
+    task.await?
 }
 
 /// Leader lease timing scaled from its duration, in Kubernetes' proportions (15 s / 10 s / 2 s).
@@ -211,46 +219,8 @@ async fn run_controllers(args: ControllersArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn kubeconfig(address: SocketAddr) -> String {
+pub fn kubeconfig(address: SocketAddr) -> String {
     format!(
         "apiVersion: v1\nkind: Config\nclusters:\n- name: corral\n  cluster:\n    server: http://{address}\ncontexts:\n- name: corral\n  context:\n    cluster: corral\n    user: corral\n    namespace: default\ncurrent-context: corral\nusers:\n- name: corral\n  user: {{}}\n"
     )
-}
-
-async fn up(args: UpArgs) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&args.data_dir)
-        .with_context(|| format!("creating {}", args.data_dir.display()))?;
-    let data_dir = args.data_dir.canonicalize()?;
-    let crds = args.crds;
-    let apiserver = ApiserverArgs {
-        listen: args.listen,
-        store: StoreConfig::Sqlite {
-            path: data_dir.join("store.db"),
-        },
-        etcd_prefix: "/corral".into(),
-        crds,
-        compaction_interval: Duration::from_secs(300),
-        bookmark_interval: Duration::from_secs(60),
-    };
-    let kubeconfig_path = data_dir.join("kubeconfig");
-    run_apiserver(
-        apiserver,
-        Some(Box::new(move |address| {
-            std::fs::write(&kubeconfig_path, kubeconfig(address))
-                .with_context(|| format!("writing {}", kubeconfig_path.display()))?;
-            println!(
-                "Corral is up: API server at http://{address}, data in {}",
-                data_dir.display()
-            );
-            println!();
-            println!("Next, in another terminal:");
-            println!("  export KUBECONFIG={}", kubeconfig_path.display());
-            println!("  kubectl api-resources");
-            println!("  kubectl create namespace demo && kubectl get namespaces");
-            println!();
-            println!("Ctrl-C stops; running `corral up` again resumes from the same data.");
-            Ok(())
-        })),
-    )
-    .await
 }

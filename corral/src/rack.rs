@@ -1,0 +1,332 @@
+//! The rack-side commands: `corral up` (everything in one process), `corral node-agent` (one
+//! simulated sled) and `corral power-sim` (many simulated sleds and their power controllers in
+//! one process).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use corral_crds::Resources;
+use corral_node_agent::{
+    AgentConfig, PowerControllers, SimSled, SimTiming, SledHandle, StartMode, power_controller_url,
+};
+use tokio_util::sync::CancellationToken;
+
+use crate::{ApiserverArgs, parse_duration, shutdown_signal};
+
+/// What a simulated sled is like.
+#[derive(clap::Args, Clone, Debug)]
+pub struct SledArgs {
+    /// CPUs each sled offers to VMMs.
+    #[arg(long, default_value_t = 128)]
+    pub cpus: u32,
+    /// Memory each sled offers to VMMs, in MiB.
+    #[arg(long, default_value_t = 1024 * 1024)]
+    pub memory_mib: u64,
+    /// How long a simulated VMM takes to boot.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub boot_time: Duration,
+    /// How long a simulated VMM takes to stop.
+    #[arg(long, default_value = "500ms", value_parser = parse_duration)]
+    pub stop_time: Duration,
+}
+
+impl SledArgs {
+    fn agent_config(&self, client: &kube::Client, name: &str, data_dir: &Path) -> AgentConfig {
+        let mut config = AgentConfig::new(client.clone(), name, data_dir.to_path_buf());
+        config.capacity = Resources {
+            cpus: self.cpus,
+            memory_mib: self.memory_mib,
+        };
+        config.sim = SimTiming {
+            boot_time: self.boot_time,
+            stop_time: self.stop_time,
+        };
+        config
+    }
+}
+
+/// The name of the `index`th simulated sled (1-based).
+pub fn sled_name(index: usize) -> String {
+    format!("sled-{index}")
+}
+
+/// Starts `count` simulated sleds under `data_dir/sleds/NAME`, each with a fault API on a free
+/// loopback port, and registers their power controllers (served at `power_url`).
+pub async fn start_sleds(
+    client: &kube::Client,
+    count: usize,
+    data_dir: &Path,
+    sled: &SledArgs,
+    mode: StartMode,
+    power_url: Option<&str>,
+) -> anyhow::Result<PowerControllers> {
+    let controllers = PowerControllers::default();
+    for index in 1..=count {
+        let name = sled_name(index);
+        let dir = data_dir.join("sleds").join(&name);
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let mut config = sled.agent_config(client, &name, &dir);
+        config.fault_listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
+        config.power_controller_url = power_url.map(|url| power_controller_url(url, &name));
+        config.failure_domain = Some(format!("shelf-{}", (index - 1) / 8 + 1));
+        let handle = SimSled::start(config, mode)
+            .await
+            .with_context(|| format!("starting simulated sled {name}"))?;
+        controllers.insert(handle);
+    }
+    Ok(controllers)
+}
+
+/// Serves the power controllers of `controllers` on `listener` until `stop`.
+pub async fn serve_power(
+    listener: tokio::net::TcpListener,
+    controllers: PowerControllers,
+    stop: CancellationToken,
+) -> std::io::Result<()> {
+    axum::serve(listener, corral_node_agent::power::router(controllers))
+        .with_graceful_shutdown(async move { stop.cancelled().await })
+        .await
+}
+
+async fn shutdown_sleds(controllers: &PowerControllers) {
+    let sleds: Vec<SledHandle> = controllers.sleds();
+    futures::future::join_all(sleds.iter().map(|s| s.shutdown())).await;
+}
+
+#[derive(clap::Args)]
+pub struct UpArgs {
+    /// Where the store, the sleds' machines and journals, and the kubeconfig live.
+    #[arg(long, default_value = ".corral")]
+    data_dir: PathBuf,
+    /// Address of the API server.
+    #[arg(long, default_value = "127.0.0.1:6443")]
+    listen: SocketAddr,
+    /// A directory of further CustomResourceDefinition YAML to serve, besides Corral's own kinds.
+    #[arg(long)]
+    crds: Option<PathBuf>,
+    /// How many simulated sleds to run.
+    #[arg(long, default_value_t = 8)]
+    sleds: usize,
+    #[command(flatten)]
+    sled: SledArgs,
+}
+
+/// `corral up`: the API server on SQLite, the controllers and the simulated sleds, in one
+/// process. Every start powers the sleds on afresh: restarting is a cold start of the rack.
+pub async fn up(args: UpArgs) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("creating {}", args.data_dir.display()))?;
+    let data_dir = args.data_dir.canonicalize()?;
+    let apiserver = ApiserverArgs {
+        listen: args.listen,
+        store: corral_store::StoreConfig::Sqlite {
+            path: data_dir.join("store.db"),
+        },
+        etcd_prefix: "/corral".into(),
+        crds: args.crds,
+        compaction_interval: Duration::from_secs(300),
+        bookmark_interval: Duration::from_secs(60),
+    };
+    let stop = CancellationToken::new();
+    let (address, apiserver_task) = crate::start_apiserver(apiserver, stop.clone()).await?;
+    let kubeconfig_path = data_dir.join("kubeconfig");
+    std::fs::write(&kubeconfig_path, crate::kubeconfig(address))
+        .with_context(|| format!("writing {}", kubeconfig_path.display()))?;
+    let client = corral_client::connect(Some(&kubeconfig_path)).await?;
+
+    let controllers_stop = CancellationToken::new();
+    let controllers = tokio::spawn(corral_controllers::run(
+        client.clone(),
+        crate::controllers_config(Duration::from_secs(15), 64),
+        controllers_stop.clone(),
+    ));
+
+    let power_listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+        .await
+        .context("binding the power controllers' port")?;
+    let power_url = format!("http://{}", power_listener.local_addr()?);
+    let sleds = start_sleds(
+        &client,
+        args.sleds,
+        &data_dir,
+        &args.sled,
+        StartMode::ColdStart,
+        Some(&power_url),
+    )
+    .await?;
+    let power_stop = CancellationToken::new();
+    let power = tokio::spawn(serve_power(
+        power_listener,
+        sleds.clone(),
+        power_stop.clone(),
+    ));
+
+    println!(
+        "Corral is up: API server at http://{address}, {} simulated sleds (power controllers at {power_url}), data in {}",
+        args.sleds,
+        data_dir.display()
+    );
+    println!();
+    println!("Next, in another terminal:");
+    println!("  export KUBECONFIG={}", kubeconfig_path.display());
+    println!("  corralctl get sleds");
+    println!("  corralctl apply -f examples/web.yaml");
+    println!(
+        "  corralctl wait --for=condition=Running instance/web-1 instance/web-2 instance/web-3"
+    );
+    println!("  kubectl get instances");
+    println!();
+    println!(
+        "Ctrl-C stops; running `corral up` again resumes: every Instance that should run comes back."
+    );
+
+    shutdown_signal().await;
+    shutdown_sleds(&sleds).await;
+    power_stop.cancel();
+    controllers_stop.cancel();
+    let _ = controllers.await;
+    let _ = power.await;
+    stop.cancel();
+    apiserver_task.await??;
+    Ok(())
+}
+
+#[derive(clap::Args)]
+pub struct NodeAgentArgs {
+    /// The kubeconfig to reach the API server with (default: $KUBECONFIG, ~/.kube/config).
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// The sled this agent runs.
+    #[arg(long)]
+    sled: String,
+    /// Where the sled's journal and simulated machine live.
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// Where the fault-injection API listens.
+    #[arg(long)]
+    fault_listen: Option<SocketAddr>,
+    /// Where this sled's power controller listens (`GET/POST /power`).
+    #[arg(long)]
+    power_listen: Option<SocketAddr>,
+    /// Power-cycle the machine first (its VMMs are gone; a new epoch), instead of resuming it.
+    #[arg(long)]
+    cold_start: bool,
+    /// The failure domain recorded on the Sled when the agent registers it.
+    #[arg(long)]
+    failure_domain: Option<String>,
+    /// Labels (`key=value`) recorded on the Sled when the agent registers it.
+    #[arg(long = "label", value_parser = parse_label)]
+    labels: Vec<(String, String)>,
+    #[command(flatten)]
+    sled_args: SledArgs,
+}
+
+fn parse_label(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("invalid label {text:?} (use key=value)"))
+}
+
+/// `corral node-agent`: one simulated sled in this process.
+pub async fn node_agent(args: NodeAgentArgs) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("creating {}", args.data_dir.display()))?;
+    let client = corral_client::connect(args.kubeconfig.as_deref()).await?;
+    let mut config = args
+        .sled_args
+        .agent_config(&client, &args.sled, &args.data_dir);
+    config.fault_listen = args.fault_listen;
+    config.failure_domain = args.failure_domain;
+    config.labels = args.labels.into_iter().collect::<BTreeMap<_, _>>();
+    let power_listener = match args.power_listen {
+        Some(address) => Some(
+            tokio::net::TcpListener::bind(address)
+                .await
+                .with_context(|| format!("binding {address}"))?,
+        ),
+        None => None,
+    };
+    if let Some(listener) = &power_listener {
+        config.power_controller_url = Some(format!("http://{}", listener.local_addr()?));
+    }
+    let mode = if args.cold_start {
+        StartMode::ColdStart
+    } else {
+        StartMode::Resume
+    };
+    let sled = SimSled::start(config, mode).await?;
+    tracing::info!(sled = %args.sled, fault = ?sled.fault_address(), "node-agent running");
+    let stop = CancellationToken::new();
+    let power = power_listener.map(|listener| {
+        let router = corral_node_agent::power::sled_router(sled.clone());
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await
+        })
+    });
+    shutdown_signal().await;
+    sled.shutdown().await;
+    stop.cancel();
+    if let Some(power) = power {
+        let _ = power.await;
+    }
+    Ok(())
+}
+
+#[derive(clap::Args)]
+pub struct PowerSimArgs {
+    /// The kubeconfig to reach the API server with (default: $KUBECONFIG, ~/.kube/config).
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// How many simulated sleds this process hosts (`sled-1` ... `sled-N`).
+    #[arg(long, default_value_t = 8)]
+    sleds: usize,
+    /// Where the sleds' machines and journals live (`DIR/sleds/NAME`).
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// Where the power controllers listen (`/sleds/NAME/power`).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen: SocketAddr,
+    /// Power-cycle every machine first (a cold start of these sleds).
+    #[arg(long)]
+    cold_start: bool,
+    #[command(flatten)]
+    sled: SledArgs,
+}
+
+/// `corral power-sim`: many simulated sleds (machines, agents) and their power controllers.
+pub async fn power_sim(args: PowerSimArgs) -> anyhow::Result<()> {
+    let client = corral_client::connect(args.kubeconfig.as_deref()).await?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let mode = if args.cold_start {
+        StartMode::ColdStart
+    } else {
+        StartMode::Resume
+    };
+    let sleds = start_sleds(
+        &client,
+        args.sleds,
+        &args.data_dir,
+        &args.sled,
+        mode,
+        Some(&url),
+    )
+    .await?;
+    tracing::info!(sleds = args.sleds, power = %url, "power-sim running");
+    println!("power controllers at {url}");
+    let stop = CancellationToken::new();
+    let power = tokio::spawn(serve_power(listener, sleds.clone(), stop.clone()));
+    shutdown_signal().await;
+    shutdown_sleds(&sleds).await;
+    stop.cancel();
+    let _ = power.await;
+    Ok(())
+}

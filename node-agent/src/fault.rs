@@ -1,0 +1,278 @@
+//! The fault-injection API of a simulated sled, for tests and demos. It is served next to the
+//! agent (on `AgentConfig::fault_listen`, reported as `Sled.status.agentAddress`) and dies with
+//! it when the sled loses power.
+//!
+//! # Routes
+//! | method | path | effect |
+//! |---|---|---|
+//! | GET | `/vmms` | the machine's VMMs: `[{"launch": {...}, "state": "Running", "responsive": true}]` |
+//! | POST | `/vmms/{namespace}/{name}/crash` | the guest of Vmm `namespace/name` crashes (`Failed`/`GuestCrashed`) |
+//! | POST | `/vmms/{namespace}/{name}/shutdown` | the guest shuts down cleanly (`Stopped`/`GuestShutdown`) |
+//! | POST | `/vmms/{namespace}/{name}/kill` | the VMM is killed behind the control plane's back (`Failed`/`VmmKilled`) |
+//! | POST | `/vmms/{namespace}/{name}/hang` | the VMM stops answering stop and reboot |
+//! | POST | `/vmms/unknown` | a VMM no Vmm assigns appears; optional body `{"namespace": "default", "instance": "web", "resources": {"cpus": 1, "memoryMiB": 512}}`; answers `{"id": "..."}` |
+//! | GET | `/heartbeat` | `{"paused": false}` |
+//! | POST | `/heartbeat/stop`, `/heartbeat/resume` | stop or resume renewing the sled's Lease |
+//!
+//! Fault requests answer 204; a Vmm with no VMM on the machine is 404, a powered-off machine
+//! 409. Errors are `{"error": "..."}`.
+//!
+//! # Not responsible for
+//! Power (the power controller's API, `power.rs`).
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Serialize;
+
+use crate::agent::HeartbeatSwitch;
+use crate::hypervisor::{Hypervisor, HypervisorError, VmmId, VmmInfo};
+use crate::sim::{SimHypervisor, UnknownVmm};
+
+/// What the fault API acts on.
+#[derive(Clone, Debug)]
+pub struct FaultState {
+    pub machine: Arc<SimHypervisor>,
+    pub heartbeats: HeartbeatSwitch,
+}
+
+/// Why a fault request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum FaultError {
+    #[error("no VMM of Vmm {namespace}/{name} runs on the machine")]
+    NoVmm { namespace: String, name: String },
+    #[error("invalid request body")]
+    Body(#[source] serde_json::Error),
+    #[error("hypervisor")]
+    Hypervisor(#[from] HypervisorError),
+}
+
+impl IntoResponse for FaultError {
+    fn into_response(self) -> Response {
+        let code = match &self {
+            FaultError::NoVmm { .. } | FaultError::Hypervisor(HypervisorError::NotFound(_)) => {
+                StatusCode::NOT_FOUND
+            }
+            FaultError::Body(_) => StatusCode::BAD_REQUEST,
+            FaultError::Hypervisor(HypervisorError::PoweredOff) => StatusCode::CONFLICT,
+            FaultError::Hypervisor(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        let message = match self.source_message() {
+            Some(cause) => format!("{self}: {cause}"),
+            None => self.to_string(),
+        };
+        (code, axum::Json(serde_json::json!({ "error": message }))).into_response()
+    }
+}
+
+impl FaultError {
+    fn source_message(&self) -> Option<String> {
+        std::error::Error::source(self).map(|cause| cause.to_string())
+    }
+}
+
+/// The fault-injection routes (see the module docs).
+pub fn router(state: FaultState) -> Router {
+    Router::new()
+        .route("/vmms", get(list))
+        .route("/vmms/unknown", post(spawn_unknown))
+        .route("/vmms/{namespace}/{name}/{fault}", post(inject))
+        .route("/heartbeat", get(heartbeat))
+        .route("/heartbeat/stop", post(heartbeat_stop))
+        .route("/heartbeat/resume", post(heartbeat_resume))
+        .with_state(state)
+}
+
+async fn list(State(state): State<FaultState>) -> Result<axum::Json<Vec<VmmInfo>>, FaultError> {
+    Ok(axum::Json(state.machine.list().await?))
+}
+
+/// The faults that act on one VMM.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum VmmFault {
+    Crash,
+    Shutdown,
+    Kill,
+    Hang,
+}
+
+impl std::str::FromStr for VmmFault {
+    type Err = ();
+    fn from_str(text: &str) -> Result<Self, ()> {
+        match text {
+            "crash" => Ok(VmmFault::Crash),
+            "shutdown" => Ok(VmmFault::Shutdown),
+            "kill" => Ok(VmmFault::Kill),
+            "hang" => Ok(VmmFault::Hang),
+            _ => Err(()),
+        }
+    }
+}
+
+async fn inject(
+    State(state): State<FaultState>,
+    Path((namespace, name, fault)): Path<(String, String, String)>,
+) -> Result<StatusCode, FaultError> {
+    let Ok(fault) = fault.parse::<VmmFault>() else {
+        return Ok(StatusCode::NOT_FOUND);
+    };
+    let machine = &state.machine;
+    if !machine.is_on() {
+        return Err(HypervisorError::PoweredOff.into());
+    }
+    let id: VmmId = machine
+        .find(&namespace, &name)
+        .ok_or(FaultError::NoVmm { namespace, name })?;
+    match fault {
+        VmmFault::Crash => machine.crash(&id)?,
+        VmmFault::Shutdown => machine.guest_shutdown(&id)?,
+        VmmFault::Kill => machine.kill(&id)?,
+        VmmFault::Hang => machine.hang(&id)?,
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Serialize)]
+struct Spawned {
+    id: VmmId,
+}
+
+async fn spawn_unknown(
+    State(state): State<FaultState>,
+    body: Bytes,
+) -> Result<axum::Json<Spawned>, FaultError> {
+    let unknown = if body.is_empty() {
+        UnknownVmm::default()
+    } else {
+        serde_json::from_slice(&body).map_err(FaultError::Body)?
+    };
+    let id = state.machine.spawn_unknown(unknown)?;
+    Ok(axum::Json(Spawned { id }))
+}
+
+#[derive(Serialize)]
+struct HeartbeatState {
+    paused: bool,
+}
+
+async fn heartbeat(State(state): State<FaultState>) -> axum::Json<HeartbeatState> {
+    axum::Json(HeartbeatState {
+        paused: state.heartbeats.is_paused(),
+    })
+}
+
+async fn heartbeat_stop(State(state): State<FaultState>) -> StatusCode {
+    state.heartbeats.pause();
+    StatusCode::NO_CONTENT
+}
+
+async fn heartbeat_resume(State(state): State<FaultState>) -> StatusCode {
+    state.heartbeats.resume();
+    StatusCode::NO_CONTENT
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hypervisor::{ExitReason, VmmLaunch, VmmRunState};
+    use crate::sim::SimTiming;
+    use axum::body::Body;
+    use axum::http::Request;
+    use corral_crds::Resources;
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    async fn call(router: &Router, method: &str, uri: &str, body: &str) -> (StatusCode, String) {
+        let request = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header("content-type", "application/json")
+            .body(Body::from(body.to_string()))
+            .unwrap();
+        let response = router.clone().oneshot(request).await.unwrap();
+        let status = response.status();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8(bytes.to_vec()).unwrap())
+    }
+
+    #[tokio::test]
+    async fn faults_reach_the_machine_by_vmm_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let machine = SimHypervisor::open(
+            dir.path(),
+            SimTiming::default(),
+            Resources {
+                cpus: 8,
+                memory_mib: 8192,
+            },
+        )
+        .unwrap();
+        machine.power_on().unwrap();
+        machine
+            .create(&VmmLaunch {
+                id: VmmId::from("uid-a"),
+                namespace: "default".into(),
+                name: "web-v1".into(),
+                instance: "web".into(),
+                resources: Resources {
+                    cpus: 1,
+                    memory_mib: 512,
+                },
+                image: "debian".into(),
+            })
+            .await
+            .unwrap();
+        let heartbeats = HeartbeatSwitch::default();
+        let router = router(FaultState {
+            machine: machine.clone(),
+            heartbeats: heartbeats.clone(),
+        });
+
+        let (status, body) = call(&router, "GET", "/vmms", "").await;
+        assert_eq!(status, StatusCode::OK);
+        let listed: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(listed[0]["launch"]["name"], "web-v1");
+        assert_eq!(listed[0]["state"], "Starting");
+
+        let (status, _) = call(&router, "POST", "/vmms/default/web-v1/crash", "").await;
+        assert_eq!(status, StatusCode::NO_CONTENT);
+        let info = machine
+            .inspect(&VmmId::from("uid-a"))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(info.state, VmmRunState::Exited(ExitReason::GuestCrashed));
+
+        let (status, body) = call(&router, "POST", "/vmms/default/nope/kill", "").await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+
+        let (status, body) = call(
+            &router,
+            "POST",
+            "/vmms/unknown",
+            r#"{"namespace":"default","instance":"web"}"#,
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        let spawned: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let id = VmmId(spawned["id"].as_str().unwrap().to_string());
+        assert!(machine.inspect(&id).await.unwrap().is_some());
+
+        let (status, _) = call(&router, "POST", "/heartbeat/stop", "").await;
+        assert_eq!(status, StatusCode::NO_CONTENT);
+        assert!(heartbeats.is_paused());
+        let (_, body) = call(&router, "GET", "/heartbeat", "").await;
+        assert_eq!(body, r#"{"paused":true}"#);
+        call(&router, "POST", "/heartbeat/resume", "").await;
+        assert!(!heartbeats.is_paused());
+
+        machine.power_off().unwrap();
+        let (status, _) = call(&router, "POST", "/vmms/default/web-v1/kill", "").await;
+        assert_eq!(status, StatusCode::CONFLICT);
+    }
+}

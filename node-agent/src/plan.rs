@@ -1,0 +1,513 @@
+//! `plan`: every decision the node-agent takes about one Vmm, as a pure function of what the
+//! API says (the Vmm), what the agent decided before (its journal record) and what the machine
+//! runs (the hypervisor's view). No I/O: `reconcile.rs` executes the [`Plan`].
+//!
+//! # Definitions
+//! - A Vmm is *refused* if (and only if) the agent never accepted it: its `sledEpoch` is older
+//!   than the sled's epoch (`StaleSledEpoch`), or it did not fit the free capacity when it was
+//!   first seen (`InsufficientCapacity`). A refused Vmm never holds resources and never runs.
+//! - A VMM is *killed* if (and only if) its Vmm is `Starting` or `Running` in the journal, this
+//!   agent run saw the VMM on the machine, and it is no longer there. It is *missing* if the
+//!   same holds except that this run never saw it (it vanished while no agent watched).
+//! - A Vmm is *done* if (and only if) it is being deleted, its VMM is gone from the machine and
+//!   the journal says `Destroyed` (or it never was accepted): then the finalizer may go.
+//!
+//! # Invariants (checked by the tests below, including a property test)
+//! - The journal state never goes backwards: see [`may_follow`]. `stateGeneration` rises with
+//!   every decision, above both the journal's and the API's.
+//! - A Vmm whose epoch is stale is never created on the machine, and a VMM whose Vmm is final
+//!   (`Failed`, `Stopped`, `Destroyed`) is never left running.
+//! - The finalizer is removed only when the Vmm is done and the API holds the last decision.
+//!
+//! # Not responsible for
+//! VMMs no Vmm assigns (the agent's scan), the Sled's status, and resource accounting across
+//! Vmms (the caller passes the free capacity in).
+
+use std::time::Duration;
+
+use corral_client::events::EventType;
+use corral_crds::{Reason, Resources, VmmState};
+use jiff::Timestamp;
+
+use crate::hypervisor::{ExitReason, VmmId, VmmInfo, VmmRunState};
+use crate::journal::VmmRecord;
+
+/// What the plan needs of a Vmm object.
+#[derive(Clone, Debug, PartialEq)]
+pub struct VmmView {
+    pub uid: VmmId,
+    pub namespace: String,
+    pub name: String,
+    pub instance: String,
+    pub image: String,
+    pub sled_epoch: u64,
+    pub resources: Resources,
+    pub reboot_request: Option<String>,
+    /// `metadata.deletionTimestamp` is set.
+    pub deleting: bool,
+    /// The node-agent's finalizer is still on.
+    pub has_finalizer: bool,
+    /// The state the API holds (the freshest the agent knows of).
+    pub reported_state: Option<VmmState>,
+    /// The `stateGeneration` the API holds.
+    pub reported_generation: u64,
+}
+
+/// Everything one decision depends on.
+#[derive(Clone, Debug)]
+pub struct PlanInput<'a> {
+    pub vmm: &'a VmmView,
+    pub record: Option<&'a VmmRecord>,
+    pub machine: Option<&'a VmmInfo>,
+    /// This agent run has seen the VMM on the machine.
+    pub seen_this_run: bool,
+    /// The sled's current epoch.
+    pub epoch: u64,
+    /// Capacity not held by accepted Vmms.
+    pub free: Resources,
+    pub now: Timestamp,
+    /// How long a graceful stop may take before the VMM is destroyed anyway.
+    pub stop_timeout: Duration,
+}
+
+/// A command for the hypervisor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MachineAction {
+    Create,
+    Stop,
+    Destroy,
+    Reboot,
+}
+
+/// An Event to record about the Vmm.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PlannedEvent {
+    pub type_: EventType,
+    pub reason: Reason,
+    pub message: String,
+}
+
+/// What to do, in this order: the machine action, the journal record, the status report, the
+/// events, the finalizer, forgetting the record.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Plan {
+    pub machine: Option<MachineAction>,
+    /// The next journal record (its generation already bumped).
+    pub record: Option<VmmRecord>,
+    /// Write `Vmm.status` from the (new or current) record: the API is behind the journal.
+    pub report: bool,
+    pub events: Vec<PlannedEvent>,
+    pub remove_finalizer: bool,
+    /// Delete the journal record (after the finalizer is gone).
+    pub forget: bool,
+    /// Look again after this long (a transition under way); `None`: wait for a change.
+    pub requeue: Option<Duration>,
+}
+
+impl Plan {
+    /// Whether the plan does nothing but maybe wait.
+    pub fn is_noop(&self) -> bool {
+        self.machine.is_none()
+            && self.record.is_none()
+            && !self.report
+            && self.events.is_empty()
+            && !self.remove_finalizer
+            && !self.forget
+    }
+}
+
+/// How far along its life a state is; the journal only moves forward.
+fn rank(state: VmmState) -> u8 {
+    match state {
+        VmmState::Creating => 0,
+        VmmState::Starting => 1,
+        VmmState::Running | VmmState::Migrating => 2,
+        VmmState::Stopping => 3,
+        VmmState::Stopped | VmmState::Failed => 4,
+        VmmState::Destroyed => 5,
+    }
+}
+
+/// Whether the journal may move from `from` to `to`: forward only, except that a reboot takes
+/// a running VMM back to `Starting`, a migration ends where it began (`Running`), and anything
+/// not yet destroyed may be destroyed.
+pub fn may_follow(from: VmmState, to: VmmState) -> bool {
+    match (from, to) {
+        (VmmState::Destroyed, _) => false,
+        (_, VmmState::Destroyed) => true,
+        (VmmState::Running | VmmState::Migrating, VmmState::Starting)
+        | (VmmState::Running, VmmState::Migrating)
+        | (VmmState::Migrating, VmmState::Running) => true,
+        (from, to) if from.is_final() => from == to,
+        (from, to) => rank(to) > rank(from),
+    }
+}
+
+/// A decided status, before it becomes a record.
+struct Decision {
+    state: VmmState,
+    reason: Option<Reason>,
+    message: String,
+    diverged: bool,
+    handled_reboot_request: Option<String>,
+    booted_at: Option<Timestamp>,
+    holds: bool,
+}
+
+impl Decision {
+    fn new(state: VmmState, reason: Reason, message: impl Into<String>) -> Decision {
+        Decision {
+            state,
+            reason: Some(reason),
+            message: message.into(),
+            diverged: false,
+            handled_reboot_request: None,
+            booted_at: None,
+            holds: true,
+        }
+    }
+
+    /// The same decision, carrying what the previous record knew.
+    fn following(mut self, previous: &VmmRecord) -> Decision {
+        self.diverged |= previous.diverged;
+        if self.handled_reboot_request.is_none() {
+            self.handled_reboot_request = previous.handled_reboot_request.clone();
+        }
+        if self.booted_at.is_none() {
+            self.booted_at = previous.booted_at;
+        }
+        self
+    }
+}
+
+/// The record that follows `previous` (or the first one) with `decision`.
+fn record(input: &PlanInput, previous: Option<&VmmRecord>, decision: Decision) -> VmmRecord {
+    let vmm = input.vmm;
+    let decision = match previous {
+        Some(previous) => {
+            debug_assert!(
+                may_follow(previous.state, decision.state),
+                "{:?} after {:?}",
+                decision.state,
+                previous.state
+            );
+            decision.following(previous)
+        }
+        None => decision,
+    };
+    let generation = previous
+        .map_or(0, |p| p.state_generation)
+        .max(vmm.reported_generation)
+        + 1;
+    VmmRecord {
+        uid: vmm.uid.clone(),
+        namespace: vmm.namespace.clone(),
+        name: vmm.name.clone(),
+        instance: vmm.instance.clone(),
+        image: vmm.image.clone(),
+        resources: vmm.resources,
+        holds: decision.holds,
+        state: decision.state,
+        reason: decision.reason,
+        message: decision.message,
+        state_generation: generation,
+        diverged: decision.diverged,
+        handled_reboot_request: decision.handled_reboot_request,
+        booted_at: decision.booted_at,
+        state_since: match previous {
+            Some(p) if p.state == decision.state => p.state_since,
+            _ => input.now,
+        },
+    }
+}
+
+fn warning(reason: Reason, message: impl Into<String>) -> PlannedEvent {
+    PlannedEvent {
+        type_: EventType::Warning,
+        reason,
+        message: message.into(),
+    }
+}
+
+/// Decides what to do about one Vmm (see the module docs).
+pub fn plan(input: &PlanInput) -> Plan {
+    let mut plan = match input.record {
+        None => plan_unrecorded(input),
+        Some(record) if input.vmm.deleting => plan_teardown(input, record),
+        Some(record) => plan_lifecycle(input, record),
+    };
+    let current = plan.record.as_ref().or(input.record);
+    plan.report = current.is_some_and(|r| r.state_generation > input.vmm.reported_generation);
+    plan
+}
+
+/// A Vmm the journal does not know: a new one (accept or refuse), or one being deleted that
+/// was never accepted.
+fn plan_unrecorded(input: &PlanInput) -> Plan {
+    let vmm = input.vmm;
+    let mut plan = Plan::default();
+    if vmm.deleting {
+        plan.machine = input.machine.map(|_| MachineAction::Destroy);
+        plan.remove_finalizer = vmm.has_finalizer;
+        return plan;
+    }
+    match vmm.reported_state {
+        // An earlier journal decided its end; the decision stands.
+        Some(state) if state.is_final() => return plan,
+        // The API says it was accepted but the journal lost it.
+        Some(_) if input.machine.is_none() => {
+            let mut decision = Decision::new(
+                VmmState::Failed,
+                Reason::VmmMissing,
+                "the VMM is not on the sled and the agent's journal does not know it",
+            );
+            decision.diverged = true;
+            decision.holds = false;
+            plan.record = Some(record(input, None, decision));
+            plan.events.push(warning(
+                Reason::DivergenceDetected,
+                "VMM missing: the sled does not run it",
+            ));
+            return plan;
+        }
+        // The journal lost a Vmm whose VMM runs: adopt it as the API last saw it, without a
+        // new report (a `Creating` now would go backwards); the next pass follows the machine.
+        Some(state) => {
+            let mut adopted = record(input, None, Decision::new(state, Reason::VmmPending, ""));
+            adopted.reason = None;
+            adopted.message = String::new();
+            adopted.state_generation = vmm.reported_generation;
+            plan.record = Some(adopted);
+            plan.requeue = Some(Duration::ZERO);
+            return plan;
+        }
+        None => {}
+    }
+    let refusal = if vmm.sled_epoch < input.epoch {
+        Some((
+            Reason::StaleSledEpoch,
+            format!(
+                "placed for sled epoch {}, the sled is at epoch {}",
+                vmm.sled_epoch, input.epoch
+            ),
+        ))
+    } else if !vmm.resources.fits_within(&input.free) {
+        Some((
+            Reason::InsufficientCapacity,
+            format!(
+                "needs {} CPUs and {} MiB, {} CPUs and {} MiB free",
+                vmm.resources.cpus,
+                vmm.resources.memory_mib,
+                input.free.cpus,
+                input.free.memory_mib
+            ),
+        ))
+    } else {
+        None
+    };
+    if let Some((reason, message)) = refusal {
+        let mut decision = Decision::new(VmmState::Failed, reason, message.clone());
+        decision.holds = false;
+        plan.record = Some(record(input, None, decision));
+        plan.machine = input.machine.map(|_| MachineAction::Destroy);
+        plan.events.push(warning(reason, message));
+        return plan;
+    }
+    let mut decision = Decision::new(VmmState::Creating, Reason::VmmPending, "accepted");
+    // A fresh boot satisfies any reboot asked for before the Vmm existed.
+    decision.handled_reboot_request = vmm.reboot_request.clone();
+    plan.record = Some(record(input, None, decision));
+    plan.requeue = Some(Duration::ZERO);
+    plan
+}
+
+/// A recorded Vmm being deleted: stop, destroy, report `Destroyed`, drop the finalizer.
+fn plan_teardown(input: &PlanInput, previous: &VmmRecord) -> Plan {
+    let mut plan = Plan::default();
+    let destroyed = || {
+        let mut decision = Decision::new(
+            VmmState::Destroyed,
+            Reason::Deleting,
+            "VMM destroyed and its resources freed",
+        );
+        decision.holds = false;
+        decision
+    };
+    let Some(machine) = input.machine else {
+        if previous.state != VmmState::Destroyed {
+            plan.record = Some(record(input, Some(previous), destroyed()));
+        }
+        plan.remove_finalizer = input.vmm.has_finalizer;
+        plan.forget = true;
+        return plan;
+    };
+    let stopping_for = if previous.state == VmmState::Stopping {
+        elapsed(previous.state_since, input.now)
+    } else {
+        Duration::ZERO
+    };
+    let overdue = stopping_for >= input.stop_timeout;
+    let ended = matches!(machine.state, VmmRunState::Exited(_));
+    // A VMM whose Vmm already ended (or that ended itself, or will not stop) is destroyed at
+    // once: there is nothing to stop gracefully.
+    if previous.state.is_final() || ended || overdue {
+        plan.machine = Some(MachineAction::Destroy);
+        if previous.state != VmmState::Destroyed {
+            plan.record = Some(record(input, Some(previous), destroyed()));
+        }
+        plan.remove_finalizer = input.vmm.has_finalizer;
+        plan.forget = true;
+        return plan;
+    }
+    if machine.state != VmmRunState::Stopping {
+        plan.machine = Some(MachineAction::Stop);
+    }
+    if previous.state != VmmState::Stopping {
+        let decision = Decision::new(VmmState::Stopping, Reason::ShuttingDown, "stopping the VMM");
+        plan.record = Some(record(input, Some(previous), decision));
+    }
+    let deadline = input.stop_timeout.saturating_sub(stopping_for);
+    plan.requeue = Some(match machine.settles_in {
+        Some(settles) if machine.responsive => settles.min(deadline),
+        _ => deadline,
+    });
+    plan
+}
+
+/// A recorded Vmm that should run (or has ended): follow the machine.
+fn plan_lifecycle(input: &PlanInput, previous: &VmmRecord) -> Plan {
+    let vmm = input.vmm;
+    let mut plan = Plan::default();
+    let machine = input.machine;
+    let running_on_machine = machine.is_some_and(|m| !matches!(m.state, VmmRunState::Exited(_)));
+    if !previous.holds || previous.state.is_final() {
+        // Refused or ended: it must not run, and there is nothing to report.
+        if running_on_machine || (!previous.holds && machine.is_some()) {
+            plan.machine = Some(MachineAction::Destroy);
+        }
+        return plan;
+    }
+    if previous.state == VmmState::Stopping {
+        // Only a deletion stops a VMM, and a deletion cannot be taken back: nothing to do
+        // until the cache shows the deletion again.
+        return plan;
+    }
+    let next = |plan: &mut Plan, decision: Decision| {
+        plan.record = Some(record(input, Some(previous), decision));
+    };
+    if vmm.sled_epoch < input.epoch {
+        let message = format!(
+            "placed for sled epoch {}, the sled is at epoch {}",
+            vmm.sled_epoch, input.epoch
+        );
+        if machine.is_some() {
+            plan.machine = Some(MachineAction::Destroy);
+        }
+        plan.events
+            .push(warning(Reason::StaleSledEpoch, message.clone()));
+        next(
+            &mut plan,
+            Decision::new(VmmState::Failed, Reason::StaleSledEpoch, message),
+        );
+        return plan;
+    }
+    let Some(machine) = machine else {
+        if previous.state == VmmState::Creating {
+            plan.machine = Some(MachineAction::Create);
+            next(
+                &mut plan,
+                Decision::new(VmmState::Starting, Reason::Booting, "booting"),
+            );
+            return plan;
+        }
+        let (reason, message) = if input.seen_this_run {
+            (
+                Reason::VmmKilled,
+                "the VMM was killed behind the control plane's back",
+            )
+        } else {
+            (
+                Reason::VmmMissing,
+                "the VMM is not on the sled (found after an agent restart)",
+            )
+        };
+        let mut decision = Decision::new(VmmState::Failed, reason, message);
+        decision.diverged = true;
+        plan.events.push(warning(
+            Reason::DivergenceDetected,
+            format!("{reason}: {message}"),
+        ));
+        next(&mut plan, decision);
+        return plan;
+    };
+    match machine.state {
+        VmmRunState::Starting => {
+            if previous.state != VmmState::Starting {
+                next(
+                    &mut plan,
+                    Decision::new(VmmState::Starting, Reason::Booting, "booting"),
+                );
+            }
+            plan.requeue = machine.settles_in;
+        }
+        VmmRunState::Running => {
+            let reboot = vmm
+                .reboot_request
+                .as_ref()
+                .filter(|request| previous.handled_reboot_request.as_ref() != Some(*request));
+            if previous.state != VmmState::Running {
+                // Report the boot first; a reboot asked for meanwhile follows at once.
+                let mut decision = Decision::new(VmmState::Running, Reason::VmmRunning, "");
+                decision.booted_at = Some(input.now);
+                next(&mut plan, decision);
+                if reboot.is_some() {
+                    plan.requeue = Some(Duration::ZERO);
+                }
+            } else if let Some(request) = reboot {
+                plan.machine = Some(MachineAction::Reboot);
+                let mut decision =
+                    Decision::new(VmmState::Starting, Reason::Rebooting, "rebooting the guest");
+                decision.handled_reboot_request = Some(request.clone());
+                next(&mut plan, decision);
+                plan.requeue = Some(Duration::ZERO);
+            }
+        }
+        VmmRunState::Stopping => plan.requeue = machine.settles_in,
+        VmmRunState::Exited(exit) => {
+            let (state, reason, message) = match exit {
+                ExitReason::GuestCrashed => {
+                    (VmmState::Failed, Reason::GuestCrashed, "the guest crashed")
+                }
+                ExitReason::GuestShutdown => (
+                    VmmState::Stopped,
+                    Reason::GuestShutdown,
+                    "the guest shut down",
+                ),
+                ExitReason::Stopped => (
+                    VmmState::Stopped,
+                    Reason::ShuttingDown,
+                    "the VMM was stopped",
+                ),
+            };
+            plan.events.push(PlannedEvent {
+                type_: if state == VmmState::Failed {
+                    EventType::Warning
+                } else {
+                    EventType::Normal
+                },
+                reason,
+                message: message.to_string(),
+            });
+            next(&mut plan, Decision::new(state, reason, message));
+        }
+    }
+    plan
+}
+
+fn elapsed(since: Timestamp, now: Timestamp) -> Duration {
+    Duration::try_from(now.duration_since(since)).unwrap_or_default()
+}
+
+#[cfg(test)]
+#[path = "plan_tests.rs"]
+mod tests;

@@ -1,0 +1,623 @@
+//! `SimHypervisor`: a simulated machine that runs VMMs, with fault injection.
+//!
+//! The machine is its power state, its boot id and the VMMs it runs. It lives in
+//! `DATA_DIR/machine.json` so that it outlives the node-agent process that drives it: VMMs are
+//! separate processes in the real world, and a killed agent must find them still running when
+//! it comes back. Powering the machine off destroys its VMMs; powering it on gives it a new
+//! boot id.
+//!
+//! # Timing
+//! A VMM boots for [`SimTiming::boot_time`] and stops for [`SimTiming::stop_time`], measured
+//! with `tokio::time`, so paused-time tests advance them. Transitions are *settled lazily*:
+//! every call first moves each VMM whose deadline has passed to its next state. No background
+//! task runs; a caller that wants to see a boot finish looks again after
+//! [`VmmInfo::settles_in`].
+//!
+//! # Guarantees
+//! - Every change to the set of VMMs or to an ended VMM is written to `machine.json` (through a
+//!   temporary file and a rename, so a reader sees the old or the new machine, never half) before
+//!   the call returns.
+//! - A machine reloaded from its file settles transitions that were under way (a boot
+//!   completes, a stop ends); deadlines are not persisted.
+//! - Faults ([`SimHypervisor::crash`], [`SimHypervisor::guest_shutdown`],
+//!   [`SimHypervisor::kill`], [`SimHypervisor::spawn_unknown`]) are announced on `changes()`.
+//!
+//! # Assumptions
+//! - One `SimHypervisor` per data directory at a time (nothing locks the file).
+//! - The file is small (one entry per VMM); writing it synchronously under the lock is cheaper
+//!   than handing it to a blocking thread.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use corral_crds::Resources;
+use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
+use tokio::time::Instant;
+
+use crate::hypervisor::{
+    BootId, ExitReason, Hypervisor, HypervisorError, VmmId, VmmInfo, VmmLaunch, VmmRunState,
+};
+
+/// The machine file's name in the sled's data directory.
+pub const MACHINE_FILE: &str = "machine.json";
+
+/// How long simulated VMMs take to boot and to stop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SimTiming {
+    pub boot_time: Duration,
+    pub stop_time: Duration,
+}
+
+impl Default for SimTiming {
+    fn default() -> Self {
+        SimTiming {
+            boot_time: Duration::from_secs(1),
+            stop_time: Duration::from_millis(500),
+        }
+    }
+}
+
+/// Whether the machine has power.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PowerState {
+    On,
+    Off,
+}
+
+/// A VMM that no Vmm assigns, for [`SimHypervisor::spawn_unknown`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UnknownVmm {
+    /// The namespace of the instance it claims to be, if any.
+    #[serde(default)]
+    pub namespace: Option<String>,
+    /// The instance it claims to be, if any.
+    #[serde(default)]
+    pub instance: Option<String>,
+    #[serde(default)]
+    pub resources: Resources,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Machine {
+    power: PowerState,
+    boot_id: BootId,
+    vmms: BTreeMap<VmmId, SimVmm>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct SimVmm {
+    launch: VmmLaunch,
+    state: VmmRunState,
+    responsive: bool,
+    /// When the transition under way ends. Not persisted: a reloaded machine settles at once.
+    #[serde(skip)]
+    settles_at: Option<Instant>,
+}
+
+impl SimVmm {
+    fn info(&self, now: Instant) -> VmmInfo {
+        VmmInfo {
+            launch: self.launch.clone(),
+            state: self.state,
+            responsive: self.responsive,
+            settles_in: self
+                .settles_at
+                .filter(|_| self.responsive)
+                .map(|at| at.saturating_duration_since(now)),
+        }
+    }
+}
+
+/// A simulated machine (see the module docs).
+pub struct SimHypervisor {
+    path: PathBuf,
+    timing: SimTiming,
+    capacity: Resources,
+    machine: Mutex<Machine>,
+    changes: broadcast::Sender<VmmId>,
+}
+
+impl std::fmt::Debug for SimHypervisor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SimHypervisor")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SimHypervisor {
+    /// Opens the machine kept in `data_dir` (creating the directory), or a new machine that is
+    /// powered off.
+    pub fn open(
+        data_dir: &Path,
+        timing: SimTiming,
+        capacity: Resources,
+    ) -> Result<Arc<SimHypervisor>, HypervisorError> {
+        let path = data_dir.join(MACHINE_FILE);
+        std::fs::create_dir_all(data_dir).map_err(|source| HypervisorError::Persist {
+            path: data_dir.display().to_string(),
+            source,
+        })?;
+        let machine = match std::fs::read(&path) {
+            Ok(bytes) => {
+                let mut machine: Machine =
+                    serde_json::from_slice(&bytes).map_err(|source| HypervisorError::Load {
+                        path: path.display().to_string(),
+                        source: Box::new(source),
+                    })?;
+                settle_reloaded(&mut machine);
+                machine
+            }
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Machine {
+                power: PowerState::Off,
+                boot_id: BootId::random(),
+                vmms: BTreeMap::new(),
+            },
+            Err(source) => {
+                return Err(HypervisorError::Load {
+                    path: path.display().to_string(),
+                    source: Box::new(source),
+                });
+            }
+        };
+        let (changes, _) = broadcast::channel(1024);
+        Ok(Arc::new(SimHypervisor {
+            path,
+            timing,
+            capacity,
+            machine: Mutex::new(machine),
+            changes,
+        }))
+    }
+
+    pub fn power(&self) -> PowerState {
+        self.lock().power
+    }
+
+    pub fn is_on(&self) -> bool {
+        self.power() == PowerState::On
+    }
+
+    /// Powers the machine on with a new boot id and no VMMs. Already on: nothing changes.
+    pub fn power_on(&self) -> Result<BootId, HypervisorError> {
+        let mut machine = self.lock();
+        if machine.power == PowerState::On {
+            return Ok(machine.boot_id);
+        }
+        machine.power = PowerState::On;
+        machine.boot_id = BootId::random();
+        machine.vmms.clear();
+        self.persist(&machine)?;
+        tracing::info!(path = %self.path.display(), boot_id = %machine.boot_id, "machine powered on");
+        Ok(machine.boot_id)
+    }
+
+    /// Cuts the power: every VMM is gone at once. Already off: nothing changes.
+    pub fn power_off(&self) -> Result<(), HypervisorError> {
+        let mut machine = self.lock();
+        if machine.power == PowerState::Off {
+            return Ok(());
+        }
+        machine.power = PowerState::Off;
+        machine.vmms.clear();
+        self.persist(&machine)?;
+        tracing::info!(path = %self.path.display(), "machine powered off");
+        Ok(())
+    }
+
+    /// The id of the VMM that runs Vmm `namespace/name`, if one does.
+    pub fn find(&self, namespace: &str, name: &str) -> Option<VmmId> {
+        let machine = self.lock();
+        machine
+            .vmms
+            .values()
+            .find(|vmm| vmm.launch.namespace == namespace && vmm.launch.name == name)
+            .map(|vmm| vmm.launch.id.clone())
+    }
+
+    /// Fault: the guest crashes (`Exited(GuestCrashed)`).
+    pub fn crash(&self, id: &VmmId) -> Result<(), HypervisorError> {
+        self.end(id, ExitReason::GuestCrashed)
+    }
+
+    /// Fault: the guest shuts itself down (`Exited(GuestShutdown)`).
+    pub fn guest_shutdown(&self, id: &VmmId) -> Result<(), HypervisorError> {
+        self.end(id, ExitReason::GuestShutdown)
+    }
+
+    /// Fault: the VMM is killed behind the control plane's back and vanishes.
+    pub fn kill(&self, id: &VmmId) -> Result<(), HypervisorError> {
+        {
+            let mut machine = self.powered()?;
+            if machine.vmms.remove(id).is_none() {
+                return Err(HypervisorError::NotFound(id.clone()));
+            }
+            self.persist(&machine)?;
+        }
+        let _ = self.changes.send(id.clone());
+        Ok(())
+    }
+
+    /// Fault: the VMM stops answering; stop and reboot go unheeded, destroy still works.
+    pub fn hang(&self, id: &VmmId) -> Result<(), HypervisorError> {
+        let mut machine = self.powered()?;
+        let vmm = machine
+            .vmms
+            .get_mut(id)
+            .ok_or_else(|| HypervisorError::NotFound(id.clone()))?;
+        vmm.responsive = false;
+        self.persist(&machine)
+    }
+
+    /// Fault: a VMM appears that no Vmm assigns to the sled. It runs at once.
+    pub fn spawn_unknown(&self, unknown: UnknownVmm) -> Result<VmmId, HypervisorError> {
+        let id = VmmId(uuid::Uuid::new_v4().to_string());
+        {
+            let mut machine = self.powered()?;
+            let launch = VmmLaunch {
+                id: id.clone(),
+                namespace: unknown.namespace.unwrap_or_default(),
+                name: format!("unknown-{}", &id.0[..8]),
+                instance: unknown.instance.unwrap_or_default(),
+                resources: unknown.resources,
+                image: "unknown".to_string(),
+            };
+            machine.vmms.insert(
+                id.clone(),
+                SimVmm {
+                    launch,
+                    state: VmmRunState::Running,
+                    responsive: true,
+                    settles_at: None,
+                },
+            );
+            self.persist(&machine)?;
+        }
+        let _ = self.changes.send(id.clone());
+        Ok(id)
+    }
+
+    fn end(&self, id: &VmmId, reason: ExitReason) -> Result<(), HypervisorError> {
+        {
+            let mut machine = self.powered()?;
+            let vmm = machine
+                .vmms
+                .get_mut(id)
+                .ok_or_else(|| HypervisorError::NotFound(id.clone()))?;
+            vmm.state = VmmRunState::Exited(reason);
+            vmm.settles_at = None;
+            self.persist(&machine)?;
+        }
+        let _ = self.changes.send(id.clone());
+        Ok(())
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Machine> {
+        self.machine.lock().expect("machine lock")
+    }
+
+    /// The machine, settled to now, if it has power.
+    fn powered(&self) -> Result<MutexGuard<'_, Machine>, HypervisorError> {
+        let mut machine = self.lock();
+        if machine.power == PowerState::Off {
+            return Err(HypervisorError::PoweredOff);
+        }
+        if settle(&mut machine, Instant::now()) {
+            self.persist(&machine)?;
+        }
+        Ok(machine)
+    }
+
+    fn persist(&self, machine: &Machine) -> Result<(), HypervisorError> {
+        let error = |source| HypervisorError::Persist {
+            path: self.path.display().to_string(),
+            source,
+        };
+        let bytes = serde_json::to_vec_pretty(machine).map_err(|e| error(e.into()))?;
+        let temporary = self.path.with_extension("json.tmp");
+        std::fs::write(&temporary, bytes).map_err(error)?;
+        std::fs::rename(&temporary, &self.path).map_err(error)
+    }
+
+    fn free(&self, machine: &Machine) -> Resources {
+        let used = machine
+            .vmms
+            .values()
+            .fold(Resources::default(), |sum, vmm| sum + vmm.launch.resources);
+        self.capacity.saturating_sub(&used)
+    }
+}
+
+/// Moves every responsive VMM whose deadline has passed to its next state. Returns whether
+/// anything changed.
+fn settle(machine: &mut Machine, now: Instant) -> bool {
+    let mut changed = false;
+    for vmm in machine.vmms.values_mut() {
+        let due = vmm.settles_at.is_some_and(|at| at <= now);
+        if !due || !vmm.responsive {
+            continue;
+        }
+        vmm.settles_at = None;
+        vmm.state = match vmm.state {
+            VmmRunState::Starting => VmmRunState::Running,
+            VmmRunState::Stopping => VmmRunState::Exited(ExitReason::Stopped),
+            other => other,
+        };
+        changed = true;
+    }
+    changed
+}
+
+/// A machine read from its file lost its deadlines: transitions under way have finished.
+fn settle_reloaded(machine: &mut Machine) {
+    for vmm in machine.vmms.values_mut() {
+        if !vmm.responsive {
+            continue;
+        }
+        vmm.state = match vmm.state {
+            VmmRunState::Starting => VmmRunState::Running,
+            VmmRunState::Stopping => VmmRunState::Exited(ExitReason::Stopped),
+            other => other,
+        };
+    }
+}
+
+#[async_trait]
+impl Hypervisor for SimHypervisor {
+    async fn boot_id(&self) -> Result<BootId, HypervisorError> {
+        Ok(self.powered()?.boot_id)
+    }
+
+    async fn create(&self, launch: &VmmLaunch) -> Result<(), HypervisorError> {
+        let mut machine = self.powered()?;
+        if machine.vmms.contains_key(&launch.id) {
+            return Ok(());
+        }
+        let free = self.free(&machine);
+        if !launch.resources.fits_within(&free) {
+            return Err(HypervisorError::NoCapacity {
+                id: launch.id.clone(),
+                needed: launch.resources,
+                free,
+            });
+        }
+        machine.vmms.insert(
+            launch.id.clone(),
+            SimVmm {
+                launch: launch.clone(),
+                state: VmmRunState::Starting,
+                responsive: true,
+                settles_at: Some(Instant::now() + self.timing.boot_time),
+            },
+        );
+        self.persist(&machine)
+    }
+
+    async fn stop(&self, id: &VmmId) -> Result<(), HypervisorError> {
+        let mut machine = self.powered()?;
+        let stop_time = self.timing.stop_time;
+        let vmm = machine
+            .vmms
+            .get_mut(id)
+            .ok_or_else(|| HypervisorError::NotFound(id.clone()))?;
+        if !vmm.responsive {
+            return Ok(());
+        }
+        match vmm.state {
+            VmmRunState::Starting | VmmRunState::Running => {
+                vmm.state = VmmRunState::Stopping;
+                vmm.settles_at = Some(Instant::now() + stop_time);
+                self.persist(&machine)
+            }
+            VmmRunState::Stopping | VmmRunState::Exited(_) => Ok(()),
+        }
+    }
+
+    async fn destroy(&self, id: &VmmId) -> Result<(), HypervisorError> {
+        let mut machine = self.powered()?;
+        if machine.vmms.remove(id).is_some() {
+            self.persist(&machine)?;
+        }
+        Ok(())
+    }
+
+    async fn reboot(&self, id: &VmmId) -> Result<(), HypervisorError> {
+        let mut machine = self.powered()?;
+        let boot_time = self.timing.boot_time;
+        let vmm = machine
+            .vmms
+            .get_mut(id)
+            .ok_or_else(|| HypervisorError::NotFound(id.clone()))?;
+        if !vmm.responsive {
+            return Ok(());
+        }
+        match vmm.state {
+            VmmRunState::Starting | VmmRunState::Running => {
+                vmm.state = VmmRunState::Starting;
+                vmm.settles_at = Some(Instant::now() + boot_time);
+                self.persist(&machine)
+            }
+            VmmRunState::Stopping | VmmRunState::Exited(_) => {
+                Err(HypervisorError::Ended(id.clone()))
+            }
+        }
+    }
+
+    async fn inspect(&self, id: &VmmId) -> Result<Option<VmmInfo>, HypervisorError> {
+        let machine = self.powered()?;
+        let now = Instant::now();
+        Ok(machine.vmms.get(id).map(|vmm| vmm.info(now)))
+    }
+
+    async fn list(&self) -> Result<Vec<VmmInfo>, HypervisorError> {
+        let machine = self.powered()?;
+        let now = Instant::now();
+        Ok(machine.vmms.values().map(|vmm| vmm.info(now)).collect())
+    }
+
+    fn changes(&self) -> broadcast::Receiver<VmmId> {
+        self.changes.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn launch(id: &str, cpus: u32) -> VmmLaunch {
+        VmmLaunch {
+            id: VmmId::from(id),
+            namespace: "default".into(),
+            name: format!("vmm-{id}"),
+            instance: format!("inst-{id}"),
+            resources: Resources {
+                cpus,
+                memory_mib: 512,
+            },
+            image: "debian".into(),
+        }
+    }
+
+    fn capacity() -> Resources {
+        Resources {
+            cpus: 8,
+            memory_mib: 8192,
+        }
+    }
+
+    fn machine(dir: &Path) -> Arc<SimHypervisor> {
+        let sim = SimHypervisor::open(dir, SimTiming::default(), capacity()).unwrap();
+        sim.power_on().unwrap();
+        sim
+    }
+
+    async fn state(sim: &SimHypervisor, id: &str) -> Option<VmmRunState> {
+        sim.inspect(&VmmId::from(id))
+            .await
+            .unwrap()
+            .map(|info| info.state)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_vmm_boots_for_the_boot_time_and_stops_for_the_stop_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let sim = machine(dir.path());
+        sim.create(&launch("a", 2)).await.unwrap();
+        assert_eq!(state(&sim, "a").await, Some(VmmRunState::Starting));
+        let info = sim.inspect(&VmmId::from("a")).await.unwrap().unwrap();
+        assert_eq!(info.settles_in, Some(Duration::from_secs(1)));
+        tokio::time::advance(Duration::from_millis(999)).await;
+        assert_eq!(state(&sim, "a").await, Some(VmmRunState::Starting));
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert_eq!(state(&sim, "a").await, Some(VmmRunState::Running));
+
+        sim.stop(&VmmId::from("a")).await.unwrap();
+        assert_eq!(state(&sim, "a").await, Some(VmmRunState::Stopping));
+        tokio::time::advance(Duration::from_millis(500)).await;
+        assert_eq!(
+            state(&sim, "a").await,
+            Some(VmmRunState::Exited(ExitReason::Stopped))
+        );
+        sim.destroy(&VmmId::from("a")).await.unwrap();
+        sim.destroy(&VmmId::from("a")).await.unwrap();
+        assert_eq!(state(&sim, "a").await, None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn create_is_idempotent_and_refuses_beyond_capacity() {
+        let dir = tempfile::tempdir().unwrap();
+        let sim = machine(dir.path());
+        sim.create(&launch("a", 6)).await.unwrap();
+        sim.create(&launch("a", 6)).await.unwrap();
+        assert_eq!(sim.list().await.unwrap().len(), 1);
+        let refused = sim.create(&launch("b", 4)).await;
+        assert!(matches!(refused, Err(HypervisorError::NoCapacity { .. })));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_machine_outlives_the_process_until_it_is_powered_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let boot_id = {
+            let sim = machine(dir.path());
+            sim.create(&launch("a", 2)).await.unwrap();
+            sim.create(&launch("b", 2)).await.unwrap();
+            sim.crash(&VmmId::from("b")).unwrap();
+            sim.boot_id().await.unwrap()
+        };
+        // A new process: the boot under way has completed, the crash is remembered.
+        let sim = SimHypervisor::open(dir.path(), SimTiming::default(), capacity()).unwrap();
+        assert!(sim.is_on());
+        assert_eq!(sim.boot_id().await.unwrap(), boot_id);
+        assert_eq!(state(&sim, "a").await, Some(VmmRunState::Running));
+        assert_eq!(
+            state(&sim, "b").await,
+            Some(VmmRunState::Exited(ExitReason::GuestCrashed))
+        );
+
+        sim.power_off().unwrap();
+        assert!(matches!(sim.list().await, Err(HypervisorError::PoweredOff)));
+        let new_boot = sim.power_on().unwrap();
+        assert_ne!(new_boot, boot_id);
+        assert!(sim.list().await.unwrap().is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn faults_are_announced_and_a_hung_vmm_ignores_stop() {
+        let dir = tempfile::tempdir().unwrap();
+        let sim = machine(dir.path());
+        let mut changes = sim.changes();
+        sim.create(&launch("a", 1)).await.unwrap();
+        sim.create(&launch("b", 1)).await.unwrap();
+        sim.create(&launch("c", 1)).await.unwrap();
+        tokio::time::advance(Duration::from_secs(1)).await;
+
+        sim.guest_shutdown(&VmmId::from("a")).unwrap();
+        assert_eq!(changes.recv().await.unwrap(), VmmId::from("a"));
+        assert_eq!(
+            state(&sim, "a").await,
+            Some(VmmRunState::Exited(ExitReason::GuestShutdown))
+        );
+        sim.kill(&VmmId::from("b")).unwrap();
+        assert_eq!(changes.recv().await.unwrap(), VmmId::from("b"));
+        assert_eq!(state(&sim, "b").await, None);
+
+        sim.hang(&VmmId::from("c")).unwrap();
+        sim.stop(&VmmId::from("c")).await.unwrap();
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert_eq!(state(&sim, "c").await, Some(VmmRunState::Running));
+        sim.destroy(&VmmId::from("c")).await.unwrap();
+        assert_eq!(state(&sim, "c").await, None);
+
+        let unknown = sim
+            .spawn_unknown(UnknownVmm {
+                namespace: Some("default".into()),
+                instance: Some("web".into()),
+                resources: Resources::default(),
+            })
+            .unwrap();
+        assert_eq!(changes.recv().await.unwrap(), unknown);
+        assert_eq!(sim.find("default", "vmm-a"), Some(VmmId::from("a")));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn reboot_boots_again_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let sim = machine(dir.path());
+        sim.create(&launch("a", 1)).await.unwrap();
+        tokio::time::advance(Duration::from_secs(1)).await;
+        sim.reboot(&VmmId::from("a")).await.unwrap();
+        assert_eq!(state(&sim, "a").await, Some(VmmRunState::Starting));
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(state(&sim, "a").await, Some(VmmRunState::Running));
+        sim.crash(&VmmId::from("a")).unwrap();
+        assert!(matches!(
+            sim.reboot(&VmmId::from("a")).await,
+            Err(HypervisorError::Ended(_))
+        ));
+    }
+}

@@ -1,0 +1,297 @@
+//! The agent's own `Sled`: registering it, and keeping `Sled.status` equal to what the agent
+//! knows, with as few writes as possible.
+//!
+//! Writes are the bottleneck of a large rack (a hundred sleds, ten thousand VMMs), so the
+//! status is *debounced*: [`SledReporter`] keeps the report the agent wants the API to show;
+//! its writer task writes it only when it changed, and at most once per `min_interval`. Many
+//! changes inside one interval become one write.
+//!
+//! # Reads and writes
+//! - Creates the Sled if it is absent (spec and labels from the config); never changes the
+//!   spec or labels of an existing Sled: they belong to operators.
+//! - Writes only the `Sled.status` fields the agent owns (capacity, allocated, vmms, epoch,
+//!   agentVersion, agentAddress, conditions `Ready` and `Diverged`), keeping any other
+//!   writer's conditions (`Fenced`). Every write is a merge patch conditional on the
+//!   resourceVersion it was computed from; a conflict rereads the Sled and tries once more.
+//!
+//! # Guarantees
+//! - [`SledReporter::flush`] returns once the report as it was at the call has been written
+//!   (or the bound passed), so that a short-lived state (an unknown VMM being repaired) is
+//!   seen by the API before it ends.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use corral_crds::condition;
+use corral_crds::{
+    ConditionStatus, Reason, Resources, Sled, SledConditionType, SledSpec, SledStatus,
+};
+use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
+use tokio::sync::{Notify, watch};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// The part of `Sled.status` the agent owns, as it wants the API to show it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SledReport {
+    pub capacity: Resources,
+    pub allocated: Resources,
+    pub vmms: u32,
+    pub epoch: u64,
+    pub agent_version: String,
+    pub agent_address: Option<String>,
+    pub diverged: Divergence,
+}
+
+/// The `Diverged` condition.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Divergence {
+    pub status: ConditionStatus,
+    pub reason: Reason,
+    pub message: String,
+}
+
+impl Divergence {
+    pub fn converged() -> Divergence {
+        Divergence {
+            status: ConditionStatus::False,
+            reason: Reason::Converged,
+            message: String::new(),
+        }
+    }
+}
+
+/// `base` (the status as the API last showed it) with the agent's fields set from `report`.
+pub fn render_status(
+    base: Option<&SledStatus>,
+    report: &SledReport,
+    now: jiff::Timestamp,
+) -> SledStatus {
+    let mut status = base.cloned().unwrap_or_default();
+    status.capacity = report.capacity;
+    status.allocated = report.allocated;
+    status.vmms = report.vmms;
+    status.epoch = report.epoch;
+    status.agent_version = report.agent_version.clone();
+    status.agent_address = report.agent_address.clone();
+    condition::set(
+        &mut status.conditions,
+        SledConditionType::Ready,
+        ConditionStatus::True,
+        Reason::AgentReady,
+        "the node-agent runs",
+        now,
+    );
+    condition::set(
+        &mut status.conditions,
+        SledConditionType::Diverged,
+        report.diverged.status,
+        report.diverged.reason,
+        report.diverged.message.clone(),
+        now,
+    );
+    status
+}
+
+/// Creates the Sled named `name` unless it exists; returns it as stored.
+pub async fn register(
+    api: &Api<Sled>,
+    name: &str,
+    spec: SledSpec,
+    labels: &BTreeMap<String, String>,
+) -> Result<Sled, kube::Error> {
+    if let Some(sled) = api.get_opt(name).await? {
+        return Ok(sled);
+    }
+    let sled = Sled {
+        metadata: ObjectMeta {
+            name: Some(name.to_string()),
+            labels: (!labels.is_empty()).then(|| labels.clone()),
+            ..Default::default()
+        },
+        spec,
+        status: None,
+    };
+    match api.create(&PostParams::default(), &sled).await {
+        Ok(created) => Ok(created),
+        Err(kube::Error::Api(status)) if status.code == 409 => api.get(name).await,
+        Err(error) => Err(error),
+    }
+}
+
+/// Keeps `Sled.status` up to date (see the module docs).
+pub struct SledReporter {
+    api: Api<Sled>,
+    name: String,
+    min_interval: Duration,
+    /// The wanted report and its sequence number (bumped on every change).
+    wanted: Mutex<(u64, SledReport)>,
+    /// The Sled as the last write (or read) returned it.
+    stored: Mutex<Sled>,
+    changed: Notify,
+    /// The sequence number of the last report written.
+    written: watch::Sender<u64>,
+}
+
+impl SledReporter {
+    pub fn new(api: Api<Sled>, sled: Sled, report: SledReport, min_interval: Duration) -> Self {
+        SledReporter {
+            api,
+            name: sled.metadata.name.clone().unwrap_or_default(),
+            min_interval,
+            wanted: Mutex::new((1, report)),
+            stored: Mutex::new(sled),
+            changed: Notify::new(),
+            written: watch::channel(0).0,
+        }
+    }
+
+    /// The Sled as last stored (for Event references).
+    pub fn sled(&self) -> Sled {
+        self.stored.lock().expect("sled lock").clone()
+    }
+
+    /// Changes the wanted report; wakes the writer if anything differs.
+    pub fn update(&self, change: impl FnOnce(&mut SledReport)) {
+        let mut wanted = self.wanted.lock().expect("report lock");
+        let mut report = wanted.1.clone();
+        change(&mut report);
+        if report != wanted.1 {
+            wanted.0 += 1;
+            wanted.1 = report;
+            self.changed.notify_one();
+        }
+    }
+
+    /// Waits (at most `bound`) until the report as it is now has been written.
+    pub async fn flush(&self, bound: Duration) {
+        let target = self.wanted.lock().expect("report lock").0;
+        let mut written = self.written.subscribe();
+        let _ = tokio::time::timeout(bound, written.wait_for(|seq| *seq >= target)).await;
+    }
+
+    /// Writes the wanted report now.
+    pub async fn write_now(&self) -> Result<(), kube::Error> {
+        let (seq, report) = self.wanted.lock().expect("report lock").clone();
+        self.write(&report).await?;
+        self.written.send_replace(seq);
+        Ok(())
+    }
+
+    /// The writer: at most one write per `min_interval`, only when the report changed.
+    pub async fn run(&self, shutdown: CancellationToken) {
+        let mut last_write = Instant::now();
+        loop {
+            let pending = self.wanted.lock().expect("report lock").0 > *self.written.borrow();
+            if !pending {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = self.changed.notified() => continue,
+                }
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep_until(last_write + self.min_interval) => {}
+            }
+            // Everything that changed while waiting goes out in this one write.
+            let (seq, report) = self.wanted.lock().expect("report lock").clone();
+            last_write = Instant::now();
+            match self.write(&report).await {
+                Ok(()) => {
+                    self.written.send_replace(seq);
+                }
+                Err(error) => tracing::warn!(%error, sled = %self.name, "writing the sled status"),
+            }
+        }
+    }
+
+    async fn write(&self, report: &SledReport) -> Result<(), kube::Error> {
+        let mut base = self.sled();
+        for attempt in 0..2 {
+            let status = render_status(base.status.as_ref(), report, corral_client::clock::now());
+            let mut body = serde_json::to_value(&status).expect("a status serializes");
+            if status.agent_address.is_none() {
+                body["agentAddress"] = serde_json::Value::Null;
+            }
+            let patch = serde_json::json!({
+                "metadata": { "resourceVersion": base.metadata.resource_version },
+                "status": body,
+            });
+            match self
+                .api
+                .patch_status(&self.name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+            {
+                Ok(stored) => {
+                    *self.stored.lock().expect("sled lock") = stored;
+                    return Ok(());
+                }
+                Err(kube::Error::Api(status)) if status.code == 409 && attempt == 0 => {
+                    base = self.api.get(&self.name).await?;
+                    *self.stored.lock().expect("sled lock") = base.clone();
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        unreachable!("the second attempt returns")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+    fn report() -> SledReport {
+        SledReport {
+            capacity: Resources {
+                cpus: 8,
+                memory_mib: 8192,
+            },
+            allocated: Resources {
+                cpus: 2,
+                memory_mib: 1024,
+            },
+            vmms: 1,
+            epoch: 3,
+            agent_version: "0.1.0".into(),
+            agent_address: Some("127.0.0.1:9000".into()),
+            diverged: Divergence::converged(),
+        }
+    }
+
+    #[test]
+    fn the_status_keeps_other_writers_conditions_and_transition_times() {
+        let t0 = jiff::Timestamp::from_second(1_000).unwrap();
+        let t1 = jiff::Timestamp::from_second(2_000).unwrap();
+        let first = render_status(None, &report(), t0);
+        assert!(condition::is_true(
+            &first.conditions,
+            SledConditionType::Ready
+        ));
+        assert_eq!(first.epoch, 3);
+        let mut base = first.clone();
+        condition::set(
+            &mut base.conditions,
+            SledConditionType::Fenced,
+            ConditionStatus::False,
+            Reason::Converged,
+            "",
+            t0,
+        );
+        let mut diverged = report();
+        diverged.diverged = Divergence {
+            status: ConditionStatus::True,
+            reason: Reason::UnknownVmm,
+            message: "x".into(),
+        };
+        let second = render_status(Some(&base), &diverged, t1);
+        assert!(condition::find(&second.conditions, SledConditionType::Fenced).is_some());
+        let ready = condition::find(&second.conditions, SledConditionType::Ready).unwrap();
+        assert_eq!(ready.last_transition_time, Time(t0));
+        let divergence = condition::find(&second.conditions, SledConditionType::Diverged).unwrap();
+        assert_eq!(divergence.reason, Reason::UnknownVmm);
+        assert_eq!(divergence.last_transition_time, Time(t1));
+    }
+}
