@@ -176,11 +176,23 @@ impl Context {
         self.ledger.observe(event);
         self.index.observe(event);
         match event {
-            watcher::Event::Apply(vmm) | watcher::Event::InitApply(vmm) => {
+            watcher::Event::Apply(vmm) => {
                 let key = format!("{}/{}", vmm.namespace().unwrap_or_default(), vmm.name_any());
                 self.in_flight.lock().expect("in-flight lock").remove(&key);
             }
-            watcher::Event::InitDone => self.vmms_synced.store(true, Ordering::Release),
+            // A relist reaches the store only at its end.
+            watcher::Event::InitDone => {
+                self.in_flight
+                    .lock()
+                    .expect("in-flight lock")
+                    .retain(|key, _| {
+                        let (namespace, name) = key.split_once('/').unwrap_or_default();
+                        self.vmms
+                            .get(&ObjectRef::new(name).within(namespace))
+                            .is_none()
+                    });
+                self.vmms_synced.store(true, Ordering::Release);
+            }
             _ => {}
         }
     }
@@ -218,24 +230,26 @@ pub async fn controller(client: kube::Client, concurrency: u16, stop: Cancellati
         recorder: Recorder::new(client.clone(), "instance-controller"),
     });
     let tap = context.clone();
+    // The taps run after `reflect`, so that whatever they announce (a Vmm seen, a cache
+    // listed) is already in the store when a reconcile looks.
     let vmm_events = watcher(Api::<Vmm>::all(client.clone()), watcher::Config::default())
         .default_backoff()
+        .reflect(vmm_writer)
         .map_ok(move |event| {
             tap.observe_vmm(&event);
             event
         })
-        .reflect(vmm_writer)
         .touched_objects();
     let tap = context.clone();
     let sled_events = watcher(Api::<Sled>::all(client.clone()), watcher::Config::default())
         .default_backoff()
+        .reflect(sled_writer)
         .map_ok(move |event| {
             if matches!(event, watcher::Event::InitDone) {
                 tap.sleds_synced.store(true, Ordering::Release);
             }
             event
         })
-        .reflect(sled_writer)
         .touched_objects();
     let instances = Api::<Instance>::all(client);
     Controller::new(instances, watcher::Config::default())
@@ -270,6 +284,22 @@ async fn reconcile(instance: Arc<Instance>, context: Arc<Context>) -> Result<Req
         .as_ref()
         .and_then(|s| s.active_vmm.as_ref())
         .is_some_and(|name| context.is_in_flight(&namespace, name));
+    if let Some(active) = instance.status.as_ref().and_then(|s| s.active_vmm.as_ref())
+        && !active_in_flight
+        && !vmms.iter().any(|vmm| vmm.name_any() == *active)
+    {
+        // Absence from a cache proves nothing: read the Vmm before planning on its absence
+        // (a restart elsewhere while it runs would run the instance twice).
+        let api: Api<Vmm> = Api::namespaced(context.client.clone(), &namespace);
+        let live = api.get_opt(active).await.map_err(|source| Error::Api {
+            operation: "reading vmm",
+            object: format!("{namespace}/{active}"),
+            source,
+        })?;
+        if live.is_some() {
+            return Ok(Requeue::requeue(Duration::from_millis(200)));
+        }
+    }
     let sleds = context.sleds.state();
     let observed = Observed {
         instance: &instance,

@@ -72,12 +72,43 @@ pub async fn start_sleds(
         config.fault_listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
         config.power_controller_url = power_url.map(|url| power_controller_url(url, &name));
         config.failure_domain = Some(format!("shelf-{}", (index - 1) / 8 + 1));
+        if let Some(url) = &config.power_controller_url {
+            point_at_power_controller(client, &name, url).await?;
+        }
         let handle = SimSled::start(config, mode)
             .await
             .with_context(|| format!("starting simulated sled {name}"))?;
         controllers.insert(handle);
     }
     Ok(controllers)
+}
+
+/// Sets `spec.powerController` of an existing Sled to `url`. The power controllers of
+/// simulated sleds are this process's (their port changes from one start to the next), so it
+/// keeps the inventory true; a Sled that does not exist yet gets the URL when its agent
+/// registers it.
+async fn point_at_power_controller(
+    client: &kube::Client,
+    name: &str,
+    url: &str,
+) -> anyhow::Result<()> {
+    let sleds: kube::Api<corral_crds::Sled> = kube::Api::all(client.clone());
+    let Some(sled) = sleds.get_opt(name).await? else {
+        return Ok(());
+    };
+    if sled.spec.power_controller.as_deref() == Some(url) {
+        return Ok(());
+    }
+    let patch = serde_json::json!({"spec": {"powerController": url}});
+    sleds
+        .patch(
+            name,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&patch),
+        )
+        .await
+        .with_context(|| format!("recording the power controller of {name}"))?;
+    Ok(())
 }
 
 /// Serves the power controllers of `controllers` on `listener` until `stop`.
@@ -250,7 +281,9 @@ pub async fn node_agent(args: NodeAgentArgs) -> anyhow::Result<()> {
         None => None,
     };
     if let Some(listener) = &power_listener {
-        config.power_controller_url = Some(format!("http://{}", listener.local_addr()?));
+        let url = format!("http://{}", listener.local_addr()?);
+        point_at_power_controller(&client, &args.sled, &url).await?;
+        config.power_controller_url = Some(url);
     }
     let mode = if args.cold_start {
         StartMode::ColdStart

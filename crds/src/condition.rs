@@ -60,6 +60,8 @@ string_enum! {
         // Sled.
         /// The node-agent runs and renews its Lease.
         AgentReady,
+        /// The node-agent stopped cleanly; nothing on the sled is reconciled until it is back.
+        AgentStopped,
         /// The node-agent stopped renewing its Lease.
         HeartbeatExpired,
         /// An operator cordoned the sled.

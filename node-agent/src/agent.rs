@@ -19,8 +19,9 @@
 //! - Nothing is accepted before the epoch is journaled and reported.
 //!
 //! # Shutdown
-//! Cancelling the token stops the watch, lets reconciles under way finish, and stops the other
-//! tasks; VMMs keep running (they are not the agent's). An agent whose machine loses power is
+//! Cancelling the token stops the watch, lets reconciles under way finish, stops the other
+//! tasks and reports `Ready=False` (`AgentStopped`); VMMs keep running (they are not the
+//! agent's). An agent whose machine loses power is
 //! aborted instead (see `power.rs`).
 
 use std::collections::BTreeMap;
@@ -47,6 +48,9 @@ use crate::journal::{EpochRecord, Journal, JournalError};
 use crate::reconcile::{self, Context, DisplayChain, Ledger};
 use crate::sim::SimTiming;
 use crate::sled::{Divergence, SledReport, SledReporter};
+
+/// How long a clean stop waits to report `Ready=False`.
+const STOP_REPORT_BOUND: Duration = Duration::from_secs(2);
 
 /// The agent's version, reported in `Sled.status.agentVersion`.
 pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -267,6 +271,7 @@ impl Agent {
             agent_version: AGENT_VERSION.to_string(),
             agent_address: agent_address.clone(),
             diverged: Divergence::converged(),
+            running: true,
         };
         let reporter = SledReporter::new(sleds.clone(), sled, report, config.intervals.sled_status);
         reporter
@@ -429,6 +434,17 @@ impl Agent {
             }
             // One task ending means the agent is stopping: stop the others too.
             stop.cancel();
+        }
+        if shutdown.is_cancelled() {
+            // A clean stop says so, so that nothing is placed here while no agent watches.
+            ctx.sled.update(|report| report.running = false);
+            match tokio::time::timeout(STOP_REPORT_BOUND, ctx.sled.write_now()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => {
+                    tracing::warn!(sled = %name, %error, "reporting the stop")
+                }
+                Err(_) => tracing::warn!(sled = %name, "reporting the stop timed out"),
+            }
         }
         journal.close().await;
         tracing::info!(sled = %name, "node-agent stopped");

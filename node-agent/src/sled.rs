@@ -42,6 +42,8 @@ pub struct SledReport {
     pub agent_version: String,
     pub agent_address: Option<String>,
     pub diverged: Divergence,
+    /// The agent runs (`Ready=True`); false once it stopped cleanly.
+    pub running: bool,
 }
 
 /// The `Diverged` condition.
@@ -75,12 +77,25 @@ pub fn render_status(
     status.epoch = report.epoch;
     status.agent_version = report.agent_version.clone();
     status.agent_address = report.agent_address.clone();
+    let (ready, reason, message) = if report.running {
+        (
+            ConditionStatus::True,
+            Reason::AgentReady,
+            "the node-agent runs",
+        )
+    } else {
+        (
+            ConditionStatus::False,
+            Reason::AgentStopped,
+            "the node-agent stopped; nothing on the sled is reconciled",
+        )
+    };
     condition::set(
         &mut status.conditions,
         SledConditionType::Ready,
-        ConditionStatus::True,
-        Reason::AgentReady,
-        "the node-agent runs",
+        ready,
+        reason,
+        message,
         now,
     );
     condition::set(
@@ -258,6 +273,7 @@ mod tests {
             agent_version: "0.1.0".into(),
             agent_address: Some("127.0.0.1:9000".into()),
             diverged: Divergence::converged(),
+            running: true,
         }
     }
 

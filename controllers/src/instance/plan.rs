@@ -245,7 +245,9 @@ fn plan_active(planner: &mut Planner<'_>) {
     let active = observed.vmms.iter().find(|v| v.name_any() == name);
     let should_run = should_run(observed.instance, &planner.status);
     let Some(vmm) = active else {
-        let never_seen = planner.status.state == Some(InstanceState::Creating);
+        // Placement sets `Running` to `VmmPending`, and only a VMM seen booting changes it.
+        let never_seen = condition::find(&planner.status.conditions, Cond::Running)
+            .is_none_or(|c| c.reason == Reason::VmmPending);
         if !should_run {
             // Nothing was seen running under this name: forget it (the reaper removes a Vmm
             // created after all).
@@ -872,6 +874,46 @@ mod tests {
             kinds(&restarted)
         );
         assert_eq!(restarted.status.restarts, 1);
+    }
+
+    #[test]
+    fn a_restarted_vmm_that_was_never_seen_is_created_not_declared_missing() {
+        let named = applied(
+            instance(RunStrategy::Always),
+            &run(&instance(RunStrategy::Always), &[]),
+        );
+        let ended = run(
+            &named,
+            &[vmm(
+                "web-v1",
+                Some(VmmState::Failed),
+                Some(Reason::StaleSledEpoch),
+            )],
+        );
+        let restarting = applied(named, &ended);
+        assert_eq!(
+            restarting.status.as_ref().unwrap().active_vmm.as_deref(),
+            Some("web-v2")
+        );
+        // The controller stopped between naming web-v2 and creating it.
+        let again = run(&restarting, &[]);
+        assert!(
+            kinds(&again).contains(&"Create(web-v2@sled-2)".to_string()),
+            "{:?}",
+            kinds(&again)
+        );
+        assert!(again.status.last_exit.is_none());
+        // One that booted and vanished is missing.
+        let booting = run(
+            &restarting,
+            &[vmm("web-v2", Some(VmmState::Starting), None)],
+        );
+        let gone = run(&applied(restarting, &booting), &[]);
+        assert!(
+            kinds(&gone).contains(&"Event(VmmMissing)".to_string()),
+            "{:?}",
+            kinds(&gone)
+        );
     }
 
     #[test]
