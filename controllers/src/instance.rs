@@ -2,7 +2,7 @@
 //! sled, and its `status` true to what its Vmms report.
 //!
 //! Reads Instances (primary), Vmms (owned: a Vmm event wakes its Instance) and Sleds (for
-//! placement). Writes `Instance.status` (it alone), the instance finalizer, Vmms (create,
+//! placement; a Sled reporting an unknown VMM wakes the Instance the VMM claims to be). Writes `Instance.status` (it alone), the instance finalizer, Vmms (create,
 //! delete, `spec.rebootRequest`) and Events. The decisions are [`plan::plan`]'s; this file
 //! wires the watches and executes plans.
 //!
@@ -254,9 +254,7 @@ pub async fn controller(client: kube::Client, concurrency: u16, stop: Cancellati
     let instances = Api::<Instance>::all(client);
     Controller::new(instances, watcher::Config::default())
         .owns_stream(vmm_events)
-        .watches_stream(sled_events, |_sled: Sled| {
-            std::iter::empty::<ObjectRef<Instance>>()
-        })
+        .watches_stream(sled_events, claimed_instances)
         .with_config(kube::runtime::controller::Config::default().concurrency(concurrency))
         .graceful_shutdown_on(async move { stop.cancelled().await })
         .run(reconcile, error_policy, context)
@@ -301,10 +299,12 @@ async fn reconcile(instance: Arc<Instance>, context: Arc<Context>) -> Result<Req
         }
     }
     let sleds = context.sleds.state();
+    let unknown_vmms = claims_of(&sleds, &namespace, &instance.name_any());
     let observed = Observed {
         instance: &instance,
         vmms: &vmms,
         active_in_flight,
+        unknown_vmms,
         now: corral_client::clock::now(),
     };
     let plan = plan::plan(&observed, &mut |vmm_name, avoid| {
@@ -326,6 +326,32 @@ async fn reconcile(instance: Arc<Instance>, context: Arc<Context>) -> Result<Req
         Some(after) => Requeue::requeue(after),
         None => Requeue::requeue(RESYNC),
     })
+}
+
+/// The unknown VMMs the sleds report that claim to be `namespace/name`, as (sled, VMM id).
+fn claims_of(sleds: &[Arc<Sled>], namespace: &str, name: &str) -> Vec<(String, String)> {
+    sleds
+        .iter()
+        .flat_map(|sled| {
+            let unknown = sled.status.iter().flat_map(|s| s.unknown_vmms.iter());
+            unknown
+                .filter(|u| {
+                    u.namespace.as_deref() == Some(namespace) && u.instance.as_deref() == Some(name)
+                })
+                .map(|u| (sled.name_any(), u.id.clone()))
+        })
+        .collect()
+}
+
+/// The Instances a Sled's unknown VMMs claim to be.
+fn claimed_instances(sled: Sled) -> Vec<ObjectRef<Instance>> {
+    sled.status
+        .iter()
+        .flat_map(|s| s.unknown_vmms.iter())
+        .filter_map(|u| {
+            Some(ObjectRef::new(u.instance.as_deref()?).within(u.namespace.as_deref()?))
+        })
+        .collect()
 }
 
 fn error_policy(_instance: Arc<Instance>, error: &Error, _context: Arc<Context>) -> Requeue {

@@ -80,7 +80,7 @@ pub use instance::{
     EvictionStrategy, Instance, InstanceConditionType, InstanceExit, InstanceSpec, InstanceState,
     InstanceStatus, Nic, RunStrategy,
 };
-pub use sled::{Resources, Sled, SledConditionType, SledSpec, SledStatus};
+pub use sled::{Resources, Sled, SledConditionType, SledSpec, SledStatus, UnknownVmmReport};
 pub use vmm::{Vmm, VmmConditionType, VmmSpec, VmmState, VmmStatus};
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;

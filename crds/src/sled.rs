@@ -118,6 +118,23 @@ pub struct SledStatus {
     /// Where the agent's fault-injection and migration API listens, if anywhere.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent_address: Option<String>,
+    /// VMMs running on the sled that no Vmm assigns to it, while the agent repairs them
+    /// (`Diverged=True`, reason `UnknownVmm`); empty otherwise.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unknown_vmms: Vec<UnknownVmmReport>,
     #[serde(default)]
     pub conditions: Vec<Condition<SledConditionType>>,
+}
+
+/// A VMM on a sled that no Vmm assigns, as the sled's node-agent reports it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UnknownVmmReport {
+    /// The hypervisor's id of the VMM.
+    pub id: String,
+    /// The instance the VMM claims to be (from its launch parameters), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
 }

@@ -272,6 +272,7 @@ impl Agent {
             agent_address: agent_address.clone(),
             diverged: Divergence::converged(),
             running: true,
+            unknown: Vec::new(),
         };
         let reporter = SledReporter::new(sleds.clone(), sled, report, config.intervals.sled_status);
         reporter

@@ -10,10 +10,11 @@
 //!   assigns").
 //!
 //! # What it does
-//! - Unassigned VMMs: sets the Sled's `Diverged=True` (reason `UnknownVmm`) and waits for that
-//!   to be written, records `DivergenceDetected` on the Sled (and on the Instance the VMM
+//! - Unassigned VMMs: sets the Sled's `Diverged=True` (reason `UnknownVmm`) and lists them in
+//!   `status.unknownVmms`, and waits for that to be written, records `DivergenceDetected` on the Sled (and on the Instance the VMM
 //!   claims to be, if it exists), destroys them, forgets their records, then sets
-//!   `Diverged=False` (reason `DivergenceRepaired`) and records `DivergenceRepaired`.
+//!   `Diverged=False` (reason `DivergenceRepaired`), empties `unknownVmms` and records
+//!   `DivergenceRepaired`.
 //! - A record whose Vmm is gone from the API and whose VMM is gone from the machine is
 //!   forgotten.
 //! - Every other recorded Vmm whose `plan` is not a no-op (a VMM killed, ended, finished
@@ -30,7 +31,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use corral_client::events::{self, EventType};
-use corral_crds::{ConditionStatus, Instance, Reason, Vmm};
+use corral_crds::{ConditionStatus, Instance, Reason, UnknownVmmReport, Vmm};
 use kube::ResourceExt;
 use kube::api::Api;
 use kube::runtime::reflector::ObjectRef;
@@ -199,12 +200,25 @@ async fn repair(ctx: &Context, unassigned: &[VmmInfo]) -> Result<(), ScanError> 
         names.join(", ")
     );
     tracing::warn!(sled = %ctx.sled_name, %message, "divergence");
+    let reports: Vec<UnknownVmmReport> = unassigned
+        .iter()
+        .map(|info| {
+            let launch = &info.launch;
+            let claims = !launch.instance.is_empty() && !launch.namespace.is_empty();
+            UnknownVmmReport {
+                id: launch.id.to_string(),
+                namespace: claims.then(|| launch.namespace.clone()),
+                instance: claims.then(|| launch.instance.clone()),
+            }
+        })
+        .collect();
     ctx.sled.update(|report| {
         report.diverged = Divergence {
             status: ConditionStatus::True,
             reason: Reason::UnknownVmm,
             message: message.clone(),
         };
+        report.unknown = reports;
     });
     ctx.sled.flush(FLUSH_BOUND).await;
     let sled = events::reference(&ctx.sled.sled());
@@ -250,6 +264,7 @@ async fn repair(ctx: &Context, unassigned: &[VmmInfo]) -> Result<(), ScanError> 
             reason: Reason::DivergenceRepaired,
             message: repaired.clone(),
         };
+        report.unknown.clear();
     });
     ctx.recorder
         .publish(

@@ -10,7 +10,7 @@
 //! - Creates the Sled if it is absent (spec and labels from the config); never changes the
 //!   spec or labels of an existing Sled: they belong to operators.
 //! - Writes only the `Sled.status` fields the agent owns (capacity, allocated, vmms, epoch,
-//!   agentVersion, agentAddress, conditions `Ready` and `Diverged`), keeping any other
+//!   agentVersion, agentAddress, unknownVmms, conditions `Ready` and `Diverged`), keeping any other
 //!   writer's conditions (`Fenced`). Every write is a merge patch conditional on the
 //!   resourceVersion it was computed from; a conflict rereads the Sled and tries once more.
 //!
@@ -26,6 +26,7 @@ use std::time::Duration;
 use corral_crds::condition;
 use corral_crds::{
     ConditionStatus, Reason, Resources, Sled, SledConditionType, SledSpec, SledStatus,
+    UnknownVmmReport,
 };
 use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
 use tokio::sync::{Notify, watch};
@@ -44,6 +45,8 @@ pub struct SledReport {
     pub diverged: Divergence,
     /// The agent runs (`Ready=True`); false once it stopped cleanly.
     pub running: bool,
+    /// Unassigned VMMs being repaired (`status.unknownVmms`).
+    pub unknown: Vec<UnknownVmmReport>,
 }
 
 /// The `Diverged` condition.
@@ -77,6 +80,7 @@ pub fn render_status(
     status.epoch = report.epoch;
     status.agent_version = report.agent_version.clone();
     status.agent_address = report.agent_address.clone();
+    status.unknown_vmms = report.unknown.clone();
     let (ready, reason, message) = if report.running {
         (
             ConditionStatus::True,
@@ -226,8 +230,12 @@ impl SledReporter {
         for attempt in 0..2 {
             let status = render_status(base.status.as_ref(), report, corral_client::clock::now());
             let mut body = serde_json::to_value(&status).expect("a status serializes");
+            // A merge patch keeps what it does not mention: clear emptied fields explicitly.
             if status.agent_address.is_none() {
                 body["agentAddress"] = serde_json::Value::Null;
+            }
+            if status.unknown_vmms.is_empty() {
+                body["unknownVmms"] = serde_json::Value::Null;
             }
             let patch = serde_json::json!({
                 "metadata": { "resourceVersion": base.metadata.resource_version },
@@ -274,6 +282,7 @@ mod tests {
             agent_address: Some("127.0.0.1:9000".into()),
             diverged: Divergence::converged(),
             running: true,
+            unknown: Vec::new(),
         }
     }
 

@@ -35,6 +35,8 @@ pub const BACKOFF_MAX: Duration = Duration::from_secs(300);
 pub const STABLE_RUN: Duration = Duration::from_secs(60);
 /// How soon an instance nothing can place is tried again.
 pub const UNSCHEDULABLE_RETRY: Duration = Duration::from_secs(2);
+/// While a sled reports an unknown VMM claiming the instance, it is looked at this often.
+pub const UNKNOWN_VMM_RECHECK: Duration = Duration::from_secs(1);
 
 /// Normal or Warning.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -85,6 +87,9 @@ pub struct Observed<'a> {
     pub vmms: &'a [std::sync::Arc<Vmm>],
     /// The active Vmm was created by this controller and has not appeared in its cache yet.
     pub active_in_flight: bool,
+    /// VMMs that claim to be this instance but that no Vmm assigns (`Sled.status.unknownVmms`),
+    /// as (sled, VMM id).
+    pub unknown_vmms: Vec<(String, String)>,
     pub now: Timestamp,
 }
 
@@ -576,14 +581,25 @@ fn detect_divergence(planner: &mut Planner<'_>) {
                 ),
             )
         });
+    let unknown = observed.unknown_vmms.first().map(|(sled, id)| {
+        (
+            Reason::UnknownVmm,
+            format!(
+                "VMM {id} on {sled} claims to be this instance but no Vmm assigns it; the sled's agent destroys it"
+            ),
+        )
+    });
     let diverged = condition::is_true(&planner.status.conditions, Cond::Diverged);
-    if let Some((reason, message)) = reported.or(exited) {
+    if let Some((reason, message)) = reported.or(exited).or(unknown) {
         if !diverged {
-            planner.event(
-                Severity::Warning,
-                Reason::DivergenceDetected,
-                message.clone(),
-            );
+            // The agent that found an unknown VMM records that on the Instance itself.
+            if reason != Reason::UnknownVmm {
+                planner.event(
+                    Severity::Warning,
+                    Reason::DivergenceDetected,
+                    message.clone(),
+                );
+            }
             planner.set(Cond::Diverged, ConditionStatus::True, reason, &message);
         }
     } else if condition::find(&planner.status.conditions, Cond::Diverged).is_none() {
@@ -596,14 +612,42 @@ fn detect_divergence(planner: &mut Planner<'_>) {
     }
 }
 
-/// Ends a divergence once the instance runs again, or once it rests as its runStrategy wants.
+/// Ends a divergence once the instance runs again, or once it rests as the user chose.
 fn repair_divergence(planner: &mut Planner<'_>) {
     if !condition::is_true(&planner.status.conditions, Cond::Diverged) {
         return;
     }
+    if !planner.observed.unknown_vmms.is_empty() {
+        // The Sled's update when the agent is done may not name this instance: look again.
+        planner.requeue_within(UNKNOWN_VMM_RECHECK);
+        return;
+    }
+    if condition::find(&planner.status.conditions, Cond::Diverged)
+        .is_some_and(|c| c.reason == Reason::UnknownVmm)
+    {
+        let message = "the VMM that claimed to be this instance is gone".to_string();
+        planner.set(
+            Cond::Diverged,
+            ConditionStatus::False,
+            Reason::DivergenceRepaired,
+            &message,
+        );
+        planner.event(Severity::Normal, Reason::DivergenceRepaired, message);
+        return;
+    }
     let running = planner.status.state == Some(InstanceState::Running);
-    let resting = planner.status.active_vmm.is_none()
-        && !should_run(planner.observed.instance, &planner.status);
+    // Resting repairs only a rest the user chose: a Manual instance whose VMM was killed
+    // behind the control plane's back stays diverged (not running, though started) until it
+    // is started again or halted.
+    let instance = planner.observed.instance;
+    let chosen = instance.spec.run_strategy == RunStrategy::Halted
+        || !planner
+            .status
+            .last_exit
+            .as_ref()
+            .is_some_and(|exit| is_divergence(exit.reason));
+    let resting =
+        planner.status.active_vmm.is_none() && !should_run(instance, &planner.status) && chosen;
     if !running && !resting {
         return;
     }
@@ -698,6 +742,7 @@ mod tests {
             instance,
             vmms,
             active_in_flight: false,
+            unknown_vmms: Vec::new(),
             now: now(),
         };
         plan(&observed, &mut |_, avoid| {
@@ -913,6 +958,88 @@ mod tests {
             kinds(&gone).contains(&"Event(VmmMissing)".to_string()),
             "{:?}",
             kinds(&gone)
+        );
+    }
+
+    #[test]
+    fn an_unknown_vmm_claiming_the_instance_is_shown_while_a_sled_lists_it() {
+        let named = applied(
+            instance(RunStrategy::Always),
+            &run(&instance(RunStrategy::Always), &[]),
+        );
+        let vmms = [vmm("web-v1", Some(VmmState::Running), None)];
+        let second = run(&named, &vmms);
+        let running = applied(named, &second);
+        let observed = |unknown: Vec<(String, String)>| Observed {
+            instance: &running,
+            vmms: &vmms,
+            active_in_flight: false,
+            unknown_vmms: unknown,
+            now: now(),
+        };
+        let no_place = &mut |_: &str, _: Option<&str>| -> Result<Placement, Rejections> {
+            unreachable!("a running instance is not placed")
+        };
+        let shown = plan(&observed(vec![("sled-2".into(), "vmm-x".into())]), no_place);
+        let diverged = condition::find(&shown.status.conditions, Cond::Diverged).unwrap();
+        assert_eq!(
+            (diverged.status, diverged.reason),
+            (ConditionStatus::True, Reason::UnknownVmm)
+        );
+        assert!(diverged.message.contains("vmm-x"), "{}", diverged.message);
+        assert_eq!(shown.requeue, Some(UNKNOWN_VMM_RECHECK));
+        // The active VMM is untouched: nothing but the status changes.
+        assert_eq!(kinds(&shown), ["WriteStatus"]);
+
+        let still_shown = applied(running.clone(), &shown);
+        let gone = plan(
+            &Observed {
+                instance: &still_shown,
+                vmms: &vmms,
+                active_in_flight: false,
+                unknown_vmms: Vec::new(),
+                now: now(),
+            },
+            no_place,
+        );
+        let repaired = condition::find(&gone.status.conditions, Cond::Diverged).unwrap();
+        assert_eq!(
+            (repaired.status, repaired.reason),
+            (ConditionStatus::False, Reason::DivergenceRepaired)
+        );
+        assert_eq!(kinds(&gone), ["WriteStatus", "Event(DivergenceRepaired)"]);
+    }
+
+    #[test]
+    fn a_manual_instance_killed_behind_the_back_stays_diverged_until_started() {
+        let manual = instance(RunStrategy::Manual);
+        let named = applied(manual.clone(), &run(&manual, &[]));
+        let killed = run(
+            &named,
+            &[vmm(
+                "web-v1",
+                Some(VmmState::Failed),
+                Some(Reason::VmmKilled),
+            )],
+        );
+        assert_eq!(killed.status.state, Some(InstanceState::Failed));
+        assert!(condition::is_true(
+            &killed.status.conditions,
+            Cond::Diverged
+        ));
+        let failed = applied(named, &killed);
+        assert!(condition::is_true(
+            &run(&failed, &[]).status.conditions,
+            Cond::Diverged
+        ));
+        // Halting it is a rest the user chose: repaired.
+        let mut halted = failed.clone();
+        halted.spec.run_strategy = RunStrategy::Halted;
+        let rested = run(&halted, &[]);
+        let condition = condition::find(&rested.status.conditions, Cond::Diverged).unwrap();
+        assert_eq!(
+            (condition.status, condition.reason),
+            (ConditionStatus::False, Reason::DivergenceRepaired)
         );
     }
 
