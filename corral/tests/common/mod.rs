@@ -70,6 +70,9 @@ pub struct Apiserver {
     store: String,
     prefix: String,
     extra: Vec<String>,
+    /// Started with a parent-death signal (see [`Process`]): only for servers spawned, and
+    /// restarted, from the test's own thread.
+    tied_to_thread: bool,
 }
 
 pub fn crd_dir() -> PathBuf {
@@ -83,6 +86,16 @@ impl Apiserver {
 
     /// Starts a server with extra `corral apiserver` flags.
     pub fn start_with(backend: Backend, extra: &[&str]) -> Apiserver {
+        Apiserver::start_configured(backend, extra, false)
+    }
+
+    /// Like [`Apiserver::start`], but the kernel also kills the server if the test process dies
+    /// (`PR_SET_PDEATHSIG`, see [`Process`]): start and restart it from the test's own thread.
+    pub fn start_tied_to_thread(backend: Backend) -> Apiserver {
+        Apiserver::start_configured(backend, &[], true)
+    }
+
+    fn start_configured(backend: Backend, extra: &[&str], tied_to_thread: bool) -> Apiserver {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = match backend {
             Backend::Sqlite => format!("sqlite:{}", dir.path().join("store.db").display()),
@@ -99,6 +112,7 @@ impl Apiserver {
             store,
             prefix,
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            tied_to_thread,
         };
         server.spawn();
         server.write_kubeconfig();
@@ -118,6 +132,7 @@ impl Apiserver {
             store: self.store.clone(),
             prefix: self.prefix.clone(),
             extra: self.extra.clone(),
+            tied_to_thread: false,
         };
         server.spawn();
         server.write_kubeconfig();
@@ -130,7 +145,8 @@ impl Apiserver {
             .append(true)
             .open(self.dir.path().join("apiserver.log"))
             .expect("log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_corral"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_corral"));
+        command
             .args([
                 "apiserver",
                 "--listen",
@@ -143,9 +159,11 @@ impl Apiserver {
             .args(&self.extra)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawning corral apiserver");
+            .stderr(log);
+        if self.tied_to_thread {
+            die_with_spawning_thread(&mut command);
+        }
+        let child = command.spawn().expect("spawning corral apiserver");
         self.child = Some(child);
         let address = self.address;
         let started = Instant::now();
@@ -291,3 +309,134 @@ pub fn list_names(address: SocketAddr, path: &str) -> Vec<String> {
         })
         .collect()
 }
+
+/// A child process of the test (any binary, any arguments) whose standard output and error go
+/// to a log file, appended across restarts with a marker line per start.
+///
+/// # Guarantees
+/// - `Drop` kills it (SIGKILL) and reaps it, also when the test panics.
+/// - If the test process itself dies (a timeout's SIGKILL), the kernel kills the child: it is
+///   started with `PR_SET_PDEATHSIG`. That signal follows the *thread* that spawned the child,
+///   so spawn (and respawn) from the test's own thread, never from a thread that ends sooner.
+pub struct Process {
+    pub name: String,
+    program: PathBuf,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Process {
+    /// Starts `program args` with `RUST_LOG=info`, logging to `log`.
+    pub fn spawn(name: &str, program: &Path, args: &[String], log: &Path) -> Process {
+        let mut process = Process {
+            name: name.to_string(),
+            program: program.to_path_buf(),
+            log: log.to_path_buf(),
+            child: None,
+        };
+        process.respawn(args);
+        process
+    }
+
+    /// Kills the process if it runs, then starts it again with `args`.
+    pub fn respawn(&mut self, args: &[String]) {
+        self.kill9();
+        let mut log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap_or_else(|error| panic!("opening {}: {error}", self.log.display()));
+        writeln!(log, "----- test: starting {} {}", self.name, args.join(" "))
+            .expect("writing the log marker");
+        let stdout = log.try_clone().expect("cloning the log file handle");
+        let mut command = Command::new(&self.program);
+        command
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(log);
+        die_with_spawning_thread(&mut command);
+        let child = command
+            .spawn()
+            .unwrap_or_else(|error| panic!("spawning {}: {error}", self.name));
+        self.child = Some(child);
+    }
+
+    /// SIGKILL, no cleanup; waits until the process is gone. Nothing happens if it is not
+    /// running.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// How the process ended, if it was started and has exited on its own.
+    pub fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|child| child.try_wait().ok().flatten())
+    }
+
+    pub fn log_path(&self) -> &Path {
+        &self.log
+    }
+
+    /// The last `lines` lines of the log.
+    pub fn log_tail(&self, lines: usize) -> String {
+        tail(
+            &std::fs::read_to_string(&self.log).unwrap_or_default(),
+            lines,
+        )
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// The last `lines` lines of `text`.
+pub fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+#[cfg(target_os = "linux")]
+fn die_with_spawning_thread(command: &mut Command) {
+    use std::os::unix::process::CommandExt;
+
+    // The C library the standard library links; declared here so the tests need no `libc`.
+    unsafe extern "C" {
+        fn prctl(option: i32, ...) -> i32;
+        fn getppid() -> i32;
+    }
+    const PR_SET_PDEATHSIG: i32 = 1;
+    const SIGKILL: u64 = 9;
+    let parent = std::process::id();
+    let hook = move || {
+        // SAFETY: prctl and getppid are async-signal-safe system calls; nothing here allocates
+        // or takes a lock, as required between fork and exec.
+        if unsafe { prctl(PR_SET_PDEATHSIG, SIGKILL) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // If the parent died before the signal was armed, nobody would ever send it.
+        if unsafe { getppid() } as u32 != parent {
+            return Err(std::io::Error::from_raw_os_error(3 /* ESRCH */));
+        }
+        Ok(())
+    };
+    // SAFETY: the hook only makes async-signal-safe system calls (see above).
+    unsafe {
+        command.pre_exec(hook);
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn die_with_spawning_thread(_command: &mut Command) {}
