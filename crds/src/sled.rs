@@ -68,6 +68,7 @@ impl std::ops::AddAssign for Resources {
     printcolumn = r#"{"name":"Epoch","type":"integer","jsonPath":".status.epoch"}"#,
     printcolumn = r#"{"name":"Domain","type":"string","priority":1,"jsonPath":".spec.failureDomain"}"#,
     printcolumn = r#"{"name":"Diverged","type":"string","priority":1,"jsonPath":".status.conditions[?(@.type==\"Diverged\")].status"}"#,
+    printcolumn = r#"{"name":"Agent","type":"string","priority":1,"jsonPath":".status.agentAddress"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
