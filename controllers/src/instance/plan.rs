@@ -253,9 +253,12 @@ fn plan_active(planner: &mut Planner<'_>) {
         // Placement sets `Running` to `VmmPending`, and only a VMM seen booting changes it.
         let never_seen = condition::find(&planner.status.conditions, Cond::Running)
             .is_none_or(|c| c.reason == Reason::VmmPending);
-        if !should_run {
-            // Nothing was seen running under this name: forget it (the reaper removes a Vmm
-            // created after all).
+        // This controller deleted it (a stop) and it is gone as asked, even if the instance
+        // was started again meanwhile: an orderly end, not a missing VMM.
+        let stopped_as_asked = planner.status.state == Some(InstanceState::Stopping);
+        if !should_run || stopped_as_asked {
+            // Forget it; a start places a new one. (Not seen running under this name: the
+            // reaper removes a Vmm created after all.)
             forget_active(planner);
         } else if never_seen {
             if !observed.active_in_flight {
@@ -334,6 +337,8 @@ fn plan_active(planner: &mut Planner<'_>) {
     let message = match state {
         InstanceState::Running => format!("VMM {name} runs on {sled}"),
         InstanceState::Starting => format!("VMM {name} boots on {sled}"),
+        // Placement's own words: the Vmm showing up must not cost another status write.
+        InstanceState::Creating => format!("VMM {name} is being created on {sled}"),
         _ => format!("VMM {name} on {sled}"),
     };
     planner.set(
@@ -1041,6 +1046,39 @@ mod tests {
             (condition.status, condition.reason),
             (ConditionStatus::False, Reason::DivergenceRepaired)
         );
+    }
+
+    #[test]
+    fn a_start_while_the_stop_is_under_way_restarts_without_divergence() {
+        let always = instance(RunStrategy::Always);
+        let named = applied(always.clone(), &run(&always, &[]));
+        let running_vmms = [vmm("web-v1", Some(VmmState::Running), None)];
+        let second = run(&named, &running_vmms);
+        let running = applied(named, &second);
+        let mut halted = running.clone();
+        halted.spec.run_strategy = RunStrategy::Halted;
+        let stopping = run(&halted, &running_vmms);
+        assert!(kinds(&stopping).contains(&"Delete(web-v1)".to_string()));
+        assert_eq!(stopping.status.state, Some(InstanceState::Stopping));
+        // Started again before the Vmm is gone; then it is gone.
+        let mut started = applied(halted, &stopping);
+        started.spec.run_strategy = RunStrategy::Always;
+        let restarted = run(&started, &[]);
+        let kinds = kinds(&restarted);
+        assert!(
+            kinds.contains(&"Create(web-v2@sled-1)".to_string()),
+            "{kinds:?}"
+        );
+        assert!(
+            !kinds
+                .iter()
+                .any(|k| k.contains("Missing") || k.contains("Divergence")),
+            "{kinds:?}"
+        );
+        assert!(!condition::is_true(
+            &restarted.status.conditions,
+            Cond::Diverged
+        ));
     }
 
     #[test]
