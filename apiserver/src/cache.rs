@@ -23,7 +23,7 @@
 //! global revision, which is what bookmarks report.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -42,6 +42,11 @@ pub struct CachedObject {
     pub revision: Revision,
     pub value: Value,
     pub json: Bytes,
+    /// Field-selector values already worked out for this object, by (version, field). Every
+    /// watcher with a field selector asks for the same few: with 100 node-agents watching
+    /// `spec.sled`, one JSONPath evaluation per watcher per event was 8% of the API server's
+    /// CPU (`corral bench rack`).
+    field_values: Mutex<Vec<(String, String, Option<String>)>>,
 }
 
 impl CachedObject {
@@ -53,7 +58,27 @@ impl CachedObject {
             revision,
             value,
             json,
+            field_values: Mutex::new(Vec::new()),
         }
+    }
+
+    /// The value of selectable `field` at `version`, computed by `compute` the first time.
+    pub fn field_value(
+        &self,
+        version: &str,
+        field: &str,
+        compute: impl FnOnce(&Value) -> Option<String>,
+    ) -> Option<String> {
+        let mut known = self
+            .field_values
+            .lock()
+            .expect("field values lock poisoned");
+        if let Some((_, _, value)) = known.iter().find(|(v, f, _)| v == version && f == field) {
+            return value.clone();
+        }
+        let value = compute(&self.value);
+        known.push((version.to_string(), field.to_string(), value.clone()));
+        value
     }
 }
 

@@ -10,6 +10,7 @@ use corral_apimachinery::fields::FieldSelector;
 use corral_apimachinery::labels::Selector;
 use serde_json::Value;
 
+use crate::cache::CachedObject;
 use crate::error::{ApiError, ApiResult};
 use crate::object;
 use crate::query::Query;
@@ -69,6 +70,22 @@ impl Filter {
     }
 
     pub fn matches(&self, object: &Value) -> bool {
+        self.matches_with(object, |field| {
+            field_value(&self.resource, &self.version, object, field)
+        })
+    }
+
+    /// [`Filter::matches`] for a cached object, whose field values are worked out once for all
+    /// watchers.
+    pub fn matches_cached(&self, object: &CachedObject) -> bool {
+        self.matches_with(&object.value, |field| {
+            object.field_value(&self.version, field, |value| {
+                field_value(&self.resource, &self.version, value, field)
+            })
+        })
+    }
+
+    fn matches_with(&self, object: &Value, field_value: impl Fn(&str) -> Option<String>) -> bool {
         if let Some(ns) = &self.namespace
             && object::namespace(object) != Some(ns.as_str())
         {
@@ -80,7 +97,7 @@ impl Filter {
             return false;
         }
         if let Some(fields) = &self.fields
-            && !fields.matches(|field| field_value(&self.resource, &self.version, object, field))
+            && !fields.matches(field_value)
         {
             return false;
         }

@@ -24,6 +24,11 @@ use crate::clock;
 /// Repeats within this window are folded into one Event.
 pub const AGGREGATION_WINDOW: Duration = Duration::from_secs(600);
 
+/// How often entries older than the window are dropped from memory. Not at every publish: a
+/// scan of every entry each time made publishing quadratic (10,000 instances placed within the
+/// window: `corral bench rack`).
+const PRUNE_EVERY: Duration = Duration::from_secs(10);
+
 /// `Normal` or `Warning`, as Kubernetes has it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EventType {
@@ -45,7 +50,15 @@ pub struct Recorder {
     client: kube::Client,
     component: String,
     host: Option<String>,
-    recent: Mutex<HashMap<(String, Reason, String), Recent>>,
+    aggregation: Mutex<Aggregation>,
+}
+
+/// The Events published within the window, by (object uid, reason, message).
+#[derive(Default)]
+struct Aggregation {
+    recent: HashMap<(String, Reason, String), Recent>,
+    /// When entries older than the window were last dropped.
+    pruned: Option<jiff::Timestamp>,
 }
 
 #[derive(Clone)]
@@ -75,7 +88,7 @@ impl Recorder {
             client,
             component: component.into(),
             host: None,
-            recent: Mutex::new(HashMap::new()),
+            aggregation: Mutex::new(Aggregation::default()),
         }
     }
 
@@ -128,12 +141,24 @@ impl Recorder {
             message.clone(),
         );
         let repeat = {
-            let mut recent = self.recent.lock().expect("events lock");
-            recent.retain(|_, r| clock::since(r.first) < AGGREGATION_WINDOW);
-            recent.get_mut(&key).map(|r| {
-                r.count += 1;
-                r.clone()
-            })
+            let mut aggregation = self.aggregation.lock().expect("events lock");
+            if aggregation
+                .pruned
+                .is_none_or(|at| clock::since(at) >= PRUNE_EVERY)
+            {
+                aggregation
+                    .recent
+                    .retain(|_, r| clock::since(r.first) < AGGREGATION_WINDOW);
+                aggregation.pruned = Some(now);
+            }
+            aggregation
+                .recent
+                .get_mut(&key)
+                .filter(|r| clock::since(r.first) < AGGREGATION_WINDOW)
+                .map(|r| {
+                    r.count += 1;
+                    r.clone()
+                })
         };
         let result = match repeat {
             Some(recent) => {
@@ -180,7 +205,7 @@ impl Recorder {
                 let api: Api<Event> = Api::namespaced(self.client.clone(), &namespace);
                 let created = api.create(&PostParams::default(), &event).await;
                 if created.is_ok() {
-                    self.recent.lock().expect("events lock").insert(
+                    self.aggregation.lock().expect("events lock").recent.insert(
                         key,
                         Recent {
                             name,

@@ -1,466 +1,117 @@
-//! `corral bench api`: how close the API server gets to the physical limit of its store.
+//! `corral bench`: benchmarks that print numbers and ratios.
 //!
-//! In one run: N creates of ~1 KiB objects through the HTTP API at concurrency C; the same
-//! number of equivalent writes straight to the engine (etcd puts, or one-row SQLite
-//! transactions) at the same concurrency; then W watchers receiving a steady write rate, with
-//! the delivery latency of every event. The last line is `api/store ratio: X.XX`.
+//! - [`api`]: `corral bench api` — how close the API server gets to the physical limit of its
+//!   store.
+//! - [`rack`]: `corral bench rack` — how long a whole rack of simulated sleds takes to run
+//!   thousands of Instances, through the real processes.
+//!
+//! This file holds what both share: choosing the store (`--store`, including a private etcd
+//! for the run) and reading a process's CPU time and peak memory from `/proc`.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+mod api;
+mod rack;
 
-use anyhow::{Context, bail};
-use bytes::Bytes;
+use std::path::Path;
+
+use anyhow::Context;
 use clap::Subcommand;
-use corral_apiserver::resource::Registry;
 use corral_store::StoreConfig;
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use corral_store::testing::EtcdServer;
 
 #[derive(Subcommand)]
 pub enum BenchCommand {
     /// API write rate against the raw store rate, and watch delivery latency.
-    Api(ApiArgs),
+    Api(api::ApiArgs),
+    /// Apply thousands of Instances to a rack of simulated sleds (real apiserver, controllers
+    /// and power-sim processes) and time them until all are Running.
+    Rack(rack::RackArgs),
 }
-
-#[derive(clap::Args)]
-pub struct ApiArgs {
-    /// `sqlite:PATH` (a fresh file; default: one in a temporary directory), `etcd:URL[,URL...]`,
-    /// or `etcd:local` to start a private etcd for the run.
-    #[arg(long)]
-    store: Option<String>,
-    /// Objects to create (and raw writes to make).
-    #[arg(long, default_value_t = 20_000)]
-    objects: usize,
-    /// Requests in flight.
-    #[arg(long, default_value_t = 64)]
-    concurrency: usize,
-    /// Concurrent watchers for the latency phase.
-    #[arg(long, default_value_t = 100)]
-    watchers: usize,
-    /// Writes per second during the latency phase.
-    #[arg(long, default_value_t = 1000)]
-    watch_rate: usize,
-    /// Send the creates over HTTP/2 (cleartext, prior knowledge) instead of HTTP/1.1.
-    #[arg(long)]
-    http2: bool,
-    /// Length of the latency phase.
-    #[arg(long, default_value = "5s", value_parser = crate::parse_duration)]
-    watch_duration: Duration,
-}
-
-const BENCH_CRD: &str = r#"
-apiVersion: apiextensions.k8s.io/v1
-kind: CustomResourceDefinition
-metadata:
-  name: benchobjects.bench.corral.dev
-spec:
-  group: bench.corral.dev
-  scope: Namespaced
-  names: {plural: benchobjects, singular: benchobject, kind: BenchObject}
-  versions:
-    - name: v1
-      served: true
-      storage: true
-      subresources: {status: {}}
-      schema:
-        openAPIV3Schema:
-          type: object
-          properties:
-            apiVersion: {type: string}
-            kind: {type: string}
-            metadata: {type: object}
-            spec:
-              type: object
-              properties:
-                payload: {type: string}
-                sentAtMicros: {type: integer}
-            status:
-              type: object
-              x-kubernetes-preserve-unknown-fields: true
-"#;
 
 pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
     match command {
-        BenchCommand::Api(args) => api(args).await,
+        BenchCommand::Api(args) => api::api(args).await,
+        BenchCommand::Rack(args) => rack::rack(args).await,
     }
 }
 
-fn object_body(name: &str, payload: &str, sent_at_micros: u128) -> Bytes {
-    Bytes::from(
-        serde_json::to_vec(&serde_json::json!({
-            "apiVersion": "bench.corral.dev/v1",
-            "kind": "BenchObject",
-            "metadata": {"name": name, "labels": {"bench": "api"}},
-            "spec": {"payload": payload, "sentAtMicros": sent_at_micros as u64},
-        }))
-        .expect("serializes"),
-    )
+/// The store a benchmark runs on, and the private etcd behind it if it started one.
+struct BenchStore {
+    /// For etcd, a prefix of its own (`/corral-bench-RANDOM`), so that runs against a shared
+    /// etcd never see each other's keys.
+    config: StoreConfig,
+    /// Killed (and its data removed) when dropped.
+    etcd: Option<EtcdServer>,
 }
 
-/// The `sentAtMicros` value in a serialized event, found without parsing the whole line. It
-/// is the last field of the object, so the search runs from the end.
-fn sent_at_micros(line: &[u8]) -> Option<u64> {
-    const NEEDLE: &[u8] = b"\"sentAtMicros\":";
-    let at = line.windows(NEEDLE.len()).rposition(|w| w == NEEDLE)? + NEEDLE.len();
-    let mut value: u64 = 0;
-    let mut digits = 0;
-    for b in &line[at..] {
-        if !b.is_ascii_digit() {
-            break;
-        }
-        value = value.checked_mul(10)?.checked_add(u64::from(b - b'0'))?;
-        digits += 1;
-    }
-    (digits > 0).then_some(value)
-}
-
-fn memchr_newline(bytes: &[u8]) -> Option<usize> {
-    bytes.iter().position(|b| *b == b'\n')
-}
-
-fn micros_since_epoch() -> u128 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros())
-        .unwrap_or(0)
-}
-
-type HttpClient = Client<HttpConnector, Full<Bytes>>;
-
-async fn create(client: &HttpClient, base: &str, body: Bytes) -> anyhow::Result<()> {
-    let request = hyper::Request::post(format!(
-        "{base}/apis/bench.corral.dev/v1/namespaces/default/benchobjects"
-    ))
-    .header("content-type", "application/json")
-    .body(Full::new(body))?;
-    let response = client.request(request).await?;
-    let status = response.status();
-    let body = response.into_body().collect().await?.to_bytes();
-    if status != hyper::StatusCode::CREATED {
-        bail!(
-            "create returned {status}: {}",
-            String::from_utf8_lossy(&body)
-        );
-    }
-    Ok(())
-}
-
-/// Runs `total` operations at `concurrency`, returns the elapsed time.
-async fn run_concurrently<F, Fut>(
-    total: usize,
-    concurrency: usize,
-    op: F,
-) -> anyhow::Result<Duration>
-where
-    F: Fn(usize) -> Fut + Send + Sync + 'static,
-    Fut: std::future::Future<Output = anyhow::Result<()>> + Send,
-{
-    let next = Arc::new(AtomicUsize::new(0));
-    let op = Arc::new(op);
-    let start = Instant::now();
-    let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..concurrency {
-        let next = next.clone();
-        let op = op.clone();
-        tasks.spawn(async move {
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= total {
-                    return Ok::<(), anyhow::Error>(());
-                }
-                op(i).await?;
+impl BenchStore {
+    /// Resolves `--store`: none is a fresh SQLite file in `scratch`; `etcd:local` starts a
+    /// private etcd; anything else is parsed as a store config.
+    async fn open(arg: Option<&str>, scratch: &Path) -> anyhow::Result<BenchStore> {
+        let mut etcd = None;
+        let config: StoreConfig = match arg {
+            None => StoreConfig::Sqlite {
+                path: scratch.join("bench.db"),
+            },
+            Some("etcd:local") => {
+                let server = EtcdServer::start()
+                    .await
+                    .context("starting a private etcd")?;
+                let config = format!("etcd:{}", server.endpoint())
+                    .parse()
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+                etcd = Some(server);
+                config
             }
-        });
+            Some(text) => text.parse().map_err(|e| anyhow::anyhow!("--store: {e}"))?,
+        };
+        let config = match config {
+            StoreConfig::Etcd { endpoints, .. } => StoreConfig::Etcd {
+                endpoints,
+                prefix: format!("/corral-bench-{}", rand::random::<u32>()),
+            },
+            other => other,
+        };
+        Ok(BenchStore { config, etcd })
     }
-    while let Some(result) = tasks.join_next().await {
-        result??;
+
+    /// The process id of the private etcd, if this run started one.
+    fn etcd_pid(&self) -> Option<u32> {
+        self.etcd.as_ref().and_then(EtcdServer::pid)
     }
-    Ok(start.elapsed())
 }
 
-/// The peak resident memory of this process, from `/proc/self/status` (`VmHWM`).
-fn peak_rss_mib() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib / 1024.0)
+/// Clock ticks per second, the unit of the CPU times in `/proc/PID/stat`.
+fn clock_ticks() -> f64 {
+    // SAFETY: sysconf only reads a system constant.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if ticks > 0 { ticks as f64 } else { 100.0 }
 }
 
-/// CPU seconds (user + system) a process has used so far, from `/proc/PID/stat`.
+/// CPU seconds (user + system) a process (`"self"` or a pid) has used so far, from
+/// `/proc/PID/stat`.
 fn cpu_seconds(pid: &str) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
     let rest = stat.rsplit_once(')')?.1;
     let fields: Vec<&str> = rest.split_whitespace().collect();
     let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
-    Some(ticks / 100.0)
+    Some(ticks / clock_ticks())
 }
 
-/// CPU used by this process and by a local etcd over one phase.
-struct CpuMeter {
-    etcd_pid: Option<u32>,
-    start: (f64, f64),
+/// The peak resident memory of a process (`"self"` or a pid), from `/proc/PID/status`
+/// (`VmHWM`).
+fn peak_rss_mib(pid: &str) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
 }
 
-impl CpuMeter {
-    fn start(etcd_pid: Option<u32>) -> CpuMeter {
-        let etcd = etcd_pid
-            .and_then(|p| cpu_seconds(&p.to_string()))
-            .unwrap_or(0.0);
-        CpuMeter {
-            etcd_pid,
-            start: (cpu_seconds("self").unwrap_or(0.0), etcd),
-        }
-    }
-
-    /// "corral X.XX s CPU, etcd Y.YY s CPU" for the phase so far.
-    fn report(&self) -> String {
-        let own = cpu_seconds("self").unwrap_or(0.0) - self.start.0;
-        match self.etcd_pid.and_then(|p| cpu_seconds(&p.to_string())) {
-            Some(etcd) => format!("CPU: corral {own:.2} s, etcd {:.2} s", etcd - self.start.1),
-            None => format!("CPU: corral {own:.2} s"),
-        }
-    }
-}
-
+/// The `p`th quantile (0..=1) of sorted values, nearest rank; NaN when there are none.
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
     }
     let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[index.min(sorted.len() - 1)]
-}
-
-async fn api(args: ApiArgs) -> anyhow::Result<()> {
-    let scratch = tempfile::tempdir()?;
-    let mut _etcd = None;
-    let store_config: StoreConfig = match args.store.as_deref() {
-        None => StoreConfig::Sqlite {
-            path: scratch.path().join("bench.db"),
-        },
-        Some("etcd:local") => {
-            let server = corral_store::testing::EtcdServer::start()
-                .await
-                .context("starting a private etcd")?;
-            let config = format!("etcd:{}", server.endpoint())
-                .parse()
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
-            _etcd = Some(server);
-            config
-        }
-        Some(text) => text.parse().map_err(|e| anyhow::anyhow!("--store: {e}"))?,
-    };
-    let store_config = match store_config {
-        StoreConfig::Etcd { endpoints, .. } => StoreConfig::Etcd {
-            endpoints,
-            prefix: format!("/corral-bench-{}", rand::random::<u32>()),
-        },
-        other => other,
-    };
-    let crd_dir = scratch.path().join("crds");
-    std::fs::create_dir_all(&crd_dir)?;
-    std::fs::write(crd_dir.join("bench.yaml"), BENCH_CRD)?;
-    let registry = Registry::load(Some(&crd_dir))?;
-    let store = corral_store::open(&store_config).await?;
-    let running =
-        corral_apiserver::ApiServer::start(registry, store, corral_apiserver::Config::default())
-            .await?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let address: SocketAddr = listener.local_addr()?;
-    let server = running.server.clone();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let serving = tokio::spawn(corral_apiserver::serve(listener, server, async move {
-        let _ = stop_rx.await;
-    }));
-    let base = format!("http://{address}");
-    let client: HttpClient = Client::builder(TokioExecutor::new())
-        .http2_only(args.http2)
-        .pool_max_idle_per_host(args.concurrency.max(args.watchers) + 8)
-        .build_http();
-
-    println!(
-        "corral bench api: store {store_config}, {} objects of ~1 KiB, concurrency {}",
-        args.objects, args.concurrency
-    );
-    let payload: String = "x".repeat(1024 - 200);
-
-    let etcd_pid = _etcd
-        .as_ref()
-        .and_then(|e: &corral_store::testing::EtcdServer| e.pid());
-
-    // Phase 1: creates through the API.
-    let meter = CpuMeter::start(etcd_pid);
-    let api_elapsed = {
-        let client = client.clone();
-        let base = base.clone();
-        let payload = payload.clone();
-        run_concurrently(args.objects, args.concurrency, move |i| {
-            let client = client.clone();
-            let base = base.clone();
-            let body = object_body(&format!("obj-{i:08}"), &payload, 0);
-            async move { create(&client, &base, body).await }
-        })
-        .await?
-    };
-    let api_rate = args.objects as f64 / api_elapsed.as_secs_f64();
-    println!(
-        "api creates:      {:>9.0} objects/s  ({} in {:.2} s; {})",
-        api_rate,
-        args.objects,
-        api_elapsed.as_secs_f64(),
-        meter.report()
-    );
-
-    // Phase 2: the engine alone.
-    let meter = CpuMeter::start(etcd_pid);
-    let raw =
-        corral_store::raw::raw_write_rate(&store_config, args.objects, args.concurrency, 1024)
-            .await?;
-    let raw_rate = raw.writes as f64 / raw.elapsed.as_secs_f64();
-    println!(
-        "raw store writes: {:>9.0} writes/s   ({} in {:.2} s; {}; {})",
-        raw_rate,
-        raw.writes,
-        raw.elapsed.as_secs_f64(),
-        raw_kind(&store_config),
-        meter.report()
-    );
-
-    // The earlier phases leave tens of thousands of revisions behind; a running API server
-    // compacts its history every few minutes, so do what its compactor would before measuring
-    // steady-state latency.
-    let store = &running.server.store;
-    store.compact(store.current_revision().await?).await?;
-
-    // Phase 3: watch delivery latency.
-    let meter = CpuMeter::start(etcd_pid);
-    let (p50, p99, delivered, expected) = watch_latency(&client, &base, &payload, &args).await?;
-    println!(
-        "watch delivery:   p50 {:.1} ms, p99 {:.1} ms  ({} watchers, {} writes/s, {delivered}/{expected} events delivered; {})",
-        p50,
-        p99,
-        args.watchers,
-        args.watch_rate,
-        meter.report()
-    );
-
-    let _ = stop_tx.send(());
-    running.server.shutdown.cancel();
-    let _ = serving.await;
-    running.shutdown().await;
-    if let Some(peak) = peak_rss_mib() {
-        println!("peak RSS of this process (client + API server + cache): {peak:.0} MiB");
-    }
-    println!("api/store ratio: {:.2}", api_rate / raw_rate);
-    Ok(())
-}
-
-fn raw_kind(config: &StoreConfig) -> &'static str {
-    match config {
-        StoreConfig::Sqlite { .. } => "sqlx one-row insert transactions",
-        StoreConfig::Etcd { .. } => "etcd-client puts",
-    }
-}
-
-/// Starts the watchers, writes at a steady rate, and measures send→receive per event.
-async fn watch_latency(
-    client: &HttpClient,
-    base: &str,
-    payload: &str,
-    args: &ApiArgs,
-) -> anyhow::Result<(f64, f64, usize, usize)> {
-    // Start every watcher at the current revision so each sees only the latency-phase writes.
-    let list = client
-        .get(
-            format!("{base}/apis/bench.corral.dev/v1/namespaces/default/benchobjects?limit=1")
-                .parse()?,
-        )
-        .await?;
-    let body = list.into_body().collect().await?.to_bytes();
-    let list: serde_json::Value = serde_json::from_slice(&body)?;
-    let rv = list["metadata"]["resourceVersion"]
-        .as_str()
-        .unwrap_or("0")
-        .to_string();
-    let total = (args.watch_rate as f64 * args.watch_duration.as_secs_f64()) as usize;
-    let (latency_tx, mut latency_rx) = tokio::sync::mpsc::unbounded_channel::<f64>();
-    let mut watchers = tokio::task::JoinSet::new();
-    for _ in 0..args.watchers {
-        // Watchers use their own connections, outside the writers' pool.
-        let watch_client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
-        let url = format!(
-            "{base}/apis/bench.corral.dev/v1/namespaces/default/benchobjects?watch=true&resourceVersion={rv}&timeoutSeconds=120"
-        );
-        let tx = latency_tx.clone();
-        watchers.spawn(async move {
-            let response = watch_client.get(url.parse()?).await?;
-            let mut body = response.into_body();
-            let mut buffer: Vec<u8> = Vec::new();
-            let mut seen = 0usize;
-            while seen < total {
-                let Some(frame) = body.frame().await else {
-                    break;
-                };
-                let frame = frame?;
-                let Some(data) = frame.data_ref() else {
-                    continue;
-                };
-                buffer.extend_from_slice(data);
-                let now = micros_since_epoch();
-                let mut consumed = 0;
-                while let Some(end) = memchr_newline(&buffer[consumed..]) {
-                    let line = &buffer[consumed..consumed + end];
-                    consumed += end + 1;
-                    // Only the send time is needed; a full parse of every event would make
-                    // the benchmark's own client, on the same cores, the bottleneck.
-                    if let Some(sent) = sent_at_micros(line) {
-                        let _ = tx.send((now.saturating_sub(sent as u128)) as f64 / 1000.0);
-                        seen += 1;
-                    }
-                }
-                buffer.drain(..consumed);
-            }
-            Ok::<(), anyhow::Error>(())
-        });
-    }
-    drop(latency_tx);
-    // Give the watch requests time to be established before the first write.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let interval = Duration::from_secs_f64(1.0 / args.watch_rate as f64);
-    let mut ticker = tokio::time::interval(interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-    let mut writes = tokio::task::JoinSet::new();
-    for i in 0..total {
-        ticker.tick().await;
-        let client = client.clone();
-        let base = base.to_string();
-        let body = object_body(&format!("watch-{i:08}"), payload, micros_since_epoch());
-        writes.spawn(async move { create(&client, &base, body).await });
-    }
-    while let Some(result) = writes.join_next().await {
-        result??;
-    }
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while tokio::time::timeout_at(deadline, watchers.join_next())
-        .await
-        .ok()
-        .flatten()
-        .is_some()
-    {}
-    watchers.abort_all();
-    let mut latencies = Vec::new();
-    while let Ok(l) = latency_rx.try_recv() {
-        latencies.push(l);
-    }
-    latencies.sort_by(|a, b| a.total_cmp(b));
-    Ok((
-        percentile(&latencies, 0.5),
-        percentile(&latencies, 0.99),
-        latencies.len(),
-        total * args.watchers,
-    ))
 }

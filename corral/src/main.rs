@@ -76,7 +76,7 @@ pub struct ControllersArgs {
     #[arg(long)]
     kubeconfig: Option<PathBuf>,
     /// Instance reconciles in flight at once.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = corral_controllers::DEFAULT_CONCURRENCY)]
     concurrency: u16,
     /// How long the leader Lease lasts without renewal; a survivor takes over after it.
     #[arg(long, default_value = "15s", value_parser = parse_duration)]

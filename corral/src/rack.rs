@@ -171,7 +171,10 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     let controllers_stop = CancellationToken::new();
     let controllers = tokio::spawn(corral_controllers::run(
         client.clone(),
-        crate::controllers_config(Duration::from_secs(15), 64),
+        crate::controllers_config(
+            Duration::from_secs(15),
+            corral_controllers::DEFAULT_CONCURRENCY,
+        ),
         controllers_stop.clone(),
     ));
 

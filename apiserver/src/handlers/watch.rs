@@ -148,7 +148,7 @@ pub async fn watch(request: ResourceRequest, accept: Accept) -> ApiResult<Respon
             // Synthetic ADDED events for the current state, then changes after it.
             let (objects, revision) = cache.snapshot();
             for o in objects {
-                if watcher.filter.matches(&o.value) {
+                if watcher.filter.matches_cached(&o) {
                     let frame = watcher.frame(EventType::Added, &o.value, Some(&o.json));
                     watcher.pending.push_back(frame);
                 }
@@ -259,11 +259,11 @@ impl Watcher {
     /// The frame for one cache event, after selector transitions; `None` if this watcher does
     /// not see it.
     fn event_frame(&mut self, event: &CacheEvent) -> Option<Bytes> {
-        let now_matches = self.filter.matches(&event.object.value);
+        let now_matches = self.filter.matches_cached(&event.object);
         let was_matching = event
             .prev
             .as_ref()
-            .is_some_and(|p| self.filter.matches(&p.value));
+            .is_some_and(|p| self.filter.matches_cached(p));
         let kind = match event.kind {
             EventType::Deleted if now_matches => EventType::Deleted,
             EventType::Deleted => return None,

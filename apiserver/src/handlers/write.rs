@@ -661,20 +661,72 @@ pub async fn replace(request: ResourceRequest, body: Bytes) -> ApiResult<Respons
         );
         return Err(ApiError::invalid(&target, &[error]));
     }
+    // The watch cache nearly always holds the very revision the client read (a controller
+    // writing status from its own watch): try the write on it instead of a store read. Only a
+    // write the store accepted is answered from that attempt — the write is conditional on the
+    // revision, so the cached object was the current one. Anything else (a conflict, an error,
+    // a no-op, a dry run, whose answers depend on the object being current) is worked out from
+    // the store, exactly as without the cache. (The store read and decode were 8% of the API
+    // server's CPU in `corral bench rack`.)
+    if !dry_run
+        && let Some(current) = cached_at(&request, &rv)
+        && let Some(response) = replace_if_current(&request, &current, desired.clone()).await
+    {
+        return Ok(response);
+    }
     let current = read_current(&request)
         .await?
         .ok_or_else(|| ApiError::not_found(&target))?;
     if rv != current.revision.to_string() {
         return Err(ApiError::modified(&target));
     }
+    replace_current(&request, current, desired, dry_run).await
+}
+
+/// The replace on `current`, if it commits; `None` otherwise (nothing is written then).
+async fn replace_if_current(
+    request: &ResourceRequest,
+    current: &Stored,
+    desired: Value,
+) -> Option<Response> {
     let mut warnings = Warnings::default();
-    let result = match prepare_update(&request, &current.object, desired, &mut warnings, true)? {
-        None => current.object,
-        Some(next) if dry_run => next,
-        Some(next) => commit(&request, &current, next).await?,
-    };
-    Ok(with_warnings(
-        read::object_response(&request, Accept::Json, StatusCode::OK, result),
+    let next = prepare_update(request, &current.object, desired, &mut warnings, true).ok()??;
+    let result = commit(request, current, next).await.ok()?;
+    Some(with_warnings(
+        read::object_response(request, Accept::Json, StatusCode::OK, result),
         &warnings,
     ))
+}
+
+/// The rest of a replace, on `current`: the object at the revision the client named.
+async fn replace_current(
+    request: &ResourceRequest,
+    current: Stored,
+    desired: Value,
+    dry_run: bool,
+) -> ApiResult<Response> {
+    let mut warnings = Warnings::default();
+    let result = match prepare_update(request, &current.object, desired, &mut warnings, true)? {
+        None => current.object,
+        Some(next) if dry_run => next,
+        Some(next) => commit(request, &current, next).await?,
+    };
+    Ok(with_warnings(
+        read::object_response(request, Accept::Json, StatusCode::OK, result),
+        &warnings,
+    ))
+}
+
+/// The object as the watch cache holds it, if (and only if) the cache holds it at exactly
+/// revision `rv`: then it is what the store holds at that revision.
+fn cached_at(request: &ResourceRequest, rv: &str) -> Option<Stored> {
+    let revision: i64 = rv.parse().ok()?;
+    let cached = request
+        .server
+        .cache(&request.resource)
+        .get(&request.key())?;
+    (cached.revision == revision).then(|| Stored {
+        object: cached.value.clone(),
+        revision,
+    })
 }

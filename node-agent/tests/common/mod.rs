@@ -56,12 +56,7 @@ impl Drop for Watchdog {
 
 impl Rack {
     pub async fn start() -> Rack {
-        Rack::start_with_bound(TEST_BOUND).await
-    }
-
-    /// A rack whose test may run for `bound` (load tests).
-    pub async fn start_with_bound(bound: Duration) -> Rack {
-        let watchdog = Watchdog::start(bound);
+        let watchdog = Watchdog::start(TEST_BOUND);
         let _ = tracing_subscriber_init();
         let server = TestServer::start(corral_crds::MANIFESTS).await;
         let client = corral_client::connect(Some(&server.kubeconfig))

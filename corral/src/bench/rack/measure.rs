@@ -1,0 +1,211 @@
+//! What `corral bench rack` measures: each Instance's timeline, latency percentiles, the CPU
+//! time of each process, and the store writes by resource.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use anyhow::Context;
+use corral_crds::InstanceState;
+use corral_store::StoreConfig;
+use futures::StreamExt;
+use tokio::time::Instant;
+
+use crate::bench::{cpu_seconds, percentile};
+
+/// Store writes in `(after, upto]`, by resource (`instances`, `vmms`, ...), from the store's
+/// history.
+pub(super) async fn writes_by_resource(
+    config: &StoreConfig,
+    (after, upto): (u64, u64),
+) -> anyhow::Result<BTreeMap<String, u64>> {
+    let store = corral_store::open(config)
+        .await
+        .with_context(|| format!("opening {config} to count the writes"))?;
+    let options = corral_store::WatchOptions {
+        after: i64::try_from(after)?,
+        progress_interval: Duration::from_millis(100),
+    };
+    let mut history = store.watch("/registry/", options).await?;
+    let mut counts: BTreeMap<String, u64> = BTreeMap::new();
+    let mut last_event = Instant::now();
+    while let Some(response) = history.next().await {
+        let response = response?;
+        let mut reached = false;
+        for event in &response.events {
+            let revision = u64::try_from(event.revision()).unwrap_or(0);
+            if revision <= upto {
+                let resource = event.kv.key.split('/').nth(3).unwrap_or("other");
+                *counts.entry(resource.to_string()).or_default() += 1;
+            }
+            reached |= revision >= upto;
+            last_event = Instant::now();
+        }
+        // The last write is normally ours and ends the count. Progress alone is believed only
+        // once the history has gone quiet: an etcd older than 3.4.24 reports progress ahead of
+        // a watch still catching up from the past (see `corral_store::etcd::watch`).
+        let progressed = u64::try_from(response.progress).is_ok_and(|progress| progress >= upto);
+        if reached || progressed && last_event.elapsed() > Duration::from_secs(1) {
+            break;
+        }
+    }
+    Ok(counts)
+}
+
+/// `writes: N store revisions (X per instance): instances A (a), vmms B (b), ...`, with per
+/// instance figures in parentheses.
+pub(super) fn describe_writes(
+    (after, upto): (u64, u64),
+    instances: usize,
+    by_resource: anyhow::Result<BTreeMap<String, u64>>,
+) -> String {
+    let n = instances as f64;
+    let total = upto.saturating_sub(after);
+    let mut text = format!(
+        "writes:            {total} store revisions ({:.1} per instance)",
+        total as f64 / n
+    );
+    match by_resource {
+        Ok(counts) => {
+            let mut counts: Vec<(String, u64)> = counts.into_iter().collect();
+            counts.sort_by_key(|(_, count)| std::cmp::Reverse(*count));
+            let parts: Vec<String> = counts
+                .iter()
+                .map(|(resource, count)| format!("{resource} {count} ({:.1})", *count as f64 / n))
+                .collect();
+            let _ = write!(text, ": {}", parts.join(", "));
+        }
+        Err(error) => {
+            let _ = write!(text, " (not counted by resource: {error:#})");
+        }
+    }
+    text
+}
+
+/// CPU seconds of each measured process at one moment.
+#[derive(Clone, Copy, Default)]
+pub(super) struct CpuSample {
+    apiserver: f64,
+    controllers: f64,
+    power_sim: f64,
+    bench: f64,
+    etcd: f64,
+}
+
+impl CpuSample {
+    pub(super) fn take(pids: &Pids) -> CpuSample {
+        let of = |pid: Option<u32>| {
+            pid.and_then(|pid| cpu_seconds(&pid.to_string()))
+                .unwrap_or(0.0)
+        };
+        CpuSample {
+            apiserver: of(Some(pids.apiserver)),
+            controllers: of(Some(pids.controllers)),
+            power_sim: of(Some(pids.power_sim)),
+            bench: cpu_seconds("self").unwrap_or(0.0),
+            etcd: of(pids.etcd),
+        }
+    }
+
+    pub(super) fn minus(self, earlier: CpuSample) -> CpuSample {
+        CpuSample {
+            apiserver: self.apiserver - earlier.apiserver,
+            controllers: self.controllers - earlier.controllers,
+            power_sim: self.power_sim - earlier.power_sim,
+            bench: self.bench - earlier.bench,
+            etcd: self.etcd - earlier.etcd,
+        }
+    }
+
+    pub(super) fn describe(&self, with_etcd: bool) -> String {
+        let mut text = format!(
+            "apiserver {:.1}, controllers {:.1}, power-sim {:.1}, bench client {:.1}",
+            self.apiserver, self.controllers, self.power_sim, self.bench
+        );
+        if with_etcd {
+            let _ = write!(text, ", etcd {:.1}", self.etcd);
+        }
+        text
+    }
+}
+
+/// The measured processes.
+pub(super) struct Pids {
+    pub(super) apiserver: u32,
+    pub(super) controllers: u32,
+    pub(super) power_sim: u32,
+    pub(super) etcd: Option<u32>,
+}
+
+/// When one Instance reached each step, as the benchmark saw it.
+#[derive(Default)]
+pub(super) struct Timeline {
+    /// Its create request was sent.
+    pub(super) sent: Option<Instant>,
+    /// The controller wrote a placement (any state with the Vmm named).
+    pub(super) placed: Option<Instant>,
+    /// `Starting`: its VMM boots.
+    pub(super) starting: Option<Instant>,
+    /// `Running`, the first time.
+    pub(super) running: Option<Instant>,
+    /// The state of the last write seen.
+    pub(super) last_state: Option<InstanceState>,
+}
+
+impl Timeline {
+    /// Records the first time each step was seen; a later state implies the earlier steps.
+    pub(super) fn observe(&mut self, state: Option<InstanceState>, at: Instant) {
+        self.last_state = state;
+        let step = match state {
+            Some(InstanceState::Creating) => 1,
+            Some(InstanceState::Starting) => 2,
+            Some(InstanceState::Running) => 3,
+            _ => 0,
+        };
+        for (reached, slot) in [
+            (1, &mut self.placed),
+            (2, &mut self.starting),
+            (3, &mut self.running),
+        ] {
+            if step >= reached && slot.is_none() {
+                *slot = Some(at);
+            }
+        }
+    }
+}
+
+/// p50, p99 and max of the time between two steps, over the instances that reached both.
+pub(super) struct Latencies {
+    pub(super) p50: f64,
+    pub(super) p99: f64,
+    pub(super) max: f64,
+}
+
+impl Latencies {
+    pub(super) fn of(
+        timelines: &[Timeline],
+        span: impl Fn(&Timeline) -> Option<(Instant, Instant)>,
+    ) -> Self {
+        let mut seconds: Vec<f64> = timelines
+            .iter()
+            .filter_map(&span)
+            .map(|(from, to)| to.saturating_duration_since(from).as_secs_f64())
+            .collect();
+        seconds.sort_by(|a, b| a.total_cmp(b));
+        Latencies {
+            p50: percentile(&seconds, 0.5),
+            p99: percentile(&seconds, 0.99),
+            max: seconds.last().copied().unwrap_or(f64::NAN),
+        }
+    }
+}
+
+impl std::fmt::Display for Latencies {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "p50 {:.2} s, p99 {:.2} s, max {:.2} s",
+            self.p50, self.p99, self.max
+        )
+    }
+}
