@@ -743,11 +743,20 @@ mod tests {
     }
 
     fn run(instance: &Instance, vmms: &[Arc<Vmm>]) -> Plan {
+        run_seeing(instance, vmms, Vec::new())
+    }
+
+    /// [`run`], with sleds reporting `unknown_vmms` that claim the instance.
+    fn run_seeing(
+        instance: &Instance,
+        vmms: &[Arc<Vmm>],
+        unknown_vmms: Vec<(String, String)>,
+    ) -> Plan {
         let observed = Observed {
             instance,
             vmms,
             active_in_flight: false,
-            unknown_vmms: Vec::new(),
+            unknown_vmms,
             now: now(),
         };
         plan(&observed, &mut |_, avoid| {
@@ -774,6 +783,11 @@ mod tests {
                 other => format!("{other:?}"),
             })
             .collect()
+    }
+
+    /// A new instance with `strategy`, after its first plan (placed, `web-v1` named).
+    fn placed(strategy: RunStrategy) -> Instance {
+        applied(instance(strategy), &run(&instance(strategy), &[]))
     }
 
     /// Applies a plan's status to the instance, as the executor would.
@@ -818,10 +832,7 @@ mod tests {
 
     #[test]
     fn the_state_follows_the_active_vmm() {
-        let named = applied(
-            instance(RunStrategy::Always),
-            &run(&instance(RunStrategy::Always), &[]),
-        );
+        let named = placed(RunStrategy::Always);
         for (vmm_state, expected) in [
             (None, InstanceState::Creating),
             (Some(VmmState::Creating), InstanceState::Creating),
@@ -875,7 +886,7 @@ mod tests {
             ),
         ];
         for (strategy, state, reason, restarted, rest) in cases {
-            let named = applied(instance(strategy), &run(&instance(strategy), &[]));
+            let named = placed(strategy);
             let plan = run(&named, &[vmm("web-v1", Some(state), Some(reason))]);
             let actions = kinds(&plan);
             assert!(
@@ -895,10 +906,7 @@ mod tests {
 
     #[test]
     fn a_guest_crash_backs_off_and_avoids_its_sled_afterwards() {
-        let named = applied(
-            instance(RunStrategy::Always),
-            &run(&instance(RunStrategy::Always), &[]),
-        );
+        let named = placed(RunStrategy::Always);
         let crashed = run(
             &named,
             &[vmm(
@@ -928,10 +936,7 @@ mod tests {
 
     #[test]
     fn a_restarted_vmm_that_was_never_seen_is_created_not_declared_missing() {
-        let named = applied(
-            instance(RunStrategy::Always),
-            &run(&instance(RunStrategy::Always), &[]),
-        );
+        let named = placed(RunStrategy::Always);
         let ended = run(
             &named,
             &[vmm(
@@ -968,24 +973,11 @@ mod tests {
 
     #[test]
     fn an_unknown_vmm_claiming_the_instance_is_shown_while_a_sled_lists_it() {
-        let named = applied(
-            instance(RunStrategy::Always),
-            &run(&instance(RunStrategy::Always), &[]),
-        );
+        let named = placed(RunStrategy::Always);
         let vmms = [vmm("web-v1", Some(VmmState::Running), None)];
         let second = run(&named, &vmms);
         let running = applied(named, &second);
-        let observed = |unknown: Vec<(String, String)>| Observed {
-            instance: &running,
-            vmms: &vmms,
-            active_in_flight: false,
-            unknown_vmms: unknown,
-            now: now(),
-        };
-        let no_place = &mut |_: &str, _: Option<&str>| -> Result<Placement, Rejections> {
-            unreachable!("a running instance is not placed")
-        };
-        let shown = plan(&observed(vec![("sled-2".into(), "vmm-x".into())]), no_place);
+        let shown = run_seeing(&running, &vmms, vec![("sled-2".into(), "vmm-x".into())]);
         let diverged = condition::find(&shown.status.conditions, Cond::Diverged).unwrap();
         assert_eq!(
             (diverged.status, diverged.reason),
@@ -996,17 +988,8 @@ mod tests {
         // The active VMM is untouched: nothing but the status changes.
         assert_eq!(kinds(&shown), ["WriteStatus"]);
 
-        let still_shown = applied(running.clone(), &shown);
-        let gone = plan(
-            &Observed {
-                instance: &still_shown,
-                vmms: &vmms,
-                active_in_flight: false,
-                unknown_vmms: Vec::new(),
-                now: now(),
-            },
-            no_place,
-        );
+        let still_shown = applied(running, &shown);
+        let gone = run(&still_shown, &vmms);
         let repaired = condition::find(&gone.status.conditions, Cond::Diverged).unwrap();
         assert_eq!(
             (repaired.status, repaired.reason),
@@ -1017,8 +1000,7 @@ mod tests {
 
     #[test]
     fn a_manual_instance_killed_behind_the_back_stays_diverged_until_started() {
-        let manual = instance(RunStrategy::Manual);
-        let named = applied(manual.clone(), &run(&manual, &[]));
+        let named = placed(RunStrategy::Manual);
         let killed = run(
             &named,
             &[vmm(
@@ -1050,8 +1032,7 @@ mod tests {
 
     #[test]
     fn a_start_while_the_stop_is_under_way_restarts_without_divergence() {
-        let always = instance(RunStrategy::Always);
-        let named = applied(always.clone(), &run(&always, &[]));
+        let named = placed(RunStrategy::Always);
         let running_vmms = [vmm("web-v1", Some(VmmState::Running), None)];
         let second = run(&named, &running_vmms);
         let running = applied(named, &second);
@@ -1090,10 +1071,7 @@ mod tests {
 
     #[test]
     fn divergence_is_shown_until_a_vmm_runs_again() {
-        let named = applied(
-            instance(RunStrategy::Always),
-            &run(&instance(RunStrategy::Always), &[]),
-        );
+        let named = placed(RunStrategy::Always);
         let killed = run(
             &named,
             &[vmm(
@@ -1120,10 +1098,7 @@ mod tests {
 
     #[test]
     fn halting_deletes_the_active_vmm_and_keeps_naming_it_until_gone() {
-        let named = applied(
-            instance(RunStrategy::Always),
-            &run(&instance(RunStrategy::Always), &[]),
-        );
+        let named = placed(RunStrategy::Always);
         let mut halted = named.clone();
         halted.spec.run_strategy = RunStrategy::Halted;
         let plan = run(&halted, &[vmm("web-v1", Some(VmmState::Running), None)]);
@@ -1151,10 +1126,7 @@ mod tests {
 
     #[test]
     fn unnamed_vmms_of_the_instance_are_deleted() {
-        let named = applied(
-            instance(RunStrategy::Always),
-            &run(&instance(RunStrategy::Always), &[]),
-        );
+        let named = placed(RunStrategy::Always);
         let plan = run(
             &named,
             &[

@@ -412,23 +412,16 @@ pub fn tail(text: &str, lines: usize) -> String {
 fn die_with_spawning_thread(command: &mut Command) {
     use std::os::unix::process::CommandExt;
 
-    // The C library the standard library links; declared here so the tests need no `libc`.
-    unsafe extern "C" {
-        fn prctl(option: i32, ...) -> i32;
-        fn getppid() -> i32;
-    }
-    const PR_SET_PDEATHSIG: i32 = 1;
-    const SIGKILL: u64 = 9;
     let parent = std::process::id();
     let hook = move || {
         // SAFETY: prctl and getppid are async-signal-safe system calls; nothing here allocates
         // or takes a lock, as required between fork and exec.
-        if unsafe { prctl(PR_SET_PDEATHSIG, SIGKILL) } != 0 {
+        if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) } != 0 {
             return Err(std::io::Error::last_os_error());
         }
         // If the parent died before the signal was armed, nobody would ever send it.
-        if unsafe { getppid() } as u32 != parent {
-            return Err(std::io::Error::from_raw_os_error(3 /* ESRCH */));
+        if unsafe { libc::getppid() } as u32 != parent {
+            return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
         }
         Ok(())
     };
