@@ -85,6 +85,55 @@ string_enum! {
         UnknownVmm,
         /// Nothing differs.
         Converged,
+        // Migration.
+        /// A migration was admitted and the instance is moving.
+        MigrationStarted,
+        /// The instance runs on the target; the source is torn down.
+        MigrationSucceeded,
+        /// The migration ended without moving the instance.
+        MigrationFailed,
+        /// The migration was cancelled.
+        MigrationCancelled,
+        /// The instance already has an unfinished migration.
+        MigrationInProgress,
+        /// The migration waits for a concurrency limit (rack, source sled, target sled).
+        MigrationThrottled,
+        /// The migration waits for the V2P change of the instance's previous move to converge.
+        V2PNotConverged,
+        /// The pre-copy model predicts the transfer never catches up with the guest.
+        WillNotConverge,
+        /// The instance does not exist or does not run.
+        InstanceNotRunning,
+        /// The transfer between the agents broke (a dead agent, a network fault, a refusal).
+        TransferFailed,
+        /// A time limit of the migration or drain passed.
+        Timeout,
+        /// A sled the migration needs is not Ready.
+        SledNotReady,
+        /// Pre-copy rounds are under way.
+        Transferring,
+        /// The guest is paused on the source for the last round and the switch.
+        Switching,
+        // Drain.
+        /// The drain planned its moves and started.
+        DrainStarted,
+        /// The sled runs no VMM any more.
+        DrainCompleted,
+        /// The drain's plan does not fit the free capacity, or an instance may not be moved.
+        DoesNotFit,
+        /// The drain's deadline passed.
+        DeadlineExceeded,
+        /// The drain was cancelled.
+        DrainCancelled,
+        /// The drain failed.
+        DrainFailed,
+        // V2P.
+        /// The sled's V2P table holds every VpcRoutes at its current generation.
+        V2PApplied,
+        /// The sled's V2P table is being brought up to date.
+        V2PPending,
+        /// Two instances claim one IP in a VPC.
+        IpConflict,
     }
 }
 

@@ -15,6 +15,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::condition::{Condition, Reason};
+use crate::migration::MigrationPhase;
 use crate::sled::Resources;
 
 /// A virtual network interface.
@@ -188,6 +189,24 @@ pub struct InstanceExit {
     pub at: Time,
 }
 
+/// The end of a migration, decided by the instance controller (docs/migration.md).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MigrationOutcome {
+    /// The Migration (same namespace).
+    pub name: String,
+    /// `Succeeded`, `Failed` or `Cancelled`.
+    pub phase: MigrationPhase,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<Reason>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+    /// The Vmm the guest moved to (or was to move to).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_vmm: Option<String>,
+    pub at: Time,
+}
+
 /// Written only by the instance controller.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -203,9 +222,13 @@ pub struct InstanceStatus {
     /// The Vmm a live migration moves the instance to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target_vmm: Option<String>,
-    /// The unfinished Migration of this instance.
+    /// The Migration whose target `targetVmm` is, while it is unfinished.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub migration: Option<String>,
+    /// How the last migration of the instance ended: the switch-or-abort decision the
+    /// migration controller copies into the Migration's final phase.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_migration: Option<MigrationOutcome>,
     /// Bumped whenever the sled the instance runs on changes.
     #[serde(default)]
     pub location_generation: u64,

@@ -7,7 +7,8 @@
 //!
 //! Every status field has exactly one writer, named in the field's docs: users write `spec`,
 //! the instance controller writes `Instance.status`, the node-agent writes `Vmm.status` and its
-//! own `Sled.status`.
+//! own `Sled.status`, the migration controller `Migration.status`, the drain controller
+//! `Drain.status`, the V2P controller `VpcRoutes`.
 //!
 //! **Invariant:** no I/O and no async in this crate.
 
@@ -71,17 +72,29 @@ macro_rules! string_enum {
 }
 
 pub mod condition;
+pub mod drain;
 pub mod instance;
+pub mod migration;
 pub mod sled;
 pub mod vmm;
+pub mod vpc;
 
 pub use condition::{Condition, ConditionStatus, Reason};
+pub use drain::{Drain, DrainItem, DrainItemState, DrainPhase, DrainSpec, DrainStatus};
 pub use instance::{
     EvictionStrategy, Instance, InstanceConditionType, InstanceExit, InstanceSpec, InstanceState,
-    InstanceStatus, Nic, RunStrategy,
+    InstanceStatus, MigrationOutcome, Nic, RunStrategy,
+};
+pub use migration::{
+    Migration, MigrationAbort, MigrationPhase, MigrationReason, MigrationSpec, MigrationStatus,
+    TransferProgress,
 };
 pub use sled::{Resources, Sled, SledConditionType, SledSpec, SledStatus, UnknownVmmReport};
-pub use vmm::{Vmm, VmmConditionType, VmmSpec, VmmState, VmmStatus};
+pub use vmm::{
+    MigrateFrom, MigrationRole, Vmm, VmmConditionType, VmmMigrationPhase, VmmMigrationStatus,
+    VmmSpec, VmmState, VmmStatus,
+};
+pub use vpc::{V2pAck, V2pMapping, VpcRoutes, VpcRoutesSpec, VpcRoutesStatus};
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
@@ -100,6 +113,8 @@ pub const INSTANCE_FINALIZER: &str = "corral.dev/instance-controller";
 pub const SLED_LEASE_NAMESPACE: &str = "kube-node-lease";
 /// The label that names a Vmm's Instance (for `-l` selection and `corralctl diff`).
 pub const INSTANCE_LABEL: &str = "corral.dev/instance";
+/// The label that names the Drain a Migration was created by.
+pub const DRAIN_LABEL: &str = "corral.dev/drain";
 
 /// The CustomResourceDefinitions of every Corral kind, generated from the types.
 pub fn definitions() -> Vec<(&'static str, CustomResourceDefinition)> {
@@ -107,6 +122,9 @@ pub fn definitions() -> Vec<(&'static str, CustomResourceDefinition)> {
         ("sleds.corral.dev.yaml", Sled::crd()),
         ("instances.corral.dev.yaml", Instance::crd()),
         ("vmms.corral.dev.yaml", Vmm::crd()),
+        ("migrations.corral.dev.yaml", Migration::crd()),
+        ("drains.corral.dev.yaml", Drain::crd()),
+        ("vpcroutes.corral.dev.yaml", VpcRoutes::crd()),
     ]
 }
 
@@ -129,5 +147,17 @@ pub const MANIFESTS: &[(&str, &str)] = &[
     (
         "vmms.corral.dev.yaml",
         include_str!("../yaml/vmms.corral.dev.yaml"),
+    ),
+    (
+        "migrations.corral.dev.yaml",
+        include_str!("../yaml/migrations.corral.dev.yaml"),
+    ),
+    (
+        "drains.corral.dev.yaml",
+        include_str!("../yaml/drains.corral.dev.yaml"),
+    ),
+    (
+        "vpcroutes.corral.dev.yaml",
+        include_str!("../yaml/vpcroutes.corral.dev.yaml"),
     ),
 ];

@@ -11,6 +11,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::condition::Condition;
+use crate::vpc::V2pAck;
 
 /// What a sled offers and what is allocated of it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -93,6 +94,8 @@ string_enum! {
         Diverged,
         /// The sled was powered off by the control plane to fence it (sled-health controller).
         Fenced,
+        /// The sled's V2P table holds every VpcRoutes at its current generation (node-agent).
+        V2PConverged,
     }
 }
 
@@ -123,6 +126,13 @@ pub struct SledStatus {
     /// (`Diverged=True`, reason `UnknownVmm`); empty otherwise.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub unknown_vmms: Vec<UnknownVmmReport>,
+    /// The bandwidth of the sled's migration link, bytes per second (live migrations out of
+    /// the sled share it).
+    #[serde(default)]
+    pub migration_bandwidth: u64,
+    /// The VpcRoutes generation the sled's V2P table holds, per VPC.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub v2p: Vec<V2pAck>,
     #[serde(default)]
     pub conditions: Vec<Condition<SledConditionType>>,
 }

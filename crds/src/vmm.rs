@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::condition::{Condition, Reason};
 use crate::instance::Nic;
+use crate::migration::TransferProgress;
 use crate::sled::Resources;
 
 /// One VMM of an instance on one sled.
@@ -51,12 +52,66 @@ pub struct VmmSpec {
     pub image: String,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub nics: Vec<Nic>,
-    /// For a live-migration target: the source Vmm.
+    /// For a live-migration target: where the guest comes from. The target's agent creates a
+    /// VMM that receives the guest instead of booting one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub migrate_from: Option<String>,
+    pub migrate_from: Option<MigrateFrom>,
     /// Copied from the Instance's `spec.rebootRequest`; a new value asks for one guest reboot.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reboot_request: Option<String>,
+}
+
+/// The source of a live migration, in a target Vmm's spec.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MigrateFrom {
+    /// The source Vmm (same namespace).
+    pub vmm: String,
+    /// The sled that runs the source Vmm; its agent (`Sled.status.agentAddress`) sends the guest.
+    pub sled: String,
+    /// The Migration (same namespace).
+    pub migration: String,
+}
+
+string_enum! {
+    /// Which end of a migration a Vmm is.
+    pub enum MigrationRole {
+        Source,
+        Target,
+    }
+}
+
+string_enum! {
+    /// Where one end of a migration is, as its node-agent sees it.
+    pub enum VmmMigrationPhase {
+        /// Pre-copy rounds under way (the source guest runs).
+        Transferring,
+        /// Source: the guest is paused and every byte sent; waiting for the switch or an abort.
+        /// Target: the whole guest is here; waiting for the switch.
+        Ready,
+        /// Target: the instance switched and the guest runs here. Source: the guest left.
+        Completed,
+        /// The transfer broke or was refused (`reason` says why); a source guest runs on.
+        Failed,
+        /// The control plane aborted it; a paused source guest was resumed.
+        Aborted,
+    }
+}
+
+/// One end of a migration, as the node-agent of the Vmm's sled reports it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VmmMigrationStatus {
+    /// The Migration (same namespace).
+    pub migration: String,
+    pub role: MigrationRole,
+    pub phase: VmmMigrationPhase,
+    #[serde(default)]
+    pub progress: TransferProgress,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<Reason>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
 }
 
 string_enum! {
@@ -72,7 +127,7 @@ string_enum! {
         Stopping,
         /// The guest shut down on its own; the VMM no longer runs.
         Stopped,
-        /// Sending or receiving a live migration.
+        /// Sending or receiving a live migration (`status.migration` says which and how far).
         Migrating,
         /// Ended on a failure (`reason` says which), or refused by the agent.
         Failed,
@@ -121,6 +176,13 @@ pub struct VmmStatus {
     /// The `spec.rebootRequest` the agent last carried out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub handled_reboot_request: Option<String>,
+    /// How fast the guest dirties its memory, bytes per second (what a live migration has to
+    /// keep up with).
+    #[serde(default)]
+    pub dirty_bytes_per_second: u64,
+    /// This Vmm's end of a live migration, while there is one (and its outcome after).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub migration: Option<VmmMigrationStatus>,
     #[serde(default)]
     pub conditions: Vec<Condition<VmmConditionType>>,
 }

@@ -213,6 +213,8 @@ pub fn render_status(record: &VmmRecord, base: &VmmStatus, now: jiff::Timestamp)
         message: record.message.clone(),
         booted_at: record.booted_at.map(Time),
         handled_reboot_request: record.handled_reboot_request.clone(),
+        dirty_bytes_per_second: base.dirty_bytes_per_second,
+        migration: base.migration.clone(),
         conditions,
     }
 }

@@ -1,0 +1,327 @@
+//! `Migration`: move one running instance to another sled, live (namespaced).
+//!
+//! Writers: users (`corralctl migrate`) and the drain controller create Migrations and may set
+//! `spec.cancel`; the migration controller alone writes `status`. The outcome of an admitted
+//! migration is decided by the instance controller's switch-or-abort write of
+//! `Instance.status` and copied here from `Instance.status.lastMigration` (docs/migration.md,
+//! "One decision point").
+//!
+//! [`predict`] is the pre-copy model the controller refuses with, the agents run the rounds by,
+//! and the ETA is computed from.
+
+use std::time::Duration;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::condition::Reason;
+
+/// The downtime budget: pre-copy ends (the guest pauses for the last round) once the next
+/// round would take at most this long.
+pub const DOWNTIME_BUDGET: Duration = Duration::from_millis(300);
+/// Pre-copy rounds before a transfer that has not converged fails.
+pub const MAX_ROUNDS: u32 = 16;
+/// One MiB, in bytes.
+pub const MIB: u64 = 1024 * 1024;
+
+string_enum! {
+    /// Why a migration was asked for.
+    pub enum MigrationReason {
+        /// A user asked (`corralctl migrate`).
+        User,
+        /// A drain moves the instance off its sled.
+        Drain,
+        /// Rebalancing the rack.
+        Rebalance,
+    }
+}
+
+#[allow(clippy::derivable_impls)]
+impl Default for MigrationReason {
+    fn default() -> Self {
+        MigrationReason::User
+    }
+}
+
+string_enum! {
+    /// Where a migration is.
+    pub enum MigrationPhase {
+        /// Waiting for admission (limits, the previous move's V2P change) or being checked.
+        Pending,
+        /// Admitted; the instance controller is placing the target.
+        Scheduling,
+        /// The target Vmm exists and its agent is preparing to receive.
+        TargetStarting,
+        /// Pre-copy rounds are under way.
+        Transferring,
+        /// The guest is paused on the source and whole on the target; the instance switches.
+        Switching,
+        /// The instance runs on the target; the source is torn down.
+        Succeeded,
+        /// It ended without moving the instance, which still runs on the source.
+        Failed,
+        /// It was cancelled; the instance still runs on the source.
+        Cancelled,
+    }
+}
+
+impl MigrationPhase {
+    /// Succeeded, Failed or Cancelled: nothing changes any more.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            MigrationPhase::Succeeded | MigrationPhase::Failed | MigrationPhase::Cancelled
+        )
+    }
+}
+
+/// A live migration of one instance.
+#[derive(CustomResource, Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "corral.dev",
+    version = "v1alpha1",
+    kind = "Migration",
+    plural = "migrations",
+    shortname = "mig",
+    namespaced,
+    status = "MigrationStatus",
+    category = "corral",
+    printcolumn = r#"{"name":"Instance","type":"string","jsonPath":".spec.instance"}"#,
+    printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"From","type":"string","jsonPath":".status.sourceSled"}"#,
+    printcolumn = r#"{"name":"To","type":"string","jsonPath":".status.targetSled"}"#,
+    printcolumn = r#"{"name":"Progress","type":"integer","jsonPath":".status.progress.percent"}"#,
+    printcolumn = r#"{"name":"ETA","type":"integer","jsonPath":".status.progress.etaSeconds"}"#,
+    printcolumn = r#"{"name":"Round","type":"integer","priority":1,"jsonPath":".status.progress.round"}"#,
+    printcolumn = r#"{"name":"Reason","type":"string","priority":1,"jsonPath":".status.reason"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    selectable = ".spec.instance",
+    selectable = ".status.phase"
+)]
+#[serde(rename_all = "camelCase")]
+pub struct MigrationSpec {
+    /// The Instance (same namespace) to move.
+    pub instance: String,
+    /// Where to; chosen by the scheduler when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_sled: Option<String>,
+    #[serde(default)]
+    pub reason: MigrationReason,
+    /// Set to stop the migration; the instance stays on the source (unless the switch has
+    /// already happened).
+    #[serde(default)]
+    pub cancel: bool,
+}
+
+/// How far a transfer is, as the agents report it and the migration controller shows it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TransferProgress {
+    /// The guest's memory.
+    #[serde(default)]
+    pub memory_bytes: u64,
+    /// Bytes sent so far, every round included.
+    #[serde(default)]
+    pub bytes_sent: u64,
+    /// Bytes left in the current round.
+    #[serde(default)]
+    pub bytes_remaining: u64,
+    /// How fast the guest dirties memory, bytes per second.
+    #[serde(default)]
+    pub dirty_bytes_per_second: u64,
+    /// The link's bandwidth for this transfer, bytes per second.
+    #[serde(default)]
+    pub bandwidth_bytes_per_second: u64,
+    /// The pre-copy round under way (1 is the whole memory).
+    #[serde(default)]
+    pub round: u32,
+    /// Percent of the predicted bytes sent (0-100).
+    #[serde(default)]
+    pub percent: u32,
+    /// Predicted seconds until the switch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eta_seconds: Option<u64>,
+    /// Predicted guest downtime of the stop-and-copy round.
+    #[serde(default)]
+    pub predicted_downtime_ms: u64,
+}
+
+/// An abort the migration controller asked the instance controller for. Never taken back.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MigrationAbort {
+    /// `Cancelled`, `TransferFailed`, `Timeout`, `SledNotReady`, ...
+    pub reason: Reason,
+    #[serde(default)]
+    pub message: String,
+    pub at: Time,
+}
+
+/// Written only by the migration controller.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MigrationStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<MigrationPhase>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_vmm: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_sled: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_vmm: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_sled: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<TransferProgress>,
+    /// Set when the controller asked for an abort; the final phase follows the instance.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub abort: Option<MigrationAbort>,
+    /// Why it is in its phase (waiting, refused, failed, cancelled).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<Reason>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+    /// When it was admitted (left Pending).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<Time>,
+    /// When the agents began the transfer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transfer_started_at: Option<Time>,
+    /// When it reached its final phase.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<Time>,
+    /// The instance's `locationGeneration` after the switch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location_generation: Option<u64>,
+    #[serde(default)]
+    pub observed_generation: i64,
+}
+
+/// What the pre-copy model predicts for one transfer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Prediction {
+    /// Rounds including the stop-and-copy one.
+    pub rounds: u32,
+    /// Bytes sent over every round.
+    pub total_bytes: u64,
+    /// Time from the first byte to the end of the stop-and-copy round.
+    pub duration: Duration,
+    /// How long the guest is paused (the last round).
+    pub downtime: Duration,
+}
+
+/// Why a transfer will not converge.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum NonConvergence {
+    #[error("the link has no bandwidth")]
+    NoBandwidth,
+    #[error(
+        "the guest dirties {dirty} bytes/s and the link carries {bandwidth} bytes/s: pre-copy never catches up"
+    )]
+    DirtyFasterThanLink { dirty: u64, bandwidth: u64 },
+    #[error(
+        "after {rounds} rounds {left} bytes would still be dirty (the downtime budget allows {budget})"
+    )]
+    TooManyRounds { rounds: u32, left: u64, budget: u64 },
+}
+
+/// The time `bytes` take at `bandwidth` bytes per second.
+pub fn transfer_time(bytes: u64, bandwidth: u64) -> Duration {
+    if bandwidth == 0 {
+        return Duration::MAX;
+    }
+    Duration::from_secs_f64(bytes as f64 / bandwidth as f64)
+}
+
+/// The bytes the next round sends, after a round that took `elapsed`.
+pub fn dirtied(memory: u64, dirty_rate: u64, elapsed: Duration) -> u64 {
+    ((dirty_rate as f64 * elapsed.as_secs_f64()) as u64).min(memory)
+}
+
+/// Whether a round of `bytes` fits the downtime budget (and so is the stop-and-copy round).
+pub fn fits_downtime(bytes: u64, bandwidth: u64) -> bool {
+    transfer_time(bytes, bandwidth) <= DOWNTIME_BUDGET
+}
+
+/// Predicts a pre-copy transfer of `memory` bytes over `bandwidth` bytes/s while the guest
+/// dirties `dirty_rate` bytes/s (see docs/migration.md, "The pre-copy model").
+pub fn predict(memory: u64, dirty_rate: u64, bandwidth: u64) -> Result<Prediction, NonConvergence> {
+    if bandwidth == 0 {
+        return Err(NonConvergence::NoBandwidth);
+    }
+    if memory > 0 && dirty_rate >= bandwidth {
+        return Err(NonConvergence::DirtyFasterThanLink {
+            dirty: dirty_rate,
+            bandwidth,
+        });
+    }
+    let mut round_bytes = memory;
+    let mut total = 0u64;
+    let mut duration = Duration::ZERO;
+    for round in 1..=MAX_ROUNDS {
+        let took = transfer_time(round_bytes, bandwidth);
+        total += round_bytes;
+        duration += took;
+        if fits_downtime(round_bytes, bandwidth) {
+            return Ok(Prediction {
+                rounds: round,
+                total_bytes: total,
+                duration,
+                downtime: took,
+            });
+        }
+        round_bytes = dirtied(memory, dirty_rate, took);
+    }
+    Err(NonConvergence::TooManyRounds {
+        rounds: MAX_ROUNDS,
+        left: round_bytes,
+        budget: (bandwidth as f64 * DOWNTIME_BUDGET.as_secs_f64()) as u64,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GIB: u64 = 1024 * MIB;
+    /// 10 Gbit/s.
+    const TEN_GBIT: u64 = 1_250_000_000;
+
+    #[test]
+    fn a_quiet_guest_converges_in_a_few_rounds() {
+        let p = predict(4 * GIB, 64 * MIB, TEN_GBIT).unwrap();
+        assert!(p.rounds >= 2 && p.rounds <= 4, "{p:?}");
+        assert!(p.downtime <= DOWNTIME_BUDGET);
+        assert!(p.total_bytes > 4 * GIB);
+        // The first round alone is 4 GiB at 10 Gbit/s: about 3.4 s.
+        assert!(p.duration > Duration::from_millis(3400), "{p:?}");
+        assert!(p.duration < Duration::from_millis(3800), "{p:?}");
+    }
+
+    #[test]
+    fn a_guest_dirtying_faster_than_the_link_never_converges() {
+        assert_eq!(
+            predict(4 * GIB, TEN_GBIT, TEN_GBIT),
+            Err(NonConvergence::DirtyFasterThanLink {
+                dirty: TEN_GBIT,
+                bandwidth: TEN_GBIT
+            })
+        );
+        // Just below the link: converges in principle, but not within the round limit.
+        assert!(matches!(
+            predict(4 * GIB, TEN_GBIT - TEN_GBIT / 50, TEN_GBIT),
+            Err(NonConvergence::TooManyRounds { .. })
+        ));
+        assert_eq!(predict(GIB, 0, 0), Err(NonConvergence::NoBandwidth));
+    }
+
+    #[test]
+    fn a_small_guest_is_one_stop_and_copy_round() {
+        let p = predict(256 * MIB, 10 * MIB, TEN_GBIT).unwrap();
+        assert_eq!(p.rounds, 1);
+        assert_eq!(p.total_bytes, 256 * MIB);
+        assert_eq!(p.downtime, p.duration);
+    }
+}
