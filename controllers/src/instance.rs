@@ -1,10 +1,12 @@
 //! The scheduler / instance controller: keeps every Instance that should run on exactly one
 //! sled, and its `status` true to what its Vmms report.
 //!
-//! Reads Instances (primary), Vmms (owned: a Vmm event wakes its Instance) and Sleds (for
-//! placement; a Sled reporting an unknown VMM wakes the Instance the VMM claims to be). Writes `Instance.status` (it alone), the instance finalizer, Vmms (create,
-//! delete, `spec.rebootRequest`) and Events. The decisions are [`plan::plan`]'s; this file
-//! wires the watches and executes plans.
+//! Reads Instances (primary), Vmms (owned: a Vmm event wakes its Instance), Sleds (for
+//! placement; a Sled reporting an unknown VMM wakes the Instance the VMM claims to be) and
+//! Migrations (a Migration wakes its Instance: the controller starts admitted migrations and
+//! decides their outcome, docs/migration.md). Writes `Instance.status` (it alone), the instance
+//! finalizer, Vmms (create, delete, `spec.rebootRequest`) and Events. The decisions are
+//! [`plan::plan`]'s; this file wires the watches and executes plans.
 //!
 //! # Invariants
 //! - Never plans from a cached Instance older than its own last write to it (the
@@ -14,6 +16,7 @@
 //! - Only the leader runs this (see `lib.rs`); each step is idempotent and a reconcile may stop
 //!   at any `.await`: the next one re-plans from what was written.
 
+mod migrate;
 pub mod plan;
 
 use std::collections::{BTreeSet, HashMap};
@@ -23,7 +26,8 @@ use std::time::Duration;
 
 use corral_client::events::Recorder;
 use corral_crds::{
-    INSTANCE_FINALIZER, INSTANCE_LABEL, Instance, Reason, Sled, VMM_FINALIZER, Vmm, VmmSpec,
+    INSTANCE_FINALIZER, INSTANCE_LABEL, Instance, MigrateFrom, Migration, Reason, Sled,
+    VMM_FINALIZER, Vmm, VmmSpec,
 };
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
@@ -36,7 +40,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::scheduler::{ANTI_AFFINITY_LABEL, Ledger};
-use plan::{Action, Observed, Severity};
+use plan::{Action, Observed, PlaceRequest, Severity};
 
 /// How long a created Vmm may take to show up in the cache before it counts as missing.
 const IN_FLIGHT_TTL: Duration = Duration::from_secs(30);
@@ -126,6 +130,7 @@ pub struct Context {
     client: kube::Client,
     vmms: Store<Vmm>,
     sleds: Store<Sled>,
+    migrations: Store<Migration>,
     ledger: Ledger,
     index: VmmIndex,
     /// Instance uid → the resourceVersion of this controller's last write to it.
@@ -134,6 +139,7 @@ pub struct Context {
     in_flight: std::sync::Mutex<HashMap<String, Instant>>,
     vmms_synced: AtomicBool,
     sleds_synced: AtomicBool,
+    migrations_synced: AtomicBool,
     recorder: Recorder,
 }
 
@@ -206,6 +212,17 @@ impl Context {
             .collect()
     }
 
+    /// The Migrations of `instance`, from the cache.
+    fn migrations_of(&self, instance: &Instance) -> Vec<Arc<Migration>> {
+        let namespace = instance.namespace().unwrap_or_default();
+        let name = instance.name_any();
+        self.migrations
+            .state()
+            .into_iter()
+            .filter(|m| m.spec.instance == name && m.namespace().as_deref() == Some(&namespace))
+            .collect()
+    }
+
     fn is_in_flight(&self, namespace: &str, name: &str) -> bool {
         let mut in_flight = self.in_flight.lock().expect("in-flight lock");
         in_flight.retain(|_, at| at.elapsed() < IN_FLIGHT_TTL);
@@ -217,16 +234,19 @@ impl Context {
 pub async fn controller(client: kube::Client, concurrency: u16, stop: CancellationToken) {
     let (vmm_reader, vmm_writer) = reflector::store::<Vmm>();
     let (sled_reader, sled_writer) = reflector::store::<Sled>();
+    let (migration_reader, migration_writer) = reflector::store::<Migration>();
     let context = Arc::new(Context {
         client: client.clone(),
         vmms: vmm_reader,
         sleds: sled_reader,
+        migrations: migration_reader,
         ledger: Ledger::default(),
         index: VmmIndex::default(),
         expectations: Default::default(),
         in_flight: Default::default(),
         vmms_synced: AtomicBool::new(false),
         sleds_synced: AtomicBool::new(false),
+        migrations_synced: AtomicBool::new(false),
         recorder: Recorder::new(client.clone(), "instance-controller"),
     });
     let tap = context.clone();
@@ -251,10 +271,28 @@ pub async fn controller(client: kube::Client, concurrency: u16, stop: Cancellati
             event
         })
         .touched_objects();
+    let tap = context.clone();
+    let migration_events = watcher(
+        Api::<Migration>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .reflect(migration_writer)
+    .map_ok(move |event| {
+        if matches!(event, watcher::Event::InitDone) {
+            tap.migrations_synced.store(true, Ordering::Release);
+        }
+        event
+    })
+    .touched_objects();
     let instances = Api::<Instance>::all(client);
     Controller::new(instances, watcher::Config::default())
         .owns_stream(vmm_events)
         .watches_stream(sled_events, claimed_instances)
+        .watches_stream(migration_events, |migration: Migration| {
+            let namespace = migration.namespace()?;
+            Some(ObjectRef::new(&migration.spec.instance).within(&namespace))
+        })
         .with_config(kube::runtime::controller::Config::default().concurrency(concurrency))
         .graceful_shutdown_on(async move { stop.cancelled().await })
         .run(reconcile, error_policy, context)
@@ -267,7 +305,9 @@ pub async fn controller(client: kube::Client, concurrency: u16, stop: Cancellati
 }
 
 async fn reconcile(instance: Arc<Instance>, context: Arc<Context>) -> Result<Requeue, Error> {
-    if !context.vmms_synced.load(Ordering::Acquire) || !context.sleds_synced.load(Ordering::Acquire)
+    if !context.vmms_synced.load(Ordering::Acquire)
+        || !context.sleds_synced.load(Ordering::Acquire)
+        || !context.migrations_synced.load(Ordering::Acquire)
     {
         return Ok(Requeue::requeue(Duration::from_millis(200)));
     }
@@ -298,6 +338,26 @@ async fn reconcile(instance: Arc<Instance>, context: Arc<Context>) -> Result<Req
             return Ok(Requeue::requeue(Duration::from_millis(200)));
         }
     }
+    let status = instance.status.clone().unwrap_or_default();
+    let target_in_flight = status
+        .target_vmm
+        .as_ref()
+        .is_some_and(|name| context.is_in_flight(&namespace, name));
+    let migrations = context.migrations_of(&instance);
+    if let Some(name) = &status.migration
+        && !migrations.iter().any(|m| m.name_any() == *name)
+    {
+        // As for Vmms: read the Migration before planning on its absence (an abort).
+        let api: Api<Migration> = Api::namespaced(context.client.clone(), &namespace);
+        let live = api.get_opt(name).await.map_err(|source| Error::Api {
+            operation: "reading migration",
+            object: format!("{namespace}/{name}"),
+            source,
+        })?;
+        if live.is_some() {
+            return Ok(Requeue::requeue(Duration::from_millis(200)));
+        }
+    }
     let sleds = context.sleds.state();
     let unknown_vmms = claims_of(&sleds, &namespace, &instance.name_any());
     let observed = Observed {
@@ -305,10 +365,23 @@ async fn reconcile(instance: Arc<Instance>, context: Arc<Context>) -> Result<Req
         vmms: &vmms,
         active_in_flight,
         unknown_vmms,
+        migrations: &migrations,
+        target_in_flight,
         now: corral_client::clock::now(),
     };
-    let plan = plan::plan(&observed, &mut |vmm_name, avoid| {
-        context.ledger.place(&instance, vmm_name, &sleds, avoid)
+    let plan = plan::plan(&observed, &mut |request: &PlaceRequest<'_>| {
+        let candidates: Vec<Arc<Sled>> = sleds
+            .iter()
+            .filter(|sled| {
+                let name = sled.name_any();
+                request.only.is_none_or(|only| only == name)
+                    && request.exclude != Some(name.as_str())
+            })
+            .cloned()
+            .collect();
+        context
+            .ledger
+            .place(&instance, request.vmm, &candidates, request.avoid)
     });
     let result = execute(&instance, &plan, &context).await;
     if result.is_err() {
@@ -422,8 +495,9 @@ async fn execute(instance: &Instance, plan: &plan::Plan, context: &Context) -> R
             Action::CreateVmm {
                 name: vmm_name,
                 sled,
+                migrate_from,
             } => {
-                let vmm = build_vmm(&current, vmm_name, sled, context);
+                let vmm = build_vmm(&current, vmm_name, sled, migrate_from.clone(), context);
                 context
                     .in_flight
                     .lock()
@@ -488,7 +562,13 @@ async fn publish(
 }
 
 /// The Vmm an instance's status names, for creation on `sled` at the sled's current epoch.
-fn build_vmm(instance: &Instance, name: &str, sled: &str, context: &Context) -> Vmm {
+fn build_vmm(
+    instance: &Instance,
+    name: &str,
+    sled: &str,
+    migrate_from: Option<MigrateFrom>,
+    context: &Context,
+) -> Vmm {
     let epoch = context
         .sleds
         .get(&ObjectRef::new(sled))
@@ -522,7 +602,7 @@ fn build_vmm(instance: &Instance, name: &str, sled: &str, context: &Context) -> 
             resources: instance.spec.resources(),
             image: instance.spec.image.clone(),
             nics: instance.spec.nics.clone(),
-            migrate_from: None,
+            migrate_from,
             // A reboot asked for before this VMM existed is not this VMM's to do.
             reboot_request: None,
         },

@@ -222,6 +222,9 @@ pub struct InstanceStatus {
     /// The Vmm a live migration moves the instance to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target_vmm: Option<String>,
+    /// The sled of the target Vmm.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_sled: Option<String>,
     /// The Migration whose target `targetVmm` is, while it is unfinished.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub migration: Option<String>,

@@ -19,7 +19,8 @@ use std::time::Duration;
 
 use corral_crds::{
     ConditionStatus, Instance, InstanceConditionType as Cond, InstanceExit, InstanceState,
-    InstanceStatus, Reason, RunStrategy, Vmm, VmmConditionType, VmmState, condition,
+    InstanceStatus, MigrateFrom, Migration, Reason, RunStrategy, Vmm, VmmConditionType, VmmState,
+    condition,
 };
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -52,8 +53,13 @@ pub enum Action {
     AddFinalizer,
     /// Write the plan's status (conditional on the Instance's resourceVersion).
     WriteStatus,
-    /// Create this Vmm on `sled` with the sled's current epoch ("already exists" is success).
-    CreateVmm { name: String, sled: String },
+    /// Create this Vmm on `sled` with the sled's current epoch ("already exists" is success);
+    /// a live-migration target names its source.
+    CreateVmm {
+        name: String,
+        sled: String,
+        migrate_from: Option<MigrateFrom>,
+    },
     /// Delete a Vmm (the agent tears it down, then its finalizer goes).
     DeleteVmm { name: String },
     /// Pass a reboot request to the active Vmm.
@@ -77,8 +83,32 @@ pub struct Plan {
     pub requeue: Option<Duration>,
 }
 
-/// Chooses (and reserves) a sled for a Vmm name, given a sled to avoid.
-pub type Place<'a> = dyn FnMut(&str, Option<&str>) -> Result<Placement, Rejections> + 'a;
+/// What a placement is asked for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PlaceRequest<'a> {
+    /// The Vmm to place (its reservation's key).
+    pub vmm: &'a str,
+    /// A sled to use only when no other fits (where the instance just failed).
+    pub avoid: Option<&'a str>,
+    /// A sled never to use (a migration's source).
+    pub exclude: Option<&'a str>,
+    /// The only sled to consider (a migration's `targetSled`).
+    pub only: Option<&'a str>,
+}
+
+impl<'a> PlaceRequest<'a> {
+    pub fn new(vmm: &'a str) -> PlaceRequest<'a> {
+        PlaceRequest {
+            vmm,
+            avoid: None,
+            exclude: None,
+            only: None,
+        }
+    }
+}
+
+/// Chooses (and reserves) a sled for a Vmm.
+pub type Place<'a> = dyn FnMut(&PlaceRequest<'_>) -> Result<Placement, Rejections> + 'a;
 
 /// What the controller observes of one instance.
 pub struct Observed<'a> {
@@ -90,6 +120,10 @@ pub struct Observed<'a> {
     /// VMMs that claim to be this instance but that no Vmm assigns (`Sled.status.unknownVmms`),
     /// as (sled, VMM id).
     pub unknown_vmms: Vec<(String, String)>,
+    /// The Migrations whose `spec.instance` is this instance.
+    pub migrations: &'a [std::sync::Arc<Migration>],
+    /// The target Vmm was created by this controller and has not appeared in its cache yet.
+    pub target_in_flight: bool,
     pub now: Timestamp,
 }
 
@@ -130,15 +164,15 @@ fn is_divergence(reason: Reason) -> bool {
     )
 }
 
-struct Planner<'a> {
-    observed: &'a Observed<'a>,
-    status: InstanceStatus,
-    actions: Vec<Action>,
-    requeue: Option<Duration>,
+pub(super) struct Planner<'a> {
+    pub(super) observed: &'a Observed<'a>,
+    pub(super) status: InstanceStatus,
+    pub(super) actions: Vec<Action>,
+    pub(super) requeue: Option<Duration>,
 }
 
 impl Planner<'_> {
-    fn event(&mut self, severity: Severity, reason: Reason, message: impl Into<String>) {
+    pub(super) fn event(&mut self, severity: Severity, reason: Reason, message: impl Into<String>) {
         self.actions.push(Action::Event {
             severity,
             reason,
@@ -146,7 +180,13 @@ impl Planner<'_> {
         });
     }
 
-    fn set(&mut self, type_: Cond, status: ConditionStatus, reason: Reason, message: &str) {
+    pub(super) fn set(
+        &mut self,
+        type_: Cond,
+        status: ConditionStatus,
+        reason: Reason,
+        message: &str,
+    ) {
         condition::set(
             &mut self.status.conditions,
             type_,
@@ -157,7 +197,7 @@ impl Planner<'_> {
         );
     }
 
-    fn requeue_within(&mut self, after: Duration) {
+    pub(super) fn requeue_within(&mut self, after: Duration) {
         self.requeue = Some(self.requeue.map_or(after, |r| r.min(after)));
     }
 }
@@ -187,6 +227,7 @@ pub fn plan(observed: &Observed<'_>, place: &mut Place<'_>) -> Plan {
         planner.actions.push(Action::AddFinalizer);
     }
     plan_active(&mut planner);
+    super::migrate::plan_migration(&mut planner, place);
     detect_divergence(&mut planner);
     if planner.status.active_vmm.is_none() {
         plan_start(&mut planner, place);
@@ -268,6 +309,7 @@ fn plan_active(planner: &mut Planner<'_>) {
                     planner.actions.push(Action::CreateVmm {
                         name: name.clone(),
                         sled,
+                        migrate_from: None,
                     });
                 }
             }
@@ -392,7 +434,7 @@ fn plan_active(planner: &mut Planner<'_>) {
     }
 }
 
-fn forget_active(planner: &mut Planner<'_>) {
+pub(super) fn forget_active(planner: &mut Planner<'_>) {
     planner.status.active_vmm = None;
     planner.status.sled = None;
 }
@@ -480,7 +522,11 @@ fn plan_start(planner: &mut Planner<'_>, place: &mut Place<'_>) {
         .as_ref()
         .filter(|exit| exit.reason != Reason::GuestShutdown)
         .and_then(|exit| exit.sled.clone());
-    match place(&name, avoid.as_deref()) {
+    let request = PlaceRequest {
+        avoid: avoid.as_deref(),
+        ..PlaceRequest::new(&name)
+    };
+    match place(&request) {
         Ok(placement) => {
             let restarting = planner.status.last_exit.is_some();
             let status = &mut planner.status;
@@ -530,6 +576,7 @@ fn plan_start(planner: &mut Planner<'_>, place: &mut Place<'_>) {
             planner.actions.push(Action::CreateVmm {
                 name,
                 sled: placement.sled,
+                migrate_from: None,
             });
         }
         Err(rejections) => {
@@ -757,10 +804,12 @@ mod tests {
             vmms,
             active_in_flight: false,
             unknown_vmms,
+            migrations: &[],
+            target_in_flight: false,
             now: now(),
         };
-        plan(&observed, &mut |_, avoid| {
-            let sled = if avoid == Some("sled-1") {
+        plan(&observed, &mut |request| {
+            let sled = if request.avoid == Some("sled-1") {
                 "sled-2"
             } else {
                 "sled-1"
@@ -778,7 +827,7 @@ mod tests {
             .iter()
             .map(|a| match a {
                 Action::Event { reason, .. } => format!("Event({reason})"),
-                Action::CreateVmm { name, sled } => format!("Create({name}@{sled})"),
+                Action::CreateVmm { name, sled, .. } => format!("Create({name}@{sled})"),
                 Action::DeleteVmm { name } => format!("Delete({name})"),
                 other => format!("{other:?}"),
             })
