@@ -39,6 +39,7 @@ use kube::{Resource, ResourceExt};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::expectations::Expectations;
 use crate::scheduler::{ANTI_AFFINITY_LABEL, Ledger};
 use plan::{Action, Observed, PlaceRequest, Severity};
 
@@ -133,8 +134,7 @@ pub struct Context {
     migrations: Store<Migration>,
     ledger: Ledger,
     index: VmmIndex,
-    /// Instance uid → the resourceVersion of this controller's last write to it.
-    expectations: std::sync::Mutex<HashMap<String, u64>>,
+    expectations: Expectations,
     /// `namespace/vmm` → when this controller created it (until the cache shows it).
     in_flight: std::sync::Mutex<HashMap<String, Instant>>,
     vmms_synced: AtomicBool,
@@ -143,41 +143,7 @@ pub struct Context {
     recorder: Recorder,
 }
 
-fn resource_version(object: &impl Resource) -> u64 {
-    object
-        .meta()
-        .resource_version
-        .as_deref()
-        .and_then(|rv| rv.parse().ok())
-        .unwrap_or(0)
-}
-
 impl Context {
-    fn expect(&self, instance: &Instance) {
-        if let Some(uid) = instance.uid() {
-            self.expectations
-                .lock()
-                .expect("expectations lock")
-                .insert(uid, resource_version(instance));
-        }
-    }
-
-    /// Whether the cached `instance` is older than this controller's last write to it.
-    fn is_stale(&self, instance: &Instance) -> bool {
-        let Some(uid) = instance.uid() else {
-            return false;
-        };
-        let mut expectations = self.expectations.lock().expect("expectations lock");
-        match expectations.get(&uid) {
-            Some(expected) if resource_version(instance) < *expected => true,
-            Some(_) => {
-                expectations.remove(&uid);
-                false
-            }
-            None => false,
-        }
-    }
-
     fn observe_vmm(&self, event: &watcher::Event<Vmm>) {
         self.ledger.observe(event);
         self.index.observe(event);
@@ -311,7 +277,7 @@ async fn reconcile(instance: Arc<Instance>, context: Arc<Context>) -> Result<Req
     {
         return Ok(Requeue::requeue(Duration::from_millis(200)));
     }
-    if context.is_stale(&instance) {
+    if context.expectations.is_stale(instance.as_ref()) {
         // Our own last write will arrive through the watch and wake us again.
         return Ok(Requeue::await_change());
     }
@@ -474,7 +440,7 @@ async fn execute(instance: &Instance, plan: &plan::Plan, context: &Context) -> R
                     .await
                 {
                     Ok(updated) => {
-                        context.expect(&updated);
+                        context.expectations.expect(&updated);
                         current = updated;
                     }
                     Err(kube::Error::Api(status))
@@ -489,7 +455,7 @@ async fn execute(instance: &Instance, plan: &plan::Plan, context: &Context) -> R
                     .replace_status(&name, &PostParams::default(), &updated)
                     .await
                     .map_err(api_error("writing the status of instance", &name))?;
-                context.expect(&written);
+                context.expectations.expect(&written);
                 current = written;
             }
             Action::CreateVmm {

@@ -6,13 +6,17 @@
 //!
 //! - [`instance`]: the scheduler / instance controller (placement, Vmm lifecycle,
 //!   `Instance.status`, restarts, reboot, delete, divergence on the Instance).
+//! - [`migration`]: the migration controller (admission, limits, timeouts, progress; the
+//!   instance controller decides each outcome, docs/migration.md).
 //! - [`reaper`]: abandoned Vmms.
 //! - [`scheduler`]: placement rules and the allocation ledger (pure, unit-tested).
 //!
 //! Not here: the node-agent (`node-agent/`), ownerReference garbage collection (the API
 //! server's `gc.rs`).
 
+pub mod expectations;
 pub mod instance;
+pub mod migration;
 pub mod reaper;
 pub mod scheduler;
 
@@ -42,6 +46,8 @@ pub struct Config {
     pub retry_period: Duration,
     /// This process's identity in the Lease.
     pub identity: String,
+    /// Limits and timeouts of live migrations.
+    pub migration: migration::Config,
 }
 
 impl Default for Config {
@@ -52,6 +58,7 @@ impl Default for Config {
             renew_deadline: Duration::from_secs(10),
             retry_period: Duration::from_secs(2),
             identity: lease::identity("controllers"),
+            migration: migration::Config::default(),
         }
     }
 }
@@ -73,6 +80,7 @@ pub async fn run(client: kube::Client, config: Config, shutdown: CancellationTok
         let lost = leadership.lost.clone();
         tokio::join!(
             instance::controller(client.clone(), config.concurrency, lost.clone()),
+            migration::controller(client.clone(), config.migration, lost.clone()),
             reaper::run(client.clone(), lost.clone()),
         );
         if shutdown.is_cancelled() {

@@ -1,0 +1,618 @@
+//! The migration controller's decisions about one Migration, as a pure function of what it
+//! observes. `migration.rs` gathers the inputs and writes the result.
+//!
+//! # Definitions
+//! - A Migration is *admitted* if (and only if) it left `Pending`; *under way* if admitted
+//!   and not final. Only under-way migrations count towards the limits.
+//! - The instance is *movable* if (and only if) its state is `Running`, it names an active
+//!   Vmm that runs, and no target.
+//! - The V2P change of the instance's last move has *converged* if (and only if), for every
+//!   NIC, its VPC's routes map the IP to the instance's sled at its current
+//!   `locationGeneration`, and every Ready sled acknowledges that VPC at a generation at least
+//!   the mapping's `since`.
+//!
+//! # Invariants
+//! - Only a `Pending` Migration is given a final phase here on the controller's own judgement
+//!   (refused or cancelled before anything happened). An admitted one ends only by copying the
+//!   instance's `lastMigration` (docs/migration.md, "One decision point"); until then the
+//!   controller can only ask for an abort, once.
+//! - Admission respects the limits given the load passed in, which includes this controller's
+//!   own admissions not yet in its cache.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use corral_crds::migration::{MIB, predict};
+use corral_crds::{
+    Instance, InstanceState, Migration, MigrationAbort, MigrationPhase, MigrationStatus, Reason,
+    Sled, SledConditionType, TransferProgress, Vmm, VmmMigrationPhase, VmmState, VpcRoutes,
+    condition,
+};
+use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::ResourceExt;
+
+/// How often an under-way or waiting Migration is looked at again.
+pub const RECHECK: Duration = Duration::from_millis(500);
+
+/// Concurrency limits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Migrations under way in the whole rack.
+    pub rack: usize,
+    /// Migrations under way out of one sled.
+    pub outbound: usize,
+    /// Migrations under way into one sled.
+    pub inbound: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            rack: 16,
+            outbound: 4,
+            inbound: 4,
+        }
+    }
+}
+
+/// Time limits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timeouts {
+    /// Every migration may take this long...
+    pub base: Duration,
+    /// ...plus this much per GiB of guest memory, from admission to the switch.
+    pub per_gib: Duration,
+    /// No byte sent for this long (or no transfer begun this long after admission).
+    pub no_progress: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            base: Duration::from_secs(60),
+            per_gib: Duration::from_secs(20),
+            no_progress: Duration::from_secs(20),
+        }
+    }
+}
+
+impl Timeouts {
+    /// The whole-migration limit for a guest of `memory_mib`.
+    pub fn overall(&self, memory_mib: u64) -> Duration {
+        let gib = memory_mib.div_ceil(1024).max(1);
+        self.base + self.per_gib * gib as u32
+    }
+}
+
+/// Migrations under way, by where they go from and to (this one excluded).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Load {
+    pub rack: usize,
+    pub outbound: HashMap<String, usize>,
+    pub inbound: HashMap<String, usize>,
+}
+
+impl Load {
+    pub fn add(&mut self, source: Option<&str>, target: Option<&str>) {
+        self.rack += 1;
+        if let Some(source) = source {
+            *self.outbound.entry(source.to_string()).or_default() += 1;
+        }
+        if let Some(target) = target {
+            *self.inbound.entry(target.to_string()).or_default() += 1;
+        }
+    }
+}
+
+/// Everything one decision depends on.
+pub struct Observed<'a> {
+    pub migration: &'a Migration,
+    /// `None`: the Instance does not exist (the caller read the API to be sure).
+    pub instance: Option<&'a Instance>,
+    /// The source and target Vmms, as far as they exist.
+    pub source: Option<&'a Vmm>,
+    pub target: Option<&'a Vmm>,
+    pub sleds: &'a [std::sync::Arc<Sled>],
+    /// The other unfinished Migrations of the same instance.
+    pub siblings: &'a [std::sync::Arc<Migration>],
+    /// The VpcRoutes of the instance's VPCs.
+    pub routes: &'a [std::sync::Arc<VpcRoutes>],
+    pub load: &'a Load,
+    /// How long the transfer has not moved, as far as this controller has watched.
+    pub stalled_for: Duration,
+    pub limits: Limits,
+    pub timeouts: Timeouts,
+    pub now: Timestamp,
+}
+
+/// Normal or Warning.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Severity {
+    Normal,
+    Warning,
+}
+
+/// The new status, the Events to record, and when to look again.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Plan {
+    pub status: MigrationStatus,
+    pub events: Vec<(Severity, Reason, String)>,
+    pub requeue: Option<Duration>,
+}
+
+/// Decides what the Migration's status should be now.
+pub fn plan(observed: &Observed<'_>) -> Plan {
+    let migration = observed.migration;
+    let mut plan = Plan {
+        status: migration.status.clone().unwrap_or_default(),
+        events: Vec::new(),
+        requeue: None,
+    };
+    plan.status.observed_generation = migration.metadata.generation.unwrap_or(0);
+    let phase = plan.status.phase.unwrap_or(MigrationPhase::Pending);
+    if phase.is_final() {
+        return plan;
+    }
+    plan.status.phase = Some(phase);
+    if phase == MigrationPhase::Pending {
+        plan_pending(observed, &mut plan);
+    } else {
+        plan_under_way(observed, &mut plan);
+    }
+    if !plan.status.phase.is_some_and(MigrationPhase::is_final) {
+        plan.requeue = Some(RECHECK);
+    }
+    plan
+}
+
+fn finish(
+    observed: &Observed<'_>,
+    plan: &mut Plan,
+    phase: MigrationPhase,
+    reason: Reason,
+    message: String,
+) {
+    let status = &mut plan.status;
+    status.phase = Some(phase);
+    status.reason = Some(reason);
+    status.message = message.clone();
+    status.finished_at = Some(Time(observed.now));
+    let (severity, event) = match phase {
+        MigrationPhase::Succeeded => (Severity::Normal, Reason::MigrationSucceeded),
+        MigrationPhase::Cancelled => (Severity::Normal, Reason::MigrationCancelled),
+        _ => (Severity::Warning, Reason::MigrationFailed),
+    };
+    plan.events.push((severity, event, message));
+}
+
+fn wait(plan: &mut Plan, reason: Reason, message: String) {
+    plan.status.reason = Some(reason);
+    plan.status.message = message;
+}
+
+fn sled<'a>(observed: &Observed<'a>, name: &str) -> Option<&'a Sled> {
+    observed
+        .sleds
+        .iter()
+        .find(|s| s.name_any() == name)
+        .map(|s| s.as_ref())
+}
+
+fn is_ready(sled: &Sled) -> bool {
+    sled.status
+        .as_ref()
+        .is_some_and(|s| condition::is_true(&s.conditions, SledConditionType::Ready))
+}
+
+/// Refuse, wait, or admit.
+fn plan_pending(observed: &Observed<'_>, plan: &mut Plan) {
+    let migration = observed.migration;
+    let name = migration.name_any();
+    if migration.spec.cancel {
+        let message = "cancelled before it started".to_string();
+        return finish(
+            observed,
+            plan,
+            MigrationPhase::Cancelled,
+            Reason::MigrationCancelled,
+            message,
+        );
+    }
+    let Some(instance) = observed.instance else {
+        let message = format!("instance {} does not exist", migration.spec.instance);
+        return finish(
+            observed,
+            plan,
+            MigrationPhase::Failed,
+            Reason::InstanceNotRunning,
+            message,
+        );
+    };
+    let key = |m: &Migration| (m.metadata.creation_timestamp.clone(), m.name_any());
+    if let Some(other) = observed.siblings.iter().find(|other| {
+        let admitted = other
+            .status
+            .as_ref()
+            .and_then(|s| s.phase)
+            .is_some_and(|p| p != MigrationPhase::Pending);
+        admitted || key(other) < key(migration)
+    }) {
+        let message = format!(
+            "instance {} already has an unfinished migration, {}",
+            migration.spec.instance,
+            other.name_any()
+        );
+        return finish(
+            observed,
+            plan,
+            MigrationPhase::Failed,
+            Reason::MigrationInProgress,
+            message,
+        );
+    }
+    let status = instance.status.clone().unwrap_or_default();
+    let state = status.state;
+    match state {
+        Some(InstanceState::Running) if status.target_vmm.is_none() => {}
+        Some(
+            InstanceState::Creating
+            | InstanceState::Starting
+            | InstanceState::Repairing
+            | InstanceState::Migrating,
+        ) => {
+            let state = state.map(|s| s.to_string()).unwrap_or_default();
+            return wait(
+                plan,
+                Reason::InstanceNotRunning,
+                format!("waiting for the instance to run (it is {state})"),
+            );
+        }
+        _ => {
+            let state = state.map_or("not running".to_string(), |s| s.to_string());
+            let message = format!(
+                "instance {} does not run (it is {state})",
+                migration.spec.instance
+            );
+            return finish(
+                observed,
+                plan,
+                MigrationPhase::Failed,
+                Reason::InstanceNotRunning,
+                message,
+            );
+        }
+    }
+    let (Some(source_vmm), Some(source_sled)) = (status.active_vmm.clone(), status.sled.clone())
+    else {
+        let message = format!("instance {} runs nowhere", migration.spec.instance);
+        return finish(
+            observed,
+            plan,
+            MigrationPhase::Failed,
+            Reason::InstanceNotRunning,
+            message,
+        );
+    };
+    if let Some(target) = &migration.spec.target_sled {
+        let refusal = if *target == source_sled {
+            Some(format!(
+                "the target sled {target} is where the instance runs"
+            ))
+        } else if sled(observed, target).is_none() {
+            Some(format!("there is no sled {target}"))
+        } else {
+            None
+        };
+        if let Some(message) = refusal {
+            return finish(
+                observed,
+                plan,
+                MigrationPhase::Failed,
+                Reason::Unschedulable,
+                message,
+            );
+        }
+    }
+    // The pre-copy model, with what the source's agent reports.
+    let memory = instance.spec.memory_mib * MIB;
+    let dirty = observed
+        .source
+        .and_then(|v| v.status.as_ref())
+        .map_or(0, |s| s.dirty_bytes_per_second);
+    let bandwidth = sled(observed, &source_sled)
+        .and_then(|s| s.status.as_ref())
+        .map_or(0, |s| s.migration_bandwidth);
+    let mut progress = TransferProgress {
+        memory_bytes: memory,
+        dirty_bytes_per_second: dirty,
+        bandwidth_bytes_per_second: bandwidth,
+        ..Default::default()
+    };
+    if bandwidth > 0 {
+        match predict(memory, dirty, bandwidth) {
+            Ok(prediction) => {
+                progress.predicted_downtime_ms = prediction.downtime.as_millis() as u64;
+                progress.eta_seconds = Some(prediction.duration.as_secs_f64().ceil() as u64);
+            }
+            Err(why) => {
+                let message = format!("refused: the transfer would not converge: {why}");
+                return finish(
+                    observed,
+                    plan,
+                    MigrationPhase::Failed,
+                    Reason::WillNotConverge,
+                    message,
+                );
+            }
+        }
+    }
+    if let Some(waiting) = v2p_waiting(observed, instance) {
+        return wait(plan, Reason::V2PNotConverged, waiting);
+    }
+    let limits = observed.limits;
+    let load = observed.load;
+    let target = migration.spec.target_sled.as_deref();
+    let throttled = if load.rack >= limits.rack {
+        Some(format!(
+            "{} migrations under way in the rack (limit {})",
+            load.rack, limits.rack
+        ))
+    } else if load.outbound.get(&source_sled).copied().unwrap_or(0) >= limits.outbound {
+        Some(format!(
+            "{source_sled} already sends {} migrations (limit {})",
+            limits.outbound, limits.outbound
+        ))
+    } else if let Some(target) = target
+        && load.inbound.get(target).copied().unwrap_or(0) >= limits.inbound
+    {
+        Some(format!(
+            "{target} already receives {} migrations (limit {})",
+            limits.inbound, limits.inbound
+        ))
+    } else {
+        None
+    };
+    if let Some(message) = throttled {
+        return wait(
+            plan,
+            Reason::MigrationThrottled,
+            format!("waiting: {message}"),
+        );
+    }
+    let message = match progress.eta_seconds {
+        Some(eta) => format!(
+            "moving {} from {source_sled}: predicted {eta} s, {} ms downtime",
+            migration.spec.instance, progress.predicted_downtime_ms
+        ),
+        None => format!("moving {} from {source_sled}", migration.spec.instance),
+    };
+    let status = &mut plan.status;
+    status.phase = Some(MigrationPhase::Scheduling);
+    status.source_vmm = Some(source_vmm);
+    status.source_sled = Some(source_sled);
+    status.target_sled = migration.spec.target_sled.clone();
+    status.started_at = Some(Time(observed.now));
+    status.progress = Some(progress);
+    status.reason = Some(Reason::MigrationStarted);
+    status.message = message.clone();
+    plan.events.push((
+        Severity::Normal,
+        Reason::MigrationStarted,
+        format!("migration {name}: {message}"),
+    ));
+}
+
+/// Why the instance's last move has not converged yet, if it has not.
+fn v2p_waiting(observed: &Observed<'_>, instance: &Instance) -> Option<String> {
+    let status = instance.status.as_ref()?;
+    let sled_name = status.sled.as_deref()?;
+    for nic in &instance.spec.nics {
+        let Some(routes) = observed.routes.iter().find(|r| r.name_any() == nic.vpc) else {
+            return Some(format!("waiting for the V2P mappings of VPC {}", nic.vpc));
+        };
+        let current = routes.spec.mappings.iter().find(|m| {
+            m.ip == nic.ip
+                && m.sled == sled_name
+                && m.location_generation >= status.location_generation
+        });
+        let Some(mapping) = current else {
+            return Some(format!(
+                "waiting for VPC {} to map {} to {sled_name}",
+                nic.vpc, nic.ip
+            ));
+        };
+        let behind = observed
+            .sleds
+            .iter()
+            .filter(|s| is_ready(s))
+            .filter(|s| {
+                !s.status.as_ref().is_some_and(|status| {
+                    status
+                        .v2p
+                        .iter()
+                        .any(|ack| ack.vpc == nic.vpc && ack.generation >= mapping.since)
+                })
+            })
+            .count();
+        if behind > 0 {
+            return Some(format!(
+                "waiting for {behind} sleds to apply VPC {} generation {}",
+                nic.vpc, mapping.since
+            ));
+        }
+    }
+    None
+}
+
+/// Follow an admitted migration: copy the instance's decision, show progress, ask to abort.
+fn plan_under_way(observed: &Observed<'_>, plan: &mut Plan) {
+    let migration = observed.migration;
+    let name = migration.name_any();
+    let Some(instance) = observed.instance else {
+        let message = format!("instance {} was deleted", migration.spec.instance);
+        return finish(
+            observed,
+            plan,
+            MigrationPhase::Failed,
+            Reason::InstanceNotRunning,
+            message,
+        );
+    };
+    let status = instance.status.clone().unwrap_or_default();
+    if let Some(outcome) = status.last_migration.as_ref().filter(|o| o.name == name) {
+        let mut message = outcome.message.clone();
+        if outcome.phase == MigrationPhase::Succeeded {
+            plan.status.location_generation = Some(status.location_generation);
+            if migration.spec.cancel || plan.status.abort.is_some() {
+                message = format!("{message} (the abort came after the switch)");
+            }
+        }
+        let reason = outcome.reason.unwrap_or(Reason::MigrationFailed);
+        return finish(observed, plan, outcome.phase, reason, message);
+    }
+    // Where it is.
+    let named = status.migration.as_deref() == Some(name.as_str());
+    if named {
+        plan.status.target_vmm = status.target_vmm.clone();
+        plan.status.target_sled = status.target_sled.clone();
+    }
+    let ends = [observed.source, observed.target]
+        .into_iter()
+        .flatten()
+        .filter_map(|vmm| vmm.status.as_ref()?.migration.as_ref())
+        .filter(|m| m.migration == name)
+        .collect::<Vec<_>>();
+    let target_end = observed
+        .target
+        .and_then(|v| v.status.as_ref()?.migration.as_ref())
+        .filter(|m| m.migration == name);
+    let phase = match target_end.map(|m| m.phase) {
+        _ if !named => MigrationPhase::Scheduling,
+        Some(VmmMigrationPhase::Ready | VmmMigrationPhase::Completed) => MigrationPhase::Switching,
+        Some(VmmMigrationPhase::Transferring) => MigrationPhase::Transferring,
+        _ => MigrationPhase::TargetStarting,
+    };
+    let previous = plan.status.phase.unwrap_or(MigrationPhase::Pending);
+    // Phases only move forward while under way.
+    let phase = phase.max(previous);
+    if phase != previous {
+        plan.status.phase = Some(phase);
+        plan.status.reason = Some(match phase {
+            MigrationPhase::Transferring => Reason::Transferring,
+            MigrationPhase::Switching => Reason::Switching,
+            _ => Reason::MigrationStarted,
+        });
+        if phase == MigrationPhase::Transferring && plan.status.transfer_started_at.is_none() {
+            plan.status.transfer_started_at = Some(Time(observed.now));
+        }
+    }
+    if let Some(best) = ends.iter().max_by_key(|m| m.progress.bytes_sent)
+        && best.progress.bytes_sent > 0
+    {
+        let mut progress = best.progress.clone();
+        if progress.memory_bytes == 0 {
+            progress.memory_bytes = instance.spec.memory_mib * MIB;
+        }
+        plan.status.progress = Some(progress);
+    }
+    if plan.status.abort.is_none()
+        && let Some((reason, message)) = abort_reason(observed, plan, &ends)
+    {
+        plan.status.abort = Some(MigrationAbort {
+            reason,
+            message: message.clone(),
+            at: Time(observed.now),
+        });
+        plan.status.message = format!("aborting: {message}");
+        plan.events.push((
+            if reason == Reason::MigrationCancelled {
+                Severity::Normal
+            } else {
+                Severity::Warning
+            },
+            reason,
+            format!("migration {name}: aborting: {message}"),
+        ));
+    }
+}
+
+/// Why the migration must stop, if it must.
+fn abort_reason(
+    observed: &Observed<'_>,
+    plan: &Plan,
+    ends: &[&corral_crds::VmmMigrationStatus],
+) -> Option<(Reason, String)> {
+    let migration = observed.migration;
+    if migration.spec.cancel {
+        return Some((
+            Reason::MigrationCancelled,
+            "cancelled by request".to_string(),
+        ));
+    }
+    if let Some(end) = ends.iter().find(|m| m.phase == VmmMigrationPhase::Failed) {
+        let message = format!(
+            "the {} reports the transfer failed: {}",
+            end.role.as_str().to_lowercase(),
+            end.message
+        );
+        return Some((Reason::TransferFailed, message));
+    }
+    if let Some(target) = observed.target
+        && target.status.as_ref().and_then(|s| s.state) == Some(VmmState::Failed)
+    {
+        let why = target
+            .status
+            .as_ref()
+            .map(|s| s.message.clone())
+            .unwrap_or_default();
+        return Some((
+            Reason::TransferFailed,
+            format!("the target VMM failed: {why}"),
+        ));
+    }
+    let status = &plan.status;
+    if status.phase == Some(MigrationPhase::Switching) {
+        // The target holds the whole guest and the instance controller is about to switch:
+        // an abort now would only lengthen the pause.
+        return None;
+    }
+    for sled_name in [status.source_sled.as_deref(), status.target_sled.as_deref()]
+        .into_iter()
+        .flatten()
+    {
+        if !sled(observed, sled_name).is_some_and(is_ready) {
+            return Some((
+                Reason::SledNotReady,
+                format!("sled {sled_name} is not Ready"),
+            ));
+        }
+    }
+    let memory_mib = observed.instance.map_or(0, |i| i.spec.memory_mib);
+    let limit = observed.timeouts.overall(memory_mib);
+    if let Some(started) = &status.started_at {
+        let elapsed =
+            Duration::try_from(observed.now.duration_since(started.0)).unwrap_or_default();
+        if elapsed > limit {
+            return Some((
+                Reason::Timeout,
+                format!(
+                    "not done after {} s (limit {} s for {memory_mib} MiB)",
+                    elapsed.as_secs(),
+                    limit.as_secs()
+                ),
+            ));
+        }
+    }
+    if observed.stalled_for > observed.timeouts.no_progress {
+        return Some((
+            Reason::Timeout,
+            format!("no progress for {} s", observed.stalled_for.as_secs()),
+        ));
+    }
+    None
+}
+
+#[cfg(test)]
+#[path = "plan_tests.rs"]
+mod tests;
