@@ -42,6 +42,7 @@ fn clients_never_depend_on_the_store() {
             "corral-node-agent",
             "corral-cli",
             "corral-client",
+            "corral-e2e",
         ]
         .contains(&package.as_str())
         {
