@@ -4,12 +4,16 @@
 //!   store.
 //! - [`rack`]: `corral bench rack` — how long a whole rack of simulated sleds takes to run
 //!   thousands of Instances, through the real processes.
+//! - [`drain`]: `corral bench drain` — a drain's wall time against its modelled transfers.
+//! - [`v2p`]: `corral bench v2p` — how fast a moved instance's mapping reaches every sled.
 //!
 //! This file holds what both share: choosing the store (`--store`, including a private etcd
 //! for the run) and reading a process's CPU time and peak memory from `/proc`.
 
 mod api;
+mod drain;
 mod rack;
+mod v2p;
 
 use std::path::Path;
 
@@ -25,12 +29,20 @@ pub enum BenchCommand {
     /// Apply thousands of Instances to a rack of simulated sleds (real apiserver, controllers
     /// and power-sim processes) and time them until all are Running.
     Rack(rack::RackArgs),
+    /// Drain a sled of live-migrating instances and compare the wall time with the time the
+    /// modelled transfers alone need.
+    Drain(drain::DrainArgs),
+    /// Move instances one after another and time how long each new V2P mapping takes to
+    /// reach every sled.
+    V2p(v2p::V2pArgs),
 }
 
 pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
     match command {
         BenchCommand::Api(args) => api::api(args).await,
         BenchCommand::Rack(args) => rack::rack(args).await,
+        BenchCommand::Drain(args) => drain::drain(args).await,
+        BenchCommand::V2p(args) => v2p::v2p(args).await,
     }
 }
 

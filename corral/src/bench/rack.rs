@@ -21,8 +21,8 @@
 //! Code map: this file runs the benchmark; `children.rs` supervises the processes;
 //! `measure.rs` holds what is measured and how it is reported. Figures: `docs/benchmarks.md`.
 
-mod children;
-mod measure;
+pub(super) mod children;
+pub(super) mod measure;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -209,48 +209,24 @@ async fn run(
         args.controller_concurrency,
     );
 
-    // The control plane: apiserver, then controllers and sleds against its kubeconfig.
     let started = Instant::now();
-    let (address, apiserver) = start_apiserver(&store.config, children, deadline).await?;
-    let kubeconfig = scratch.join("kubeconfig");
-    std::fs::write(&kubeconfig, crate::kubeconfig(address))
-        .with_context(|| format!("writing {}", kubeconfig.display()))?;
-    let client = corral_client::connect(Some(&kubeconfig)).await?;
-    let kubeconfig_arg = kubeconfig.display().to_string();
-    let controllers = children.spawn(
-        "controllers",
-        &[
-            "controllers",
-            "--kubeconfig",
-            &kubeconfig_arg,
-            "--concurrency",
-            &args.controller_concurrency.to_string(),
-        ],
-    )?;
-    let sled_dir = scratch.join("rack");
-    let power_sim = children.spawn(
-        "power-sim",
-        &[
-            "power-sim",
-            "--kubeconfig",
-            &kubeconfig_arg,
-            "--sleds",
-            &args.sleds.to_string(),
-            "--data-dir",
-            &sled_dir.display().to_string(),
-            "--boot-time",
-            &format!("{}ms", args.boot_time.as_millis()),
-            "--cold-start",
-        ],
-    )?;
-    let pids = Pids {
-        apiserver,
-        controllers,
-        power_sim,
-        etcd: store.etcd_pid(),
-    };
-    wait_for_leader(&client, children, deadline).await?;
-    wait_for_sleds(&client, args.sleds, children, deadline).await?;
+    let rack = start_rack(
+        RackSpec {
+            store: &store.config,
+            etcd_pid: store.etcd_pid(),
+            sleds: args.sleds,
+            controller_concurrency: args.controller_concurrency,
+            power_sim: &[
+                "--boot-time".to_string(),
+                format!("{}ms", args.boot_time.as_millis()),
+            ],
+        },
+        children,
+        scratch,
+        deadline,
+    )
+    .await?;
+    let (client, pids) = (rack.client, rack.pids);
     println!(
         "rack ready: {} sleds Ready, controllers leading, {:.1} s after start",
         args.sleds,
@@ -412,6 +388,72 @@ async fn run(
 
 /// Starts `corral apiserver` on a free loopback port and waits until it answers. A port taken
 /// between choosing and binding it is retried with another.
+/// What [`start_rack`] starts.
+pub(super) struct RackSpec<'a> {
+    pub store: &'a StoreConfig,
+    pub etcd_pid: Option<u32>,
+    pub sleds: usize,
+    pub controller_concurrency: u16,
+    /// More `corral power-sim` arguments (timing, capacity).
+    pub power_sim: &'a [String],
+}
+
+/// A started benchmark rack.
+pub(super) struct StartedRack {
+    pub client: kube::Client,
+    pub pids: Pids,
+}
+
+/// Starts the control plane as processes of this binary — `corral apiserver`, then `corral
+/// controllers` and `corral power-sim` (every sled, cold-started) against its kubeconfig —
+/// and waits until the controllers lead and every sled is Ready.
+pub(super) async fn start_rack(
+    spec: RackSpec<'_>,
+    children: &mut Children,
+    scratch: &Path,
+    deadline: Instant,
+) -> anyhow::Result<StartedRack> {
+    let (address, apiserver) = start_apiserver(spec.store, children, deadline).await?;
+    let kubeconfig = scratch.join("kubeconfig");
+    std::fs::write(&kubeconfig, crate::kubeconfig(address))
+        .with_context(|| format!("writing {}", kubeconfig.display()))?;
+    let client = corral_client::connect(Some(&kubeconfig)).await?;
+    let kubeconfig_arg = kubeconfig.display().to_string();
+    let controllers = children.spawn(
+        "controllers",
+        &[
+            "controllers",
+            "--kubeconfig",
+            &kubeconfig_arg,
+            "--concurrency",
+            &spec.controller_concurrency.to_string(),
+        ],
+    )?;
+    let sled_dir = scratch.join("rack").display().to_string();
+    let sleds = spec.sleds.to_string();
+    let mut power_sim_args = vec![
+        "power-sim",
+        "--kubeconfig",
+        &kubeconfig_arg,
+        "--sleds",
+        &sleds,
+        "--data-dir",
+        &sled_dir,
+        "--cold-start",
+    ];
+    power_sim_args.extend(spec.power_sim.iter().map(String::as_str));
+    let power_sim = children.spawn("power-sim", &power_sim_args)?;
+    let pids = Pids {
+        apiserver,
+        controllers,
+        power_sim,
+        etcd: spec.etcd_pid,
+    };
+    wait_for_leader(&client, children, deadline).await?;
+    wait_for_sleds(&client, spec.sleds, children, deadline).await?;
+    Ok(StartedRack { client, pids })
+}
+
 async fn start_apiserver(
     store: &StoreConfig,
     children: &mut Children,

@@ -15,7 +15,7 @@ use crate::bench::{cpu_seconds, percentile};
 
 /// Store writes in `(after, upto]`, by resource (`instances`, `vmms`, ...), from the store's
 /// history.
-pub(super) async fn writes_by_resource(
+pub(crate) async fn writes_by_resource(
     config: &StoreConfig,
     (after, upto): (u64, u64),
 ) -> anyhow::Result<BTreeMap<String, u64>> {
@@ -54,7 +54,7 @@ pub(super) async fn writes_by_resource(
 
 /// `writes: N store revisions (X per instance): instances A (a), vmms B (b), ...`, with per
 /// instance figures in parentheses.
-pub(super) fn describe_writes(
+pub(crate) fn describe_writes(
     (after, upto): (u64, u64),
     instances: usize,
     by_resource: anyhow::Result<BTreeMap<String, u64>>,
@@ -84,7 +84,7 @@ pub(super) fn describe_writes(
 
 /// CPU seconds of each measured process at one moment.
 #[derive(Clone, Copy, Default)]
-pub(super) struct CpuSample {
+pub(crate) struct CpuSample {
     apiserver: f64,
     controllers: f64,
     power_sim: f64,
@@ -93,7 +93,7 @@ pub(super) struct CpuSample {
 }
 
 impl CpuSample {
-    pub(super) fn take(pids: &Pids) -> CpuSample {
+    pub(crate) fn take(pids: &Pids) -> CpuSample {
         let of = |pid: Option<u32>| {
             pid.and_then(|pid| cpu_seconds(&pid.to_string()))
                 .unwrap_or(0.0)
@@ -107,7 +107,7 @@ impl CpuSample {
         }
     }
 
-    pub(super) fn minus(self, earlier: CpuSample) -> CpuSample {
+    pub(crate) fn minus(self, earlier: CpuSample) -> CpuSample {
         CpuSample {
             apiserver: self.apiserver - earlier.apiserver,
             controllers: self.controllers - earlier.controllers,
@@ -117,7 +117,7 @@ impl CpuSample {
         }
     }
 
-    pub(super) fn describe(&self, with_etcd: bool) -> String {
+    pub(crate) fn describe(&self, with_etcd: bool) -> String {
         let mut text = format!(
             "apiserver {:.1}, controllers {:.1}, power-sim {:.1}, bench client {:.1}",
             self.apiserver, self.controllers, self.power_sim, self.bench
@@ -130,31 +130,31 @@ impl CpuSample {
 }
 
 /// The measured processes.
-pub(super) struct Pids {
-    pub(super) apiserver: u32,
-    pub(super) controllers: u32,
-    pub(super) power_sim: u32,
-    pub(super) etcd: Option<u32>,
+pub(crate) struct Pids {
+    pub(crate) apiserver: u32,
+    pub(crate) controllers: u32,
+    pub(crate) power_sim: u32,
+    pub(crate) etcd: Option<u32>,
 }
 
 /// When one Instance reached each step, as the benchmark saw it.
 #[derive(Default)]
-pub(super) struct Timeline {
+pub(crate) struct Timeline {
     /// Its create request was sent.
-    pub(super) sent: Option<Instant>,
+    pub(crate) sent: Option<Instant>,
     /// The controller wrote a placement (any state with the Vmm named).
-    pub(super) placed: Option<Instant>,
+    pub(crate) placed: Option<Instant>,
     /// `Starting`: its VMM boots.
-    pub(super) starting: Option<Instant>,
+    pub(crate) starting: Option<Instant>,
     /// `Running`, the first time.
-    pub(super) running: Option<Instant>,
+    pub(crate) running: Option<Instant>,
     /// The state of the last write seen.
-    pub(super) last_state: Option<InstanceState>,
+    pub(crate) last_state: Option<InstanceState>,
 }
 
 impl Timeline {
     /// Records the first time each step was seen; a later state implies the earlier steps.
-    pub(super) fn observe(&mut self, state: Option<InstanceState>, at: Instant) {
+    pub(crate) fn observe(&mut self, state: Option<InstanceState>, at: Instant) {
         self.last_state = state;
         let step = match state {
             Some(InstanceState::Creating) => 1,
@@ -175,14 +175,14 @@ impl Timeline {
 }
 
 /// p50, p99 and max of the time between two steps, over the instances that reached both.
-pub(super) struct Latencies {
-    pub(super) p50: f64,
-    pub(super) p99: f64,
-    pub(super) max: f64,
+pub(crate) struct Latencies {
+    pub(crate) p50: f64,
+    pub(crate) p99: f64,
+    pub(crate) max: f64,
 }
 
 impl Latencies {
-    pub(super) fn of(
+    pub(crate) fn of(
         timelines: &[Timeline],
         span: impl Fn(&Timeline) -> Option<(Instant, Instant)>,
     ) -> Self {
