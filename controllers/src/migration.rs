@@ -48,6 +48,9 @@ use plan::{Limits, Load, Observed, Severity, Timeouts};
 pub struct Config {
     pub limits: Limits,
     pub timeouts: Timeouts,
+    /// Fault injection for tests: abort the process right after writing this phase, as a
+    /// crash at that step would (`corral controllers --crash-at-migration-phase`).
+    pub crash_at: Option<MigrationPhase>,
 }
 
 /// What a reconcile can fail on.
@@ -413,6 +416,13 @@ async fn reconcile(migration: Arc<Migration>, context: Arc<Context>) -> Result<R
                 source,
             })?;
         context.expectations.expect(&written);
+        if let Some(phase) = context.config.crash_at
+            && plan.status.phase == Some(phase)
+            && status.phase != Some(phase)
+        {
+            tracing::error!(migration = %key(&migration), %phase, "fault injection: crashing after writing the phase");
+            std::process::abort();
+        }
         if pending && plan.status.phase == Some(MigrationPhase::Scheduling) {
             context.admitted.lock().expect("admitted lock").insert(
                 key(&migration),

@@ -81,6 +81,10 @@ pub struct ControllersArgs {
     /// How long the leader Lease lasts without renewal; a survivor takes over after it.
     #[arg(long, default_value = "15s", value_parser = parse_duration)]
     lease_duration: Duration,
+    /// Fault injection for tests: the process aborts right after the migration controller
+    /// writes this phase, as a crash at that step would.
+    #[arg(long, hide = true)]
+    crash_at_migration_phase: Option<corral_crds::MigrationPhase>,
 }
 
 /// Parses `500ms`, `30s`, `5m`, `1h` (and a bare number of seconds).
@@ -210,7 +214,8 @@ pub fn controllers_config(
 async fn run_controllers(args: ControllersArgs) -> anyhow::Result<()> {
     let client = corral_client::connect(args.kubeconfig.as_deref()).await?;
     let shutdown = tokio_util::sync::CancellationToken::new();
-    let config = controllers_config(args.lease_duration, args.concurrency);
+    let mut config = controllers_config(args.lease_duration, args.concurrency);
+    config.migration.crash_at = args.crash_at_migration_phase;
     tracing::info!(identity = %config.identity, "controllers: campaigning for the leader lease");
     let run = tokio::spawn(corral_controllers::run(client, config, shutdown.clone()));
     shutdown_signal().await;
