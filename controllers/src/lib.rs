@@ -7,11 +7,14 @@
 //! - [`instance`]: the scheduler / instance controller (placement, Vmm lifecycle,
 //!   `Instance.status`, restarts, reboot, delete, divergence on the Instance).
 //! - [`reaper`]: abandoned Vmms.
+//! - [`drain`]: the drain controller (cordon, plan, move a sled's instances off with
+//!   Migrations, `Drain.status`).
 //! - [`scheduler`]: placement rules and the allocation ledger (pure, unit-tested).
 //!
 //! Not here: the node-agent (`node-agent/`), ownerReference garbage collection (the API
 //! server's `gc.rs`).
 
+pub mod drain;
 pub mod instance;
 pub mod reaper;
 pub mod scheduler;
@@ -74,6 +77,7 @@ pub async fn run(client: kube::Client, config: Config, shutdown: CancellationTok
         tokio::join!(
             instance::controller(client.clone(), config.concurrency, lost.clone()),
             reaper::run(client.clone(), lost.clone()),
+            drain::controller(client.clone(), lost.clone()),
         );
         if shutdown.is_cancelled() {
             leadership.release().await;
