@@ -83,6 +83,8 @@ pub struct Context {
     sleds_synced: AtomicBool,
     instances_synced: AtomicBool,
     migrations_synced: AtomicBool,
+    /// The controller's own cache of Drains (set once the controller is built).
+    drains: std::sync::OnceLock<Store<Drain>>,
     recorder: Recorder,
 }
 
@@ -163,6 +165,7 @@ pub async fn controller(client: kube::Client, stop: CancellationToken) {
         sleds_synced: AtomicBool::new(false),
         instances_synced: AtomicBool::new(false),
         migrations_synced: AtomicBool::new(false),
+        drains: std::sync::OnceLock::new(),
         recorder: Recorder::new(client.clone(), "drain-controller"),
     });
     let controller = Controller::new(
@@ -170,6 +173,7 @@ pub async fn controller(client: kube::Client, stop: CancellationToken) {
         watcher::Config::default(),
     );
     let drains = controller.store();
+    let _ = context.drains.set(drains.clone());
 
     let sled_events = reflected(
         Api::<Sled>::all(client.clone()),
@@ -236,11 +240,16 @@ async fn reconcile(drain: Arc<Drain>, context: Arc<Context>) -> Result<Requeue, 
         .into_iter()
         .filter(|m| m.labels().get(DRAIN_LABEL) == Some(&name))
         .collect();
+    let earlier_drain = context
+        .drains
+        .get()
+        .and_then(|drains| earlier_drain(&drain, &drains.state()));
     let observed = Observed {
         drain: &drain,
         sleds: &sleds,
         instances: &instances,
         migrations: &migrations,
+        earlier_drain,
         now: corral_client::clock::now(),
     };
     let plan = plan::plan(&observed);
@@ -249,6 +258,26 @@ async fn reconcile(drain: Arc<Drain>, context: Arc<Context>) -> Result<Requeue, 
         Some(after) => Requeue::requeue(after),
         None => Requeue::await_change(),
     })
+}
+
+/// Another running drain of `drain`'s sled created before it (by creation time, then name).
+fn earlier_drain(drain: &Drain, drains: &[Arc<Drain>]) -> Option<String> {
+    let order = |d: &Drain| {
+        (
+            d.metadata.creation_timestamp.clone().map(|t| t.0),
+            d.name_any(),
+        )
+    };
+    drains
+        .iter()
+        .filter(|other| other.spec.sled == drain.spec.sled && other.name_any() != drain.name_any())
+        .filter(|other| {
+            let phase = other.status.as_ref().and_then(|s| s.phase);
+            !phase.is_some_and(DrainPhase::is_final)
+        })
+        .filter(|other| order(other) < order(drain))
+        .map(|other| other.name_any())
+        .next()
 }
 
 fn error_policy(_drain: Arc<Drain>, error: &Error, _context: Arc<Context>) -> Requeue {

@@ -97,6 +97,8 @@ pub struct Observed<'a> {
     pub instances: &'a [Arc<Instance>],
     /// The Migrations labelled with this drain.
     pub migrations: &'a [Arc<Migration>],
+    /// Another running drain of the same sled that was created first, if any.
+    pub earlier_drain: Option<String>,
     pub now: Timestamp,
 }
 
@@ -217,6 +219,15 @@ pub fn plan(observed: &Observed<'_>) -> Plan {
         return finish(planner, &previous);
     }
     if phase == DrainPhase::Pending {
+        if let Some(earlier) = &observed.earlier_drain {
+            // Two drains would move the same instances twice.
+            planner.finish_as(
+                DrainPhase::Refused,
+                Reason::DrainFailed,
+                format!("sled {sled_name} is already being drained by {earlier}"),
+            );
+            return finish(planner, &previous);
+        }
         start(&mut planner, sled);
         if planner.status.phase != Some(DrainPhase::Draining) {
             return finish(planner, &previous);
@@ -931,6 +942,7 @@ mod tests {
             sleds,
             instances,
             migrations,
+            earlier_drain: None,
             now: at,
         })
     }
@@ -1356,6 +1368,27 @@ mod tests {
         let plan = run(&drain(4), &sleds[1..], &[], &[], now());
         assert_eq!(plan.status.phase, Some(DrainPhase::Failed));
         assert!(plan.status.message.contains("sled-1 does not exist"));
+    }
+
+    #[test]
+    fn a_second_drain_of_a_sled_is_refused() {
+        let sleds = [cordoned(sled("sled-1", 64, 4)), sled("sled-2", 64, 0)];
+        let instances = [instance("a", 4, "sled-1")];
+        let plan = plan(&Observed {
+            drain: &drain(4),
+            sleds: &sleds,
+            instances: &instances,
+            migrations: &[],
+            earlier_drain: Some("sled-1-1".into()),
+            now: now(),
+        });
+        assert_eq!(plan.status.phase, Some(DrainPhase::Refused));
+        assert!(
+            plan.status
+                .message
+                .contains("already being drained by sled-1-1")
+        );
+        assert!(created(&plan).is_empty());
     }
 
     #[test]
