@@ -387,11 +387,13 @@ fn target_for(
     usage: &HashMap<String, Usage>,
     avoid: Option<&str>,
 ) -> Result<String, String> {
-    let others: Vec<Arc<Sled>> = sleds
+    // By name, so that the message reads the same whatever order the cache lists them in.
+    let mut others: Vec<Arc<Sled>> = sleds
         .iter()
         .filter(|s| s.name_any() != drained)
         .cloned()
         .collect();
+    others.sort_by_key(|s| s.name_any());
     match scheduler::choose(instance, &others, usage, avoid) {
         Ok(placement) => Ok(placement.sled),
         Err(_) => {
@@ -1389,6 +1391,58 @@ mod tests {
                 .contains("already being drained by sled-1-1")
         );
         assert!(created(&plan).is_empty());
+    }
+
+    proptest::proptest! {
+        /// Whatever the sizes: a started plan never puts more on a sled than it has free, and
+        /// planning again on its own result (the Migrations seen) does nothing more.
+        #[test]
+        fn a_started_plan_fits_the_free_capacity_and_is_stable(
+            sizes in proptest::collection::vec(1u32..=16, 0..12),
+            others in proptest::collection::vec((1u32..=64, 0u32..=64), 1..5),
+            max_parallel in 1u32..=6,
+        ) {
+            let mut sleds = vec![cordoned(sled("sled-1", 256, sizes.iter().sum()))];
+            for (index, (cpus, used)) in others.iter().enumerate() {
+                sleds.push(sled(&format!("sled-{}", index + 2), *cpus, (*used).min(*cpus)));
+            }
+            let instances: Vec<Arc<Instance>> = sizes
+                .iter()
+                .enumerate()
+                .map(|(index, cpus)| instance(&format!("i{index}"), *cpus, "sled-1"))
+                .collect();
+            let drain = drain(max_parallel);
+            let plan = run(&drain, &sleds, &instances, &[], now());
+            match plan.status.phase {
+                Some(DrainPhase::Refused) => {
+                    proptest::prop_assert!(created(&plan).is_empty());
+                    proptest::prop_assert!(plan.status.message.contains("fits no sled"));
+                }
+                Some(DrainPhase::Draining) => {
+                    let mut planned: HashMap<String, u32> = HashMap::new();
+                    for item in &plan.status.plan {
+                        let target = item.target_sled.clone().expect("every item has a target");
+                        let cpus = instances.iter().find(|i| i.name_any() == item.instance).unwrap().spec.cpus;
+                        *planned.entry(target).or_default() += cpus;
+                    }
+                    for sled in &sleds[1..] {
+                        let free = sled.status.as_ref().map(|s| s.capacity.cpus - s.allocated.cpus).unwrap();
+                        let put = planned.get(&sled.name_any()).copied().unwrap_or(0);
+                        proptest::prop_assert!(put <= free, "{} gets {put} CPUs, has {free}", sled.name_any());
+                    }
+                    let made = created(&plan);
+                    proptest::prop_assert!(made.len() as u32 <= max_parallel);
+                    let seen: Vec<Arc<Migration>> = made
+                        .iter()
+                        .map(|(name, instance, _)| migration(name, instance, Some(MigrationPhase::Pending)))
+                        .collect();
+                    let again = run(&applied(&drain, &plan), &sleds, &instances, &seen, later(1));
+                    proptest::prop_assert_eq!(again.actions, vec![]);
+                }
+                Some(DrainPhase::Completed) => proptest::prop_assert!(sizes.is_empty()),
+                other => proptest::prop_assert!(false, "unexpected phase {:?}", other),
+            }
+        }
     }
 
     #[test]
