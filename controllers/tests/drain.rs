@@ -217,6 +217,21 @@ impl Rack {
             .expect("the controller stops")
             .expect("the controller did not panic");
     }
+
+    /// Stops the controller and starts a fresh one (empty caches, nothing remembered).
+    async fn restart_controller(&mut self) {
+        self.stop.cancel();
+        let old = std::mem::replace(&mut self.controller, tokio::spawn(async {}));
+        tokio::time::timeout(BOUND, old)
+            .await
+            .expect("the controller stops")
+            .expect("the controller did not panic");
+        self.stop = CancellationToken::new();
+        self.controller = tokio::spawn(corral_controllers::drain::controller(
+            self.client.clone(),
+            self.stop.clone(),
+        ));
+    }
 }
 
 fn event_reasons(events: &[k8s_openapi::api::core::v1::Event], name: &str) -> Vec<String> {
@@ -376,5 +391,35 @@ async fn cancelling_a_drain_cancels_its_unfinished_migrations() {
         json!(true),
         "stays cordoned"
     );
+    rack.stop().await;
+}
+
+#[tokio::test]
+async fn a_restarted_controller_resumes_from_the_status_and_the_migrations_it_finds() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut rack = Rack::start().await;
+    rack.sled("sled-1", 64, 8, 2).await;
+    rack.sled("sled-2", 64, 0, 0).await;
+    rack.instance("a", 4, "sled-1").await;
+    rack.instance("b", 4, "sled-1").await;
+    rack.drain("d", "sled-1", 1).await;
+    let first = rack.migrations_of("d", 1).await;
+    assert_eq!(first[0].name_any(), "d-a-1");
+
+    rack.restart_controller().await;
+    // The new controller finds the move under way: no second one.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(rack.migrations_of("d", 1).await.len(), 1);
+    rack.succeed(&first[0]).await;
+    let both = rack.migrations_of("d", 2).await;
+    let second = both
+        .iter()
+        .find(|m| m.name_any() != "d-a-1")
+        .expect("the second move");
+    assert_eq!(second.name_any(), "d-b-1");
+    rack.succeed(second).await;
+    rack.sled_status("sled-1", 64, 0, 0).await;
+    let completed = rack.phase("d", DrainPhase::Completed).await;
+    assert_eq!(completed.status.unwrap().progress, "2/2");
     rack.stop().await;
 }
