@@ -172,14 +172,6 @@ pub fn plan(observed: &Observed<'_>) -> Plan {
         return finish(planner, &previous);
     }
     let sled_name = drain.spec.sled.as_str();
-    let Some(sled) = observed.sleds.iter().find(|s| s.name_any() == sled_name) else {
-        planner.finish_as(
-            DrainPhase::Failed,
-            Reason::DrainFailed,
-            format!("sled {sled_name} does not exist"),
-        );
-        return finish(planner, &previous);
-    };
     if drain.spec.cancel {
         cancel_unfinished(&mut planner);
         planner.finish_as(
@@ -192,6 +184,14 @@ pub fn plan(observed: &Observed<'_>) -> Plan {
         );
         return finish(planner, &previous);
     }
+    let Some(sled) = observed.sleds.iter().find(|s| s.name_any() == sled_name) else {
+        planner.finish_as(
+            DrainPhase::Failed,
+            Reason::DrainFailed,
+            format!("sled {sled_name} does not exist"),
+        );
+        return finish(planner, &previous);
+    };
     if let Some(deadline) = &previous.deadline
         && observed.now >= deadline.0
     {
@@ -209,14 +209,18 @@ pub fn plan(observed: &Observed<'_>) -> Plan {
         return finish(planner, &previous);
     }
     if !sled.spec.unschedulable {
+        // Cordoned again if someone uncordoned it mid-drain: what is moved off must not come
+        // back.
         planner.actions.push(Action::Cordon {
             sled: sled_name.to_string(),
         });
-        planner.status.phase = Some(DrainPhase::Pending);
-        planner.status.message = format!("cordoning sled {sled_name}");
-        // Plan only from a cache that shows the cordon: nothing lands on the sled after it.
-        planner.requeue_within(SHORT_RECHECK);
-        return finish(planner, &previous);
+        if phase == DrainPhase::Pending {
+            planner.status.phase = Some(DrainPhase::Pending);
+            planner.status.message = format!("cordoning sled {sled_name}");
+            // Plan only from a cache that shows the cordon: nothing lands on the sled after it.
+            planner.requeue_within(SHORT_RECHECK);
+            return finish(planner, &previous);
+        }
     }
     if phase == DrainPhase::Pending {
         if let Some(earlier) = &observed.earlier_drain {
@@ -1370,6 +1374,25 @@ mod tests {
         let plan = run(&drain(4), &sleds[1..], &[], &[], now());
         assert_eq!(plan.status.phase, Some(DrainPhase::Failed));
         assert!(plan.status.message.contains("sled-1 does not exist"));
+    }
+
+    #[test]
+    fn a_sled_uncordoned_mid_drain_is_cordoned_again_and_the_drain_goes_on() {
+        let sleds = [cordoned(sled("sled-1", 64, 8)), sled("sled-2", 64, 0)];
+        let instances = [instance("a", 4, "sled-1"), instance("b", 4, "sled-1")];
+        let drain = drain(1);
+        let plan = run(&drain, &sleds, &instances, &[], now());
+        let drain = applied(&drain, &plan);
+        let uncordoned = [sled("sled-1", 64, 8), sleds[1].clone()];
+        let migrations = [migration("d-a-1", "a", Some(MigrationPhase::Transferring))];
+        let plan = run(&drain, &uncordoned, &instances, &migrations, later(2));
+        assert_eq!(
+            plan.actions,
+            vec![Action::Cordon {
+                sled: "sled-1".into()
+            }]
+        );
+        assert_eq!(plan.status.phase, Some(DrainPhase::Draining));
     }
 
     #[test]
