@@ -64,9 +64,9 @@ fn unix_seconds() -> i64 {
     corral_client::clock::now().as_second()
 }
 
-/// The name of a Drain of `sled` created at `unix` seconds.
-pub fn drain_name(sled: &str, unix: i64) -> String {
-    format!("{sled}-{unix}")
+/// The name of a Drain of a sled (or a Migration of an instance) created at `unix` seconds.
+pub fn timestamped_name(base: &str, unix: i64) -> String {
+    format!("{base}-{unix}")
 }
 
 /// A progress bar `width` wide, `done` of `total` filled.
@@ -188,7 +188,7 @@ pub async fn drain(
         .get(&options.sled)
         .await
         .map_err(Error::api(format!("reading sled {}", options.sled)))?;
-    let name = drain_name(&options.sled, unix_seconds());
+    let name = timestamped_name(&options.sled, unix_seconds());
     let drain = Drain::new(
         &name,
         DrainSpec {
@@ -331,7 +331,7 @@ pub async fn migrate(
 ) -> Result<Outcome, Error> {
     let api: Api<Migration> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
     let kind = format!("migration.{}", corral_crds::GROUP);
-    let name = drain_name(&options.instance, unix_seconds());
+    let name = timestamped_name(&options.instance, unix_seconds());
     let migration = Migration::new(
         &name,
         MigrationSpec {
@@ -483,6 +483,9 @@ mod tests {
             migration_line("web-1", &migration),
             "migration web-1: Transferring s1 -> s2 [##########----------] 50%, round 2, ETA 3s"
         );
-        assert_eq!(drain_name("sled-1", 1_800_000_000), "sled-1-1800000000");
+        assert_eq!(
+            timestamped_name("sled-1", 1_800_000_000),
+            "sled-1-1800000000"
+        );
     }
 }
