@@ -171,3 +171,27 @@ async fn a_completed_drain_and_a_succeeded_migration_exit_zero() {
     let run = running.finish().await.ok();
     assert!(run.stdout.contains("Succeeded (s1 -> s2)"), "{run}");
 }
+
+#[tokio::test]
+async fn a_failed_migration_exits_non_zero_with_its_reason() {
+    let rack = Rack::start().await;
+    rack.create(&rack.instances("default"), instance_json("db", "Always"))
+        .await;
+    let running = rack.spawn(&["migrate", "db"]);
+    let migrations = rack.migrations("default");
+    let migration = the_one(&migrations).await;
+    assert_eq!(at(&migration, "/spec/targetSled"), serde_json::Value::Null);
+    rack.set_status(
+        &migrations,
+        &migration.name_any(),
+        json!({"phase": "Failed", "reason": "WillNotConverge",
+               "message": "the guest dirties memory faster than the link carries it"}),
+    )
+    .await;
+    let run = running.finish().await.failed();
+    assert!(
+        run.stderr
+            .contains("Failed, reason WillNotConverge: the guest dirties memory"),
+        "{run}"
+    );
+}
