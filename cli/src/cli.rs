@@ -11,6 +11,7 @@ use crate::context::Context;
 use crate::delete::{self, DeleteOptions};
 use crate::describe;
 use crate::diff;
+use crate::drain::{self, DrainOptions, MigrateOptions};
 use crate::error::Error;
 use crate::events::{self, EventsOptions};
 use crate::get::{self, GetOptions};
@@ -66,6 +67,18 @@ pub enum Command {
     Cordon(SledArgs),
     /// Mark Sleds schedulable again.
     Uncordon(SledArgs),
+    /// Empty a Sled for maintenance: cordon it, live-migrate its instances elsewhere, and
+    /// follow the drain until the sled runs no VMM (docs/migration.md, "Drains").
+    ///
+    /// The drain runs in the control plane: interrupting corralctl (or --no-wait) leaves it
+    /// running. It is refused, before anything moves, when the other sleds cannot take every
+    /// instance or an instance's evictionStrategy is None (unless --force). Exits 0 once the
+    /// drain completed, non-zero with the drain's message when it is refused, fails or is
+    /// cancelled. The sled stays cordoned; `corralctl uncordon` after the maintenance.
+    Drain(DrainArgs),
+    /// Live-migrate an Instance to another sled (the scheduler picks one unless --to) and
+    /// follow the migration to its end.
+    Migrate(MigrateArgs),
     /// List Events (what happened and why), oldest first.
     Events(EventsArgs),
     /// Report where the rack differs from what was asked (instances not running, diverged
@@ -188,6 +201,48 @@ pub struct SledArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct DrainArgs {
+    /// The sled to empty.
+    #[arg(value_name = "SLED")]
+    pub sled: String,
+    /// Moves under way at once (default 4).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub max_parallel: Option<u32>,
+    /// Fail the drain (cancelling its moves) if it has not completed after this long (30m, 2h).
+    #[arg(long, value_name = "DURATION")]
+    pub deadline: Option<String>,
+    /// Start even if not everything fits or an instance may not move; what does not fit waits
+    /// for room.
+    #[arg(long, conflicts_with = "cancel")]
+    pub force: bool,
+    /// Cancel the sled's unfinished drain: no new moves, unfinished ones are cancelled.
+    #[arg(long)]
+    pub cancel: bool,
+    /// Create the drain (or request the cancel) and return at once.
+    #[arg(long)]
+    pub no_wait: bool,
+    /// How long to follow the drain (it goes on afterwards).
+    #[arg(long, default_value = "2h", value_parser = wait::parse_timeout)]
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct MigrateArgs {
+    /// The instance to move (in the namespace).
+    #[arg(value_name = "INSTANCE")]
+    pub instance: String,
+    /// The target sled (default: the scheduler chooses).
+    #[arg(long, value_name = "SLED")]
+    pub to: Option<String>,
+    /// Create the migration and return at once.
+    #[arg(long)]
+    pub no_wait: bool,
+    /// How long to follow the migration (it goes on afterwards).
+    #[arg(long, default_value = "30m", value_parser = wait::parse_timeout)]
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Args)]
 pub struct EventsArgs {
     /// After listing, keep printing new Events.
     #[arg(short = 'w', long)]
@@ -269,6 +324,29 @@ pub async fn run(
         Command::Cordon(args) => lifecycle::sleds(&ctx, SledVerb::Cordon, &args.names, term).await,
         Command::Uncordon(args) => {
             lifecycle::sleds(&ctx, SledVerb::Uncordon, &args.names, term).await
+        }
+        Command::Drain(args) => {
+            let options = DrainOptions {
+                sled: args.sled,
+                max_parallel: args.max_parallel,
+                deadline: args.deadline,
+                force: args.force,
+                cancel: args.cancel,
+                no_wait: args.no_wait,
+                timeout: args.timeout,
+                tty: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+            };
+            drain::drain(&ctx, &options, term).await
+        }
+        Command::Migrate(args) => {
+            let options = MigrateOptions {
+                instance: args.instance,
+                to: args.to,
+                no_wait: args.no_wait,
+                timeout: args.timeout,
+                tty: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+            };
+            drain::migrate(&ctx, &options, term).await
         }
         Command::Events(args) => {
             let options = EventsOptions {

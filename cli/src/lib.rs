@@ -10,6 +10,8 @@
 //! - [`delete`] — by name, by label selector or by manifest; `--wait`.
 //! - [`wait`] — until a condition holds or an object is gone, on a watch, bounded.
 //! - [`lifecycle`] — `start`, `stop`, `reboot` of Instances and `cordon`/`uncordon` of Sleds.
+//! - [`drain`] — `drain SLED` (and `--cancel`) and `migrate INSTANCE`: create the Drain or
+//!   Migration and follow it to its final phase with a progress line.
 //! - [`events`] — the Events table, `-w`.
 //! - [`diff`] — where the rack differs from what was asked of it.
 //!
@@ -28,6 +30,7 @@ pub mod delete;
 pub mod describe;
 pub mod diff;
 pub mod discovery;
+pub mod drain;
 pub mod error;
 pub mod events;
 pub mod get;

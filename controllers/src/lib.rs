@@ -9,12 +9,15 @@
 //! - [`migration`]: the migration controller (admission, limits, timeouts, progress; the
 //!   instance controller decides each outcome, docs/migration.md).
 //! - [`reaper`]: abandoned Vmms.
+//! - [`drain`]: the drain controller (cordon, plan, move a sled's instances off with
+//!   Migrations, `Drain.status`).
 //! - [`scheduler`]: placement rules and the allocation ledger (pure, unit-tested).
 //!
 //! Not here: the node-agent (`node-agent/`), ownerReference garbage collection (the API
 //! server's `gc.rs`).
 
 pub mod expectations;
+pub mod drain;
 pub mod instance;
 pub mod migration;
 pub mod reaper;
@@ -82,6 +85,7 @@ pub async fn run(client: kube::Client, config: Config, shutdown: CancellationTok
             instance::controller(client.clone(), config.concurrency, lost.clone()),
             migration::controller(client.clone(), config.migration, lost.clone()),
             reaper::run(client.clone(), lost.clone()),
+            drain::controller(client.clone(), lost.clone()),
         );
         if shutdown.is_cancelled() {
             leadership.release().await;

@@ -6,6 +6,7 @@ mod support;
 
 mod apply;
 mod describe_events;
+mod drain;
 mod get;
 mod operate;
 mod wait_delete;

@@ -154,6 +154,14 @@ impl Rack {
         self.api("sleds", "Sled", None)
     }
 
+    pub fn drains(&self) -> Api<DynamicObject> {
+        self.api("drains", "Drain", None)
+    }
+
+    pub fn migrations(&self, namespace: &str) -> Api<DynamicObject> {
+        self.api("migrations", "Migration", Some(namespace))
+    }
+
     /// Creates an object from its JSON.
     pub async fn create(&self, api: &Api<DynamicObject>, object: Value) -> DynamicObject {
         let object: DynamicObject = serde_json::from_value(object).expect("an object");
