@@ -113,6 +113,10 @@ pub enum VmmRunState {
     Running,
     /// Shutting down after `stop`.
     Stopping,
+    /// Created to receive a live migration: holds its resources, runs no guest until resumed.
+    Receiving,
+    /// The guest is paused (the stop-and-copy round of a live migration) until resumed.
+    Paused,
     /// No longer runs a guest; exists until destroyed.
     Exited(ExitReason),
 }
@@ -130,6 +134,9 @@ pub struct VmmInfo {
     /// When the transition under way (boot, stop) is expected to end, if one is.
     #[serde(skip)]
     pub settles_in: Option<Duration>,
+    /// How fast the guest dirties its memory, bytes per second.
+    #[serde(default)]
+    pub dirty_bytes_per_second: u64,
 }
 
 /// Why a hypervisor call failed.
@@ -182,6 +189,19 @@ pub trait Hypervisor: Send + Sync + 'static {
 
     /// Reboots the guest in place (`Starting`, then `Running`).
     async fn reboot(&self, id: &VmmId) -> Result<(), HypervisorError>;
+
+    /// Creates the VMM to receive a live migration (`Receiving`): it holds its resources and
+    /// runs no guest until [`Hypervisor::resume`]. An existing id is success.
+    async fn create_receiving(&self, launch: &VmmLaunch) -> Result<(), HypervisorError>;
+
+    /// Pauses a running guest (`Paused`). A paused VMM is success.
+    async fn pause(&self, id: &VmmId) -> Result<(), HypervisorError>;
+
+    /// Runs a paused or received guest (`Running`). A running VMM is success.
+    async fn resume(&self, id: &VmmId) -> Result<(), HypervisorError>;
+
+    /// The bandwidth of the machine's migration link, bytes per second.
+    fn migration_bandwidth(&self) -> u64;
 
     /// One VMM, if it exists.
     async fn inspect(&self, id: &VmmId) -> Result<Option<VmmInfo>, HypervisorError>;

@@ -22,8 +22,9 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
-use corral_crds::{Reason, Resources, VmmState};
+use corral_crds::{Reason, Resources, VmmMigrationStatus, VmmState};
 use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
 use sqlx::Row;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
@@ -56,9 +57,20 @@ CREATE TABLE IF NOT EXISTS vmms (
     diverged INTEGER NOT NULL,
     handled_reboot_request TEXT,
     booted_at TEXT,
-    state_since TEXT NOT NULL
+    state_since TEXT NOT NULL,
+    migration TEXT,
+    dirty_bytes_per_second INTEGER NOT NULL DEFAULT 0
 );
 ";
+
+/// Columns added after the first schema, for journals written by an older agent.
+const ADDED_COLUMNS: &[(&str, &str)] = &[
+    ("migration", "ALTER TABLE vmms ADD COLUMN migration TEXT"),
+    (
+        "dirty_bytes_per_second",
+        "ALTER TABLE vmms ADD COLUMN dirty_bytes_per_second INTEGER NOT NULL DEFAULT 0",
+    ),
+];
 
 /// Why a journal operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -119,6 +131,20 @@ pub struct VmmRecord {
     pub booted_at: Option<Timestamp>,
     /// When `state` was decided.
     pub state_since: Timestamp,
+    /// This Vmm's end of a live migration, while there is one (and its outcome after).
+    pub migration: Option<MigrationRecord>,
+    /// The guest's dirty rate when the agent last looked (reported, not decided).
+    pub dirty_bytes_per_second: u64,
+}
+
+/// One end of a live migration, as the agent decided it (journaled with its Vmm as JSON).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MigrationRecord {
+    /// What `Vmm.status.migration` reports (progress as of the last journal write).
+    pub status: VmmMigrationStatus,
+    /// The other end's Vmm (same namespace): the source names its target and vice versa.
+    pub peer_vmm: String,
 }
 
 /// The journal (see the module docs).
@@ -160,6 +186,21 @@ impl Journal {
             .execute(&pool)
             .await
             .map_err(sql("creating the schema"))?;
+        let columns: Vec<String> = sqlx::query("SELECT name FROM pragma_table_info('vmms')")
+            .fetch_all(&pool)
+            .await
+            .map_err(sql("reading the schema"))?
+            .iter()
+            .map(|row| row.get("name"))
+            .collect();
+        for (column, statement) in ADDED_COLUMNS {
+            if !columns.iter().any(|c| c == column) {
+                sqlx::raw_sql(*statement)
+                    .execute(&pool)
+                    .await
+                    .map_err(sql("upgrading the schema"))?;
+            }
+        }
         Ok(Journal { path, pool })
     }
 
@@ -235,8 +276,9 @@ impl Journal {
         sqlx::query(
             "INSERT OR REPLACE INTO vmms (uid, namespace, name, instance, image, cpus, memory_mib,
                 holds, state, reason, message, state_generation, diverged,
-                handled_reboot_request, booted_at, state_since)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                handled_reboot_request, booted_at, state_since, migration,
+                dirty_bytes_per_second)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(record.uid.as_str())
         .bind(&record.namespace)
@@ -254,6 +296,13 @@ impl Journal {
         .bind(record.handled_reboot_request.as_deref())
         .bind(record.booted_at.map(|t| t.to_string()))
         .bind(record.state_since.to_string())
+        .bind(
+            record
+                .migration
+                .as_ref()
+                .map(|m| serde_json::to_string(m).expect("a migration record serializes")),
+        )
+        .bind(record.dirty_bytes_per_second as i64)
         .execute(&self.pool)
         .await
         .map_err(sql("recording a Vmm"))?;
@@ -297,6 +346,10 @@ fn record_from_row(row: &SqliteRow) -> Result<VmmRecord, JournalError> {
         None => None,
     };
     let state_since = timestamp("state_since", row.get("state_since"))?;
+    let migration = match row.get::<Option<String>, _>("migration") {
+        Some(text) => Some(serde_json::from_str(&text).map_err(|_| corrupt("migration", text))?),
+        None => None,
+    };
     Ok(VmmRecord {
         uid: VmmId(uid.clone()),
         namespace: row.get("namespace"),
@@ -316,6 +369,8 @@ fn record_from_row(row: &SqliteRow) -> Result<VmmRecord, JournalError> {
         handled_reboot_request: row.get("handled_reboot_request"),
         booted_at,
         state_since,
+        migration,
+        dirty_bytes_per_second: row.get::<i64, _>("dirty_bytes_per_second") as u64,
     })
 }
 
@@ -343,6 +398,8 @@ mod tests {
             handled_reboot_request: Some("r1".into()),
             booted_at: Some(Timestamp::from_second(1_700_000_000).unwrap()),
             state_since: Timestamp::from_second(1_700_000_001).unwrap(),
+            migration: None,
+            dirty_bytes_per_second: 0,
         }
     }
 
