@@ -548,6 +548,8 @@ fn any_machine() -> impl Strategy<Value = Option<VmmRunState>> {
         VmmRunState::Exited(ExitReason::Stopped),
         VmmRunState::Exited(ExitReason::GuestShutdown),
         VmmRunState::Exited(ExitReason::GuestCrashed),
+        VmmRunState::Receiving,
+        VmmRunState::Paused,
     ]))
 }
 
@@ -608,3 +610,6 @@ proptest! {
         }
     }
 }
+
+#[path = "plan_migration_tests.rs"]
+mod migration;
