@@ -409,3 +409,111 @@ async fn fault(address: &str, path: &str, body: &str) -> String {
         .unwrap();
     response
 }
+
+/// Waits until the source reports bytes sent: the first round is under way.
+async fn transferring(rack: &Rack) {
+    rack.vmm_status("web-v1", |s| {
+        s.migration
+            .as_ref()
+            .is_some_and(|m| m.progress.bytes_sent > 0)
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn deleting_the_target_mid_transfer_cancels_it_and_the_source_runs_on() {
+    let setup = setup().await;
+    let rack = &setup.rack;
+    start_migration(&setup).await;
+    transferring(rack).await;
+
+    delete(rack, "web-v2").await;
+    assert_eq!(machine_state(&setup.target, "web-v2").await, None);
+    let source = rack
+        .vmm_status("web-v1", |s| phase(s) == Some(VmmMigrationPhase::Failed))
+        .await;
+    assert_eq!(source.state, Some(VmmState::Running));
+    assert_eq!(
+        machine_state(&setup.source, "web-v1").await,
+        Some(VmmRunState::Running)
+    );
+    shutdown(setup).await;
+}
+
+#[tokio::test]
+async fn deleting_the_source_mid_transfer_fails_the_target() {
+    let setup = setup().await;
+    let rack = &setup.rack;
+    start_migration(&setup).await;
+    transferring(rack).await;
+
+    delete(rack, "web-v1").await;
+    assert_eq!(machine_state(&setup.source, "web-v1").await, None);
+    let target = rack.vmm_in("web-v2", VmmState::Failed).await;
+    assert_eq!(target.reason, Some(Reason::TransferFailed));
+    wait_for("the receiving VMM destroyed", || async {
+        machine_state(&setup.target, "web-v2")
+            .await
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    shutdown(setup).await;
+}
+
+#[tokio::test]
+async fn restarted_agents_go_on_waiting_for_the_verdict() {
+    let setup = setup().await;
+    let rack = &setup.rack;
+    transfer_to_ready(&setup).await;
+
+    setup.source.restart_agent().await.unwrap();
+    setup.target.restart_agent().await.unwrap();
+    // The journal kept both ends Ready: nothing resumes, nothing fails.
+    assert!(
+        stays_false(Duration::from_millis(500), || async {
+            machine_state(&setup.target, "web-v2").await != Some(VmmRunState::Receiving)
+                || machine_state(&setup.source, "web-v1").await != Some(VmmRunState::Paused)
+        })
+        .await
+    );
+
+    name_vmms(rack, Some("web-v2"), None).await;
+    let target = rack
+        .vmm_status("web-v2", |s| s.state == Some(VmmState::Running))
+        .await;
+    assert_eq!(phase(&target), Some(VmmMigrationPhase::Completed));
+    rack.vmm_status("web-v1", |s| phase(s) == Some(VmmMigrationPhase::Completed))
+        .await;
+    assert_eq!(
+        machine_state(&setup.source, "web-v1").await,
+        Some(VmmRunState::Paused)
+    );
+    shutdown(setup).await;
+}
+
+#[tokio::test]
+async fn a_source_agent_restarted_mid_transfer_runs_the_guest_on() {
+    let setup = setup().await;
+    let rack = &setup.rack;
+    start_migration(&setup).await;
+    transferring(rack).await;
+
+    setup.source.restart_agent().await.unwrap();
+    let source = rack
+        .vmm_status("web-v1", |s| phase(s) == Some(VmmMigrationPhase::Failed))
+        .await;
+    assert_eq!(source.state, Some(VmmState::Running));
+    assert_eq!(
+        source.migration.unwrap().reason,
+        Some(Reason::TransferFailed)
+    );
+    assert_eq!(
+        machine_state(&setup.source, "web-v1").await,
+        Some(VmmRunState::Running)
+    );
+    // The target saw its connection end without `done`.
+    let target = rack.vmm_in("web-v2", VmmState::Failed).await;
+    assert_eq!(target.reason, Some(Reason::TransferFailed));
+    shutdown(setup).await;
+}
