@@ -15,8 +15,9 @@
 //! - `agent.rs` — configuration, start-up (epoch, Sled registration), the tasks, heartbeat.
 //! - `plan.rs` — every decision about one Vmm, pure and table-tested; `plan_migration.rs` —
 //!   those about an end of a live migration.
-//! - `migration.rs` — the live-migration transfer between agents (`POST /migrations`, the
-//!   pre-copy rounds over the sled's modelled link).
+//! - `migration/` — the live-migration transfer between agents: `source.rs` serves
+//!   `POST /migrations` and runs the pre-copy rounds over the sled's modelled link,
+//!   `target.rs` asks for the guest and follows the stream.
 //! - `reconcile.rs` — executes a plan: hypervisor, journal, `Vmm.status`, finalizer.
 //! - `scan.rs` — the periodic divergence scan (unknown VMMs, lost announcements).
 //! - `sled.rs` — `Sled` registration and the debounced `Sled.status` writer.

@@ -144,8 +144,9 @@ fn rank(state: VmmState) -> u8 {
 }
 
 /// Whether the journal may move from `from` to `to`: forward only, except that a reboot takes
-/// a running VMM back to `Starting`, a migration ends where it began (`Running`), and anything
-/// not yet destroyed may be destroyed.
+/// a running VMM back to `Starting`, a migration ends where it began (`Running`), a running or
+/// migrating VMM may be reported again in the same state (a new dirty rate, the next phase of
+/// a migration), and anything not yet destroyed may be destroyed.
 pub fn may_follow(from: VmmState, to: VmmState) -> bool {
     match (from, to) {
         (VmmState::Destroyed, _) => false,
@@ -153,6 +154,7 @@ pub fn may_follow(from: VmmState, to: VmmState) -> bool {
         (VmmState::Running | VmmState::Migrating, VmmState::Starting)
         | (VmmState::Running, VmmState::Migrating)
         | (VmmState::Migrating, VmmState::Running)
+        | (VmmState::Running, VmmState::Running)
         | (VmmState::Migrating, VmmState::Migrating) => true,
         (from, to) if from.is_final() => from == to,
         (from, to) => rank(to) > rank(from),
@@ -521,6 +523,16 @@ fn plan_lifecycle(input: &PlanInput, previous: &VmmRecord) -> Plan {
                 decision.handled_reboot_request = Some(request.clone());
                 next(&mut plan, decision);
                 plan.requeue = Some(Duration::ZERO);
+            } else if machine.dirty_bytes_per_second != previous.dirty_bytes_per_second {
+                // The same state, reported again with the guest's new dirty rate (what the
+                // migration controller predicts convergence from).
+                let mut decision = Decision::new(
+                    VmmState::Running,
+                    previous.reason.unwrap_or(Reason::VmmRunning),
+                    previous.message.clone(),
+                );
+                decision.reason = previous.reason;
+                next(&mut plan, decision);
             }
         }
         VmmRunState::Stopping => plan.requeue = machine.settles_in,

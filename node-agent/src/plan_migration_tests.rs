@@ -289,3 +289,43 @@ fn migration_plans_follow_the_table() {
         }
     }
 }
+
+#[test]
+fn a_new_dirty_rate_is_reported_in_the_same_state() {
+    let mut vmm = view(2);
+    vmm.reported_generation = 3;
+    let mut record = recorded(VmmState::Running, true, 3);
+    record.reason = Some(Reason::VmmRunning);
+    let mut machine = on_machine(VmmRunState::Running);
+    machine.dirty_bytes_per_second = 64 << 20;
+    let input = PlanInput {
+        vmm: &vmm,
+        record: Some(&record),
+        machine: Some(&machine),
+        seen_this_run: true,
+        epoch: EPOCH,
+        free: Resources::default(),
+        now: now(),
+        stop_timeout: Duration::from_secs(30),
+        migration: MigrationInput::default(),
+    };
+    let plan = plan(&input);
+    assert_eq!(plan.machine, None);
+    let next = plan.record.unwrap();
+    assert_eq!(
+        (next.state, next.reason, next.dirty_bytes_per_second),
+        (VmmState::Running, Some(Reason::VmmRunning), 64 << 20)
+    );
+    assert_eq!(next.state_generation, 4);
+    assert!(plan.report);
+
+    // Reported, the same rate again: nothing to do.
+    let mut reported = vmm.clone();
+    reported.reported_generation = 4;
+    let input = PlanInput {
+        vmm: &reported,
+        record: Some(&next),
+        ..input
+    };
+    assert!(super::plan(&input).is_noop());
+}

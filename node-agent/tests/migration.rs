@@ -359,6 +359,10 @@ async fn a_guest_dirtying_faster_than_the_link_does_not_converge() {
     )
     .await;
     assert!(response.starts_with("HTTP/1.1 204"), "{response}");
+    let reported = rack
+        .vmm_status("web-v1", |s| s.dirty_bytes_per_second == 2 * BANDWIDTH)
+        .await;
+    assert_eq!(reported.state, Some(VmmState::Running));
 
     start_migration(&setup).await;
     let source = rack
