@@ -269,10 +269,10 @@ pub fn plan(input: &PlanInput) -> Plan {
     let mut plan = match input.record {
         None => plan_unrecorded(input),
         Some(record) if input.vmm.deleting => plan_teardown(input, record),
-        Some(record) if crate::plan_migration::is_migrating(record) => {
-            crate::plan_migration::plan_migrating(input, record)
-        }
-        Some(record) => plan_lifecycle(input, record),
+        Some(record) => crate::plan_migration::is_migrating(record)
+            .then(|| crate::plan_migration::plan_migrating(input, record))
+            .flatten()
+            .unwrap_or_else(|| plan_lifecycle(input, record)),
     };
     let current = plan.record.as_ref().or(input.record);
     plan.report = current.is_some_and(|r| r.state_generation > input.vmm.reported_generation);

@@ -154,15 +154,29 @@ pub fn fail_target(input: &PlanInput, previous: &VmmRecord, message: &str) -> Pl
         machine: input.machine.map(|_| MachineAction::Destroy),
         record: Some(record(input, Some(previous), decision)),
         events: vec![warning(Reason::TransferFailed, message)],
+        cancel_transfer: input.migration.transfer_running,
         ..Plan::default()
     }
 }
 
-/// A migrating Vmm (see the module docs) that is not being deleted.
-pub fn plan_migrating(input: &PlanInput, previous: &VmmRecord) -> Plan {
-    let Some(migration) = previous.migration.as_ref() else {
-        return Plan::default();
-    };
+/// A migrating Vmm (see the module docs) that is not being deleted. `None`: a source whose
+/// VMM is gone from the machine, which the plain lifecycle reports (killed or missing).
+pub fn plan_migrating(input: &PlanInput, previous: &VmmRecord) -> Option<Plan> {
+    let migration = previous.migration.as_ref()?;
+    if input.machine.is_none() {
+        return match migration.status.role {
+            MigrationRole::Source => None,
+            MigrationRole::Target => Some(fail_target(
+                input,
+                previous,
+                "the receiving VMM is gone from the sled",
+            )),
+        };
+    }
+    Some(plan_end(input, previous, migration))
+}
+
+fn plan_end(input: &PlanInput, previous: &VmmRecord, migration: &MigrationRecord) -> Plan {
     let name = &input.vmm.name;
     let running = input.migration.transfer_running;
     let instance = input.migration.instance.as_ref();
@@ -192,11 +206,7 @@ pub fn plan_migrating(input: &PlanInput, previous: &VmmRecord) -> Plan {
                 return waiting;
             }
             let Some(machine) = input.machine else {
-                return fail_target(
-                    input,
-                    previous,
-                    "the received VMM vanished before the switch",
-                );
+                return Plan::default();
             };
             let mut decision = Decision::new(VmmState::Running, Reason::VmmRunning, "");
             decision.booted_at = Some(input.now);

@@ -329,3 +329,36 @@ fn a_new_dirty_rate_is_reported_in_the_same_state() {
     };
     assert!(super::plan(&input).is_noop());
 }
+
+#[test]
+fn a_vanished_end_is_reported() {
+    let vmm = view(2);
+    let mut record = recorded(VmmState::Migrating, true, 3);
+    for role in [MigrationRole::Source, MigrationRole::Target] {
+        record.migration = Some(MigrationRecord {
+            status: migration_status("move", role, VmmMigrationPhase::Ready, None, ""),
+            peer_vmm: "peer".into(),
+        });
+        let input = PlanInput {
+            vmm: &vmm,
+            record: Some(&record),
+            machine: None,
+            seen_this_run: true,
+            epoch: EPOCH,
+            free: Resources::default(),
+            now: now(),
+            stop_timeout: Duration::from_secs(30),
+            migration: MigrationInput::default(),
+        };
+        let next = plan(&input).record.unwrap();
+        let expected = match role {
+            // The plain lifecycle: killed behind the control plane's back.
+            MigrationRole::Source => Reason::VmmKilled,
+            MigrationRole::Target => Reason::TransferFailed,
+        };
+        assert_eq!(
+            (next.state, next.reason),
+            (VmmState::Failed, Some(expected))
+        );
+    }
+}

@@ -61,6 +61,8 @@ pub use source::router;
 
 /// Bytes sent per link reservation, so that concurrent transfers interleave.
 pub const CHUNK: u64 = 16 * MIB;
+/// How long the target waits to connect to the source agent.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// At most one progress report (status write, stream event) per this long.
 pub const PROGRESS_INTERVAL: Duration = Duration::from_millis(250);
 
@@ -159,7 +161,11 @@ impl Transfers {
             running: Mutex::new(HashMap::new()),
             tasks: Mutex::new(JoinSet::new()),
             link: Link::new(bandwidth),
-            http: Client::builder(TokioExecutor::new()).build_http(),
+            http: {
+                let mut connector = HttpConnector::new();
+                connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
+                Client::builder(TokioExecutor::new()).build(connector)
+            },
         }
     }
 
@@ -262,8 +268,7 @@ fn now() -> jiff::Timestamp {
 }
 
 /// Records the next decision about the migration end `uid` (journal, then status), if its
-/// record is still that end of the migration in phase `Transferring` (or `Ready` for a
-/// source). Returns whether it did.
+/// record is still that end of the migration in phase `Transferring`. Returns whether it did.
 async fn finish(
     ctx: &Context,
     uid: &VmmId,

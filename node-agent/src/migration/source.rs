@@ -344,11 +344,7 @@ async fn rounds(
         tracing::warn!(error = %error, "pausing the source guest");
     }
     let p = progress_of(memory, sent, round, round_bytes, dirty, bandwidth);
-    if events
-        .send(line(&TransferEvent::Paused { progress: p }))
-        .await
-        .is_err()
-    {
+    if !emit(events, token, TransferEvent::Paused { progress: p }).await {
         return SourceEnd::BrokeAfterPause;
     }
     let mut remaining = round_bytes;
@@ -363,12 +359,21 @@ async fn rounds(
     }
     let p = progress_of(memory, sent, round, 0, dirty, bandwidth);
     progress(ctx, uid, &p).await;
-    if events
-        .send(line(&TransferEvent::Done { progress: p }))
-        .await
-        .is_err()
-    {
+    if !emit(events, token, TransferEvent::Done { progress: p }).await {
         return SourceEnd::BrokeAfterPause;
     }
     SourceEnd::Done
+}
+
+/// Sends an event the target must see, waiting for room in the stream unless cancelled.
+/// Returns whether it was sent.
+async fn emit(
+    events: &mpsc::Sender<Bytes>,
+    token: &CancellationToken,
+    event: TransferEvent,
+) -> bool {
+    tokio::select! {
+        _ = token.cancelled() => false,
+        sent = events.send(line(&event)) => sent.is_ok(),
+    }
 }
