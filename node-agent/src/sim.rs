@@ -20,6 +20,9 @@
 //!   not written: reloading the file settles it the same way.
 //! - A machine reloaded from its file settles transitions that were under way (a boot
 //!   completes, a stop ends); deadlines are not persisted.
+//! - Pausing and resuming a guest, creating a VMM that receives a live migration, and a dirty
+//!   rate set through the fault API are written too: a reloaded machine keeps a paused or
+//!   receiving VMM as it was (no guest runs until the agent resumes it).
 //! - Faults ([`SimHypervisor::crash`], [`SimHypervisor::guest_shutdown`],
 //!   [`SimHypervisor::kill`], [`SimHypervisor::spawn_unknown`]) are announced on `changes()`.
 //!

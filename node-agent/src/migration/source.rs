@@ -13,6 +13,7 @@ use bytes::Bytes;
 use corral_crds::migration::{MAX_ROUNDS, MIB, NonConvergence, dirtied, fits_downtime, predict};
 use corral_crds::{Instance, MigrationRole, Reason, TransferProgress, VmmMigrationPhase, VmmState};
 use kube::api::Api;
+use kube::runtime::reflector::ObjectRef;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -83,7 +84,12 @@ async fn send(State(slot): State<AgentSlot>, body: Bytes) -> Result<Response, Re
         .inspect(&found.uid)
         .await
         .map_err(|_| not_here())?;
+    let deleting = ctx
+        .store
+        .get(&ObjectRef::new(&found.name).within(&found.namespace))
+        .is_none_or(|vmm| vmm.metadata.deletion_timestamp.is_some());
     let runs = found.state == VmmState::Running
+        && !deleting
         && machine.is_some_and(|m| m.state == VmmRunState::Running);
     if !runs {
         return Err(not_here());
