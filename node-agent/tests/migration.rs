@@ -226,6 +226,8 @@ async fn shutdown(setup: Setup) {
 async fn a_migration_completes_after_the_switch() {
     let setup = setup().await;
     let rack = &setup.rack;
+    let source_log = rack.record_statuses("web-v1");
+    let target_log = rack.record_statuses("web-v2");
     transfer_to_ready(&setup).await;
     // Without the switch nothing resumes.
     assert!(
@@ -253,6 +255,28 @@ async fn a_migration_completes_after_the_switch() {
         machine_state(&setup.source, "web-v1").await,
         Some(VmmRunState::Paused)
     );
+
+    target_log.saw(VmmState::Running).await;
+    let target_states = target_log.states();
+    assert_eq!(
+        target_states.first(),
+        Some(&VmmState::Creating),
+        "{target_states:?}"
+    );
+    assert_eq!(
+        target_states.last(),
+        Some(&VmmState::Running),
+        "{target_states:?}"
+    );
+    assert!(
+        target_states.iter().all(|s| matches!(
+            s,
+            VmmState::Creating | VmmState::Migrating | VmmState::Running
+        )),
+        "{target_states:?}"
+    );
+    target_log.assert_generations_rise();
+    source_log.assert_generations_rise();
 
     delete(rack, "web-v1").await;
     assert_eq!(machine_state(&setup.source, "web-v1").await, None);

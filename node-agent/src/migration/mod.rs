@@ -384,6 +384,23 @@ mod tests {
     }
 
     #[test]
+    fn progress_predicts_the_rest_of_the_transfer() {
+        // 64 MiB sent of a 256 MiB guest, 192 MiB left of round 1 at 256 MiB/s, 16 MiB/s dirty.
+        let progress = source::progress_of(256 * MIB, 64 * MIB, 1, 192 * MIB, 16 * MIB, 256 * MIB);
+        assert_eq!(progress.round, 1);
+        assert_eq!(progress.bytes_remaining, 192 * MIB);
+        assert!(
+            progress.percent > 0 && progress.percent < 30,
+            "{progress:?}"
+        );
+        assert_eq!(progress.eta_seconds, Some(1));
+        assert!(progress.predicted_downtime_ms <= 300, "{progress:?}");
+        // Nothing left: done.
+        let done = source::progress_of(256 * MIB, 300 * MIB, 2, 0, 16 * MIB, 256 * MIB);
+        assert_eq!(done.percent, 100);
+    }
+
+    #[test]
     fn events_are_one_json_object_a_line() {
         let text = line(&TransferEvent::Error {
             message: "did not converge".into(),

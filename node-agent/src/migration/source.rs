@@ -226,7 +226,7 @@ pub(super) async fn run_source(
 
 /// The progress of a transfer `sent` bytes in, in round `round` of `round_bytes` with
 /// `remaining` bytes left of it.
-fn progress_of(
+pub(super) fn progress_of(
     memory: u64,
     sent: u64,
     round: u32,
