@@ -347,6 +347,10 @@ impl Agent {
         if let Some(slot) = &slot {
             slot.set(Some(ctx.clone()));
         }
+        let _transfers = crate::migration::RunGuard {
+            slot: slot.clone(),
+            ctx: ctx.clone(),
+        };
 
         let stop = shutdown.child_token();
         let scan_now = Arc::new(Notify::new());

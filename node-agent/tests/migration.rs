@@ -545,3 +545,23 @@ async fn a_source_agent_restarted_mid_transfer_runs_the_guest_on() {
     assert_eq!(target.reason, Some(Reason::TransferFailed));
     shutdown(setup).await;
 }
+
+#[tokio::test]
+async fn a_source_sled_losing_power_mid_transfer_fails_the_target() {
+    let setup = setup().await;
+    let rack = &setup.rack;
+    start_migration(&setup).await;
+    transferring(rack).await;
+
+    setup.source.power_off().await.unwrap();
+    let target = rack.vmm_in("web-v2", VmmState::Failed).await;
+    assert_eq!(target.reason, Some(Reason::TransferFailed));
+    wait_for("the receiving VMM destroyed", || async {
+        machine_state(&setup.target, "web-v2")
+            .await
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    shutdown(setup).await;
+}

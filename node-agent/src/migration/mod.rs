@@ -145,6 +145,22 @@ impl AgentSlot {
     }
 }
 
+/// Clears the slot and aborts the transfers of an agent run when it is dropped, however it
+/// ends (a clean stop has already waited for them).
+pub struct RunGuard {
+    pub slot: Option<AgentSlot>,
+    pub ctx: Arc<Context>,
+}
+
+impl Drop for RunGuard {
+    fn drop(&mut self) {
+        if let Some(slot) = &self.slot {
+            slot.set(None);
+        }
+        self.ctx.transfers.abort();
+    }
+}
+
 /// The transfer tasks of one agent run.
 pub struct Transfers {
     stop: CancellationToken,
@@ -191,8 +207,15 @@ impl Transfers {
         while tasks.join_next().await.is_some() {}
     }
 
-    /// Runs `work` for `uid` as a task of the agent run; a transfer already running for `uid`
-    /// is success. Once it ends, the Vmm is reconciled.
+    /// Cancels every transfer and aborts the tasks at once, for an agent run dropped without a
+    /// clean stop (its machine lost power): nothing of it may run on.
+    pub fn abort(&self) {
+        self.stop.cancel();
+        self.tasks.lock().expect("transfers lock").abort_all();
+    }
+
+    /// Runs `work` for `record`'s Vmm as a task of the agent run, unless a transfer already
+    /// runs for it or the run is stopping (then `false`). Once it ends, the Vmm is reconciled.
     fn spawn<F, Fut>(&self, ctx: &Arc<Context>, record: &VmmRecord, work: F) -> bool
     where
         F: FnOnce(CancellationToken) -> Fut,
