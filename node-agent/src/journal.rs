@@ -451,4 +451,57 @@ mod tests {
         assert_eq!(records[1].state_generation, 4);
         assert_eq!(records[1].reason, None);
     }
+
+    #[tokio::test]
+    async fn a_migration_end_survives_a_reopen_and_an_old_journal_is_upgraded() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            // A journal written before migrations: the first schema, one row.
+            let options = SqliteConnectOptions::new()
+                .filename(dir.path().join(JOURNAL_FILE))
+                .create_if_missing(true);
+            let pool = SqlitePool::connect_with(options).await.unwrap();
+            sqlx::raw_sql(
+                "CREATE TABLE vmms (uid TEXT PRIMARY KEY, namespace TEXT NOT NULL,
+                    name TEXT NOT NULL, instance TEXT NOT NULL, image TEXT NOT NULL,
+                    cpus INTEGER NOT NULL, memory_mib INTEGER NOT NULL, holds INTEGER NOT NULL,
+                    state TEXT NOT NULL, reason TEXT, message TEXT NOT NULL,
+                    state_generation INTEGER NOT NULL, diverged INTEGER NOT NULL,
+                    handled_reboot_request TEXT, booted_at TEXT, state_since TEXT NOT NULL);
+                 INSERT INTO vmms VALUES ('old', 'default', 'web-v1', 'web', 'debian', 1, 512, 1,
+                    'Running', NULL, '', 2, 0, NULL, NULL, '2027-01-15T08:00:00Z');",
+            )
+            .execute(&pool)
+            .await
+            .unwrap();
+            pool.close().await;
+        }
+        let journal = Journal::open(dir.path()).await.unwrap();
+        let old = journal.vmm_list().await.unwrap();
+        assert_eq!(old.len(), 1);
+        assert_eq!(
+            (old[0].migration.as_ref(), old[0].dirty_bytes_per_second),
+            (None, 0)
+        );
+
+        let mut migrating = record("a");
+        migrating.state = VmmState::Migrating;
+        migrating.dirty_bytes_per_second = 32 << 20;
+        migrating.migration = Some(MigrationRecord {
+            status: VmmMigrationStatus {
+                migration: "move".into(),
+                role: corral_crds::MigrationRole::Source,
+                phase: corral_crds::VmmMigrationPhase::Ready,
+                progress: Default::default(),
+                reason: None,
+                message: String::new(),
+            },
+            peer_vmm: "web-v2".into(),
+        });
+        journal.vmm_put(&migrating).await.unwrap();
+        journal.close().await;
+        let journal = Journal::open(dir.path()).await.unwrap();
+        let records = journal.vmm_list().await.unwrap();
+        assert_eq!(records[0], migrating);
+    }
 }
