@@ -14,8 +14,11 @@
 //!   that exited and waits to be reaped.
 //!
 //! # Guarantees a driver gives
-//! - Every command is idempotent: `create` of an existing id, `stop` of a stopping or ended
-//!   VMM and `destroy` of a missing one succeed and change nothing more.
+//! - Every command is idempotent: `create` (and `create_receiving`) of an existing id, `stop` of
+//!   a stopping or ended VMM, `pause` of a paused one, `resume` of a running one and `destroy`
+//!   of a missing one succeed and change nothing more.
+//! - A paused or receiving VMM runs no guest and stays so until `resume`; `stop` ends it at
+//!   once (there is nothing to shut down).
 //! - `changes()` carries the id of every VMM that ended or vanished *on its own* (guest crash,
 //!   guest shutdown, killed). Transitions the agent asked for (boot, stop, reboot) are not
 //!   announced; [`VmmInfo::settles_in`] says when to look again.
