@@ -3,9 +3,9 @@
 //!
 //! It holds the sled epoch with the boot id it belongs to, and one [`VmmRecord`] per Vmm the
 //! agent has taken a decision about (accepted or refused): the status it last decided and the
-//! `stateGeneration` of that decision. A Vmm that is an end of a live migration also keeps its role, phase
-//! and peer ([`MigrationRecord`]), so that a restarted agent goes on waiting for the verdict or
-//! knows its transfer broke.
+//! `stateGeneration` of that decision. A Vmm that is an end of a live migration also keeps its
+//! role, phase and peer ([`MigrationRecord`]), so that a restarted agent goes on waiting for the
+//! verdict or knows its transfer broke.
 //!
 //! # Guarantees
 //! - A write that returned `Ok` is durable (WAL, `synchronous=FULL`): the agent records a
