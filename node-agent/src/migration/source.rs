@@ -346,8 +346,11 @@ async fn rounds(
         Err(error) => return SourceEnd::Failed(format!("journaling the pause: {error}")),
     }
     if let Err(error) = ctx.hypervisor.pause(uid).await {
-        // Journaled Ready: the reconcile pauses it (or the verdict decides).
+        // The guest may still run here, so the target must never hold a whole guest: end the
+        // stream without `done` (the target fails, the instance aborts). Journaled Ready, the
+        // reconcile pauses the guest and resumes it on the abort.
         tracing::warn!(error = %error, "pausing the source guest");
+        return SourceEnd::BrokeAfterPause;
     }
     let p = progress_of(memory, sent, round, round_bytes, dirty, bandwidth);
     if !emit(events, token, TransferEvent::Paused { progress: p }).await {
