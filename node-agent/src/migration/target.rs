@@ -74,7 +74,9 @@ pub(super) async fn receive(
                     }
                 }
                 TransferEvent::Done { progress: p } => {
-                    let done = finish(ctx, uid, MigrationRole::Target, |previous, m| {
+                    // Not journaled (`false`) only if the Vmm no longer waits for this transfer
+                    // (it is being deleted): nothing more to do either way.
+                    finish(ctx, uid, MigrationRole::Target, |previous, m| {
                         let mut m = moved(m, VmmMigrationPhase::Ready, None, "");
                         m.status.progress = p;
                         let message = "the whole guest is here; waiting for the switch";
@@ -89,7 +91,6 @@ pub(super) async fn receive(
                     })
                     .await
                     .map_err(|e| format!("journaling the received guest: {e}"))?;
-                    let _ = done;
                     return Ok(());
                 }
                 TransferEvent::Error { message } => return Err(message),
