@@ -43,6 +43,7 @@ impl SledArgs {
         config.sim = SimTiming {
             boot_time: self.boot_time,
             stop_time: self.stop_time,
+            ..SimTiming::default()
         };
         config
     }

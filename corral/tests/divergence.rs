@@ -105,6 +105,7 @@ impl Rack {
         config.sim = SimTiming {
             boot_time: Duration::from_millis(100),
             stop_time: Duration::from_millis(50),
+            ..SimTiming::default()
         };
         config.intervals = Intervals {
             scan: Duration::from_millis(200),

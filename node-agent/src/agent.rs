@@ -200,6 +200,7 @@ pub struct Agent {
     config: AgentConfig,
     hypervisor: Arc<dyn Hypervisor>,
     agent_address: Option<String>,
+    slot: Option<crate::migration::AgentSlot>,
 }
 
 impl Agent {
@@ -208,7 +209,15 @@ impl Agent {
             config,
             hypervisor,
             agent_address: None,
+            slot: None,
         }
+    }
+
+    /// Serves the migration API (`migration::router` over `slot`) with this run's context
+    /// while it runs.
+    pub fn with_slot(mut self, slot: crate::migration::AgentSlot) -> Agent {
+        self.slot = Some(slot);
+        self
     }
 
     /// Reports `address` as `Sled.status.agentAddress` (where the fault API really listens).
@@ -234,6 +243,7 @@ impl Agent {
             config,
             hypervisor,
             agent_address,
+            ..
         } = self;
         let client = config.client.clone();
         let name = config.sled_name.clone();
@@ -270,6 +280,7 @@ impl Agent {
             epoch: epoch.epoch,
             agent_version: AGENT_VERSION.to_string(),
             agent_address: agent_address.clone(),
+            migration_bandwidth: hypervisor.migration_bandwidth(),
             diverged: Divergence::converged(),
             running: true,
             unknown: Vec::new(),
@@ -301,7 +312,10 @@ impl Agent {
     /// Step 5 of the module docs, until `shutdown`.
     async fn serve(self, started: Started, shutdown: CancellationToken) -> Result<(), AgentError> {
         let Agent {
-            config, hypervisor, ..
+            config,
+            hypervisor,
+            slot,
+            ..
         } = self;
         let Started {
             journal,
@@ -328,7 +342,15 @@ impl Agent {
             sled: reporter,
             store: store.clone(),
             triggers,
+            transfers: crate::migration::Transfers::new(hypervisor.migration_bandwidth()),
         });
+        if let Some(slot) = &slot {
+            slot.set(Some(ctx.clone()));
+        }
+        let _transfers = crate::migration::RunGuard {
+            slot: slot.clone(),
+            ctx: ctx.clone(),
+        };
 
         let stop = shutdown.child_token();
         let scan_now = Arc::new(Notify::new());
@@ -436,6 +458,12 @@ impl Agent {
             // One task ending means the agent is stopping: stop the others too.
             stop.cancel();
         }
+        // Transfers end with the run: a target's journal then says the transfer broke, a
+        // source's that it never paused (or is waiting for the verdict).
+        if let Some(slot) = &slot {
+            slot.set(None);
+        }
+        ctx.transfers.shutdown().await;
         if shutdown.is_cancelled() {
             // A clean stop says so, so that nothing is placed here while no agent watches.
             ctx.sled.update(|report| report.running = false);

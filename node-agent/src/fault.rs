@@ -10,8 +10,10 @@
 //! | POST | `/vmms/{namespace}/{name}/shutdown` | the guest shuts down cleanly (`Stopped`/`GuestShutdown`) |
 //! | POST | `/vmms/{namespace}/{name}/kill` | the VMM is killed behind the control plane's back (`Failed`/`VmmKilled`) |
 //! | POST | `/vmms/{namespace}/{name}/hang` | the VMM stops answering stop and reboot |
+//! | POST | `/vmms/{namespace}/{name}/dirty-rate` | body `{"bytesPerSecond": N}`: the guest dirties N bytes/s from now on (what a live migration must keep up with) |
 //! | POST | `/vmms/unknown` | a VMM no Vmm assigns appears; optional body `{"namespace": "default", "instance": "web", "resources": {"cpus": 1, "memoryMiB": 512}}`; answers `{"id": "..."}` |
 //! | GET | `/heartbeat` | `{"paused": false}` |
+//! | POST | `/migrations` | not a fault: the source side of a live migration (`migration.rs`) |
 //! | POST | `/heartbeat/stop`, `/heartbeat/resume` | stop or resume renewing the sled's Lease |
 //!
 //! Fault requests answer 204; a Vmm with no VMM on the machine is 404, a powered-off machine
@@ -28,7 +30,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::agent::HeartbeatSwitch;
 use crate::hypervisor::{Hypervisor, HypervisorError, VmmId, VmmInfo};
@@ -99,6 +101,14 @@ enum VmmFault {
     Shutdown,
     Kill,
     Hang,
+    DirtyRate,
+}
+
+/// The body of a `dirty-rate` fault.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct DirtyRate {
+    bytes_per_second: u64,
 }
 
 impl std::str::FromStr for VmmFault {
@@ -109,6 +119,7 @@ impl std::str::FromStr for VmmFault {
             "shutdown" => Ok(VmmFault::Shutdown),
             "kill" => Ok(VmmFault::Kill),
             "hang" => Ok(VmmFault::Hang),
+            "dirty-rate" => Ok(VmmFault::DirtyRate),
             _ => Err(()),
         }
     }
@@ -117,9 +128,18 @@ impl std::str::FromStr for VmmFault {
 async fn inject(
     State(state): State<FaultState>,
     Path((namespace, name, fault)): Path<(String, String, String)>,
+    body: Bytes,
 ) -> Result<StatusCode, FaultError> {
     let Ok(fault) = fault.parse::<VmmFault>() else {
         return Ok(StatusCode::NOT_FOUND);
+    };
+    let dirty_rate = match fault {
+        VmmFault::DirtyRate => Some(
+            serde_json::from_slice::<DirtyRate>(&body)
+                .map_err(FaultError::Body)?
+                .bytes_per_second,
+        ),
+        _ => None,
     };
     let machine = &state.machine;
     if !machine.is_on() {
@@ -133,6 +153,7 @@ async fn inject(
         VmmFault::Shutdown => machine.guest_shutdown(&id)?,
         VmmFault::Kill => machine.kill(&id)?,
         VmmFault::Hang => machine.hang(&id)?,
+        VmmFault::DirtyRate => machine.set_dirty_rate(&id, dirty_rate.unwrap_or_default())?,
     }
     Ok(StatusCode::NO_CONTENT)
 }
@@ -247,6 +268,23 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(info.state, VmmRunState::Exited(ExitReason::GuestCrashed));
+
+        let (status, _) = call(
+            &router,
+            "POST",
+            "/vmms/default/web-v1/dirty-rate",
+            r#"{"bytesPerSecond": 1048576}"#,
+        )
+        .await;
+        assert_eq!(status, StatusCode::NO_CONTENT);
+        let info = machine
+            .inspect(&VmmId::from("uid-a"))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(info.dirty_bytes_per_second, 1048576);
+        let (status, _) = call(&router, "POST", "/vmms/default/web-v1/dirty-rate", "{}").await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
 
         let (status, body) = call(&router, "POST", "/vmms/default/nope/kill", "").await;
         assert_eq!(status, StatusCode::NOT_FOUND, "{body}");

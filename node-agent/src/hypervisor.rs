@@ -14,8 +14,11 @@
 //!   that exited and waits to be reaped.
 //!
 //! # Guarantees a driver gives
-//! - Every command is idempotent: `create` of an existing id, `stop` of a stopping or ended
-//!   VMM and `destroy` of a missing one succeed and change nothing more.
+//! - Every command is idempotent: `create` (and `create_receiving`) of an existing id, `stop` of
+//!   a stopping or ended VMM, `pause` of a paused one, `resume` of a running one and `destroy`
+//!   of a missing one succeed and change nothing more.
+//! - A paused or receiving VMM runs no guest and stays so until `resume`; `stop` ends it at
+//!   once (there is nothing to shut down).
 //! - `changes()` carries the id of every VMM that ended or vanished *on its own* (guest crash,
 //!   guest shutdown, killed). Transitions the agent asked for (boot, stop, reboot) are not
 //!   announced; [`VmmInfo::settles_in`] says when to look again.
@@ -113,6 +116,10 @@ pub enum VmmRunState {
     Running,
     /// Shutting down after `stop`.
     Stopping,
+    /// Created to receive a live migration: holds its resources, runs no guest until resumed.
+    Receiving,
+    /// The guest is paused (the stop-and-copy round of a live migration) until resumed.
+    Paused,
     /// No longer runs a guest; exists until destroyed.
     Exited(ExitReason),
 }
@@ -130,6 +137,9 @@ pub struct VmmInfo {
     /// When the transition under way (boot, stop) is expected to end, if one is.
     #[serde(skip)]
     pub settles_in: Option<Duration>,
+    /// How fast the guest dirties its memory, bytes per second.
+    #[serde(default)]
+    pub dirty_bytes_per_second: u64,
 }
 
 /// Why a hypervisor call failed.
@@ -182,6 +192,19 @@ pub trait Hypervisor: Send + Sync + 'static {
 
     /// Reboots the guest in place (`Starting`, then `Running`).
     async fn reboot(&self, id: &VmmId) -> Result<(), HypervisorError>;
+
+    /// Creates the VMM to receive a live migration (`Receiving`): it holds its resources and
+    /// runs no guest until [`Hypervisor::resume`]. An existing id is success.
+    async fn create_receiving(&self, launch: &VmmLaunch) -> Result<(), HypervisorError>;
+
+    /// Pauses a running guest (`Paused`). A paused VMM is success.
+    async fn pause(&self, id: &VmmId) -> Result<(), HypervisorError>;
+
+    /// Runs a paused or received guest (`Running`). A running VMM is success.
+    async fn resume(&self, id: &VmmId) -> Result<(), HypervisorError>;
+
+    /// The bandwidth of the machine's migration link, bytes per second.
+    fn migration_bandwidth(&self) -> u64;
 
     /// One VMM, if it exists.
     async fn inspect(&self, id: &VmmId) -> Result<Option<VmmInfo>, HypervisorError>;

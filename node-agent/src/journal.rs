@@ -3,7 +3,9 @@
 //!
 //! It holds the sled epoch with the boot id it belongs to, and one [`VmmRecord`] per Vmm the
 //! agent has taken a decision about (accepted or refused): the status it last decided and the
-//! `stateGeneration` of that decision.
+//! `stateGeneration` of that decision. A Vmm that is an end of a live migration also keeps its
+//! role, phase and peer ([`MigrationRecord`]), so that a restarted agent goes on waiting for the
+//! verdict or knows its transfer broke.
 //!
 //! # Guarantees
 //! - A write that returned `Ok` is durable (WAL, `synchronous=FULL`): the agent records a
@@ -22,8 +24,9 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
-use corral_crds::{Reason, Resources, VmmState};
+use corral_crds::{Reason, Resources, VmmMigrationStatus, VmmState};
 use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
 use sqlx::Row;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
@@ -56,9 +59,20 @@ CREATE TABLE IF NOT EXISTS vmms (
     diverged INTEGER NOT NULL,
     handled_reboot_request TEXT,
     booted_at TEXT,
-    state_since TEXT NOT NULL
+    state_since TEXT NOT NULL,
+    migration TEXT,
+    dirty_bytes_per_second INTEGER NOT NULL DEFAULT 0
 );
 ";
+
+/// Columns added after the first schema, for journals written by an older agent.
+const ADDED_COLUMNS: &[(&str, &str)] = &[
+    ("migration", "ALTER TABLE vmms ADD COLUMN migration TEXT"),
+    (
+        "dirty_bytes_per_second",
+        "ALTER TABLE vmms ADD COLUMN dirty_bytes_per_second INTEGER NOT NULL DEFAULT 0",
+    ),
+];
 
 /// Why a journal operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -119,6 +133,20 @@ pub struct VmmRecord {
     pub booted_at: Option<Timestamp>,
     /// When `state` was decided.
     pub state_since: Timestamp,
+    /// This Vmm's end of a live migration, while there is one (and its outcome after).
+    pub migration: Option<MigrationRecord>,
+    /// The guest's dirty rate when the agent last looked (reported, not decided).
+    pub dirty_bytes_per_second: u64,
+}
+
+/// One end of a live migration, as the agent decided it (journaled with its Vmm as JSON).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MigrationRecord {
+    /// What `Vmm.status.migration` reports (progress as of the last journal write).
+    pub status: VmmMigrationStatus,
+    /// The other end's Vmm (same namespace): the source names its target and vice versa.
+    pub peer_vmm: String,
 }
 
 /// The journal (see the module docs).
@@ -160,6 +188,21 @@ impl Journal {
             .execute(&pool)
             .await
             .map_err(sql("creating the schema"))?;
+        let columns: Vec<String> = sqlx::query("SELECT name FROM pragma_table_info('vmms')")
+            .fetch_all(&pool)
+            .await
+            .map_err(sql("reading the schema"))?
+            .iter()
+            .map(|row| row.get("name"))
+            .collect();
+        for (column, statement) in ADDED_COLUMNS {
+            if !columns.iter().any(|c| c == column) {
+                sqlx::raw_sql(*statement)
+                    .execute(&pool)
+                    .await
+                    .map_err(sql("upgrading the schema"))?;
+            }
+        }
         Ok(Journal { path, pool })
     }
 
@@ -235,8 +278,9 @@ impl Journal {
         sqlx::query(
             "INSERT OR REPLACE INTO vmms (uid, namespace, name, instance, image, cpus, memory_mib,
                 holds, state, reason, message, state_generation, diverged,
-                handled_reboot_request, booted_at, state_since)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                handled_reboot_request, booted_at, state_since, migration,
+                dirty_bytes_per_second)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(record.uid.as_str())
         .bind(&record.namespace)
@@ -254,6 +298,13 @@ impl Journal {
         .bind(record.handled_reboot_request.as_deref())
         .bind(record.booted_at.map(|t| t.to_string()))
         .bind(record.state_since.to_string())
+        .bind(
+            record
+                .migration
+                .as_ref()
+                .map(|m| serde_json::to_string(m).expect("a migration record serializes")),
+        )
+        .bind(record.dirty_bytes_per_second as i64)
         .execute(&self.pool)
         .await
         .map_err(sql("recording a Vmm"))?;
@@ -297,6 +348,10 @@ fn record_from_row(row: &SqliteRow) -> Result<VmmRecord, JournalError> {
         None => None,
     };
     let state_since = timestamp("state_since", row.get("state_since"))?;
+    let migration = match row.get::<Option<String>, _>("migration") {
+        Some(text) => Some(serde_json::from_str(&text).map_err(|_| corrupt("migration", text))?),
+        None => None,
+    };
     Ok(VmmRecord {
         uid: VmmId(uid.clone()),
         namespace: row.get("namespace"),
@@ -316,6 +371,8 @@ fn record_from_row(row: &SqliteRow) -> Result<VmmRecord, JournalError> {
         handled_reboot_request: row.get("handled_reboot_request"),
         booted_at,
         state_since,
+        migration,
+        dirty_bytes_per_second: row.get::<i64, _>("dirty_bytes_per_second") as u64,
     })
 }
 
@@ -343,6 +400,8 @@ mod tests {
             handled_reboot_request: Some("r1".into()),
             booted_at: Some(Timestamp::from_second(1_700_000_000).unwrap()),
             state_since: Timestamp::from_second(1_700_000_001).unwrap(),
+            migration: None,
+            dirty_bytes_per_second: 0,
         }
     }
 
@@ -393,5 +452,58 @@ mod tests {
         assert_eq!(records[1].state, VmmState::Failed);
         assert_eq!(records[1].state_generation, 4);
         assert_eq!(records[1].reason, None);
+    }
+
+    #[tokio::test]
+    async fn a_migration_end_survives_a_reopen_and_an_old_journal_is_upgraded() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            // A journal written before migrations: the first schema, one row.
+            let options = SqliteConnectOptions::new()
+                .filename(dir.path().join(JOURNAL_FILE))
+                .create_if_missing(true);
+            let pool = SqlitePool::connect_with(options).await.unwrap();
+            sqlx::raw_sql(
+                "CREATE TABLE vmms (uid TEXT PRIMARY KEY, namespace TEXT NOT NULL,
+                    name TEXT NOT NULL, instance TEXT NOT NULL, image TEXT NOT NULL,
+                    cpus INTEGER NOT NULL, memory_mib INTEGER NOT NULL, holds INTEGER NOT NULL,
+                    state TEXT NOT NULL, reason TEXT, message TEXT NOT NULL,
+                    state_generation INTEGER NOT NULL, diverged INTEGER NOT NULL,
+                    handled_reboot_request TEXT, booted_at TEXT, state_since TEXT NOT NULL);
+                 INSERT INTO vmms VALUES ('old', 'default', 'web-v1', 'web', 'debian', 1, 512, 1,
+                    'Running', NULL, '', 2, 0, NULL, NULL, '2027-01-15T08:00:00Z');",
+            )
+            .execute(&pool)
+            .await
+            .unwrap();
+            pool.close().await;
+        }
+        let journal = Journal::open(dir.path()).await.unwrap();
+        let old = journal.vmm_list().await.unwrap();
+        assert_eq!(old.len(), 1);
+        assert_eq!(
+            (old[0].migration.as_ref(), old[0].dirty_bytes_per_second),
+            (None, 0)
+        );
+
+        let mut migrating = record("a");
+        migrating.state = VmmState::Migrating;
+        migrating.dirty_bytes_per_second = 32 << 20;
+        migrating.migration = Some(MigrationRecord {
+            status: VmmMigrationStatus {
+                migration: "move".into(),
+                role: corral_crds::MigrationRole::Source,
+                phase: corral_crds::VmmMigrationPhase::Ready,
+                progress: Default::default(),
+                reason: None,
+                message: String::new(),
+            },
+            peer_vmm: "web-v2".into(),
+        });
+        journal.vmm_put(&migrating).await.unwrap();
+        journal.close().await;
+        let journal = Journal::open(dir.path()).await.unwrap();
+        let records = journal.vmm_list().await.unwrap();
+        assert_eq!(records[0], migrating);
     }
 }

@@ -13,7 +13,11 @@
 //!
 //! # Code map
 //! - `agent.rs` — configuration, start-up (epoch, Sled registration), the tasks, heartbeat.
-//! - `plan.rs` — every decision about one Vmm, pure and table-tested.
+//! - `plan.rs` — every decision about one Vmm, pure and table-tested; `plan_migration.rs` —
+//!   those about an end of a live migration.
+//! - `migration/` — the live-migration transfer between agents: `source.rs` serves
+//!   `POST /migrations` and runs the pre-copy rounds over the sled's modelled link,
+//!   `target.rs` asks for the guest and follows the stream.
 //! - `reconcile.rs` — executes a plan: hypervisor, journal, `Vmm.status`, finalizer.
 //! - `scan.rs` — the periodic divergence scan (unknown VMMs, lost announcements).
 //! - `sled.rs` — `Sled` registration and the debounced `Sled.status` writer.
@@ -32,7 +36,9 @@ pub mod agent;
 pub mod fault;
 pub mod hypervisor;
 pub mod journal;
+pub mod migration;
 pub mod plan;
+mod plan_migration;
 pub mod power;
 pub mod reconcile;
 pub mod scan;
@@ -46,7 +52,10 @@ pub use hypervisor::{
 pub use power::{
     PowerControllers, PowerStatus, SimSled, SledError, SledHandle, StartMode, power_controller_url,
 };
-pub use sim::{PowerState, SimHypervisor, SimTiming, UnknownVmm};
+pub use sim::{
+    DEFAULT_DIRTY_RATE, DEFAULT_MIGRATION_BANDWIDTH, PowerState, SimHypervisor, SimTiming,
+    UnknownVmm,
+};
 
 use tokio_util::sync::CancellationToken;
 

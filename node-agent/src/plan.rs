@@ -26,11 +26,12 @@
 use std::time::Duration;
 
 use corral_client::events::EventType;
-use corral_crds::{Reason, Resources, VmmState};
+use corral_crds::{MigrateFrom, Reason, Resources, VmmState};
 use jiff::Timestamp;
 
 use crate::hypervisor::{ExitReason, VmmId, VmmInfo, VmmRunState};
-use crate::journal::VmmRecord;
+use crate::journal::{MigrationRecord, VmmRecord};
+pub use crate::plan_migration::{InstanceView, MigrationInput, VERDICT_POLL};
 
 /// What the plan needs of a Vmm object.
 #[derive(Clone, Debug, PartialEq)]
@@ -43,6 +44,8 @@ pub struct VmmView {
     pub sled_epoch: u64,
     pub resources: Resources,
     pub reboot_request: Option<String>,
+    /// For a live-migration target: where the guest comes from.
+    pub migrate_from: Option<MigrateFrom>,
     /// `metadata.deletionTimestamp` is set.
     pub deleting: bool,
     /// The node-agent's finalizer is still on.
@@ -68,6 +71,8 @@ pub struct PlanInput<'a> {
     pub now: Timestamp,
     /// How long a graceful stop may take before the VMM is destroyed anyway.
     pub stop_timeout: Duration,
+    /// The transfer task and the Instance's verdict, for a Vmm that is an end of a migration.
+    pub migration: MigrationInput,
 }
 
 /// A command for the hypervisor.
@@ -77,6 +82,10 @@ pub enum MachineAction {
     Stop,
     Destroy,
     Reboot,
+    /// Create the VMM to receive a live migration (no guest runs).
+    CreateReceiving,
+    Pause,
+    Resume,
 }
 
 /// An Event to record about the Vmm.
@@ -102,6 +111,10 @@ pub struct Plan {
     pub forget: bool,
     /// Look again after this long (a transition under way); `None`: wait for a change.
     pub requeue: Option<Duration>,
+    /// Start the target's transfer task (after the machine action and the record).
+    pub start_transfer: bool,
+    /// Cancel the transfer task of this Vmm, if one runs (its Vmm is being deleted).
+    pub cancel_transfer: bool,
 }
 
 impl Plan {
@@ -113,6 +126,8 @@ impl Plan {
             && self.events.is_empty()
             && !self.remove_finalizer
             && !self.forget
+            && !self.start_transfer
+            && !self.cancel_transfer
     }
 }
 
@@ -129,33 +144,38 @@ fn rank(state: VmmState) -> u8 {
 }
 
 /// Whether the journal may move from `from` to `to`: forward only, except that a reboot takes
-/// a running VMM back to `Starting`, a migration ends where it began (`Running`), and anything
-/// not yet destroyed may be destroyed.
+/// a running VMM back to `Starting`, a migration ends where it began (`Running`), a running or
+/// migrating VMM may be reported again in the same state (a new dirty rate, the next phase of
+/// a migration), and anything not yet destroyed may be destroyed.
 pub fn may_follow(from: VmmState, to: VmmState) -> bool {
     match (from, to) {
         (VmmState::Destroyed, _) => false,
         (_, VmmState::Destroyed) => true,
         (VmmState::Running | VmmState::Migrating, VmmState::Starting)
         | (VmmState::Running, VmmState::Migrating)
-        | (VmmState::Migrating, VmmState::Running) => true,
+        | (VmmState::Migrating, VmmState::Running)
+        | (VmmState::Running, VmmState::Running)
+        | (VmmState::Migrating, VmmState::Migrating) => true,
         (from, to) if from.is_final() => from == to,
         (from, to) => rank(to) > rank(from),
     }
 }
 
 /// A decided status, before it becomes a record.
-struct Decision {
-    state: VmmState,
+pub(crate) struct Decision {
+    pub(crate) state: VmmState,
     reason: Option<Reason>,
     message: String,
     diverged: bool,
     handled_reboot_request: Option<String>,
-    booted_at: Option<Timestamp>,
-    holds: bool,
+    pub(crate) booted_at: Option<Timestamp>,
+    pub(crate) holds: bool,
+    /// The migration end; `None` keeps the previous record's.
+    pub(crate) migration: Option<MigrationRecord>,
 }
 
 impl Decision {
-    fn new(state: VmmState, reason: Reason, message: impl Into<String>) -> Decision {
+    pub(crate) fn new(state: VmmState, reason: Reason, message: impl Into<String>) -> Decision {
         Decision {
             state,
             reason: Some(reason),
@@ -164,6 +184,7 @@ impl Decision {
             handled_reboot_request: None,
             booted_at: None,
             holds: true,
+            migration: None,
         }
     }
 
@@ -176,12 +197,19 @@ impl Decision {
         if self.booted_at.is_none() {
             self.booted_at = previous.booted_at;
         }
+        if self.migration.is_none() {
+            self.migration = previous.migration.clone();
+        }
         self
     }
 }
 
 /// The record that follows `previous` (or the first one) with `decision`.
-fn record(input: &PlanInput, previous: Option<&VmmRecord>, decision: Decision) -> VmmRecord {
+pub(crate) fn record(
+    input: &PlanInput,
+    previous: Option<&VmmRecord>,
+    decision: Decision,
+) -> VmmRecord {
     let vmm = input.vmm;
     let decision = match previous {
         Some(previous) => {
@@ -218,10 +246,17 @@ fn record(input: &PlanInput, previous: Option<&VmmRecord>, decision: Decision) -
             Some(p) if p.state == decision.state => p.state_since,
             _ => input.now,
         },
+        migration: decision.migration,
+        dirty_bytes_per_second: input
+            .machine
+            .filter(|m| matches!(m.state, VmmRunState::Running | VmmRunState::Paused))
+            .map(|m| m.dirty_bytes_per_second)
+            .or(previous.map(|p| p.dirty_bytes_per_second))
+            .unwrap_or(0),
     }
 }
 
-fn warning(reason: Reason, message: impl Into<String>) -> PlannedEvent {
+pub(crate) fn warning(reason: Reason, message: impl Into<String>) -> PlannedEvent {
     PlannedEvent {
         type_: EventType::Warning,
         reason,
@@ -234,7 +269,10 @@ pub fn plan(input: &PlanInput) -> Plan {
     let mut plan = match input.record {
         None => plan_unrecorded(input),
         Some(record) if input.vmm.deleting => plan_teardown(input, record),
-        Some(record) => plan_lifecycle(input, record),
+        Some(record) => crate::plan_migration::is_migrating(record)
+            .then(|| crate::plan_migration::plan_migrating(input, record))
+            .flatten()
+            .unwrap_or_else(|| plan_lifecycle(input, record)),
     };
     let current = plan.record.as_ref().or(input.record);
     plan.report = current.is_some_and(|r| r.state_generation > input.vmm.reported_generation);
@@ -323,7 +361,12 @@ fn plan_unrecorded(input: &PlanInput) -> Plan {
 
 /// A recorded Vmm being deleted: stop, destroy, report `Destroyed`, drop the finalizer.
 fn plan_teardown(input: &PlanInput, previous: &VmmRecord) -> Plan {
-    let mut plan = Plan::default();
+    let mut plan = Plan {
+        // A transfer of a Vmm being deleted ends now: the target drops its connection, the
+        // source ends its stream with an error.
+        cancel_transfer: input.migration.transfer_running,
+        ..Plan::default()
+    };
     let destroyed = || {
         let mut decision = Decision::new(
             VmmState::Destroyed,
@@ -347,7 +390,12 @@ fn plan_teardown(input: &PlanInput, previous: &VmmRecord) -> Plan {
         Duration::ZERO
     };
     let overdue = stopping_for >= input.stop_timeout;
-    let ended = matches!(machine.state, VmmRunState::Exited(_));
+    // An ended VMM, one receiving a guest or one whose guest is paused (a migration source
+    // after the switch) runs nothing to stop gracefully.
+    let ended = matches!(
+        machine.state,
+        VmmRunState::Exited(_) | VmmRunState::Receiving | VmmRunState::Paused
+    );
     // A VMM whose Vmm already ended (or that ended itself, or will not stop) is destroyed at
     // once: there is nothing to stop gracefully.
     if previous.state.is_final() || ended || overdue {
@@ -412,6 +460,11 @@ fn plan_lifecycle(input: &PlanInput, previous: &VmmRecord) -> Plan {
         return plan;
     }
     let Some(machine) = machine else {
+        if previous.state == VmmState::Creating
+            && let Some(from) = &vmm.migrate_from
+        {
+            return crate::plan_migration::plan_receive(input, previous, from);
+        }
         if previous.state == VmmState::Creating {
             plan.machine = Some(MachineAction::Create);
             next(
@@ -470,9 +523,31 @@ fn plan_lifecycle(input: &PlanInput, previous: &VmmRecord) -> Plan {
                 decision.handled_reboot_request = Some(request.clone());
                 next(&mut plan, decision);
                 plan.requeue = Some(Duration::ZERO);
+            } else if machine.dirty_bytes_per_second != previous.dirty_bytes_per_second {
+                // The same state, reported again with the guest's new dirty rate (what the
+                // migration controller predicts convergence from).
+                let mut decision = Decision::new(
+                    VmmState::Running,
+                    previous.reason.unwrap_or(Reason::VmmRunning),
+                    previous.message.clone(),
+                );
+                decision.reason = previous.reason;
+                next(&mut plan, decision);
             }
         }
         VmmRunState::Stopping => plan.requeue = machine.settles_in,
+        // Created to receive, but the journal never recorded the transfer: it broke (the agent
+        // stopped in between).
+        VmmRunState::Receiving if previous.state == VmmState::Creating => {
+            return crate::plan_migration::fail_target(
+                input,
+                previous,
+                "the agent restarted before the transfer began",
+            );
+        }
+        // Not an end of a migration the journal knows: leave it to the control plane, which
+        // deletes the Vmm (a paused guest never resumes without a verdict).
+        VmmRunState::Receiving | VmmRunState::Paused => {}
         VmmRunState::Exited(exit) => {
             let (state, reason, message) = match exit {
                 ExitReason::GuestCrashed => {

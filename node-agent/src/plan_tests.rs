@@ -22,6 +22,7 @@ fn view(cpus: u32) -> VmmView {
             memory_mib: 1024,
         },
         reboot_request: None,
+        migrate_from: None,
         deleting: false,
         has_finalizer: true,
         reported_state: None,
@@ -49,6 +50,8 @@ fn recorded(state: VmmState, holds: bool, generation: u64) -> VmmRecord {
         handled_reboot_request: Some("r0".into()),
         booted_at: None,
         state_since: now(),
+        migration: None,
+        dirty_bytes_per_second: 0,
     }
 }
 
@@ -65,6 +68,7 @@ fn on_machine(state: VmmRunState) -> VmmInfo {
         state,
         responsive: true,
         settles_in: None,
+        dirty_bytes_per_second: 0,
     }
 }
 
@@ -340,6 +344,7 @@ fn plan_follows_the_table() {
             },
             now: now(),
             stop_timeout: Duration::from_secs(30),
+            migration: MigrationInput::default(),
         };
         let plan = plan(&input);
         let name = case.name;
@@ -380,6 +385,7 @@ fn a_running_vmm_the_journal_lost_is_adopted_without_going_backwards() {
         free: Resources::default(),
         now: now(),
         stop_timeout: Duration::from_secs(30),
+        migration: MigrationInput::default(),
     };
     let plan = plan(&input);
     let adopted = plan.record.unwrap();
@@ -414,6 +420,7 @@ fn divergence_sets_the_condition_and_keeps_holding_until_destroyed() {
         free: Resources::default(),
         now: now(),
         stop_timeout: Duration::from_secs(30),
+        migration: MigrationInput::default(),
     };
     let next = plan(&input).record.unwrap();
     assert!(next.diverged);
@@ -439,6 +446,7 @@ fn the_generation_rises_above_the_api_and_the_journal() {
         free: Resources::default(),
         now: now(),
         stop_timeout: Duration::from_secs(30),
+        migration: MigrationInput::default(),
     };
     assert_eq!(plan(&input).record.unwrap().state_generation, 10);
 }
@@ -458,6 +466,7 @@ fn a_report_the_api_missed_is_sent_again_without_a_new_decision() {
         free: Resources::default(),
         now: now(),
         stop_timeout: Duration::from_secs(30),
+        migration: MigrationInput::default(),
     };
     let plan = plan(&input);
     assert!(plan.record.is_none());
@@ -482,6 +491,7 @@ fn a_stop_that_takes_too_long_ends_in_destroy() {
         free: Resources::default(),
         now: now(),
         stop_timeout: Duration::from_secs(30),
+        migration: MigrationInput::default(),
     };
     let plan = plan(&input);
     assert_eq!(plan.machine, Some(MachineAction::Destroy));
@@ -506,6 +516,7 @@ fn a_stop_under_way_is_looked_at_again_when_it_should_end() {
         free: Resources::default(),
         now: now(),
         stop_timeout: Duration::from_secs(30),
+        migration: MigrationInput::default(),
     };
     let plan = plan(&input);
     assert!(plan.is_noop());
@@ -537,6 +548,8 @@ fn any_machine() -> impl Strategy<Value = Option<VmmRunState>> {
         VmmRunState::Exited(ExitReason::Stopped),
         VmmRunState::Exited(ExitReason::GuestShutdown),
         VmmRunState::Exited(ExitReason::GuestCrashed),
+        VmmRunState::Receiving,
+        VmmRunState::Paused,
     ]))
 }
 
@@ -573,6 +586,7 @@ proptest! {
             free: Resources { cpus: 4, memory_mib: 8192 },
             now: now(),
             stop_timeout: Duration::from_secs(30),
+            migration: MigrationInput::default(),
         };
         let plan = plan(&input);
         if let Some(next) = &plan.record {
@@ -596,3 +610,6 @@ proptest! {
         }
     }
 }
+
+#[path = "plan_migration_tests.rs"]
+mod migration;

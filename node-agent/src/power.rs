@@ -164,12 +164,15 @@ async fn agent_process(
     stop: CancellationToken,
 ) {
     let address = listener.as_ref().and_then(|l| l.local_addr().ok());
+    // The migration API is served next to the fault API by whichever agent run is up.
+    let slot = crate::migration::AgentSlot::default();
     let serve = async {
         let Some(listener) = listener else { return };
         let router = fault::router(FaultState {
             machine: machine.clone(),
             heartbeats: config.heartbeats.clone(),
-        });
+        })
+        .merge(crate::migration::router(slot.clone()));
         let stopped = stop.clone();
         if let Err(error) = axum::serve(listener, router)
             .with_graceful_shutdown(async move { stopped.cancelled().await })
@@ -181,7 +184,7 @@ async fn agent_process(
     let supervise = async {
         let mut backoff = Duration::from_millis(200);
         loop {
-            let mut agent = Agent::new(config.clone(), machine.clone());
+            let mut agent = Agent::new(config.clone(), machine.clone()).with_slot(slot.clone());
             if let Some(address) = address {
                 agent = agent.with_address(address.to_string());
             }

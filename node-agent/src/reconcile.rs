@@ -5,7 +5,8 @@
 //!
 //! # Reads and writes
 //! - Reads the Vmm from the watch cache, the VMM from the hypervisor, the record from the
-//!   [`Ledger`] (the in-memory mirror of the journal).
+//!   [`Ledger`] (the in-memory mirror of the journal), and, for an end of a live migration
+//!   waiting for its verdict, the Instance (a GET, never a cache).
 //! - Writes the journal, `Vmm.status` (the agent is its only writer), Events about the Vmm, and
 //!   removes the `corral.dev/node-agent` finalizer.
 //!
@@ -33,7 +34,7 @@ use std::time::Duration;
 use corral_client::events::{self, Recorder};
 use corral_crds::condition;
 use corral_crds::{
-    ConditionStatus, Reason, Resources, VMM_FINALIZER, Vmm, VmmConditionType, VmmStatus,
+    ConditionStatus, Instance, Reason, Resources, VMM_FINALIZER, Vmm, VmmConditionType, VmmStatus,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, Patch, PatchParams, PostParams};
@@ -44,7 +45,7 @@ use tokio::sync::mpsc;
 
 use crate::hypervisor::{Hypervisor, HypervisorError, VmmId, VmmLaunch};
 use crate::journal::{Journal, JournalError, VmmRecord};
-use crate::plan::{self, MachineAction, Plan, PlanInput, VmmView};
+use crate::plan::{self, InstanceView, MachineAction, MigrationInput, Plan, PlanInput, VmmView};
 use crate::sled::SledReporter;
 
 /// A requeue lands this much after a transition's deadline, so that the VMM has surely moved.
@@ -109,6 +110,7 @@ impl Ledger {
             sled_epoch: vmm.spec.sled_epoch,
             resources: vmm.spec.resources,
             reboot_request: vmm.spec.reboot_request.clone(),
+            migrate_from: vmm.spec.migrate_from.clone(),
             deleting: vmm.meta().deletion_timestamp.is_some(),
             has_finalizer: vmm.finalizers().iter().any(|f| f == VMM_FINALIZER),
             reported_state: status.state,
@@ -132,6 +134,8 @@ pub struct Context {
     pub sled: SledReporter,
     pub store: Store<Vmm>,
     pub triggers: mpsc::Sender<ObjectRef<Vmm>>,
+    /// The live-migration transfers of this agent run.
+    pub transfers: crate::migration::Transfers,
 }
 
 impl Context {
@@ -213,8 +217,12 @@ pub fn render_status(record: &VmmRecord, base: &VmmStatus, now: jiff::Timestamp)
         message: record.message.clone(),
         booted_at: record.booted_at.map(Time),
         handled_reboot_request: record.handled_reboot_request.clone(),
-        dirty_bytes_per_second: base.dirty_bytes_per_second,
-        migration: base.migration.clone(),
+        dirty_bytes_per_second: record.dirty_bytes_per_second,
+        migration: record
+            .migration
+            .as_ref()
+            .map(|m| m.status.clone())
+            .or_else(|| base.migration.clone()),
         conditions,
     }
 }
@@ -228,6 +236,30 @@ pub async fn reconcile(vmm: Arc<Vmm>, ctx: Arc<Context>) -> Result<Action, Recon
         return Ok(Action::await_change());
     }
     let machine = ctx.hypervisor.inspect(&uid).await?;
+    let awaits_verdict = {
+        let ledger = ctx.ledger.lock().await;
+        ledger
+            .records
+            .get(&uid)
+            .is_some_and(crate::plan_migration::awaits_verdict)
+    };
+    let instance = if awaits_verdict && vmm.meta().deletion_timestamp.is_none() {
+        let instances: Api<Instance> =
+            Api::namespaced(ctx.client.clone(), &vmm.namespace().unwrap_or_default());
+        instances
+            .get_opt(&vmm.spec.instance)
+            .await
+            .map_err(api_error(&vmm, "reading the Instance of"))?
+            .map(|instance| {
+                let status = instance.status.unwrap_or_default();
+                InstanceView {
+                    active_vmm: status.active_vmm,
+                    target_vmm: status.target_vmm,
+                }
+            })
+    } else {
+        None
+    };
     let plan = {
         let mut ledger = ctx.ledger.lock().await;
         if machine.is_some() {
@@ -243,6 +275,10 @@ pub async fn reconcile(vmm: Arc<Vmm>, ctx: Arc<Context>) -> Result<Action, Recon
             free: ctx.capacity.saturating_sub(&ledger.allocated()),
             now: corral_client::clock::now(),
             stop_timeout: ctx.stop_timeout,
+            migration: MigrationInput {
+                transfer_running: ctx.transfers.is_running(&uid),
+                instance,
+            },
         };
         let plan = plan::plan(&input);
         tracing::debug!(vmm = %vmm.name_any(), ?plan, "planned");
@@ -262,10 +298,18 @@ pub async fn reconcile(vmm: Arc<Vmm>, ctx: Arc<Context>) -> Result<Action, Recon
 }
 
 /// Executes the parts of `plan` that `reconcile` did not already do under the lock.
-async fn apply(vmm: &Vmm, uid: &VmmId, plan: &Plan, ctx: &Context) -> Result<(), ReconcileError> {
+async fn apply(
+    vmm: &Vmm,
+    uid: &VmmId,
+    plan: &Plan,
+    ctx: &Arc<Context>,
+) -> Result<(), ReconcileError> {
+    if plan.cancel_transfer {
+        ctx.transfers.cancel(uid);
+    }
     if let Some(action) = plan.machine {
         match action {
-            MachineAction::Create => {
+            MachineAction::Create | MachineAction::CreateReceiving => {
                 let launch = VmmLaunch {
                     id: uid.clone(),
                     namespace: vmm.namespace().unwrap_or_default(),
@@ -274,14 +318,23 @@ async fn apply(vmm: &Vmm, uid: &VmmId, plan: &Plan, ctx: &Context) -> Result<(),
                     resources: vmm.spec.resources,
                     image: vmm.spec.image.clone(),
                 };
-                ctx.hypervisor.create(&launch).await?;
+                if action == MachineAction::Create {
+                    ctx.hypervisor.create(&launch).await?;
+                } else {
+                    ctx.hypervisor.create_receiving(&launch).await?;
+                }
             }
             MachineAction::Stop => ctx.hypervisor.stop(uid).await?,
             MachineAction::Destroy => ctx.hypervisor.destroy(uid).await?,
             MachineAction::Reboot => ctx.hypervisor.reboot(uid).await?,
+            MachineAction::Pause => ctx.hypervisor.pause(uid).await?,
+            MachineAction::Resume => ctx.hypervisor.resume(uid).await?,
         }
         let mut ledger = ctx.ledger.lock().await;
-        if action == MachineAction::Create {
+        if matches!(
+            action,
+            MachineAction::Create | MachineAction::CreateReceiving
+        ) {
             ledger.seen.insert(uid.clone());
         }
         if let Some(next) = plan.record.clone() {
@@ -292,6 +345,12 @@ async fn apply(vmm: &Vmm, uid: &VmmId, plan: &Plan, ctx: &Context) -> Result<(),
         let record = ctx.ledger.lock().await.records.get(uid).cloned();
         if let Some(record) = record {
             write_status(vmm, uid, &record, ctx).await?;
+        }
+    }
+    if plan.start_transfer {
+        let record = ctx.ledger.lock().await.records.get(uid).cloned();
+        if let Some(record) = record {
+            ctx.transfers.start_target(ctx, vmm, &record);
         }
     }
     for event in &plan.events {
@@ -331,7 +390,7 @@ fn is_status(error: &kube::Error, codes: &[u16]) -> bool {
 
 /// Writes `Vmm.status` from `record`, conditional on the freshest resourceVersion. A conflict
 /// rereads the Vmm and tries once more if the API is still behind.
-async fn write_status(
+pub(crate) async fn write_status(
     vmm: &Vmm,
     uid: &VmmId,
     record: &VmmRecord,

@@ -148,6 +148,10 @@ pub async fn scan(ctx: &Context) -> Result<ScanOutcome, ScanError> {
                 free,
                 now,
                 stop_timeout: ctx.stop_timeout,
+                migration: crate::plan::MigrationInput {
+                    transfer_running: ctx.transfers.is_running(&record.uid),
+                    instance: None,
+                },
             };
             if !plan::plan(&input).is_noop() {
                 ctx.trigger(record);

@@ -20,6 +20,9 @@
 //!   not written: reloading the file settles it the same way.
 //! - A machine reloaded from its file settles transitions that were under way (a boot
 //!   completes, a stop ends); deadlines are not persisted.
+//! - Pausing and resuming a guest, creating a VMM that receives a live migration, and a dirty
+//!   rate set through the fault API are written too: a reloaded machine keeps a paused or
+//!   receiving VMM as it was (no guest runs until the agent resumes it).
 //! - Faults ([`SimHypervisor::crash`], [`SimHypervisor::guest_shutdown`],
 //!   [`SimHypervisor::kill`], [`SimHypervisor::spawn_unknown`]) are announced on `changes()`.
 //!
@@ -46,18 +49,30 @@ use crate::hypervisor::{
 /// The machine file's name in the sled's data directory.
 pub const MACHINE_FILE: &str = "machine.json";
 
-/// How long simulated VMMs take to boot and to stop.
+/// How long simulated VMMs take to boot and to stop, how fast their guests dirty memory, and
+/// how fast the machine's migration link is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SimTiming {
     pub boot_time: Duration,
     pub stop_time: Duration,
+    /// The dirty rate of a guest nobody set one for, bytes per second.
+    pub dirty_bytes_per_second: u64,
+    /// The migration link's bandwidth, bytes per second (shared by outgoing migrations).
+    pub migration_bandwidth: u64,
 }
+
+/// 32 MiB/s: a mostly idle guest.
+pub const DEFAULT_DIRTY_RATE: u64 = 32 * 1024 * 1024;
+/// 10 Gbit/s.
+pub const DEFAULT_MIGRATION_BANDWIDTH: u64 = 1_250_000_000;
 
 impl Default for SimTiming {
     fn default() -> Self {
         SimTiming {
             boot_time: Duration::from_secs(1),
             stop_time: Duration::from_millis(500),
+            dirty_bytes_per_second: DEFAULT_DIRTY_RATE,
+            migration_bandwidth: DEFAULT_MIGRATION_BANDWIDTH,
         }
     }
 }
@@ -98,10 +113,13 @@ struct SimVmm {
     /// When the transition under way ends. Not persisted: a reloaded machine settles at once.
     #[serde(skip)]
     settles_at: Option<Instant>,
+    /// The guest's dirty rate when set through the fault API; `SimTiming`'s otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    dirty_rate: Option<u64>,
 }
 
 impl SimVmm {
-    fn info(&self, now: Instant) -> VmmInfo {
+    fn info(&self, now: Instant, timing: &SimTiming) -> VmmInfo {
         VmmInfo {
             launch: self.launch.clone(),
             state: self.state,
@@ -110,6 +128,7 @@ impl SimVmm {
                 .settles_at
                 .filter(|_| self.responsive)
                 .map(|at| at.saturating_duration_since(now)),
+            dirty_bytes_per_second: self.dirty_rate.unwrap_or(timing.dirty_bytes_per_second),
         }
     }
 }
@@ -275,12 +294,47 @@ impl SimHypervisor {
                     state: VmmRunState::Running,
                     responsive: true,
                     settles_at: None,
+                    dirty_rate: None,
                 },
             );
             self.persist(&machine)?;
         }
         let _ = self.changes.send(id.clone());
         Ok(id)
+    }
+
+    /// Fault: the guest of `id` dirties `bytes_per_second` from now on.
+    pub fn set_dirty_rate(&self, id: &VmmId, bytes_per_second: u64) -> Result<(), HypervisorError> {
+        let mut machine = self.powered()?;
+        let vmm = machine
+            .vmms
+            .get_mut(id)
+            .ok_or_else(|| HypervisorError::NotFound(id.clone()))?;
+        vmm.dirty_rate = Some(bytes_per_second);
+        self.persist(&machine)
+    }
+
+    /// Moves `id` from one of `from` to `to` (persisted); already `to` is success.
+    fn transition(
+        &self,
+        id: &VmmId,
+        from: &[VmmRunState],
+        to: VmmRunState,
+    ) -> Result<(), HypervisorError> {
+        let mut machine = self.powered()?;
+        let vmm = machine
+            .vmms
+            .get_mut(id)
+            .ok_or_else(|| HypervisorError::NotFound(id.clone()))?;
+        if vmm.state == to {
+            return Ok(());
+        }
+        if !from.contains(&vmm.state) {
+            return Err(HypervisorError::Ended(id.clone()));
+        }
+        vmm.state = to;
+        vmm.settles_at = None;
+        self.persist(&machine)
     }
 
     fn end(&self, id: &VmmId, reason: ExitReason) -> Result<(), HypervisorError> {
@@ -393,6 +447,7 @@ impl Hypervisor for SimHypervisor {
                 state: VmmRunState::Starting,
                 responsive: true,
                 settles_at: Some(Instant::now() + self.timing.boot_time),
+                dirty_rate: None,
             },
         );
         self.persist(&machine)
@@ -412,6 +467,12 @@ impl Hypervisor for SimHypervisor {
             VmmRunState::Starting | VmmRunState::Running => {
                 vmm.state = VmmRunState::Stopping;
                 vmm.settles_at = Some(Instant::now() + stop_time);
+                self.persist(&machine)
+            }
+            // No guest runs: there is nothing to shut down gracefully.
+            VmmRunState::Receiving | VmmRunState::Paused => {
+                vmm.state = VmmRunState::Exited(ExitReason::Stopped);
+                vmm.settles_at = None;
                 self.persist(&machine)
             }
             VmmRunState::Stopping | VmmRunState::Exited(_) => Ok(()),
@@ -442,22 +503,69 @@ impl Hypervisor for SimHypervisor {
                 vmm.settles_at = Some(Instant::now() + boot_time);
                 self.persist(&machine)
             }
-            VmmRunState::Stopping | VmmRunState::Exited(_) => {
-                Err(HypervisorError::Ended(id.clone()))
-            }
+            VmmRunState::Stopping
+            | VmmRunState::Exited(_)
+            | VmmRunState::Receiving
+            | VmmRunState::Paused => Err(HypervisorError::Ended(id.clone())),
         }
     }
 
     async fn inspect(&self, id: &VmmId) -> Result<Option<VmmInfo>, HypervisorError> {
         let machine = self.powered()?;
         let now = Instant::now();
-        Ok(machine.vmms.get(id).map(|vmm| vmm.info(now)))
+        Ok(machine.vmms.get(id).map(|vmm| vmm.info(now, &self.timing)))
     }
 
     async fn list(&self) -> Result<Vec<VmmInfo>, HypervisorError> {
         let machine = self.powered()?;
         let now = Instant::now();
-        Ok(machine.vmms.values().map(|vmm| vmm.info(now)).collect())
+        Ok(machine
+            .vmms
+            .values()
+            .map(|vmm| vmm.info(now, &self.timing))
+            .collect())
+    }
+
+    async fn create_receiving(&self, launch: &VmmLaunch) -> Result<(), HypervisorError> {
+        let mut machine = self.powered()?;
+        if machine.vmms.contains_key(&launch.id) {
+            return Ok(());
+        }
+        let free = self.free(&machine);
+        if !launch.resources.fits_within(&free) {
+            return Err(HypervisorError::NoCapacity {
+                id: launch.id.clone(),
+                needed: launch.resources,
+                free,
+            });
+        }
+        machine.vmms.insert(
+            launch.id.clone(),
+            SimVmm {
+                launch: launch.clone(),
+                state: VmmRunState::Receiving,
+                responsive: true,
+                settles_at: None,
+                dirty_rate: None,
+            },
+        );
+        self.persist(&machine)
+    }
+
+    async fn pause(&self, id: &VmmId) -> Result<(), HypervisorError> {
+        self.transition(id, &[VmmRunState::Running], VmmRunState::Paused)
+    }
+
+    async fn resume(&self, id: &VmmId) -> Result<(), HypervisorError> {
+        self.transition(
+            id,
+            &[VmmRunState::Paused, VmmRunState::Receiving],
+            VmmRunState::Running,
+        )
+    }
+
+    fn migration_bandwidth(&self) -> u64 {
+        self.timing.migration_bandwidth
     }
 
     fn changes(&self) -> broadcast::Receiver<VmmId> {

@@ -42,6 +42,8 @@ pub struct SledReport {
     pub epoch: u64,
     pub agent_version: String,
     pub agent_address: Option<String>,
+    /// The migration link's bandwidth, bytes per second.
+    pub migration_bandwidth: u64,
     pub diverged: Divergence,
     /// The agent runs (`Ready=True`); false once it stopped cleanly.
     pub running: bool,
@@ -80,6 +82,7 @@ pub fn render_status(
     status.epoch = report.epoch;
     status.agent_version = report.agent_version.clone();
     status.agent_address = report.agent_address.clone();
+    status.migration_bandwidth = report.migration_bandwidth;
     status.unknown_vmms = report.unknown.clone();
     let (ready, reason, message) = if report.running {
         (
@@ -280,6 +283,7 @@ mod tests {
             epoch: 3,
             agent_version: "0.1.0".into(),
             agent_address: Some("127.0.0.1:9000".into()),
+            migration_bandwidth: 1_250_000_000,
             diverged: Divergence::converged(),
             running: true,
             unknown: Vec::new(),

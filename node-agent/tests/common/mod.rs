@@ -80,6 +80,7 @@ impl Rack {
         config.sim = SimTiming {
             boot_time: Duration::from_millis(100),
             stop_time: Duration::from_millis(50),
+            ..SimTiming::default()
         };
         config.intervals = Intervals {
             reconcile: Duration::from_secs(5),

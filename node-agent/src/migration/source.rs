@@ -1,0 +1,388 @@
+//! The source end of a transfer: `POST /migrations`, the pre-copy rounds over the sled's link
+//! and the paused stop-and-copy round, streamed to the target as NDJSON events.
+
+use std::convert::Infallible;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use bytes::Bytes;
+use corral_crds::migration::{MAX_ROUNDS, MIB, NonConvergence, dirtied, fits_downtime, predict};
+use corral_crds::{Instance, MigrationRole, Reason, TransferProgress, VmmMigrationPhase, VmmState};
+use kube::api::Api;
+use kube::runtime::reflector::ObjectRef;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::hypervisor::{VmmId, VmmRunState};
+use crate::journal::MigrationRecord;
+use crate::plan_migration::{advance, migration_status, moved};
+use crate::reconcile::{Context, DisplayChain};
+
+use super::*;
+
+/// Why the source refuses a transfer.
+#[derive(Debug, thiserror::Error)]
+enum Refusal {
+    #[error("the agent is not running")]
+    NotRunning,
+    #[error("invalid request body")]
+    Body(#[source] serde_json::Error),
+    #[error("this sled does not run Vmm {0} (or it is not running)")]
+    NotHere(String),
+    #[error("the Instance does not name {source_vmm} active and {target_vmm} target")]
+    NotNamed {
+        source_vmm: String,
+        target_vmm: String,
+    },
+    #[error("reading the Instance")]
+    Api(#[source] kube::Error),
+    #[error("journal")]
+    Journal(#[from] crate::journal::JournalError),
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        let code = match &self {
+            Refusal::NotRunning => StatusCode::SERVICE_UNAVAILABLE,
+            Refusal::Body(_) => StatusCode::BAD_REQUEST,
+            Refusal::NotHere(_) => StatusCode::NOT_FOUND,
+            Refusal::NotNamed { .. } => StatusCode::CONFLICT,
+            Refusal::Api(_) | Refusal::Journal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        let message = DisplayChain(&self).to_string();
+        (code, axum::Json(serde_json::json!({ "error": message }))).into_response()
+    }
+}
+
+/// The source agent's migration API: `POST /migrations` (see the module docs).
+pub fn router(slot: AgentSlot) -> Router {
+    Router::new()
+        .route("/migrations", post(send))
+        .with_state(slot)
+}
+
+async fn send(State(slot): State<AgentSlot>, body: Bytes) -> Result<Response, Refusal> {
+    let ctx = slot.get().ok_or(Refusal::NotRunning)?;
+    let request: TransferRequest = serde_json::from_slice(&body).map_err(Refusal::Body)?;
+    let not_here = || Refusal::NotHere(request.source_vmm.clone());
+    let found = ctx
+        .ledger
+        .lock()
+        .await
+        .records
+        .values()
+        .find(|r| r.namespace == request.namespace && r.name == request.source_vmm)
+        .cloned()
+        .ok_or_else(not_here)?;
+    let machine = ctx
+        .hypervisor
+        .inspect(&found.uid)
+        .await
+        .map_err(|_| not_here())?;
+    let deleting = ctx
+        .store
+        .get(&ObjectRef::new(&found.name).within(&found.namespace))
+        .is_none_or(|vmm| vmm.metadata.deletion_timestamp.is_some());
+    let runs = found.state == VmmState::Running
+        && !deleting
+        && machine.is_some_and(|m| m.state == VmmRunState::Running);
+    if !runs {
+        return Err(not_here());
+    }
+    let instances: Api<Instance> = Api::namespaced(ctx.client.clone(), &request.namespace);
+    let instance = instances
+        .get_opt(&found.instance)
+        .await
+        .map_err(Refusal::Api)?;
+    let named = instance.and_then(|i| i.status).is_some_and(|s| {
+        s.active_vmm.as_deref() == Some(request.source_vmm.as_str())
+            && s.target_vmm.as_deref() == Some(request.target_vmm.as_str())
+    });
+    if !named {
+        return Err(Refusal::NotNamed {
+            source_vmm: request.source_vmm.clone(),
+            target_vmm: request.target_vmm.clone(),
+        });
+    }
+    let (events, mut receiver) = mpsc::channel::<Bytes>(16);
+    let record = {
+        let mut ledger = ctx.ledger.lock().await;
+        let Some(previous) = ledger.records.get(&found.uid) else {
+            return Err(not_here());
+        };
+        if previous.state != VmmState::Running {
+            return Err(not_here());
+        }
+        let migration = MigrationRecord {
+            status: migration_status(
+                &request.migration,
+                MigrationRole::Source,
+                VmmMigrationPhase::Transferring,
+                Some(Reason::Transferring),
+                "",
+            ),
+            peer_vmm: request.target_vmm.clone(),
+        };
+        let message = format!(
+            "sending the guest to {} on {}",
+            request.target_vmm, request.target_sled
+        );
+        let record = advance(
+            previous,
+            VmmState::Migrating,
+            Reason::Transferring,
+            message,
+            migration,
+            now(),
+        );
+        ctx.record(&mut ledger, record.clone()).await?;
+        // Started under the ledger lock: no reconcile sees the record without its task.
+        let task_ctx = ctx.clone();
+        let uid = record.uid.clone();
+        let memory = record.resources.memory_mib * MIB;
+        let started = ctx.transfers.spawn(&ctx, &record, move |token| async move {
+            run_source(&task_ctx, &uid, memory, events, token).await;
+        });
+        if !started {
+            return Err(Refusal::NotRunning);
+        }
+        record
+    };
+    report(&ctx, &record).await;
+    let stream = futures::stream::poll_fn(move |cx| {
+        receiver
+            .poll_recv(cx)
+            .map(|item| item.map(Ok::<Bytes, Infallible>))
+    });
+    Ok((
+        [("content-type", "application/x-ndjson")],
+        Body::from_stream(stream),
+    )
+        .into_response())
+}
+
+/// How the source's rounds ended.
+enum SourceEnd {
+    /// Every byte sent.
+    Done,
+    /// The transfer failed before the pause; the guest runs on.
+    Failed(String),
+    /// Cancelled (the Vmm is being deleted, or the agent stops).
+    Cancelled,
+    /// The connection broke after the pause: wait for the verdict.
+    BrokeAfterPause,
+}
+
+/// The source end: pre-copy rounds, then the paused stop-and-copy round.
+pub(super) async fn run_source(
+    ctx: &Context,
+    uid: &VmmId,
+    memory: u64,
+    events: mpsc::Sender<Bytes>,
+    token: CancellationToken,
+) {
+    let end = rounds(ctx, uid, memory, &events, &token).await;
+    match end {
+        SourceEnd::Done | SourceEnd::BrokeAfterPause => {}
+        SourceEnd::Cancelled => {
+            let message = "the transfer was cancelled on the source (its Vmm is being deleted or its agent stops)";
+            let _ = events.try_send(line(&TransferEvent::Error {
+                message: message.into(),
+            }));
+        }
+        SourceEnd::Failed(message) => {
+            tracing::info!(%message, "the outgoing transfer failed; the guest runs on");
+            let _ = events.try_send(line(&TransferEvent::Error {
+                message: message.clone(),
+            }));
+            let failed = finish(ctx, uid, MigrationRole::Source, |previous, m| {
+                let m = moved(
+                    m,
+                    VmmMigrationPhase::Failed,
+                    Some(Reason::TransferFailed),
+                    message.clone(),
+                );
+                advance(
+                    previous,
+                    VmmState::Running,
+                    Reason::TransferFailed,
+                    &message,
+                    m,
+                    now(),
+                )
+            })
+            .await;
+            if let Err(error) = failed {
+                tracing::warn!(error = %DisplayChain(&error), "journaling a failed transfer");
+            }
+        }
+    }
+}
+
+/// The progress of a transfer `sent` bytes in, in round `round` of `round_bytes` with
+/// `remaining` bytes left of it.
+pub(super) fn progress_of(
+    memory: u64,
+    sent: u64,
+    round: u32,
+    remaining: u64,
+    dirty: u64,
+    bandwidth: u64,
+) -> TransferProgress {
+    let prediction = predict(remaining, dirty, bandwidth).ok();
+    let predicted_total = prediction.map_or(sent + remaining, |p| sent + p.total_bytes);
+    TransferProgress {
+        memory_bytes: memory,
+        bytes_sent: sent,
+        bytes_remaining: remaining,
+        dirty_bytes_per_second: dirty,
+        bandwidth_bytes_per_second: bandwidth,
+        round,
+        percent: if predicted_total == 0 {
+            100
+        } else {
+            ((sent as f64 / predicted_total as f64) * 100.0).min(100.0) as u32
+        },
+        eta_seconds: prediction.map(|p| p.duration.as_secs_f64().ceil() as u64),
+        predicted_downtime_ms: prediction.map_or(0, |p| p.downtime.as_millis() as u64),
+    }
+}
+
+async fn rounds(
+    ctx: &Context,
+    uid: &VmmId,
+    memory: u64,
+    events: &mpsc::Sender<Bytes>,
+    token: &CancellationToken,
+) -> SourceEnd {
+    let link = &ctx.transfers.link;
+    let bandwidth = link.bandwidth();
+    let mut round: u32 = 1;
+    let mut round_bytes = memory;
+    let mut sent: u64 = 0;
+    let mut throttle = Throttle(None);
+    let dirty_rate = || async {
+        match ctx.hypervisor.inspect(uid).await {
+            Ok(Some(info)) if info.state == VmmRunState::Running => Ok(info.dirty_bytes_per_second),
+            Ok(_) => Err("the source guest no longer runs".to_string()),
+            Err(e) => Err(format!("inspecting the source VMM: {e}")),
+        }
+    };
+    // Pre-copy: the guest runs and dirties memory while each round is sent.
+    loop {
+        let dirty = match dirty_rate().await {
+            Ok(dirty) => dirty,
+            Err(message) => return SourceEnd::Failed(message),
+        };
+        if fits_downtime(round_bytes, bandwidth) {
+            break;
+        }
+        if round > MAX_ROUNDS {
+            return SourceEnd::Failed(format!(
+                "did not converge: {round_bytes} bytes still dirty after {MAX_ROUNDS} rounds"
+            ));
+        }
+        if let Err(
+            reason @ (NonConvergence::DirtyFasterThanLink { .. } | NonConvergence::NoBandwidth),
+        ) = predict(round_bytes, dirty, bandwidth)
+        {
+            return SourceEnd::Failed(format!("did not converge: {reason}"));
+        }
+        let started = Instant::now();
+        let mut remaining = round_bytes;
+        while remaining > 0 {
+            let chunk = remaining.min(CHUNK);
+            tokio::select! {
+                _ = token.cancelled() => return SourceEnd::Cancelled,
+                _ = link.send(chunk) => {}
+            }
+            remaining -= chunk;
+            sent += chunk;
+            if events.is_closed() {
+                return SourceEnd::Failed("the connection to the target broke".into());
+            }
+            if throttle.due() {
+                let p = progress_of(memory, sent, round, remaining, dirty, bandwidth);
+                progress(ctx, uid, &p).await;
+                if events
+                    .try_send(line(&TransferEvent::Progress { progress: p }))
+                    .is_err()
+                    && events.is_closed()
+                {
+                    return SourceEnd::Failed("the connection to the target broke".into());
+                }
+            }
+        }
+        let dirty = match dirty_rate().await {
+            Ok(dirty) => dirty,
+            Err(message) => return SourceEnd::Failed(message),
+        };
+        round_bytes = dirtied(memory, dirty, started.elapsed());
+        round += 1;
+    }
+    // Stop-and-copy: journal Ready, then pause; from here only the verdict resumes the guest.
+    let dirty = dirty_rate().await.unwrap_or(0);
+    let ready = finish(ctx, uid, MigrationRole::Source, |previous, m| {
+        let m = moved(m, VmmMigrationPhase::Ready, None, "");
+        let message = "the guest is paused for the last round; waiting for the switch";
+        advance(
+            previous,
+            VmmState::Migrating,
+            Reason::Switching,
+            message,
+            m,
+            now(),
+        )
+    })
+    .await;
+    match ready {
+        Ok(true) => {}
+        Ok(false) => return SourceEnd::Cancelled,
+        Err(error) => return SourceEnd::Failed(format!("journaling the pause: {error}")),
+    }
+    if let Err(error) = ctx.hypervisor.pause(uid).await {
+        // The guest may still run here, so the target must never hold a whole guest: end the
+        // stream without `done` (the target fails, the instance aborts). Journaled Ready, the
+        // reconcile pauses the guest and resumes it on the abort.
+        tracing::warn!(error = %error, "pausing the source guest");
+        return SourceEnd::BrokeAfterPause;
+    }
+    let p = progress_of(memory, sent, round, round_bytes, dirty, bandwidth);
+    if !emit(events, token, TransferEvent::Paused { progress: p }).await {
+        return SourceEnd::BrokeAfterPause;
+    }
+    let mut remaining = round_bytes;
+    while remaining > 0 {
+        let chunk = remaining.min(CHUNK);
+        tokio::select! {
+            _ = token.cancelled() => return SourceEnd::BrokeAfterPause,
+            _ = link.send(chunk) => {}
+        }
+        remaining -= chunk;
+        sent += chunk;
+    }
+    let p = progress_of(memory, sent, round, 0, dirty, bandwidth);
+    progress(ctx, uid, &p).await;
+    if !emit(events, token, TransferEvent::Done { progress: p }).await {
+        return SourceEnd::BrokeAfterPause;
+    }
+    SourceEnd::Done
+}
+
+/// Sends an event the target must see, waiting for room in the stream unless cancelled.
+/// Returns whether it was sent.
+async fn emit(
+    events: &mpsc::Sender<Bytes>,
+    token: &CancellationToken,
+    event: TransferEvent,
+) -> bool {
+    tokio::select! {
+        _ = token.cancelled() => false,
+        sent = events.send(line(&event)) => sent.is_ok(),
+    }
+}
