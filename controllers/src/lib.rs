@@ -16,8 +16,8 @@
 //! Not here: the node-agent (`node-agent/`), ownerReference garbage collection (the API
 //! server's `gc.rs`).
 
-pub mod expectations;
 pub mod drain;
+pub mod expectations;
 pub mod instance;
 pub mod migration;
 pub mod reaper;
