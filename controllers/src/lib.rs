@@ -8,6 +8,7 @@
 //!   `Instance.status`, restarts, reboot, delete, divergence on the Instance).
 //! - [`reaper`]: abandoned Vmms.
 //! - [`scheduler`]: placement rules and the allocation ledger (pure, unit-tested).
+//! - [`v2p`]: the V2P controller (`VpcRoutes` from where instances run).
 //!
 //! Not here: the node-agent (`node-agent/`), ownerReference garbage collection (the API
 //! server's `gc.rs`).
@@ -15,6 +16,7 @@
 pub mod instance;
 pub mod reaper;
 pub mod scheduler;
+pub mod v2p;
 
 use std::time::Duration;
 
@@ -74,6 +76,7 @@ pub async fn run(client: kube::Client, config: Config, shutdown: CancellationTok
         tokio::join!(
             instance::controller(client.clone(), config.concurrency, lost.clone()),
             reaper::run(client.clone(), lost.clone()),
+            v2p::controller(client.clone(), lost.clone()),
         );
         if shutdown.is_cancelled() {
             leadership.release().await;
