@@ -10,23 +10,26 @@
 //! - Creates the Sled if it is absent (spec and labels from the config); never changes the
 //!   spec or labels of an existing Sled: they belong to operators.
 //! - Writes only the `Sled.status` fields the agent owns (capacity, allocated, vmms, epoch,
-//!   agentVersion, agentAddress, unknownVmms, conditions `Ready` and `Diverged`), keeping any other
-//!   writer's conditions (`Fenced`). Every write is a merge patch conditional on the
+//!   agentVersion, agentAddress, unknownVmms, v2p, conditions `Ready`, `Diverged` and
+//!   `V2PConverged`), keeping any other writer's conditions (`Fenced`). Every write is a merge patch conditional on the
 //!   resourceVersion it was computed from; a conflict rereads the Sled and tries once more.
 //!
 //! # Guarantees
 //! - [`SledReporter::flush`] returns once the report as it was at the call has been written
 //!   (or the bound passed), so that a short-lived state (an unknown VMM being repaired) is
 //!   seen by the API before it ends.
+//! - [`SledReporter::update_now`] skips the debounce: V2P acknowledgements are written within
+//!   one write's time, not a `min_interval` later (docs/migration.md, "V2P").
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use corral_crds::condition;
 use corral_crds::{
     ConditionStatus, Reason, Resources, Sled, SledConditionType, SledSpec, SledStatus,
-    UnknownVmmReport,
+    UnknownVmmReport, V2pAck,
 };
 use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
 use tokio::sync::{Notify, watch};
@@ -47,6 +50,17 @@ pub struct SledReport {
     pub running: bool,
     /// Unassigned VMMs being repaired (`status.unknownVmms`).
     pub unknown: Vec<UnknownVmmReport>,
+    /// The V2P table's acknowledgements and `V2PConverged` (`None`: not reported).
+    pub v2p: Option<V2pReport>,
+}
+
+/// What the V2P table holds, for `status.v2p` and `V2PConverged`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct V2pReport {
+    pub acks: Vec<V2pAck>,
+    /// Every VpcRoutes is applied at its current generation.
+    pub converged: bool,
+    pub message: String,
 }
 
 /// The `Diverged` condition.
@@ -110,6 +124,22 @@ pub fn render_status(
         report.diverged.message.clone(),
         now,
     );
+    if let Some(v2p) = &report.v2p {
+        status.v2p = v2p.acks.clone();
+        let (converged, reason) = if v2p.converged {
+            (ConditionStatus::True, Reason::V2PApplied)
+        } else {
+            (ConditionStatus::False, Reason::V2PPending)
+        };
+        condition::set(
+            &mut status.conditions,
+            SledConditionType::V2PConverged,
+            converged,
+            reason,
+            v2p.message.clone(),
+            now,
+        );
+    }
     status
 }
 
@@ -151,6 +181,9 @@ pub struct SledReporter {
     changed: Notify,
     /// The sequence number of the last report written.
     written: watch::Sender<u64>,
+    /// The next write skips the debounce (`update_now`).
+    urgent: AtomicBool,
+    hurry: Notify,
 }
 
 impl SledReporter {
@@ -163,6 +196,8 @@ impl SledReporter {
             stored: Mutex::new(sled),
             changed: Notify::new(),
             written: watch::channel(0).0,
+            urgent: AtomicBool::new(false),
+            hurry: Notify::new(),
         }
     }
 
@@ -180,6 +215,20 @@ impl SledReporter {
             wanted.0 += 1;
             wanted.1 = report;
             self.changed.notify_one();
+        }
+    }
+
+    /// Changes the wanted report and has it written without waiting for the debounce.
+    pub fn update_now(&self, change: impl FnOnce(&mut SledReport)) {
+        let mut wanted = self.wanted.lock().expect("report lock");
+        let mut report = wanted.1.clone();
+        change(&mut report);
+        if report != wanted.1 {
+            wanted.0 += 1;
+            wanted.1 = report;
+            self.urgent.store(true, Ordering::Release);
+            self.changed.notify_one();
+            self.hurry.notify_one();
         }
     }
 
@@ -209,10 +258,14 @@ impl SledReporter {
                     _ = self.changed.notified() => continue,
                 }
             }
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep_until(last_write + self.min_interval) => {}
+            if !self.urgent.load(Ordering::Acquire) {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep_until(last_write + self.min_interval) => {}
+                    _ = self.hurry.notified() => {}
+                }
             }
+            self.urgent.store(false, Ordering::Release);
             // Everything that changed while waiting goes out in this one write.
             let (seq, report) = self.wanted.lock().expect("report lock").clone();
             last_write = Instant::now();
@@ -236,6 +289,9 @@ impl SledReporter {
             }
             if status.unknown_vmms.is_empty() {
                 body["unknownVmms"] = serde_json::Value::Null;
+            }
+            if status.v2p.is_empty() {
+                body["v2p"] = serde_json::Value::Null;
             }
             let patch = serde_json::json!({
                 "metadata": { "resourceVersion": base.metadata.resource_version },
@@ -283,6 +339,7 @@ mod tests {
             diverged: Divergence::converged(),
             running: true,
             unknown: Vec::new(),
+            v2p: None,
         }
     }
 
