@@ -30,7 +30,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use corral_crds::{Reason, V2pAck, VpcRoutes};
+use corral_crds::{Reason, V2pAck, V2pMapping, VpcRoutes};
 use futures::StreamExt;
 use kube::ResourceExt;
 use kube::api::Api;
@@ -40,23 +40,21 @@ use tokio_util::sync::CancellationToken;
 
 use crate::reconcile::Context;
 use crate::sled::V2pReport;
-use crate::v2p_table::{SimV2pTable, V2pEntry, VpcTable};
+use crate::v2p_table::{SimV2pTable, TableChange, V2pEntry, VpcTable};
 
 /// One VPC's table differs from its VpcRoutes at the generation it was programmed from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Divergence {
     pub vpc: String,
-    /// `ip: found → wanted` for each entry that differs.
+    /// `ip: found instead of wanted` for each entry that differs.
     pub differences: Vec<String>,
 }
 
 /// What to do to the table.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct TablePlan {
-    /// VPCs to (re)program, with what.
-    pub program: Vec<(String, VpcTable)>,
-    /// VPCs no VpcRoutes names any more.
-    pub remove: Vec<String>,
+    /// The changes that make the table equal to the VpcRoutes.
+    pub changes: Vec<TableChange>,
     pub diverged: Vec<Divergence>,
 }
 
@@ -68,88 +66,125 @@ pub fn wanted(routes: &VpcRoutes) -> VpcTable {
             .spec
             .mappings
             .iter()
-            .map(|m| {
-                (
-                    m.ip.clone(),
-                    V2pEntry {
-                        sled: m.sled.clone(),
-                        location_generation: m.location_generation,
-                    },
-                )
-            })
+            .map(|m| (m.ip.clone(), entry_of(m)))
             .collect(),
     }
 }
 
-/// Compares the table with every VpcRoutes (`listed`: the list is complete, so a VPC it lacks
-/// is gone).
+fn entry_of(mapping: &V2pMapping) -> V2pEntry {
+    V2pEntry {
+        sled: mapping.sled.clone(),
+        location_generation: mapping.location_generation,
+    }
+}
+
+/// Compares the table with every VpcRoutes. A VPC whose table was programmed at the VpcRoutes'
+/// generation is compared entry by entry only when `full` (the periodic check): a change of
+/// VpcRoutes costs the VPCs that changed, not the whole table. `listed`: the list is complete,
+/// so a VPC it lacks is gone.
 pub fn plan(
     table: &BTreeMap<String, VpcTable>,
     routes: &[Arc<VpcRoutes>],
     listed: bool,
+    full: bool,
 ) -> TablePlan {
     let mut result = TablePlan::default();
     for vpc_routes in routes {
         let vpc = vpc_routes.name_any();
-        let want = wanted(vpc_routes);
-        match table.get(&vpc) {
-            Some(have) if *have == want => {}
-            Some(have) => {
-                if have.generation == want.generation {
-                    result.diverged.push(Divergence {
-                        vpc: vpc.clone(),
-                        differences: differences(have, &want),
-                    });
-                }
-                result.program.push((vpc, want));
-            }
-            None => result.program.push((vpc, want)),
+        let generation = vpc_routes.metadata.generation.unwrap_or(0);
+        let empty = VpcTable::default();
+        let (have, known) = match table.get(&vpc) {
+            Some(have) => (have, true),
+            None => (&empty, false),
+        };
+        let current = known && have.generation == generation;
+        if current && !full {
+            continue;
         }
+        let mut upserts = Vec::new();
+        let mut differences = Vec::new();
+        for mapping in &vpc_routes.spec.mappings {
+            let want = entry_of(mapping);
+            let found = have.entries.get(&mapping.ip);
+            if found != Some(&want) {
+                differences.push(difference(&mapping.ip, found, Some(&want)));
+                upserts.push((mapping.ip.clone(), want));
+            }
+        }
+        let mut removals = Vec::new();
+        if have.entries.len()
+            + upserts
+                .iter()
+                .filter(|(ip, _)| !have.entries.contains_key(ip))
+                .count()
+            != vpc_routes.spec.mappings.len()
+        {
+            let wanted_ips: std::collections::HashSet<&str> = vpc_routes
+                .spec
+                .mappings
+                .iter()
+                .map(|m| m.ip.as_str())
+                .collect();
+            for (ip, entry) in &have.entries {
+                if !wanted_ips.contains(ip.as_str()) {
+                    differences.push(difference(ip, Some(entry), None));
+                    removals.push(ip.clone());
+                }
+            }
+        }
+        if current && upserts.is_empty() && removals.is_empty() {
+            continue;
+        }
+        if current {
+            result.diverged.push(Divergence {
+                vpc: vpc.clone(),
+                differences,
+            });
+        }
+        result.changes.push(TableChange::Program {
+            vpc,
+            generation,
+            upserts,
+            removals,
+        });
     }
     if listed {
+        let names: std::collections::HashSet<String> =
+            routes.iter().map(|r| r.name_any()).collect();
         for vpc in table.keys() {
-            if !routes.iter().any(|r| r.name_any() == *vpc) {
-                result.remove.push(vpc.clone());
+            if !names.contains(vpc) {
+                result
+                    .changes
+                    .push(TableChange::Remove { vpc: vpc.clone() });
             }
         }
     }
     result
 }
 
-fn differences(have: &VpcTable, want: &VpcTable) -> Vec<String> {
+fn difference(ip: &str, found: Option<&V2pEntry>, wanted: Option<&V2pEntry>) -> String {
     let show = |entry: Option<&V2pEntry>| match entry {
         Some(entry) => format!("{} (location {})", entry.sled, entry.location_generation),
         None => "nothing".to_string(),
     };
-    let mut ips: Vec<&String> = have.entries.keys().chain(want.entries.keys()).collect();
-    ips.sort();
-    ips.dedup();
-    ips.into_iter()
-        .filter(|ip| have.entries.get(*ip) != want.entries.get(*ip))
-        .map(|ip| {
-            format!(
-                "{ip}: {} instead of {}",
-                show(have.entries.get(ip)),
-                show(want.entries.get(ip))
-            )
-        })
-        .collect()
+    format!("{ip}: {} instead of {}", show(found), show(wanted))
 }
 
-/// The acknowledgements and `V2PConverged` of `table` against `routes`.
+/// The acknowledgements and `V2PConverged` of `table` against `routes`, once the table was
+/// programmed (a VPC counts as applied when its table holds the current generation).
 pub fn report(table: &BTreeMap<String, VpcTable>, routes: &[Arc<VpcRoutes>]) -> V2pReport {
     let mut acks = Vec::new();
     let mut pending = Vec::new();
     for vpc_routes in routes {
         let vpc = vpc_routes.name_any();
-        let want = wanted(vpc_routes);
+        let generation = vpc_routes.metadata.generation.unwrap_or(0);
         match table.get(&vpc) {
             Some(have) => {
                 acks.push(V2pAck {
                     vpc: vpc.clone(),
                     generation: have.generation,
                 });
-                if *have != want {
+                if have.generation != generation {
                     pending.push(vpc);
                 }
             }
@@ -191,6 +226,7 @@ pub async fn run(
         .ready_chunks(256)
         .boxed();
     let mut listed = false;
+    let mut full = false;
     let mut tick = tokio::time::interval(check_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -206,29 +242,25 @@ pub async fn run(
                     }
                 }
             }
-            _ = tick.tick() => {}
+            _ = tick.tick() => full = true,
         }
         if listed {
-            pass(&ctx, &table, &store).await;
+            pass(&ctx, &table, &store, full).await;
+            full = false;
         }
     }
 }
 
 /// One pass: program what differs, report divergence, acknowledge.
-async fn pass(ctx: &Context, table: &SimV2pTable, store: &Store<VpcRoutes>) {
+async fn pass(ctx: &Context, table: &SimV2pTable, store: &Store<VpcRoutes>, full: bool) {
     let routes = store.state();
-    let planned = plan(&table.snapshot(), &routes, true);
-    for (vpc, programmed) in &planned.program {
-        if let Err(error) = table.program(vpc, Some(programmed.clone())) {
-            tracing::warn!(sled = %ctx.sled_name, %vpc, %error, "programming the V2P table");
+    let planned = table.inspect(|vpcs| plan(vpcs, &routes, true, full));
+    for change in planned.changes {
+        if let Err(error) = table.change(change) {
+            tracing::warn!(sled = %ctx.sled_name, %error, "programming the V2P table");
         }
     }
-    for vpc in &planned.remove {
-        if let Err(error) = table.program(vpc, None) {
-            tracing::warn!(sled = %ctx.sled_name, %vpc, %error, "removing from the V2P table");
-        }
-    }
-    let report = report(&table.snapshot(), &routes);
+    let report = table.inspect(|vpcs| report(vpcs, &routes));
     ctx.sled.update_now(|wanted| wanted.v2p = Some(report));
     if planned.diverged.is_empty() {
         return;
@@ -285,20 +317,48 @@ mod tests {
         Arc::new(routes)
     }
 
+    /// Applies a plan's changes to a table, as `pass` does.
+    fn applied(
+        mut table: BTreeMap<String, VpcTable>,
+        planned: &TablePlan,
+    ) -> BTreeMap<String, VpcTable> {
+        for change in &planned.changes {
+            match change {
+                TableChange::Program {
+                    vpc,
+                    generation,
+                    upserts,
+                    removals,
+                } => {
+                    let vpc_table = table.entry(vpc.clone()).or_default();
+                    vpc_table.generation = *generation;
+                    for ip in removals {
+                        vpc_table.entries.remove(ip);
+                    }
+                    vpc_table.entries.extend(upserts.iter().cloned());
+                }
+                TableChange::Remove { vpc } => {
+                    table.remove(vpc);
+                }
+            }
+        }
+        table
+    }
+
     #[test]
     fn the_table_follows_the_routes_and_a_corruption_is_a_divergence() {
-        let blue = routes("blue", 2, &[("10.0.0.1", "sled-a", 1)]);
-        let empty = BTreeMap::new();
-        let first = plan(&empty, std::slice::from_ref(&blue), true);
-        assert_eq!(first.program, vec![("blue".to_string(), wanted(&blue))]);
-        assert!(first.diverged.is_empty());
-
-        let mut table = BTreeMap::from([("blue".to_string(), wanted(&blue))]);
-        assert_eq!(
-            plan(&table, std::slice::from_ref(&blue), true),
-            TablePlan::default()
+        let blue = routes(
+            "blue",
+            2,
+            &[("10.0.0.1", "sled-a", 1), ("10.0.0.2", "sled-b", 1)],
         );
-        let acked = report(&table, std::slice::from_ref(&blue));
+        let blue = std::slice::from_ref(&blue);
+        let first = plan(&BTreeMap::new(), blue, true, false);
+        assert!(first.diverged.is_empty());
+        let mut table = applied(BTreeMap::new(), &first);
+        assert_eq!(table["blue"], wanted(&blue[0]));
+        assert_eq!(plan(&table, blue, true, true), TablePlan::default());
+        let acked = report(&table, blue);
         assert!(acked.converged);
         assert_eq!(
             acked.acks,
@@ -308,14 +368,31 @@ mod tests {
             }]
         );
 
-        // A newer generation: programmed, not a divergence; pending until then.
-        let moved = routes("blue", 3, &[("10.0.0.1", "sled-b", 2)]);
-        let next = plan(&table, std::slice::from_ref(&moved), true);
-        assert_eq!(next.program.len(), 1);
+        // A newer generation: only what changed, not a divergence; pending until applied.
+        let moved = routes("blue", 3, &[("10.0.0.1", "sled-c", 2)]);
+        let moved = std::slice::from_ref(&moved);
+        assert!(!report(&table, moved).converged);
+        let next = plan(&table, moved, true, false);
         assert!(next.diverged.is_empty());
-        assert!(!report(&table, std::slice::from_ref(&moved)).converged);
+        assert_eq!(
+            next.changes,
+            vec![TableChange::Program {
+                vpc: "blue".into(),
+                generation: 3,
+                upserts: vec![(
+                    "10.0.0.1".into(),
+                    V2pEntry {
+                        sled: "sled-c".into(),
+                        location_generation: 2
+                    }
+                )],
+                removals: vec!["10.0.0.2".into()],
+            }]
+        );
+        assert_eq!(applied(table.clone(), &next)["blue"], wanted(&moved[0]));
 
-        // Changed behind the agent's back at the current generation: a divergence.
+        // Changed behind the agent's back at the current generation: seen by the full check
+        // only, a divergence, repaired.
         table
             .get_mut("blue")
             .unwrap()
@@ -323,13 +400,17 @@ mod tests {
             .get_mut("10.0.0.1")
             .unwrap()
             .sled = "sled-x".into();
-        let repaired = plan(&table, std::slice::from_ref(&blue), true);
-        assert_eq!(repaired.program, vec![("blue".to_string(), wanted(&blue))]);
+        assert_eq!(plan(&table, blue, true, false), TablePlan::default());
+        let repaired = plan(&table, blue, true, true);
         assert_eq!(repaired.diverged.len(), 1);
         assert!(repaired.diverged[0].differences[0].contains("sled-x"));
+        assert_eq!(applied(table.clone(), &repaired)["blue"], wanted(&blue[0]));
 
         // A VPC whose VpcRoutes is gone goes only once the list is complete.
-        assert!(plan(&table, &[], false).remove.is_empty());
-        assert_eq!(plan(&table, &[], true).remove, vec!["blue".to_string()]);
+        assert!(plan(&table, &[], false, true).changes.is_empty());
+        assert_eq!(
+            plan(&table, &[], true, true).changes,
+            vec![TableChange::Remove { vpc: "blue".into() }]
+        );
     }
 }
