@@ -45,7 +45,7 @@ use corral_crds::{
     Instance, Reason, Sled, SledConditionType, VpcRoutes, VpcRoutesSpec, VpcRoutesStatus, condition,
 };
 use futures::{StreamExt, TryStreamExt};
-use kube::api::{Api, ObjectMeta, PostParams};
+use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
@@ -487,10 +487,13 @@ async fn reconcile(vpc: &str, context: &Context) -> Result<Outcome, Error> {
     };
     let status = status_of(&routes, &context.sleds.state());
     if routes.status.as_ref() != Some(&status) {
-        let mut next = routes.clone();
-        next.status = Some(status);
+        // A merge patch: the request is the status, not the mappings of a large VPC.
+        let patch = serde_json::json!({
+            "metadata": { "resourceVersion": routes.metadata.resource_version },
+            "status": status,
+        });
         let written = api
-            .replace_status(vpc, &PostParams::default(), &next)
+            .patch_status(vpc, &PatchParams::default(), &Patch::Merge(&patch))
             .await
             .map_err(api_error("writing the status of vpc"))?;
         outcome.status_written = true;
