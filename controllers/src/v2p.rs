@@ -153,12 +153,9 @@ struct Context {
 
 impl Context {
     fn mark(&self, vpcs: impl IntoIterator<Item = String>) {
-        let mut dirty = self.dirty.lock().expect("dirty lock");
-        let before = dirty.len();
-        dirty.extend(vpcs);
-        if dirty.len() > before {
-            self.wake.notify_one();
-        }
+        self.dirty.lock().expect("dirty lock").extend(vpcs);
+        // Always: a wake-up the worker consumed while it could not act must not be the last.
+        self.wake.notify_one();
     }
 
     fn mark_status(&self, vpcs: impl IntoIterator<Item = String>) {
@@ -228,7 +225,8 @@ impl Context {
     }
 
     fn listed_once(&self) {
-        self.listed.fetch_add(1, Ordering::AcqRel);
+        let listed = self.listed.fetch_add(1, Ordering::AcqRel) + 1;
+        tracing::debug!(listed, "v2p controller: a watch listed");
         self.mark(self.all_vpcs());
     }
 
@@ -331,15 +329,24 @@ async fn work(context: Arc<Context>, stop: CancellationToken) {
     let mut next_status = Instant::now();
     let mut next_resync = Instant::now() + RESYNC;
     loop {
-        let has_status = !context.status_dirty.lock().expect("dirty lock").is_empty();
-        let status_at = if has_status { next_status } else { next_resync };
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = context.wake.notified() => {}
-            _ = tokio::time::sleep_until(status_at.min(next_resync)) => {}
-        }
-        if context.listed.load(Ordering::Acquire) < 3 {
-            continue;
+        let listed = context.listed.load(Ordering::Acquire) >= 3;
+        let pending = listed && !context.dirty.lock().expect("dirty lock").is_empty();
+        if !pending {
+            let has_status = !context.status_dirty.lock().expect("dirty lock").is_empty();
+            // Until every watch listed, only a change (the last listing marks everything) wakes.
+            let deadline = match (listed, has_status) {
+                (false, _) => Instant::now() + RESYNC,
+                (true, true) => next_status.min(next_resync),
+                (true, false) => next_resync,
+            };
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = context.wake.notified() => {}
+                _ = tokio::time::sleep_until(deadline) => {}
+            }
+            if context.listed.load(Ordering::Acquire) < 3 {
+                continue;
+            }
         }
         tokio::select! {
             _ = stop.cancelled() => return,
@@ -361,6 +368,7 @@ async fn work(context: Arc<Context>, stop: CancellationToken) {
         if batch.is_empty() {
             continue;
         }
+        tracing::trace!(?batch, "v2p controller: pass");
         let results: Vec<(String, Result<Outcome, Error>)> = futures::stream::iter(batch)
             .map(|vpc| {
                 let context = context.clone();
@@ -381,6 +389,7 @@ async fn work(context: Arc<Context>, stop: CancellationToken) {
                 Err(error) => {
                     let conflict = matches!(&error, Error::Api { source: kube::Error::Api(s), .. } if s.code == 409);
                     if conflict {
+                        tracing::debug!(%vpc, "v2p controller: conflict");
                         // Plan from the cache, not from a write someone else's followed.
                         context.written.lock().expect("written lock").remove(&vpc);
                     } else {

@@ -6,6 +6,7 @@
 mod common;
 
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 
 use common::{Rack, stays_false, wait_for};
 use corral_crds::{
@@ -13,7 +14,10 @@ use corral_crds::{
     condition,
 };
 use corral_node_agent::{SimSled, SledHandle, StartMode, V2pRow};
+use futures::StreamExt;
+use kube::ResourceExt;
 use kube::api::{Api, PostParams};
+use kube::runtime::{WatchStreamExt, watcher};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
@@ -253,6 +257,114 @@ async fn every_sled_follows_the_vpc_routes_and_repairs_a_corrupted_mapping() {
 
     stop.cancel();
     controller.await.unwrap();
+    for sled in sleds {
+        sled.shutdown().await;
+    }
+}
+
+/// How long after an instance's move every sled acknowledged it: the controller's write and
+/// every agent's table and acknowledgement. The benchmark target is 500 ms p99 across 100 sleds
+/// (release build, `V2P_SLEDS=100`); this debug-build test checks a loose bound and prints the
+/// numbers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_move_is_acknowledged_by_every_sled_promptly() {
+    let count: usize = std::env::var("V2P_SLEDS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(12);
+    let moves = 8u64;
+    let rack = Rack::start().await;
+    let mut sleds = Vec::new();
+    let names: Vec<String> = (1..=count).map(|n| format!("sled-{n}")).collect();
+    for name in &names {
+        let mut config = rack.config(name);
+        // The production debounce: the acknowledgement must not wait for it.
+        config.intervals.sled_status = std::time::Duration::from_secs(1);
+        config.intervals.scan = std::time::Duration::from_secs(2);
+        sleds.push(SimSled::start(config, StartMode::ColdStart).await.unwrap());
+    }
+    for name in &names {
+        rack.ready_sled(name).await;
+    }
+    // Every acknowledgement of "blue" as a watch sees it: (sled, generation, when).
+    let seen: Arc<Mutex<Vec<(String, i64, tokio::time::Instant)>>> = Arc::default();
+    let recorder = {
+        let seen = seen.clone();
+        let sleds_api = rack.sleds();
+        tokio::spawn(async move {
+            let mut stream = watcher(sleds_api, watcher::Config::default())
+                .applied_objects()
+                .boxed();
+            while let Some(Ok(sled)) = stream.next().await {
+                let now = tokio::time::Instant::now();
+                if let Some(ack) = sled
+                    .status
+                    .iter()
+                    .flat_map(|s| s.v2p.iter())
+                    .find(|ack| ack.vpc == "blue")
+                {
+                    seen.lock()
+                        .unwrap()
+                        .push((sled.name_any(), ack.generation, now));
+                }
+            }
+        })
+    };
+    let stop = CancellationToken::new();
+    let controller = tokio::spawn(corral_controllers::v2p::controller(
+        rack.client.clone(),
+        stop.clone(),
+    ));
+    create_instance(&rack, "web", &[("blue", "10.0.0.1")]).await;
+    place(&rack, "web", &names[0], 1).await;
+    let routes: Api<VpcRoutes> = Api::all(rack.client.clone());
+
+    let mut latencies = Vec::new();
+    for location_generation in 2..2 + moves {
+        let target = &names[location_generation as usize % count];
+        let start = tokio::time::Instant::now();
+        place(&rack, "web", target, location_generation).await;
+        let generation = wait_for("the move in the VpcRoutes", || async {
+            let blue = routes.get_opt("blue").await.ok()??;
+            let web = blue.spec.mappings.first()?;
+            (web.location_generation == location_generation).then_some(blue.metadata.generation?)
+        })
+        .await;
+        let acked = wait_for("every sled acknowledged the move", || async {
+            let seen = seen.lock().unwrap();
+            let firsts: Vec<tokio::time::Instant> = names
+                .iter()
+                .filter_map(|name| {
+                    seen.iter()
+                        .filter(|(sled, g, _)| sled == name && *g >= generation)
+                        .map(|(_, _, at)| *at)
+                        .min()
+                })
+                .collect();
+            (firsts.len() == count).then_some(firsts)
+        })
+        .await;
+        latencies.extend(
+            acked
+                .into_iter()
+                .map(|at| at.saturating_duration_since(start)),
+        );
+    }
+    latencies.sort();
+    let p99 = latencies[(latencies.len() * 99).div_ceil(100) - 1];
+    let p50 = latencies[latencies.len() / 2];
+    eprintln!(
+        "{count} sleds, {moves} moves: acknowledged p50 {p50:?}, p99 {p99:?}, max {:?}",
+        latencies.last().unwrap()
+    );
+    assert!(
+        p99 < std::time::Duration::from_secs(2),
+        "p99 {p99:?} (p50 {p50:?})"
+    );
+
+    stop.cancel();
+    controller.await.unwrap();
+    recorder.abort();
     for sled in sleds {
         sled.shutdown().await;
     }
