@@ -229,6 +229,11 @@ impl SledHandle {
         &self.inner.machine
     }
 
+    /// The machine's V2P table (for tests in-process).
+    pub fn v2p_table(&self) -> &Arc<SimV2pTable> {
+        &self.inner.v2p
+    }
+
     /// Where the fault API listens, if it does.
     pub fn fault_address(&self) -> Option<SocketAddr> {
         *self.inner.fault_address.lock().expect("address lock")

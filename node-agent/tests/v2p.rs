@@ -255,6 +255,24 @@ async fn every_sled_follows_the_vpc_routes_and_repairs_a_corrupted_mapping() {
         .await;
     }
 
+    // The table is the machine's: an agent restart keeps it, a power-off loses it, and the
+    // agent of the new boot programs it again.
+    let before = table(&sleds[0]).await;
+    sleds[0].shutdown().await;
+    assert_eq!(
+        sleds[0].v2p_table().rows(),
+        before,
+        "no agent runs: the table stays"
+    );
+    sleds[0].power_off().await.unwrap();
+    assert!(sleds[0].v2p_table().rows().is_empty());
+    sleds[0].power_on().await.unwrap();
+    wait_for("the table programmed again after the power-on", || async {
+        let rows = sleds[0].v2p_table().rows();
+        (rows == before).then_some(())
+    })
+    .await;
+
     stop.cancel();
     controller.await.unwrap();
     for sled in sleds {
