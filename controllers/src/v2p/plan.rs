@@ -456,4 +456,57 @@ mod tests {
             );
         }
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn claims() -> impl Strategy<Value = Vec<Claim>> {
+            proptest::collection::vec((0..6u8, 0..4u8, 0..3u8, 0..5u64), 0..10).prop_map(|raw| {
+                raw.into_iter()
+                    .map(|(ip, instance, sled, location_generation)| Claim {
+                        ip: format!("10.0.0.{ip}"),
+                        namespace: "default".into(),
+                        instance: format!("i{instance}"),
+                        sled: format!("sled-{sled}"),
+                        location_generation,
+                        created: format!("2026-01-01T00:00:0{instance}Z"),
+                    })
+                    .collect()
+            })
+        }
+
+        proptest! {
+            /// Whatever the caches show, in any order: a mapping of an instance never goes back
+            /// in locationGeneration, is never removed without a confirmed live read, and
+            /// planning the result again changes nothing.
+            #[test]
+            fn mappings_never_go_backwards_nor_vanish_and_plans_settle(
+                first in claims(),
+                second in claims(),
+                third in claims(),
+            ) {
+                let mut current: Vec<V2pMapping> = Vec::new();
+                let mut generation = 0;
+                for claims in [&first, &second, &third] {
+                    let planned = plan(&current, claims, &BTreeSet::new(), generation + 1);
+                    for before in &current {
+                        let after = planned.mappings.iter().find(|m| m.ip == before.ip);
+                        let after = after.expect("nothing removed without a live read");
+                        if after.instance == before.instance {
+                            prop_assert!(after.location_generation >= before.location_generation);
+                        }
+                        prop_assert_eq!(&after.instance, &before.instance);
+                    }
+                    if planned.changed {
+                        generation += 1;
+                    }
+                    let again = plan(&planned.mappings, claims, &BTreeSet::new(), generation + 1);
+                    prop_assert!(!again.changed);
+                    prop_assert_eq!(&again.mappings, &planned.mappings);
+                    current = planned.mappings;
+                }
+            }
+        }
+    }
 }
