@@ -197,8 +197,15 @@ impl Context {
 
     fn observe_routes(&self, event: &watcher::Event<VpcRoutes>) {
         match event {
+            watcher::Event::Delete(routes) => {
+                self.written
+                    .lock()
+                    .expect("written lock")
+                    .remove(&routes.name_any());
+                self.mark([routes.name_any()]);
+            }
             // Someone else's write (or a cache catching up with ours): plan again.
-            watcher::Event::Apply(routes) | watcher::Event::Delete(routes) => {
+            watcher::Event::Apply(routes) => {
                 let ours = self
                     .written
                     .lock()
@@ -390,11 +397,12 @@ async fn work(context: Arc<Context>, stop: CancellationToken) {
                     let conflict = matches!(&error, Error::Api { source: kube::Error::Api(s), .. } if s.code == 409);
                     if conflict {
                         tracing::debug!(%vpc, "v2p controller: conflict");
-                        // Plan from the cache, not from a write someone else's followed.
-                        context.written.lock().expect("written lock").remove(&vpc);
                     } else {
                         tracing::warn!(%vpc, error = %error, "v2p controller: writing");
                     }
+                    // Plan again from the cache: our last write may have been followed by
+                    // someone else's, or the object deleted.
+                    context.written.lock().expect("written lock").remove(&vpc);
                     // Planned again with the next status pass (a conflict: from what was stored).
                     context.mark_status([vpc]);
                 }

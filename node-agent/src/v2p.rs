@@ -211,9 +211,18 @@ pub async fn run(
     check_interval: Duration,
     stop: CancellationToken,
 ) {
+    // What the table holds is known before the list: a restarted agent keeps acknowledging it.
+    let held: Vec<V2pAck> = table.inspect(|vpcs| {
+        vpcs.iter()
+            .map(|(vpc, vpc_table)| V2pAck {
+                vpc: vpc.clone(),
+                generation: vpc_table.generation,
+            })
+            .collect()
+    });
     ctx.sled.update_now(|report| {
         report.v2p = Some(V2pReport {
-            acks: report.v2p.take().map(|r| r.acks).unwrap_or_default(),
+            acks: held,
             converged: false,
             message: "waiting for the list of VpcRoutes".to_string(),
         })
