@@ -28,6 +28,12 @@
 //! - Only the leader runs this (`lib.rs`); a write may stop at any `.await`: the next pass plans
 //!   again from what was stored.
 //!
+//! # Caveats
+//! - One object per VPC: every change of a VPC of N instances writes its N mappings, and every
+//!   node-agent's watch receives them. A VPC of thousands of instances wants sharding (several
+//!   VpcRoutes per VPC), which this does not do.
+//! - A VpcRoutes is never deleted, only emptied.
+//!
 //! # Not responsible for
 //! - Programming the sleds' tables (each node-agent, `node-agent/src/v2p.rs`).
 //! - Holding a migration until the previous move converged (the migration controller, with
