@@ -376,4 +376,38 @@ mod tests {
         assert_eq!(divergence.reason, Reason::UnknownVmm);
         assert_eq!(divergence.last_transition_time, Time(t1));
     }
+
+    #[test]
+    fn the_v2p_acknowledgements_and_condition_are_reported_only_when_known() {
+        let t0 = jiff::Timestamp::from_second(1_000).unwrap();
+        let unknown = render_status(None, &report(), t0);
+        assert!(unknown.v2p.is_empty());
+        assert!(condition::find(&unknown.conditions, SledConditionType::V2PConverged).is_none());
+        let mut pending = report();
+        pending.v2p = Some(V2pReport {
+            acks: vec![V2pAck {
+                vpc: "blue".into(),
+                generation: 4,
+            }],
+            converged: false,
+            message: "not yet applied: blue".into(),
+        });
+        let status = render_status(Some(&unknown), &pending, t0);
+        assert_eq!(status.v2p, pending.v2p.as_ref().unwrap().acks);
+        let converged =
+            condition::find(&status.conditions, SledConditionType::V2PConverged).unwrap();
+        assert_eq!(
+            (converged.status, converged.reason),
+            (ConditionStatus::False, Reason::V2PPending)
+        );
+        pending.v2p.as_mut().unwrap().converged = true;
+        let status = render_status(Some(&status), &pending, t0);
+        assert!(condition::is_true(
+            &status.conditions,
+            SledConditionType::V2PConverged
+        ));
+        // A report without V2P keeps what the Sled shows.
+        let kept = render_status(Some(&status), &report(), t0);
+        assert_eq!(kept.v2p, status.v2p);
+    }
 }
