@@ -12,6 +12,7 @@
 //! - [`drain`]: the drain controller (cordon, plan, move a sled's instances off with
 //!   Migrations, `Drain.status`).
 //! - [`scheduler`]: placement rules and the allocation ledger (pure, unit-tested).
+//! - [`v2p`]: the V2P controller (`VpcRoutes` from where instances run).
 //!
 //! Not here: the node-agent (`node-agent/`), ownerReference garbage collection (the API
 //! server's `gc.rs`).
@@ -22,6 +23,7 @@ pub mod instance;
 pub mod migration;
 pub mod reaper;
 pub mod scheduler;
+pub mod v2p;
 
 use std::time::Duration;
 
@@ -86,6 +88,7 @@ pub async fn run(client: kube::Client, config: Config, shutdown: CancellationTok
             migration::controller(client.clone(), config.migration, lost.clone()),
             reaper::run(client.clone(), lost.clone()),
             drain::controller(client.clone(), lost.clone()),
+            v2p::controller(client.clone(), lost.clone()),
         );
         if shutdown.is_cancelled() {
             leadership.release().await;

@@ -12,7 +12,8 @@
 //!    so that the controller places Vmms with the new epoch.
 //! 5. Run, until shutdown: the reconciler over the Vmms of the sled (a kube-runtime applier on
 //!    a reflector with field selector `spec.sled=NAME`, across namespaces), the divergence scan,
-//!    the hypervisor's announcements, the debounced Sled status writer and the heartbeat.
+//!    the hypervisor's announcements, the debounced Sled status writer, the heartbeat and
+//!    the V2P table (`v2p.rs`).
 //!
 //! # Invariants
 //! - The epoch never goes down, and a new boot always raises it.
@@ -48,6 +49,7 @@ use crate::journal::{EpochRecord, Journal, JournalError};
 use crate::reconcile::{self, Context, DisplayChain, Ledger};
 use crate::sim::SimTiming;
 use crate::sled::{Divergence, SledReport, SledReporter};
+use crate::v2p_table::{SimV2pTable, V2pTableError};
 
 /// How long a clean stop waits to report `Ready=False`.
 const STOP_REPORT_BOUND: Duration = Duration::from_secs(2);
@@ -157,6 +159,8 @@ pub enum AgentError {
     Journal(#[from] JournalError),
     #[error("hypervisor")]
     Hypervisor(#[from] HypervisorError),
+    #[error("V2P table")]
+    V2pTable(#[from] V2pTableError),
     #[error("{operation}")]
     Api {
         operation: &'static str,
@@ -193,6 +197,7 @@ struct Started {
     ledger: Ledger,
     reporter: SledReporter,
     recorder: Recorder,
+    v2p: Arc<SimV2pTable>,
 }
 
 /// One run of the node-agent over a hypervisor.
@@ -201,6 +206,8 @@ pub struct Agent {
     hypervisor: Arc<dyn Hypervisor>,
     agent_address: Option<String>,
     slot: Option<crate::migration::AgentSlot>,
+    /// The machine's V2P table (opened from the data directory if not given).
+    v2p: Option<Arc<SimV2pTable>>,
 }
 
 impl Agent {
@@ -210,6 +217,7 @@ impl Agent {
             hypervisor,
             agent_address: None,
             slot: None,
+            v2p: None,
         }
     }
 
@@ -217,6 +225,12 @@ impl Agent {
     /// while it runs.
     pub fn with_slot(mut self, slot: crate::migration::AgentSlot) -> Agent {
         self.slot = Some(slot);
+        self
+    }
+
+    /// Programs `table` (shared with the machine's fault API) as the sled's V2P table.
+    pub fn with_v2p_table(mut self, table: Arc<SimV2pTable>) -> Agent {
+        self.v2p = Some(table);
         self
     }
 
@@ -243,12 +257,20 @@ impl Agent {
             config,
             hypervisor,
             agent_address,
+            v2p,
             ..
         } = self;
         let client = config.client.clone();
         let name = config.sled_name.clone();
         let journal = Journal::open(&config.data_dir).await?;
         let boot_id = hypervisor.boot_id().await?;
+        let v2p = match v2p {
+            Some(table) => {
+                table.boot(boot_id)?;
+                table.clone()
+            }
+            None => Arc::new(SimV2pTable::open(&config.data_dir, boot_id)?),
+        };
         ensure_namespace(&client, SLED_LEASE_NAMESPACE).await?;
 
         let sleds: Api<Sled> = Api::all(client.clone());
@@ -284,6 +306,7 @@ impl Agent {
             diverged: Divergence::converged(),
             running: true,
             unknown: Vec::new(),
+            v2p: None,
         };
         let reporter = SledReporter::new(sleds.clone(), sled, report, config.intervals.sled_status);
         reporter
@@ -306,6 +329,7 @@ impl Agent {
             ledger,
             reporter,
             recorder,
+            v2p,
         })
     }
 
@@ -323,6 +347,7 @@ impl Agent {
             ledger,
             reporter,
             recorder,
+            v2p,
         } = started;
         let client = config.client.clone();
         let name = config.sled_name.clone();
@@ -376,6 +401,12 @@ impl Agent {
             config.intervals.scan,
             cache_listed,
             scan_now.clone(),
+            stop.clone(),
+        ));
+        tasks.spawn(crate::v2p::run(
+            ctx.clone(),
+            v2p,
+            config.intervals.scan,
             stop.clone(),
         ));
         tasks.spawn(crate::scan::forward_changes(

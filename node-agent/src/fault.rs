@@ -12,6 +12,8 @@
 //! | POST | `/vmms/{namespace}/{name}/hang` | the VMM stops answering stop and reboot |
 //! | POST | `/vmms/{namespace}/{name}/dirty-rate` | body `{"bytesPerSecond": N}`: the guest dirties N bytes/s from now on (what a live migration must keep up with) |
 //! | POST | `/vmms/unknown` | a VMM no Vmm assigns appears; optional body `{"namespace": "default", "instance": "web", "resources": {"cpus": 1, "memoryMiB": 512}}`; answers `{"id": "..."}` |
+//! | GET | `/v2p` | the sled's V2P table: `[{"vpc": "blue", "ip": "10.0.0.5", "sled": "sled-03", "locationGeneration": 2}]` |
+//! | POST | `/v2p/corrupt` | overwrites (or adds) one V2P mapping behind the control plane's back; body `{"vpc": "blue", "ip": "10.0.0.5", "sled": "sled-99"}` (the agent's check restores it, with `DivergenceDetected`/`DivergenceRepaired` Events on the Sled) |
 //! | GET | `/heartbeat` | `{"paused": false}` |
 //! | POST | `/migrations` | not a fault: the source side of a live migration (`migration.rs`) |
 //! | POST | `/heartbeat/stop`, `/heartbeat/resume` | stop or resume renewing the sled's Lease |
@@ -35,12 +37,15 @@ use serde::{Deserialize, Serialize};
 use crate::agent::HeartbeatSwitch;
 use crate::hypervisor::{Hypervisor, HypervisorError, VmmId, VmmInfo};
 use crate::sim::{SimHypervisor, UnknownVmm};
+use crate::v2p_table::{SimV2pTable, V2pRow, V2pTableError};
 
 /// What the fault API acts on.
 #[derive(Clone, Debug)]
 pub struct FaultState {
     pub machine: Arc<SimHypervisor>,
     pub heartbeats: HeartbeatSwitch,
+    /// The machine's V2P table.
+    pub v2p: Arc<SimV2pTable>,
 }
 
 /// Why a fault request failed.
@@ -52,6 +57,8 @@ pub enum FaultError {
     Body(#[source] serde_json::Error),
     #[error("hypervisor")]
     Hypervisor(#[from] HypervisorError),
+    #[error("V2P table")]
+    V2pTable(#[from] V2pTableError),
 }
 
 impl IntoResponse for FaultError {
@@ -62,7 +69,9 @@ impl IntoResponse for FaultError {
             }
             FaultError::Body(_) => StatusCode::BAD_REQUEST,
             FaultError::Hypervisor(HypervisorError::PoweredOff) => StatusCode::CONFLICT,
-            FaultError::Hypervisor(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            FaultError::Hypervisor(_) | FaultError::V2pTable(_) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
         };
         let message = match self.source_message() {
             Some(cause) => format!("{self}: {cause}"),
@@ -84,6 +93,8 @@ pub fn router(state: FaultState) -> Router {
         .route("/vmms", get(list))
         .route("/vmms/unknown", post(spawn_unknown))
         .route("/vmms/{namespace}/{name}/{fault}", post(inject))
+        .route("/v2p", get(v2p_list))
+        .route("/v2p/corrupt", post(v2p_corrupt))
         .route("/heartbeat", get(heartbeat))
         .route("/heartbeat/stop", post(heartbeat_stop))
         .route("/heartbeat/resume", post(heartbeat_resume))
@@ -176,6 +187,32 @@ async fn spawn_unknown(
     Ok(axum::Json(Spawned { id }))
 }
 
+async fn v2p_list(State(state): State<FaultState>) -> axum::Json<Vec<V2pRow>> {
+    axum::Json(state.v2p.rows())
+}
+
+/// The body of `POST /v2p/corrupt`.
+#[derive(Deserialize)]
+struct Corruption {
+    vpc: String,
+    ip: String,
+    sled: String,
+}
+
+async fn v2p_corrupt(
+    State(state): State<FaultState>,
+    body: Bytes,
+) -> Result<StatusCode, FaultError> {
+    let corruption: Corruption = serde_json::from_slice(&body).map_err(FaultError::Body)?;
+    if !state.machine.is_on() {
+        return Err(HypervisorError::PoweredOff.into());
+    }
+    state
+        .v2p
+        .corrupt(&corruption.vpc, &corruption.ip, &corruption.sled)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
 #[derive(Serialize)]
 struct HeartbeatState {
     paused: bool,
@@ -233,7 +270,8 @@ mod tests {
             },
         )
         .unwrap();
-        machine.power_on().unwrap();
+        let boot_id = machine.power_on().unwrap();
+        let v2p = Arc::new(SimV2pTable::open(dir.path(), boot_id).unwrap());
         machine
             .create(&VmmLaunch {
                 id: VmmId::from("uid-a"),
@@ -252,6 +290,7 @@ mod tests {
         let router = router(FaultState {
             machine: machine.clone(),
             heartbeats: heartbeats.clone(),
+            v2p: v2p.clone(),
         });
 
         let (status, body) = call(&router, "GET", "/vmms", "").await;
@@ -300,6 +339,22 @@ mod tests {
         let spawned: serde_json::Value = serde_json::from_str(&body).unwrap();
         let id = VmmId(spawned["id"].as_str().unwrap().to_string());
         assert!(machine.inspect(&id).await.unwrap().is_some());
+
+        let (status, body) = call(
+            &router,
+            "POST",
+            "/v2p/corrupt",
+            r#"{"vpc":"blue","ip":"10.0.0.5","sled":"sled-99"}"#,
+        )
+        .await;
+        assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+        let (_, body) = call(&router, "GET", "/v2p", "").await;
+        assert_eq!(
+            body,
+            r#"[{"vpc":"blue","ip":"10.0.0.5","sled":"sled-99","locationGeneration":0}]"#
+        );
+        let (status, _) = call(&router, "POST", "/v2p/corrupt", "{}").await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
 
         let (status, _) = call(&router, "POST", "/heartbeat/stop", "").await;
         assert_eq!(status, StatusCode::NO_CONTENT);

@@ -23,12 +23,15 @@
 //! - `sled.rs` — `Sled` registration and the debounced `Sled.status` writer.
 //! - `journal.rs` — the local SQLite journal (the only module that names sqlx).
 //! - `hypervisor.rs` — the `Hypervisor` trait; `sim.rs` — the simulated machine.
+//! - `v2p.rs` — programs the V2P table from VpcRoutes and acknowledges it; `v2p_table.rs` —
+//!   the simulated table (the machine's, like `sim.rs`).
 //! - `fault.rs` — the fault-injection HTTP API; `power.rs` — simulated sleds and their power
 //!   controllers, in-process and over HTTP.
 //!
 //! # Architecture invariants
 //! - Talks to the API server only through kube (never the store); the journal is local state
 //!   of the sled, not a second source of truth about the API.
+//! - Never adds or removes a V2P mapping on its own: the table follows VpcRoutes (`v2p.rs`).
 //! - Writes only `Vmm.status`, its own `Sled.status` fields, its Lease, Events, and its own
 //!   finalizer.
 
@@ -44,6 +47,8 @@ pub mod reconcile;
 pub mod scan;
 pub mod sim;
 pub mod sled;
+pub mod v2p;
+pub mod v2p_table;
 
 pub use agent::{AGENT_VERSION, Agent, AgentConfig, AgentError, HeartbeatSwitch, Intervals};
 pub use hypervisor::{
@@ -56,6 +61,7 @@ pub use sim::{
     DEFAULT_DIRTY_RATE, DEFAULT_MIGRATION_BANDWIDTH, PowerState, SimHypervisor, SimTiming,
     UnknownVmm,
 };
+pub use v2p_table::{SimV2pTable, V2pRow};
 
 use tokio_util::sync::CancellationToken;
 

@@ -48,6 +48,7 @@ use crate::fault::{self, FaultState};
 use crate::hypervisor::HypervisorError;
 use crate::reconcile::DisplayChain;
 use crate::sim::{PowerState, SimHypervisor};
+use crate::v2p_table::{SimV2pTable, V2pTableError};
 
 /// How a simulated sled comes up when its process starts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -65,6 +66,8 @@ pub enum StartMode {
 pub enum SledError {
     #[error("machine")]
     Machine(#[from] HypervisorError),
+    #[error("the machine's V2P table")]
+    V2pTable(#[from] V2pTableError),
     #[error("binding the fault API to {address}")]
     Bind {
         address: SocketAddr,
@@ -83,10 +86,12 @@ impl SimSled {
         if mode == StartMode::ColdStart {
             machine.power_off()?;
         }
-        machine.power_on()?;
+        let boot_id = machine.power_on()?;
+        let v2p = Arc::new(SimV2pTable::open(&config.data_dir, boot_id)?);
         let handle = SledHandle {
             inner: Arc::new(SledInner {
                 fault_address: std::sync::Mutex::new(config.fault_listen),
+                v2p,
                 config,
                 machine,
                 process: tokio::sync::Mutex::new(None),
@@ -109,6 +114,8 @@ pub struct SledHandle {
 struct SledInner {
     config: AgentConfig,
     machine: Arc<SimHypervisor>,
+    /// The machine's V2P table: it survives agent restarts, not a power-off.
+    v2p: Arc<SimV2pTable>,
     /// Where the fault API listens; a port 0 becomes the bound port, kept across restarts.
     fault_address: std::sync::Mutex<Option<SocketAddr>>,
     process: tokio::sync::Mutex<Option<AgentProcess>>,
@@ -149,6 +156,7 @@ impl SledInner {
         let task = tokio::spawn(agent_process(
             self.config.clone(),
             self.machine.clone(),
+            self.v2p.clone(),
             listener,
             stop.clone(),
         ));
@@ -160,6 +168,7 @@ impl SledInner {
 async fn agent_process(
     config: AgentConfig,
     machine: Arc<SimHypervisor>,
+    v2p: Arc<SimV2pTable>,
     listener: Option<TcpListener>,
     stop: CancellationToken,
 ) {
@@ -171,6 +180,7 @@ async fn agent_process(
         let router = fault::router(FaultState {
             machine: machine.clone(),
             heartbeats: config.heartbeats.clone(),
+            v2p: v2p.clone(),
         })
         .merge(crate::migration::router(slot.clone()));
         let stopped = stop.clone();
@@ -184,7 +194,9 @@ async fn agent_process(
     let supervise = async {
         let mut backoff = Duration::from_millis(200);
         loop {
-            let mut agent = Agent::new(config.clone(), machine.clone()).with_slot(slot.clone());
+            let mut agent = Agent::new(config.clone(), machine.clone())
+                .with_slot(slot.clone())
+                .with_v2p_table(v2p.clone());
             if let Some(address) = address {
                 agent = agent.with_address(address.to_string());
             }
@@ -222,6 +234,11 @@ impl SledHandle {
         &self.inner.machine
     }
 
+    /// The machine's V2P table (for tests in-process).
+    pub fn v2p_table(&self) -> &Arc<SimV2pTable> {
+        &self.inner.v2p
+    }
+
     /// Where the fault API listens, if it does.
     pub fn fault_address(&self) -> Option<SocketAddr> {
         *self.inner.fault_address.lock().expect("address lock")
@@ -236,6 +253,7 @@ impl SledHandle {
     pub async fn power_off(&self) -> Result<(), SledError> {
         let mut process = self.inner.process.lock().await;
         self.inner.machine.power_off()?;
+        self.inner.v2p.power_off()?;
         if let Some(process) = process.take() {
             process.task.abort();
             let _ = process.task.await;
@@ -247,7 +265,8 @@ impl SledHandle {
     /// Powers on: a new boot, and the agent starts on it. Already on: nothing changes.
     pub async fn power_on(&self) -> Result<(), SledError> {
         let mut process = self.inner.process.lock().await;
-        self.inner.machine.power_on()?;
+        let boot_id = self.inner.machine.power_on()?;
+        self.inner.v2p.boot(boot_id)?;
         if process.is_none() {
             *process = Some(self.inner.spawn_agent().await?);
         }

@@ -10,23 +10,26 @@
 //! - Creates the Sled if it is absent (spec and labels from the config); never changes the
 //!   spec or labels of an existing Sled: they belong to operators.
 //! - Writes only the `Sled.status` fields the agent owns (capacity, allocated, vmms, epoch,
-//!   agentVersion, agentAddress, unknownVmms, conditions `Ready` and `Diverged`), keeping any other
-//!   writer's conditions (`Fenced`). Every write is a merge patch conditional on the
+//!   agentVersion, agentAddress, unknownVmms, v2p, conditions `Ready`, `Diverged` and
+//!   `V2PConverged`), keeping any other writer's conditions (`Fenced`). Every write is a merge patch conditional on the
 //!   resourceVersion it was computed from; a conflict rereads the Sled and tries once more.
 //!
 //! # Guarantees
 //! - [`SledReporter::flush`] returns once the report as it was at the call has been written
 //!   (or the bound passed), so that a short-lived state (an unknown VMM being repaired) is
 //!   seen by the API before it ends.
+//! - [`SledReporter::update_now`] skips the debounce: V2P acknowledgements are written within
+//!   one write's time, not a `min_interval` later (docs/migration.md, "V2P").
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use corral_crds::condition;
 use corral_crds::{
     ConditionStatus, Reason, Resources, Sled, SledConditionType, SledSpec, SledStatus,
-    UnknownVmmReport,
+    UnknownVmmReport, V2pAck,
 };
 use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
 use tokio::sync::{Notify, watch};
@@ -49,6 +52,17 @@ pub struct SledReport {
     pub running: bool,
     /// Unassigned VMMs being repaired (`status.unknownVmms`).
     pub unknown: Vec<UnknownVmmReport>,
+    /// The V2P table's acknowledgements and `V2PConverged` (`None`: not reported).
+    pub v2p: Option<V2pReport>,
+}
+
+/// What the V2P table holds, for `status.v2p` and `V2PConverged`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct V2pReport {
+    pub acks: Vec<V2pAck>,
+    /// Every VpcRoutes is applied at its current generation.
+    pub converged: bool,
+    pub message: String,
 }
 
 /// The `Diverged` condition.
@@ -113,6 +127,22 @@ pub fn render_status(
         report.diverged.message.clone(),
         now,
     );
+    if let Some(v2p) = &report.v2p {
+        status.v2p = v2p.acks.clone();
+        let (converged, reason) = if v2p.converged {
+            (ConditionStatus::True, Reason::V2PApplied)
+        } else {
+            (ConditionStatus::False, Reason::V2PPending)
+        };
+        condition::set(
+            &mut status.conditions,
+            SledConditionType::V2PConverged,
+            converged,
+            reason,
+            v2p.message.clone(),
+            now,
+        );
+    }
     status
 }
 
@@ -154,6 +184,9 @@ pub struct SledReporter {
     changed: Notify,
     /// The sequence number of the last report written.
     written: watch::Sender<u64>,
+    /// The next write skips the debounce (`update_now`).
+    urgent: AtomicBool,
+    hurry: Notify,
 }
 
 impl SledReporter {
@@ -166,6 +199,8 @@ impl SledReporter {
             stored: Mutex::new(sled),
             changed: Notify::new(),
             written: watch::channel(0).0,
+            urgent: AtomicBool::new(false),
+            hurry: Notify::new(),
         }
     }
 
@@ -183,6 +218,20 @@ impl SledReporter {
             wanted.0 += 1;
             wanted.1 = report;
             self.changed.notify_one();
+        }
+    }
+
+    /// Changes the wanted report and has it written without waiting for the debounce.
+    pub fn update_now(&self, change: impl FnOnce(&mut SledReport)) {
+        let mut wanted = self.wanted.lock().expect("report lock");
+        let mut report = wanted.1.clone();
+        change(&mut report);
+        if report != wanted.1 {
+            wanted.0 += 1;
+            wanted.1 = report;
+            self.urgent.store(true, Ordering::Release);
+            self.changed.notify_one();
+            self.hurry.notify_one();
         }
     }
 
@@ -212,10 +261,14 @@ impl SledReporter {
                     _ = self.changed.notified() => continue,
                 }
             }
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep_until(last_write + self.min_interval) => {}
+            if !self.urgent.load(Ordering::Acquire) {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep_until(last_write + self.min_interval) => {}
+                    _ = self.hurry.notified() => {}
+                }
             }
+            self.urgent.store(false, Ordering::Release);
             // Everything that changed while waiting goes out in this one write.
             let (seq, report) = self.wanted.lock().expect("report lock").clone();
             last_write = Instant::now();
@@ -239,6 +292,9 @@ impl SledReporter {
             }
             if status.unknown_vmms.is_empty() {
                 body["unknownVmms"] = serde_json::Value::Null;
+            }
+            if status.v2p.is_empty() {
+                body["v2p"] = serde_json::Value::Null;
             }
             let patch = serde_json::json!({
                 "metadata": { "resourceVersion": base.metadata.resource_version },
@@ -287,6 +343,7 @@ mod tests {
             diverged: Divergence::converged(),
             running: true,
             unknown: Vec::new(),
+            v2p: None,
         }
     }
 
@@ -322,5 +379,39 @@ mod tests {
         let divergence = condition::find(&second.conditions, SledConditionType::Diverged).unwrap();
         assert_eq!(divergence.reason, Reason::UnknownVmm);
         assert_eq!(divergence.last_transition_time, Time(t1));
+    }
+
+    #[test]
+    fn the_v2p_acknowledgements_and_condition_are_reported_only_when_known() {
+        let t0 = jiff::Timestamp::from_second(1_000).unwrap();
+        let unknown = render_status(None, &report(), t0);
+        assert!(unknown.v2p.is_empty());
+        assert!(condition::find(&unknown.conditions, SledConditionType::V2PConverged).is_none());
+        let mut pending = report();
+        pending.v2p = Some(V2pReport {
+            acks: vec![V2pAck {
+                vpc: "blue".into(),
+                generation: 4,
+            }],
+            converged: false,
+            message: "not yet applied: blue".into(),
+        });
+        let status = render_status(Some(&unknown), &pending, t0);
+        assert_eq!(status.v2p, pending.v2p.as_ref().unwrap().acks);
+        let converged =
+            condition::find(&status.conditions, SledConditionType::V2PConverged).unwrap();
+        assert_eq!(
+            (converged.status, converged.reason),
+            (ConditionStatus::False, Reason::V2PPending)
+        );
+        pending.v2p.as_mut().unwrap().converged = true;
+        let status = render_status(Some(&status), &pending, t0);
+        assert!(condition::is_true(
+            &status.conditions,
+            SledConditionType::V2PConverged
+        ));
+        // A report without V2P keeps what the Sled shows.
+        let kept = render_status(Some(&status), &report(), t0);
+        assert_eq!(kept.v2p, status.v2p);
     }
 }
