@@ -140,18 +140,39 @@ impl std::fmt::Display for Report {
             self.episodes.len(),
             self.double_runs.len()
         )?;
+        // One line per IP: on how many sleds its mapping was wrong, and for how long at most.
+        let mut by_ip: BTreeMap<(&str, &str, &str), Vec<&Episode>> = BTreeMap::new();
         for episode in &self.episodes {
-            writeln!(
-                f,
-                "  {} on {}: {} {} ({}) for {} ms{}",
-                episode.instance,
-                episode.sled,
-                episode.vpc,
-                episode.ip,
-                episode.problem,
-                episode.lasted.as_millis(),
-                if episode.ongoing { ", still" } else { "" }
-            )?;
+            by_ip
+                .entry((&episode.instance, &episode.vpc, &episode.ip))
+                .or_default()
+                .push(episode);
+        }
+        let mut lines: Vec<(Duration, String)> = by_ip
+            .into_iter()
+            .map(|((instance, vpc, ip), episodes)| {
+                let longest = episodes.iter().map(|e| e.lasted).max().unwrap_or_default();
+                let sleds: BTreeSet<&str> = episodes.iter().map(|e| e.sled.as_str()).collect();
+                let ongoing = episodes.iter().any(|e| e.ongoing);
+                let line = format!(
+                    "  {instance} {vpc} {ip}: {} on {} sleds ({}), {} episodes, longest {} ms{}",
+                    episodes[0].problem,
+                    sleds.len(),
+                    sleds.into_iter().collect::<Vec<_>>().join(", "),
+                    episodes.len(),
+                    longest.as_millis(),
+                    if ongoing {
+                        ", still wrong at the end"
+                    } else {
+                        ""
+                    }
+                );
+                (longest, line)
+            })
+            .collect();
+        lines.sort_by(|a, b| b.0.cmp(&a.0));
+        for (_, line) in lines {
+            writeln!(f, "{line}")?;
         }
         for double in &self.double_runs {
             writeln!(f, "  DOUBLE RUN {} on {:?}", double.instance, double.sleds)?;

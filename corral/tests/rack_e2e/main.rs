@@ -40,6 +40,7 @@
 
 #[path = "../common/mod.rs"]
 mod common;
+mod migration;
 mod story;
 
 use std::collections::{BTreeMap, BTreeSet};
