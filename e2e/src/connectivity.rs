@@ -170,7 +170,7 @@ impl std::fmt::Display for Report {
                 (longest, line)
             })
             .collect();
-        lines.sort_by(|a, b| b.0.cmp(&a.0));
+        lines.sort_by_key(|line| std::cmp::Reverse(line.0));
         for (_, line) in lines {
             writeln!(f, "{line}")?;
         }
