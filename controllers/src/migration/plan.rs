@@ -422,22 +422,9 @@ fn v2p_waiting(observed: &Observed<'_>, instance: &Instance) -> Option<String> {
                 nic.vpc, nic.ip
             ));
         };
-        let behind = observed
-            .sleds
-            .iter()
-            .filter(|s| is_ready(s))
-            .filter(|s| {
-                !s.status.as_ref().is_some_and(|status| {
-                    status
-                        .v2p
-                        .iter()
-                        .any(|ack| ack.vpc == nic.vpc && ack.generation >= mapping.since)
-                })
-            })
-            .count();
-        if behind > 0 {
+        if !crate::v2p::converged_at(&nic.vpc, mapping.since, observed.sleds) {
             return Some(format!(
-                "waiting for {behind} sleds to apply VPC {} generation {}",
+                "waiting for every Ready sled to apply VPC {} generation {}",
                 nic.vpc, mapping.since
             ));
         }
