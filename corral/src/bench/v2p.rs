@@ -246,6 +246,21 @@ async fn run(
     ]);
     let mut seen = std::pin::pin!(seen);
     let mut view = View::default();
+    // The observer starts once its view holds every sled, instance and mapping.
+    while view.acks.len() < args.sleds
+        || view.located.len() < args.instances
+        || view.mappings.len() < args.instances
+    {
+        let next = tokio::time::timeout_at(deadline, seen.next())
+            .await
+            .context("timed out listing sleds, instances and routes")?;
+        let Some(next) = next else {
+            bail!("the watches ended")
+        };
+        if let Ok(next) = next {
+            view.apply(next);
+        }
+    }
     let migrations: Api<Migration> = Api::namespaced(client.clone(), "default");
     let mut samples = Vec::new();
     for move_index in 0..args.migrations {
@@ -264,7 +279,11 @@ async fn run(
             },
             status: None,
         };
-        let before = view.located.get(&instance).map_or(0, |(_, g)| *g);
+        let before = instances
+            .get(&instance)
+            .await?
+            .status
+            .map_or(0, |s| s.location_generation);
         migrations
             .create(&PostParams::default(), &migration)
             .await
@@ -294,9 +313,16 @@ async fn run(
         };
         samples.push(measured.as_secs_f64() * 1000.0);
         let done = migrations.get(&format!("move-{move_index:04}")).await?;
-        let phase = done.status.and_then(|s| s.phase);
-        if phase.is_some_and(|p| p.is_final() && p != MigrationPhase::Succeeded) {
-            bail!("move {move_index} ended {phase:?}");
+        let status = done.status.unwrap_or_default();
+        if let Some(phase) = status
+            .phase
+            .filter(|p| p.is_final() && *p != MigrationPhase::Succeeded)
+        {
+            bail!(
+                "move {move_index} of {instance} ended {phase} ({:?}): {}",
+                status.reason,
+                status.message
+            );
         }
     }
     samples.sort_by(f64::total_cmp);
