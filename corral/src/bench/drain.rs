@@ -247,7 +247,6 @@ async fn run(
     let mut bytes = 0u64;
     let mut succeeded = 0;
     let mut durations = Vec::new();
-    let mut downtimes = Vec::new();
     for migration in &moved.items {
         let Some(status) = &migration.status else {
             continue;
@@ -257,7 +256,6 @@ async fn run(
         }
         if let Some(progress) = &status.progress {
             bytes += progress.bytes_sent;
-            downtimes.push(progress.predicted_downtime_ms as f64);
         }
         if let (Some(from), Some(to)) = (&status.started_at, &status.finished_at) {
             let took = to.0.duration_since(from.0).as_secs_f64();
@@ -265,7 +263,6 @@ async fn run(
         }
     }
     durations.sort_by(f64::total_cmp);
-    downtimes.sort_by(f64::total_cmp);
     let modelled = bytes as f64 / bandwidth as f64;
     let wall = finished.as_secs_f64();
     println!(
@@ -279,11 +276,9 @@ async fn run(
         (args.instances as u64 * args.memory_gib) as f64
     );
     println!(
-        "per migration (admitted to done): p50 {:.1} s, p99 {:.1} s; predicted downtime p50 {:.0} ms, p99 {:.0} ms",
+        "per migration (admitted to done): p50 {:.1} s, p99 {:.1} s",
         percentile(&durations, 0.5),
-        percentile(&durations, 0.99),
-        percentile(&downtimes, 0.5),
-        percentile(&downtimes, 0.99)
+        percentile(&durations, 0.99)
     );
     println!(
         "CPU seconds during the drain: {}",
