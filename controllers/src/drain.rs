@@ -54,25 +54,9 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
 use tokio_util::sync::CancellationToken;
 
+use crate::error::Error;
+
 use plan::{Action, Observed, Severity};
-
-/// What a reconcile can fail on.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("{operation} {object}")]
-    Api {
-        operation: &'static str,
-        object: String,
-        #[source]
-        source: kube::Error,
-    },
-}
-
-impl Error {
-    fn is_conflict(&self) -> bool {
-        matches!(self, Error::Api { source: kube::Error::Api(status), .. } if status.code == 409)
-    }
-}
 
 /// Shared by every reconcile.
 pub struct Context {
@@ -281,12 +265,7 @@ fn earlier_drain(drain: &Drain, drains: &[Arc<Drain>]) -> Option<String> {
 }
 
 fn error_policy(_drain: Arc<Drain>, error: &Error, _context: Arc<Context>) -> Requeue {
-    if error.is_conflict() {
-        Requeue::requeue(Duration::from_millis(50))
-    } else {
-        tracing::warn!(%error, "drain reconcile failed");
-        Requeue::requeue(Duration::from_secs(1))
-    }
+    crate::error::requeue(error, "drain")
 }
 
 /// Executes a plan in order; Events go last, so that they never delay the work they report.

@@ -39,6 +39,8 @@ use kube::{Resource, ResourceExt};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::error::Error;
+
 use crate::expectations::Expectations;
 use crate::scheduler::{ANTI_AFFINITY_LABEL, Ledger};
 use plan::{Action, Observed, PlaceRequest, Severity};
@@ -47,24 +49,6 @@ use plan::{Action, Observed, PlaceRequest, Severity};
 const IN_FLIGHT_TTL: Duration = Duration::from_secs(30);
 /// Even with nothing happening, every Instance is looked at this often.
 const RESYNC: Duration = Duration::from_secs(300);
-
-/// What a reconcile can fail on.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("{operation} {object}")]
-    Api {
-        operation: &'static str,
-        object: String,
-        #[source]
-        source: kube::Error,
-    },
-}
-
-impl Error {
-    fn is_conflict(&self) -> bool {
-        matches!(self, Error::Api { source: kube::Error::Api(status), .. } if status.code == 409)
-    }
-}
 
 /// The Vmms of each instance (`namespace/instance` → Vmm names), fed by the Vmm watch.
 #[derive(Default)]
@@ -394,12 +378,7 @@ fn claimed_instances(sled: Sled) -> Vec<ObjectRef<Instance>> {
 }
 
 fn error_policy(_instance: Arc<Instance>, error: &Error, _context: Arc<Context>) -> Requeue {
-    if error.is_conflict() {
-        Requeue::requeue(Duration::from_millis(50))
-    } else {
-        tracing::warn!(%error, "instance reconcile failed");
-        Requeue::requeue(Duration::from_secs(1))
-    }
+    crate::error::requeue(error, "instance")
 }
 
 /// Executes a plan in order; Events go last, so that they never delay the work they report.
@@ -410,12 +389,7 @@ async fn execute(instance: &Instance, plan: &plan::Plan, context: &Context) -> R
     let instances: Api<Instance> = Api::namespaced(client.clone(), &namespace);
     let vmms: Api<Vmm> = Api::namespaced(client.clone(), &namespace);
     let api_error = |operation: &'static str, object: &str| {
-        let object = format!("{namespace}/{object}");
-        move |source| Error::Api {
-            operation,
-            object,
-            source,
-        }
+        Error::api(operation, format!("{namespace}/{object}"))
     };
     let mut current = instance.clone();
     for action in &plan.actions {

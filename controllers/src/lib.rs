@@ -18,6 +18,7 @@
 //! server's `gc.rs`).
 
 pub mod drain;
+pub mod error;
 pub mod expectations;
 pub mod instance;
 pub mod migration;

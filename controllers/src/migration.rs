@@ -40,6 +40,8 @@ use kube::runtime::{WatchStreamExt, watcher};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::error::Error;
+
 use crate::expectations::Expectations;
 use plan::{Limits, Load, Observed, Severity, Timeouts};
 
@@ -51,24 +53,6 @@ pub struct Config {
     /// Fault injection for tests: abort the process right after writing this phase, as a
     /// crash at that step would (`corral controllers --crash-at-migration-phase`).
     pub crash_at: Option<MigrationPhase>,
-}
-
-/// What a reconcile can fail on.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("{operation} {object}")]
-    Api {
-        operation: &'static str,
-        object: String,
-        #[source]
-        source: kube::Error,
-    },
-}
-
-impl Error {
-    fn is_conflict(&self) -> bool {
-        matches!(self, Error::Api { source: kube::Error::Api(status), .. } if status.code == 409)
-    }
 }
 
 /// Shared by every reconcile.
@@ -446,10 +430,5 @@ async fn reconcile(migration: Arc<Migration>, context: Arc<Context>) -> Result<R
 }
 
 fn error_policy(_migration: Arc<Migration>, error: &Error, _context: Arc<Context>) -> Requeue {
-    if error.is_conflict() {
-        Requeue::requeue(Duration::from_millis(50))
-    } else {
-        tracing::warn!(%error, "migration reconcile failed");
-        Requeue::requeue(Duration::from_secs(1))
-    }
+    crate::error::requeue(error, "migration")
 }

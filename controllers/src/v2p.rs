@@ -59,6 +59,8 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::error::Error;
+
 /// How long the worker waits after the first change for the rest of a burst.
 pub const COALESCE: Duration = Duration::from_millis(5);
 /// `status.applied` is rewritten at most this often per pass.
@@ -67,18 +69,6 @@ pub const STATUS_INTERVAL: Duration = Duration::from_millis(250);
 pub const RESYNC: Duration = Duration::from_secs(30);
 /// VPCs written at once.
 const PARALLEL: usize = 16;
-
-/// What writing one VPC can fail on.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("{operation} {object}")]
-    Api {
-        operation: &'static str,
-        object: String,
-        #[source]
-        source: kube::Error,
-    },
-}
 
 type InstanceKey = (String, String);
 
@@ -400,7 +390,7 @@ async fn work(context: Arc<Context>, stop: CancellationToken) {
                 }
                 Ok(_) => {}
                 Err(error) => {
-                    let conflict = matches!(&error, Error::Api { source: kube::Error::Api(s), .. } if s.code == 409);
+                    let conflict = error.is_conflict();
                     if conflict {
                         tracing::debug!(%vpc, "v2p controller: conflict");
                     } else {
@@ -430,14 +420,7 @@ pub struct Outcome {
 /// Plans and writes one VPC.
 async fn reconcile(vpc: &str, context: &Context) -> Result<Outcome, Error> {
     let api: Api<VpcRoutes> = Api::all(context.client.clone());
-    let api_error = |operation: &'static str| {
-        let object = vpc.to_string();
-        move |source| Error::Api {
-            operation,
-            object,
-            source,
-        }
-    };
+    let api_error = |operation: &'static str| Error::api(operation, vpc);
     let mut outcome = Outcome::default();
     let current = context.current(vpc);
     let mappings = current
