@@ -46,6 +46,70 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
     }
 }
 
+/// What a benchmark that runs a rack of processes works in: a scratch directory (the store,
+/// the sleds, every process's log), the store, the child processes, and its deadline.
+///
+/// # Guarantees
+/// - [`Session::stop`] stops every child; no child outlives the benchmark (`rack/children.rs`).
+/// - With `keep`, the scratch directory is announced at the start and kept at [`Session::end`].
+struct Session {
+    name: &'static str,
+    scratch: tempfile::TempDir,
+    store: BenchStore,
+    children: rack::children::Children,
+    deadline: tokio::time::Instant,
+    keep: bool,
+}
+
+impl Session {
+    async fn start(
+        name: &'static str,
+        store: Option<&str>,
+        timeout: std::time::Duration,
+        keep: bool,
+    ) -> anyhow::Result<Session> {
+        let scratch = tempfile::Builder::new()
+            .prefix(&format!("corral-bench-{name}-"))
+            .tempdir()?;
+        if keep {
+            println!(
+                "keeping the scratch directory (store, sleds, logs): {}",
+                scratch.path().display()
+            );
+        }
+        let deadline = tokio::time::Instant::now() + timeout;
+        let store = BenchStore::open(store, scratch.path()).await?;
+        let children = rack::children::Children::new(scratch.path().join("logs"))?;
+        Ok(Session {
+            name,
+            scratch,
+            store,
+            children,
+            deadline,
+            keep,
+        })
+    }
+
+    /// After the run: says why it failed (with the tail of every log), then stops every child.
+    async fn stop<T>(&mut self, result: &anyhow::Result<T>) {
+        if let Err(error) = result {
+            eprintln!("corral bench {} failed: {error:#}", self.name);
+            self.children.print_log_tails();
+            if !self.keep {
+                eprintln!("(--keep keeps every log and the store)");
+            }
+        }
+        self.children.stop().await;
+    }
+
+    /// Keeps the scratch directory if asked.
+    fn end(self) {
+        if self.keep {
+            let _ = self.scratch.keep();
+        }
+    }
+}
+
 /// The store a benchmark runs on, and the private etcd behind it if it started one.
 struct BenchStore {
     /// For etcd, a prefix of its own (`/corral-bench-RANDOM`), so that runs against a shared

@@ -29,7 +29,7 @@ use tokio::time::Instant;
 use super::rack::children::Children;
 use super::rack::measure::CpuSample;
 use super::rack::{RackSpec, start_rack};
-use super::{BenchStore, percentile};
+use super::{BenchStore, Session, percentile};
 use crate::parse_duration;
 
 /// The drained sled.
@@ -65,30 +65,20 @@ pub struct DrainArgs {
 }
 
 pub async fn drain(args: DrainArgs) -> anyhow::Result<()> {
-    let scratch = tempfile::Builder::new()
-        .prefix("corral-bench-drain-")
-        .tempdir()?;
-    if args.keep {
-        println!(
-            "keeping the scratch directory: {}",
-            scratch.path().display()
-        );
-    }
-    let deadline = Instant::now() + args.timeout;
-    let store = BenchStore::open(args.store.as_deref(), scratch.path()).await?;
-    let mut children = Children::new(scratch.path().join("logs"))?;
+    let mut session =
+        Session::start("drain", args.store.as_deref(), args.timeout, args.keep).await?;
     let result = tokio::select! {
-        result = run(&args, &store, &mut children, scratch.path(), deadline) => result,
+        result = run(
+            &args,
+            &session.store,
+            &mut session.children,
+            session.scratch.path(),
+            session.deadline,
+        ) => result,
         _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
     };
-    if let Err(error) = &result {
-        eprintln!("corral bench drain failed: {error:#}");
-        children.print_log_tails();
-    }
-    children.stop().await;
-    if args.keep {
-        let _ = scratch.keep();
-    }
+    session.stop(&result).await;
+    session.end();
     let last_line = result?;
     println!("{last_line}");
     Ok(())

@@ -40,7 +40,7 @@ use kube::core::{ApiResource, GroupVersionKind};
 use kube::runtime::watcher;
 use tokio::time::Instant;
 
-use super::{BenchStore, peak_rss_mib, percentile};
+use super::{BenchStore, Session, peak_rss_mib, percentile};
 use crate::parse_duration;
 use children::Children;
 use measure::{CpuSample, Latencies, Pids, Timeline, describe_writes, writes_by_resource};
@@ -127,37 +127,26 @@ pub async fn rack(args: RackArgs) -> anyhow::Result<()> {
             args.sleds
         );
     }
-    let scratch = tempfile::Builder::new()
-        .prefix("corral-bench-rack-")
-        .tempdir()?;
-    if args.keep {
-        println!(
-            "keeping the scratch directory (store, sleds, logs): {}",
-            scratch.path().display()
-        );
-    }
-    let deadline = Instant::now() + args.timeout;
-    let store = BenchStore::open(args.store.as_deref(), scratch.path()).await?;
-    let mut children = Children::new(scratch.path().join("logs"))?;
+    let mut session =
+        Session::start("rack", args.store.as_deref(), args.timeout, args.keep).await?;
     let result = tokio::select! {
-        result = run(&args, &store, &mut children, scratch.path(), deadline) => result,
+        result = run(
+            &args,
+            &session.store,
+            &mut session.children,
+            session.scratch.path(),
+            session.deadline,
+        ) => result,
         _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
     };
-    if let Err(error) = &result {
-        eprintln!("corral bench rack failed: {error:#}");
-        children.print_log_tails();
-        if !args.keep {
-            eprintln!("(--keep keeps every log and the store)");
-        }
-    }
-    children.stop().await;
+    session.stop(&result).await;
     let result = match result {
         Ok(finished) => {
             // The store's history says what was written, once the API server is gone (the
             // SQLite store admits one process at a time).
             let counted = tokio::time::timeout(
                 COUNT_BOUND,
-                writes_by_resource(&store.config, finished.revisions),
+                writes_by_resource(&session.store.config, finished.revisions),
             )
             .await
             .map_err(anyhow::Error::from)
@@ -171,10 +160,8 @@ pub async fn rack(args: RackArgs) -> anyhow::Result<()> {
         }
         Err(error) => Err(error),
     };
-    if args.keep {
-        // Announced at the start: the report's last line stays `all running: ...`.
-        let _ = scratch.keep();
-    }
+    // Announced at the start: the report's last line stays `all running: ...`.
+    session.end();
     result
 }
 
