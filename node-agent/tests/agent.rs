@@ -255,6 +255,9 @@ async fn an_unknown_vmm_is_destroyed_and_the_divergence_repaired() {
         .await
         .unwrap();
 
+    // The divergence lasts as long as the repair: a watch sees it, polling might not.
+    let recording = rack.record_sled("sled-1");
+    recording.wait_for(|_| true).await;
     let unknown = sled
         .machine()
         .spawn_unknown(UnknownVmm {
@@ -266,10 +269,8 @@ async fn an_unknown_vmm_is_destroyed_and_the_divergence_repaired() {
             },
         })
         .unwrap();
-    let diverged = rack
-        .sled_status("sled-1", |status| {
-            condition::is_true(&status.conditions, SledConditionType::Diverged)
-        })
+    let diverged = recording
+        .wait_for(|status| condition::is_true(&status.conditions, SledConditionType::Diverged))
         .await;
     let condition = condition::find(&diverged.conditions, SledConditionType::Diverged).unwrap();
     assert_eq!(condition.reason, Reason::UnknownVmm);

@@ -193,6 +193,27 @@ impl Rack {
         .await
     }
 
+    /// Starts recording every status the Sled `name` goes through, so that a test can wait
+    /// for a state that lasts too briefly for polling to be sure to see it.
+    pub fn record_sled(&self, name: &str) -> SledRecording {
+        let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let record = seen.clone();
+        let task = tokio::spawn(watcher(self.sleds(), config).applied_objects().for_each(
+            move |sled| {
+                if let Ok(Some(status)) = sled.map(|sled| sled.status) {
+                    record.lock().expect("recording lock").push(status);
+                }
+                std::future::ready(())
+            },
+        ));
+        SledRecording {
+            name: name.to_string(),
+            seen,
+            task,
+        }
+    }
+
     /// The Events with `reason` about the object named `name` in `namespace`.
     pub async fn events(&self, namespace: &str, name: &str, reason: &str) -> Vec<Event> {
         let events: Api<Event> = Api::namespaced(self.client.clone(), namespace);
@@ -333,4 +354,35 @@ fn tracing_subscriber_init() -> Result<(), impl std::fmt::Debug> {
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_test_writer()
         .try_init()
+}
+
+/// Every status one Sled went through since [`Rack::record_sled`].
+pub struct SledRecording {
+    name: String,
+    seen: Arc<Mutex<Vec<corral_crds::SledStatus>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl SledRecording {
+    /// Waits (at most [`BOUND`]) until a recorded status passes `check`; returns the first.
+    pub async fn wait_for(
+        &self,
+        check: impl Fn(&corral_crds::SledStatus) -> bool,
+    ) -> corral_crds::SledStatus {
+        let check = &check;
+        wait_for(
+            &format!("a status of sled {} seen by the watch", self.name),
+            || async {
+                let seen = self.seen.lock().expect("recording lock");
+                seen.iter().find(|status| check(status)).cloned()
+            },
+        )
+        .await
+    }
+}
+
+impl Drop for SledRecording {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
