@@ -330,10 +330,11 @@ async fn drain_with_checker(rack: &mut Rack, rng: &mut StdRng) {
         tokio::select! {
             output = &mut drain => break output,
             _ = tokio::time::sleep(Duration::from_millis(500)) => {
+                // Every drain of the sled (an earlier, refused one may be listed too).
                 let (_, stdout, _) = run_corralctl(rack, &["get", "drains"]).await;
-                if let Some(line) = stdout.lines().find(|l| l.contains(&drained)) {
-                    seen_progress.push(line.to_string());
-                }
+                seen_progress.extend(
+                    stdout.lines().filter(|l| l.contains(&drained)).map(String::from),
+                );
             }
         }
     };
