@@ -46,7 +46,7 @@ use corral_crds::{
     DRAIN_LABEL, DrainPhase, Instance, Migration, MigrationReason, MigrationSpec, Reason, Sled,
 };
 use futures::{StreamExt, TryStreamExt};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action as Requeue, Controller};
 use kube::runtime::reflector::{self, ObjectRef, Store};
@@ -383,14 +383,7 @@ fn build_migration(
             name: Some(name.to_string()),
             namespace: Some(namespace.to_string()),
             labels: Some(labels),
-            owner_references: Some(vec![OwnerReference {
-                api_version: Drain::api_version(&()).into_owned(),
-                kind: Drain::kind(&()).into_owned(),
-                name: drain.name_any(),
-                uid: drain.uid().unwrap_or_default(),
-                controller: Some(true),
-                block_owner_deletion: Some(true),
-            }]),
+            owner_references: drain.controller_owner_ref(&()).map(|owner| vec![owner]),
             ..Default::default()
         },
         spec: MigrationSpec {

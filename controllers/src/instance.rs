@@ -30,7 +30,7 @@ use corral_crds::{
     VMM_FINALIZER, Vmm, VmmSpec,
 };
 use futures::{StreamExt, TryStreamExt};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action as Requeue, Controller};
 use kube::runtime::reflector::{self, ObjectRef, Store};
@@ -525,14 +525,7 @@ fn build_vmm(
             namespace: instance.namespace(),
             labels: Some(labels),
             finalizers: Some(vec![VMM_FINALIZER.to_string()]),
-            owner_references: Some(vec![OwnerReference {
-                api_version: Instance::api_version(&()).into_owned(),
-                kind: Instance::kind(&()).into_owned(),
-                name: instance.name_any(),
-                uid: instance.uid().unwrap_or_default(),
-                controller: Some(true),
-                block_owner_deletion: Some(true),
-            }]),
+            owner_references: instance.controller_owner_ref(&()).map(|owner| vec![owner]),
             ..Default::default()
         },
         spec: VmmSpec {

@@ -32,7 +32,7 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use corral_crds::{Instance, Resources, Sled, SledConditionType, Vmm, condition};
+use corral_crds::{Instance, Resources, Sled, Vmm};
 use kube::ResourceExt;
 use tokio::time::Instant;
 
@@ -291,6 +291,73 @@ impl LedgerInner {
     }
 }
 
+/// Why a sled cannot take an instance (the rules of the module docs, in their order).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Ineligible {
+    /// Its agent does not report `Ready=True`, or the Sled is being deleted.
+    NotReady,
+    Cordoned,
+    /// Its labels do not include the instance's `sledSelector`.
+    Selector,
+    /// A Vmm of the instance's anti-affinity group is on it.
+    AntiAffinity(String),
+    /// Its free capacity (capacity minus allocation) does not fit the instance.
+    Capacity {
+        free: Resources,
+    },
+}
+
+impl Rejections {
+    fn count(&mut self, why: &Ineligible) {
+        match why {
+            Ineligible::NotReady => self.not_ready += 1,
+            Ineligible::Cordoned => self.cordoned += 1,
+            Ineligible::Selector => self.selector += 1,
+            Ineligible::AntiAffinity(_) => self.anti_affinity += 1,
+            Ineligible::Capacity { .. } => self.capacity += 1,
+        }
+    }
+}
+
+/// Whether `sled` is eligible for `instance` given the allocation `usage`; its free capacity
+/// if it is.
+pub fn eligibility(
+    instance: &Instance,
+    sled: &Sled,
+    usage: &HashMap<String, Usage>,
+) -> Result<Resources, Ineligible> {
+    let Some(status) = sled.status.as_ref() else {
+        return Err(Ineligible::NotReady);
+    };
+    if !sled.is_ready() || sled.metadata.deletion_timestamp.is_some() {
+        return Err(Ineligible::NotReady);
+    }
+    if sled.spec.unschedulable {
+        return Err(Ineligible::Cordoned);
+    }
+    let labels = sled.labels();
+    if !instance
+        .spec
+        .sled_selector
+        .iter()
+        .all(|(k, v)| labels.get(k) == Some(v))
+    {
+        return Err(Ineligible::Selector);
+    }
+    let used = usage.get(&sled.name_any());
+    if let Some(group) = &instance.spec.anti_affinity_group
+        && used.is_some_and(|used| used.groups.contains(group))
+    {
+        return Err(Ineligible::AntiAffinity(group.clone()));
+    }
+    let allocated = used.map(|used| used.allocated).unwrap_or_default();
+    let free = status.capacity.saturating_sub(&allocated);
+    if !instance.spec.resources().fits_within(&free) {
+        return Err(Ineligible::Capacity { free });
+    }
+    Ok(free)
+}
+
 /// The pure placement decision (see the module docs for the rules).
 pub fn choose(
     instance: &Instance,
@@ -298,48 +365,17 @@ pub fn choose(
     usage: &HashMap<String, Usage>,
     avoid: Option<&str>,
 ) -> Result<Placement, Rejections> {
-    let want = instance.spec.resources();
     let mut rejections = Rejections::default();
     let mut best: Option<(bool, u32, &str, &Sled, Resources)> = None;
-    let empty = Usage::default();
     for sled in sleds {
         let name = sled.name_any();
-        let Some(status) = sled.status.as_ref() else {
-            rejections.not_ready += 1;
-            continue;
+        let free = match eligibility(instance, sled, usage) {
+            Ok(free) => free,
+            Err(why) => {
+                rejections.count(&why);
+                continue;
+            }
         };
-        if !condition::is_true(&status.conditions, SledConditionType::Ready)
-            || sled.metadata.deletion_timestamp.is_some()
-        {
-            rejections.not_ready += 1;
-            continue;
-        }
-        if sled.spec.unschedulable {
-            rejections.cordoned += 1;
-            continue;
-        }
-        let labels = sled.labels();
-        if !instance
-            .spec
-            .sled_selector
-            .iter()
-            .all(|(k, v)| labels.get(k) == Some(v))
-        {
-            rejections.selector += 1;
-            continue;
-        }
-        let used = usage.get(&name).unwrap_or(&empty);
-        if let Some(group) = &instance.spec.anti_affinity_group
-            && used.groups.contains(group)
-        {
-            rejections.anti_affinity += 1;
-            continue;
-        }
-        let free = status.capacity.saturating_sub(&used.allocated);
-        if !want.fits_within(&free) {
-            rejections.capacity += 1;
-            continue;
-        }
         let preferred = avoid != Some(name.as_str());
         let candidate = (
             preferred,
@@ -377,7 +413,8 @@ mod tests {
     use std::sync::Arc;
 
     use corral_crds::{
-        ConditionStatus, InstanceSpec, Reason, SledSpec, SledStatus, condition::Condition,
+        ConditionStatus, InstanceSpec, Reason, SledConditionType, SledSpec, SledStatus,
+        condition::Condition,
     };
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 

@@ -47,19 +47,18 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use corral_client::events::Recorder;
-use corral_crds::{
-    Instance, Reason, Sled, SledConditionType, VpcRoutes, VpcRoutesSpec, VpcRoutesStatus, condition,
-};
+use corral_crds::{Instance, Reason, Sled, VpcRoutes, VpcRoutesSpec, VpcRoutesStatus};
 use futures::{StreamExt, TryStreamExt};
+use kube::ResourceExt;
 use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Resource, ResourceExt};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::Error;
+use crate::expectations::resource_version;
 
 /// How long the worker waits after the first change for the rest of a burst.
 pub const COALESCE: Duration = Duration::from_millis(5);
@@ -116,15 +115,6 @@ fn vpcs_of(instance: &Instance) -> BTreeSet<String> {
         .iter()
         .map(|nic| nic.vpc.clone())
         .collect()
-}
-
-fn resource_version(object: &impl Resource) -> u64 {
-    object
-        .meta()
-        .resource_version
-        .as_deref()
-        .and_then(|rv| rv.parse().ok())
-        .unwrap_or(0)
 }
 
 /// Shared by the taps and the worker.
@@ -512,13 +502,6 @@ async fn reconcile(vpc: &str, context: &Context) -> Result<Outcome, Error> {
     Ok(outcome)
 }
 
-/// Whether a Sled counts for `applied`: its agent reports `Ready=True`.
-fn is_ready(sled: &Sled) -> bool {
-    sled.status
-        .as_ref()
-        .is_some_and(|s| condition::is_true(&s.conditions, SledConditionType::Ready))
-}
-
 /// The generation of `vpc` that `sled` acknowledged, if any.
 pub fn acknowledged(sled: &Sled, vpc: &str) -> Option<i64> {
     sled.status
@@ -534,7 +517,7 @@ pub fn acknowledged(sled: &Sled, vpc: &str) -> Option<i64> {
 pub fn converged_at(vpc: &str, generation: i64, sleds: &[Arc<Sled>]) -> bool {
     sleds
         .iter()
-        .filter(|sled| is_ready(sled))
+        .filter(|sled| sled.is_ready())
         .all(|sled| acknowledged(sled, vpc).is_some_and(|g| g >= generation))
 }
 
@@ -542,7 +525,7 @@ pub fn converged_at(vpc: &str, generation: i64, sleds: &[Arc<Sled>]) -> bool {
 pub fn status_of(routes: &VpcRoutes, sleds: &[Arc<Sled>]) -> VpcRoutesStatus {
     let generation = routes.metadata.generation.unwrap_or(0);
     let vpc = routes.name_any();
-    let ready: Vec<&Arc<Sled>> = sleds.iter().filter(|sled| is_ready(sled)).collect();
+    let ready: Vec<&Arc<Sled>> = sleds.iter().filter(|sled| sled.is_ready()).collect();
     let applied = ready
         .iter()
         .filter(|sled| acknowledged(sled, &vpc).is_some_and(|g| g >= generation))

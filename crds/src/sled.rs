@@ -99,6 +99,15 @@ string_enum! {
     }
 }
 
+impl Sled {
+    /// Whether its agent reports `Ready=True`.
+    pub fn is_ready(&self) -> bool {
+        self.status.as_ref().is_some_and(|status| {
+            crate::condition::is_true(&status.conditions, SledConditionType::Ready)
+        })
+    }
+}
+
 /// What the node-agent observes of its sled. Written only by the sled's node-agent.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]

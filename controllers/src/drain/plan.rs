@@ -33,13 +33,13 @@ use std::time::Duration;
 use corral_crds::drain::Drain;
 use corral_crds::{
     DrainItem, DrainItemState, DrainPhase, DrainStatus, EvictionStrategy, Instance, InstanceState,
-    Migration, MigrationPhase, Reason, Sled, SledConditionType, condition,
+    Migration, MigrationPhase, Reason, Sled,
 };
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
 
-use crate::scheduler::{self, Usage};
+use crate::scheduler::{self, Ineligible, Usage};
 
 /// Moves of one instance tried before its item is `Failed`.
 pub const MAX_ATTEMPTS: u32 = 3;
@@ -345,41 +345,21 @@ fn reserve(usage: &mut HashMap<String, Usage>, sled: &str, instance: &Instance) 
 /// Why `sled` cannot take `instance`, in words, or `None` if it can.
 pub fn why_not(instance: &Instance, sled: &Sled, usage: &HashMap<String, Usage>) -> Option<String> {
     let name = sled.name_any();
-    let Some(status) = sled.status.as_ref() else {
-        return Some(format!("{name} is not Ready"));
-    };
-    if !condition::is_true(&status.conditions, SledConditionType::Ready)
-        || sled.metadata.deletion_timestamp.is_some()
-    {
-        return Some(format!("{name} is not Ready"));
-    }
-    if sled.spec.unschedulable {
-        return Some(format!("{name} is cordoned"));
-    }
-    let labels = sled.labels();
-    if !instance
-        .spec
-        .sled_selector
-        .iter()
-        .all(|(k, v)| labels.get(k) == Some(v))
-    {
-        return Some(format!("{name} does not match its sledSelector"));
-    }
-    let empty = Usage::default();
-    let used = usage.get(&name).unwrap_or(&empty);
-    if let Some(group) = &instance.spec.anti_affinity_group
-        && used.groups.contains(group)
-    {
-        return Some(format!("{name} already runs anti-affinity group {group}"));
-    }
-    let free = status.capacity.saturating_sub(&used.allocated);
-    if !instance.spec.resources().fits_within(&free) {
-        return Some(format!(
-            "{name} has {} CPUs, {} MiB free",
-            free.cpus, free.memory_mib
-        ));
-    }
-    None
+    let why = scheduler::eligibility(instance, sled, usage).err()?;
+    Some(match why {
+        Ineligible::NotReady => format!("{name} is not Ready"),
+        Ineligible::Cordoned => format!("{name} is cordoned"),
+        Ineligible::Selector => format!("{name} does not match its sledSelector"),
+        Ineligible::AntiAffinity(group) => {
+            format!("{name} already runs anti-affinity group {group}")
+        }
+        Ineligible::Capacity { free } => {
+            format!(
+                "{name} has {} CPUs, {} MiB free",
+                free.cpus, free.memory_mib
+            )
+        }
+    })
 }
 
 /// Chooses a target for `instance` among the sleds other than the drained one (the scheduler's

@@ -4,6 +4,7 @@ use corral_crds::{
 };
 
 use super::*;
+use corral_crds::SledConditionType;
 
 fn now() -> Timestamp {
     Timestamp::from_second(1_800_000_000).unwrap()

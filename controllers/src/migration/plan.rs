@@ -25,8 +25,7 @@ use std::time::Duration;
 use corral_crds::migration::{MIB, predict};
 use corral_crds::{
     Instance, InstanceState, Migration, MigrationAbort, MigrationPhase, MigrationStatus, Reason,
-    Sled, SledConditionType, TransferProgress, Vmm, VmmMigrationPhase, VmmState, VpcRoutes,
-    condition,
+    Sled, TransferProgress, Vmm, VmmMigrationPhase, VmmState, VpcRoutes,
 };
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -197,12 +196,6 @@ fn sled<'a>(observed: &Observed<'a>, name: &str) -> Option<&'a Sled> {
         .iter()
         .find(|s| s.name_any() == name)
         .map(|s| s.as_ref())
-}
-
-fn is_ready(sled: &Sled) -> bool {
-    sled.status
-        .as_ref()
-        .is_some_and(|s| condition::is_true(&s.conditions, SledConditionType::Ready))
 }
 
 /// Refuse, wait, or admit.
@@ -568,7 +561,7 @@ fn abort_reason(
         .into_iter()
         .flatten()
     {
-        if !sled(observed, sled_name).is_some_and(is_ready) {
+        if !sled(observed, sled_name).is_some_and(Sled::is_ready) {
             return Some((
                 Reason::SledNotReady,
                 format!("sled {sled_name} is not Ready"),

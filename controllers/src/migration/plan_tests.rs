@@ -7,6 +7,7 @@ use corral_crds::{
 };
 
 use super::*;
+use corral_crds::{SledConditionType, condition};
 
 const GBIT10: u64 = 1_250_000_000;
 

@@ -15,10 +15,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use corral_crds::condition;
 use corral_crds::{
     Instance, InstanceSpec, InstanceState, Migration, MigrationPhase, MigrationSpec, Nic, Sled,
-    SledConditionType, VpcRoutes,
+    VpcRoutes,
 };
 use futures::StreamExt;
 use kube::ResourceExt;
@@ -123,13 +122,8 @@ impl View {
             }
             Seen::Sled(sled) => {
                 let name = sled.name_any();
-                let status = sled.status.unwrap_or_default();
-                if condition::is_true(&status.conditions, SledConditionType::Ready) {
-                    let acked = status
-                        .v2p
-                        .iter()
-                        .find(|a| a.vpc == VPC)
-                        .map_or(0, |a| a.generation);
+                if sled.is_ready() {
+                    let acked = corral_controllers::v2p::acknowledged(&sled, VPC).unwrap_or(0);
                     self.acks.insert(name, acked);
                 } else {
                     self.acks.remove(&name);
