@@ -352,6 +352,38 @@ impl SimHypervisor {
         Ok(())
     }
 
+    /// Adds a VMM in `state` if it fits the free capacity; an existing id changes nothing.
+    fn add(
+        &self,
+        launch: &VmmLaunch,
+        state: VmmRunState,
+        settles_at: Option<Instant>,
+    ) -> Result<(), HypervisorError> {
+        let mut machine = self.powered()?;
+        if machine.vmms.contains_key(&launch.id) {
+            return Ok(());
+        }
+        let free = self.free(&machine);
+        if !launch.resources.fits_within(&free) {
+            return Err(HypervisorError::NoCapacity {
+                id: launch.id.clone(),
+                needed: launch.resources,
+                free,
+            });
+        }
+        machine.vmms.insert(
+            launch.id.clone(),
+            SimVmm {
+                launch: launch.clone(),
+                state,
+                responsive: true,
+                settles_at,
+                dirty_rate: None,
+            },
+        );
+        self.persist(&machine)
+    }
+
     fn lock(&self) -> MutexGuard<'_, Machine> {
         self.machine.lock().expect("machine lock")
     }
@@ -428,29 +460,8 @@ impl Hypervisor for SimHypervisor {
     }
 
     async fn create(&self, launch: &VmmLaunch) -> Result<(), HypervisorError> {
-        let mut machine = self.powered()?;
-        if machine.vmms.contains_key(&launch.id) {
-            return Ok(());
-        }
-        let free = self.free(&machine);
-        if !launch.resources.fits_within(&free) {
-            return Err(HypervisorError::NoCapacity {
-                id: launch.id.clone(),
-                needed: launch.resources,
-                free,
-            });
-        }
-        machine.vmms.insert(
-            launch.id.clone(),
-            SimVmm {
-                launch: launch.clone(),
-                state: VmmRunState::Starting,
-                responsive: true,
-                settles_at: Some(Instant::now() + self.timing.boot_time),
-                dirty_rate: None,
-            },
-        );
-        self.persist(&machine)
+        let boots_until = Instant::now() + self.timing.boot_time;
+        self.add(launch, VmmRunState::Starting, Some(boots_until))
     }
 
     async fn stop(&self, id: &VmmId) -> Result<(), HypervisorError> {
@@ -527,29 +538,7 @@ impl Hypervisor for SimHypervisor {
     }
 
     async fn create_receiving(&self, launch: &VmmLaunch) -> Result<(), HypervisorError> {
-        let mut machine = self.powered()?;
-        if machine.vmms.contains_key(&launch.id) {
-            return Ok(());
-        }
-        let free = self.free(&machine);
-        if !launch.resources.fits_within(&free) {
-            return Err(HypervisorError::NoCapacity {
-                id: launch.id.clone(),
-                needed: launch.resources,
-                free,
-            });
-        }
-        machine.vmms.insert(
-            launch.id.clone(),
-            SimVmm {
-                launch: launch.clone(),
-                state: VmmRunState::Receiving,
-                responsive: true,
-                settles_at: None,
-                dirty_rate: None,
-            },
-        );
-        self.persist(&machine)
+        self.add(launch, VmmRunState::Receiving, None)
     }
 
     async fn pause(&self, id: &VmmId) -> Result<(), HypervisorError> {

@@ -211,28 +211,31 @@ impl SledReporter {
 
     /// Changes the wanted report; wakes the writer if anything differs.
     pub fn update(&self, change: impl FnOnce(&mut SledReport)) {
-        let mut wanted = self.wanted.lock().expect("report lock");
-        let mut report = wanted.1.clone();
-        change(&mut report);
-        if report != wanted.1 {
-            wanted.0 += 1;
-            wanted.1 = report;
+        if self.change(change) {
             self.changed.notify_one();
         }
     }
 
     /// Changes the wanted report and has it written without waiting for the debounce.
     pub fn update_now(&self, change: impl FnOnce(&mut SledReport)) {
-        let mut wanted = self.wanted.lock().expect("report lock");
-        let mut report = wanted.1.clone();
-        change(&mut report);
-        if report != wanted.1 {
-            wanted.0 += 1;
-            wanted.1 = report;
+        if self.change(change) {
             self.urgent.store(true, Ordering::Release);
             self.changed.notify_one();
             self.hurry.notify_one();
         }
+    }
+
+    /// Applies `change` to the wanted report; whether it changed anything.
+    fn change(&self, change: impl FnOnce(&mut SledReport)) -> bool {
+        let mut wanted = self.wanted.lock().expect("report lock");
+        let mut report = wanted.1.clone();
+        change(&mut report);
+        if report == wanted.1 {
+            return false;
+        }
+        wanted.0 += 1;
+        wanted.1 = report;
+        true
     }
 
     /// Waits (at most `bound`) until the report as it is now has been written.
