@@ -1,11 +1,13 @@
 //! What every Corral client shares — controllers, node-agents and `corralctl` alike: how to
 //! reach the API server ([`connect`]), the one clock ([`clock`]), Events ([`events`]), Leases
-//! for heartbeats and leader election ([`lease`]).
+//! for heartbeats and leader election ([`lease`]), and "already done is success"
+//! ([`idempotent`]).
 //!
 //! **Invariant:** talks to the API server only; never names the store.
 
 pub mod clock;
 pub mod events;
+pub mod idempotent;
 pub mod lease;
 
 use std::path::Path;
