@@ -134,6 +134,39 @@ impl InstanceSpec {
             memory_mib: self.memory_mib,
         }
     }
+
+    /// Whether an instance with this spec should run, given `status` (how it last ended and
+    /// which start request was handled): the one rule behind the instance controller's starts
+    /// and restarts, `corralctl diff` and the tests. A `startRequest` not yet handled asks for
+    /// a run under `RerunOnFailure` and `Manual`.
+    pub fn should_run(&self, status: &InstanceStatus) -> bool {
+        let new_start =
+            self.start_request.is_some() && self.start_request != status.handled_start_request;
+        match self.run_strategy {
+            RunStrategy::Halted => false,
+            RunStrategy::Always => true,
+            RunStrategy::RerunOnFailure => {
+                new_start
+                    || status
+                        .last_exit
+                        .as_ref()
+                        .is_none_or(|exit| exit.reason != Reason::GuestShutdown)
+            }
+            RunStrategy::Manual => new_start || status.last_exit.is_none(),
+        }
+    }
+}
+
+impl Instance {
+    /// Whether the instance should run now: it is not being deleted and its spec asks for it
+    /// given its status ([`InstanceSpec::should_run`]).
+    pub fn should_run(&self) -> bool {
+        self.metadata.deletion_timestamp.is_none()
+            && match &self.status {
+                Some(status) => self.spec.should_run(status),
+                None => self.spec.should_run(&InstanceStatus::default()),
+            }
+    }
 }
 
 string_enum! {

@@ -31,7 +31,7 @@ use corral_crds::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
 
-use super::plan::{Action, Place, PlaceRequest, Planner, Severity, should_run};
+use super::plan::{Action, Place, PlaceRequest, Planner, Severity};
 
 /// Starts an admitted migration, follows the one under way, or decides its outcome.
 pub(super) fn plan_migration(planner: &mut Planner<'_>, place: &mut Place<'_>) {
@@ -90,7 +90,7 @@ fn follow(planner: &mut Planner<'_>) {
             Reason::InstanceNotRunning,
             "the source VMM ended during the migration".to_string(),
         ))
-    } else if !should_run(observed.instance, &planner.status)
+    } else if !observed.instance.spec.should_run(&planner.status)
         || observed.instance.metadata.deletion_timestamp.is_some()
     {
         Some((

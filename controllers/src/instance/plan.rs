@@ -127,24 +127,6 @@ pub struct Observed<'a> {
     pub now: Timestamp,
 }
 
-/// Whether the instance should run when it has no active Vmm, by its runStrategy.
-pub fn should_run(instance: &Instance, status: &InstanceStatus) -> bool {
-    let new_start = instance.spec.start_request.is_some()
-        && instance.spec.start_request != status.handled_start_request;
-    match instance.spec.run_strategy {
-        RunStrategy::Halted => false,
-        RunStrategy::Always => true,
-        RunStrategy::RerunOnFailure => {
-            new_start
-                || status
-                    .last_exit
-                    .as_ref()
-                    .is_none_or(|exit| exit.reason != Reason::GuestShutdown)
-        }
-        RunStrategy::Manual => new_start || status.last_exit.is_none(),
-    }
-}
-
 /// The backoff before the next restart after `failures` failures in a row.
 pub fn backoff(failures: u32) -> Duration {
     let exponent = failures.saturating_sub(1).min(16);
@@ -289,7 +271,7 @@ fn plan_active(planner: &mut Planner<'_>) {
         return;
     };
     let active = observed.vmms.iter().find(|v| v.name_any() == name);
-    let should_run = should_run(observed.instance, &planner.status);
+    let should_run = observed.instance.spec.should_run(&planner.status);
     let Some(vmm) = active else {
         // Placement sets `Running` to `VmmPending`, and only a VMM seen booting changes it.
         let never_seen = condition::find(&planner.status.conditions, Cond::Running)
@@ -471,7 +453,7 @@ fn record_exit(planner: &mut Planner<'_>, reason: Reason, name: &str) {
 fn plan_start(planner: &mut Planner<'_>, place: &mut Place<'_>) {
     let observed = planner.observed;
     let instance = observed.instance;
-    if !should_run(instance, &planner.status) {
+    if !instance.spec.should_run(&planner.status) {
         let failed = planner
             .status
             .last_exit
@@ -699,7 +681,7 @@ fn repair_divergence(planner: &mut Planner<'_>) {
             .as_ref()
             .is_some_and(|exit| is_divergence(exit.reason));
     let resting =
-        planner.status.active_vmm.is_none() && !should_run(instance, &planner.status) && chosen;
+        planner.status.active_vmm.is_none() && !instance.spec.should_run(&planner.status) && chosen;
     if !running && !resting {
         return;
     }
@@ -1232,6 +1214,6 @@ mod tests {
             sled: None,
             at: Time(now()),
         });
-        assert!(!should_run(&again, again.status.as_ref().unwrap()));
+        assert!(!again.spec.should_run(again.status.as_ref().unwrap()));
     }
 }
