@@ -7,8 +7,9 @@
 //! `Drain`, label [`DRAIN_LABEL`] = the drain's name, an ownerReference to the Drain) at most
 //! `maxParallel` at a time, retries a failed move with a fresh target up to
 //! [`plan::MAX_ATTEMPTS`] times, and completes when the sled's node-agent reports no VMM.
-//! docs/migration.md, "Drains", is the user's view; the decisions are [`plan::plan`]'s, and
-//! this file wires the watches and executes plans.
+//! docs/migration.md, "Drains", is the user's view; the decisions are [`plan::plan`]'s, this
+//! file wires the watches and carries out the drain's own actions, and the kit (`crate::kit`)
+//! runs the rest.
 //!
 //! Reads Drains (primary), Migrations labelled with a drain, Instances and Sleds (caches).
 //! Writes `Drain.status` (it alone), `Sled.spec.unschedulable` (cordon, never uncordon),
@@ -33,91 +34,83 @@
 //! - Moving a guest (the migration controller, the instance controller and the node-agents:
 //!   docs/migration.md, "The protocol"); uncordoning (`corralctl uncordon`).
 
+mod placement;
 pub mod plan;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 
-use corral_client::events::Recorder;
+use corral_client::events::EventType;
 use corral_crds::drain::Drain;
 use corral_crds::{
-    DRAIN_LABEL, DrainPhase, Instance, Migration, MigrationReason, MigrationSpec, Reason, Sled,
+    DRAIN_LABEL, DrainPhase, DrainStatus, Instance, Migration, MigrationReason, MigrationSpec,
+    Reason, Sled,
 };
-use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::{Api, Patch, PatchParams, PostParams};
-use kube::runtime::controller::{Action as Requeue, Controller};
-use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 use tokio_util::sync::CancellationToken;
 
-use crate::error::Error;
+use crate::kit::{Apply, Board, Cache, Caches, Controller, Effects, Error, Reconciled, Reconciler};
+use plan::{Action, Observed};
 
-use plan::{Action, Observed, Severity};
-
-/// Shared by every reconcile.
-pub struct Context {
-    client: kube::Client,
-    sleds: Store<Sled>,
-    instances: Store<Instance>,
-    migrations: Store<Migration>,
-    sleds_synced: AtomicBool,
-    instances_synced: AtomicBool,
-    migrations_synced: AtomicBool,
-    /// The controller's own cache of Drains (set once the controller is built).
-    drains: std::sync::OnceLock<Store<Drain>>,
-    recorder: Recorder,
+/// The drain controller's state beside its caches.
+pub struct DrainController {
+    effects: Effects,
+    drains: Cache<Drain>,
+    sleds: Cache<Sled>,
+    instances: Cache<Instance>,
+    migrations: Cache<Migration>,
 }
 
-impl Context {
-    fn synced(&self) -> bool {
-        self.sleds_synced.load(Ordering::Acquire)
-            && self.instances_synced.load(Ordering::Acquire)
-            && self.migrations_synced.load(Ordering::Acquire)
-    }
-}
-
-/// A watch of `K` into `writer` that sets `synced` once it has listed.
-fn reflected<K>(
-    api: Api<K>,
-    config: watcher::Config,
-    writer: reflector::store::Writer<K>,
-    context: Arc<Context>,
-    synced: fn(&Context) -> &AtomicBool,
-) -> impl futures::Stream<Item = Result<K, watcher::Error>>
-where
-    K: Resource<DynamicType = ()>
-        + Clone
-        + std::fmt::Debug
-        + serde::de::DeserializeOwned
-        + Send
-        + Sync
-        + 'static,
-{
-    watcher(api, config)
-        .default_backoff()
-        .reflect(writer)
-        .map_ok(move |event| {
-            if matches!(event, watcher::Event::InitDone) {
-                synced(&context).store(true, Ordering::Release);
-            }
-            event
+/// Runs the controller until `stop` fires; returns when every reconcile has finished.
+pub async fn controller(client: kube::Client, board: Board, stop: CancellationToken) {
+    let mut caches = Caches::new(client.clone());
+    let drains = caches.primary::<Drain>(watcher::Config::default());
+    let sleds = caches.watch::<Sled>(watcher::Config::default());
+    let instances = caches.watch::<Instance>(watcher::Config::default());
+    let migrations = caches.watch::<Migration>(watcher::Config::default().labels(DRAIN_LABEL));
+    let reconciler = DrainController {
+        effects: Effects::new(client, "drain-controller"),
+        drains: drains.cache(),
+        sleds: sleds.cache(),
+        instances: instances.cache(),
+        migrations: migrations.cache(),
+    };
+    let for_sled = reconciler.drains.clone();
+    let for_instance = reconciler.drains.clone();
+    let readiness = caches.readiness();
+    Controller::<DrainController>::new(drains, &board)
+        .watches(sleds, move |sled: Sled| {
+            drains_touching(&for_sled, Some(&sled.name_any()), None)
         })
-        .touched_objects()
+        .watches(instances, move |instance: Instance| {
+            let namespace = instance.namespace().unwrap_or_default();
+            let sled = instance.status.as_ref().and_then(|s| s.sled.clone());
+            drains_touching(
+                &for_instance,
+                sled.as_deref(),
+                Some((&namespace, &instance.name_any())),
+            )
+        })
+        .watches(migrations, |migration: Migration| {
+            migration
+                .labels()
+                .get(DRAIN_LABEL)
+                .map(|drain| ObjectRef::new(drain))
+        })
+        .run(reconciler, readiness, 0, stop)
+        .await;
 }
 
 /// The running drains that may care about `sled` or the instance `namespace/name`.
 fn drains_touching(
-    drains: &Store<Drain>,
+    drains: &Cache<Drain>,
     sled: Option<&str>,
     instance: Option<(&str, &str)>,
 ) -> Vec<ObjectRef<Drain>> {
     drains
-        .state()
-        .iter()
         .filter(|drain| {
             let phase = drain.status.as_ref().and_then(|s| s.phase);
             if phase.is_some_and(DrainPhase::is_final) {
@@ -132,116 +125,9 @@ fn drains_touching(
                         .any(|item| item.namespace == namespace && item.instance == name)
                 })
         })
+        .iter()
         .map(|drain| ObjectRef::from_obj(drain.as_ref()))
         .collect()
-}
-
-/// Runs the controller until `stop` fires; returns when every reconcile has finished.
-pub async fn controller(client: kube::Client, stop: CancellationToken) {
-    let (sled_reader, sled_writer) = reflector::store::<Sled>();
-    let (instance_reader, instance_writer) = reflector::store::<Instance>();
-    let (migration_reader, migration_writer) = reflector::store::<Migration>();
-    let context = Arc::new(Context {
-        client: client.clone(),
-        sleds: sled_reader,
-        instances: instance_reader,
-        migrations: migration_reader,
-        sleds_synced: AtomicBool::new(false),
-        instances_synced: AtomicBool::new(false),
-        migrations_synced: AtomicBool::new(false),
-        drains: std::sync::OnceLock::new(),
-        recorder: Recorder::new(client.clone(), "drain-controller"),
-    });
-    let controller = Controller::new(
-        Api::<Drain>::all(client.clone()),
-        watcher::Config::default(),
-    );
-    let drains = controller.store();
-    let _ = context.drains.set(drains.clone());
-
-    let sled_events = reflected(
-        Api::<Sled>::all(client.clone()),
-        watcher::Config::default(),
-        sled_writer,
-        context.clone(),
-        |c| &c.sleds_synced,
-    );
-    let instance_events = reflected(
-        Api::<Instance>::all(client.clone()),
-        watcher::Config::default(),
-        instance_writer,
-        context.clone(),
-        |c| &c.instances_synced,
-    );
-    let migration_events = reflected(
-        Api::<Migration>::all(client.clone()),
-        watcher::Config::default().labels(DRAIN_LABEL),
-        migration_writer,
-        context.clone(),
-        |c| &c.migrations_synced,
-    );
-    let for_sled = drains.clone();
-    let for_instance = drains.clone();
-    controller
-        .watches_stream(sled_events, move |sled: Sled| {
-            drains_touching(&for_sled, Some(&sled.name_any()), None)
-        })
-        .watches_stream(instance_events, move |instance: Instance| {
-            let namespace = instance.namespace().unwrap_or_default();
-            let sled = instance.status.as_ref().and_then(|s| s.sled.clone());
-            drains_touching(
-                &for_instance,
-                sled.as_deref(),
-                Some((&namespace, &instance.name_any())),
-            )
-        })
-        .watches_stream(migration_events, |migration: Migration| {
-            migration
-                .labels()
-                .get(DRAIN_LABEL)
-                .map(|drain| ObjectRef::new(drain))
-        })
-        .graceful_shutdown_on(async move { stop.cancelled().await })
-        .run(reconcile, error_policy, context)
-        .for_each(|result| async move {
-            if let Err(error) = result {
-                tracing::debug!(%error, "drain reconcile");
-            }
-        })
-        .await;
-}
-
-async fn reconcile(drain: Arc<Drain>, context: Arc<Context>) -> Result<Requeue, Error> {
-    if !context.synced() {
-        return Ok(Requeue::requeue(Duration::from_millis(200)));
-    }
-    let name = drain.name_any();
-    let sleds = context.sleds.state();
-    let instances = context.instances.state();
-    let migrations: Vec<Arc<Migration>> = context
-        .migrations
-        .state()
-        .into_iter()
-        .filter(|m| m.labels().get(DRAIN_LABEL) == Some(&name))
-        .collect();
-    let earlier_drain = context
-        .drains
-        .get()
-        .and_then(|drains| earlier_drain(&drain, &drains.state()));
-    let observed = Observed {
-        drain: &drain,
-        sleds: &sleds,
-        instances: &instances,
-        migrations: &migrations,
-        earlier_drain,
-        now: corral_client::clock::now(),
-    };
-    let plan = plan::plan(&observed);
-    execute(&drain, &plan, &context).await?;
-    Ok(match plan.requeue {
-        Some(after) => Requeue::requeue(after),
-        None => Requeue::await_change(),
-    })
 }
 
 /// Another running drain of `drain`'s sled created before it (by creation time, then name).
@@ -264,108 +150,84 @@ fn earlier_drain(drain: &Drain, drains: &[Arc<Drain>]) -> Option<String> {
         .next()
 }
 
-fn error_policy(_drain: Arc<Drain>, error: &Error, _context: Arc<Context>) -> Requeue {
-    crate::error::requeue(error, "drain")
-}
+impl Apply for DrainController {
+    type Object = Drain;
+    type Status = DrainStatus;
+    type Action = Action;
 
-/// Executes a plan in order; Events go last, so that they never delay the work they report.
-async fn execute(drain: &Drain, plan: &plan::Plan, context: &Context) -> Result<(), Error> {
-    let client = &context.client;
-    let name = drain.name_any();
-    let mut current = drain.clone();
-    for action in &plan.actions {
+    const NAME: &'static str = "drain";
+
+    fn effects(&self) -> &Effects {
+        &self.effects
+    }
+
+    fn with_status(object: &Drain, status: &DrainStatus) -> Drain {
+        Drain {
+            status: Some(status.clone()),
+            ..object.clone()
+        }
+    }
+
+    fn status_of(object: &Drain) -> Option<DrainStatus> {
+        object.status.clone()
+    }
+
+    fn phase(status: &DrainStatus) -> Option<String> {
+        status.phase.map(|p| p.to_string())
+    }
+
+    async fn apply(&self, action: &Action, drain: &Drain) -> Result<Option<Drain>, Error> {
         match action {
             Action::Cordon { sled } => {
-                let api: Api<Sled> = Api::all(client.clone());
                 let patch = serde_json::json!({"spec": {"unschedulable": true}});
-                let cordoned = api
-                    .patch(sled, &PatchParams::default(), &Patch::Merge(&patch))
-                    .await
-                    .map_err(|source| Error::Api {
-                        operation: "cordoning sled",
-                        object: sled.clone(),
-                        source,
-                    })?;
-                context
-                    .recorder
-                    .normal(
-                        &cordoned,
-                        Reason::Cordoned,
-                        format!("cordoned by drain {name}"),
-                    )
-                    .await;
-            }
-            Action::WriteStatus => {
-                let api: Api<Drain> = Api::all(client.clone());
-                let mut updated = current.clone();
-                updated.status = Some(plan.status.clone());
-                current = api
-                    .replace_status(&name, &PostParams::default(), &updated)
-                    .await
-                    .map_err(|source| Error::Api {
-                        operation: "writing the status of drain",
-                        object: name.clone(),
-                        source,
-                    })?;
+                // The Event records the cordon itself, so it goes as soon as the cordon is done.
+                if let Some(cordoned) = self.effects.patch::<Sled>(None, sled, &patch).await? {
+                    let reference = corral_client::events::reference(&cordoned);
+                    let message = format!("cordoned by drain {}", drain.name_any());
+                    self.effects
+                        .record_about(reference, EventType::Normal, Reason::Cordoned, message)
+                        .await;
+                }
             }
             Action::CreateMigration {
                 namespace,
-                name: migration,
+                name,
                 instance,
                 target_sled,
             } => {
-                let api: Api<Migration> = Api::namespaced(client.clone(), namespace);
-                let object = build_migration(&current, namespace, migration, instance, target_sled);
-                match api.create(&PostParams::default(), &object).await {
-                    Ok(_) => {}
-                    Err(kube::Error::Api(status)) if status.code == 409 => {}
-                    Err(source) => {
-                        return Err(Error::Api {
-                            operation: "creating migration",
-                            object: format!("{namespace}/{migration}"),
-                            source,
-                        });
-                    }
-                }
+                let migration = build_migration(drain, namespace, name, instance, target_sled);
+                self.effects.create(&migration).await?;
             }
-            Action::CancelMigration {
-                namespace,
-                name: migration,
-            } => {
-                let api: Api<Migration> = Api::namespaced(client.clone(), namespace);
+            Action::CancelMigration { namespace, name } => {
                 let patch = serde_json::json!({"spec": {"cancel": true}});
-                match api
-                    .patch(migration, &PatchParams::default(), &Patch::Merge(&patch))
-                    .await
-                {
-                    Ok(_) => {}
-                    Err(kube::Error::Api(status)) if status.code == 404 => {}
-                    Err(source) => {
-                        return Err(Error::Api {
-                            operation: "cancelling migration",
-                            object: format!("{namespace}/{migration}"),
-                            source,
-                        });
-                    }
-                }
-            }
-            Action::Event { .. } => {}
-        }
-    }
-    for action in &plan.actions {
-        if let Action::Event {
-            severity,
-            reason,
-            message,
-        } = action
-        {
-            match severity {
-                Severity::Normal => context.recorder.normal(&current, *reason, message).await,
-                Severity::Warning => context.recorder.warning(&current, *reason, message).await,
+                self.effects
+                    .patch::<Migration>(Some(namespace), name, &patch)
+                    .await?;
             }
         }
+        Ok(None)
     }
-    Ok(())
+}
+
+impl Reconciler for DrainController {
+    async fn reconcile(&self, drain: Arc<Drain>) -> Result<Reconciled<DrainStatus, Action>, Error> {
+        let name = drain.name_any();
+        let sleds = self.sleds.all();
+        let instances = self.instances.all();
+        let migrations = self
+            .migrations
+            .filter(|m| m.labels().get(DRAIN_LABEL) == Some(&name));
+        let earlier_drain = earlier_drain(&drain, &self.drains.all());
+        let observed = Observed {
+            drain: &drain,
+            sleds: &sleds,
+            instances: &instances,
+            migrations: &migrations,
+            earlier_drain,
+            now: corral_client::clock::now(),
+        };
+        Ok(Reconciled::Plan(plan::plan(&observed)))
+    }
 }
 
 /// The Migration that moves `instance` for `drain`.

@@ -6,49 +6,51 @@
 //! Migrations (a Migration wakes its Instance: the controller starts admitted migrations and
 //! decides their outcome, docs/migration.md). Writes `Instance.status` (it alone), the instance
 //! finalizer, Vmms (create, delete, `spec.rebootRequest`) and Events. The decisions are
-//! [`plan::plan`]'s; this file wires the watches and executes plans.
+//! [`plan::plan`]'s; this file wires the watches, observes, and carries out the controller's
+//! own actions; the kit (`crate::kit`) runs the rest: readiness (nothing is placed until the
+//! Vmm, Sled and Migration caches listed: the ledger would be empty), the expectations (never
+//! planning from a cached Instance older than its own last write), execution and outcomes.
 //!
 //! # Invariants
-//! - Never plans from a cached Instance older than its own last write to it (the
-//!   *expectations*: resourceVersions in Corral are one increasing integer, docs/rack.md).
-//! - Places nothing until the Vmm and Sled caches have listed once (the ledger would be empty).
+//! - Never acts on a Vmm's or a Migration's absence from its cache without a live read (a
+//!   restart elsewhere while the Vmm runs would run the instance twice).
+//! - A placement whose Vmm was never created holds no capacity: a plan that fails before its
+//!   create releases its reservation.
 //! # Assumptions
 //! - Only the leader runs this (see `lib.rs`); each step is idempotent and a reconcile may stop
 //!   at any `.await`: the next one re-plans from what was written.
 
 mod migrate;
 pub mod plan;
+mod planning;
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use corral_client::events::Recorder;
 use corral_crds::{
-    INSTANCE_FINALIZER, INSTANCE_LABEL, Instance, MigrateFrom, Migration, Reason, Sled,
+    INSTANCE_FINALIZER, INSTANCE_LABEL, Instance, InstanceStatus, MigrateFrom, Migration, Sled,
     VMM_FINALIZER, Vmm, VmmSpec,
 };
-use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
-use kube::runtime::controller::{Action as Requeue, Controller};
-use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::error::Error;
-
-use crate::expectations::Expectations;
+use crate::kit::{
+    Apply, Board, Cache, Caches, Controller, Effects, Error, Reconciled, Reconciler, Wait,
+};
 use crate::scheduler::{ANTI_AFFINITY_LABEL, Ledger};
-use plan::{Action, Observed, PlaceRequest, Severity};
+pub use planning::{Action, Observed, PlaceRequest, Plan};
 
 /// How long a created Vmm may take to show up in the cache before it counts as missing.
 const IN_FLIGHT_TTL: Duration = Duration::from_secs(30);
 /// Even with nothing happening, every Instance is looked at this often.
 const RESYNC: Duration = Duration::from_secs(300);
+/// How soon an instance whose cache is behind a live read is looked at again.
+const CACHE_BEHIND_RETRY: Duration = Duration::from_millis(200);
 
 /// The Vmms of each instance (`namespace/instance` → Vmm names), fed by the Vmm watch.
 #[derive(Default)]
@@ -110,25 +112,18 @@ impl VmmIndex {
     }
 }
 
-/// Shared by every reconcile.
-pub struct Context {
-    client: kube::Client,
-    vmms: Store<Vmm>,
-    sleds: Store<Sled>,
-    migrations: Store<Migration>,
+/// What the controller knows of Vmms beyond its cache, fed by the Vmm watch: the allocation
+/// ledger, the Vmms of each instance, and the Vmms it created that the cache has not shown.
+struct VmmBook {
+    vmms: Cache<Vmm>,
     ledger: Ledger,
     index: VmmIndex,
-    expectations: Expectations,
     /// `namespace/vmm` → when this controller created it (until the cache shows it).
     in_flight: std::sync::Mutex<HashMap<String, Instant>>,
-    vmms_synced: AtomicBool,
-    sleds_synced: AtomicBool,
-    migrations_synced: AtomicBool,
-    recorder: Recorder,
 }
 
-impl Context {
-    fn observe_vmm(&self, event: &watcher::Event<Vmm>) {
+impl VmmBook {
+    fn observe(&self, event: &watcher::Event<Vmm>) {
         self.ledger.observe(event);
         self.index.observe(event);
         match event {
@@ -143,11 +138,8 @@ impl Context {
                     .expect("in-flight lock")
                     .retain(|key, _| {
                         let (namespace, name) = key.split_once('/').unwrap_or_default();
-                        self.vmms
-                            .get(&ObjectRef::new(name).within(namespace))
-                            .is_none()
+                        self.vmms.get_in(namespace, name).is_none()
                     });
-                self.vmms_synced.store(true, Ordering::Release);
             }
             _ => {}
         }
@@ -158,18 +150,7 @@ impl Context {
         self.index
             .names(&namespace, &instance.name_any())
             .into_iter()
-            .filter_map(|name| self.vmms.get(&ObjectRef::new(&name).within(&namespace)))
-            .collect()
-    }
-
-    /// The Migrations of `instance`, from the cache.
-    fn migrations_of(&self, instance: &Instance) -> Vec<Arc<Migration>> {
-        let namespace = instance.namespace().unwrap_or_default();
-        let name = instance.name_any();
-        self.migrations
-            .state()
-            .into_iter()
-            .filter(|m| m.spec.instance == name && m.namespace().as_deref() == Some(&namespace))
+            .filter_map(|name| self.vmms.get_in(&namespace, &name))
             .collect()
     }
 
@@ -178,177 +159,237 @@ impl Context {
         in_flight.retain(|_, at| at.elapsed() < IN_FLIGHT_TTL);
         in_flight.contains_key(&format!("{namespace}/{name}"))
     }
+
+    fn set_in_flight(&self, namespace: &str, name: &str, in_flight: bool) {
+        let mut map = self.in_flight.lock().expect("in-flight lock");
+        let key = format!("{namespace}/{name}");
+        if in_flight {
+            map.insert(key, Instant::now());
+        } else {
+            map.remove(&key);
+        }
+    }
+}
+
+/// The instance controller's state beside its caches.
+pub struct InstanceController {
+    effects: Effects,
+    book: Arc<VmmBook>,
+    sleds: Cache<Sled>,
+    migrations: Cache<Migration>,
 }
 
 /// Runs the controller until `stop` fires; returns when every reconcile has finished.
-pub async fn controller(client: kube::Client, concurrency: u16, stop: CancellationToken) {
-    let (vmm_reader, vmm_writer) = reflector::store::<Vmm>();
-    let (sled_reader, sled_writer) = reflector::store::<Sled>();
-    let (migration_reader, migration_writer) = reflector::store::<Migration>();
-    let context = Arc::new(Context {
-        client: client.clone(),
-        vmms: vmm_reader,
-        sleds: sled_reader,
-        migrations: migration_reader,
+pub async fn controller(
+    client: kube::Client,
+    concurrency: u16,
+    board: Board,
+    stop: CancellationToken,
+) {
+    let mut caches = Caches::new(client.clone());
+    let instances = caches.primary::<Instance>(watcher::Config::default());
+    let vmms = caches.watch::<Vmm>(watcher::Config::default());
+    let sleds = caches.watch::<Sled>(watcher::Config::default());
+    let migrations = caches.watch::<Migration>(watcher::Config::default());
+    let book = Arc::new(VmmBook {
+        vmms: vmms.cache(),
         ledger: Ledger::default(),
         index: VmmIndex::default(),
-        expectations: Default::default(),
         in_flight: Default::default(),
-        vmms_synced: AtomicBool::new(false),
-        sleds_synced: AtomicBool::new(false),
-        migrations_synced: AtomicBool::new(false),
-        recorder: Recorder::new(client.clone(), "instance-controller"),
     });
-    let tap = context.clone();
-    // The taps run after `reflect`, so that whatever they announce (a Vmm seen, a cache
-    // listed) is already in the store when a reconcile looks.
-    let vmm_events = watcher(Api::<Vmm>::all(client.clone()), watcher::Config::default())
-        .default_backoff()
-        .reflect(vmm_writer)
-        .map_ok(move |event| {
-            tap.observe_vmm(&event);
-            event
-        })
-        .touched_objects();
-    let tap = context.clone();
-    let sled_events = watcher(Api::<Sled>::all(client.clone()), watcher::Config::default())
-        .default_backoff()
-        .reflect(sled_writer)
-        .map_ok(move |event| {
-            if matches!(event, watcher::Event::InitDone) {
-                tap.sleds_synced.store(true, Ordering::Release);
-            }
-            event
-        })
-        .touched_objects();
-    let tap = context.clone();
-    let migration_events = watcher(
-        Api::<Migration>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .default_backoff()
-    .reflect(migration_writer)
-    .map_ok(move |event| {
-        if matches!(event, watcher::Event::InitDone) {
-            tap.migrations_synced.store(true, Ordering::Release);
-        }
-        event
-    })
-    .touched_objects();
-    let instances = Api::<Instance>::all(client);
-    Controller::new(instances, watcher::Config::default())
-        .owns_stream(vmm_events)
-        .watches_stream(sled_events, claimed_instances)
-        .watches_stream(migration_events, |migration: Migration| {
+    let tap = book.clone();
+    let vmms = vmms.tap(move |event| tap.observe(event));
+    let reconciler = InstanceController {
+        effects: Effects::new(client, "instance-controller"),
+        book,
+        sleds: sleds.cache(),
+        migrations: migrations.cache(),
+    };
+    let readiness = caches.readiness();
+    Controller::<InstanceController>::new(instances, &board)
+        .owns(vmms)
+        .watches(sleds, claimed_instances)
+        .watches(migrations, |migration: Migration| {
             let namespace = migration.namespace()?;
             Some(ObjectRef::new(&migration.spec.instance).within(&namespace))
         })
-        .with_config(kube::runtime::controller::Config::default().concurrency(concurrency))
-        .graceful_shutdown_on(async move { stop.cancelled().await })
-        .run(reconcile, error_policy, context)
-        .for_each(|result| async move {
-            if let Err(error) = result {
-                tracing::debug!(%error, "instance reconcile");
-            }
-        })
+        .run(reconciler, readiness, concurrency, stop)
         .await;
 }
 
-async fn reconcile(instance: Arc<Instance>, context: Arc<Context>) -> Result<Requeue, Error> {
-    if !context.vmms_synced.load(Ordering::Acquire)
-        || !context.sleds_synced.load(Ordering::Acquire)
-        || !context.migrations_synced.load(Ordering::Acquire)
-    {
-        return Ok(Requeue::requeue(Duration::from_millis(200)));
+impl InstanceController {
+    /// The Migrations of `instance`, from the cache.
+    fn migrations_of(&self, instance: &Instance) -> Vec<Arc<Migration>> {
+        let namespace = instance.namespace();
+        let name = instance.name_any();
+        self.migrations
+            .filter(|m| m.spec.instance == name && m.namespace() == namespace)
     }
-    if context.expectations.is_stale(instance.as_ref()) {
-        // Our own last write will arrive through the watch and wake us again.
-        return Ok(Requeue::await_change());
+
+    /// Whether the object the status names is missing from the cache but exists: then the
+    /// cache is behind, and nothing may be planned on its absence.
+    async fn cache_is_behind<K: crate::kit::effects::Object>(
+        &self,
+        namespace: &str,
+        named: Option<&String>,
+        cached: bool,
+    ) -> Result<bool, Error> {
+        let Some(name) = named else {
+            return Ok(false);
+        };
+        if cached {
+            return Ok(false);
+        }
+        let live = self.effects.read::<K>(Some(namespace), name).await?;
+        Ok(live.is_some())
     }
-    let namespace = instance.namespace().unwrap_or_default();
-    let vmms = context.vmms_of(&instance);
-    let active_in_flight = instance
-        .status
-        .as_ref()
-        .and_then(|s| s.active_vmm.as_ref())
-        .is_some_and(|name| context.is_in_flight(&namespace, name));
-    if let Some(active) = instance.status.as_ref().and_then(|s| s.active_vmm.as_ref())
-        && !active_in_flight
-        && !vmms.iter().any(|vmm| vmm.name_any() == *active)
-    {
+}
+
+impl Apply for InstanceController {
+    type Object = Instance;
+    type Status = InstanceStatus;
+    type Action = Action;
+
+    const NAME: &'static str = "instance";
+    const FINALIZER: Option<&'static str> = Some(INSTANCE_FINALIZER);
+
+    fn effects(&self) -> &Effects {
+        &self.effects
+    }
+
+    fn with_status(object: &Instance, status: &InstanceStatus) -> Instance {
+        Instance {
+            status: Some(status.clone()),
+            ..object.clone()
+        }
+    }
+
+    fn status_of(object: &Instance) -> Option<InstanceStatus> {
+        object.status.clone()
+    }
+
+    fn phase(status: &InstanceStatus) -> Option<String> {
+        status.state.map(|s| s.to_string())
+    }
+
+    async fn apply(&self, action: &Action, instance: &Instance) -> Result<Option<Instance>, Error> {
+        let namespace = instance.namespace().unwrap_or_default();
+        match action {
+            Action::CreateVmm {
+                name,
+                sled,
+                migrate_from,
+            } => {
+                let vmm = build_vmm(instance, name, sled, migrate_from.clone(), &self.sleds);
+                self.book.set_in_flight(&namespace, name, true);
+                if let Err(error) = self.effects.create(&vmm).await {
+                    self.book.set_in_flight(&namespace, name, false);
+                    return Err(error);
+                }
+            }
+            Action::DeleteVmm { name } => {
+                self.effects.delete::<Vmm>(Some(&namespace), name).await?;
+            }
+            Action::RebootVmm { name, request } => {
+                let patch = serde_json::json!({"spec": {"rebootRequest": request}});
+                self.effects
+                    .patch::<Vmm>(Some(&namespace), name, &patch)
+                    .await?;
+            }
+        }
+        Ok(None)
+    }
+}
+
+impl Reconciler for InstanceController {
+    const RESYNC: Option<Duration> = Some(RESYNC);
+
+    async fn reconcile(
+        &self,
+        instance: Arc<Instance>,
+    ) -> Result<Reconciled<InstanceStatus, Action>, Error> {
+        let namespace = instance.namespace().unwrap_or_default();
+        let status = instance.status.clone().unwrap_or_default();
+        let vmms = self.book.vmms_of(&instance);
+        let in_flight = |name: &Option<String>| {
+            name.as_ref()
+                .is_some_and(|name| self.book.is_in_flight(&namespace, name))
+        };
+        let active_in_flight = in_flight(&status.active_vmm);
+        let active_cached = vmms
+            .iter()
+            .any(|vmm| Some(vmm.name_any()) == status.active_vmm);
         // Absence from a cache proves nothing: read the Vmm before planning on its absence
         // (a restart elsewhere while it runs would run the instance twice).
-        let api: Api<Vmm> = Api::namespaced(context.client.clone(), &namespace);
-        let live = api.get_opt(active).await.map_err(|source| Error::Api {
-            operation: "reading vmm",
-            object: format!("{namespace}/{active}"),
-            source,
-        })?;
-        if live.is_some() {
-            return Ok(Requeue::requeue(Duration::from_millis(200)));
+        if self
+            .cache_is_behind::<Vmm>(
+                &namespace,
+                status.active_vmm.as_ref(),
+                active_in_flight || active_cached,
+            )
+            .await?
+        {
+            return Ok(Reconciled::Wait(
+                Wait::CacheBehind,
+                Some(CACHE_BEHIND_RETRY),
+            ));
         }
-    }
-    let status = instance.status.clone().unwrap_or_default();
-    let target_in_flight = status
-        .target_vmm
-        .as_ref()
-        .is_some_and(|name| context.is_in_flight(&namespace, name));
-    let migrations = context.migrations_of(&instance);
-    if let Some(name) = &status.migration
-        && !migrations.iter().any(|m| m.name_any() == *name)
-    {
+        let target_in_flight = in_flight(&status.target_vmm);
+        let migrations = self.migrations_of(&instance);
         // As for Vmms: read the Migration before planning on its absence (an abort).
-        let api: Api<Migration> = Api::namespaced(context.client.clone(), &namespace);
-        let live = api.get_opt(name).await.map_err(|source| Error::Api {
-            operation: "reading migration",
-            object: format!("{namespace}/{name}"),
-            source,
-        })?;
-        if live.is_some() {
-            return Ok(Requeue::requeue(Duration::from_millis(200)));
-        }
-    }
-    let sleds = context.sleds.state();
-    let unknown_vmms = claims_of(&sleds, &namespace, &instance.name_any());
-    let observed = Observed {
-        instance: &instance,
-        vmms: &vmms,
-        active_in_flight,
-        unknown_vmms,
-        migrations: &migrations,
-        target_in_flight,
-        now: corral_client::clock::now(),
-    };
-    let plan = plan::plan(&observed, &mut |request: &PlaceRequest<'_>| {
-        let candidates: Vec<Arc<Sled>> = sleds
+        let migration_cached = migrations
             .iter()
-            .filter(|sled| {
-                let name = sled.name_any();
-                request.only.is_none_or(|only| only == name)
-                    && request.exclude != Some(name.as_str())
-            })
-            .cloned()
-            .collect();
-        context
-            .ledger
-            .place(&instance, request.vmm, &candidates, request.avoid)
-    });
-    let result = execute(&instance, &plan, &context).await;
-    if result.is_err() {
+            .any(|m| Some(m.name_any()) == status.migration);
+        if self
+            .cache_is_behind::<Migration>(&namespace, status.migration.as_ref(), migration_cached)
+            .await?
+        {
+            return Ok(Reconciled::Wait(
+                Wait::CacheBehind,
+                Some(CACHE_BEHIND_RETRY),
+            ));
+        }
+        let sleds = self.sleds.all();
+        let observed = Observed {
+            instance: &instance,
+            vmms: &vmms,
+            active_in_flight,
+            unknown_vmms: claims_of(&sleds, &namespace, &instance.name_any()),
+            migrations: &migrations,
+            target_in_flight,
+            now: corral_client::clock::now(),
+        };
+        let planned = plan::plan(&observed, &mut |request: &PlaceRequest<'_>| {
+            let candidates: Vec<Arc<Sled>> = sleds
+                .iter()
+                .filter(|sled| {
+                    let name = sled.name_any();
+                    request.only.is_none_or(|only| only == name)
+                        && request.exclude != Some(name.as_str())
+                })
+                .cloned()
+                .collect();
+            self.book
+                .ledger
+                .place(&instance, request.vmm, &candidates, request.avoid)
+        });
+        Ok(Reconciled::Plan(planned))
+    }
+
+    fn cleanup(&self, instance: &Instance, plan: &Plan, executed: Result<(), &Error>) {
+        if executed.is_ok() {
+            return;
+        }
         // A placement whose status was never written must not hold capacity.
-        for action in &plan.actions {
+        let namespace = instance.namespace().unwrap_or_default();
+        for action in plan.actions() {
             if let Action::CreateVmm { name, .. } = action
-                && !context.is_in_flight(&namespace, name)
+                && !self.book.is_in_flight(&namespace, name)
             {
-                context.ledger.release(&namespace, name);
+                self.book.ledger.release(&namespace, name);
             }
         }
     }
-    result?;
-    Ok(match plan.requeue {
-        Some(after) => Requeue::requeue(after),
-        None => Requeue::requeue(RESYNC),
-    })
 }
 
 /// The unknown VMMs the sleds report that claim to be `namespace/name`, as (sled, VMM id).
@@ -377,141 +418,16 @@ fn claimed_instances(sled: Sled) -> Vec<ObjectRef<Instance>> {
         .collect()
 }
 
-fn error_policy(_instance: Arc<Instance>, error: &Error, _context: Arc<Context>) -> Requeue {
-    crate::error::requeue(error, "instance")
-}
-
-/// Executes a plan in order; Events go last, so that they never delay the work they report.
-async fn execute(instance: &Instance, plan: &plan::Plan, context: &Context) -> Result<(), Error> {
-    let client = &context.client;
-    let namespace = instance.namespace().unwrap_or_default();
-    let name = instance.name_any();
-    let instances: Api<Instance> = Api::namespaced(client.clone(), &namespace);
-    let vmms: Api<Vmm> = Api::namespaced(client.clone(), &namespace);
-    let api_error = |operation: &'static str, object: &str| {
-        Error::api(operation, format!("{namespace}/{object}"))
-    };
-    let mut current = instance.clone();
-    for action in &plan.actions {
-        match action {
-            Action::AddFinalizer | Action::RemoveFinalizer => {
-                let mut finalizers: Vec<String> = current
-                    .finalizers()
-                    .iter()
-                    .filter(|f| *f != INSTANCE_FINALIZER)
-                    .cloned()
-                    .collect();
-                if *action == Action::AddFinalizer {
-                    finalizers.push(INSTANCE_FINALIZER.to_string());
-                }
-                let patch = serde_json::json!({"metadata": {
-                    "finalizers": finalizers,
-                    "resourceVersion": current.resource_version(),
-                }});
-                let operation = "updating the finalizers of instance";
-                match instances
-                    .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
-                    .await
-                {
-                    Ok(updated) => {
-                        context.expectations.expect(&updated);
-                        current = updated;
-                    }
-                    Err(kube::Error::Api(status))
-                        if status.code == 404 && *action == Action::RemoveFinalizer => {}
-                    Err(error) => return Err(api_error(operation, &name)(error)),
-                }
-            }
-            Action::WriteStatus => {
-                let mut updated = current.clone();
-                updated.status = Some(plan.status.clone());
-                let written = instances
-                    .replace_status(&name, &PostParams::default(), &updated)
-                    .await
-                    .map_err(api_error("writing the status of instance", &name))?;
-                context.expectations.expect(&written);
-                current = written;
-            }
-            Action::CreateVmm {
-                name: vmm_name,
-                sled,
-                migrate_from,
-            } => {
-                let vmm = build_vmm(&current, vmm_name, sled, migrate_from.clone(), context);
-                context
-                    .in_flight
-                    .lock()
-                    .expect("in-flight lock")
-                    .insert(format!("{namespace}/{vmm_name}"), Instant::now());
-                match vmms.create(&PostParams::default(), &vmm).await {
-                    Ok(_) => {}
-                    Err(kube::Error::Api(status)) if status.code == 409 => {}
-                    Err(error) => {
-                        context
-                            .in_flight
-                            .lock()
-                            .expect("in-flight lock")
-                            .remove(&format!("{namespace}/{vmm_name}"));
-                        return Err(api_error("creating vmm", vmm_name)(error));
-                    }
-                }
-            }
-            Action::DeleteVmm { name: vmm_name } => {
-                match vmms.delete(vmm_name, &DeleteParams::background()).await {
-                    Ok(_) => {}
-                    Err(kube::Error::Api(status)) if status.code == 404 => {}
-                    Err(error) => return Err(api_error("deleting vmm", vmm_name)(error)),
-                }
-            }
-            Action::RebootVmm {
-                name: vmm_name,
-                request,
-            } => {
-                let patch = serde_json::json!({"spec": {"rebootRequest": request}});
-                vmms.patch(vmm_name, &PatchParams::default(), &Patch::Merge(&patch))
-                    .await
-                    .map_err(api_error("asking for a reboot of vmm", vmm_name))?;
-            }
-            Action::Event { .. } => {}
-        }
-    }
-    for action in &plan.actions {
-        if let Action::Event {
-            severity,
-            reason,
-            message,
-        } = action
-        {
-            publish(context, &current, *severity, *reason, message).await;
-        }
-    }
-    Ok(())
-}
-
-async fn publish(
-    context: &Context,
-    instance: &Instance,
-    severity: Severity,
-    reason: Reason,
-    message: &str,
-) {
-    match severity {
-        Severity::Normal => context.recorder.normal(instance, reason, message).await,
-        Severity::Warning => context.recorder.warning(instance, reason, message).await,
-    }
-}
-
 /// The Vmm an instance's status names, for creation on `sled` at the sled's current epoch.
 fn build_vmm(
     instance: &Instance,
     name: &str,
     sled: &str,
     migrate_from: Option<MigrateFrom>,
-    context: &Context,
+    sleds: &Cache<Sled>,
 ) -> Vmm {
-    let epoch = context
-        .sleds
-        .get(&ObjectRef::new(sled))
+    let epoch = sleds
+        .get(sled)
         .and_then(|s| s.status.as_ref().map(|status| status.epoch))
         .unwrap_or(0);
     let mut labels = std::collections::BTreeMap::new();

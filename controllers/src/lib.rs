@@ -13,14 +13,16 @@
 //!   Migrations, `Drain.status`).
 //! - [`scheduler`]: placement rules and the allocation ledger (pure, unit-tested).
 //! - [`v2p`]: the V2P controller (`VpcRoutes` from where instances run).
+//! - [`kit`]: what every controller is made of (caches, plans, effects, the executor, the
+//!   error policy, outcomes on a [`kit::Board`], crash points for tests). Every controller
+//!   module reads the same way: watches, observe, pure plan, apply, error policy.
 //!
 //! Not here: the node-agent (`node-agent/`), ownerReference garbage collection (the API
 //! server's `gc.rs`).
 
 pub mod drain;
-pub mod error;
-pub mod expectations;
 pub mod instance;
+pub mod kit;
 pub mod migration;
 pub mod reaper;
 pub mod scheduler;
@@ -54,6 +56,8 @@ pub struct Config {
     pub identity: String,
     /// Limits and timeouts of live migrations.
     pub migration: migration::Config,
+    /// Where every controller's outcomes go (`/debug/controllers`).
+    pub board: kit::Board,
 }
 
 impl Default for Config {
@@ -65,6 +69,7 @@ impl Default for Config {
             retry_period: Duration::from_secs(2),
             identity: lease::identity("controllers"),
             migration: migration::Config::default(),
+            board: kit::Board::default(),
         }
     }
 }
@@ -84,12 +89,23 @@ pub async fn run(client: kube::Client, config: Config, shutdown: CancellationTok
         };
         tracing::info!(identity = %config.identity, "leading: starting controllers");
         let lost = leadership.lost.clone();
+        let board = &config.board;
         tokio::join!(
-            instance::controller(client.clone(), config.concurrency, lost.clone()),
-            migration::controller(client.clone(), config.migration, lost.clone()),
-            reaper::run(client.clone(), lost.clone()),
-            drain::controller(client.clone(), lost.clone()),
-            v2p::controller(client.clone(), lost.clone()),
+            instance::controller(
+                client.clone(),
+                config.concurrency,
+                board.clone(),
+                lost.clone()
+            ),
+            migration::controller(
+                client.clone(),
+                config.migration,
+                board.clone(),
+                lost.clone()
+            ),
+            reaper::run(client.clone(), board.clone(), lost.clone()),
+            drain::controller(client.clone(), board.clone(), lost.clone()),
+            v2p::controller(client.clone(), board.clone(), lost.clone()),
         );
         if shutdown.is_cancelled() {
             leadership.release().await;

@@ -4,15 +4,14 @@
 //! Reads Migrations (primary), Instances and Vmms (a change of the instance, or of either end
 //! of the transfer, wakes its Migration), Sleds (readiness, link bandwidth, V2P
 //! acknowledgements) and VpcRoutes. Writes `Migration.status` (it alone) and Events; nothing
-//! else. The decisions are [`plan::plan`]'s.
+//! else. The decisions are [`plan::plan`]'s; the kit (`crate::kit`) runs the rest.
 //!
 //! # Invariants
 //! - Admission is serialised: the limits are checked against the cache plus this controller's
 //!   own admissions that the cache has not shown yet, so two Migrations reconciled at once
 //!   cannot both take the last slot, and two Migrations of one instance cannot both be
 //!   admitted.
-//! - Never plans from a cached Migration older than its own last write to it, and never
-//!   decides an Instance is gone from its absence in the cache (it reads the API first).
+//! - Never decides an Instance is gone from its absence in the cache (it reads the API first).
 //!
 //! # Assumptions
 //! - Only the leader runs this (see `lib.rs`); a restart at any `.await` re-plans from what
@@ -26,62 +25,48 @@ pub mod plan;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use corral_client::events::Recorder;
-use corral_crds::{Instance, Migration, MigrationPhase, Sled, Vmm, VpcRoutes};
-use futures::{StreamExt, TryStreamExt};
+use corral_crds::{Instance, Migration, MigrationPhase, MigrationStatus, Sled, Vmm, VpcRoutes};
 use kube::ResourceExt;
-use kube::api::{Api, PostParams};
-use kube::runtime::controller::{Action as Requeue, Controller};
-use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::error::Error;
-
-use crate::expectations::Expectations;
-use plan::{Limits, Load, Observed, Severity, Timeouts};
+use crate::kit::effects::key_of;
+use crate::kit::{
+    Apply, Board, Cache, Caches, Controller, Effects, Error, NoAction, Reconciled, Reconciler, Wait,
+};
+use plan::{Limits, Load, Observed, Timeouts};
 
 /// How the migration controller runs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Config {
     pub limits: Limits,
     pub timeouts: Timeouts,
-    /// Fault injection for tests: abort the process right after writing this phase, as a
-    /// crash at that step would (`corral controllers --crash-at-migration-phase`).
-    pub crash_at: Option<MigrationPhase>,
 }
 
-/// Shared by every reconcile.
-pub struct Context {
-    client: kube::Client,
+/// The migration controller's state beside its caches.
+pub struct MigrationController {
+    effects: Effects,
     config: Config,
-    migrations: Store<Migration>,
-    instances: Store<Instance>,
-    vmms: Store<Vmm>,
-    sleds: Store<Sled>,
-    routes: Store<VpcRoutes>,
-    synced: [AtomicBool; 5],
-    expectations: Expectations,
-    /// Held while deciding an admission.
-    admission: tokio::sync::Mutex<()>,
+    migrations: Cache<Migration>,
+    instances: Cache<Instance>,
+    vmms: Cache<Vmm>,
+    sleds: Cache<Sled>,
+    routes: Cache<VpcRoutes>,
+    /// Held from deciding an admission until its status write is done (or failed), so that
+    /// two reconciles cannot both take the last slot.
+    admission: Arc<tokio::sync::Mutex<()>>,
+    /// The admission lock, while a reconcile holds it, by Migration (`namespace/name`): taken
+    /// in `reconcile`, given back in `cleanup`.
+    holds: std::sync::Mutex<HashMap<String, tokio::sync::OwnedMutexGuard<()>>>,
     /// Migrations this controller admitted, `namespace/name` → (source sled, target sled),
     /// until its cache shows them admitted.
     admitted: std::sync::Mutex<HashMap<String, (String, Option<String>)>>,
     /// Migration uid → (bytes sent, since when) for the no-progress timeout.
     progress: std::sync::Mutex<HashMap<String, (u64, Instant)>>,
-    recorder: Recorder,
-}
-
-fn key(migration: &Migration) -> String {
-    format!(
-        "{}/{}",
-        migration.namespace().unwrap_or_default(),
-        migration.name_any()
-    )
 }
 
 fn is_under_way(migration: &Migration) -> bool {
@@ -92,21 +77,90 @@ fn is_under_way(migration: &Migration) -> bool {
         .is_some_and(|p| p != MigrationPhase::Pending && !p.is_final())
 }
 
-impl Context {
-    fn synced(&self) -> bool {
-        self.synced.iter().all(|s| s.load(Ordering::Acquire))
-    }
+fn is_final(migration: &Migration) -> bool {
+    migration
+        .status
+        .as_ref()
+        .and_then(|s| s.phase)
+        .is_some_and(|p| p.is_final())
+}
 
+/// Runs the controller until `stop` fires; returns when every reconcile has finished.
+pub async fn controller(
+    client: kube::Client,
+    config: Config,
+    board: Board,
+    stop: CancellationToken,
+) {
+    let mut caches = Caches::new(client.clone());
+    let migrations = caches.primary::<Migration>(watcher::Config::default());
+    let instances = caches.watch::<Instance>(watcher::Config::default());
+    let vmms = caches.watch::<Vmm>(watcher::Config::default());
+    let sleds = caches.watch::<Sled>(watcher::Config::default());
+    let routes = caches.watch::<VpcRoutes>(watcher::Config::default());
+    let reconciler = MigrationController {
+        effects: Effects::new(client, "migration-controller"),
+        config,
+        migrations: migrations.cache(),
+        instances: instances.cache(),
+        vmms: vmms.cache(),
+        sleds: sleds.cache(),
+        routes: routes.cache(),
+        admission: Arc::new(tokio::sync::Mutex::new(())),
+        holds: Default::default(),
+        admitted: Default::default(),
+        progress: Default::default(),
+    };
+    let by_instance = reconciler.migrations.clone();
+    let controller = Controller::<MigrationController>::new(migrations, &board)
+        .watches(instances, move |instance: Instance| {
+            // The instance's unfinished Migrations.
+            let namespace = instance.namespace();
+            by_instance
+                .filter(|m| {
+                    m.spec.instance == instance.name_any()
+                        && m.namespace() == namespace
+                        && !is_final(m)
+                })
+                .iter()
+                .map(|m| ObjectRef::from_obj(m.as_ref()))
+                .collect::<Vec<_>>()
+        })
+        .watches(vmms, |vmm: Vmm| {
+            let namespace = vmm.namespace()?;
+            let name = vmm
+                .spec
+                .migrate_from
+                .as_ref()
+                .map(|m| m.migration.clone())
+                .or_else(|| {
+                    vmm.status
+                        .as_ref()?
+                        .migration
+                        .as_ref()
+                        .map(|m| m.migration.clone())
+                })?;
+            Some(ObjectRef::new(&name).within(&namespace))
+        });
+    let readiness = caches.readiness();
+    // The side caches end with the controller.
+    tokio::select! {
+        _ = controller.run(reconciler, readiness, 0, stop) => {}
+        _ = async { tokio::join!(sleds.fill(), routes.fill()) } => {}
+    }
+}
+
+impl MigrationController {
     /// The migrations under way, besides `this`, with this controller's recent admissions.
     fn load(&self, this: &Migration) -> Load {
         let mut load = Load::default();
         let mut seen = HashSet::new();
-        for migration in self.migrations.state() {
-            if key(&migration) == key(this) {
+        for migration in self.migrations.all() {
+            if key_of(migration.as_ref()) == key_of(this) {
                 continue;
             }
             if is_under_way(&migration) {
-                seen.insert(key(&migration));
+                seen.insert(key_of(migration.as_ref()));
                 let status = migration.status.as_ref();
                 load.add(
                     status.and_then(|s| s.source_sled.as_deref()),
@@ -114,19 +168,14 @@ impl Context {
                         .and_then(|s| s.target_sled.as_deref())
                         .or(migration.spec.target_sled.as_deref()),
                 );
-            } else if migration
-                .status
-                .as_ref()
-                .and_then(|s| s.phase)
-                .is_some_and(|p| p.is_final())
-            {
-                seen.insert(key(&migration));
+            } else if is_final(&migration) {
+                seen.insert(key_of(migration.as_ref()));
             }
         }
         let mut admitted = self.admitted.lock().expect("admitted lock");
         admitted.retain(|name, _| !seen.contains(name));
         for (name, (source, target)) in admitted.iter() {
-            if *name != key(this) {
+            if *name != key_of(this) {
                 load.add(Some(source), target.as_deref());
             }
         }
@@ -138,20 +187,15 @@ impl Context {
     fn siblings(&self, this: &Migration) -> Vec<Arc<Migration>> {
         let admitted = self.admitted.lock().expect("admitted lock").clone();
         self.migrations
-            .state()
-            .into_iter()
             .filter(|m| {
                 m.spec.instance == this.spec.instance
                     && m.namespace() == this.namespace()
-                    && key(m) != key(this)
-                    && !m
-                        .status
-                        .as_ref()
-                        .and_then(|s| s.phase)
-                        .is_some_and(|p| p.is_final())
+                    && key_of(m) != key_of(this)
+                    && !is_final(m)
             })
+            .into_iter()
             .map(|m| {
-                if admitted.contains_key(&key(&m)) && !is_under_way(&m) {
+                if admitted.contains_key(&key_of(m.as_ref())) && !is_under_way(&m) {
                     // Admitted moments ago: count it as such.
                     let mut admitted = (*m).clone();
                     admitted.status.get_or_insert_with(Default::default).phase =
@@ -184,251 +228,141 @@ impl Context {
         }
         entry.1.elapsed()
     }
-}
 
-/// Runs the controller until `stop` fires; returns when every reconcile has finished.
-pub async fn controller(client: kube::Client, config: Config, stop: CancellationToken) {
-    let (migration_reader, migration_writer) = reflector::store::<Migration>();
-    let (instance_reader, instance_writer) = reflector::store::<Instance>();
-    let (vmm_reader, vmm_writer) = reflector::store::<Vmm>();
-    let (sled_reader, sled_writer) = reflector::store::<Sled>();
-    let (routes_reader, routes_writer) = reflector::store::<VpcRoutes>();
-    let context = Arc::new(Context {
-        client: client.clone(),
-        config,
-        migrations: migration_reader.clone(),
-        instances: instance_reader,
-        vmms: vmm_reader,
-        sleds: sled_reader,
-        routes: routes_reader,
-        synced: Default::default(),
-        expectations: Expectations::default(),
-        admission: tokio::sync::Mutex::new(()),
-        admitted: Default::default(),
-        progress: Default::default(),
-        recorder: Recorder::new(client.clone(), "migration-controller"),
-    });
-    let instance_events = watcher(
-        Api::<Instance>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .default_backoff()
-    .reflect(instance_writer)
-    .map_ok(listed(context.clone(), 1))
-    .touched_objects();
-    let vmm_events = watcher(Api::<Vmm>::all(client.clone()), watcher::Config::default())
-        .default_backoff()
-        .reflect(vmm_writer)
-        .map_ok(listed(context.clone(), 2))
-        .touched_objects();
-    let sleds = watcher(Api::<Sled>::all(client.clone()), watcher::Config::default())
-        .default_backoff()
-        .reflect(sled_writer)
-        .map_ok(listed(context.clone(), 3))
-        .for_each(|_| std::future::ready(()));
-    let routes = watcher(
-        Api::<VpcRoutes>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .default_backoff()
-    .reflect(routes_writer)
-    .map_ok(listed(context.clone(), 4))
-    .for_each(|_| std::future::ready(()));
-    let migrations = watcher(
-        Api::<Migration>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .default_backoff()
-    .reflect(migration_writer)
-    .map_ok(listed(context.clone(), 0))
-    .touched_objects();
-    let by_instance = migration_reader.clone();
-    let controller = Controller::for_stream(migrations, migration_reader)
-        .watches_stream(instance_events, move |instance: Instance| {
-            // The instance's unfinished Migrations.
-            let namespace = instance.namespace();
-            by_instance
-                .state()
-                .into_iter()
-                .filter(|m| {
-                    m.spec.instance == instance.name_any()
-                        && m.namespace() == namespace
-                        && !m
-                            .status
-                            .as_ref()
-                            .and_then(|s| s.phase)
-                            .is_some_and(|p| p.is_final())
-                })
-                .map(|m| ObjectRef::from_obj(m.as_ref()))
-                .collect::<Vec<_>>()
-        })
-        .watches_stream(vmm_events, |vmm: Vmm| {
-            let namespace = vmm.namespace()?;
-            let name = vmm
-                .spec
-                .migrate_from
-                .as_ref()
-                .map(|m| m.migration.clone())
-                .or_else(|| {
-                    vmm.status
-                        .as_ref()?
-                        .migration
-                        .as_ref()
-                        .map(|m| m.migration.clone())
-                })?;
-            Some(ObjectRef::new(&name).within(&namespace))
-        })
-        .graceful_shutdown_on(async move { stop.cancelled().await })
-        .run(reconcile, error_policy, context)
-        .for_each(|result| async move {
-            if let Err(error) = result {
-                tracing::debug!(%error, "migration reconcile");
-            }
-        });
-    // The side caches end with the controller.
-    tokio::select! {
-        _ = controller => {}
-        _ = async { tokio::join!(sleds, routes) } => {}
-    }
-}
-
-/// Marks cache `index` as listed once its reflector has stored its first list.
-fn listed<K>(
-    context: Arc<Context>,
-    index: usize,
-) -> impl FnMut(watcher::Event<K>) -> watcher::Event<K> {
-    move |event| {
-        if matches!(event, watcher::Event::InitDone) {
-            context.synced[index].store(true, Ordering::Release);
+    /// The Instance, from the cache or, if the cache lacks it, the API.
+    async fn instance_of(&self, migration: &Migration) -> Result<Option<Arc<Instance>>, Error> {
+        let namespace = migration.namespace().unwrap_or_default();
+        let name = &migration.spec.instance;
+        if let Some(instance) = self.instances.get_in(&namespace, name) {
+            return Ok(Some(instance));
         }
-        event
-    }
-}
-
-async fn reconcile(migration: Arc<Migration>, context: Arc<Context>) -> Result<Requeue, Error> {
-    if !context.synced() {
-        return Ok(Requeue::requeue(Duration::from_millis(200)));
-    }
-    if context.expectations.is_stale(migration.as_ref()) {
-        return Ok(Requeue::await_change());
-    }
-    let phase = migration.status.as_ref().and_then(|s| s.phase);
-    if phase.is_some_and(|p| p.is_final()) {
-        if let Some(uid) = migration.uid() {
-            context.progress.lock().expect("progress lock").remove(&uid);
-        }
-        return Ok(Requeue::await_change());
-    }
-    let namespace = migration.namespace().unwrap_or_default();
-    let instance_name = &migration.spec.instance;
-    let mut instance = context
-        .instances
-        .get(&ObjectRef::new(instance_name).within(&namespace));
-    if instance.is_none() {
         // Absence from a cache proves nothing.
-        let api: Api<Instance> = Api::namespaced(context.client.clone(), &namespace);
-        instance = api
-            .get_opt(instance_name)
-            .await
-            .map_err(|source| Error::Api {
-                operation: "reading instance",
-                object: format!("{namespace}/{instance_name}"),
-                source,
-            })?
-            .map(Arc::new);
+        let live = self
+            .effects
+            .read::<Instance>(Some(&namespace), name)
+            .await?;
+        Ok(live.map(Arc::new))
     }
-    let vmm = |name: Option<&String>| {
-        name.and_then(|name| context.vmms.get(&ObjectRef::new(name).within(&namespace)))
-    };
-    let status = migration.status.clone().unwrap_or_default();
-    let instance_status = instance.as_ref().and_then(|i| i.status.clone());
-    let source = vmm(status
-        .source_vmm
-        .as_ref()
-        .or(instance_status.as_ref().and_then(|s| s.active_vmm.as_ref())));
-    let target = vmm(status
-        .target_vmm
-        .as_ref()
-        .or(instance_status.as_ref().and_then(|s| s.target_vmm.as_ref())));
-    let sleds = context.sleds.state();
-    let vpcs: HashSet<&str> = instance
-        .iter()
-        .flat_map(|i| i.spec.nics.iter().map(|n| n.vpc.as_str()))
-        .collect();
-    let routes: Vec<Arc<VpcRoutes>> = vpcs
-        .iter()
-        .filter_map(|vpc| context.routes.get(&ObjectRef::new(vpc)))
-        .collect();
-    let siblings = context.siblings(&migration);
-    let stalled_for = context.stalled_for(&migration);
-    let pending = phase.is_none_or(|p| p == MigrationPhase::Pending);
-    let _admission = if pending {
-        Some(context.admission.lock().await)
-    } else {
-        None
-    };
-    let load = if pending {
-        context.load(&migration)
-    } else {
-        Load::default()
-    };
-    let observed = Observed {
-        migration: &migration,
-        instance: instance.as_deref(),
-        source: source.as_deref(),
-        target: target.as_deref(),
-        sleds: &sleds,
-        siblings: &siblings,
-        routes: &routes,
-        load: &load,
-        stalled_for,
-        limits: context.config.limits,
-        timeouts: context.config.timeouts,
-        now: corral_client::clock::now(),
-    };
-    let plan = plan::plan(&observed);
-    if plan.status != status {
-        let api: Api<Migration> = Api::namespaced(context.client.clone(), &namespace);
-        let mut updated = (*migration).clone();
-        updated.status = Some(plan.status.clone());
-        let written = api
-            .replace_status(&migration.name_any(), &PostParams::default(), &updated)
-            .await
-            .map_err(|source| Error::Api {
-                operation: "writing the status of migration",
-                object: key(&migration),
-                source,
-            })?;
-        context.expectations.expect(&written);
-        if let Some(phase) = context.config.crash_at
-            && plan.status.phase == Some(phase)
-            && status.phase != Some(phase)
-        {
-            tracing::error!(migration = %key(&migration), %phase, "fault injection: crashing after writing the phase");
-            std::process::abort();
-        }
-        if pending && plan.status.phase == Some(MigrationPhase::Scheduling) {
-            context.admitted.lock().expect("admitted lock").insert(
-                key(&migration),
-                (
-                    plan.status.source_sled.clone().unwrap_or_default(),
-                    plan.status.target_sled.clone(),
-                ),
-            );
-        }
-        for (severity, reason, message) in &plan.events {
-            match severity {
-                Severity::Normal => context.recorder.normal(&written, *reason, message).await,
-                Severity::Warning => context.recorder.warning(&written, *reason, message).await,
-            }
-        }
+
+    /// Records an admission the cache does not show yet (see the invariants).
+    fn remember_admission(&self, migration: &Migration, planned: &MigrationStatus) {
+        self.admitted.lock().expect("admitted lock").insert(
+            key_of(migration),
+            (
+                planned.source_sled.clone().unwrap_or_default(),
+                planned.target_sled.clone(),
+            ),
+        );
     }
-    Ok(match plan.requeue {
-        Some(after) => Requeue::requeue(after),
-        None => Requeue::await_change(),
-    })
 }
 
-fn error_policy(_migration: Arc<Migration>, error: &Error, _context: Arc<Context>) -> Requeue {
-    crate::error::requeue(error, "migration")
+impl Apply for MigrationController {
+    type Object = Migration;
+    type Status = MigrationStatus;
+    type Action = NoAction;
+
+    const NAME: &'static str = "migration";
+
+    fn effects(&self) -> &Effects {
+        &self.effects
+    }
+
+    fn with_status(object: &Migration, status: &MigrationStatus) -> Migration {
+        Migration {
+            status: Some(status.clone()),
+            ..object.clone()
+        }
+    }
+
+    fn status_of(object: &Migration) -> Option<MigrationStatus> {
+        object.status.clone()
+    }
+
+    fn phase(status: &MigrationStatus) -> Option<String> {
+        status.phase.map(|p| p.to_string())
+    }
+
+    async fn apply(&self, action: &NoAction, _: &Migration) -> Result<Option<Migration>, Error> {
+        match *action {}
+    }
+}
+
+impl Reconciler for MigrationController {
+    async fn reconcile(
+        &self,
+        migration: Arc<Migration>,
+    ) -> Result<Reconciled<MigrationStatus, NoAction>, Error> {
+        let phase = migration.status.as_ref().and_then(|s| s.phase);
+        if phase.is_some_and(|p| p.is_final()) {
+            if let Some(uid) = migration.uid() {
+                self.progress.lock().expect("progress lock").remove(&uid);
+            }
+            return Ok(Reconciled::Wait(Wait::Settled, None));
+        }
+        let namespace = migration.namespace().unwrap_or_default();
+        let instance = self.instance_of(&migration).await?;
+        let vmm = |name: Option<&String>| name.and_then(|name| self.vmms.get_in(&namespace, name));
+        let status = migration.status.clone().unwrap_or_default();
+        let instance_status = instance.as_ref().and_then(|i| i.status.clone());
+        let source = vmm(status
+            .source_vmm
+            .as_ref()
+            .or(instance_status.as_ref().and_then(|s| s.active_vmm.as_ref())));
+        let target = vmm(status
+            .target_vmm
+            .as_ref()
+            .or(instance_status.as_ref().and_then(|s| s.target_vmm.as_ref())));
+        let sleds = self.sleds.all();
+        let vpcs: HashSet<&str> = instance
+            .iter()
+            .flat_map(|i| i.spec.nics.iter().map(|n| n.vpc.as_str()))
+            .collect();
+        let routes: Vec<Arc<VpcRoutes>> =
+            vpcs.iter().filter_map(|vpc| self.routes.get(vpc)).collect();
+        let siblings = self.siblings(&migration);
+        let stalled_for = self.stalled_for(&migration);
+        let pending = phase.is_none_or(|p| p == MigrationPhase::Pending);
+        if pending {
+            // Given back by `cleanup`, once the plan's status write is done.
+            let hold = self.admission.clone().lock_owned().await;
+            self.holds
+                .lock()
+                .expect("holds lock")
+                .insert(key_of(migration.as_ref()), hold);
+        }
+        let load = if pending {
+            self.load(&migration)
+        } else {
+            Load::default()
+        };
+        let planned = plan::plan(&Observed {
+            migration: &migration,
+            instance: instance.as_deref(),
+            source: source.as_deref(),
+            target: target.as_deref(),
+            sleds: &sleds,
+            siblings: &siblings,
+            routes: &routes,
+            load: &load,
+            stalled_for,
+            limits: self.config.limits,
+            timeouts: self.config.timeouts,
+            now: corral_client::clock::now(),
+        });
+        Ok(Reconciled::Plan(planned))
+    }
+
+    fn cleanup(&self, migration: &Migration, plan: &plan::Plan, executed: Result<(), &Error>) {
+        let key = key_of(migration);
+        let pending = migration
+            .status
+            .as_ref()
+            .and_then(|s| s.phase)
+            .is_none_or(|p| p == MigrationPhase::Pending);
+        if executed.is_ok() && pending && plan.status.phase == Some(MigrationPhase::Scheduling) {
+            self.remember_admission(migration, &plan.status);
+        }
+        // The admission lock goes last, once the admission is remembered.
+        self.holds.lock().expect("holds lock").remove(&key);
+    }
 }

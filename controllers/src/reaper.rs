@@ -5,33 +5,50 @@
 //! activation lists every Vmm and Instance and accepts no other input (omicron's background
 //! task shape); the instance controller deletes the abandoned Vmms of the instances it
 //! reconciles, and this task catches whatever that missed (a controller that stopped between
-//! un-naming a Vmm and deleting it, a Vmm created by hand).
+//! un-naming a Vmm and deleting it, a Vmm created by hand). Each activation's outcome goes on
+//! the board; the deletes go through the kit (`crate::kit`).
 //!
 //! # Invariants
 //! - Never deletes a Vmm its Instance names: the Instance is read again from the API server
 //!   (not from the list) right before the delete, and the delete is conditional on the Vmm's
 //!   uid.
-//! - Records a `Reaped` Event for every Vmm it deletes.
+//! - Records a `Reaped` Event for every Vmm it deletes (and none for one that was already
+//!   gone).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use corral_client::events::Recorder;
+use corral_client::events::EventType;
 use corral_crds::{Instance, Reason, Vmm};
 use kube::ResourceExt;
-use kube::api::{Api, DeleteParams, ListParams, Preconditions};
 use tokio_util::sync::CancellationToken;
+
+use crate::kit::{Apply, Board, Effects, Error, Kind, Outcome, Plan, execute};
 
 /// How often the reaper looks.
 pub const PERIOD: Duration = Duration::from_secs(30);
 
-/// What one activation did, for the log.
+/// What one activation did.
 #[derive(Debug, Default, PartialEq, Eq)]
-pub struct Outcome {
+pub struct Counts {
     pub vmms: usize,
     pub abandoned: usize,
     pub reaped: usize,
     pub errors: usize,
+}
+
+impl Counts {
+    fn did(&self) -> BTreeMap<&'static str, u64> {
+        [
+            ("Vmms", self.vmms as u64),
+            ("Abandoned", self.abandoned as u64),
+            ("Reaped", self.reaped as u64),
+            ("Errors", self.errors as u64),
+        ]
+        .into_iter()
+        .collect()
+    }
 }
 
 /// Whether `vmm` is abandoned, given its instance (if it exists).
@@ -46,42 +63,75 @@ pub fn is_abandoned(vmm: &Vmm, instance: Option<&Instance>) -> bool {
         || named(status.and_then(|s| s.target_vmm.as_ref())))
 }
 
+/// The reaper's one action.
+#[derive(Clone, Debug)]
+pub enum Action {
+    /// Delete exactly this Vmm (its uid), and record `Reaped` about `instance` (or the Vmm
+    /// when its Instance is gone) if it was deleted now.
+    Reap { instance: Option<Instance> },
+}
+
+impl Kind for Action {
+    fn kind(&self) -> &'static str {
+        "Reap"
+    }
+}
+
+/// The reaper, between activations.
+pub struct Reaper {
+    effects: Effects,
+    board: Board,
+    /// Vmms deleted (not found gone) by [`Action::Reap`], ever.
+    reaped: AtomicUsize,
+}
+
+impl Reaper {
+    pub fn new(client: kube::Client, board: Board) -> Reaper {
+        Reaper {
+            effects: Effects::new(client, "reaper"),
+            board,
+            reaped: AtomicUsize::new(0),
+        }
+    }
+}
+
 /// Runs activations every [`PERIOD`] until `stop`.
-pub async fn run(client: kube::Client, stop: CancellationToken) {
-    let recorder = Recorder::new(client.clone(), "reaper");
+pub async fn run(client: kube::Client, board: Board, stop: CancellationToken) {
+    let reaper = Reaper::new(client, board);
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(PERIOD) => {}
         }
-        match activate(&client, &recorder).await {
-            Ok(outcome) if outcome.reaped > 0 || outcome.errors > 0 => {
-                tracing::info!(?outcome, "reaper")
+        let outcome = match activate(&reaper).await {
+            Ok(counts) => {
+                if counts.reaped > 0 || counts.errors > 0 {
+                    tracing::info!(?counts, "reaper");
+                }
+                Outcome::applied(counts.did(), None, Some(PERIOD))
             }
-            Ok(_) => {}
-            Err(error) => tracing::warn!(%error, "reaper: listing failed"),
-        }
+            Err(error) => {
+                tracing::warn!(%error, "reaper: listing failed");
+                Outcome::failed(&error)
+            }
+        };
+        reaper.board.activated(Reaper::NAME, "all".into(), outcome);
     }
 }
 
 /// One activation.
-pub async fn activate(client: &kube::Client, recorder: &Recorder) -> Result<Outcome, kube::Error> {
-    let vmms = Api::<Vmm>::all(client.clone())
-        .list(&ListParams::default())
-        .await?;
-    let instances = Api::<Instance>::all(client.clone())
-        .list(&ListParams::default())
-        .await?;
+pub async fn activate(reaper: &Reaper) -> Result<Counts, Error> {
+    let vmms = reaper.effects.list::<Vmm>().await?;
+    let instances = reaper.effects.list::<Instance>().await?;
     let by_name: HashMap<(String, String), &Instance> = instances
-        .items
         .iter()
         .map(|i| ((i.namespace().unwrap_or_default(), i.name_any()), i))
         .collect();
-    let mut outcome = Outcome {
-        vmms: vmms.items.len(),
+    let mut counts = Counts {
+        vmms: vmms.len(),
         ..Default::default()
     };
-    for vmm in &vmms.items {
+    for vmm in &vmms {
         if vmm.metadata.deletion_timestamp.is_some() {
             continue;
         }
@@ -90,48 +140,73 @@ pub async fn activate(client: &kube::Client, recorder: &Recorder) -> Result<Outc
         if !is_abandoned(vmm, by_name.get(&key).copied()) {
             continue;
         }
-        outcome.abandoned += 1;
-        // Read the Instance again: the list may predate the write that named this Vmm.
-        let api: Api<Instance> = Api::namespaced(client.clone(), &namespace);
-        let fresh = match api.get_opt(&vmm.spec.instance).await {
-            Ok(fresh) => fresh,
+        counts.abandoned += 1;
+        let before = reaper.reaped.load(Ordering::Relaxed);
+        match reap(reaper, vmm, &namespace).await {
+            Ok(()) => counts.reaped += reaper.reaped.load(Ordering::Relaxed) - before,
             Err(error) => {
-                tracing::warn!(%error, vmm = %vmm.name_any(), "reaper: reading its instance");
-                outcome.errors += 1;
-                continue;
-            }
-        };
-        if !is_abandoned(vmm, fresh.as_ref()) {
-            continue;
-        }
-        let params = DeleteParams {
-            preconditions: Some(Preconditions {
-                uid: vmm.uid(),
-                resource_version: None,
-            }),
-            ..DeleteParams::background()
-        };
-        let vmms: Api<Vmm> = Api::namespaced(client.clone(), &namespace);
-        match vmms.delete(&vmm.name_any(), &params).await {
-            Ok(_) => {
-                outcome.reaped += 1;
-                let message = format!(
-                    "deleted VMM {} on {}: instance {} does not name it",
-                    vmm.name_any(),
-                    vmm.spec.sled,
-                    vmm.spec.instance
-                );
-                match &fresh {
-                    Some(instance) => recorder.normal(instance, Reason::Reaped, message).await,
-                    None => recorder.normal(vmm, Reason::Reaped, message).await,
-                }
-            }
-            Err(kube::Error::Api(status)) if status.code == 404 || status.code == 409 => {}
-            Err(error) => {
-                tracing::warn!(%error, vmm = %vmm.name_any(), "reaper: deleting");
-                outcome.errors += 1;
+                tracing::warn!(%error, vmm = %vmm.name_any(), "reaper");
+                counts.errors += 1;
             }
         }
     }
-    Ok(outcome)
+    Ok(counts)
+}
+
+/// Reads the Instance again (the list may predate the write that named this Vmm) and reaps
+/// the Vmm if it is still abandoned.
+async fn reap(reaper: &Reaper, vmm: &Vmm, namespace: &str) -> Result<(), Error> {
+    let fresh = reaper
+        .effects
+        .read::<Instance>(Some(namespace), &vmm.spec.instance)
+        .await?;
+    if !is_abandoned(vmm, fresh.as_ref()) {
+        return Ok(());
+    }
+    let mut plan = Plan::new(());
+    plan.act(Action::Reap { instance: fresh });
+    execute(reaper, vmm, &plan).await?;
+    Ok(())
+}
+
+impl Apply for Reaper {
+    type Object = Vmm;
+    type Status = ();
+    type Action = Action;
+
+    const NAME: &'static str = "reaper";
+
+    fn effects(&self) -> &Effects {
+        &self.effects
+    }
+
+    fn with_status(object: &Vmm, _: &()) -> Vmm {
+        object.clone()
+    }
+
+    fn status_of(_: &Vmm) -> Option<()> {
+        None
+    }
+
+    async fn apply(&self, action: &Action, vmm: &Vmm) -> Result<Option<Vmm>, Error> {
+        let Action::Reap { instance } = action;
+        if !self.effects.delete_exactly(vmm).await? {
+            return Ok(None);
+        }
+        self.reaped.fetch_add(1, Ordering::Relaxed);
+        let message = format!(
+            "deleted VMM {} on {}: instance {} does not name it",
+            vmm.name_any(),
+            vmm.spec.sled,
+            vmm.spec.instance
+        );
+        let regarding = match instance {
+            Some(instance) => corral_client::events::reference(instance),
+            None => corral_client::events::reference(vmm),
+        };
+        self.effects
+            .record_about(regarding, EventType::Normal, Reason::Reaped, message)
+            .await;
+        Ok(None)
+    }
 }

@@ -8,11 +8,12 @@
 //!
 //! Reads Instances, VpcRoutes and Sleds (watch caches), and Instances live (before a removal).
 //! Writes `VpcRoutes` (spec and status: it alone), creating one when a VPC first has a placed
-//! instance, and `IpConflict` Events on the Instances that lose an IP. [`plan::plan`] decides;
-//! this file wires the watches, coalesces changes and writes.
+//! instance, and `IpConflict` Events on the Instances that lose an IP. [`plan::merge`] and
+//! [`plan::plan`] decide; this file wires the watches, coalesces changes and reads live; the
+//! kit (`crate::kit`) executes each VPC's plan and keeps its outcome.
 //!
 //! # Invariants
-//! - The rules of [`plan`] (docs/migration.md, "V2P"): never backwards, never removed on a stale
+//! - The rules of [`plan::merge`] (docs/migration.md, "V2P"): never backwards, never removed on a stale
 //!   read (a cache that lacks an instance proves nothing: the Instance is read live first),
 //!   first claim wins.
 //! - Every write is conditional on the resourceVersion it was planned from, so `since` (the
@@ -41,24 +42,25 @@
 
 pub mod plan;
 
-use std::collections::{BTreeSet, HashMap};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use corral_client::events::Recorder;
-use corral_crds::{Instance, Reason, Sled, VpcRoutes, VpcRoutesSpec, VpcRoutesStatus};
-use futures::{StreamExt, TryStreamExt};
+use corral_crds::{Instance, Sled, VpcRoutes, VpcRoutesSpec, VpcRoutesStatus};
+use futures::StreamExt;
 use kube::ResourceExt;
-use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
-use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::api::ObjectMeta;
+use kube::runtime::watcher;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::error::Error;
-use crate::expectations::resource_version;
+use crate::kit::expectations::resource_version;
+use crate::kit::{
+    Apply, Board, Cache, Caches, Effects, Error, Outcome, Readiness, StatusWrite, execute,
+};
+use plan::{Action, Report};
+pub use plan::{acknowledged, converged_at};
 
 /// How long the worker waits after the first change for the rest of a burst.
 pub const COALESCE: Duration = Duration::from_millis(5);
@@ -117,12 +119,14 @@ fn vpcs_of(instance: &Instance) -> BTreeSet<String> {
         .collect()
 }
 
-/// Shared by the taps and the worker.
-struct Context {
-    client: kube::Client,
-    instances: Store<Instance>,
-    routes: Store<VpcRoutes>,
-    sleds: Store<Sled>,
+/// The V2P controller: its caches, and the state its taps and its worker share.
+pub struct V2pController {
+    effects: Effects,
+    board: Board,
+    readiness: Readiness,
+    instances: Cache<Instance>,
+    routes: Cache<VpcRoutes>,
+    sleds: Cache<Sled>,
     membership: Mutex<Membership>,
     dirty: Mutex<BTreeSet<String>>,
     status_dirty: Mutex<BTreeSet<String>>,
@@ -132,12 +136,11 @@ struct Context {
     written: Mutex<HashMap<String, VpcRoutes>>,
     /// (vpc, ip, namespace, instance) conflicts already reported.
     reported: Mutex<BTreeSet<(String, String, String, String)>>,
-    /// Watches that have listed once (three: Instances, VpcRoutes, Sleds).
-    listed: AtomicUsize,
-    recorder: Recorder,
 }
 
-impl Context {
+type ConflictKey = (String, String, String, String);
+
+impl V2pController {
     fn mark(&self, vpcs: impl IntoIterator<Item = String>) {
         self.dirty.lock().expect("dirty lock").extend(vpcs);
         // Always: a wake-up the worker consumed while it could not act must not be the last.
@@ -150,7 +153,7 @@ impl Context {
     }
 
     fn all_vpcs(&self) -> BTreeSet<String> {
-        let mut vpcs: BTreeSet<String> = self.routes.state().iter().map(|r| r.name_any()).collect();
+        let mut vpcs: BTreeSet<String> = self.routes.all().iter().map(|r| r.name_any()).collect();
         let membership = self.membership.lock().expect("membership lock");
         vpcs.extend(membership.members.keys().cloned());
         vpcs
@@ -217,15 +220,15 @@ impl Context {
         }
     }
 
+    /// A watch listed: every VPC is planned again (once every watch has, see the worker).
     fn listed_once(&self) {
-        let listed = self.listed.fetch_add(1, Ordering::AcqRel) + 1;
-        tracing::debug!(listed, "v2p controller: a watch listed");
+        tracing::debug!("v2p controller: a watch listed");
         self.mark(self.all_vpcs());
     }
 
     /// The VpcRoutes of `vpc` as last stored: the cache, or our own later write.
     fn current(&self, vpc: &str) -> Option<VpcRoutes> {
-        let cached = self.routes.get(&ObjectRef::new(vpc));
+        let cached = self.routes.get(vpc);
         let written = self.written.lock().expect("written lock").get(vpc).cloned();
         match (cached, written) {
             (Some(cached), Some(written))
@@ -250,10 +253,7 @@ impl Context {
         let mut claims = Vec::new();
         let mut instances = HashMap::new();
         for (namespace, name) in members {
-            let Some(instance) = self
-                .instances
-                .get(&ObjectRef::new(&name).within(&namespace))
-            else {
+            let Some(instance) = self.instances.get_in(&namespace, &name) else {
                 continue;
             };
             claims.extend(plan::claims(&instance, vpc));
@@ -261,52 +261,63 @@ impl Context {
         }
         (claims, instances)
     }
+
+    /// The conflicts of `vpc` not reported before (remembering them as reported, and
+    /// forgetting those that are over).
+    fn new_conflicts(&self, vpc: &str, conflicts: &[plan::Conflict]) -> Vec<ConflictKey> {
+        let key = |c: &plan::Conflict| {
+            (
+                vpc.to_string(),
+                c.ip.clone(),
+                c.claimant.0.clone(),
+                c.claimant.1.clone(),
+            )
+        };
+        let now: BTreeSet<ConflictKey> = conflicts.iter().map(key).collect();
+        let mut reported = self.reported.lock().expect("reported lock");
+        reported.retain(|entry| entry.0 != vpc || now.contains(entry));
+        conflicts
+            .iter()
+            .map(key)
+            .filter(|entry| reported.insert(entry.clone()))
+            .collect()
+    }
 }
 
 /// Runs the controller until `stop`.
-pub async fn controller(client: kube::Client, stop: CancellationToken) {
-    let (instance_reader, instance_writer) = reflector::store::<Instance>();
-    let (routes_reader, routes_writer) = reflector::store::<VpcRoutes>();
-    let (sled_reader, sled_writer) = reflector::store::<Sled>();
-    let context = Arc::new(Context {
-        client: client.clone(),
-        instances: instance_reader,
-        routes: routes_reader,
-        sleds: sled_reader,
+pub async fn controller(client: kube::Client, board: Board, stop: CancellationToken) {
+    let mut caches = Caches::new(client.clone());
+    let instances = caches.watch::<Instance>(watcher::Config::default());
+    let routes = caches.watch::<VpcRoutes>(watcher::Config::default());
+    let sleds = caches.watch::<Sled>(watcher::Config::default());
+    let context = Arc::new(V2pController {
+        effects: Effects::new(client, "v2p-controller"),
+        board,
+        readiness: caches.readiness(),
+        instances: instances.cache(),
+        routes: routes.cache(),
+        sleds: sleds.cache(),
         membership: Mutex::default(),
         dirty: Mutex::default(),
         status_dirty: Mutex::default(),
         wake: Notify::new(),
         written: Mutex::default(),
         reported: Mutex::default(),
-        listed: AtomicUsize::new(0),
-        recorder: Recorder::new(client.clone(), "v2p-controller"),
     });
-    // The taps run after `reflect`, so that what they mark dirty is in the store when planned.
+    // The taps run after the caches store each event, so that what they mark dirty is in the
+    // cache when planned.
     let tap = context.clone();
-    let instances = watcher(
-        Api::<Instance>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .default_backoff()
-    .reflect(instance_writer)
-    .map_ok(move |event| tap.observe_instance(&event));
+    let instances = instances.tap(move |event| tap.observe_instance(event));
     let tap = context.clone();
-    let routes = watcher(
-        Api::<VpcRoutes>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .default_backoff()
-    .reflect(routes_writer)
-    .map_ok(move |event| tap.observe_routes(&event));
+    let routes = routes.tap(move |event| tap.observe_routes(event));
     let tap = context.clone();
-    let sleds = watcher(Api::<Sled>::all(client.clone()), watcher::Config::default())
-        .default_backoff()
-        .reflect(sled_writer)
-        .map_ok(move |event| tap.observe_sled(&event));
+    let sleds = sleds.tap(move |event| tap.observe_sled(event));
     let watches = futures::stream::select(
-        futures::stream::select(instances.boxed(), routes.boxed()),
-        sleds.boxed(),
+        futures::stream::select(
+            instances.events().map(|r| r.map(|_| ())),
+            routes.events().map(|r| r.map(|_| ())),
+        ),
+        sleds.events().map(|r| r.map(|_| ())),
     )
     .take_until(stop.clone().cancelled_owned())
     .for_each(|result| async move {
@@ -318,11 +329,11 @@ pub async fn controller(client: kube::Client, stop: CancellationToken) {
 }
 
 /// The worker: writes dirty VPCs (see the module docs) until `stop`.
-async fn work(context: Arc<Context>, stop: CancellationToken) {
+async fn work(context: Arc<V2pController>, stop: CancellationToken) {
     let mut next_status = Instant::now();
     let mut next_resync = Instant::now() + RESYNC;
     loop {
-        let listed = context.listed.load(Ordering::Acquire) >= 3;
+        let listed = context.readiness.is_ready();
         let pending = listed && !context.dirty.lock().expect("dirty lock").is_empty();
         if !pending {
             let has_status = !context.status_dirty.lock().expect("dirty lock").is_empty();
@@ -337,7 +348,7 @@ async fn work(context: Arc<Context>, stop: CancellationToken) {
                 _ = context.wake.notified() => {}
                 _ = tokio::time::sleep_until(deadline) => {}
             }
-            if context.listed.load(Ordering::Acquire) < 3 {
+            if !context.readiness.is_ready() {
                 continue;
             }
         }
@@ -362,44 +373,56 @@ async fn work(context: Arc<Context>, stop: CancellationToken) {
             continue;
         }
         tracing::trace!(?batch, "v2p controller: pass");
-        let results: Vec<(String, Result<Outcome, Error>)> = futures::stream::iter(batch)
-            .map(|vpc| {
-                let context = context.clone();
-                async move {
-                    let result = reconcile(&vpc, &context).await;
-                    (vpc, result)
+        pass(&context, batch).await;
+    }
+}
+
+/// Plans and writes every VPC of `batch`, [`PARALLEL`] at a time.
+async fn pass(context: &Arc<V2pController>, batch: BTreeSet<String>) {
+    let results: Vec<(String, Result<Counts, Error>)> = futures::stream::iter(batch)
+        .map(|vpc| {
+            let context = context.clone();
+            async move {
+                let result = reconcile(&vpc, &context).await;
+                (vpc, result)
+            }
+        })
+        .buffer_unordered(PARALLEL)
+        .collect()
+        .await;
+    for (vpc, result) in results {
+        let outcome = match &result {
+            Ok(counts) => Outcome::applied(counts.did(), None, None),
+            Err(error) => Outcome::failed(error),
+        };
+        context
+            .board
+            .activated(V2pController::NAME, format!("vpc {vpc}"), outcome);
+        match result {
+            Ok(counts) if counts != Counts::default() => tracing::debug!(%vpc, ?counts, "v2p"),
+            Ok(_) => {}
+            Err(error) => {
+                let conflict = error.is_conflict();
+                if conflict {
+                    tracing::debug!(%vpc, "v2p controller: conflict");
+                } else {
+                    tracing::warn!(%vpc, error = %error, "v2p controller: writing");
                 }
-            })
-            .buffer_unordered(PARALLEL)
-            .collect()
-            .await;
-        for (vpc, result) in results {
-            match result {
-                Ok(outcome) if outcome != Outcome::default() => {
-                    tracing::debug!(%vpc, ?outcome, "v2p")
-                }
-                Ok(_) => {}
-                Err(error) => {
-                    let conflict = error.is_conflict();
-                    if conflict {
-                        tracing::debug!(%vpc, "v2p controller: conflict");
-                    } else {
-                        tracing::warn!(%vpc, error = %error, "v2p controller: writing");
-                    }
-                    // Plan again from the cache: our last write may have been followed by
-                    // someone else's, or the object deleted.
-                    context.written.lock().expect("written lock").remove(&vpc);
-                    // Planned again with the next status pass (a conflict: from what was stored).
-                    context.mark_status([vpc]);
-                }
+                // Plan again from the cache: our last write may have been followed by
+                // someone else's, or the object deleted.
+                context.written.lock().expect("written lock").remove(&vpc);
+                // Planned again with the next status pass (a conflict: from what was stored).
+                context.mark_status([vpc]);
             }
         }
     }
+    let queued = context.dirty.lock().expect("dirty lock").len();
+    context.board.set_queued(V2pController::NAME, queued as u64);
 }
 
 /// What one pass over a VPC did.
 #[derive(Debug, Default, PartialEq, Eq)]
-pub struct Outcome {
+pub struct Counts {
     pub spec_written: bool,
     pub status_written: bool,
     pub live_reads: usize,
@@ -407,11 +430,24 @@ pub struct Outcome {
     pub conflicts: usize,
 }
 
-/// Plans and writes one VPC.
-async fn reconcile(vpc: &str, context: &Context) -> Result<Outcome, Error> {
-    let api: Api<VpcRoutes> = Api::all(context.client.clone());
-    let api_error = |operation: &'static str| Error::api(operation, vpc);
-    let mut outcome = Outcome::default();
+impl Counts {
+    fn did(&self) -> BTreeMap<&'static str, u64> {
+        [
+            ("WriteMappings", u64::from(self.spec_written)),
+            ("WriteStatus", u64::from(self.status_written)),
+            ("LiveRead", self.live_reads as u64),
+            ("Removed", self.removed as u64),
+            ("Conflict", self.conflicts as u64),
+        ]
+        .into_iter()
+        .filter(|(_, n)| *n > 0)
+        .collect()
+    }
+}
+
+/// Observes, plans and executes one VPC.
+async fn reconcile(vpc: &str, context: &V2pController) -> Result<Counts, Error> {
+    let mut counts = Counts::default();
     let current = context.current(vpc);
     let mappings = current
         .as_ref()
@@ -422,165 +458,121 @@ async fn reconcile(vpc: &str, context: &Context) -> Result<Outcome, Error> {
         .and_then(|r| r.metadata.generation)
         .unwrap_or(0);
     let (claims, instances) = context.claims(vpc);
-    let mut planned = plan::plan(&mappings, &claims, &BTreeSet::new(), generation + 1);
-    if !planned.verify.is_empty() {
+    let mut merged = plan::merge(&mappings, &claims, &BTreeSet::new(), generation + 1);
+    if !merged.verify.is_empty() {
         let mut removable = BTreeSet::new();
-        for mapping in &planned.verify {
-            let live = Api::<Instance>::namespaced(context.client.clone(), &mapping.namespace)
-                .get_opt(&mapping.instance)
-                .await
-                .map_err(api_error("reading an instance mapped in"))?;
-            outcome.live_reads += 1;
+        for mapping in &merged.verify {
+            let live = context
+                .effects
+                .read::<Instance>(Some(&mapping.namespace), &mapping.instance)
+                .await?;
+            counts.live_reads += 1;
             if plan::removable_after_read(mapping, vpc, live.as_ref()) {
                 removable.insert(mapping.ip.clone());
             }
         }
         if !removable.is_empty() {
-            outcome.removed = removable.len();
-            planned = plan::plan(&mappings, &claims, &removable, generation + 1);
+            counts.removed = removable.len();
+            merged = plan::merge(&mappings, &claims, &removable, generation + 1);
         }
     }
-    outcome.conflicts = planned.conflicts.len();
-
-    let mut stored = current;
-    if planned.changed {
-        let written = match &stored {
-            Some(routes) => {
-                let mut next = routes.clone();
-                next.spec.mappings = planned.mappings.clone();
-                api.replace(vpc, &PostParams::default(), &next)
-                    .await
-                    .map_err(api_error("writing the mappings of vpc"))?
-            }
-            None => {
-                let routes = VpcRoutes {
-                    metadata: ObjectMeta {
-                        name: Some(vpc.to_string()),
-                        ..Default::default()
-                    },
-                    spec: VpcRoutesSpec {
-                        mappings: planned.mappings.clone(),
-                    },
-                    status: None,
-                };
-                api.create(&PostParams::default(), &routes)
-                    .await
-                    .map_err(api_error("creating the routes of vpc"))?
-            }
-        };
-        outcome.spec_written = true;
-        context
-            .written
-            .lock()
-            .expect("written lock")
-            .insert(vpc.to_string(), written.clone());
-        stored = Some(written);
-    }
-    report_conflicts(vpc, &planned.conflicts, &instances, context).await;
-
-    let Some(routes) = stored else {
-        return Ok(outcome);
-    };
-    let status = status_of(&routes, &context.sleds.state());
-    if routes.status.as_ref() != Some(&status) {
-        // A merge patch: the request is the status, not the mappings of a large VPC.
-        let patch = serde_json::json!({
-            "metadata": { "resourceVersion": routes.metadata.resource_version },
-            "status": status,
-        });
-        let written = api
-            .patch_status(vpc, &PatchParams::default(), &Patch::Merge(&patch))
-            .await
-            .map_err(api_error("writing the status of vpc"))?;
-        outcome.status_written = true;
-        context
-            .written
-            .lock()
-            .expect("written lock")
-            .insert(vpc.to_string(), written);
-    }
-    Ok(outcome)
-}
-
-/// The generation of `vpc` that `sled` acknowledged, if any.
-pub fn acknowledged(sled: &Sled, vpc: &str) -> Option<i64> {
-    sled.status
-        .as_ref()?
-        .v2p
+    counts.conflicts = merged.conflicts.len();
+    let new = context.new_conflicts(vpc, &merged.conflicts);
+    let reports: Vec<Report<'_>> = merged
+        .conflicts
         .iter()
-        .find(|ack| ack.vpc == vpc)
-        .map(|ack| ack.generation)
-}
-
-/// Whether every Ready sled acknowledged `vpc` at `generation` or later (the migration
-/// controller's admission check, with the `since` of the instance's mapping).
-pub fn converged_at(vpc: &str, generation: i64, sleds: &[Arc<Sled>]) -> bool {
-    sleds
-        .iter()
-        .filter(|sled| sled.is_ready())
-        .all(|sled| acknowledged(sled, vpc).is_some_and(|g| g >= generation))
-}
-
-/// The status `routes` should show, given the Sleds.
-pub fn status_of(routes: &VpcRoutes, sleds: &[Arc<Sled>]) -> VpcRoutesStatus {
-    let generation = routes.metadata.generation.unwrap_or(0);
-    let vpc = routes.name_any();
-    let ready: Vec<&Arc<Sled>> = sleds.iter().filter(|sled| sled.is_ready()).collect();
-    let applied = ready
-        .iter()
-        .filter(|sled| acknowledged(sled, &vpc).is_some_and(|g| g >= generation))
-        .count();
-    VpcRoutesStatus {
-        mappings: routes.spec.mappings.len() as u32,
-        applied: format!("{applied}/{}", ready.len()),
-        observed_generation: generation,
-    }
-}
-
-/// One Warning per new conflict, on the Instance that does not get the IP.
-async fn report_conflicts(
-    vpc: &str,
-    conflicts: &[plan::Conflict],
-    instances: &HashMap<InstanceKey, Arc<Instance>>,
-    context: &Context,
-) {
-    let now: BTreeSet<(String, String, String, String)> = conflicts
-        .iter()
-        .map(|c| {
-            (
-                vpc.to_string(),
-                c.ip.clone(),
-                c.claimant.0.clone(),
-                c.claimant.1.clone(),
-            )
+        .filter(|c| {
+            new.iter()
+                .any(|n| n.1 == c.ip && n.2 == c.claimant.0 && n.3 == c.claimant.1)
+        })
+        .filter_map(|conflict| {
+            let instance = instances.get(&conflict.claimant)?;
+            Some(Report {
+                conflict,
+                claimant: corral_client::events::reference(instance.as_ref()),
+            })
         })
         .collect();
-    let new: Vec<&plan::Conflict> = {
-        let mut reported = context.reported.lock().expect("reported lock");
-        reported.retain(|entry| entry.0 != vpc || now.contains(entry));
-        conflicts
-            .iter()
-            .filter(|c| {
-                reported.insert((
-                    vpc.to_string(),
-                    c.ip.clone(),
-                    c.claimant.0.clone(),
-                    c.claimant.1.clone(),
-                ))
-            })
-            .collect()
-    };
-    for conflict in new {
-        let Some(instance) = instances.get(&conflict.claimant) else {
-            continue;
+    let planned = plan::plan(
+        vpc,
+        current.as_ref(),
+        &merged,
+        &context.sleds.all(),
+        &reports,
+    );
+    if !planned.changes_anything() && planned.events().next().is_none() {
+        return Ok(counts);
+    }
+    let object = current.unwrap_or_else(|| empty_routes(vpc));
+    match execute(context, &object, &planned).await {
+        Ok(written) => {
+            counts.spec_written = planned.actions().next().is_some();
+            counts.status_written = planned.steps.contains(&crate::kit::Step::WriteStatus);
+            if counts.spec_written || counts.status_written {
+                context
+                    .written
+                    .lock()
+                    .expect("written lock")
+                    .insert(vpc.to_string(), written);
+            }
+            Ok(counts)
+        }
+        Err(error) => {
+            // Not reported after all: report them with the next pass that gets through.
+            let mut reported = context.reported.lock().expect("reported lock");
+            for entry in &new {
+                reported.remove(entry);
+            }
+            Err(error)
+        }
+    }
+}
+
+/// A VpcRoutes for `vpc` that does not exist yet (the first write creates it).
+fn empty_routes(vpc: &str) -> VpcRoutes {
+    VpcRoutes {
+        metadata: ObjectMeta {
+            name: Some(vpc.to_string()),
+            ..Default::default()
+        },
+        spec: VpcRoutesSpec::default(),
+        status: None,
+    }
+}
+
+impl Apply for V2pController {
+    type Object = VpcRoutes;
+    type Status = VpcRoutesStatus;
+    type Action = Action;
+
+    const NAME: &'static str = "v2p";
+    // A merge patch: the request is the status, not the mappings of a large VPC.
+    const STATUS_WRITE: StatusWrite = StatusWrite::MergePatch;
+
+    fn effects(&self) -> &Effects {
+        &self.effects
+    }
+
+    fn with_status(object: &VpcRoutes, status: &VpcRoutesStatus) -> VpcRoutes {
+        VpcRoutes {
+            status: Some(status.clone()),
+            ..object.clone()
+        }
+    }
+
+    fn status_of(object: &VpcRoutes) -> Option<VpcRoutesStatus> {
+        object.status.clone()
+    }
+
+    async fn apply(&self, action: &Action, routes: &VpcRoutes) -> Result<Option<VpcRoutes>, Error> {
+        let Action::WriteMappings(mappings) = action;
+        let mut next = routes.clone();
+        next.spec.mappings = mappings.clone();
+        let written = if routes.metadata.resource_version.is_some() {
+            self.effects.replace(&next).await?
+        } else {
+            self.effects.create_new(&next).await?
         };
-        let message = format!(
-            "IP {} in VPC {vpc} is already mapped to instance {}/{}; this instance gets no mapping for it",
-            conflict.ip, conflict.holder.0, conflict.holder.1
-        );
-        context
-            .recorder
-            .warning(&**instance, Reason::IpConflict, message)
-            .await;
+        Ok(Some(written))
     }
 }

@@ -54,6 +54,7 @@ impl Rack {
         let stop = CancellationToken::new();
         let controller = tokio::spawn(corral_controllers::drain::controller(
             client.clone(),
+            Default::default(),
             stop.clone(),
         ));
         Rack {
@@ -229,6 +230,7 @@ impl Rack {
         self.stop = CancellationToken::new();
         self.controller = tokio::spawn(corral_controllers::drain::controller(
             self.client.clone(),
+            Default::default(),
             self.stop.clone(),
         ));
     }

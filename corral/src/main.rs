@@ -10,6 +10,7 @@ use corral_apiserver::resource::Registry;
 use corral_store::StoreConfig;
 
 mod bench;
+mod debug;
 mod rack;
 
 #[global_allocator]
@@ -81,10 +82,13 @@ pub struct ControllersArgs {
     /// How long the leader Lease lasts without renewal; a survivor takes over after it.
     #[arg(long, default_value = "15s", value_parser = parse_duration)]
     lease_duration: Duration,
-    /// Fault injection for tests: the process aborts right after the migration controller
-    /// writes this phase, as a crash at that step would.
+    /// Serve `/debug/controllers` (each controller's last outcome, errors, work queued) here.
+    #[arg(long)]
+    debug_listen: Option<SocketAddr>,
+    /// A crash point for tests, `CONTROLLER/PHASE` (test builds only: the controllers' kit,
+    /// `faults.rs`, has the contract).
     #[arg(long, hide = true)]
-    crash_at_migration_phase: Option<corral_crds::MigrationPhase>,
+    crash_at: Option<corral_controllers::kit::faults::CrashPoint>,
 }
 
 /// Parses `500ms`, `30s`, `5m`, `1h` (and a bare number of seconds).
@@ -214,13 +218,27 @@ pub fn controllers_config(
 async fn run_controllers(args: ControllersArgs) -> anyhow::Result<()> {
     let client = corral_client::connect(args.kubeconfig.as_deref()).await?;
     let shutdown = tokio_util::sync::CancellationToken::new();
-    let mut config = controllers_config(args.lease_duration, args.concurrency);
-    config.migration.crash_at = args.crash_at_migration_phase;
+    let config = controllers_config(args.lease_duration, args.concurrency);
+    if let Some(point) = args.crash_at {
+        corral_controllers::kit::faults::arm(point).map_err(anyhow::Error::msg)?;
+    }
+    let debug = match args.debug_listen {
+        Some(listen) => {
+            let (address, task) =
+                debug::serve(listen, config.board.clone(), shutdown.clone()).await?;
+            tracing::info!("controllers: debug page at http://{address}/debug/controllers");
+            Some(task)
+        }
+        None => None,
+    };
     tracing::info!(identity = %config.identity, "controllers: campaigning for the leader lease");
     let run = tokio::spawn(corral_controllers::run(client, config, shutdown.clone()));
     shutdown_signal().await;
     shutdown.cancel();
     run.await?;
+    if let Some(debug) = debug {
+        let _ = debug.await;
+    }
     Ok(())
 }
 

@@ -142,6 +142,10 @@ pub struct UpArgs {
     /// How many simulated sleds to run.
     #[arg(long, default_value_t = 8)]
     sleds: usize,
+    /// Where to serve `/debug/controllers` (each controller's last outcome, errors, work
+    /// queued); port 0 picks a free one.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    debug_listen: SocketAddr,
     #[command(flatten)]
     sled: SledArgs,
 }
@@ -170,12 +174,19 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     let client = corral_client::connect(Some(&kubeconfig_path)).await?;
 
     let controllers_stop = CancellationToken::new();
+    let controllers_config = crate::controllers_config(
+        Duration::from_secs(15),
+        corral_controllers::DEFAULT_CONCURRENCY,
+    );
+    let (debug_address, debug) = crate::debug::serve(
+        args.debug_listen,
+        controllers_config.board.clone(),
+        controllers_stop.clone(),
+    )
+    .await?;
     let controllers = tokio::spawn(corral_controllers::run(
         client.clone(),
-        crate::controllers_config(
-            Duration::from_secs(15),
-            corral_controllers::DEFAULT_CONCURRENCY,
-        ),
+        controllers_config,
         controllers_stop.clone(),
     ));
 
@@ -204,6 +215,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         args.sleds,
         data_dir.display()
     );
+    println!("What each controller did: http://{debug_address}/debug/controllers");
     println!();
     println!("Next, in another terminal:");
     println!("  export KUBECONFIG={}", kubeconfig_path.display());
@@ -223,6 +235,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     power_stop.cancel();
     controllers_stop.cancel();
     let _ = controllers.await;
+    let _ = debug.await;
     let _ = power.await;
     stop.cancel();
     apiserver_task.await??;

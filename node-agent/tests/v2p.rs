@@ -147,6 +147,7 @@ async fn every_sled_follows_the_vpc_routes_and_repairs_a_corrupted_mapping() {
     let stop = CancellationToken::new();
     let controller = tokio::spawn(corral_controllers::v2p::controller(
         rack.client.clone(),
+        Default::default(),
         stop.clone(),
     ));
 
@@ -341,6 +342,7 @@ async fn a_move_is_acknowledged_by_every_sled_promptly() {
     let stop = CancellationToken::new();
     let controller = tokio::spawn(corral_controllers::v2p::controller(
         rack.client.clone(),
+        Default::default(),
         stop.clone(),
     ));
     create_instance(&rack, "web", &[("blue", "10.0.0.1")]).await;

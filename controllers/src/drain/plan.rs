@@ -30,6 +30,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
+use corral_client::events::EventType;
 use corral_crds::drain::Drain;
 use corral_crds::{
     DrainItem, DrainItemState, DrainPhase, DrainStatus, EvictionStrategy, Instance, InstanceState,
@@ -39,7 +40,8 @@ use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
 
-use crate::scheduler::{self, Ineligible, Usage};
+use super::placement::{describe, key, on_sled, reserve, target_for, usage_of};
+use crate::kit::{self, Kind, Step};
 
 /// Moves of one instance tried before its item is `Failed`.
 pub const MAX_ATTEMPTS: u32 = 3;
@@ -48,20 +50,11 @@ pub const RESYNC: Duration = Duration::from_secs(5);
 /// How soon a drain waiting for its cordon to show, or for room, looks again.
 pub const SHORT_RECHECK: Duration = Duration::from_millis(500);
 
-/// Normal or Warning.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Severity {
-    Normal,
-    Warning,
-}
-
-/// One step of a plan.
+/// One of the drain controller's own actions.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Action {
     /// Set `spec.unschedulable` on the drained sled (with an Event on the Sled).
     Cordon { sled: String },
-    /// Write the plan's status (conditional on the Drain's resourceVersion).
-    WriteStatus,
     /// Create this Migration ("already exists" is success).
     CreateMigration {
         namespace: String,
@@ -69,24 +62,22 @@ pub enum Action {
         instance: String,
         target_sled: String,
     },
-    /// Set `spec.cancel` on this Migration.
+    /// Set `spec.cancel` on this Migration ("already gone" is success).
     CancelMigration { namespace: String, name: String },
-    /// Record an Event about the Drain.
-    Event {
-        severity: Severity,
-        reason: Reason,
-        message: String,
-    },
+}
+
+impl Kind for Action {
+    fn kind(&self) -> &'static str {
+        match self {
+            Action::Cordon { .. } => "Cordon",
+            Action::CreateMigration { .. } => "CreateMigration",
+            Action::CancelMigration { .. } => "CancelMigration",
+        }
+    }
 }
 
 /// What to do, and the status that results.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Plan {
-    pub status: DrainStatus,
-    pub actions: Vec<Action>,
-    /// Look again after this long even if nothing changes.
-    pub requeue: Option<Duration>,
-}
+pub type Plan = kit::Plan<DrainStatus, Action>;
 
 /// What the controller observes of one drain.
 pub struct Observed<'a> {
@@ -121,35 +112,22 @@ pub fn parse_deadline(text: &str) -> Result<Duration, String> {
 
 struct Planner<'a> {
     observed: &'a Observed<'a>,
-    status: DrainStatus,
-    actions: Vec<Action>,
-    requeue: Option<Duration>,
+    plan: Plan,
 }
 
 impl Planner<'_> {
-    fn event(&mut self, severity: Severity, reason: Reason, message: impl Into<String>) {
-        self.actions.push(Action::Event {
-            severity,
-            reason,
-            message: message.into(),
-        });
-    }
-
-    fn requeue_within(&mut self, after: Duration) {
-        self.requeue = Some(self.requeue.map_or(after, |r| r.min(after)));
-    }
-
     fn finish_as(&mut self, phase: DrainPhase, reason: Reason, message: String) {
-        self.status.phase = Some(phase);
-        self.status.reason = Some(reason);
-        self.status.message = message.clone();
-        self.status.finished_at = Some(Time(self.observed.now));
-        self.status.eta_seconds = None;
-        let severity = match phase {
-            DrainPhase::Completed | DrainPhase::Cancelled => Severity::Normal,
-            _ => Severity::Warning,
+        let status = &mut self.plan.status;
+        status.phase = Some(phase);
+        status.reason = Some(reason);
+        status.message = message.clone();
+        status.finished_at = Some(Time(self.observed.now));
+        status.eta_seconds = None;
+        let type_ = match phase {
+            DrainPhase::Completed | DrainPhase::Cancelled => EventType::Normal,
+            _ => EventType::Warning,
         };
-        self.event(severity, reason, message);
+        self.plan.event(type_, reason, message);
     }
 }
 
@@ -159,11 +137,9 @@ pub fn plan(observed: &Observed<'_>) -> Plan {
     let previous = drain.status.clone().unwrap_or_default();
     let mut planner = Planner {
         observed,
-        status: previous.clone(),
-        actions: Vec::new(),
-        requeue: None,
+        plan: Plan::new(previous.clone()),
     };
-    planner.status.observed_generation = drain.metadata.generation.unwrap_or(0);
+    planner.plan.status.observed_generation = drain.metadata.generation.unwrap_or(0);
     let phase = previous.phase.unwrap_or(DrainPhase::Pending);
     if phase.is_final() {
         if matches!(phase, DrainPhase::Cancelled | DrainPhase::Failed) {
@@ -179,7 +155,7 @@ pub fn plan(observed: &Observed<'_>) -> Plan {
             Reason::DrainCancelled,
             format!(
                 "cancelled with {} of {} moved; sled {sled_name} stays cordoned",
-                planner.status.moved, planner.status.total
+                planner.plan.status.moved, planner.plan.status.total
             ),
         );
         return finish(planner, &previous);
@@ -202,8 +178,8 @@ pub fn plan(observed: &Observed<'_>) -> Plan {
             format!(
                 "the deadline ({}) passed with {} of {} moved; sled {sled_name} stays cordoned",
                 drain.spec.deadline.as_deref().unwrap_or("?"),
-                planner.status.moved,
-                planner.status.total
+                planner.plan.status.moved,
+                planner.plan.status.total
             ),
         );
         return finish(planner, &previous);
@@ -211,14 +187,14 @@ pub fn plan(observed: &Observed<'_>) -> Plan {
     if !sled.spec.unschedulable {
         // Cordoned again if someone uncordoned it mid-drain: what is moved off must not come
         // back.
-        planner.actions.push(Action::Cordon {
+        planner.plan.act(Action::Cordon {
             sled: sled_name.to_string(),
         });
         if phase == DrainPhase::Pending {
-            planner.status.phase = Some(DrainPhase::Pending);
-            planner.status.message = format!("cordoning sled {sled_name}");
+            planner.plan.status.phase = Some(DrainPhase::Pending);
+            planner.plan.status.message = format!("cordoning sled {sled_name}");
             // Plan only from a cache that shows the cordon: nothing lands on the sled after it.
-            planner.requeue_within(SHORT_RECHECK);
+            planner.plan.requeue_within(SHORT_RECHECK);
             return finish(planner, &previous);
         }
     }
@@ -233,7 +209,7 @@ pub fn plan(observed: &Observed<'_>) -> Plan {
             return finish(planner, &previous);
         }
         start(&mut planner, sled);
-        if planner.status.phase != Some(DrainPhase::Draining) {
+        if planner.plan.status.phase != Some(DrainPhase::Draining) {
             return finish(planner, &previous);
         }
     }
@@ -244,29 +220,25 @@ pub fn plan(observed: &Observed<'_>) -> Plan {
 /// Writes the status first if it changed (it names the Migrations before they are created).
 /// A change of the ETA alone is not written: it would wake the drain again at once.
 fn finish(mut planner: Planner<'_>, previous: &DrainStatus) -> Plan {
-    let mut without_eta = planner.status.clone();
+    let mut without_eta = planner.plan.status.clone();
     without_eta.eta_seconds = previous.eta_seconds;
     if without_eta == *previous {
-        planner.status = without_eta;
+        planner.plan.status = without_eta;
     } else {
         let at = usize::from(matches!(
-            planner.actions.first(),
-            Some(Action::Cordon { .. })
+            planner.plan.steps.first(),
+            Some(Step::Act(Action::Cordon { .. }))
         ));
-        planner.actions.insert(at, Action::WriteStatus);
+        planner.plan.steps.insert(at, Step::WriteStatus);
     }
-    Plan {
-        status: planner.status,
-        actions: planner.actions,
-        requeue: planner.requeue,
-    }
+    planner.plan
 }
 
 /// Asks every unfinished Migration of the drain to cancel.
 fn cancel_unfinished(planner: &mut Planner<'_>) {
     for migration in planner.observed.migrations {
         if !is_finished(migration) && !migration.spec.cancel {
-            planner.actions.push(Action::CancelMigration {
+            planner.plan.act(Action::CancelMigration {
                 namespace: migration.namespace().unwrap_or_default(),
                 name: migration.name_any(),
             });
@@ -280,137 +252,6 @@ fn is_finished(migration: &Migration) -> bool {
         .as_ref()
         .and_then(|s| s.phase)
         .is_some_and(MigrationPhase::is_final)
-}
-
-fn key(instance: &Instance) -> (String, String) {
-    (
-        instance.namespace().unwrap_or_default(),
-        instance.name_any(),
-    )
-}
-
-fn describe(instance: &Instance) -> String {
-    let (namespace, name) = key(instance);
-    let want = instance.spec.resources();
-    format!(
-        "{namespace}/{name} ({} CPUs, {} MiB)",
-        want.cpus, want.memory_mib
-    )
-}
-
-fn sled_of(instance: &Instance) -> Option<&str> {
-    instance.status.as_ref().and_then(|s| s.sled.as_deref())
-}
-
-/// What every sled has promised: the allocation its agent reports, and the anti-affinity
-/// groups of the instances on it.
-fn usage_of(sleds: &[Arc<Sled>], instances: &[Arc<Instance>]) -> HashMap<String, Usage> {
-    let mut usage: HashMap<String, Usage> = sleds
-        .iter()
-        .map(|sled| {
-            let allocated = sled
-                .status
-                .as_ref()
-                .map(|s| s.allocated)
-                .unwrap_or_default();
-            (
-                sled.name_any(),
-                Usage {
-                    allocated,
-                    groups: Default::default(),
-                },
-            )
-        })
-        .collect();
-    for instance in instances {
-        if let (Some(sled), Some(group)) = (sled_of(instance), &instance.spec.anti_affinity_group) {
-            usage
-                .entry(sled.to_string())
-                .or_default()
-                .groups
-                .insert(group.clone());
-        }
-    }
-    usage
-}
-
-fn reserve(usage: &mut HashMap<String, Usage>, sled: &str, instance: &Instance) {
-    let entry = usage.entry(sled.to_string()).or_default();
-    entry.allocated += instance.spec.resources();
-    if let Some(group) = &instance.spec.anti_affinity_group {
-        entry.groups.insert(group.clone());
-    }
-}
-
-/// Why `sled` cannot take `instance`, in words, or `None` if it can.
-pub fn why_not(instance: &Instance, sled: &Sled, usage: &HashMap<String, Usage>) -> Option<String> {
-    let name = sled.name_any();
-    let why = scheduler::eligibility(instance, sled, usage).err()?;
-    Some(match why {
-        Ineligible::NotReady => format!("{name} is not Ready"),
-        Ineligible::Cordoned => format!("{name} is cordoned"),
-        Ineligible::Selector => format!("{name} does not match its sledSelector"),
-        Ineligible::AntiAffinity(group) => {
-            format!("{name} already runs anti-affinity group {group}")
-        }
-        Ineligible::Capacity { free } => {
-            format!(
-                "{name} has {} CPUs, {} MiB free",
-                free.cpus, free.memory_mib
-            )
-        }
-    })
-}
-
-/// Chooses a target for `instance` among the sleds other than the drained one (the scheduler's
-/// rules: the most free CPUs wins), or says why none fits.
-fn target_for(
-    instance: &Instance,
-    drained: &str,
-    sleds: &[Arc<Sled>],
-    usage: &HashMap<String, Usage>,
-    avoid: Option<&str>,
-) -> Result<String, String> {
-    // By name, so that the message reads the same whatever order the cache lists them in.
-    let mut others: Vec<Arc<Sled>> = sleds
-        .iter()
-        .filter(|s| s.name_any() != drained)
-        .cloned()
-        .collect();
-    others.sort_by_key(|s| s.name_any());
-    match scheduler::choose(instance, &others, usage, avoid) {
-        Ok(placement) => Ok(placement.sled),
-        Err(_) => {
-            let reasons: Vec<String> = others
-                .iter()
-                .filter_map(|sled| why_not(instance, sled, usage))
-                .collect();
-            let reasons = if reasons.is_empty() {
-                "there is no other sled".to_string()
-            } else {
-                reasons.join(", ")
-            };
-            Err(format!("{} fits no sled: {reasons}", describe(instance)))
-        }
-    }
-}
-
-/// The instances on the sled, largest first (so that the plan packs the hardest ones while
-/// there is most room), then by name.
-fn on_sled<'a>(instances: &'a [Arc<Instance>], sled: &str) -> Vec<&'a Arc<Instance>> {
-    let mut on: Vec<&Arc<Instance>> = instances
-        .iter()
-        .filter(|i| sled_of(i) == Some(sled))
-        .collect();
-    on.sort_by_key(|i| {
-        let want = i.spec.resources();
-        (
-            std::cmp::Reverse(want.cpus),
-            std::cmp::Reverse(want.memory_mib),
-            key(i),
-        )
-    });
-    on
 }
 
 /// Plans every instance of the sled and either refuses the drain or starts it.
@@ -467,8 +308,8 @@ fn start(planner: &mut Planner<'_>, sled: &Sled) {
         }
         items.push(item);
     }
-    planner.status.total = items.len() as u32;
-    planner.status.plan = items;
+    planner.plan.status.total = items.len() as u32;
+    planner.plan.status.plan = items;
     if !problems.is_empty() && !drain.spec.force {
         planner.finish_as(
             DrainPhase::Refused,
@@ -480,12 +321,12 @@ fn start(planner: &mut Planner<'_>, sled: &Sled) {
         );
         return;
     }
-    planner.status.phase = Some(DrainPhase::Draining);
-    planner.status.reason = Some(Reason::DrainStarted);
-    planner.status.started_at = Some(Time(observed.now));
-    planner.status.deadline = deadline.map(Time);
+    planner.plan.status.phase = Some(DrainPhase::Draining);
+    planner.plan.status.reason = Some(Reason::DrainStarted);
+    planner.plan.status.started_at = Some(Time(observed.now));
+    planner.plan.status.deadline = deadline.map(Time);
     let mut targets: BTreeMap<&str, usize> = BTreeMap::new();
-    for item in &planner.status.plan {
+    for item in &planner.plan.status.plan {
         if let Some(target) = &item.target_sled {
             *targets.entry(target.as_str()).or_default() += 1;
         }
@@ -496,7 +337,7 @@ fn start(planner: &mut Planner<'_>, sled: &Sled) {
         .collect();
     let mut message = format!(
         "draining sled {sled_name}: {} instances to move ({}), at most {} at a time",
-        planner.status.total,
+        planner.plan.status.total,
         if spread.is_empty() {
             "none".to_string()
         } else {
@@ -507,61 +348,80 @@ fn start(planner: &mut Planner<'_>, sled: &Sled) {
     if !problems.is_empty() {
         message.push_str(&format!("; forced despite: {}", problems.join("; ")));
     }
-    planner.event(Severity::Normal, Reason::DrainStarted, message);
+    planner
+        .plan
+        .event(EventType::Normal, Reason::DrainStarted, message);
 }
 
 /// Follows the moves under way, starts new ones within `maxParallel`, and completes or fails.
 fn drive(planner: &mut Planner<'_>, sled: &Sled) {
     let observed = planner.observed;
-    let drain = observed.drain;
-    let drain_name = drain.name_any();
     let sled_name = sled.name_any();
     let instances: HashMap<(String, String), &Arc<Instance>> =
         observed.instances.iter().map(|i| (key(i), i)).collect();
-    let migrations: HashMap<(String, String), &Arc<Migration>> = observed
-        .migrations
-        .iter()
-        .map(|m| ((m.namespace().unwrap_or_default(), m.name_any()), m))
-        .collect();
+    admit_late_arrivals(planner, &sled_name);
+    let unfinished = follow_moves(planner, &instances, &sled_name);
+    let waiting = start_moves(planner, &instances, &sled_name, unfinished);
+    count(planner, sled);
+    conclude(planner, sled, waiting);
+}
 
-    // Late arrivals: an instance on the sled the plan does not know (placed just before the
-    // cordon showed) joins the plan; its target is chosen when it moves.
-    for instance in on_sled(observed.instances, &sled_name) {
+/// Late arrivals: an instance on the sled the plan does not know (placed just before the
+/// cordon showed) joins the plan; its target is chosen when it moves.
+fn admit_late_arrivals(planner: &mut Planner<'_>, sled_name: &str) {
+    for instance in on_sled(planner.observed.instances, sled_name) {
         let (namespace, name) = key(instance);
         let known = planner
+            .plan
             .status
             .plan
             .iter()
             .any(|item| item.namespace == namespace && item.instance == name);
-        if !known {
-            let strategy = instance.spec.eviction_strategy;
-            let stays = strategy == EvictionStrategy::None;
-            planner.status.plan.push(DrainItem {
-                namespace,
-                instance: name,
-                strategy,
-                target_sled: None,
-                state: if stays {
-                    DrainItemState::Stays
-                } else {
-                    DrainItemState::Waiting
-                },
-                migration: None,
-                attempts: 0,
-                message: if stays {
-                    "evictionStrategy None: it stays".into()
-                } else {
-                    String::new()
-                },
-            });
+        if known {
+            continue;
         }
+        let strategy = instance.spec.eviction_strategy;
+        let stays = strategy == EvictionStrategy::None;
+        planner.plan.status.plan.push(DrainItem {
+            namespace,
+            instance: name,
+            strategy,
+            target_sled: None,
+            state: if stays {
+                DrainItemState::Stays
+            } else {
+                DrainItemState::Waiting
+            },
+            migration: None,
+            attempts: 0,
+            message: if stays {
+                "evictionStrategy None: it stays".into()
+            } else {
+                String::new()
+            },
+        });
     }
+}
 
+/// Marks the items whose instance left the sled `Moved`, follows the moves under way (a
+/// Migration named but not seen is created again), and turns failed moves into retries or
+/// failures. Returns how many moves are unfinished.
+fn follow_moves(
+    planner: &mut Planner<'_>,
+    instances: &HashMap<(String, String), &Arc<Instance>>,
+    sled_name: &str,
+) -> u32 {
+    let migrations: HashMap<(String, String), &Arc<Migration>> = planner
+        .observed
+        .migrations
+        .iter()
+        .map(|m| ((m.namespace().unwrap_or_default(), m.name_any()), m))
+        .collect();
     let mut unfinished = 0u32;
     let mut recreate = Vec::new();
-    for item in &mut planner.status.plan {
+    for item in &mut planner.plan.status.plan {
         let instance = instances.get(&(item.namespace.clone(), item.instance.clone()));
-        if let Some(done) = done_message(instance.map(|i| i.as_ref()), &sled_name) {
+        if let Some(done) = done_message(instance.map(|i| i.as_ref()), sled_name) {
             if item.state != DrainItemState::Moved {
                 item.state = DrainItemState::Moved;
                 item.message = done;
@@ -590,39 +450,55 @@ fn drive(planner: &mut Planner<'_>, sled: &Sled) {
                 }
             }
             Some(migration) if !is_finished(migration) => unfinished += 1,
-            Some(migration) => {
-                let status = migration.status.clone().unwrap_or_default();
-                if status.phase == Some(MigrationPhase::Succeeded) {
-                    // The instance's status follows; until it runs elsewhere, it is moving.
-                    continue;
-                }
-                let why = format!(
-                    "migration {migration_name} {}{}",
-                    status.phase.map(|p| p.as_str()).unwrap_or("ended"),
-                    if status.message.is_empty() {
-                        String::new()
-                    } else {
-                        format!(": {}", status.message)
-                    }
-                );
-                if item.attempts >= MAX_ATTEMPTS {
-                    item.state = DrainItemState::Failed;
-                    item.message = format!("gave up after {} attempts; last: {why}", item.attempts);
-                } else {
-                    item.state = DrainItemState::Waiting;
-                    item.message = format!("retrying: {why}");
-                }
-            }
+            Some(migration) => retry_or_fail(item, migration, &migration_name),
         }
     }
-    planner.actions.extend(recreate);
+    for action in recreate {
+        planner.plan.act(action);
+    }
+    unfinished
+}
 
-    // New moves, in plan order, within maxParallel.
+/// A move that ended: the item waits for another attempt, or fails after the last one. A move
+/// that succeeded stays `Moving` until the instance runs elsewhere.
+fn retry_or_fail(item: &mut DrainItem, migration: &Migration, migration_name: &str) {
+    let status = migration.status.clone().unwrap_or_default();
+    if status.phase == Some(MigrationPhase::Succeeded) {
+        return;
+    }
+    let why = format!(
+        "migration {migration_name} {}{}",
+        status.phase.map(|p| p.as_str()).unwrap_or("ended"),
+        if status.message.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", status.message)
+        }
+    );
+    if item.attempts >= MAX_ATTEMPTS {
+        item.state = DrainItemState::Failed;
+        item.message = format!("gave up after {} attempts; last: {why}", item.attempts);
+    } else {
+        item.state = DrainItemState::Waiting;
+        item.message = format!("retrying: {why}");
+    }
+}
+
+/// New moves, in plan order, within `maxParallel`. Returns whether an item waits for room or
+/// for its instance to run.
+fn start_moves(
+    planner: &mut Planner<'_>,
+    instances: &HashMap<(String, String), &Arc<Instance>>,
+    sled_name: &str,
+    mut unfinished: u32,
+) -> bool {
+    let observed = planner.observed;
+    let drain_name = observed.drain.name_any();
     let mut usage = usage_of(observed.sleds, observed.instances);
-    let max_parallel = drain.spec.max_parallel.max(1);
+    let max_parallel = observed.drain.spec.max_parallel.max(1);
     let mut waiting = false;
     let mut created = Vec::new();
-    for item in &mut planner.status.plan {
+    for item in &mut planner.plan.status.plan {
         if item.state != DrainItemState::Waiting || unfinished >= max_parallel {
             continue;
         }
@@ -646,7 +522,7 @@ fn drive(planner: &mut Planner<'_>, sled: &Sled) {
             (Some(target), 0) => Ok(target.clone()),
             (previous, _) => target_for(
                 instance,
-                &sled_name,
+                sled_name,
                 observed.sleds,
                 &usage,
                 previous.as_deref(),
@@ -677,10 +553,17 @@ fn drive(planner: &mut Planner<'_>, sled: &Sled) {
         });
         unfinished += 1;
     }
-    planner.actions.extend(created);
+    for action in created {
+        planner.plan.act(action);
+    }
+    waiting
+}
 
-    count(planner, sled);
-    let status = &planner.status;
+/// Fails when nothing is open and something failed, completes when nothing is open and the
+/// sled's agent reports no VMM, and otherwise says how far the drain is.
+fn conclude(planner: &mut Planner<'_>, sled: &Sled, waiting: bool) {
+    let sled_name = sled.name_any();
+    let status = &planner.plan.status;
     let open = status
         .plan
         .iter()
@@ -708,7 +591,7 @@ fn drive(planner: &mut Planner<'_>, sled: &Sled) {
         planner.finish_as(DrainPhase::Failed, Reason::DrainFailed, message);
         return;
     }
-    if open == 0 && stays.is_empty() {
+    let message = if open == 0 && stays.is_empty() {
         let vmms = sled.status.as_ref().map(|s| s.vmms);
         if vmms == Some(0) {
             let message = format!(
@@ -718,17 +601,17 @@ fn drive(planner: &mut Planner<'_>, sled: &Sled) {
             planner.finish_as(DrainPhase::Completed, Reason::DrainCompleted, message);
             return;
         }
-        planner.status.message = format!(
+        format!(
             "every instance moved; waiting for sled {sled_name}'s node-agent to report no VMM ({} left)",
             vmms.unwrap_or(0)
-        );
+        )
     } else if !stays.is_empty() && open == 0 {
-        planner.status.message = format!(
+        format!(
             "waiting: {} stay (evictionStrategy None) and still run on sled {sled_name}",
             stays.join(", ")
-        );
+        )
     } else {
-        planner.status.message = format!(
+        format!(
             "moving {} of {} instances off sled {sled_name}{}",
             status.moving,
             status.total - status.moved,
@@ -737,9 +620,12 @@ fn drive(planner: &mut Planner<'_>, sled: &Sled) {
             } else {
                 ""
             }
-        );
-    }
-    planner.requeue_within(if waiting { SHORT_RECHECK } else { RESYNC });
+        )
+    };
+    planner.plan.status.message = message;
+    planner
+        .plan
+        .requeue_within(if waiting { SHORT_RECHECK } else { RESYNC });
 }
 
 /// Why an item is done, or `None` while its instance is still on the sled.
@@ -758,7 +644,7 @@ fn done_message(instance: Option<&Instance>, sled: &str) -> Option<String> {
 
 /// Counts, progress and ETA.
 fn count(planner: &mut Planner<'_>, sled: &Sled) {
-    let status = &mut planner.status;
+    let status = &mut planner.plan.status;
     let of = |state| status.plan.iter().filter(|i| i.state == state).count() as u32;
     let (moved, moving, failed) = (
         of(DrainItemState::Moved),

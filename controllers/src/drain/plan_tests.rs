@@ -152,8 +152,7 @@ fn applied(drain: &Drain, plan: &Plan) -> Drain {
 
 /// The Migrations a plan creates, as (name, instance, target).
 fn created(plan: &Plan) -> Vec<(String, String, String)> {
-    plan.actions
-        .iter()
+    plan.actions()
         .filter_map(|a| match a {
             Action::CreateMigration {
                 name,
@@ -167,8 +166,7 @@ fn created(plan: &Plan) -> Vec<(String, String, String)> {
 }
 
 fn cancelled(plan: &Plan) -> Vec<String> {
-    plan.actions
-        .iter()
+    plan.actions()
         .filter_map(|a| match a {
             Action::CancelMigration { name, .. } => Some(name.clone()),
             _ => None,
@@ -177,13 +175,7 @@ fn cancelled(plan: &Plan) -> Vec<String> {
 }
 
 fn events(plan: &Plan) -> Vec<Reason> {
-    plan.actions
-        .iter()
-        .filter_map(|a| match a {
-            Action::Event { reason, .. } => Some(*reason),
-            _ => None,
-        })
-        .collect()
+    plan.events().map(|event| event.reason).collect()
 }
 
 fn state_of(plan: &Plan, instance: &str) -> DrainItemState {
@@ -208,12 +200,12 @@ fn a_drain_first_cordons_the_sled_and_plans_only_once_the_cordon_shows() {
     let instances = [instance("a", 4, "sled-1")];
     let plan = run(&drain(4), &sleds, &instances, &[], now());
     assert_eq!(
-        plan.actions,
+        plan.steps,
         vec![
-            Action::Cordon {
+            Step::Act(Action::Cordon {
                 sled: "sled-1".into()
-            },
-            Action::WriteStatus
+            }),
+            Step::WriteStatus
         ]
     );
     assert_eq!(plan.status.phase, Some(DrainPhase::Pending));
@@ -254,7 +246,7 @@ fn a_plan_that_fits_spreads_targets_by_free_capacity_and_starts_within_max_paral
             ("c", Some("sled-3"))
         ]
     );
-    assert_eq!(plan.actions[0], Action::WriteStatus, "name before create");
+    assert_eq!(plan.steps[0], Step::WriteStatus, "name before create");
     assert_eq!(
         created(&plan),
         vec![
@@ -279,11 +271,11 @@ fn a_plan_that_fits_spreads_targets_by_free_capacity_and_starts_within_max_paral
         &migrations,
         later(1),
     );
-    assert_eq!(again.actions, vec![], "{again:?}");
+    assert_eq!(again.steps, vec![], "{again:?}");
     // Not seen yet (the cache lags, or a restart before the create): created again.
     let lagging = run(&applied(&drain, &plan), &sleds, &instances, &[], later(1));
     assert_eq!(created(&lagging).len(), 2);
-    assert!(!lagging.actions.contains(&Action::WriteStatus));
+    assert!(!lagging.steps.contains(&Step::WriteStatus));
 }
 
 #[test]
@@ -326,7 +318,7 @@ fn a_plan_that_does_not_fit_is_refused_naming_the_instance_and_every_sled() {
         &[],
         later(9),
     );
-    assert_eq!(again.actions, vec![]);
+    assert_eq!(again.steps, vec![]);
 }
 
 #[test]
@@ -522,11 +514,11 @@ fn cancel_stops_new_moves_and_cancels_unfinished_ones() {
     let drain = applied(&drain, &plan);
     let again = run(&drain, &sleds, &instances, &migrations, later(6));
     assert_eq!(
-        again.actions,
-        vec![Action::CancelMigration {
+        again.steps,
+        vec![Step::Act(Action::CancelMigration {
             namespace: "default".into(),
             name: "d-b-1".into()
-        }]
+        })]
     );
 }
 
@@ -577,10 +569,10 @@ fn a_sled_uncordoned_mid_drain_is_cordoned_again_and_the_drain_goes_on() {
     let migrations = [migration("d-a-1", "a", Some(MigrationPhase::Transferring))];
     let plan = run(&drain, &uncordoned, &instances, &migrations, later(2));
     assert_eq!(
-        plan.actions,
-        vec![Action::Cordon {
+        plan.steps,
+        vec![Step::Act(Action::Cordon {
             sled: "sled-1".into()
-        }]
+        })]
     );
     assert_eq!(plan.status.phase, Some(DrainPhase::Draining));
 }
@@ -650,7 +642,7 @@ proptest::proptest! {
                     .map(|(name, instance, _)| migration(name, instance, Some(MigrationPhase::Pending)))
                     .collect();
                 let again = run(&applied(&drain, &plan), &sleds, &instances, &seen, later(1));
-                proptest::prop_assert_eq!(again.actions, vec![]);
+                proptest::prop_assert_eq!(again.steps, vec![]);
             }
             Some(DrainPhase::Completed) => proptest::prop_assert!(sizes.is_empty()),
             other => proptest::prop_assert!(false, "unexpected phase {:?}", other),

@@ -1,6 +1,6 @@
 //! The instance controller's part of a live migration: start an admitted Migration, and decide
 //! its outcome — the *switch* or the *abort* (docs/migration.md, "One decision point"). Pure,
-//! like the rest of [`super::plan`].
+//! like the rest of the instance controller's plan (`plan.rs`, `planning.rs`).
 //!
 //! # Definitions
 //! - A Migration is *admitted* if (and only if) the migration controller moved it past
@@ -31,11 +31,13 @@ use corral_crds::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
 
-use super::plan::{Action, Place, PlaceRequest, Planner, Severity};
+use corral_client::events::EventType;
+
+use super::planning::{Action, Place, PlaceRequest, Planner};
 
 /// Starts an admitted migration, follows the one under way, or decides its outcome.
 pub(super) fn plan_migration(planner: &mut Planner<'_>, place: &mut Place<'_>) {
-    if planner.status.migration.is_some() {
+    if planner.plan.status.migration.is_some() {
         follow(planner);
     } else {
         start(planner, place);
@@ -55,19 +57,19 @@ fn find<'a>(planner: &Planner<'a>, name: &str) -> Option<&'a Migration> {
 /// A migration is under way: switch, abort, or show its progress.
 fn follow(planner: &mut Planner<'_>) {
     let observed = planner.observed;
-    let name = planner.status.migration.clone().unwrap_or_default();
-    let Some(target_name) = planner.status.target_vmm.clone() else {
+    let name = planner.plan.status.migration.clone().unwrap_or_default();
+    let Some(target_name) = planner.plan.status.target_vmm.clone() else {
         // Named without a target cannot happen through this module; clear it.
-        planner.status.migration = None;
+        planner.plan.status.migration = None;
         return;
     };
     let migration = find(planner, &name);
     let target = observed.vmms.iter().find(|v| v.name_any() == target_name);
-    let source_active = planner.status.active_vmm.is_some()
+    let source_active = planner.plan.status.active_vmm.is_some()
         && observed
             .vmms
             .iter()
-            .any(|v| Some(v.name_any()) == planner.status.active_vmm);
+            .any(|v| Some(v.name_any()) == planner.plan.status.active_vmm);
 
     // Why the migration must end without moving the instance, if it must.
     let abort = if let Some(asked) = migration.and_then(|m| m.status.as_ref()?.abort.clone()) {
@@ -84,13 +86,13 @@ fn follow(planner: &mut Planner<'_>) {
             Reason::MigrationCancelled,
             format!("Migration {name} was deleted"),
         ))
-    } else if planner.status.active_vmm.is_none() || !source_active {
+    } else if planner.plan.status.active_vmm.is_none() || !source_active {
         Some((
             MigrationPhase::Failed,
             Reason::InstanceNotRunning,
             "the source VMM ended during the migration".to_string(),
         ))
-    } else if !observed.instance.spec.should_run(&planner.status)
+    } else if !observed.instance.spec.should_run(&planner.plan.status)
         || observed.instance.metadata.deletion_timestamp.is_some()
     {
         Some((
@@ -146,8 +148,7 @@ fn follow(planner: &mut Planner<'_>) {
             reason,
             &format!("migration {name} ended: {phase}"),
         );
-        planner.event(
-            Severity::Warning,
+        planner.plan.event(EventType::Warning,
             if phase == MigrationPhase::Cancelled {
                 Reason::MigrationCancelled
             } else {
@@ -164,7 +165,7 @@ fn follow(planner: &mut Planner<'_>) {
         switch(planner, &name, &target_name);
         return;
     }
-    planner.status.state = Some(InstanceState::Migrating);
+    planner.plan.status.state = Some(InstanceState::Migrating);
     let target_sled = target.map(|v| v.spec.sled.clone()).unwrap_or_default();
     let message = match target.and_then(|v| v.status.as_ref()?.migration.as_ref()) {
         Some(m) => format!(
@@ -182,7 +183,7 @@ fn follow(planner: &mut Planner<'_>) {
     } else {
         Reason::MigrationStarted
     };
-    if condition::find(&planner.status.conditions, Cond::Migrating)
+    if condition::find(&planner.plan.status.conditions, Cond::Migrating)
         .is_none_or(|c| c.status != ConditionStatus::True || c.reason != phase_reason)
     {
         planner.set(
@@ -203,8 +204,8 @@ fn switch(planner: &mut Planner<'_>, name: &str, target_name: &str) {
         .find(|v| v.name_any() == target_name)
         .map(|v| v.spec.sled.clone())
         .unwrap_or_default();
-    let source_sled = planner.status.sled.clone().unwrap_or_default();
-    let source = planner.status.active_vmm.clone().unwrap_or_default();
+    let source_sled = planner.plan.status.sled.clone().unwrap_or_default();
+    let source = planner.plan.status.active_vmm.clone().unwrap_or_default();
     let message =
         format!("moved from {source_sled} (VMM {source}) to {target_sled} (VMM {target_name})");
     decide(
@@ -214,7 +215,7 @@ fn switch(planner: &mut Planner<'_>, name: &str, target_name: &str) {
         Reason::MigrationSucceeded,
         message.clone(),
     );
-    let status = &mut planner.status;
+    let status = &mut planner.plan.status;
     status.active_vmm = Some(target_name.to_string());
     status.sled = Some(target_sled);
     status.location_generation += 1;
@@ -225,8 +226,8 @@ fn switch(planner: &mut Planner<'_>, name: &str, target_name: &str) {
         Reason::MigrationSucceeded,
         &format!("migration {name}: {message}"),
     );
-    planner.event(
-        Severity::Normal,
+    planner.plan.event(
+        EventType::Normal,
         Reason::MigrationSucceeded,
         format!("migration {name}: {message}"),
     );
@@ -240,31 +241,31 @@ fn decide(
     reason: Reason,
     message: String,
 ) {
-    planner.status.last_migration = Some(MigrationOutcome {
+    planner.plan.status.last_migration = Some(MigrationOutcome {
         name: name.to_string(),
         phase,
         reason: Some(reason),
         message,
-        target_vmm: planner.status.target_vmm.clone(),
+        target_vmm: planner.plan.status.target_vmm.clone(),
         at: Time(planner.observed.now),
     });
-    planner.status.migration = None;
-    planner.status.target_vmm = None;
-    planner.status.target_sled = None;
+    planner.plan.status.migration = None;
+    planner.plan.status.target_vmm = None;
+    planner.plan.status.target_sled = None;
 }
 
 /// The status names a target that was never created: create it, as the status says.
 fn recreate_target(planner: &mut Planner<'_>, name: &str, target_name: &str) {
     let (Some(source), Some(source_sled)) = (
-        planner.status.active_vmm.clone(),
-        planner.status.sled.clone(),
+        planner.plan.status.active_vmm.clone(),
+        planner.plan.status.sled.clone(),
     ) else {
         return;
     };
-    let Some(target_sled) = planner.status.target_sled.clone() else {
+    let Some(target_sled) = planner.plan.status.target_sled.clone() else {
         return;
     };
-    planner.actions.push(Action::CreateVmm {
+    planner.plan.act(Action::CreateVmm {
         name: target_name.to_string(),
         sled: target_sled,
         migrate_from: Some(MigrateFrom {
@@ -279,6 +280,7 @@ fn recreate_target(planner: &mut Planner<'_>, name: &str, target_name: &str) {
 fn start(planner: &mut Planner<'_>, place: &mut Place<'_>) {
     let observed = planner.observed;
     let decided = planner
+        .plan
         .status
         .last_migration
         .as_ref()
@@ -299,11 +301,11 @@ fn start(planner: &mut Planner<'_>, place: &mut Place<'_>) {
     };
     let name = migration.name_any();
     let asked_abort = migration.status.as_ref().and_then(|s| s.abort.clone());
-    let running = planner.status.state == Some(InstanceState::Running)
+    let running = planner.plan.status.state == Some(InstanceState::Running)
         && observed.instance.metadata.deletion_timestamp.is_none();
     let (Some(source), Some(source_sled)) = (
-        planner.status.active_vmm.clone(),
-        planner.status.sled.clone(),
+        planner.plan.status.active_vmm.clone(),
+        planner.plan.status.sled.clone(),
     ) else {
         decide(
             planner,
@@ -328,7 +330,7 @@ fn start(planner: &mut Planner<'_>, place: &mut Place<'_>) {
         // timeout ends a wait that lasts.
         return;
     }
-    let serial = planner.status.vmm_serial + 1;
+    let serial = planner.plan.status.vmm_serial + 1;
     let target_name = format!("{}-v{serial}", observed.instance.name_any());
     let only = migration.spec.target_sled.as_deref();
     let request = PlaceRequest {
@@ -338,7 +340,7 @@ fn start(planner: &mut Planner<'_>, place: &mut Place<'_>) {
     };
     match place(&request) {
         Ok(placement) => {
-            let status = &mut planner.status;
+            let status = &mut planner.plan.status;
             status.vmm_serial = serial;
             status.target_vmm = Some(target_name.clone());
             status.target_sled = Some(placement.sled.clone());
@@ -357,8 +359,10 @@ fn start(planner: &mut Planner<'_>, place: &mut Place<'_>) {
                     placement.sled
                 ),
             );
-            planner.event(Severity::Normal, Reason::MigrationStarted, message);
-            planner.actions.push(Action::CreateVmm {
+            planner
+                .plan
+                .event(EventType::Normal, Reason::MigrationStarted, message);
+            planner.plan.act(Action::CreateVmm {
                 name: target_name,
                 sled: placement.sled,
                 migrate_from: Some(MigrateFrom {
@@ -380,8 +384,8 @@ fn start(planner: &mut Planner<'_>, place: &mut Place<'_>) {
                 Reason::Unschedulable,
                 message.clone(),
             );
-            planner.event(
-                Severity::Warning,
+            planner.plan.event(
+                EventType::Warning,
                 Reason::MigrationFailed,
                 format!("migration {name}: {message}"),
             );

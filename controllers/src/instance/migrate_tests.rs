@@ -6,8 +6,10 @@ use corral_crds::{
 };
 use jiff::Timestamp;
 
-use super::super::plan::{Observed, Plan, plan};
+use super::super::plan::plan;
+use super::super::planning::{Observed, Plan};
 use super::*;
+use crate::kit::Step;
 use crate::scheduler::{Placement, Rejections};
 
 fn now() -> Timestamp {
@@ -167,22 +169,23 @@ fn run_placing(
 }
 
 fn kinds(plan: &Plan) -> Vec<String> {
-    plan.actions
+    plan.steps
         .iter()
-        .map(|a| match a {
-            Action::Event { reason, .. } => format!("Event({reason})"),
-            Action::CreateVmm {
+        .map(|step| match step {
+            Step::Event(event) => format!("Event({})", event.reason),
+            Step::Act(Action::CreateVmm {
                 name,
                 sled,
                 migrate_from,
-            } => format!(
+            }) => format!(
                 "Create({name}@{sled}{})",
                 migrate_from
                     .as_ref()
                     .map(|m| format!(" from {}@{} for {}", m.vmm, m.sled, m.migration))
                     .unwrap_or_default()
             ),
-            Action::DeleteVmm { name } => format!("Delete({name})"),
+            Step::Act(Action::DeleteVmm { name }) => format!("Delete({name})"),
+            Step::Act(other) => format!("{other:?}"),
             other => format!("{other:?}"),
         })
         .collect()
@@ -221,7 +224,7 @@ fn a_pending_or_decided_migration_is_not_started() {
         &[source()],
         &[migration(MigrationPhase::Pending, None)],
     );
-    assert!(pending.actions.is_empty(), "{:?}", kinds(&pending));
+    assert!(pending.steps.is_empty(), "{:?}", kinds(&pending));
 
     let mut decided = running();
     decided.status.as_mut().unwrap().last_migration = Some(MigrationOutcome {
@@ -237,7 +240,7 @@ fn a_pending_or_decided_migration_is_not_started() {
         &[source()],
         &[migration(MigrationPhase::Scheduling, None)],
     );
-    assert!(again.actions.is_empty(), "{:?}", kinds(&again));
+    assert!(again.steps.is_empty(), "{:?}", kinds(&again));
 }
 
 #[test]
@@ -286,7 +289,7 @@ fn following_a_transfer_changes_nothing_but_the_phase() {
         &vmms,
         &[migration(MigrationPhase::Transferring, None)],
     );
-    assert!(again.actions.is_empty(), "{:?}", kinds(&again));
+    assert!(again.steps.is_empty(), "{:?}", kinds(&again));
     assert_eq!(again.status.state, Some(InstanceState::Migrating));
 }
 

@@ -22,6 +22,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use corral_client::events::EventType;
 use corral_crds::migration::{MIB, predict};
 use corral_crds::{
     Instance, InstanceState, Migration, MigrationAbort, MigrationPhase, MigrationStatus, Reason,
@@ -30,6 +31,8 @@ use corral_crds::{
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
+
+use crate::kit::{self, NoAction};
 
 /// How often an under-way or waiting Migration is looked at again.
 pub const RECHECK: Duration = Duration::from_millis(500);
@@ -125,29 +128,16 @@ pub struct Observed<'a> {
     pub now: Timestamp,
 }
 
-/// Normal or Warning.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Severity {
-    Normal,
-    Warning,
-}
-
-/// The new status, the Events to record, and when to look again.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Plan {
-    pub status: MigrationStatus,
-    pub events: Vec<(Severity, Reason, String)>,
-    pub requeue: Option<Duration>,
-}
+/// The new status (with [`Step::WriteStatus`](crate::kit::Step) when it changed), the Events
+/// to record, and when to look again. The migration controller has no action of its own: it
+/// only writes `Migration.status`.
+pub type Plan = kit::Plan<MigrationStatus, NoAction>;
 
 /// Decides what the Migration's status should be now.
 pub fn plan(observed: &Observed<'_>) -> Plan {
     let migration = observed.migration;
-    let mut plan = Plan {
-        status: migration.status.clone().unwrap_or_default(),
-        events: Vec::new(),
-        requeue: None,
-    };
+    let previous = migration.status.clone().unwrap_or_default();
+    let mut plan = Plan::new(previous.clone());
     plan.status.observed_generation = migration.metadata.generation.unwrap_or(0);
     let phase = plan.status.phase.unwrap_or(MigrationPhase::Pending);
     if phase.is_final() {
@@ -162,7 +152,25 @@ pub fn plan(observed: &Observed<'_>) -> Plan {
     if !plan.status.phase.is_some_and(MigrationPhase::is_final) {
         plan.requeue = Some(RECHECK);
     }
+    // Events report status changes: with no change there is nothing to write or report.
+    if plan.status == previous {
+        plan.steps.clear();
+    } else {
+        plan.write_status_at_if_changed(0, &previous);
+    }
     plan
+}
+
+/// How a step of the pending path ends the reconcile, if it does.
+enum Verdict {
+    /// A final phase, with the reason and message.
+    Finish(MigrationPhase, Reason, String),
+    /// Still `Pending`, with why.
+    Wait(Reason, String),
+}
+
+fn failed(reason: Reason, message: String) -> Option<Verdict> {
+    Some(Verdict::Finish(MigrationPhase::Failed, reason, message))
 }
 
 fn finish(
@@ -177,12 +185,12 @@ fn finish(
     status.reason = Some(reason);
     status.message = message.clone();
     status.finished_at = Some(Time(observed.now));
-    let (severity, event) = match phase {
-        MigrationPhase::Succeeded => (Severity::Normal, Reason::MigrationSucceeded),
-        MigrationPhase::Cancelled => (Severity::Normal, Reason::MigrationCancelled),
-        _ => (Severity::Warning, Reason::MigrationFailed),
+    let (type_, event) = match phase {
+        MigrationPhase::Succeeded => (EventType::Normal, Reason::MigrationSucceeded),
+        MigrationPhase::Cancelled => (EventType::Normal, Reason::MigrationCancelled),
+        _ => (EventType::Warning, Reason::MigrationFailed),
     };
-    plan.events.push((severity, event, message));
+    plan.event(type_, event, message);
 }
 
 fn wait(plan: &mut Plan, reason: Reason, message: String) {
@@ -198,53 +206,80 @@ fn sled<'a>(observed: &Observed<'a>, name: &str) -> Option<&'a Sled> {
         .map(|s| s.as_ref())
 }
 
-/// Refuse, wait, or admit.
+/// Refuse, wait, or admit: each step below may end the reconcile with a [`Verdict`].
 fn plan_pending(observed: &Observed<'_>, plan: &mut Plan) {
+    let verdict = refusal(observed).or_else(|| {
+        let instance = observed.instance?;
+        let status = instance.status.clone().unwrap_or_default();
+        let (source_vmm, source_sled) = match movable(observed, &status) {
+            Ok(source) => source,
+            Err(verdict) => return Some(verdict),
+        };
+        if let Some(verdict) = target_refusal(observed, &source_sled) {
+            return Some(verdict);
+        }
+        let progress = match predicted(observed, instance, &source_sled) {
+            Ok(progress) => progress,
+            Err(verdict) => return Some(verdict),
+        };
+        if let Some(waiting) = v2p_waiting(observed, instance) {
+            return Some(Verdict::Wait(Reason::V2PNotConverged, waiting));
+        }
+        if let Some(message) = throttled(observed, &source_sled) {
+            let message = format!("waiting: {message}");
+            return Some(Verdict::Wait(Reason::MigrationThrottled, message));
+        }
+        admit(observed, plan, source_vmm, source_sled, progress);
+        None
+    });
+    match verdict {
+        Some(Verdict::Finish(phase, reason, message)) => {
+            finish(observed, plan, phase, reason, message)
+        }
+        Some(Verdict::Wait(reason, message)) => wait(plan, reason, message),
+        None => {}
+    }
+}
+
+/// Cancelled, the instance gone, or another migration of it first: refused before anything.
+fn refusal(observed: &Observed<'_>) -> Option<Verdict> {
     let migration = observed.migration;
-    let name = migration.name_any();
     if migration.spec.cancel {
         let message = "cancelled before it started".to_string();
-        return finish(
-            observed,
-            plan,
+        return Some(Verdict::Finish(
             MigrationPhase::Cancelled,
             Reason::MigrationCancelled,
             message,
-        );
+        ));
     }
-    let Some(instance) = observed.instance else {
+    if observed.instance.is_none() {
         let message = format!("instance {} does not exist", migration.spec.instance);
-        return finish(
-            observed,
-            plan,
-            MigrationPhase::Failed,
-            Reason::InstanceNotRunning,
-            message,
-        );
-    };
+        return failed(Reason::InstanceNotRunning, message);
+    }
     let key = |m: &Migration| (m.metadata.creation_timestamp.clone(), m.name_any());
-    if let Some(other) = observed.siblings.iter().find(|other| {
+    let other = observed.siblings.iter().find(|other| {
         let admitted = other
             .status
             .as_ref()
             .and_then(|s| s.phase)
             .is_some_and(|p| p != MigrationPhase::Pending);
         admitted || key(other) < key(migration)
-    }) {
-        let message = format!(
-            "instance {} already has an unfinished migration, {}",
-            migration.spec.instance,
-            other.name_any()
-        );
-        return finish(
-            observed,
-            plan,
-            MigrationPhase::Failed,
-            Reason::MigrationInProgress,
-            message,
-        );
-    }
-    let status = instance.status.clone().unwrap_or_default();
+    })?;
+    let message = format!(
+        "instance {} already has an unfinished migration, {}",
+        migration.spec.instance,
+        other.name_any()
+    );
+    failed(Reason::MigrationInProgress, message)
+}
+
+/// The instance's active Vmm and sled if it is movable; else wait (on its way to running) or
+/// fail.
+fn movable(
+    observed: &Observed<'_>,
+    status: &corral_crds::InstanceStatus,
+) -> Result<(String, String), Verdict> {
+    let instance_name = &observed.migration.spec.instance;
     let state = status.state;
     match state {
         Some(InstanceState::Running) if status.target_vmm.is_none() => {}
@@ -255,65 +290,55 @@ fn plan_pending(observed: &Observed<'_>, plan: &mut Plan) {
             | InstanceState::Migrating,
         ) => {
             let state = state.map(|s| s.to_string()).unwrap_or_default();
-            return wait(
-                plan,
-                Reason::InstanceNotRunning,
-                format!("waiting for the instance to run (it is {state})"),
-            );
+            let message = format!("waiting for the instance to run (it is {state})");
+            return Err(Verdict::Wait(Reason::InstanceNotRunning, message));
         }
         _ => {
             let state = state.map_or("not running".to_string(), |s| s.to_string());
-            let message = format!(
-                "instance {} does not run (it is {state})",
-                migration.spec.instance
-            );
-            return finish(
-                observed,
-                plan,
+            let message = format!("instance {instance_name} does not run (it is {state})");
+            return Err(Verdict::Finish(
                 MigrationPhase::Failed,
                 Reason::InstanceNotRunning,
                 message,
-            );
+            ));
         }
     }
-    let (Some(source_vmm), Some(source_sled)) = (status.active_vmm.clone(), status.sled.clone())
-    else {
-        let message = format!("instance {} runs nowhere", migration.spec.instance);
-        return finish(
-            observed,
-            plan,
+    match (status.active_vmm.clone(), status.sled.clone()) {
+        (Some(vmm), Some(sled)) => Ok((vmm, sled)),
+        _ => Err(Verdict::Finish(
             MigrationPhase::Failed,
             Reason::InstanceNotRunning,
-            message,
-        );
-    };
-    if let Some(target) = &migration.spec.target_sled {
-        let refusal = if *target == source_sled {
-            Some(format!(
-                "the target sled {target} is where the instance runs"
-            ))
-        } else if sled(observed, target).is_none() {
-            Some(format!("there is no sled {target}"))
-        } else {
-            None
-        };
-        if let Some(message) = refusal {
-            return finish(
-                observed,
-                plan,
-                MigrationPhase::Failed,
-                Reason::Unschedulable,
-                message,
-            );
-        }
+            format!("instance {instance_name} runs nowhere"),
+        )),
     }
-    // The pre-copy model, with what the source's agent reports.
+}
+
+/// A `targetSled` that cannot be: where the instance runs, or no sled at all.
+fn target_refusal(observed: &Observed<'_>, source_sled: &str) -> Option<Verdict> {
+    let target = observed.migration.spec.target_sled.as_ref()?;
+    let message = if *target == source_sled {
+        format!("the target sled {target} is where the instance runs")
+    } else if sled(observed, target).is_none() {
+        format!("there is no sled {target}")
+    } else {
+        return None;
+    };
+    failed(Reason::Unschedulable, message)
+}
+
+/// The transfer as the pre-copy model predicts it, with what the source's agent reports;
+/// refused if it would not converge.
+fn predicted(
+    observed: &Observed<'_>,
+    instance: &Instance,
+    source_sled: &str,
+) -> Result<TransferProgress, Verdict> {
     let memory = instance.spec.memory_mib * MIB;
     let dirty = observed
         .source
         .and_then(|v| v.status.as_ref())
         .map_or(0, |s| s.dirty_bytes_per_second);
-    let bandwidth = sled(observed, &source_sled)
+    let bandwidth = sled(observed, source_sled)
         .and_then(|s| s.status.as_ref())
         .map_or(0, |s| s.migration_bandwidth);
     let mut progress = TransferProgress {
@@ -322,36 +347,34 @@ fn plan_pending(observed: &Observed<'_>, plan: &mut Plan) {
         bandwidth_bytes_per_second: bandwidth,
         ..Default::default()
     };
-    if bandwidth > 0 {
-        match predict(memory, dirty, bandwidth) {
-            Ok(prediction) => {
-                progress.predicted_downtime_ms = prediction.downtime.as_millis() as u64;
-                progress.eta_seconds = Some(prediction.duration.as_secs_f64().ceil() as u64);
-            }
-            Err(why) => {
-                let message = format!("refused: the transfer would not converge: {why}");
-                return finish(
-                    observed,
-                    plan,
-                    MigrationPhase::Failed,
-                    Reason::WillNotConverge,
-                    message,
-                );
-            }
+    if bandwidth == 0 {
+        return Ok(progress);
+    }
+    match predict(memory, dirty, bandwidth) {
+        Ok(prediction) => {
+            progress.predicted_downtime_ms = prediction.downtime.as_millis() as u64;
+            progress.eta_seconds = Some(prediction.duration.as_secs_f64().ceil() as u64);
+            Ok(progress)
         }
+        Err(why) => Err(Verdict::Finish(
+            MigrationPhase::Failed,
+            Reason::WillNotConverge,
+            format!("refused: the transfer would not converge: {why}"),
+        )),
     }
-    if let Some(waiting) = v2p_waiting(observed, instance) {
-        return wait(plan, Reason::V2PNotConverged, waiting);
-    }
+}
+
+/// Which concurrency limit a new migration from `source_sled` would break, if any.
+fn throttled(observed: &Observed<'_>, source_sled: &str) -> Option<String> {
     let limits = observed.limits;
     let load = observed.load;
-    let target = migration.spec.target_sled.as_deref();
-    let throttled = if load.rack >= limits.rack {
+    let target = observed.migration.spec.target_sled.as_deref();
+    if load.rack >= limits.rack {
         Some(format!(
             "{} migrations under way in the rack (limit {})",
             load.rack, limits.rack
         ))
-    } else if load.outbound.get(&source_sled).copied().unwrap_or(0) >= limits.outbound {
+    } else if load.outbound.get(source_sled).copied().unwrap_or(0) >= limits.outbound {
         Some(format!(
             "{source_sled} already sends {} migrations (limit {})",
             limits.outbound, limits.outbound
@@ -365,14 +388,18 @@ fn plan_pending(observed: &Observed<'_>, plan: &mut Plan) {
         ))
     } else {
         None
-    };
-    if let Some(message) = throttled {
-        return wait(
-            plan,
-            Reason::MigrationThrottled,
-            format!("waiting: {message}"),
-        );
     }
+}
+
+/// Admits the migration: `Scheduling`, with its source, start and prediction.
+fn admit(
+    observed: &Observed<'_>,
+    plan: &mut Plan,
+    source_vmm: String,
+    source_sled: String,
+    progress: TransferProgress,
+) {
+    let migration = observed.migration;
     let message = match progress.eta_seconds {
         Some(eta) => format!(
             "moving {} from {source_sled}: predicted {eta} s, {} ms downtime",
@@ -389,11 +416,12 @@ fn plan_pending(observed: &Observed<'_>, plan: &mut Plan) {
     status.progress = Some(progress);
     status.reason = Some(Reason::MigrationStarted);
     status.message = message.clone();
-    plan.events.push((
-        Severity::Normal,
+    let name = migration.name_any();
+    plan.event(
+        EventType::Normal,
         Reason::MigrationStarted,
         format!("migration {name}: {message}"),
-    ));
+    );
 }
 
 /// Why the instance's last move has not converged yet, if it has not.
@@ -505,15 +533,16 @@ fn plan_under_way(observed: &Observed<'_>, plan: &mut Plan) {
             at: Time(observed.now),
         });
         plan.status.message = format!("aborting: {message}");
-        plan.events.push((
-            if reason == Reason::MigrationCancelled {
-                Severity::Normal
-            } else {
-                Severity::Warning
-            },
+        let type_ = if reason == Reason::MigrationCancelled {
+            EventType::Normal
+        } else {
+            EventType::Warning
+        };
+        plan.event(
+            type_,
             reason,
             format!("migration {name}: aborting: {message}"),
-        ));
+        );
     }
 }
 

@@ -2,26 +2,34 @@
 //! and the instances as the cache shows them.
 //!
 //! [`claims`] turns cached Instances into [`Claim`]s (an IP of the VPC at a sled, from an
-//! instance whose active Vmm runs); [`plan`] merges the claims into the current mappings and
+//! instance whose active Vmm runs); [`merge`] merges the claims into the current mappings and
 //! returns the mappings to write, the mappings whose removal needs a live read of their
-//! Instance first, and the IP conflicts to report. `v2p.rs` does the reads and the writes.
+//! Instance first, and the IP conflicts to report; [`plan`] turns a merge into the VPC's
+//! [`Plan`] (the mappings to write, the status to show, the conflicts to report).
+//! `v2p.rs` does the reads; the kit executes the plan.
 //!
 //! # Invariants
 //! - **Never backwards.** A mapping is replaced only by a claim of the same instance with a
 //!   higher `locationGeneration`; a stale cache (a lower one) changes nothing.
 //! - **Never removed on a stale read.** A mapping with no claim of its instance stays and is
-//!   listed in [`Plan::verify`]; it goes only when the caller passes its IP in `removable`,
+//!   listed in [`Merge::verify`]; it goes only when the caller passes its IP in `removable`,
 //!   after a live read of the Instance showed it gone, not running, without that IP, or an
 //!   earlier life of it ([`removable_after_read`]).
 //! - **First claim wins.** Two instances claiming one IP: the existing mapping stays; with none,
-//!   the instance created first gets it. The others are [`Plan::conflicts`].
+//!   the instance created first gets it. The others are [`Merge::conflicts`].
 //! - `since` is `next_generation` for every changed or new mapping and kept otherwise;
-//!   `plan(current = plan(..).mappings)` changes nothing (tests).
+//!   `merge(current = merge(..).mappings)` changes nothing (tests).
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use corral_crds::{Instance, InstanceState, V2pMapping};
+use std::sync::Arc;
+
+use corral_client::events::EventType;
+use corral_crds::{Instance, InstanceState, Reason, Sled, V2pMapping, VpcRoutes, VpcRoutesStatus};
+use k8s_openapi::api::core::v1::ObjectReference;
 use kube::ResourceExt;
+
+use crate::kit::{self, Kind, Step};
 
 /// One instance IP in a VPC, as the cache shows the instance.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -49,9 +57,9 @@ pub struct Conflict {
     pub claimant: (String, String),
 }
 
-/// What to write for one VPC.
+/// What the mappings of one VPC become.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Plan {
+pub struct Merge {
     /// The spec's mappings after the plan, sorted by IP.
     pub mappings: Vec<V2pMapping>,
     /// Whether `mappings` differs from the current spec (a write is due).
@@ -129,12 +137,12 @@ pub fn removable_after_read(mapping: &V2pMapping, vpc: &str, live: Option<&Insta
 
 /// Merges `claims` into `current` (see the module docs). `removable` holds the IPs whose
 /// removal a live read confirmed; `next_generation` is the generation the write will make.
-pub fn plan(
+pub fn merge(
     current: &[V2pMapping],
     claims: &[Claim],
     removable: &BTreeSet<String>,
     next_generation: i64,
-) -> Plan {
+) -> Merge {
     let mut by_ip: BTreeMap<&str, Vec<&Claim>> = BTreeMap::new();
     for claim in claims {
         by_ip.entry(claim.ip.as_str()).or_default().push(claim);
@@ -145,7 +153,7 @@ pub fn plan(
         });
         list.dedup_by(|a, b| a.namespace == b.namespace && a.instance == b.instance);
     }
-    let mut result = Plan::default();
+    let mut result = Merge::default();
     let mut seen = BTreeSet::new();
     for mapping in current {
         let ip_claims = by_ip.get(mapping.ip.as_str()).cloned().unwrap_or_default();
@@ -206,307 +214,108 @@ pub fn plan(
     result
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// The V2P controller's own action.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Action {
+    /// Write these mappings as the VPC's spec (creating its VpcRoutes if there is none yet).
+    WriteMappings(Vec<V2pMapping>),
+}
 
-    fn claim(ip: &str, instance: &str, sled: &str, location_generation: u64) -> Claim {
-        Claim {
-            ip: ip.into(),
-            namespace: "default".into(),
-            instance: instance.into(),
-            sled: sled.into(),
-            location_generation,
-            created: format!("2026-01-01T00:00:0{}Z", instance.len() % 10),
-        }
-    }
-
-    fn mapping(
-        ip: &str,
-        instance: &str,
-        sled: &str,
-        location_generation: u64,
-        since: i64,
-    ) -> V2pMapping {
-        V2pMapping {
-            ip: ip.into(),
-            sled: sled.into(),
-            location_generation,
-            namespace: "default".into(),
-            instance: instance.into(),
-            since,
-        }
-    }
-
-    fn none() -> BTreeSet<String> {
-        BTreeSet::new()
-    }
-
-    #[test]
-    fn plans_mappings_table() {
-        struct Case {
-            name: &'static str,
-            current: Vec<V2pMapping>,
-            claims: Vec<Claim>,
-            removable: Vec<&'static str>,
-            want: Vec<V2pMapping>,
-            changed: bool,
-            verify: Vec<&'static str>,
-            conflicts: usize,
-        }
-        let cases = [
-            Case {
-                name: "an instance placed gets a mapping since the next generation",
-                current: vec![],
-                claims: vec![claim("10.0.0.1", "web", "sled-a", 1)],
-                removable: vec![],
-                want: vec![mapping("10.0.0.1", "web", "sled-a", 1, 5)],
-                changed: true,
-                verify: vec![],
-                conflicts: 0,
-            },
-            Case {
-                name: "moved with a higher generation: replaced",
-                current: vec![mapping("10.0.0.1", "web", "sled-a", 1, 2)],
-                claims: vec![claim("10.0.0.1", "web", "sled-b", 2)],
-                removable: vec![],
-                want: vec![mapping("10.0.0.1", "web", "sled-b", 2, 5)],
-                changed: true,
-                verify: vec![],
-                conflicts: 0,
-            },
-            Case {
-                name: "a stale cached instance (lower generation): the mapping stays",
-                current: vec![mapping("10.0.0.1", "web", "sled-b", 3, 2)],
-                claims: vec![claim("10.0.0.1", "web", "sled-a", 2)],
-                removable: vec![],
-                want: vec![mapping("10.0.0.1", "web", "sled-b", 3, 2)],
-                changed: false,
-                verify: vec![],
-                conflicts: 0,
-            },
-            Case {
-                name: "an equal generation on another sled changes nothing",
-                current: vec![mapping("10.0.0.1", "web", "sled-b", 3, 2)],
-                claims: vec![claim("10.0.0.1", "web", "sled-a", 3)],
-                removable: vec![],
-                want: vec![mapping("10.0.0.1", "web", "sled-b", 3, 2)],
-                changed: false,
-                verify: vec![],
-                conflicts: 0,
-            },
-            Case {
-                name: "an instance missing from the cache: removal waits for a live read",
-                current: vec![mapping("10.0.0.1", "web", "sled-a", 1, 2)],
-                claims: vec![],
-                removable: vec![],
-                want: vec![mapping("10.0.0.1", "web", "sled-a", 1, 2)],
-                changed: false,
-                verify: vec!["10.0.0.1"],
-                conflicts: 0,
-            },
-            Case {
-                name: "a removal the live read confirmed",
-                current: vec![
-                    mapping("10.0.0.1", "web", "sled-a", 1, 2),
-                    mapping("10.0.0.2", "db", "sled-a", 1, 1),
-                ],
-                claims: vec![claim("10.0.0.2", "db", "sled-a", 1)],
-                removable: vec!["10.0.0.1"],
-                want: vec![mapping("10.0.0.2", "db", "sled-a", 1, 1)],
-                changed: true,
-                verify: vec![],
-                conflicts: 0,
-            },
-            Case {
-                name: "a second instance claiming a mapped IP: the mapping stays, a conflict",
-                current: vec![mapping("10.0.0.1", "web", "sled-a", 1, 2)],
-                claims: vec![
-                    claim("10.0.0.1", "web", "sled-a", 1),
-                    claim("10.0.0.1", "intruder", "sled-c", 9),
-                ],
-                removable: vec![],
-                want: vec![mapping("10.0.0.1", "web", "sled-a", 1, 2)],
-                changed: false,
-                verify: vec![],
-                conflicts: 1,
-            },
-            Case {
-                name: "two new claims of one IP: the instance created first gets it",
-                current: vec![],
-                claims: vec![
-                    claim("10.0.0.1", "intruder", "sled-c", 1),
-                    claim("10.0.0.1", "web", "sled-a", 1),
-                ],
-                removable: vec![],
-                want: vec![mapping("10.0.0.1", "web", "sled-a", 1, 5)],
-                changed: true,
-                verify: vec![],
-                conflicts: 1,
-            },
-            Case {
-                name: "a mapped IP now claimed only by another instance: verified, not replaced",
-                current: vec![mapping("10.0.0.1", "web", "sled-a", 1, 2)],
-                claims: vec![claim("10.0.0.1", "other", "sled-c", 4)],
-                removable: vec![],
-                want: vec![mapping("10.0.0.1", "web", "sled-a", 1, 2)],
-                changed: false,
-                verify: vec!["10.0.0.1"],
-                conflicts: 1,
-            },
-            Case {
-                name: "a confirmed removal frees the IP for the next claim",
-                current: vec![mapping("10.0.0.1", "web", "sled-a", 1, 2)],
-                claims: vec![claim("10.0.0.1", "other", "sled-c", 4)],
-                removable: vec!["10.0.0.1"],
-                want: vec![mapping("10.0.0.1", "other", "sled-c", 4, 5)],
-                changed: true,
-                verify: vec![],
-                conflicts: 0,
-            },
-        ];
-        for case in cases {
-            let removable = case.removable.iter().map(|s| s.to_string()).collect();
-            let plan = plan(&case.current, &case.claims, &removable, 5);
-            assert_eq!(plan.mappings, case.want, "{}", case.name);
-            assert_eq!(plan.changed, case.changed, "{}", case.name);
-            let verify: Vec<&str> = plan.verify.iter().map(|m| m.ip.as_str()).collect();
-            assert_eq!(verify, case.verify, "{}", case.name);
-            assert_eq!(plan.conflicts.len(), case.conflicts, "{}", case.name);
-        }
-    }
-
-    #[test]
-    fn planning_what_was_planned_changes_nothing() {
-        let claims = vec![
-            claim("10.0.0.3", "c", "sled-b", 2),
-            claim("10.0.0.1", "web", "sled-a", 1),
-            claim("10.0.0.2", "db", "sled-a", 7),
-        ];
-        let first = plan(&[], &claims, &none(), 1);
-        assert!(first.changed);
-        let second = plan(&first.mappings, &claims, &none(), 2);
-        assert!(!second.changed, "{second:?}");
-        assert_eq!(second.mappings, first.mappings);
-        assert!(second.verify.is_empty());
-    }
-
-    #[test]
-    fn a_live_read_allows_removal_only_when_the_instance_left() {
-        use corral_crds::{InstanceSpec, InstanceStatus, Nic};
-        let mapped = mapping("10.0.0.1", "web", "sled-a", 2, 1);
-        let instance = |state: InstanceState, ip: &str, location_generation: u64| {
-            let mut instance = Instance::new(
-                "web",
-                InstanceSpec {
-                    cpus: 1,
-                    memory_mib: 512,
-                    image: "debian".into(),
-                    nics: vec![Nic {
-                        name: "net0".into(),
-                        vpc: "blue".into(),
-                        ip: ip.into(),
-                    }],
-                    ..Default::default()
-                },
-            );
-            instance.metadata.namespace = Some("default".into());
-            instance.status = Some(InstanceStatus {
-                state: Some(state),
-                sled: Some("sled-a".into()),
-                active_vmm: Some("web-v1".into()),
-                location_generation,
-                ..Default::default()
-            });
-            instance
-        };
-        let cases = [
-            ("gone", None, true),
-            (
-                "running with the IP",
-                Some(instance(InstanceState::Running, "10.0.0.1", 2)),
-                false,
-            ),
-            (
-                "migrating with the IP",
-                Some(instance(InstanceState::Migrating, "10.0.0.1", 2)),
-                false,
-            ),
-            (
-                "stopped",
-                Some(instance(InstanceState::Stopped, "10.0.0.1", 2)),
-                true,
-            ),
-            (
-                "another IP",
-                Some(instance(InstanceState::Running, "10.0.0.9", 2)),
-                true,
-            ),
-            (
-                "an earlier generation: a new instance of the name",
-                Some(instance(InstanceState::Running, "10.0.0.1", 1)),
-                true,
-            ),
-        ];
-        for (name, live, want) in cases {
-            assert_eq!(
-                removable_after_read(&mapped, "blue", live.as_ref()),
-                want,
-                "{name}"
-            );
-        }
-    }
-
-    mod properties {
-        use super::*;
-        use proptest::prelude::*;
-
-        fn claims() -> impl Strategy<Value = Vec<Claim>> {
-            proptest::collection::vec((0..6u8, 0..4u8, 0..3u8, 0..5u64), 0..10).prop_map(|raw| {
-                raw.into_iter()
-                    .map(|(ip, instance, sled, location_generation)| Claim {
-                        ip: format!("10.0.0.{ip}"),
-                        namespace: "default".into(),
-                        instance: format!("i{instance}"),
-                        sled: format!("sled-{sled}"),
-                        location_generation,
-                        created: format!("2026-01-01T00:00:0{instance}Z"),
-                    })
-                    .collect()
-            })
-        }
-
-        proptest! {
-            /// Whatever the caches show, in any order: a mapping of an instance never goes back
-            /// in locationGeneration, is never removed without a confirmed live read, and
-            /// planning the result again changes nothing.
-            #[test]
-            fn mappings_never_go_backwards_nor_vanish_and_plans_settle(
-                first in claims(),
-                second in claims(),
-                third in claims(),
-            ) {
-                let mut current: Vec<V2pMapping> = Vec::new();
-                let mut generation = 0;
-                for claims in [&first, &second, &third] {
-                    let planned = plan(&current, claims, &BTreeSet::new(), generation + 1);
-                    for before in &current {
-                        let after = planned.mappings.iter().find(|m| m.ip == before.ip);
-                        let after = after.expect("nothing removed without a live read");
-                        if after.instance == before.instance {
-                            prop_assert!(after.location_generation >= before.location_generation);
-                        }
-                        prop_assert_eq!(&after.instance, &before.instance);
-                    }
-                    if planned.changed {
-                        generation += 1;
-                    }
-                    let again = plan(&planned.mappings, claims, &BTreeSet::new(), generation + 1);
-                    prop_assert!(!again.changed);
-                    prop_assert_eq!(&again.mappings, &planned.mappings);
-                    current = planned.mappings;
-                }
-            }
+impl Kind for Action {
+    fn kind(&self) -> &'static str {
+        match self {
+            Action::WriteMappings(_) => "WriteMappings",
         }
     }
 }
+
+/// What to do for one VPC: its mappings, its status, the conflicts to report.
+pub type Plan = kit::Plan<VpcRoutesStatus, Action>;
+
+/// An IP conflict to report, with the Instance that does not get the IP.
+pub struct Report<'a> {
+    pub conflict: &'a Conflict,
+    pub claimant: ObjectReference,
+}
+
+/// The plan of `vpc`: write `merged` if it changed, then the status the Sleds' acknowledgements
+/// give, then one Warning per conflict in `new_conflicts` (those not reported before).
+pub fn plan(
+    vpc: &str,
+    current: Option<&VpcRoutes>,
+    merged: &Merge,
+    sleds: &[Arc<Sled>],
+    new_conflicts: &[Report<'_>],
+) -> Plan {
+    let generation = current.and_then(|r| r.metadata.generation).unwrap_or(0);
+    let mut plan = Plan::new(VpcRoutesStatus::default());
+    if merged.changed {
+        plan.act(Action::WriteMappings(merged.mappings.clone()));
+    }
+    if current.is_some() || merged.changed {
+        // The status of the object as it will be stored: a spec write makes the next
+        // generation (every write is conditional on the one it was planned from).
+        let generation = if merged.changed {
+            generation + 1
+        } else {
+            generation
+        };
+        let mapped = merged.mappings.len() as u32;
+        plan.status = status_of(vpc, generation, mapped, sleds);
+        if current.and_then(|r| r.status.as_ref()) != Some(&plan.status) {
+            plan.steps.push(Step::WriteStatus);
+        }
+    }
+    for report in new_conflicts {
+        let conflict = report.conflict;
+        let message = format!(
+            "IP {} in VPC {vpc} is already mapped to instance {}/{}; this instance gets no mapping for it",
+            conflict.ip, conflict.holder.0, conflict.holder.1
+        );
+        plan.event_about(
+            report.claimant.clone(),
+            EventType::Warning,
+            Reason::IpConflict,
+            message,
+        );
+    }
+    plan
+}
+
+/// The generation of `vpc` that `sled` acknowledged, if any.
+pub fn acknowledged(sled: &Sled, vpc: &str) -> Option<i64> {
+    sled.status
+        .as_ref()?
+        .v2p
+        .iter()
+        .find(|ack| ack.vpc == vpc)
+        .map(|ack| ack.generation)
+}
+
+/// Whether every Ready sled acknowledged `vpc` at `generation` or later (the migration
+/// controller's admission check, with the `since` of the instance's mapping).
+pub fn converged_at(vpc: &str, generation: i64, sleds: &[Arc<Sled>]) -> bool {
+    sleds
+        .iter()
+        .filter(|sled| sled.is_ready())
+        .all(|sled| acknowledged(sled, vpc).is_some_and(|g| g >= generation))
+}
+
+/// The status a VpcRoutes of `vpc` at `generation` with `mapped` mappings should show, given
+/// the Sleds.
+pub fn status_of(vpc: &str, generation: i64, mapped: u32, sleds: &[Arc<Sled>]) -> VpcRoutesStatus {
+    let ready: Vec<&Arc<Sled>> = sleds.iter().filter(|sled| sled.is_ready()).collect();
+    let applied = ready
+        .iter()
+        .filter(|sled| acknowledged(sled, vpc).is_some_and(|g| g >= generation))
+        .count();
+    VpcRoutesStatus {
+        mappings: mapped,
+        applied: format!("{applied}/{}", ready.len()),
+        observed_generation: generation,
+    }
+}
+
+#[cfg(test)]
+#[path = "plan_tests.rs"]
+mod tests;

@@ -79,7 +79,9 @@ fn strip_comments(text: &str) -> String {
             let hashes = rest[1..].chars().take_while(|c| *c == '#').count();
             let close = format!("\"{}", "#".repeat(hashes));
             let body = 2 + hashes;
-            let end = rest[body..].find(&close).map_or(rest.len(), |e| body + e + close.len());
+            let end = rest[body..]
+                .find(&close)
+                .map_or(rest.len(), |e| body + e + close.len());
             out.extend(rest[..end].chars().filter(|c| *c == '\n'));
             out.push_str("\"\"");
             i += end;
@@ -173,7 +175,10 @@ fn strip_tests(text: &str) -> (String, Vec<String>) {
 }
 
 fn is_test_file(file: &Path) -> bool {
-    let stem = file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let stem = file
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
     stem == "tests" || stem.ends_with("_tests")
 }
 
@@ -266,10 +271,8 @@ impl Crate {
             .into_iter()
             .filter(|component| component.len() > 1)
             .map(|component| {
-                let mut names: Vec<String> = component
-                    .into_iter()
-                    .map(|i| display(nodes[i]))
-                    .collect();
+                let mut names: Vec<String> =
+                    component.into_iter().map(|i| display(nodes[i])).collect();
                 names.sort();
                 names
             })
@@ -316,10 +319,11 @@ fn use_paths(code: &str) -> Vec<Vec<String>> {
     let mut rest = code;
     while let Some(at) = find_keyword(rest, "use") {
         let before = rest[..at].trim_end();
-        let is_reexport = before.ends_with("pub") || before.ends_with(')') && {
-            let open = before.rfind('(').unwrap_or(0);
-            before[..open].trim_end().ends_with("pub")
-        };
+        let is_reexport = before.ends_with("pub")
+            || before.ends_with(')') && {
+                let open = before.rfind('(').unwrap_or(0);
+                before[..open].trim_end().ends_with("pub")
+            };
         let after = &rest[at + 3..];
         let end = after.find(';').unwrap_or(after.len());
         if !is_reexport {
@@ -365,7 +369,11 @@ fn expand(tree: &str, prefix: &mut Vec<String>, out: &mut Vec<Vec<String>>) {
         path.extend(segments(without_alias).into_iter().filter(|s| s != "*"));
         // `a::{self, B}`: the `self` is `a`; a leading `self::` stays for `absolute`.
         let leading_self = path.first().is_some_and(|s| s == "self");
-        let mut kept: Vec<String> = path.into_iter().skip(usize::from(leading_self)).filter(|s| s != "self").collect();
+        let mut kept: Vec<String> = path
+            .into_iter()
+            .skip(usize::from(leading_self))
+            .filter(|s| s != "self")
+            .collect();
         if leading_self {
             kept.insert(0, "self".to_string());
         }

@@ -11,7 +11,7 @@
 //! - (b) The target node-agent is killed (SIGKILL) mid-transfer: the Migration fails with the
 //!   reason, the source keeps running, the V2P mapping never moved, and once the agent is back
 //!   the target is reaped. A cancel mid-transfer ends the same way, `Cancelled`.
-//! - (c) The controllers are crashed right after writing each phase (`--crash-at-migration-
+//! - (c) The controllers are crashed right after writing each phase (`--crash-at migration/
 //!   phase`, both processes): every migration still ends in a final phase and the instance runs
 //!   exactly once.
 
@@ -570,7 +570,7 @@ async fn controllers_crash_at_each_phase(rack: &mut Rack) {
     ] {
         let started = Instant::now();
         let mut args = rack.controllers_args();
-        args.extend(["--crash-at-migration-phase".to_string(), phase.to_string()]);
+        args.extend(["--crash-at".to_string(), format!("migration/{phase}")]);
         for process in &mut rack.controllers {
             process.respawn(&args);
         }
