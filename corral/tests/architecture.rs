@@ -108,7 +108,6 @@ const KNOWN_CIRCLES: &[&str] = &[
     "store: etcd ↔ etcd::watch",
     "store: sqlite ↔ sqlite::watch ↔ sqlite::writer",
     "store: testing ↔ testing::conformance",
-    "apimachinery: schema ↔ schema::defaults ↔ schema::embedded ↔ schema::listtype ↔ schema::prune ↔ schema::validate",
     "apiserver: crate ↔ gc ↔ handlers ↔ handlers::delete ↔ handlers::discovery ↔ handlers::openapi ↔ handlers::patch ↔ handlers::read ↔ handlers::watch ↔ handlers::write",
     "controllers: instance::migrate ↔ instance::plan",
     "corral: bench ↔ bench::api ↔ bench::drain ↔ bench::rack ↔ bench::rack::measure ↔ bench::v2p ↔ crate ↔ rack",

@@ -18,7 +18,8 @@
 //! - `anyOf`/`oneOf` report the failing alternative with the fewest errors (Kubernetes picks the
 //!   one with the most passing checks).
 
-use super::{AdditionalProperties, Structural, formats, join as child};
+use super::formats;
+use super::structural::{AdditionalProperties, Structural, join as child};
 use crate::validation::{FieldError, go_float, go_quote};
 use serde_json::{Map, Number, Value};
 
