@@ -32,9 +32,9 @@ use corral_crds::{
     MigrationStatus, Sled,
 };
 
+use crate::command::{FIELD_MANAGER, Outcome, Terminal};
 use crate::context::Context;
 use crate::error::Error;
-use crate::{FIELD_MANAGER, Outcome, Terminal};
 
 /// What `corralctl drain` was asked.
 #[derive(Clone, Debug)]

@@ -111,7 +111,6 @@ const KNOWN_CIRCLES: &[&str] = &[
     "apiserver: crate ↔ gc ↔ handlers ↔ handlers::delete ↔ handlers::discovery ↔ handlers::openapi ↔ handlers::patch ↔ handlers::read ↔ handlers::watch ↔ handlers::write",
     "controllers: instance::migrate ↔ instance::plan",
     "corral: bench ↔ bench::api ↔ bench::drain ↔ bench::rack ↔ bench::rack::measure ↔ bench::v2p ↔ crate ↔ rack",
-    "cli: apply ↔ cli ↔ crate ↔ delete ↔ describe ↔ diff ↔ drain ↔ events ↔ get ↔ lifecycle ↔ wait",
     "node-agent: plan ↔ plan_migration",
     "node-agent: migration ↔ migration::target ↔ reconcile",
 ];

@@ -48,10 +48,10 @@ use serde::de::DeserializeOwned;
 
 use corral_crds::{Instance, Sled, Vmm};
 
+use crate::command::{Outcome, Terminal};
 use crate::context::Context;
 use crate::error::Error;
 use crate::table;
-use crate::{Outcome, Terminal};
 /// The report's lines.
 pub fn render(found: &[Difference]) -> String {
     if found.is_empty() {
