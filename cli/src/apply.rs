@@ -17,7 +17,7 @@
 //! - What can still fail after validation (a concurrent writer, the server going away) fails
 //!   only its own document; the others are applied, the command exits non-zero, and pruning
 //!   is skipped.
-//! - `--prune` deletes only objects that carry [`crate::APPLIED_BY_ANNOTATION`] (which every
+//! - `--prune` deletes only objects that carry [`crate::command::APPLIED_BY_ANNOTATION`] (which every
 //!   applied object gets), match the selector, and are of a kind in the set or of Corral's
 //!   group, in the namespaces the set touches (cluster-scoped kinds everywhere).
 //!
@@ -33,11 +33,11 @@ use corral_apimachinery::labels::Selector;
 use kube::api::{DeleteParams, DynamicObject, ListParams, Patch, PatchParams, ValidationDirective};
 use serde_json::Value;
 
+use crate::command::{APPLIED_BY_ANNOTATION, FIELD_MANAGER, Outcome, Terminal};
 use crate::context::Context;
 use crate::discovery::{Catalog, ResourceType};
 use crate::error::{ApiFailure, Error};
 use crate::manifest::{self, DocumentError, FieldCause, Identity, Origin};
-use crate::{APPLIED_BY_ANNOTATION, FIELD_MANAGER, Outcome, Terminal};
 
 pub struct ApplyOptions {
     /// Files, directories or `-`.

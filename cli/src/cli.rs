@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use crate::apply::{self, ApplyOptions};
+use crate::command::{Outcome, Terminal};
 use crate::context::Context;
 use crate::delete::{self, DeleteOptions};
 use crate::describe;
@@ -18,7 +19,6 @@ use crate::get::{self, GetOptions};
 use crate::lifecycle::{self, InstanceVerb, SledVerb};
 use crate::output::OutputFormat;
 use crate::wait::{self, WaitFor};
-use crate::{Outcome, Terminal};
 
 #[derive(Debug, Parser)]
 #[command(

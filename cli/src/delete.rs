@@ -12,13 +12,13 @@ use std::time::Duration;
 use kube::api::{DeleteParams, ListParams};
 use tokio::time::Instant;
 
+use crate::command::{Outcome, Terminal};
 use crate::context::Context;
 use crate::discovery::ResourceType;
 use crate::error::Error;
 use crate::manifest;
 use crate::target::Targets;
 use crate::wait::{self, WaitFor};
-use crate::{Outcome, Terminal};
 
 pub struct DeleteOptions {
     pub targets: Vec<String>,

@@ -10,6 +10,7 @@ use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Event;
 use serde_json::Value;
 
+use crate::command::{Outcome, Terminal};
 use crate::context::Context;
 use crate::discovery::ResourceType;
 use crate::error::Error;
@@ -17,7 +18,6 @@ use crate::events;
 use crate::get::{self, with_types};
 use crate::output;
 use crate::table;
-use crate::{Outcome, Terminal};
 
 pub async fn describe(
     ctx: &Context,

@@ -32,9 +32,9 @@ use corral_crds::{
     MigrationStatus, Sled,
 };
 
+use crate::command::{FIELD_MANAGER, Outcome, Terminal};
 use crate::context::Context;
 use crate::error::Error;
-use crate::{FIELD_MANAGER, Outcome, Terminal};
 
 /// What `corralctl drain` was asked.
 #[derive(Clone, Debug)]
@@ -267,13 +267,7 @@ async fn cancel(
     let unfinished: Vec<&Drain> = drains
         .items
         .iter()
-        .filter(|d| d.spec.sled == options.sled)
-        .filter(|d| {
-            !d.status
-                .as_ref()
-                .and_then(|s| s.phase)
-                .is_some_and(DrainPhase::is_final)
-        })
+        .filter(|d| d.spec.sled == options.sled && !d.is_finished())
         .collect();
     if unfinished.is_empty() {
         return Err(Error::Gone(format!(

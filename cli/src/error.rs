@@ -1,6 +1,6 @@
 //! The errors that end a command. Failures of single items that a command reports and goes on
 //! from (one bad document among many) are not errors: they are printed and make the command's
-//! [`crate::Outcome`] `Failed`.
+//! [`crate::command::Outcome`] `Failed`.
 //!
 //! A request that failed carries the operation in the message and the server's answer as the
 //! source ([`ApiFailure`]), which prints the server's `Status` message rather than kube-rs'

@@ -11,11 +11,11 @@ use k8s_openapi::api::core::v1::Event;
 use kube::Api;
 use kube::api::{ListParams, WatchEvent, WatchParams};
 
+use crate::command::{Outcome, Terminal};
 use crate::context::Context;
 use crate::error::Error;
 use crate::table::{self, Columns};
 use crate::target::Targets;
-use crate::{Outcome, Terminal};
 
 pub struct EventsOptions {
     pub all_namespaces: bool,

@@ -14,13 +14,13 @@ use kube::api::{DynamicObject, ListParams, WatchEvent, WatchParams};
 use kube::core::Request;
 use serde_json::Value;
 
+use crate::command::{Outcome, Terminal};
 use crate::context::Context;
 use crate::discovery::ResourceType;
 use crate::error::Error;
 use crate::output::{self, OutputFormat};
 use crate::table::{Columns, Table, TableRow, TableView};
 use crate::target::Targets;
-use crate::{Outcome, Terminal};
 
 /// The Accept header that asks for a Table (with plain JSON as the fallback).
 pub const TABLE_ACCEPT: &str = "application/json;as=Table;v=v1;g=meta.k8s.io,application/json";

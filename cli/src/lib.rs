@@ -15,16 +15,19 @@
 //! - [`events`] — the Events table, `-w`.
 //! - [`diff`] — where the rack differs from what was asked of it.
 //!
-//! Shared pieces: [`context`] (the client and the namespace), [`discovery`] (which kinds the
-//! server serves, by every name a user may type), [`target`] (parsing `KIND NAME` and
-//! `KIND/NAME` arguments), [`manifest`] (reading YAML/JSON documents with their origin),
-//! [`table`] (text tables and the server's `meta.k8s.io/v1` Table), [`output`] (YAML/JSON
-//! printing) and [`error`].
+//! Shared pieces: [`command`] (what every command returns and where it writes, and how
+//! corralctl marks its writes), [`context`] (the client and the namespace), [`discovery`]
+//! (which kinds the server serves, by every name a user may type), [`target`] (parsing
+//! `KIND NAME` and `KIND/NAME` arguments), [`manifest`] (reading YAML/JSON documents with their
+//! origin), [`table`] (text tables and the server's `meta.k8s.io/v1` Table), [`output`]
+//! (YAML/JSON printing) and [`error`]. The commands use the shared pieces and [`cli`] uses the
+//! commands; nothing uses the crate root or [`cli`] back (the root only re-exports).
 //!
 //! **Invariant:** talks to the API server only; never names the store.
 
 pub mod apply;
 pub mod cli;
+pub mod command;
 pub mod context;
 pub mod delete;
 pub mod describe;
@@ -41,36 +44,5 @@ pub mod table;
 pub mod target;
 pub mod wait;
 
+pub use command::{APPLIED_BY_ANNOTATION, FIELD_MANAGER, Outcome, Terminal};
 pub use error::Error;
-
-/// The field manager of every write corralctl makes.
-pub const FIELD_MANAGER: &str = "corralctl";
-
-/// The annotation `apply` puts on every object it applies, so that `apply --prune` deletes only
-/// objects corralctl applied (never those a controller or another tool created).
-pub const APPLIED_BY_ANNOTATION: &str = "corral.dev/applied-by";
-
-/// Whether a command did what it was asked. Failures of single items (one document of many,
-/// one name of several) are printed where they happen and make the command a [`Outcome::Failed`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Outcome {
-    Succeeded,
-    Failed,
-}
-
-impl Outcome {
-    /// `Failed` if either is.
-    pub fn and(self, other: Outcome) -> Outcome {
-        if self == Outcome::Failed || other == Outcome::Failed {
-            Outcome::Failed
-        } else {
-            Outcome::Succeeded
-        }
-    }
-}
-
-/// Where a command writes: results to `out`, per-item errors and notes to `err`.
-pub struct Terminal<'a> {
-    pub out: &'a mut dyn std::io::Write,
-    pub err: &'a mut dyn std::io::Write,
-}

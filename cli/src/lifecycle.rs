@@ -23,9 +23,9 @@ use serde_json::{Value, json};
 
 use corral_crds::{Instance, RunStrategy, Sled};
 
+use crate::command::{FIELD_MANAGER, Outcome, Terminal};
 use crate::context::Context;
 use crate::error::Error;
-use crate::{FIELD_MANAGER, Outcome, Terminal};
 
 /// Where `stop` keeps the run strategy that `start` restores.
 pub const RUN_STRATEGY_BEFORE_STOP: &str = "corral.dev/run-strategy-before-stop";

@@ -23,11 +23,11 @@ use kube::runtime::watcher::{self, Event};
 use serde_json::Value;
 use tokio::time::Instant;
 
+use crate::command::{Outcome, Terminal};
 use crate::context::Context;
 use crate::discovery::ResourceType;
 use crate::error::Error;
 use crate::get;
-use crate::{Outcome, Terminal};
 
 /// What `--for` asks.
 #[derive(Clone, Debug, PartialEq, Eq)]

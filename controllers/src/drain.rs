@@ -43,8 +43,7 @@ use std::sync::Arc;
 use corral_client::events::EventType;
 use corral_crds::drain::Drain;
 use corral_crds::{
-    DRAIN_LABEL, DrainPhase, DrainStatus, Instance, Migration, MigrationReason, MigrationSpec,
-    Reason, Sled,
+    DRAIN_LABEL, DrainStatus, Instance, Migration, MigrationReason, MigrationSpec, Reason, Sled,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::runtime::reflector::ObjectRef;
@@ -112,8 +111,7 @@ fn drains_touching(
 ) -> Vec<ObjectRef<Drain>> {
     drains
         .filter(|drain| {
-            let phase = drain.status.as_ref().and_then(|s| s.phase);
-            if phase.is_some_and(DrainPhase::is_final) {
+            if drain.is_finished() {
                 return false;
             }
             sled == Some(drain.spec.sled.as_str())
@@ -141,10 +139,7 @@ fn earlier_drain(drain: &Drain, drains: &[Arc<Drain>]) -> Option<String> {
     drains
         .iter()
         .filter(|other| other.spec.sled == drain.spec.sled && other.name_any() != drain.name_any())
-        .filter(|other| {
-            let phase = other.status.as_ref().and_then(|s| s.phase);
-            !phase.is_some_and(DrainPhase::is_final)
-        })
+        .filter(|other| !other.is_finished())
         .filter(|other| order(other) < order(drain))
         .map(|other| other.name_any())
         .next()

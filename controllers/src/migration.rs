@@ -77,14 +77,6 @@ fn is_under_way(migration: &Migration) -> bool {
         .is_some_and(|p| p != MigrationPhase::Pending && !p.is_final())
 }
 
-fn is_final(migration: &Migration) -> bool {
-    migration
-        .status
-        .as_ref()
-        .and_then(|s| s.phase)
-        .is_some_and(|p| p.is_final())
-}
-
 /// Runs the controller until `stop` fires; returns when every reconcile has finished.
 pub async fn controller(
     client: kube::Client,
@@ -120,7 +112,7 @@ pub async fn controller(
                 .filter(|m| {
                     m.spec.instance == instance.name_any()
                         && m.namespace() == namespace
-                        && !is_final(m)
+                        && !m.is_finished()
                 })
                 .iter()
                 .map(|m| ObjectRef::from_obj(m.as_ref()))
@@ -168,7 +160,7 @@ impl MigrationController {
                         .and_then(|s| s.target_sled.as_deref())
                         .or(migration.spec.target_sled.as_deref()),
                 );
-            } else if is_final(&migration) {
+            } else if migration.is_finished() {
                 seen.insert(key_of(migration.as_ref()));
             }
         }
@@ -191,7 +183,7 @@ impl MigrationController {
                 m.spec.instance == this.spec.instance
                     && m.namespace() == this.namespace()
                     && key_of(m) != key_of(this)
-                    && !is_final(m)
+                    && !m.is_finished()
             })
             .into_iter()
             .map(|m| {
@@ -293,7 +285,7 @@ impl Reconciler for MigrationController {
         migration: Arc<Migration>,
     ) -> Result<Reconciled<MigrationStatus, NoAction>, Error> {
         let phase = migration.status.as_ref().and_then(|s| s.phase);
-        if phase.is_some_and(|p| p.is_final()) {
+        if migration.is_finished() {
             if let Some(uid) = migration.uid() {
                 self.progress.lock().expect("progress lock").remove(&uid);
             }

@@ -1,7 +1,8 @@
 //! The reaper: deletes abandoned Vmms.
 //!
 //! A Vmm is *abandoned* if (and only if) its Instance does not exist, or neither the
-//! Instance's `status.activeVmm` nor its `status.targetVmm` names it (docs/rack.md). Each
+//! Instance's `status.activeVmm` nor its `status.targetVmm` names it (`Vmm::is_abandoned`,
+//! docs/rack.md). Each
 //! activation lists every Vmm and Instance and accepts no other input (omicron's background
 //! task shape); the instance controller deletes the abandoned Vmms of the instances it
 //! reconciles, and this task catches whatever that missed (a controller that stopped between
@@ -49,18 +50,6 @@ impl Counts {
         .into_iter()
         .collect()
     }
-}
-
-/// Whether `vmm` is abandoned, given its instance (if it exists).
-pub fn is_abandoned(vmm: &Vmm, instance: Option<&Instance>) -> bool {
-    let Some(instance) = instance else {
-        return true;
-    };
-    let name = vmm.name_any();
-    let status = instance.status.as_ref();
-    let named = |field: Option<&String>| field.is_some_and(|n| *n == name);
-    !(named(status.and_then(|s| s.active_vmm.as_ref()))
-        || named(status.and_then(|s| s.target_vmm.as_ref())))
 }
 
 /// The reaper's one action.
@@ -137,7 +126,7 @@ pub async fn activate(reaper: &Reaper) -> Result<Counts, Error> {
         }
         let namespace = vmm.namespace().unwrap_or_default();
         let key = (namespace.clone(), vmm.spec.instance.clone());
-        if !is_abandoned(vmm, by_name.get(&key).copied()) {
+        if !vmm.is_abandoned(by_name.get(&key).copied()) {
             continue;
         }
         counts.abandoned += 1;
@@ -160,7 +149,7 @@ async fn reap(reaper: &Reaper, vmm: &Vmm, namespace: &str) -> Result<(), Error> 
         .effects
         .read::<Instance>(Some(namespace), &vmm.spec.instance)
         .await?;
-    if !is_abandoned(vmm, fresh.as_ref()) {
+    if !vmm.is_abandoned(fresh.as_ref()) {
         return Ok(());
     }
     let mut plan = Plan::new(());

@@ -108,18 +108,14 @@ const KNOWN_CIRCLES: &[&str] = &[
     "store: etcd ↔ etcd::watch",
     "store: sqlite ↔ sqlite::watch ↔ sqlite::writer",
     "store: testing ↔ testing::conformance",
-    "apimachinery: schema ↔ schema::defaults ↔ schema::embedded ↔ schema::listtype ↔ schema::prune ↔ schema::validate",
     "apiserver: crate ↔ gc ↔ handlers ↔ handlers::delete ↔ handlers::discovery ↔ handlers::openapi ↔ handlers::patch ↔ handlers::read ↔ handlers::watch ↔ handlers::write",
     "corral: bench ↔ bench::api ↔ bench::drain ↔ bench::rack ↔ bench::rack::measure ↔ bench::v2p ↔ crate ↔ rack",
-    "cli: apply ↔ cli ↔ crate ↔ delete ↔ describe ↔ diff ↔ drain ↔ events ↔ get ↔ lifecycle ↔ wait",
     "node-agent: plan ↔ plan_migration",
     "node-agent: migration ↔ migration::target ↔ reconcile",
 ];
 
 /// Non-test source files over the limit, still being split.
 const KNOWN_LONG_FILES: &[&str] = &[
-    "apimachinery/src/schema/validate.rs",
-    "apimachinery/src/validation/objectmeta.rs",
 ];
 
 /// The most lines a non-test source file may have (STYLE.md: no god modules).

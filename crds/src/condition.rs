@@ -197,9 +197,18 @@ pub fn find<T: PartialEq + Copy>(conditions: &[Condition<T>], type_: T) -> Optio
     conditions.iter().find(|c| c.type_ == type_)
 }
 
-/// Whether the condition of `type_` is present and True.
+/// The condition of `type_` if it is present and True: the one place that says what "the
+/// condition holds" means, for callers that also show its reason and message.
+pub fn find_true<T: PartialEq + Copy>(
+    conditions: &[Condition<T>],
+    type_: T,
+) -> Option<&Condition<T>> {
+    find(conditions, type_).filter(|c| c.status == ConditionStatus::True)
+}
+
+/// Whether the condition of `type_` is present and True ([`find_true`]).
 pub fn is_true<T: PartialEq + Copy>(conditions: &[Condition<T>], type_: T) -> bool {
-    find(conditions, type_).is_some_and(|c| c.status == ConditionStatus::True)
+    find_true(conditions, type_).is_some()
 }
 
 #[cfg(test)]
@@ -262,5 +271,32 @@ mod tests {
         assert_eq!(conditions[0].last_transition_time, Time(t2));
         assert_eq!(conditions.len(), 1);
         assert!(is_true(&conditions, Kind::Ready));
+    }
+
+    #[test]
+    fn a_condition_holds_only_when_present_and_true() {
+        let now = Timestamp::from_second(1_000).unwrap();
+        let mut conditions = Vec::new();
+        assert!(find_true(&conditions, Kind::Ready).is_none());
+        for (status, holds) in [
+            (ConditionStatus::False, false),
+            (ConditionStatus::Unknown, false),
+            (ConditionStatus::True, true),
+        ] {
+            set(
+                &mut conditions,
+                Kind::Ready,
+                status,
+                Reason::AgentReady,
+                "up",
+                now,
+            );
+            assert_eq!(
+                find_true(&conditions, Kind::Ready).map(|c| c.message.as_str()),
+                holds.then_some("up"),
+                "{status}"
+            );
+            assert_eq!(is_true(&conditions, Kind::Ready), holds, "{status}");
+        }
     }
 }

@@ -99,6 +99,17 @@ pub struct DrainSpec {
     pub cancel: bool,
 }
 
+impl Drain {
+    /// Whether its status shows a final phase ([`DrainPhase::is_final`]). A Drain without a
+    /// phase yet is unfinished.
+    pub fn is_finished(&self) -> bool {
+        self.status
+            .as_ref()
+            .and_then(|status| status.phase)
+            .is_some_and(DrainPhase::is_final)
+    }
+}
+
 /// One instance of the sled, and where the drain moves it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -160,4 +171,24 @@ pub struct DrainStatus {
     pub message: String,
     #[serde(default)]
     pub observed_generation: i64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_drain_is_finished_only_in_a_final_phase() {
+        let mut drain = Drain::new("s1-1", DrainSpec::default());
+        assert!(!drain.is_finished());
+        for phase in DrainPhase::ALL {
+            drain.status = Some(DrainStatus {
+                phase: Some(*phase),
+                ..Default::default()
+            });
+            let finished = !matches!(phase, DrainPhase::Pending | DrainPhase::Draining);
+            assert_eq!(phase.is_final(), finished, "{phase}");
+            assert_eq!(drain.is_finished(), finished, "{phase}");
+        }
+    }
 }

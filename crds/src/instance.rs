@@ -296,3 +296,132 @@ pub struct InstanceStatus {
     #[serde(default)]
     pub observed_generation: i64,
 }
+
+impl InstanceStatus {
+    /// Whether `activeVmm` or `targetVmm` is the Vmm `vmm_name`. A Vmm its Instance names is
+    /// the instance's, or is becoming it; one it does not name is abandoned
+    /// ([`crate::Vmm::is_abandoned`]).
+    pub fn names_vmm(&self, vmm_name: &str) -> bool {
+        self.active_vmm.as_deref() == Some(vmm_name) || self.target_vmm.as_deref() == Some(vmm_name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{Value, json};
+
+    use super::*;
+
+    fn instance(strategy: &str, status: Value, start_request: Option<&str>) -> Instance {
+        let mut instance: Instance = serde_json::from_value(json!({
+            "apiVersion": "corral.dev/v1alpha1", "kind": "Instance",
+            "metadata": {"name": "web", "namespace": "default"},
+            "spec": {"cpus": 1, "memoryMiB": 512, "image": "debian", "runStrategy": strategy},
+            "status": status,
+        }))
+        .unwrap();
+        instance.spec.start_request = start_request.map(str::to_string);
+        instance
+    }
+
+    fn exit(reason: &str) -> Value {
+        json!({"reason": reason, "vmm": "web-v1", "at": "2026-01-01T00:00:00Z"})
+    }
+
+    #[test]
+    fn whether_an_instance_should_run_follows_its_run_strategy_and_last_exit() {
+        let cases = [
+            (
+                "Always",
+                json!({"state": "Stopped", "lastExit": exit("GuestShutdown")}),
+                None,
+                true,
+            ),
+            ("Halted", json!({}), None, false),
+            ("Halted", json!({"state": "Stopped"}), Some("t1"), false),
+            // RerunOnFailure: a clean shutdown is the end, a failure is not.
+            ("RerunOnFailure", json!({}), None, true),
+            (
+                "RerunOnFailure",
+                json!({"state": "Stopped", "lastExit": exit("GuestShutdown")}),
+                None,
+                false,
+            ),
+            (
+                "RerunOnFailure",
+                json!({"state": "Failed", "lastExit": exit("GuestCrashed")}),
+                None,
+                true,
+            ),
+            (
+                "RerunOnFailure",
+                json!({"state": "Stopped", "lastExit": exit("GuestShutdown")}),
+                Some("t1"),
+                true,
+            ),
+            // The exit decides, whatever state was last written beside it.
+            (
+                "RerunOnFailure",
+                json!({"state": "Stopping", "lastExit": exit("GuestShutdown")}),
+                None,
+                false,
+            ),
+            // Manual: any end is the end, until a new start request.
+            ("Manual", json!({"state": "Creating"}), None, true),
+            (
+                "Manual",
+                json!({"state": "Failed", "lastExit": exit("GuestCrashed")}),
+                None,
+                false,
+            ),
+            (
+                "Manual",
+                json!({"state": "Repairing", "lastExit": exit("VmmKilled")}),
+                None,
+                false,
+            ),
+            (
+                "Manual",
+                json!({"state": "Stopped", "lastExit": exit("GuestShutdown"), "handledStartRequest": "t1"}),
+                Some("t1"),
+                false,
+            ),
+            (
+                "Manual",
+                json!({"state": "Stopped", "lastExit": exit("GuestShutdown"), "handledStartRequest": "t1"}),
+                Some("t2"),
+                true,
+            ),
+        ];
+        for (strategy, status, start_request, expected) in cases {
+            let instance = instance(strategy, status.clone(), start_request);
+            let description = format!("{strategy} {status} {start_request:?}");
+            assert_eq!(instance.should_run(), expected, "{description}");
+            let status = instance.status.clone().unwrap_or_default();
+            assert_eq!(instance.spec.should_run(&status), expected, "{description}");
+        }
+    }
+
+    #[test]
+    fn an_instance_being_deleted_or_without_status_follows_the_same_rule() {
+        let mut deleting = instance("Always", json!({}), None);
+        deleting.metadata.deletion_timestamp = Some(Time("2026-01-01T00:00:00Z".parse().unwrap()));
+        assert!(!deleting.should_run());
+        let mut fresh = instance("Manual", json!({}), None);
+        fresh.status = None;
+        assert!(fresh.should_run());
+    }
+
+    #[test]
+    fn a_status_names_its_active_and_target_vmms_only() {
+        let status = InstanceStatus {
+            active_vmm: Some("web-v1".into()),
+            target_vmm: Some("web-v2".into()),
+            ..Default::default()
+        };
+        assert!(status.names_vmm("web-v1"));
+        assert!(status.names_vmm("web-v2"));
+        assert!(!status.names_vmm("web-v3"));
+        assert!(!InstanceStatus::default().names_vmm("web-v1"));
+    }
+}

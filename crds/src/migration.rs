@@ -115,6 +115,17 @@ pub struct MigrationSpec {
     pub cancel: bool,
 }
 
+impl Migration {
+    /// Whether its status shows a final phase ([`MigrationPhase::is_final`]). A Migration
+    /// without a phase yet is unfinished.
+    pub fn is_finished(&self) -> bool {
+        self.status
+            .as_ref()
+            .and_then(|status| status.phase)
+            .is_some_and(MigrationPhase::is_final)
+    }
+}
+
 /// How far a transfer is, as the agents report it and the migration controller shows it.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -315,6 +326,24 @@ mod tests {
             Err(NonConvergence::TooManyRounds { .. })
         ));
         assert_eq!(predict(GIB, 0, 0), Err(NonConvergence::NoBandwidth));
+    }
+
+    #[test]
+    fn a_migration_is_finished_only_in_a_final_phase() {
+        let mut migration = Migration::new("web-1", MigrationSpec::default());
+        assert!(!migration.is_finished());
+        for phase in MigrationPhase::ALL {
+            migration.status = Some(MigrationStatus {
+                phase: Some(*phase),
+                ..Default::default()
+            });
+            let finished = matches!(
+                phase,
+                MigrationPhase::Succeeded | MigrationPhase::Failed | MigrationPhase::Cancelled
+            );
+            assert_eq!(phase.is_final(), finished, "{phase}");
+            assert_eq!(migration.is_finished(), finished, "{phase}");
+        }
     }
 
     #[test]

@@ -100,11 +100,18 @@ string_enum! {
 }
 
 impl Sled {
-    /// Whether its agent reports `Ready=True`.
+    /// Whether its agent reports `Ready=True`. A sled without the condition (its agent never
+    /// reported) is not ready.
     pub fn is_ready(&self) -> bool {
         self.status.as_ref().is_some_and(|status| {
             crate::condition::is_true(&status.conditions, SledConditionType::Ready)
         })
+    }
+
+    /// Whether it is ready ([`Sled::is_ready`]) and its agent has reported a boot
+    /// (`status.epoch` above 0): what a rack waits for before it places anything.
+    pub fn is_ready_and_booted(&self) -> bool {
+        self.is_ready() && self.status.as_ref().is_some_and(|status| status.epoch > 0)
     }
 }
 
@@ -157,4 +164,63 @@ pub struct UnknownVmmReport {
     pub namespace: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub instance: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{Value, json};
+
+    use super::*;
+
+    fn sled(status: Value) -> Sled {
+        serde_json::from_value(json!({
+            "apiVersion": "corral.dev/v1alpha1", "kind": "Sled",
+            "metadata": {"name": "s1"},
+            "spec": {},
+            "status": status,
+        }))
+        .unwrap()
+    }
+
+    fn ready(status: &str) -> Value {
+        json!([{"type": "Ready", "status": status, "reason": "AgentReady",
+                "lastTransitionTime": "2026-01-01T00:00:00Z"}])
+    }
+
+    #[test]
+    fn a_sled_is_ready_only_when_its_agent_says_so() {
+        let cases = [
+            ("no status", json!(null), false, false),
+            ("no Ready condition", json!({"epoch": 1}), false, false),
+            (
+                "Ready=Unknown",
+                json!({"epoch": 1, "conditions": ready("Unknown")}),
+                false,
+                false,
+            ),
+            (
+                "Ready=False",
+                json!({"epoch": 1, "conditions": ready("False")}),
+                false,
+                false,
+            ),
+            (
+                "Ready=True",
+                json!({"epoch": 1, "conditions": ready("True")}),
+                true,
+                true,
+            ),
+            (
+                "Ready=True, no boot yet",
+                json!({"conditions": ready("True")}),
+                true,
+                false,
+            ),
+        ];
+        for (name, status, is_ready, is_ready_and_booted) in cases {
+            let sled = sled(status);
+            assert_eq!(sled.is_ready(), is_ready, "{name}");
+            assert_eq!(sled.is_ready_and_booted(), is_ready_and_booted, "{name}");
+        }
+    }
 }

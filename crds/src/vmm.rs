@@ -14,7 +14,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::condition::{Condition, Reason};
-use crate::instance::Nic;
+use crate::instance::{Instance, Nic};
 use crate::migration::TransferProgress;
 use crate::sled::Resources;
 
@@ -137,12 +137,36 @@ string_enum! {
 }
 
 impl VmmState {
-    /// Whether the VMM may still be consuming the sled (anything but the final states).
+    /// Stopped, Failed or Destroyed: the VMM no longer runs and never will again (only
+    /// `Destroyed` may follow). Any other state may still be consuming the sled.
     pub fn is_final(self) -> bool {
         matches!(
             self,
             VmmState::Stopped | VmmState::Failed | VmmState::Destroyed
         )
+    }
+}
+
+impl Vmm {
+    /// Whether its node-agent reports a final state ([`VmmState::is_final`]): the VMM ended.
+    /// A Vmm without a reported state has not.
+    pub fn has_ended(&self) -> bool {
+        self.status
+            .as_ref()
+            .and_then(|status| status.state)
+            .is_some_and(VmmState::is_final)
+    }
+
+    /// Whether the Vmm is *abandoned*: if (and only if) its Instance does not exist, or
+    /// neither `status.activeVmm` nor `status.targetVmm` of its Instance names it
+    /// ([`crate::InstanceStatus::names_vmm`]; docs/rack.md). `instance` is the Instance that
+    /// `spec.instance` names in the Vmm's namespace, as the caller found it (`None`: it does not
+    /// exist). Being deleted does not change the answer.
+    pub fn is_abandoned(&self, instance: Option<&Instance>) -> bool {
+        let name = self.metadata.name.as_deref().unwrap_or_default();
+        !instance
+            .and_then(|instance| instance.status.as_ref())
+            .is_some_and(|status| status.names_vmm(name))
     }
 }
 
@@ -185,4 +209,68 @@ pub struct VmmStatus {
     pub migration: Option<VmmMigrationStatus>,
     #[serde(default)]
     pub conditions: Vec<Condition<VmmConditionType>>,
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{Value, json};
+
+    use super::*;
+
+    fn vmm(status: Value) -> Vmm {
+        serde_json::from_value(json!({
+            "apiVersion": "corral.dev/v1alpha1", "kind": "Vmm",
+            "metadata": {"name": "web-v1", "namespace": "default"},
+            "spec": {"instance": "web", "sled": "s1", "sledEpoch": 1,
+                     "resources": {"cpus": 1, "memoryMiB": 512}, "image": "debian"},
+            "status": status,
+        }))
+        .unwrap()
+    }
+
+    fn instance(status: Value) -> Instance {
+        serde_json::from_value(json!({
+            "apiVersion": "corral.dev/v1alpha1", "kind": "Instance",
+            "metadata": {"name": "web", "namespace": "default"},
+            "spec": {"cpus": 1, "memoryMiB": 512, "image": "debian"},
+            "status": status,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_vmm_has_ended_only_in_a_final_state() {
+        for state in VmmState::ALL {
+            let ended = matches!(
+                state,
+                VmmState::Stopped | VmmState::Failed | VmmState::Destroyed
+            );
+            assert_eq!(state.is_final(), ended, "{state}");
+            assert_eq!(vmm(json!({"state": state})).has_ended(), ended, "{state}");
+        }
+        assert!(!vmm(json!({})).has_ended());
+        let mut without_status = vmm(json!({}));
+        without_status.status = None;
+        assert!(!without_status.has_ended());
+    }
+
+    #[test]
+    fn a_vmm_is_abandoned_unless_its_instance_names_it() {
+        let vmm = vmm(json!({"state": "Running"}));
+        let cases = [
+            ("no instance", None, true),
+            ("an instance without status", Some(json!(null)), true),
+            ("named active", Some(json!({"activeVmm": "web-v1"})), false),
+            (
+                "named target",
+                Some(json!({"activeVmm": "web-v0", "targetVmm": "web-v1"})),
+                false,
+            ),
+            ("another active", Some(json!({"activeVmm": "web-v2"})), true),
+        ];
+        for (name, status, abandoned) in cases {
+            let instance = status.map(instance);
+            assert_eq!(vmm.is_abandoned(instance.as_ref()), abandoned, "{name}");
+        }
+    }
 }

@@ -1,6 +1,6 @@
 //! Defaulting, as apiextensions' `PruneNonNullableNullsWithoutDefaults` followed by `Default`.
 
-use super::{AdditionalProperties, Structural};
+use super::structural::{AdditionalProperties, Structural};
 use serde_json::Value;
 
 pub(super) fn apply_defaults(schema: &Structural, object: &mut Value) {

@@ -3,7 +3,7 @@
 //! `metadata` follows the rules of embedded object metadata (path-segment names, optional
 //! namespace).
 
-use super::{AdditionalProperties, Structural, join as child};
+use super::structural::{AdditionalProperties, Structural, join as child};
 use crate::validation::{FieldError, is_dns1035_label, validate_embedded_object_meta};
 use serde_json::{Map, Value};
 

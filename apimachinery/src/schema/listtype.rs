@@ -5,7 +5,7 @@
 //! The second occurrence of each duplicated value is reported, once, as a `Duplicate value`;
 //! for map lists the value shown is the item's key fields, Go-printed.
 
-use super::{AdditionalProperties, ListType, Structural, join as child};
+use super::structural::{AdditionalProperties, ListType, Structural, join as child};
 use crate::validation::FieldError;
 use serde_json::{Map, Value};
 use std::collections::HashMap;

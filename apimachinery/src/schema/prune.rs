@@ -3,7 +3,7 @@
 //!
 //! Paths are rendered as strict decoding renders them: `.` between keys, `[i]` for indices.
 
-use super::{AdditionalProperties, Structural};
+use super::structural::{AdditionalProperties, Structural};
 use serde_json::Value;
 
 /// Fields every embedded resource (and the root) has, whatever the schema says.

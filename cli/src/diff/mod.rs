@@ -5,25 +5,28 @@
 //! [`differences`] is a pure function of those lists and the time; each [`Problem`] is defined
 //! here:
 //!
-//! - **NotRunning**: an Instance should run and its `status.state` is not `Running`. An
-//!   Instance should run if (and only if) it is not being deleted and its `runStrategy` is
-//!   `Always`; or `RerunOnFailure`, unless its last VMM ended in a clean guest shutdown and it
-//!   is `Stopped`; or `Manual`, unless its last VMM ended on its own and it is `Stopped` or
-//!   `Failed` — in both cases an unhandled `spec.startRequest` makes it want to run again.
+//! - **NotRunning**: an Instance should run and its `status.state` is not `Running`. Whether it
+//!   should run is the instance controller's own rule, `Instance::should_run` in `corral_crds`:
+//!   it is not being deleted and its `runStrategy` is `Always`; or `RerunOnFailure`, unless its
+//!   last VMM ended in a clean guest shutdown; or `Manual`, unless its last VMM ended on its own
+//!   — in both cases an unhandled `spec.startRequest` makes it want to run again.
 //! - **RunningWhileHalted**: a `Halted` Instance is still `Running` or `Starting`.
 //! - **InstanceDiverged**: an Instance has `Diverged=True` (its reason and message are shown).
 //! - **ActiveVmmMissing**: an Instance names an active Vmm that does not exist.
 //! - **ActiveVmmFailed**: an Instance's active Vmm is `Failed`.
 //! - **SledMismatch**: an Instance's `status.sled` is not its active Vmm's `spec.sled`.
 //! - **Abandoned**: a Vmm that neither `activeVmm` nor `targetVmm` of its Instance names, or
-//!   whose Instance does not exist (docs/rack.md; the reaper deletes such Vmms).
-//! - **StaleEpoch**: a Vmm not yet ended whose sled's `status.epoch` moved past its
-//!   `spec.sledEpoch` (the sled rebooted or was fenced since it was placed).
+//!   whose Instance does not exist (`Vmm::is_abandoned`; docs/rack.md; the reaper deletes such
+//!   Vmms).
+//! - **StaleEpoch**: a Vmm not yet ended (`Vmm::has_ended`: not `Stopped`, `Failed` or
+//!   `Destroyed`) whose sled's `status.epoch` moved past its `spec.sledEpoch` (the sled
+//!   rebooted or was fenced since it was placed).
 //! - **UnknownSled**: a Vmm placed on a Sled that does not exist.
 //! - **VmmDiverged**: a Vmm has `Diverged=True`.
 //! - **TerminatingTooLong**: a Vmm has been being deleted for longer than
 //!   [`TERMINATING_TOO_LONG`] (its node-agent has not torn it down).
-//! - **SledNotReady**: a Sled whose `Ready` condition is not `True` (or is missing).
+//! - **SledNotReady**: a Sled whose `Ready` condition is not `True` (or is missing;
+//!   `Sled::is_ready`).
 //! - **SledDiverged**: a Sled has `Diverged=True`.
 //! - **Undecodable**: an object that does not decode as its kind (shown rather than hidden).
 //!
@@ -31,13 +34,15 @@
 //! report says so. It shows the moment; it does not judge whether a controller is late
 //! (except for [`TERMINATING_TOO_LONG`]).
 //!
-//! The rules live in `rules.rs` ([`differences`]); `problem.rs` holds the report's types.
+//! The rules live in `rules.rs` ([`differences`], one function per kind of difference);
+//! `problem.rs` holds the report's types. A rule that a controller applies too is the one on
+//! the `corral_crds` type, so the report and the controllers never disagree on it.
 
 mod problem;
 mod rules;
 
 pub use problem::{Difference, ObjectKind, ObjectRef, Problem};
-pub use rules::{TERMINATING_TOO_LONG, differences, should_run};
+pub use rules::{TERMINATING_TOO_LONG, differences};
 
 use std::collections::BTreeSet;
 
@@ -48,10 +53,10 @@ use serde::de::DeserializeOwned;
 
 use corral_crds::{Instance, Sled, Vmm};
 
+use crate::command::{Outcome, Terminal};
 use crate::context::Context;
 use crate::error::Error;
 use crate::table;
-use crate::{Outcome, Terminal};
 /// The report's lines.
 pub fn render(found: &[Difference]) -> String {
     if found.is_empty() {

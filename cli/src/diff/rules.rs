@@ -1,74 +1,26 @@
 //! The rules of `corralctl diff`: [`differences`] between what was asked (Instance specs) and
 //! what is (Instance, Vmm and Sled status), as a pure function of the three lists and the time.
-//! The definitions are in the `diff` module docs.
+//! The definitions are in the `diff` module docs; each is one function here, and the rules that
+//! controllers also apply (whether an instance should run, whether a sled is ready, whether a
+//! Vmm is abandoned or has ended, whether a condition holds) are the ones on the `corral_crds`
+//! types, never a copy.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use jiff::Timestamp;
+use kube::Resource;
 
-use corral_crds::condition::find;
+use corral_crds::condition::{Condition, find, find_true};
 use corral_crds::{
-    ConditionStatus, Instance, InstanceConditionType, InstanceState, Reason, RunStrategy, Sled,
-    SledConditionType, Vmm, VmmConditionType, VmmState,
+    Instance, InstanceConditionType, InstanceState, Reason, RunStrategy, Sled, SledConditionType,
+    Vmm, VmmConditionType, VmmState,
 };
 
 use super::problem::{Difference, ObjectKind, ObjectRef, Problem};
 
 /// A Vmm being deleted for longer than this is reported.
 pub const TERMINATING_TOO_LONG: Duration = Duration::from_secs(5 * 60);
-
-fn instance_ref(i: &Instance) -> ObjectRef {
-    ObjectRef {
-        kind: ObjectKind::Instance,
-        namespace: i.metadata.namespace.clone(),
-        name: i.metadata.name.clone().unwrap_or_default(),
-    }
-}
-
-fn vmm_ref(v: &Vmm) -> ObjectRef {
-    ObjectRef {
-        kind: ObjectKind::Vmm,
-        namespace: v.metadata.namespace.clone(),
-        name: v.metadata.name.clone().unwrap_or_default(),
-    }
-}
-
-fn sled_ref(s: &Sled) -> ObjectRef {
-    ObjectRef {
-        kind: ObjectKind::Sled,
-        namespace: None,
-        name: s.metadata.name.clone().unwrap_or_default(),
-    }
-}
-
-/// Whether `instance` should be running now (definitions in the module docs).
-pub fn should_run(instance: &Instance) -> bool {
-    if instance.metadata.deletion_timestamp.is_some() {
-        return false;
-    }
-    let status = instance.status.clone().unwrap_or_default();
-    let start_pending = instance.spec.start_request.is_some()
-        && instance.spec.start_request != status.handled_start_request;
-    let exit = status.last_exit.as_ref().map(|e| e.reason);
-    match instance.spec.run_strategy {
-        RunStrategy::Always => true,
-        RunStrategy::Halted => false,
-        RunStrategy::RerunOnFailure => {
-            let shut_down =
-                exit == Some(Reason::GuestShutdown) && status.state == Some(InstanceState::Stopped);
-            !shut_down || start_pending
-        }
-        RunStrategy::Manual => {
-            let exited = exit.is_some()
-                && matches!(
-                    status.state,
-                    Some(InstanceState::Stopped) | Some(InstanceState::Failed)
-                );
-            !exited || start_pending
-        }
-    }
-}
 
 /// Every current difference, sorted by kind, namespace, name.
 pub fn differences(
@@ -77,207 +29,229 @@ pub fn differences(
     sleds: &[Sled],
     now: Timestamp,
 ) -> Vec<Difference> {
+    let rack = Rack::index(instances, vmms, sleds);
     let mut found = Vec::new();
-    let mut push = |object: ObjectRef, problem: Problem| found.push(Difference { object, problem });
-    let vmm_by_key: BTreeMap<(Option<&str>, &str), &Vmm> = vmms
-        .iter()
-        .map(|v| {
-            (
-                (
-                    v.metadata.namespace.as_deref(),
-                    v.metadata.name.as_deref().unwrap_or(""),
-                ),
-                v,
-            )
-        })
-        .collect();
-    let instance_by_key: BTreeMap<(Option<&str>, &str), &Instance> = instances
-        .iter()
-        .map(|i| {
-            (
-                (
-                    i.metadata.namespace.as_deref(),
-                    i.metadata.name.as_deref().unwrap_or(""),
-                ),
-                i,
-            )
-        })
-        .collect();
-    let sled_by_name: BTreeMap<&str, &Sled> = sleds
-        .iter()
-        .map(|s| (s.metadata.name.as_deref().unwrap_or(""), s))
-        .collect();
-
     for instance in instances {
-        let object = instance_ref(instance);
-        let status = instance.status.clone().unwrap_or_default();
-        let state = status.state;
-        if should_run(instance) && state != Some(InstanceState::Running) {
-            push(
-                object.clone(),
-                Problem::NotRunning {
-                    run_strategy: instance.spec.run_strategy,
-                    state,
-                },
-            );
-        }
-        if instance.spec.run_strategy == RunStrategy::Halted
-            && let Some(state @ (InstanceState::Running | InstanceState::Starting)) = state
-        {
-            push(object.clone(), Problem::RunningWhileHalted { state });
-        }
-        if let Some(c) = find(&status.conditions, InstanceConditionType::Diverged)
-            && c.status == ConditionStatus::True
-        {
-            push(
-                object.clone(),
-                Problem::InstanceDiverged {
-                    reason: c.reason,
-                    message: c.message.clone(),
-                },
-            );
-        }
-        if let Some(active) = &status.active_vmm {
-            match vmm_by_key.get(&(instance.metadata.namespace.as_deref(), active.as_str())) {
-                None => push(
-                    object.clone(),
-                    Problem::ActiveVmmMissing {
-                        vmm: active.clone(),
-                    },
-                ),
-                Some(vmm) => {
-                    let vmm_status = vmm.status.clone().unwrap_or_default();
-                    if vmm_status.state == Some(VmmState::Failed) {
-                        push(
-                            object.clone(),
-                            Problem::ActiveVmmFailed {
-                                vmm: active.clone(),
-                                reason: vmm_status.reason,
-                                message: vmm_status.message.clone(),
-                            },
-                        );
-                    }
-                    if status.sled.as_deref() != Some(vmm.spec.sled.as_str()) {
-                        push(
-                            object.clone(),
-                            Problem::SledMismatch {
-                                vmm: active.clone(),
-                                instance_sled: status.sled.clone(),
-                                vmm_sled: vmm.spec.sled.clone(),
-                            },
-                        );
-                    }
-                }
-            }
-        }
+        let problems = instance_problems(instance, &rack);
+        found.extend(about(ObjectKind::Instance, instance, problems));
     }
-
     for vmm in vmms {
-        let object = vmm_ref(vmm);
-        let name = vmm.metadata.name.as_deref().unwrap_or("");
-        let status = vmm.status.clone().unwrap_or_default();
-        let instance = instance_by_key.get(&(
-            vmm.metadata.namespace.as_deref(),
-            vmm.spec.instance.as_str(),
-        ));
-        let named = instance.is_some_and(|i| {
-            i.status.as_ref().is_some_and(|s| {
-                s.active_vmm.as_deref() == Some(name) || s.target_vmm.as_deref() == Some(name)
-            })
-        });
-        if !named {
-            push(
-                object.clone(),
-                Problem::Abandoned {
-                    instance: vmm.spec.instance.clone(),
-                    instance_exists: instance.is_some(),
-                },
-            );
-        }
-        match sled_by_name.get(vmm.spec.sled.as_str()) {
-            None => push(
-                object.clone(),
-                Problem::UnknownSled {
-                    sled: vmm.spec.sled.clone(),
-                },
-            ),
-            Some(sled) => {
-                let sled_epoch = sled.status.as_ref().map(|s| s.epoch).unwrap_or(0);
-                let ended = status.state.is_some_and(VmmState::is_final);
-                if sled_epoch > vmm.spec.sled_epoch && !ended {
-                    push(
-                        object.clone(),
-                        Problem::StaleEpoch {
-                            sled: vmm.spec.sled.clone(),
-                            vmm_epoch: vmm.spec.sled_epoch,
-                            sled_epoch,
-                        },
-                    );
-                }
-            }
-        }
-        if let Some(c) = find(&status.conditions, VmmConditionType::Diverged)
-            && c.status == ConditionStatus::True
-        {
-            push(
-                object.clone(),
-                Problem::VmmDiverged {
-                    reason: c.reason,
-                    message: c.message.clone(),
-                },
-            );
-        }
-        if let Some(since) = &vmm.metadata.deletion_timestamp {
-            let elapsed = now.duration_since(since.0);
-            let elapsed = Duration::try_from(elapsed).unwrap_or_default();
-            if elapsed > TERMINATING_TOO_LONG {
-                push(
-                    object.clone(),
-                    Problem::TerminatingTooLong {
-                        since: since.0,
-                        for_seconds: elapsed.as_secs(),
-                    },
-                );
-            }
-        }
+        let problems = vmm_problems(vmm, &rack, now);
+        found.extend(about(ObjectKind::Vmm, vmm, problems));
     }
-
     for sled in sleds {
-        let object = sled_ref(sled);
-        let status = sled.status.clone().unwrap_or_default();
-        match find(&status.conditions, SledConditionType::Ready) {
-            Some(c) if c.status == ConditionStatus::True => {}
-            Some(c) => push(
-                object.clone(),
-                Problem::SledNotReady {
-                    status: Some(c.status),
-                    reason: Some(c.reason),
-                    message: c.message.clone(),
-                },
-            ),
-            None => push(
-                object.clone(),
-                Problem::SledNotReady {
-                    status: None,
-                    reason: None,
-                    message: String::new(),
-                },
-            ),
-        }
-        if let Some(c) = find(&status.conditions, SledConditionType::Diverged)
-            && c.status == ConditionStatus::True
-        {
-            push(
-                object.clone(),
-                Problem::SledDiverged {
-                    reason: c.reason,
-                    message: c.message.clone(),
-                },
-            );
-        }
+        found.extend(about(ObjectKind::Sled, sled, sled_problems(sled)));
     }
     found.sort();
     found
+}
+
+/// The three lists, indexed the way the rules look objects up.
+struct Rack<'a> {
+    /// Instances by (namespace, name).
+    instances: BTreeMap<(Option<&'a str>, &'a str), &'a Instance>,
+    /// Vmms by (namespace, name).
+    vmms: BTreeMap<(Option<&'a str>, &'a str), &'a Vmm>,
+    /// Sleds by name.
+    sleds: BTreeMap<&'a str, &'a Sled>,
+}
+
+impl<'a> Rack<'a> {
+    fn index(instances: &'a [Instance], vmms: &'a [Vmm], sleds: &'a [Sled]) -> Rack<'a> {
+        Rack {
+            instances: instances.iter().map(|i| (key(i), i)).collect(),
+            vmms: vmms.iter().map(|v| (key(v), v)).collect(),
+            sleds: sleds.iter().map(|s| (key(s).1, s)).collect(),
+        }
+    }
+}
+
+/// An object's (namespace, name).
+fn key<K: Resource>(object: &K) -> (Option<&str>, &str) {
+    let meta = object.meta();
+    (
+        meta.namespace.as_deref(),
+        meta.name.as_deref().unwrap_or(""),
+    )
+}
+
+/// `problems`, each as a difference of `object`.
+fn about<K: Resource>(
+    kind: ObjectKind,
+    object: &K,
+    problems: Vec<Problem>,
+) -> impl Iterator<Item = Difference> {
+    let (namespace, name) = key(object);
+    let object = ObjectRef {
+        kind,
+        namespace: namespace.map(str::to_string),
+        name: name.to_string(),
+    };
+    problems.into_iter().map(move |problem| Difference {
+        object: object.clone(),
+        problem,
+    })
+}
+
+fn instance_problems(instance: &Instance, rack: &Rack<'_>) -> Vec<Problem> {
+    let conditions = instance.status.as_ref().map(|status| &status.conditions);
+    let mut problems: Vec<Problem> = [
+        not_running(instance),
+        running_while_halted(instance),
+        diverged(conditions, InstanceConditionType::Diverged)
+            .map(|(reason, message)| Problem::InstanceDiverged { reason, message }),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    problems.extend(active_vmm_problems(instance, rack));
+    problems
+}
+
+/// **NotRunning**: [`Instance::should_run`] and its state is not `Running`.
+fn not_running(instance: &Instance) -> Option<Problem> {
+    let state = instance.status.as_ref().and_then(|status| status.state);
+    (instance.should_run() && state != Some(InstanceState::Running)).then_some(
+        Problem::NotRunning {
+            run_strategy: instance.spec.run_strategy,
+            state,
+        },
+    )
+}
+
+/// **RunningWhileHalted**: `Halted`, and still `Running` or `Starting`.
+fn running_while_halted(instance: &Instance) -> Option<Problem> {
+    if instance.spec.run_strategy != RunStrategy::Halted {
+        return None;
+    }
+    match instance.status.as_ref().and_then(|status| status.state) {
+        Some(state @ (InstanceState::Running | InstanceState::Starting)) => {
+            Some(Problem::RunningWhileHalted { state })
+        }
+        _ => None,
+    }
+}
+
+/// The reason and message of a `Diverged=True` condition among an object's `conditions`
+/// (`None`: it has no status yet) (**InstanceDiverged**, **VmmDiverged**, **SledDiverged**).
+fn diverged<T: PartialEq + Copy>(
+    conditions: Option<&Vec<Condition<T>>>,
+    diverged_type: T,
+) -> Option<(Reason, String)> {
+    find_true(conditions?, diverged_type).map(|c| (c.reason, c.message.clone()))
+}
+
+/// **ActiveVmmMissing**, **ActiveVmmFailed** and **SledMismatch**: what is wrong with the Vmm
+/// the instance names active.
+fn active_vmm_problems(instance: &Instance, rack: &Rack<'_>) -> Vec<Problem> {
+    let status = instance.status.clone().unwrap_or_default();
+    let Some(active) = &status.active_vmm else {
+        return Vec::new();
+    };
+    let namespace = instance.metadata.namespace.as_deref();
+    let Some(vmm) = rack.vmms.get(&(namespace, active.as_str())) else {
+        return vec![Problem::ActiveVmmMissing {
+            vmm: active.clone(),
+        }];
+    };
+    let mut problems = Vec::new();
+    let vmm_status = vmm.status.clone().unwrap_or_default();
+    if vmm_status.state == Some(VmmState::Failed) {
+        problems.push(Problem::ActiveVmmFailed {
+            vmm: active.clone(),
+            reason: vmm_status.reason,
+            message: vmm_status.message,
+        });
+    }
+    if status.sled.as_deref() != Some(vmm.spec.sled.as_str()) {
+        problems.push(Problem::SledMismatch {
+            vmm: active.clone(),
+            instance_sled: status.sled.clone(),
+            vmm_sled: vmm.spec.sled.clone(),
+        });
+    }
+    problems
+}
+
+fn vmm_problems(vmm: &Vmm, rack: &Rack<'_>, now: Timestamp) -> Vec<Problem> {
+    let conditions = vmm.status.as_ref().map(|status| &status.conditions);
+    [
+        abandoned(vmm, rack),
+        misplaced(vmm, rack),
+        diverged(conditions, VmmConditionType::Diverged)
+            .map(|(reason, message)| Problem::VmmDiverged { reason, message }),
+        terminating_too_long(vmm, now),
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
+}
+
+/// **Abandoned**: [`Vmm::is_abandoned`], given its Instance as listed.
+fn abandoned(vmm: &Vmm, rack: &Rack<'_>) -> Option<Problem> {
+    let namespace = vmm.metadata.namespace.as_deref();
+    let instance = rack
+        .instances
+        .get(&(namespace, vmm.spec.instance.as_str()))
+        .copied();
+    vmm.is_abandoned(instance).then(|| Problem::Abandoned {
+        instance: vmm.spec.instance.clone(),
+        instance_exists: instance.is_some(),
+    })
+}
+
+/// **UnknownSled**, or **StaleEpoch**: a Vmm that has not ended, placed at an epoch its sled
+/// has moved past.
+fn misplaced(vmm: &Vmm, rack: &Rack<'_>) -> Option<Problem> {
+    let Some(sled) = rack.sleds.get(vmm.spec.sled.as_str()) else {
+        return Some(Problem::UnknownSled {
+            sled: vmm.spec.sled.clone(),
+        });
+    };
+    let sled_epoch = sled.status.as_ref().map(|s| s.epoch).unwrap_or(0);
+    (sled_epoch > vmm.spec.sled_epoch && !vmm.has_ended()).then(|| Problem::StaleEpoch {
+        sled: vmm.spec.sled.clone(),
+        vmm_epoch: vmm.spec.sled_epoch,
+        sled_epoch,
+    })
+}
+
+/// **TerminatingTooLong**: being deleted for longer than [`TERMINATING_TOO_LONG`] at `now`.
+fn terminating_too_long(vmm: &Vmm, now: Timestamp) -> Option<Problem> {
+    let since = vmm.metadata.deletion_timestamp.as_ref()?;
+    let elapsed = Duration::try_from(now.duration_since(since.0)).unwrap_or_default();
+    (elapsed > TERMINATING_TOO_LONG).then_some(Problem::TerminatingTooLong {
+        since: since.0,
+        for_seconds: elapsed.as_secs(),
+    })
+}
+
+fn sled_problems(sled: &Sled) -> Vec<Problem> {
+    let conditions = sled.status.as_ref().map(|status| &status.conditions);
+    [
+        not_ready(sled),
+        diverged(conditions, SledConditionType::Diverged)
+            .map(|(reason, message)| Problem::SledDiverged { reason, message }),
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
+}
+
+/// **SledNotReady**: not [`Sled::is_ready`], with its `Ready` condition if it has one.
+fn not_ready(sled: &Sled) -> Option<Problem> {
+    if sled.is_ready() {
+        return None;
+    }
+    let ready = sled
+        .status
+        .as_ref()
+        .and_then(|status| find(&status.conditions, SledConditionType::Ready));
+    Some(Problem::SledNotReady {
+        status: ready.map(|c| c.status),
+        reason: ready.map(|c| c.reason),
+        message: ready.map(|c| c.message.clone()).unwrap_or_default(),
+    })
 }
 
 #[cfg(test)]
@@ -539,67 +513,68 @@ mod tests {
         );
     }
 
+    /// Every combination of run strategy, state, last exit and start request: diff reports
+    /// NotRunning exactly when the instance controller's rule (`Instance::should_run`, whose
+    /// own table test is in `corral_crds`) wants the instance running and it is not.
     #[test]
-    fn whether_an_instance_should_run_follows_its_run_strategy() {
-        let exit = |reason: &str| json!({"reason": reason, "vmm": "v1", "at": T0});
-        let cases = [
-            (
-                "Always",
-                json!({"state": "Stopped", "lastExit": exit("GuestShutdown")}),
-                None,
-                true,
-            ),
-            ("Halted", json!({}), None, false),
-            (
-                "RerunOnFailure",
-                json!({"state": "Stopped", "lastExit": exit("GuestShutdown")}),
-                None,
-                false,
-            ),
-            (
-                "RerunOnFailure",
-                json!({"state": "Failed", "lastExit": exit("GuestCrashed")}),
-                None,
-                true,
-            ),
-            (
-                "RerunOnFailure",
-                json!({"state": "Stopped", "lastExit": exit("GuestShutdown")}),
-                Some("t1"),
-                true,
-            ),
-            ("Manual", json!({"state": "Creating"}), None, true),
-            (
-                "Manual",
-                json!({"state": "Failed", "lastExit": exit("GuestCrashed")}),
-                None,
-                false,
-            ),
-            (
-                "Manual",
-                json!({"state": "Stopped", "lastExit": exit("GuestShutdown"), "handledStartRequest": "t1"}),
-                Some("t1"),
-                false,
-            ),
-            (
-                "Manual",
-                json!({"state": "Stopped", "lastExit": exit("GuestShutdown"), "handledStartRequest": "t1"}),
-                Some("t2"),
-                true,
-            ),
+    fn not_running_is_reported_exactly_when_the_instance_rule_wants_it_running() {
+        let (_, _, sleds) = healthy_rack();
+        let states = [
+            None,
+            Some("Creating"),
+            Some("Running"),
+            Some("Stopping"),
+            Some("Stopped"),
+            Some("Repairing"),
+            Some("Failed"),
         ];
-        for (strategy, status, start_request, expected) in cases {
-            let mut i = instance("web", strategy, status.clone());
-            i.spec.start_request = start_request.map(str::to_string);
-            assert_eq!(
-                should_run(&i),
-                expected,
-                "{strategy} {status} {start_request:?}"
-            );
+        let exits = [
+            None,
+            Some("GuestShutdown"),
+            Some("GuestCrashed"),
+            Some("VmmKilled"),
+        ];
+        let requests = [
+            (None, None),
+            (Some("t1"), Some("t1")),
+            (Some("t2"), Some("t1")),
+        ];
+        let (mut reported_count, mut total) = (0, 0);
+        for strategy in RunStrategy::ALL {
+            for state in states {
+                for exit in exits {
+                    for (start_request, handled) in requests {
+                        let status = json!({
+                            "state": state,
+                            "lastExit": exit.map(|reason| json!({"reason": reason, "vmm": "web-v1", "at": T0})),
+                            "handledStartRequest": handled,
+                        });
+                        let mut i = instance("web", strategy.as_str(), status.clone());
+                        i.spec.start_request = start_request.map(str::to_string);
+                        let wanted = i.should_run() && state != Some("Running");
+                        let found = differences(std::slice::from_ref(&i), &[], &sleds, now());
+                        let reported = problems(&found)
+                            .contains(&("instance/default/web".to_string(), "NotRunning"));
+                        assert_eq!(reported, wanted, "{strategy} {status} {start_request:?}");
+                        reported_count += usize::from(reported);
+                        total += 1;
+                    }
+                }
+            }
         }
+        assert!(0 < reported_count && reported_count < total);
+        // Where diff once asked for more than the rule: a recorded exit ends a Manual instance
+        // (and a clean shutdown a RerunOnFailure one) whatever state is written beside it.
+        let exit = json!({"reason": "VmmKilled", "vmm": "web-v1", "at": T0});
+        let manual = instance(
+            "web",
+            "Manual",
+            json!({"state": "Repairing", "lastExit": exit}),
+        );
+        assert_eq!(differences(&[manual], &[], &sleds, now()), vec![]);
         let mut deleting = instance("web", "Always", json!({}));
         deleting.metadata.deletion_timestamp =
             Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(now()));
-        assert!(!should_run(&deleting));
+        assert_eq!(differences(&[deleting], &[], &sleds, now()), vec![]);
     }
 }

@@ -11,7 +11,7 @@
 //! - An item is *done* if (and only if) its instance runs (`Running`) on another sled, or no
 //!   longer exists, or is no longer on the sled (it stopped): state `Moved`.
 //! - A Migration is *unfinished* if (and only if) its phase is not final
-//!   ([`MigrationPhase::is_final`]); one without a status yet is unfinished.
+//!   (`Migration::is_finished`); one without a status yet is unfinished.
 //!
 //! # Invariants
 //! - The plan (every item and its target) is computed and checked against the free capacity of
@@ -237,21 +237,13 @@ fn finish(mut planner: Planner<'_>, previous: &DrainStatus) -> Plan {
 /// Asks every unfinished Migration of the drain to cancel.
 fn cancel_unfinished(planner: &mut Planner<'_>) {
     for migration in planner.observed.migrations {
-        if !is_finished(migration) && !migration.spec.cancel {
+        if !migration.is_finished() && !migration.spec.cancel {
             planner.plan.act(Action::CancelMigration {
                 namespace: migration.namespace().unwrap_or_default(),
                 name: migration.name_any(),
             });
         }
     }
-}
-
-fn is_finished(migration: &Migration) -> bool {
-    migration
-        .status
-        .as_ref()
-        .and_then(|s| s.phase)
-        .is_some_and(MigrationPhase::is_final)
 }
 
 /// Plans every instance of the sled and either refuses the drain or starts it.
@@ -449,7 +441,7 @@ fn follow_moves(
                     });
                 }
             }
-            Some(migration) if !is_finished(migration) => unfinished += 1,
+            Some(migration) if !migration.is_finished() => unfinished += 1,
             Some(migration) => retry_or_fail(item, migration, &migration_name),
         }
     }

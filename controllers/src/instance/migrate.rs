@@ -26,7 +26,7 @@
 
 use corral_crds::{
     ConditionStatus, InstanceConditionType as Cond, InstanceState, MigrateFrom, Migration,
-    MigrationOutcome, MigrationPhase, Reason, VmmMigrationPhase, VmmState, condition,
+    MigrationOutcome, MigrationPhase, Reason, VmmMigrationPhase, condition,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
@@ -104,8 +104,7 @@ fn follow(planner: &mut Planner<'_>) {
         match target {
             Some(vmm) => {
                 let status = vmm.status.clone().unwrap_or_default();
-                let ended = vmm.metadata.deletion_timestamp.is_some()
-                    || status.state.is_some_and(VmmState::is_final);
+                let ended = vmm.metadata.deletion_timestamp.is_some() || vmm.has_ended();
                 ended.then(|| {
                     let why = status
                         .migration

@@ -2,7 +2,7 @@ use std::sync::Arc;
 
 use corral_crds::{
     Instance, InstanceSpec, MigrationAbort, MigrationRole, MigrationSpec, MigrationStatus,
-    RunStrategy, TransferProgress, Vmm, VmmMigrationStatus, VmmSpec, VmmStatus,
+    RunStrategy, TransferProgress, Vmm, VmmMigrationStatus, VmmSpec, VmmState, VmmStatus,
 };
 use jiff::Timestamp;
 

@@ -457,8 +457,7 @@ fn detect_divergence(planner: &mut Planner<'_>) {
         .and_then(|name| observed.vmms.iter().find(|v| v.name_any() == *name));
     let reported = active.and_then(|vmm| {
         let status = vmm.status.as_ref()?;
-        condition::find(&status.conditions, VmmConditionType::Diverged)
-            .filter(|c| c.status == ConditionStatus::True)
+        condition::find_true(&status.conditions, VmmConditionType::Diverged)
             .map(|c| (c.reason, c.message.clone()))
     });
     let exited = planner
@@ -574,10 +573,6 @@ fn repair_divergence(planner: &mut Planner<'_>) {
 
 /// Vmms of this instance that its status does not name are abandoned: delete them.
 fn plan_abandoned(planner: &mut Planner<'_>) {
-    let named = [
-        planner.plan.status.active_vmm.clone(),
-        planner.plan.status.target_vmm.clone(),
-    ];
     for vmm in planner.observed.vmms {
         let name = vmm.name_any();
         let deleting = vmm.metadata.deletion_timestamp.is_some();
@@ -585,7 +580,7 @@ fn plan_abandoned(planner: &mut Planner<'_>) {
             .plan
             .actions()
             .any(|a| matches!(a, Action::DeleteVmm { name: n } if *n == name));
-        if !deleting && !already && !named.iter().flatten().any(|n| *n == name) {
+        if !deleting && !already && !planner.plan.status.names_vmm(&name) {
             planner.plan.act(Action::DeleteVmm { name });
         }
     }
