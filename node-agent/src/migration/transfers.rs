@@ -125,3 +125,39 @@ impl Transfers {
     }
 }
 
+#[cfg(test)]
+mod tests {
+    use tokio::sync::oneshot;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn one_transfer_a_vmm_ended_once_it_no_longer_runs_and_none_once_stopping() {
+        let transfers = Arc::new(Transfers::new(1));
+        let uid = VmmId::from("a");
+        let (ended, was_running) = oneshot::channel();
+        let ended = {
+            let (transfers, uid) = (transfers.clone(), uid.clone());
+            move || {
+                let _ = ended.send(transfers.is_running(&uid));
+            }
+        };
+        let started = transfers.spawn(&uid, |token| async move { token.cancelled().await }, ended);
+        assert!(started);
+        assert!(transfers.is_running(&uid));
+        assert!(
+            !transfers.spawn(&uid, |_| async {}, || {}),
+            "a second transfer of the same Vmm"
+        );
+
+        transfers.cancel(&uid);
+        assert_eq!(was_running.await, Ok(false));
+        assert!(!transfers.is_running(&uid));
+
+        transfers.shutdown().await;
+        assert!(
+            !transfers.spawn(&VmmId::from("b"), |_| async {}, || {}),
+            "a transfer of a stopping run"
+        );
+    }
+}

@@ -235,6 +235,8 @@ impl V2pTable for SimV2pTable {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
     use crate::v2p::table::VpcTable;
 
@@ -295,5 +297,34 @@ mod tests {
 
         reopened.power_off().unwrap();
         assert!(reopened.snapshot().is_empty());
+    }
+
+    #[test]
+    fn the_agent_sees_through_the_trait_what_the_machine_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let sim = Arc::new(SimV2pTable::open(dir.path(), BootId::random()).unwrap());
+        let table: Arc<dyn V2pTable> = sim.clone();
+        table
+            .apply(TableChange::Program {
+                vpc: "blue".into(),
+                generation: 3,
+                upserts: table_of("sled-a").entries.into_iter().collect(),
+                removals: Vec::new(),
+            })
+            .unwrap();
+        assert_eq!(
+            table.read(|vpcs| vpcs["blue"].clone()).unwrap(),
+            table_of("sled-a")
+        );
+        // A change behind the agent's back is what the agent reads next.
+        sim.corrupt("blue", "10.0.0.1", "sled-x").unwrap();
+        assert_eq!(
+            table.read(|vpcs| vpcs["blue"].clone()).unwrap(),
+            table_of("sled-x")
+        );
+        table
+            .apply(TableChange::Remove { vpc: "blue".into() })
+            .unwrap();
+        assert!(table.read(|vpcs| vpcs.is_empty()).unwrap());
     }
 }
