@@ -170,3 +170,30 @@ fn no_source_file_is_a_god_module() {
     );
 }
 
+#[test]
+fn only_the_node_agents_simulator_names_the_simulator() {
+    let source = modules::Crate::read(&workspace().join("node-agent"));
+    let simulator: modules::Module = vec!["sim".to_string()];
+    assert!(
+        source.modules.contains_key(&simulator),
+        "the node-agent keeps its simulator in sim/"
+    );
+    let mut naming = Vec::new();
+    for (module, targets) in source.edges() {
+        if module.starts_with(&simulator) {
+            continue;
+        }
+        for target in targets.iter().filter(|t| t.starts_with(&simulator)) {
+            naming.push(format!(
+                "{} names {}",
+                modules::display(&module),
+                modules::display(target)
+            ));
+        }
+    }
+    assert!(
+        naming.is_empty(),
+        "the node-agent outside sim/ knows only the traits (Hypervisor, V2pTable, \
+         PowerController), never the simulator: {naming:#?}"
+    );
+}
