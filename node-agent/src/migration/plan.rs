@@ -84,6 +84,25 @@ pub fn advance(
     next
 }
 
+/// The record after `previous` once its end of the migration is `Ready` (the source paused
+/// for the last round, or the target holding the whole guest): it waits for the verdict.
+pub fn ready(
+    previous: &VmmRecord,
+    migration: &MigrationRecord,
+    message: &str,
+    now: Timestamp,
+) -> VmmRecord {
+    let ready = moved(migration, VmmMigrationPhase::Ready, None, "");
+    advance(
+        previous,
+        VmmState::Migrating,
+        Reason::Switching,
+        message,
+        ready,
+        now,
+    )
+}
+
 /// The migration end of `previous` moved to `phase` (with `reason` and `message`).
 pub fn moved(
     previous: &MigrationRecord,

@@ -30,7 +30,7 @@ use crate::context::Context;
 use crate::error::DisplayChain;
 use crate::hypervisor::{VmmId, VmmRunState};
 use crate::journal::{JournalError, MigrationRecord, VmmRecord};
-use crate::migration::plan::{advance, migration_status, moved};
+use crate::migration::plan::{advance, migration_status, moved, ready};
 use crate::migration::progress::{Throttle, finish, progress, reconcile_when_ended, report};
 use crate::migration::protocol::{CHUNK, TransferEvent, TransferRequest, line};
 use crate::migration::slot::AgentSlot;
@@ -394,20 +394,12 @@ impl Outgoing<'_> {
         let link = ctx.transfers.link();
         let bandwidth = link.bandwidth();
         let dirty = self.dirty_rate().await.unwrap_or(0);
-        let ready = finish(ctx, uid, MigrationRole::Source, |previous, m| {
-            let m = moved(m, VmmMigrationPhase::Ready, None, "");
+        let journaled = finish(ctx, uid, MigrationRole::Source, |previous, m| {
             let message = "the guest is paused for the last round; waiting for the switch";
-            advance(
-                previous,
-                VmmState::Migrating,
-                Reason::Switching,
-                message,
-                m,
-                corral_client::clock::now(),
-            )
+            ready(previous, m, message, corral_client::clock::now())
         })
         .await;
-        match ready {
+        match journaled {
             Ok(true) => {}
             Ok(false) => return SourceEnd::Cancelled,
             Err(error) => return SourceEnd::Failed(format!("journaling the pause: {error}")),

@@ -18,7 +18,7 @@ use crate::context::Context;
 use crate::error::DisplayChain;
 use crate::hypervisor::VmmId;
 use crate::journal::VmmRecord;
-use crate::migration::plan::{advance, moved};
+use crate::migration::plan::{advance, moved, ready};
 use crate::migration::progress::{Throttle, finish, progress, reconcile_when_ended};
 use crate::migration::protocol::{TransferEvent, TransferRequest};
 
@@ -138,17 +138,10 @@ async fn receive(
                     // Not journaled (`false`) only if the Vmm no longer waits for this transfer
                     // (it is being deleted): nothing more to do either way.
                     finish(ctx, uid, MigrationRole::Target, |previous, m| {
-                        let mut m = moved(m, VmmMigrationPhase::Ready, None, "");
+                        let mut m = m.clone();
                         m.status.progress = p;
                         let message = "the whole guest is here; waiting for the switch";
-                        advance(
-                            previous,
-                            VmmState::Migrating,
-                            Reason::Switching,
-                            message,
-                            m,
-                            corral_client::clock::now(),
-                        )
+                        ready(previous, &m, message, corral_client::clock::now())
                     })
                     .await
                     .map_err(|e| format!("journaling the received guest: {e}"))?;
