@@ -9,9 +9,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use corral_crds::Resources;
-use corral_node_agent::{
-    AgentConfig, PowerControllers, SimSled, SimTiming, SledHandle, StartMode, power_controller_url,
-};
+use corral_node_agent::sim::{SimSled, SimSledConfig, SimTiming, SledHandle, StartMode};
+use corral_node_agent::{AgentConfig, PowerControllers, power_controller_url};
 use tokio_util::sync::CancellationToken;
 
 use crate::{ApiserverArgs, parse_duration, shutdown_signal};
@@ -34,13 +33,14 @@ pub struct SledArgs {
 }
 
 impl SledArgs {
-    fn agent_config(&self, client: &kube::Client, name: &str, data_dir: &Path) -> AgentConfig {
-        let mut config = AgentConfig::new(client.clone(), name, data_dir.to_path_buf());
-        config.capacity = Resources {
+    fn sled_config(&self, client: &kube::Client, name: &str, data_dir: &Path) -> SimSledConfig {
+        let agent = AgentConfig::new(client.clone(), name, data_dir.to_path_buf());
+        let mut config = SimSledConfig::new(agent);
+        config.agent.capacity = Resources {
             cpus: self.cpus,
             memory_mib: self.memory_mib,
         };
-        config.sim = SimTiming {
+        config.timing = SimTiming {
             boot_time: self.boot_time,
             stop_time: self.stop_time,
             ..SimTiming::default()
@@ -63,17 +63,17 @@ pub async fn start_sleds(
     sled: &SledArgs,
     mode: StartMode,
     power_url: Option<&str>,
-) -> anyhow::Result<PowerControllers> {
+) -> anyhow::Result<PowerControllers<SledHandle>> {
     let controllers = PowerControllers::default();
     for index in 1..=count {
         let name = sled_name(index);
         let dir = data_dir.join("sleds").join(&name);
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        let mut config = sled.agent_config(client, &name, &dir);
+        let mut config = sled.sled_config(client, &name, &dir);
         config.fault_listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
-        config.power_controller_url = power_url.map(|url| power_controller_url(url, &name));
-        config.failure_domain = Some(format!("shelf-{}", (index - 1) / 8 + 1));
-        if let Some(url) = &config.power_controller_url {
+        config.agent.power_controller_url = power_url.map(|url| power_controller_url(url, &name));
+        config.agent.failure_domain = Some(format!("shelf-{}", (index - 1) / 8 + 1));
+        if let Some(url) = &config.agent.power_controller_url {
             point_at_power_controller(client, &name, url).await?;
         }
         let handle = SimSled::start(config, mode)
@@ -115,7 +115,7 @@ async fn point_at_power_controller(
 /// Serves the power controllers of `controllers` on `listener` until `stop`.
 pub async fn serve_power(
     listener: tokio::net::TcpListener,
-    controllers: PowerControllers,
+    controllers: PowerControllers<SledHandle>,
     stop: CancellationToken,
 ) -> std::io::Result<()> {
     axum::serve(listener, corral_node_agent::power::router(controllers))
@@ -123,7 +123,7 @@ pub async fn serve_power(
         .await
 }
 
-async fn shutdown_sleds(controllers: &PowerControllers) {
+async fn shutdown_sleds(controllers: &PowerControllers<SledHandle>) {
     let sleds: Vec<SledHandle> = controllers.sleds();
     futures::future::join_all(sleds.iter().map(|s| s.shutdown())).await;
 }
@@ -285,10 +285,10 @@ pub async fn node_agent(args: NodeAgentArgs) -> anyhow::Result<()> {
     let client = corral_client::connect(args.kubeconfig.as_deref()).await?;
     let mut config = args
         .sled_args
-        .agent_config(&client, &args.sled, &args.data_dir);
+        .sled_config(&client, &args.sled, &args.data_dir);
     config.fault_listen = args.fault_listen;
-    config.failure_domain = args.failure_domain;
-    config.labels = args.labels.into_iter().collect::<BTreeMap<_, _>>();
+    config.agent.failure_domain = args.failure_domain;
+    config.agent.labels = args.labels.into_iter().collect::<BTreeMap<_, _>>();
     let power_listener = match args.power_listen {
         Some(address) => Some(
             tokio::net::TcpListener::bind(address)
@@ -300,7 +300,7 @@ pub async fn node_agent(args: NodeAgentArgs) -> anyhow::Result<()> {
     if let Some(listener) = &power_listener {
         let url = format!("http://{}", listener.local_addr()?);
         point_at_power_controller(&client, &args.sled, &url).await?;
-        config.power_controller_url = Some(url);
+        config.agent.power_controller_url = Some(url);
     }
     let mode = if args.cold_start {
         StartMode::ColdStart

@@ -22,10 +22,10 @@ use corral_crds::{
     ConditionStatus, Instance, InstanceConditionType, InstanceSpec, InstanceState, Reason,
     Resources, RunStrategy, SledConditionType, UnknownVmmReport,
 };
-use corral_node_agent::{
-    AgentConfig, Hypervisor, Intervals, SimHypervisor, SimSled, SimTiming, SledHandle, StartMode,
-    UnknownVmm,
+use corral_node_agent::sim::{
+    SimHypervisor, SimSled, SimSledConfig, SimTiming, SledHandle, StartMode, UnknownVmm,
 };
+use corral_node_agent::{AgentConfig, Hypervisor, Intervals};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Event;
 use kube::api::{Api, ObjectMeta, PostParams};
@@ -96,18 +96,19 @@ impl Rack {
 
     /// Fast simulated timing; the Sled status debounce is the default one (1 s), as in a
     /// real rack.
-    fn sled_config(&self, name: &str) -> AgentConfig {
-        let mut config = AgentConfig::new(self.client.clone(), name, self.dir.path().join(name));
-        config.capacity = Resources {
+    fn sled_config(&self, name: &str) -> SimSledConfig {
+        let agent = AgentConfig::new(self.client.clone(), name, self.dir.path().join(name));
+        let mut config = SimSledConfig::new(agent);
+        config.agent.capacity = Resources {
             cpus: 16,
             memory_mib: 16 * 1024,
         };
-        config.sim = SimTiming {
+        config.timing = SimTiming {
             boot_time: Duration::from_millis(100),
             stop_time: Duration::from_millis(50),
             ..SimTiming::default()
         };
-        config.intervals = Intervals {
+        config.agent.intervals = Intervals {
             scan: Duration::from_millis(200),
             heartbeat: Duration::from_millis(500),
             ..Intervals::default()
@@ -375,8 +376,9 @@ async fn a_vmm_that_vanished_while_no_agent_ran_is_missing_and_restarted() {
     drop(sled);
     let config = rack.sled_config(&sled_name);
     {
-        let machine = SimHypervisor::open(&config.data_dir, config.sim, config.capacity)
-            .expect("opening the machine");
+        let machine =
+            SimHypervisor::open(&config.agent.data_dir, config.timing, config.agent.capacity)
+                .expect("opening the machine");
         let id = machine
             .find("default", &vmm)
             .expect("the VMM on the machine");

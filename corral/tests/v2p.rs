@@ -10,7 +10,8 @@ use corral_crds::{
     Instance, InstanceSpec, InstanceState, Nic, Resources, RunStrategy, SledConditionType,
     VpcRoutes, condition,
 };
-use corral_node_agent::{AgentConfig, Intervals, SimSled, SimTiming, SledHandle, StartMode};
+use corral_node_agent::sim::{SimSled, SimSledConfig, SimTiming, SledHandle, StartMode};
+use corral_node_agent::{AgentConfig, Intervals};
 use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
 use tokio_util::sync::CancellationToken;
 
@@ -35,18 +36,18 @@ where
     }
 }
 
-fn sled_config(client: &kube::Client, dir: &std::path::Path, name: &str) -> AgentConfig {
-    let mut config = AgentConfig::new(client.clone(), name, dir.join(name));
-    config.capacity = Resources {
+fn sled_config(client: &kube::Client, dir: &std::path::Path, name: &str) -> SimSledConfig {
+    let mut config = SimSledConfig::new(AgentConfig::new(client.clone(), name, dir.join(name)));
+    config.agent.capacity = Resources {
         cpus: 16,
         memory_mib: 16 * 1024,
     };
-    config.sim = SimTiming {
+    config.timing = SimTiming {
         boot_time: Duration::from_millis(100),
         stop_time: Duration::from_millis(50),
         ..SimTiming::default()
     };
-    config.intervals = Intervals {
+    config.agent.intervals = Intervals {
         scan: Duration::from_millis(200),
         heartbeat: Duration::from_millis(500),
         ..Intervals::default()

@@ -13,144 +13,61 @@
 //! 5. Run, until shutdown: the reconciler over the Vmms of the sled (a kube-runtime applier on
 //!    a reflector with field selector `spec.sled=NAME`, across namespaces), the divergence scan,
 //!    the hypervisor's announcements, the debounced Sled status writer, the heartbeat and
-//!    the V2P table (`v2p.rs`).
+//!    the V2P table (`v2p/`).
 //!
 //! # Invariants
 //! - The epoch never goes down, and a new boot always raises it.
 //! - Nothing is accepted before the epoch is journaled and reported.
 //!
+//! # Assumptions
+//! - The machine ([`Hypervisor`]) and its V2P table ([`V2pTable`]) are given: the agent drives
+//!   them through their traits and never knows what is behind them.
+//!
 //! # Shutdown
 //! Cancelling the token stops the watch, lets reconciles under way finish, stops the other
 //! tasks and reports `Ready=False` (`AgentStopped`); VMMs keep running (they are not the
-//! agent's). An agent whose machine loses power is
-//! aborted instead (see `power.rs`).
+//! agent's). An agent whose machine loses power is dropped instead, finishing nothing (see
+//! `migration/slot.rs`, `RunGuard`).
 
-use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use corral_client::events::Recorder;
+use corral_client::idempotent::Idempotent;
 use corral_client::lease::{self, LeaseConfig};
-use corral_crds::{Resources, SLED_LEASE_NAMESPACE, Sled, SledSpec, Vmm};
+use corral_crds::{Reason, SLED_LEASE_NAMESPACE, Sled, SledSpec, Vmm};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, ObjectMeta, PostParams};
 use kube::runtime::controller::{self, ReconcileRequest};
 use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{WatchStreamExt, watcher};
-use tokio::sync::Notify;
+use tokio::sync::{Mutex, Notify, mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::{AgentConfig, HeartbeatSwitch, Intervals};
+use crate::context::{ApiHandles, Context, LocalSled};
+use crate::error::DisplayChain;
 use crate::hypervisor::{BootId, Hypervisor, HypervisorError};
 use crate::journal::{EpochRecord, Journal, JournalError};
-use crate::reconcile::{self, Context, DisplayChain, Ledger};
-use crate::sim::SimTiming;
+use crate::ledger::Ledger;
+use crate::migration::{AgentSlot, RunGuard, Transfers};
 use crate::sled::{Divergence, SledReport, SledReporter};
-use crate::v2p_table::{SimV2pTable, V2pTableError};
+use crate::v2p::table::V2pTable;
+use crate::vmm::{reconcile, scan};
 
 /// How long a clean stop waits to report `Ready=False`.
 const STOP_REPORT_BOUND: Duration = Duration::from_secs(2);
 
+/// How many reconcile requests (from the scan, the hypervisor and the transfers) may wait.
+const TRIGGER_QUEUE: usize = 4096;
+
+/// How many Vmms are reconciled at once.
+const RECONCILE_CONCURRENCY: u16 = 32;
+
 /// The agent's version, reported in `Sled.status.agentVersion`.
 pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
-
-/// How often the agent does what.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Intervals {
-    /// A Vmm with nothing under way is reconciled again after this long (a resync).
-    pub reconcile: Duration,
-    /// The divergence scan.
-    pub scan: Duration,
-    /// Heartbeat Lease renewals.
-    pub heartbeat: Duration,
-    /// The heartbeat Lease's `leaseDurationSeconds`.
-    pub lease_duration: Duration,
-    /// At most one `Sled.status` write per this long.
-    pub sled_status: Duration,
-    /// A graceful stop that takes longer ends in destroy.
-    pub stop_timeout: Duration,
-}
-
-impl Default for Intervals {
-    fn default() -> Self {
-        Intervals {
-            reconcile: Duration::from_secs(30),
-            scan: Duration::from_secs(2),
-            heartbeat: Duration::from_secs(5),
-            lease_duration: Duration::from_secs(15),
-            sled_status: Duration::from_secs(1),
-            stop_timeout: Duration::from_secs(30),
-        }
-    }
-}
-
-/// Pauses and resumes the heartbeat (fault injection). Clones share the switch, so it
-/// survives agent restarts of one sled.
-#[derive(Clone, Debug, Default)]
-pub struct HeartbeatSwitch(Arc<AtomicBool>);
-
-impl HeartbeatSwitch {
-    pub fn pause(&self) {
-        self.0.store(true, Ordering::SeqCst);
-    }
-
-    pub fn resume(&self) {
-        self.0.store(false, Ordering::SeqCst);
-    }
-
-    pub fn is_paused(&self) -> bool {
-        self.0.load(Ordering::SeqCst)
-    }
-}
-
-/// Everything a sled's agent (and its simulated machine) is configured with.
-#[derive(Clone)]
-pub struct AgentConfig {
-    pub client: kube::Client,
-    pub sled_name: String,
-    /// Where the journal and the simulated machine live.
-    pub data_dir: PathBuf,
-    /// What the sled offers to VMMs.
-    pub capacity: Resources,
-    pub failure_domain: Option<String>,
-    /// Written to `Sled.spec.powerController` when the agent creates the Sled.
-    pub power_controller_url: Option<String>,
-    /// `metadata.labels` of the Sled when the agent creates it.
-    pub labels: BTreeMap<String, String>,
-    /// Where the fault-injection API listens (simulated sleds only); reported as
-    /// `Sled.status.agentAddress`.
-    pub fault_listen: Option<std::net::SocketAddr>,
-    /// Boot and stop times of the simulated machine.
-    pub sim: SimTiming,
-    pub intervals: Intervals,
-    pub heartbeats: HeartbeatSwitch,
-}
-
-impl AgentConfig {
-    /// A configuration with the defaults: 64 CPUs and 256 GiB, no failure domain, no power
-    /// controller, no labels, no fault API, default timing.
-    pub fn new(client: kube::Client, sled_name: impl Into<String>, data_dir: PathBuf) -> Self {
-        AgentConfig {
-            client,
-            sled_name: sled_name.into(),
-            data_dir,
-            capacity: Resources {
-                cpus: 64,
-                memory_mib: 256 * 1024,
-            },
-            failure_domain: None,
-            power_controller_url: None,
-            labels: BTreeMap::new(),
-            fault_listen: None,
-            sim: SimTiming::default(),
-            intervals: Intervals::default(),
-            heartbeats: HeartbeatSwitch::default(),
-        }
-    }
-}
 
 /// Why the agent could not start or run.
 #[derive(Debug, thiserror::Error)]
@@ -159,8 +76,6 @@ pub enum AgentError {
     Journal(#[from] JournalError),
     #[error("hypervisor")]
     Hypervisor(#[from] HypervisorError),
-    #[error("V2P table")]
-    V2pTable(#[from] V2pTableError),
     #[error("{operation}")]
     Api {
         operation: &'static str,
@@ -197,44 +112,49 @@ struct Started {
     ledger: Ledger,
     reporter: SledReporter,
     recorder: Recorder,
-    v2p: Arc<SimV2pTable>,
 }
 
-/// One run of the node-agent over a hypervisor.
+/// What the applier of a run consumes: the writer of the Vmm watch cache, the queue of
+/// requested reconciles, and the switch that tells the scan the cache has listed once.
+struct ApplierInputs {
+    cache: reflector::store::Writer<Vmm>,
+    requested: mpsc::Receiver<ObjectRef<Vmm>>,
+    listed: watch::Sender<bool>,
+}
+
+/// One run of the node-agent over a machine and its V2P table.
 pub struct Agent {
     config: AgentConfig,
     hypervisor: Arc<dyn Hypervisor>,
+    /// The machine's V2P table.
+    v2p: Arc<dyn V2pTable>,
     agent_address: Option<String>,
-    slot: Option<crate::migration::AgentSlot>,
-    /// The machine's V2P table (opened from the data directory if not given).
-    v2p: Option<Arc<SimV2pTable>>,
+    slot: Option<AgentSlot>,
 }
 
 impl Agent {
-    pub fn new(config: AgentConfig, hypervisor: Arc<dyn Hypervisor>) -> Agent {
+    pub fn new(
+        config: AgentConfig,
+        hypervisor: Arc<dyn Hypervisor>,
+        v2p: Arc<dyn V2pTable>,
+    ) -> Agent {
         Agent {
             config,
             hypervisor,
+            v2p,
             agent_address: None,
             slot: None,
-            v2p: None,
         }
     }
 
     /// Serves the migration API (`migration::router` over `slot`) with this run's context
     /// while it runs.
-    pub fn with_slot(mut self, slot: crate::migration::AgentSlot) -> Agent {
+    pub fn with_slot(mut self, slot: AgentSlot) -> Agent {
         self.slot = Some(slot);
         self
     }
 
-    /// Programs `table` (shared with the machine's fault API) as the sled's V2P table.
-    pub fn with_v2p_table(mut self, table: Arc<SimV2pTable>) -> Agent {
-        self.v2p = Some(table);
-        self
-    }
-
-    /// Reports `address` as `Sled.status.agentAddress` (where the fault API really listens).
+    /// Reports `address` as `Sled.status.agentAddress` (where the sled's HTTP API listens).
     pub fn with_address(mut self, address: impl Into<String>) -> Agent {
         self.agent_address = Some(address.into());
         self
@@ -253,33 +173,19 @@ impl Agent {
 
     /// Steps 1 to 4 of the module docs.
     async fn start(&self) -> Result<Started, AgentError> {
-        let Agent {
-            config,
-            hypervisor,
-            agent_address,
-            v2p,
-            ..
-        } = self;
-        let client = config.client.clone();
-        let name = config.sled_name.clone();
+        let config = &self.config;
+        let name = &config.sled_name;
         let journal = Journal::open(&config.data_dir).await?;
-        let boot_id = hypervisor.boot_id().await?;
-        let v2p = match v2p {
-            Some(table) => {
-                table.boot(boot_id)?;
-                table.clone()
-            }
-            None => Arc::new(SimV2pTable::open(&config.data_dir, boot_id)?),
-        };
-        ensure_namespace(&client, SLED_LEASE_NAMESPACE).await?;
+        let boot_id = self.hypervisor.boot_id().await?;
+        ensure_namespace(&config.client, SLED_LEASE_NAMESPACE).await?;
 
-        let sleds: Api<Sled> = Api::all(client.clone());
+        let sleds: Api<Sled> = Api::all(config.client.clone());
         let spec = SledSpec {
             unschedulable: false,
             failure_domain: config.failure_domain.clone(),
             power_controller: config.power_controller_url.clone(),
         };
-        let sled = crate::sled::register(&sleds, &name, spec, &config.labels)
+        let sled = crate::sled::register(&sleds, name, spec, &config.labels)
             .await
             .map_err(api_error("registering the Sled"))?;
         let recorded = journal.epoch().await?;
@@ -295,30 +201,14 @@ impl Agent {
         for record in journal.vmm_list().await? {
             ledger.records.insert(record.uid.clone(), record);
         }
-        let report = SledReport {
-            capacity: config.capacity,
-            allocated: ledger.allocated(),
-            vmms: ledger.holding(),
-            epoch: epoch.epoch,
-            agent_version: AGENT_VERSION.to_string(),
-            agent_address: agent_address.clone(),
-            migration_bandwidth: hypervisor.migration_bandwidth(),
-            diverged: Divergence::converged(),
-            running: true,
-            unknown: Vec::new(),
-            v2p: None,
-        };
-        let reporter = SledReporter::new(sleds.clone(), sled, report, config.intervals.sled_status);
-        reporter
-            .write_now()
-            .await
-            .map_err(api_error("writing the Sled status"))?;
-        let recorder = Recorder::new(client.clone(), format!("node-agent/{name}")).with_host(&name);
+        let reporter = self.first_report(sleds, sled, &ledger, epoch.epoch).await?;
+        let recorder =
+            Recorder::new(config.client.clone(), format!("node-agent/{name}")).with_host(name);
         if booted {
             recorder
                 .normal(
                     &reporter.sled(),
-                    corral_crds::Reason::SledBooted,
+                    Reason::SledBooted,
                     format!("sled booted ({boot_id}), epoch {}", epoch.epoch),
                 )
                 .await;
@@ -329,74 +219,123 @@ impl Agent {
             ledger,
             reporter,
             recorder,
-            v2p,
         })
+    }
+
+    /// Step 4 of the module docs: the Sled's status as the journal and the epoch make it,
+    /// written at once; returns its writer.
+    async fn first_report(
+        &self,
+        sleds: Api<Sled>,
+        sled: Sled,
+        ledger: &Ledger,
+        epoch: u64,
+    ) -> Result<SledReporter, AgentError> {
+        let config = &self.config;
+        let report = SledReport {
+            capacity: config.capacity,
+            allocated: ledger.allocated(),
+            vmms: ledger.holding(),
+            epoch,
+            agent_version: AGENT_VERSION.to_string(),
+            agent_address: self.agent_address.clone(),
+            migration_bandwidth: self.hypervisor.migration_bandwidth(),
+            diverged: Divergence::converged(),
+            running: true,
+            unknown: Vec::new(),
+            v2p: None,
+        };
+        let reporter = SledReporter::new(sleds, sled, report, config.intervals.sled_status);
+        reporter
+            .write_now()
+            .await
+            .map_err(api_error("writing the Sled status"))?;
+        Ok(reporter)
     }
 
     /// Step 5 of the module docs, until `shutdown`.
     async fn serve(self, started: Started, shutdown: CancellationToken) -> Result<(), AgentError> {
-        let Agent {
-            config,
-            hypervisor,
-            slot,
-            ..
-        } = self;
-        let Started {
-            journal,
-            epoch,
-            ledger,
-            reporter,
-            recorder,
-            v2p,
-        } = started;
-        let client = config.client.clone();
-        let name = config.sled_name.clone();
-        let (store, writer) = reflector::store::<Vmm>();
-        let (triggers, trigger_queue) = tokio::sync::mpsc::channel(4096);
-        let ctx = Arc::new(Context {
-            sled_name: name.clone(),
-            epoch,
-            capacity: config.capacity,
-            stop_timeout: config.intervals.stop_timeout,
-            reconcile_interval: config.intervals.reconcile,
-            client: client.clone(),
-            hypervisor: hypervisor.clone(),
-            journal: journal.clone(),
-            ledger: tokio::sync::Mutex::new(ledger),
-            recorder,
-            sled: reporter,
-            store: store.clone(),
-            triggers,
-            transfers: crate::migration::Transfers::new(hypervisor.migration_bandwidth()),
-        });
-        if let Some(slot) = &slot {
+        let (ctx, applier_inputs) = self.context(started);
+        if let Some(slot) = &self.slot {
             slot.set(Some(ctx.clone()));
         }
-        let _transfers = crate::migration::RunGuard {
-            slot: slot.clone(),
+        let _transfers = RunGuard {
+            slot: self.slot.clone(),
             ctx: ctx.clone(),
         };
-
         let stop = shutdown.child_token();
-        let scan_now = Arc::new(Notify::new());
-        // Whether the watch cache has listed once. (`Store::wait_until_ready` wakes only its
-        // last waiter, and the applier already waits on it.)
-        let (listed, cache_listed) = tokio::sync::watch::channel(false);
-        let listed_rx_for_applier = cache_listed.clone();
+        let cache_listed = applier_inputs.listed.subscribe();
         let mut tasks = JoinSet::new();
+        self.spawn_tasks(&mut tasks, &ctx, cache_listed.clone(), &stop);
+        tasks.spawn(run_applier(
+            ctx.clone(),
+            applier_inputs,
+            cache_listed,
+            stop.clone(),
+        ));
+        let result = wait_for_tasks(&mut tasks, &ctx.sled.name, &shutdown, &stop).await;
+        end_run(&ctx, self.slot.as_ref(), &shutdown).await;
+        result
+    }
+
+    /// The context of this run, and what its applier consumes.
+    fn context(&self, started: Started) -> (Arc<Context>, ApplierInputs) {
+        let config = &self.config;
+        let (vmms, cache) = reflector::store::<Vmm>();
+        let (triggers, requested) = mpsc::channel(TRIGGER_QUEUE);
+        let ctx = Arc::new(Context {
+            sled: LocalSled {
+                name: config.sled_name.clone(),
+                epoch: started.epoch,
+                capacity: config.capacity,
+                reporter: started.reporter,
+            },
+            api: ApiHandles {
+                client: config.client.clone(),
+                recorder: started.recorder,
+                vmms,
+                triggers,
+            },
+            intervals: config.intervals,
+            hypervisor: self.hypervisor.clone(),
+            journal: started.journal,
+            ledger: Mutex::new(started.ledger),
+            transfers: Transfers::new(self.hypervisor.migration_bandwidth()),
+        });
+        let (listed, _) = watch::channel(false);
+        let inputs = ApplierInputs {
+            cache,
+            requested,
+            listed,
+        };
+        (ctx, inputs)
+    }
+
+    /// Every task of the run but the applier: the Sled status writer, the heartbeat, the
+    /// divergence scan (once the Vmm cache has listed), the V2P task, and the forwarding of
+    /// the hypervisor's announcements.
+    fn spawn_tasks(
+        &self,
+        tasks: &mut JoinSet<()>,
+        ctx: &Arc<Context>,
+        cache_listed: watch::Receiver<bool>,
+        stop: &CancellationToken,
+    ) {
+        let config = &self.config;
+        let scan_now = Arc::new(Notify::new());
         {
             let ctx = ctx.clone();
             let stop = stop.clone();
-            tasks.spawn(async move { ctx.sled.run(stop).await });
+            tasks.spawn(async move { ctx.sled.reporter.run(stop).await });
         }
         tasks.spawn(heartbeat(
-            client.clone(),
-            name.clone(),
+            config.client.clone(),
+            config.sled_name.clone(),
             config.intervals,
             config.heartbeats.clone(),
             stop.clone(),
         ));
-        tasks.spawn(crate::scan::run(
+        tasks.spawn(scan::run(
             ctx.clone(),
             config.intervals.scan,
             cache_listed,
@@ -405,111 +344,135 @@ impl Agent {
         ));
         tasks.spawn(crate::v2p::run(
             ctx.clone(),
-            v2p,
+            self.v2p.clone(),
             config.intervals.scan,
             stop.clone(),
         ));
-        tasks.spawn(crate::scan::forward_changes(
+        tasks.spawn(scan::forward_changes(
             ctx.clone(),
-            hypervisor.changes(),
+            self.hypervisor.changes(),
             scan_now,
             stop.clone(),
         ));
-
-        let vmms: Api<Vmm> = Api::all(client);
-        let selector = format!("spec.sled={name}");
-        let watch = reflector::reflector(
-            writer,
-            watcher(vmms, watcher::Config::default().fields(&selector)).default_backoff(),
-        )
-        .inspect_ok(move |event| {
-            // The reflector applied the first complete list to the store before yielding this.
-            if matches!(event, watcher::Event::InitDone) {
-                listed.send_replace(true);
-            }
-        })
-        .applied_objects()
-        .map_ok(|vmm| ReconcileRequest::from(ObjectRef::from_obj(&vmm)))
-        .boxed();
-        let requested = futures::stream::unfold(trigger_queue, |mut queue| async move {
-            let target = queue.recv().await?;
-            Some((Ok(ReconcileRequest::from(target)), queue))
-        })
-        .boxed();
-        let queue =
-            futures::stream::select(watch, requested).take_until(stop.clone().cancelled_owned());
-        let applier = controller::applier(
-            |vmm, ctx| Box::pin(reconcile::reconcile(vmm, ctx)),
-            reconcile::error_policy,
-            ctx.clone(),
-            store,
-            queue,
-            controller::Config::default().concurrency(32),
-        );
-        let sled_name = name.clone();
-        let applier_stop = stop.clone();
-        let listed_before_stop = listed_rx_for_applier;
-        tasks.spawn(async move {
-            let run = applier.for_each(|result| {
-                if let Err(error) = result {
-                    match error {
-                        // A request for a Vmm that left the cache: nothing to do.
-                        controller::Error::ObjectNotFound(_) => {}
-                        // The watch failed; the watcher retries with backoff.
-                        controller::Error::QueueError(error) => {
-                            tracing::warn!(sled = %sled_name, error = %DisplayChain(&error), "watching Vmms");
-                        }
-                        error => tracing::debug!(sled = %sled_name, error = %DisplayChain(&error), "applier"),
-                    }
-                }
-                std::future::ready(())
-            });
-            // The applier ends gracefully only once its runner has started, which waits for
-            // the first list. Stopped before that, nothing runs: drop it.
-            let never_started = async {
-                applier_stop.cancelled().await;
-                if *listed_before_stop.borrow() {
-                    std::future::pending::<()>().await;
-                }
-            };
-            tokio::select! {
-                _ = run => {}
-                _ = never_started => {}
-            }
-        });
-
-        let mut result = Ok(());
-        while let Some(ended) = tasks.join_next().await {
-            if let Err(error) = ended {
-                tracing::error!(sled = %name, %error, "a node-agent task failed");
-            }
-            if !shutdown.is_cancelled() && !stop.is_cancelled() {
-                result = Err(AgentError::TaskEnded);
-            }
-            // One task ending means the agent is stopping: stop the others too.
-            stop.cancel();
-        }
-        // Transfers end with the run: a target's journal then says the transfer broke, a
-        // source's that it never paused (or is waiting for the verdict).
-        if let Some(slot) = &slot {
-            slot.set(None);
-        }
-        ctx.transfers.shutdown().await;
-        if shutdown.is_cancelled() {
-            // A clean stop says so, so that nothing is placed here while no agent watches.
-            ctx.sled.update(|report| report.running = false);
-            match tokio::time::timeout(STOP_REPORT_BOUND, ctx.sled.write_now()).await {
-                Ok(Ok(())) => {}
-                Ok(Err(error)) => {
-                    tracing::warn!(sled = %name, %error, "reporting the stop")
-                }
-                Err(_) => tracing::warn!(sled = %name, "reporting the stop timed out"),
-            }
-        }
-        journal.close().await;
-        tracing::info!(sled = %name, "node-agent stopped");
-        result
     }
+}
+
+/// The reconciler: a kube-runtime applier over the sled's Vmms (watched across namespaces
+/// with the field selector `spec.sled=NAME`) and the requested reconciles, until `stop`.
+async fn run_applier(
+    ctx: Arc<Context>,
+    inputs: ApplierInputs,
+    cache_listed: watch::Receiver<bool>,
+    stop: CancellationToken,
+) {
+    let ApplierInputs {
+        cache,
+        requested,
+        listed,
+    } = inputs;
+    let vmms: Api<Vmm> = Api::all(ctx.api.client.clone());
+    let selector = format!("spec.sled={}", ctx.sled.name);
+    let watch = reflector::reflector(
+        cache,
+        watcher(vmms, watcher::Config::default().fields(&selector)).default_backoff(),
+    )
+    .inspect_ok(move |event| {
+        // The reflector applied the first complete list to the store before yielding this.
+        if matches!(event, watcher::Event::InitDone) {
+            listed.send_replace(true);
+        }
+    })
+    .applied_objects()
+    .map_ok(|vmm| ReconcileRequest::from(ObjectRef::from_obj(&vmm)))
+    .boxed();
+    let requested = futures::stream::unfold(requested, |mut queue| async move {
+        let target = queue.recv().await?;
+        Some((Ok(ReconcileRequest::from(target)), queue))
+    })
+    .boxed();
+    let queue =
+        futures::stream::select(watch, requested).take_until(stop.clone().cancelled_owned());
+    let sled_name = ctx.sled.name.clone();
+    let applier = controller::applier(
+        |vmm, ctx| Box::pin(reconcile::reconcile(vmm, ctx)),
+        reconcile::error_policy,
+        ctx.clone(),
+        ctx.api.vmms.clone(),
+        queue,
+        controller::Config::default().concurrency(RECONCILE_CONCURRENCY),
+    );
+    let run = applier.for_each(|result| {
+        if let Err(error) = result {
+            match error {
+                // A request for a Vmm that left the cache: nothing to do.
+                controller::Error::ObjectNotFound(_) => {}
+                // The watch failed; the watcher retries with backoff.
+                controller::Error::QueueError(error) => {
+                    tracing::warn!(sled = %sled_name, error = %DisplayChain(&error), "watching Vmms");
+                }
+                error => tracing::debug!(sled = %sled_name, error = %DisplayChain(&error), "applier"),
+            }
+        }
+        std::future::ready(())
+    });
+    // The applier ends gracefully only once its runner has started, which waits for the first
+    // list. Stopped before that, nothing runs: drop it.
+    let never_started = async {
+        stop.cancelled().await;
+        if *cache_listed.borrow() {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        _ = run => {}
+        _ = never_started => {}
+    }
+}
+
+/// Waits for every task of the run. One task ending means the agent is stopping: the others
+/// are stopped too. An end before `shutdown` is an error (a supervisor starts the agent again).
+async fn wait_for_tasks(
+    tasks: &mut JoinSet<()>,
+    sled_name: &str,
+    shutdown: &CancellationToken,
+    stop: &CancellationToken,
+) -> Result<(), AgentError> {
+    let mut result = Ok(());
+    while let Some(ended) = tasks.join_next().await {
+        if let Err(error) = ended {
+            tracing::error!(sled = %sled_name, %error, "a node-agent task failed");
+        }
+        if !shutdown.is_cancelled() && !stop.is_cancelled() {
+            result = Err(AgentError::TaskEnded);
+        }
+        stop.cancel();
+    }
+    result
+}
+
+/// Ends the run once its tasks have: the transfers end with it (a target's journal then says
+/// the transfer broke, a source's that it never paused or is waiting for the verdict), a clean
+/// stop reports `Ready=False` so that nothing is placed here while no agent watches, and the
+/// journal closes.
+async fn end_run(ctx: &Context, slot: Option<&AgentSlot>, shutdown: &CancellationToken) {
+    let name = &ctx.sled.name;
+    if let Some(slot) = slot {
+        slot.set(None);
+    }
+    ctx.transfers.shutdown().await;
+    if shutdown.is_cancelled() {
+        let reporter = &ctx.sled.reporter;
+        reporter.update(|report| report.running = false);
+        match tokio::time::timeout(STOP_REPORT_BOUND, reporter.write_now()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => {
+                tracing::warn!(sled = %name, %error, "reporting the stop")
+            }
+            Err(_) => tracing::warn!(sled = %name, "reporting the stop timed out"),
+        }
+    }
+    ctx.journal.close().await;
+    tracing::info!(sled = %name, "node-agent stopped");
 }
 
 /// Creates `name` unless it exists (the heartbeat Leases live in `kube-node-lease`).
@@ -530,11 +493,12 @@ async fn ensure_namespace(client: &kube::Client, name: &str) -> Result<(), Agent
         },
         ..Default::default()
     };
-    match namespaces.create(&PostParams::default(), &namespace).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(status)) if status.code == 409 => Ok(()),
-        Err(source) => Err(api_error("creating the lease namespace")(source)),
-    }
+    namespaces
+        .create(&PostParams::default(), &namespace)
+        .await
+        .or_exists()
+        .map_err(api_error("creating the lease namespace"))?;
+    Ok(())
 }
 
 /// Renews the sled's Lease every `intervals.heartbeat` unless paused.

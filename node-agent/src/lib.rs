@@ -3,73 +3,70 @@
 //! says why it exists.
 //!
 //! # Entry points
-//! - [`run`]: `corral node-agent` — one simulated sled (machine + agent) until shutdown,
-//!   resuming a machine that is still on (an agent restart keeps the VMMs).
-//! - [`SimSled::start`] → [`SledHandle`]: a simulated sled with its power controller
-//!   (`power_off`, `power_on`, `shutdown`); `corral up` starts many with
-//!   [`StartMode::ColdStart`] and serves [`power::router`] over a [`PowerControllers`] set
-//!   (`corral power-sim` is the same without the rest of the rack).
-//! - [`Agent`]: the agent alone over any [`Hypervisor`] (room for a real driver).
+//! - [`Agent`]: the agent of one sled over any machine ([`Hypervisor`]) and V2P table
+//!   ([`V2pTable`]); [`Agent::run`] until shutdown.
+//! - [`power::router`]: the power controllers ([`PowerController`]) of many sleds over HTTP.
+//! - [`sim`]: the simulated sled — [`sim::SimSled::start`] gives a [`sim::SledHandle`] (its
+//!   power controller); `corral up`, `corral node-agent` and `corral power-sim` start them.
 //!
 //! # Code map
-//! - `agent.rs` — configuration, start-up (epoch, Sled registration), the tasks, heartbeat.
-//! - `plan.rs` — every decision about one Vmm, pure and table-tested; `plan_migration.rs` —
-//!   those about an end of a live migration.
-//! - `migration/` — the live-migration transfer between agents: `source.rs` serves
-//!   `POST /migrations` and runs the pre-copy rounds over the sled's modelled link,
-//!   `target.rs` asks for the guest and follows the stream.
-//! - `reconcile.rs` — executes a plan: hypervisor, journal, `Vmm.status`, finalizer.
-//! - `scan.rs` — the periodic divergence scan (unknown VMMs, lost announcements).
-//! - `sled.rs` — `Sled` registration and the debounced `Sled.status` writer.
+//! Below everything that uses them:
+//! - `context.rs` — the [`Context`](context::Context) one agent run shares, grouped (the sled,
+//!   the API handles, the machine, the journal and its ledger, the transfers).
+//! - `ledger.rs` — what the run knows in memory (records, seen VMMs, written statuses).
+//! - `status.rs` — writing `Vmm.status` (conditional, never backwards).
 //! - `journal.rs` — the local SQLite journal (the only module that names sqlx).
-//! - `hypervisor.rs` — the `Hypervisor` trait; `sim.rs` — the simulated machine.
-//! - `v2p.rs` — programs the V2P table from VpcRoutes and acknowledges it; `v2p_table.rs` —
-//!   the simulated table (the machine's, like `sim.rs`).
-//! - `fault.rs` — the fault-injection HTTP API; `power.rs` — simulated sleds and their power
-//!   controllers, in-process and over HTTP.
+//! - `sled.rs` — `Sled` registration and the debounced `Sled.status` writer.
+//! - `config.rs` — the agent's configuration and intervals; `error.rs` — error display and
+//!   the error of an API call about a Vmm.
+//!
+//! The traits a driver implements:
+//! - `hypervisor.rs` — [`Hypervisor`], what runs VMMs; `v2p/table.rs` — [`V2pTable`], the
+//!   sled's V2P table; `power.rs` — [`PowerController`] and its HTTP API.
+//!
+//! The rooms:
+//! - `agent.rs` — start-up (epoch, Sled registration), the tasks of a run, heartbeat, stop.
+//! - `vmm/` — the lifecycle of Vmms: `decision.rs` (what a plan reads and decides), `plan.rs`
+//!   (every decision about one Vmm, pure and table-tested), `reconcile.rs` (executes a plan),
+//!   `scan.rs` (the periodic divergence scan).
+//! - `migration/` — live migration: `plan.rs` (the decisions about an end of a migration),
+//!   `source.rs` and `target.rs` (the transfer between agents over `protocol.rs`),
+//!   `progress.rs`, `transfers.rs`, `link.rs`, `slot.rs`.
+//! - `v2p/` — programs the V2P table from VpcRoutes (`plan.rs` decides) and acknowledges it.
+//! - `sim/` — the simulator: the machine, its V2P table, simulated sleds and their power
+//!   controllers, the fault-injection API.
 //!
 //! # Architecture invariants
 //! - Talks to the API server only through kube (never the store); the journal is local state
 //!   of the sled, not a second source of truth about the API.
-//! - Never adds or removes a V2P mapping on its own: the table follows VpcRoutes (`v2p.rs`).
+//! - Outside `sim/`, nothing names the simulator: the agent knows only the traits
+//!   (`corral/tests/architecture.rs` checks it).
+//! - No module reaches itself through others: the shared modules above depend on no room.
+//! - Never adds or removes a V2P mapping on its own: the table follows VpcRoutes (`v2p/`).
 //! - Writes only `Vmm.status`, its own `Sled.status` fields, its Lease, Events, and its own
 //!   finalizer.
 
 pub mod agent;
-pub mod fault;
+pub mod config;
+pub mod context;
+pub mod error;
 pub mod hypervisor;
 pub mod journal;
+pub mod ledger;
 pub mod migration;
-pub mod plan;
-mod plan_migration;
 pub mod power;
-pub mod reconcile;
-pub mod scan;
 pub mod sim;
 pub mod sled;
+pub mod status;
 pub mod v2p;
-pub mod v2p_table;
+pub mod vmm;
 
-pub use agent::{AGENT_VERSION, Agent, AgentConfig, AgentError, HeartbeatSwitch, Intervals};
+pub use agent::{AGENT_VERSION, Agent, AgentError};
+pub use config::{AgentConfig, HeartbeatSwitch, Intervals};
 pub use hypervisor::{
     BootId, ExitReason, Hypervisor, HypervisorError, VmmId, VmmInfo, VmmLaunch, VmmRunState,
 };
 pub use power::{
-    PowerControllers, PowerStatus, SimSled, SledError, SledHandle, StartMode, power_controller_url,
+    PowerController, PowerControllers, PowerError, PowerState, PowerStatus, power_controller_url,
 };
-pub use sim::{
-    DEFAULT_DIRTY_RATE, DEFAULT_MIGRATION_BANDWIDTH, PowerState, SimHypervisor, SimTiming,
-    UnknownVmm,
-};
-pub use v2p_table::{SimV2pTable, V2pRow};
-
-use tokio_util::sync::CancellationToken;
-
-/// `corral node-agent`: runs one simulated sled (its machine resumed if it is still on) until
-/// `shutdown`, then stops the agent and leaves the machine running.
-pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(), SledError> {
-    let sled = SimSled::start(config, StartMode::Resume).await?;
-    shutdown.cancelled().await;
-    sled.shutdown().await;
-    Ok(())
-}
+pub use v2p::table::{V2pTable, V2pTableError};

@@ -1,15 +1,12 @@
-//! Simulated sleds and their power controllers (the out-of-band "service processor").
+//! The `PowerController` trait — what switches a sled's machine off and on from outside it
+//! (the out-of-band "service processor") — and the HTTP API the controllers reach it by,
+//! served over any set of them.
 //!
-//! A simulated sled is a *machine* ([`SimHypervisor`], kept in the sled's data directory) plus
-//! a node-agent *process* running on it (here a task: the agent under a supervisor that starts
-//! it again if it fails, and the fault-injection API). [`SimSled::start`] gives a
-//! [`SledHandle`], which is the sled's power controller:
-//! - [`SledHandle::power_off`]: the machine loses power (its VMMs are gone at once) and the
-//!   agent process dies with it (aborted, not shut down: a powered-off agent finishes nothing).
-//! - [`SledHandle::power_on`]: the machine boots with a new boot id and the agent starts on it,
-//!   which bumps the sled's epoch.
-//! - [`SledHandle::shutdown`]: the agent process exits cleanly and the machine keeps running
-//!   (what happens when the process hosting simulated sleds exits).
+//! # Guarantees a driver gives
+//! - [`PowerController::power_off`] cuts the machine's power: its VMMs are gone at once, and
+//!   the agent on it dies with it (it finishes nothing). Already off: nothing changes.
+//! - [`PowerController::power_on`] boots the machine with a new boot id, and the agent starts
+//!   on it (which bumps the sled's epoch). Already on: nothing changes.
 //!
 //! # HTTP
 //! [`router`] serves the power controllers of many sleds of one process:
@@ -23,279 +20,51 @@
 //! so a sled's `spec.powerController` is `http://ADDRESS/sleds/NAME` ([`power_controller_url`])
 //! and its API is `GET/POST {url}/power`, as `SledSpec` documents. [`sled_router`] serves one
 //! sled at `/power` for a process that hosts only that sled. Unknown sleds are 404; power
-//! operations are idempotent.
+//! operations are idempotent. Errors are `{"error": "..."}`.
 //!
-//! # Assumptions
-//! - One `SledHandle` per data directory at a time.
+//! # Not responsible for
+//! Deciding to power a sled off (the controllers' fencing), and what a power cycle means to
+//! the agent (a new boot: `agent.rs`).
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
 
+use async_trait::async_trait;
 use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
-use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 
-use crate::agent::{Agent, AgentConfig};
-use crate::fault::{self, FaultState};
-use crate::hypervisor::HypervisorError;
-use crate::reconcile::DisplayChain;
-use crate::sim::{PowerState, SimHypervisor};
-use crate::v2p_table::{SimV2pTable, V2pTableError};
+use crate::error::DisplayChain;
 
-/// How a simulated sled comes up when its process starts.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum StartMode {
-    /// Power-cycle the machine: whatever it ran is gone, it boots anew (new boot id, new
-    /// epoch). What `corral up` does: restarting it is a cold start of the rack.
-    ColdStart,
-    /// Keep a machine that is on, with its VMMs (the agent process restarted); power on one
-    /// that is off.
-    Resume,
+/// Whether a machine has power.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PowerState {
+    On,
+    Off,
 }
 
-/// Why a sled could not be started or powered.
+/// Why a power controller could not act.
 #[derive(Debug, thiserror::Error)]
-pub enum SledError {
-    #[error("machine")]
-    Machine(#[from] HypervisorError),
-    #[error("the machine's V2P table")]
-    V2pTable(#[from] V2pTableError),
-    #[error("binding the fault API to {address}")]
-    Bind {
-        address: SocketAddr,
-        #[source]
-        source: std::io::Error,
-    },
-}
+#[error(transparent)]
+pub struct PowerError(pub Box<dyn std::error::Error + Send + Sync>);
 
-/// Starts simulated sleds.
-pub struct SimSled;
+/// The power controller of one sled (see the module docs).
+#[async_trait]
+pub trait PowerController: Clone + Send + Sync + 'static {
+    /// The sled whose machine it switches.
+    fn sled_name(&self) -> &str;
 
-impl SimSled {
-    /// Opens the machine in `config.data_dir`, powers it per `mode` and starts the agent.
-    pub async fn start(config: AgentConfig, mode: StartMode) -> Result<SledHandle, SledError> {
-        let machine = SimHypervisor::open(&config.data_dir, config.sim, config.capacity)?;
-        if mode == StartMode::ColdStart {
-            machine.power_off()?;
-        }
-        let boot_id = machine.power_on()?;
-        let v2p = Arc::new(SimV2pTable::open(&config.data_dir, boot_id)?);
-        let handle = SledHandle {
-            inner: Arc::new(SledInner {
-                fault_address: std::sync::Mutex::new(config.fault_listen),
-                v2p,
-                config,
-                machine,
-                process: tokio::sync::Mutex::new(None),
-            }),
-        };
-        {
-            let mut process = handle.inner.process.lock().await;
-            *process = Some(handle.inner.spawn_agent().await?);
-        }
-        Ok(handle)
-    }
-}
+    /// Whether the machine has power now.
+    async fn power_state(&self) -> Result<PowerState, PowerError>;
 
-/// A simulated sled and its power controller. Clones share the sled.
-#[derive(Clone)]
-pub struct SledHandle {
-    inner: Arc<SledInner>,
-}
+    /// Cuts the power (see the module docs).
+    async fn power_off(&self) -> Result<(), PowerError>;
 
-struct SledInner {
-    config: AgentConfig,
-    machine: Arc<SimHypervisor>,
-    /// The machine's V2P table: it survives agent restarts, not a power-off.
-    v2p: Arc<SimV2pTable>,
-    /// Where the fault API listens; a port 0 becomes the bound port, kept across restarts.
-    fault_address: std::sync::Mutex<Option<SocketAddr>>,
-    process: tokio::sync::Mutex<Option<AgentProcess>>,
-}
-
-/// The agent "process": its supervisor and fault API, in one task.
-struct AgentProcess {
-    stop: CancellationToken,
-    task: JoinHandle<()>,
-}
-
-impl Drop for SledInner {
-    fn drop(&mut self) {
-        // A safety net: `shutdown` is the way to stop a sled.
-        if let Some(process) = self.process.get_mut().take() {
-            process.stop.cancel();
-        }
-    }
-}
-
-impl SledInner {
-    async fn spawn_agent(&self) -> Result<AgentProcess, SledError> {
-        let wanted = *self.fault_address.lock().expect("address lock");
-        let listener = match wanted {
-            Some(address) => {
-                let listener = TcpListener::bind(address)
-                    .await
-                    .map_err(|source| SledError::Bind { address, source })?;
-                let bound = listener
-                    .local_addr()
-                    .map_err(|source| SledError::Bind { address, source })?;
-                *self.fault_address.lock().expect("address lock") = Some(bound);
-                Some(listener)
-            }
-            None => None,
-        };
-        let stop = CancellationToken::new();
-        let task = tokio::spawn(agent_process(
-            self.config.clone(),
-            self.machine.clone(),
-            self.v2p.clone(),
-            listener,
-            stop.clone(),
-        ));
-        Ok(AgentProcess { stop, task })
-    }
-}
-
-/// The agent under a supervisor (restarted with backoff when it fails), next to the fault API.
-async fn agent_process(
-    config: AgentConfig,
-    machine: Arc<SimHypervisor>,
-    v2p: Arc<SimV2pTable>,
-    listener: Option<TcpListener>,
-    stop: CancellationToken,
-) {
-    let address = listener.as_ref().and_then(|l| l.local_addr().ok());
-    // The migration API is served next to the fault API by whichever agent run is up.
-    let slot = crate::migration::AgentSlot::default();
-    let serve = async {
-        let Some(listener) = listener else { return };
-        let router = fault::router(FaultState {
-            machine: machine.clone(),
-            heartbeats: config.heartbeats.clone(),
-            v2p: v2p.clone(),
-        })
-        .merge(crate::migration::router(slot.clone()));
-        let stopped = stop.clone();
-        if let Err(error) = axum::serve(listener, router)
-            .with_graceful_shutdown(async move { stopped.cancelled().await })
-            .await
-        {
-            tracing::warn!(sled = %config.sled_name, %error, "the fault API stopped");
-        }
-    };
-    let supervise = async {
-        let mut backoff = Duration::from_millis(200);
-        loop {
-            let mut agent = Agent::new(config.clone(), machine.clone())
-                .with_slot(slot.clone())
-                .with_v2p_table(v2p.clone());
-            if let Some(address) = address {
-                agent = agent.with_address(address.to_string());
-            }
-            match agent.run(stop.clone()).await {
-                Ok(()) => return,
-                Err(error) => {
-                    tracing::warn!(sled = %config.sled_name, error = %DisplayChain(&error), ?backoff, "node-agent failed; starting it again");
-                }
-            }
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = tokio::time::sleep(backoff) => {}
-            }
-            backoff = (backoff * 2).min(Duration::from_secs(30));
-        }
-    };
-    tokio::join!(serve, supervise);
-}
-
-impl SledHandle {
-    pub fn name(&self) -> &str {
-        &self.inner.config.sled_name
-    }
-
-    pub fn power_state(&self) -> PowerState {
-        self.inner.machine.power()
-    }
-
-    pub fn is_on(&self) -> bool {
-        self.inner.machine.is_on()
-    }
-
-    /// The sled's machine (for fault injection in-process).
-    pub fn machine(&self) -> &Arc<SimHypervisor> {
-        &self.inner.machine
-    }
-
-    /// The machine's V2P table (for tests in-process).
-    pub fn v2p_table(&self) -> &Arc<SimV2pTable> {
-        &self.inner.v2p
-    }
-
-    /// Where the fault API listens, if it does.
-    pub fn fault_address(&self) -> Option<SocketAddr> {
-        *self.inner.fault_address.lock().expect("address lock")
-    }
-
-    /// Whether an agent process runs on the sled.
-    pub async fn agent_running(&self) -> bool {
-        self.inner.process.lock().await.is_some()
-    }
-
-    /// Cuts the power: the machine's VMMs are gone and the agent dies (see the module docs).
-    pub async fn power_off(&self) -> Result<(), SledError> {
-        let mut process = self.inner.process.lock().await;
-        self.inner.machine.power_off()?;
-        self.inner.v2p.power_off()?;
-        if let Some(process) = process.take() {
-            process.task.abort();
-            let _ = process.task.await;
-        }
-        tracing::info!(sled = %self.name(), "powered off");
-        Ok(())
-    }
-
-    /// Powers on: a new boot, and the agent starts on it. Already on: nothing changes.
-    pub async fn power_on(&self) -> Result<(), SledError> {
-        let mut process = self.inner.process.lock().await;
-        let boot_id = self.inner.machine.power_on()?;
-        self.inner.v2p.boot(boot_id)?;
-        if process.is_none() {
-            *process = Some(self.inner.spawn_agent().await?);
-        }
-        tracing::info!(sled = %self.name(), "powered on");
-        Ok(())
-    }
-
-    /// Stops the agent process cleanly and starts a new one on the same machine and data
-    /// directory (a "kill and restart the node-agent", with the VMMs left running).
-    pub async fn restart_agent(&self) -> Result<(), SledError> {
-        let mut process = self.inner.process.lock().await;
-        if let Some(running) = process.take() {
-            running.stop.cancel();
-            let _ = running.task.await;
-        }
-        if self.inner.machine.is_on() {
-            *process = Some(self.inner.spawn_agent().await?);
-        }
-        Ok(())
-    }
-
-    /// Stops the agent process cleanly; the machine and its VMMs stay as they are.
-    pub async fn shutdown(&self) {
-        let mut process = self.inner.process.lock().await;
-        if let Some(running) = process.take() {
-            running.stop.cancel();
-            let _ = running.task.await;
-        }
-    }
+    /// Powers on (see the module docs).
+    async fn power_on(&self) -> Result<(), PowerError>;
 }
 
 /// `spec.powerController` of sled `name` whose controller is served by [`router`] at `base`
@@ -304,27 +73,33 @@ pub fn power_controller_url(base: &str, name: &str) -> String {
     format!("{}/sleds/{name}", base.trim_end_matches('/'))
 }
 
-/// The sleds whose power controllers [`router`] serves. Clones share the set.
-#[derive(Clone, Default)]
-pub struct PowerControllers(Arc<RwLock<BTreeMap<String, SledHandle>>>);
+/// The sleds whose power controllers [`router`] serves, by sled name. Clones share the set.
+#[derive(Clone)]
+pub struct PowerControllers<P>(Arc<RwLock<BTreeMap<String, P>>>);
 
-impl PowerControllers {
-    pub fn insert(&self, sled: SledHandle) {
+impl<P> Default for PowerControllers<P> {
+    fn default() -> Self {
+        PowerControllers(Arc::default())
+    }
+}
+
+impl<P: PowerController> PowerControllers<P> {
+    pub fn insert(&self, controller: P) {
         self.0
             .write()
             .expect("controllers lock")
-            .insert(sled.name().to_string(), sled);
+            .insert(controller.sled_name().to_string(), controller);
     }
 
-    pub fn remove(&self, name: &str) -> Option<SledHandle> {
+    pub fn remove(&self, name: &str) -> Option<P> {
         self.0.write().expect("controllers lock").remove(name)
     }
 
-    pub fn get(&self, name: &str) -> Option<SledHandle> {
+    pub fn get(&self, name: &str) -> Option<P> {
         self.0.read().expect("controllers lock").get(name).cloned()
     }
 
-    pub fn sleds(&self) -> Vec<SledHandle> {
+    pub fn sleds(&self) -> Vec<P> {
         self.0
             .read()
             .expect("controllers lock")
@@ -352,7 +127,7 @@ pub enum PowerApiError {
     #[error("no sled {0} here")]
     UnknownSled(String),
     #[error("power operation")]
-    Sled(#[from] SledError),
+    Sled(#[from] PowerError),
 }
 
 impl IntoResponse for PowerApiError {
@@ -367,63 +142,68 @@ impl IntoResponse for PowerApiError {
 }
 
 /// The power controllers of many sleds (see the module docs).
-pub fn router(controllers: PowerControllers) -> Router {
+pub fn router<P: PowerController>(controllers: PowerControllers<P>) -> Router {
     Router::new()
-        .route("/sleds", get(list_sleds))
-        .route("/sleds/{name}/power", get(sled_power))
-        .route("/sleds/{name}/power/{operation}", post(sled_operate))
+        .route("/sleds", get(list_sleds::<P>))
+        .route("/sleds/{name}/power", get(sled_power::<P>))
+        .route("/sleds/{name}/power/{operation}", post(sled_operate::<P>))
         .with_state(controllers)
 }
 
 /// The power controller of one sled, at `/power`.
-pub fn sled_router(sled: SledHandle) -> Router {
+pub fn sled_router<P: PowerController>(sled: P) -> Router {
     Router::new()
-        .route("/power", get(power))
-        .route("/power/{operation}", post(operate))
+        .route("/power", get(power::<P>))
+        .route("/power/{operation}", post(operate::<P>))
         .with_state(sled)
 }
 
-async fn list_sleds(State(controllers): State<PowerControllers>) -> axum::Json<Vec<SledPower>> {
-    axum::Json(
-        controllers
-            .sleds()
-            .into_iter()
-            .map(|sled| SledPower {
-                name: sled.name().to_string(),
-                state: sled.power_state(),
-            })
-            .collect(),
-    )
+async fn list_sleds<P: PowerController>(
+    State(controllers): State<PowerControllers<P>>,
+) -> Result<axum::Json<Vec<SledPower>>, PowerApiError> {
+    let mut sleds = Vec::new();
+    for sled in controllers.sleds() {
+        sleds.push(SledPower {
+            name: sled.sled_name().to_string(),
+            state: sled.power_state().await?,
+        });
+    }
+    Ok(axum::Json(sleds))
 }
 
-fn lookup(controllers: &PowerControllers, name: String) -> Result<SledHandle, PowerApiError> {
+fn lookup<P: PowerController>(
+    controllers: &PowerControllers<P>,
+    name: String,
+) -> Result<P, PowerApiError> {
     controllers
         .get(&name)
         .ok_or(PowerApiError::UnknownSled(name))
 }
 
-async fn sled_power(
-    State(controllers): State<PowerControllers>,
+async fn sled_power<P: PowerController>(
+    State(controllers): State<PowerControllers<P>>,
     Path(name): Path<String>,
 ) -> Result<axum::Json<PowerStatus>, PowerApiError> {
     power(State(lookup(&controllers, name)?)).await
 }
 
-async fn sled_operate(
-    State(controllers): State<PowerControllers>,
+async fn sled_operate<P: PowerController>(
+    State(controllers): State<PowerControllers<P>>,
     Path((name, operation)): Path<(String, String)>,
 ) -> Result<Response, PowerApiError> {
     operate(State(lookup(&controllers, name)?), Path(operation)).await
 }
 
-async fn power(State(sled): State<SledHandle>) -> Result<axum::Json<PowerStatus>, PowerApiError> {
+async fn power<P: PowerController>(
+    State(sled): State<P>,
+) -> Result<axum::Json<PowerStatus>, PowerApiError> {
     Ok(axum::Json(PowerStatus {
-        state: sled.power_state(),
+        state: sled.power_state().await?,
     }))
 }
 
-async fn operate(
-    State(sled): State<SledHandle>,
+async fn operate<P: PowerController>(
+    State(sled): State<P>,
     Path(operation): Path<String>,
 ) -> Result<Response, PowerApiError> {
     match operation.as_str() {
@@ -432,7 +212,7 @@ async fn operate(
         _ => return Ok(StatusCode::NOT_FOUND.into_response()),
     }
     Ok(axum::Json(PowerStatus {
-        state: sled.power_state(),
+        state: sled.power_state().await?,
     })
     .into_response())
 }

@@ -26,6 +26,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use corral_client::idempotent::{Idempotent, is_conflict};
 use corral_crds::condition;
 use corral_crds::{
     ConditionStatus, Reason, Resources, Sled, SledConditionType, SledSpec, SledStatus,
@@ -165,10 +166,13 @@ pub async fn register(
         spec,
         status: None,
     };
-    match api.create(&PostParams::default(), &sled).await {
-        Ok(created) => Ok(created),
-        Err(kube::Error::Api(status)) if status.code == 409 => api.get(name).await,
-        Err(error) => Err(error),
+    match api
+        .create(&PostParams::default(), &sled)
+        .await
+        .or_exists()?
+    {
+        Some(created) => Ok(created),
+        None => api.get(name).await,
     }
 }
 
@@ -312,7 +316,8 @@ impl SledReporter {
                     *self.stored.lock().expect("sled lock") = stored;
                     return Ok(());
                 }
-                Err(kube::Error::Api(status)) if status.code == 409 && attempt == 0 => {
+                // A stale write: read the Sled again and write once more.
+                Err(error) if is_conflict(&error) && attempt == 0 => {
                     base = self.api.get(&self.name).await?;
                     *self.stored.lock().expect("sled lock") = base.clone();
                 }

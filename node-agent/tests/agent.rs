@@ -11,9 +11,8 @@ use corral_crds::{
     ConditionStatus, Instance, InstanceSpec, Reason, Resources, SLED_LEASE_NAMESPACE,
     SledConditionType, VMM_FINALIZER, VmmConditionType, VmmState,
 };
-use corral_node_agent::{
-    Hypervisor, SimHypervisor, SimSled, StartMode, UnknownVmm, VmmId, VmmRunState,
-};
+use corral_node_agent::sim::{SimHypervisor, SimSled, StartMode, UnknownVmm};
+use corral_node_agent::{Hypervisor, VmmId, VmmRunState};
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, ObjectMeta, Patch, PatchParams, PostParams};
@@ -131,7 +130,7 @@ async fn a_vmm_of_an_older_epoch_is_refused() {
 async fn a_vmm_that_does_not_fit_is_refused() {
     let rack = Rack::start().await;
     let mut config = rack.config("sled-1");
-    config.capacity = Resources {
+    config.agent.capacity = Resources {
         cpus: 4,
         memory_mib: 8192,
     };
@@ -349,7 +348,9 @@ async fn a_vmm_that_vanished_while_no_agent_ran_is_missing() {
 
     // While no agent runs, one VMM dies (the machine is a separate process).
     {
-        let machine = SimHypervisor::open(&config.data_dir, config.sim, config.capacity).unwrap();
+        let machine =
+            SimHypervisor::open(&config.agent.data_dir, config.timing, config.agent.capacity)
+                .unwrap();
         assert!(machine.is_on());
         assert_eq!(machine.list().await.unwrap().len(), 2);
         machine.kill(&VmmId(gone.uid().unwrap())).unwrap();

@@ -12,7 +12,8 @@ use corral_crds::{
     Instance, InstanceSpec, MigrateFrom, MigrationRole, Reason, VMM_FINALIZER, Vmm,
     VmmMigrationPhase, VmmSpec, VmmState, VmmStatus,
 };
-use corral_node_agent::{AgentConfig, Hypervisor, SimSled, SledHandle, StartMode, VmmRunState};
+use corral_node_agent::sim::{SimSled, SimSledConfig, SledHandle, StartMode};
+use corral_node_agent::{Hypervisor, VmmRunState};
 use kube::api::{Api, DeleteParams, ObjectMeta, Patch, PatchParams, PostParams};
 
 /// The guests: 1 CPU, 512 MiB.
@@ -20,10 +21,10 @@ const MEMORY_MIB: u64 = 512;
 /// 256 MiB/s: the first round of a 512 MiB guest takes two seconds.
 const BANDWIDTH: u64 = 256 * MIB;
 
-fn config(rack: &Rack, sled: &str) -> AgentConfig {
+fn config(rack: &Rack, sled: &str) -> SimSledConfig {
     let mut config = rack.config(sled);
     config.fault_listen = Some("127.0.0.1:0".parse().unwrap());
-    config.sim.migration_bandwidth = BANDWIDTH;
+    config.timing.migration_bandwidth = BANDWIDTH;
     config
 }
 

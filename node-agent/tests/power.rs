@@ -10,7 +10,8 @@ use axum::http::{Request, StatusCode};
 use common::{Rack, stays_false, wait_for};
 use corral_crds::{Reason, SLED_LEASE_NAMESPACE, VmmState};
 use corral_node_agent::power::{self, PowerControllers};
-use corral_node_agent::{Hypervisor, HypervisorError, PowerState, SimSled, StartMode};
+use corral_node_agent::sim::{SimSled, StartMode};
+use corral_node_agent::{Hypervisor, HypervisorError, PowerState};
 use http_body_util::BodyExt;
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::Api;
@@ -34,7 +35,8 @@ async fn call(router: &axum::Router, method: &str, uri: &str) -> (StatusCode, se
 async fn a_power_cycle_bumps_the_epoch_and_refuses_the_old_vmms() {
     let rack = Rack::start().await;
     let mut config = rack.config("sled-1");
-    config.power_controller_url = Some(power::power_controller_url("http://power.test", "sled-1"));
+    config.agent.power_controller_url =
+        Some(power::power_controller_url("http://power.test", "sled-1"));
     let sled = SimSled::start(config, StartMode::ColdStart).await.unwrap();
     let registered = rack.ready_sled("sled-1").await;
     assert_eq!(

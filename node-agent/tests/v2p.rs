@@ -13,7 +13,7 @@ use corral_crds::{
     Instance, InstanceSpec, InstanceState, InstanceStatus, Nic, SledConditionType, VpcRoutes,
     condition,
 };
-use corral_node_agent::{SimSled, SledHandle, StartMode, V2pRow};
+use corral_node_agent::sim::{SimSled, SledHandle, StartMode, V2pRow};
 use futures::StreamExt;
 use kube::ResourceExt;
 use kube::api::{Api, PostParams};
@@ -308,8 +308,8 @@ async fn a_move_is_acknowledged_by_every_sled_promptly() {
     for name in &names {
         let mut config = rack.config(name);
         // The production debounce: the acknowledgement must not wait for it.
-        config.intervals.sled_status = std::time::Duration::from_secs(1);
-        config.intervals.scan = std::time::Duration::from_secs(2);
+        config.agent.intervals.sled_status = std::time::Duration::from_secs(1);
+        config.agent.intervals.scan = std::time::Duration::from_secs(2);
         sleds.push(SimSled::start(config, StartMode::ColdStart).await.unwrap());
     }
     for name in &names {

@@ -1,7 +1,15 @@
 //! The source end of a transfer: `POST /migrations`, the pre-copy rounds over the sled's link
 //! and the paused stop-and-copy round, streamed to the target as NDJSON events.
+//!
+//! # Guarantees
+//! - The source accepts only a Vmm that runs here, is not being deleted, and that its
+//!   Instance (read with a GET) names active with the requester as target.
+//! - It journals `Ready` before it pauses the guest, and never resumes it: only the plan
+//!   does, on the Instance's verdict. A transfer that fails before the pause journals the
+//!   guest `Running` again (migration phase `Failed`/`TransferFailed`).
 
 use std::convert::Infallible;
+use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Body;
@@ -18,12 +26,14 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::context::Context;
+use crate::error::DisplayChain;
 use crate::hypervisor::{VmmId, VmmRunState};
-use crate::journal::MigrationRecord;
-use crate::plan_migration::{advance, migration_status, moved};
-use crate::reconcile::{Context, DisplayChain};
-
-use super::*;
+use crate::journal::{JournalError, MigrationRecord, VmmRecord};
+use crate::migration::plan::{advance, migration_status, moved, ready};
+use crate::migration::progress::{Throttle, finish, progress, reconcile_when_ended, report};
+use crate::migration::protocol::{CHUNK, TransferEvent, TransferRequest, line};
+use crate::migration::slot::AgentSlot;
 
 /// Why the source refuses a transfer.
 #[derive(Debug, thiserror::Error)]
@@ -42,7 +52,7 @@ enum Refusal {
     #[error("reading the Instance")]
     Api(#[source] kube::Error),
     #[error("journal")]
-    Journal(#[from] crate::journal::JournalError),
+    Journal(#[from] JournalError),
 }
 
 impl IntoResponse for Refusal {
@@ -69,6 +79,25 @@ pub fn router(slot: AgentSlot) -> Router {
 async fn send(State(slot): State<AgentSlot>, body: Bytes) -> Result<Response, Refusal> {
     let ctx = slot.get().ok_or(Refusal::NotRunning)?;
     let request: TransferRequest = serde_json::from_slice(&body).map_err(Refusal::Body)?;
+    let found = check(&ctx, &request).await?;
+    let (events, mut receiver) = mpsc::channel::<Bytes>(16);
+    let record = begin(&ctx, &found, &request, events).await?;
+    report(&ctx, &record).await;
+    let stream = futures::stream::poll_fn(move |cx| {
+        receiver
+            .poll_recv(cx)
+            .map(|item| item.map(Ok::<Bytes, Infallible>))
+    });
+    Ok((
+        [("content-type", "application/x-ndjson")],
+        Body::from_stream(stream),
+    )
+        .into_response())
+}
+
+/// The record of the Vmm `request` asks for, if this sled may send it: it runs here, is not
+/// being deleted, and its Instance (a GET) names it active and the requester target.
+async fn check(ctx: &Context, request: &TransferRequest) -> Result<VmmRecord, Refusal> {
     let not_here = || Refusal::NotHere(request.source_vmm.clone());
     let found = ctx
         .ledger
@@ -85,7 +114,8 @@ async fn send(State(slot): State<AgentSlot>, body: Bytes) -> Result<Response, Re
         .await
         .map_err(|_| not_here())?;
     let deleting = ctx
-        .store
+        .api
+        .vmms
         .get(&ObjectRef::new(&found.name).within(&found.namespace))
         .is_none_or(|vmm| vmm.metadata.deletion_timestamp.is_some());
     let runs = found.state == VmmState::Running
@@ -94,7 +124,7 @@ async fn send(State(slot): State<AgentSlot>, body: Bytes) -> Result<Response, Re
     if !runs {
         return Err(not_here());
     }
-    let instances: Api<Instance> = Api::namespaced(ctx.client.clone(), &request.namespace);
+    let instances: Api<Instance> = Api::namespaced(ctx.api.client.clone(), &request.namespace);
     let instance = instances
         .get_opt(&found.instance)
         .await
@@ -109,61 +139,63 @@ async fn send(State(slot): State<AgentSlot>, body: Bytes) -> Result<Response, Re
             target_vmm: request.target_vmm.clone(),
         });
     }
-    let (events, mut receiver) = mpsc::channel::<Bytes>(16);
-    let record = {
-        let mut ledger = ctx.ledger.lock().await;
-        let Some(previous) = ledger.records.get(&found.uid) else {
-            return Err(not_here());
-        };
-        if previous.state != VmmState::Running {
-            return Err(not_here());
-        }
-        let migration = MigrationRecord {
-            status: migration_status(
-                &request.migration,
-                MigrationRole::Source,
-                VmmMigrationPhase::Transferring,
-                Some(Reason::Transferring),
-                "",
-            ),
-            peer_vmm: request.target_vmm.clone(),
-        };
-        let message = format!(
-            "sending the guest to {} on {}",
-            request.target_vmm, request.target_sled
-        );
-        let record = advance(
-            previous,
-            VmmState::Migrating,
-            Reason::Transferring,
-            message,
-            migration,
-            now(),
-        );
-        ctx.record(&mut ledger, record.clone()).await?;
-        // Started under the ledger lock: no reconcile sees the record without its task.
-        let task_ctx = ctx.clone();
-        let uid = record.uid.clone();
-        let memory = record.resources.memory_mib * MIB;
-        let started = ctx.transfers.spawn(&ctx, &record, move |token| async move {
-            run_source(&task_ctx, &uid, memory, events, token).await;
-        });
-        if !started {
-            return Err(Refusal::NotRunning);
-        }
-        record
+    Ok(found)
+}
+
+/// Journals `found` as the source of the migration (`Migrating`/`Transferring`) and starts
+/// its task, which streams to `events`; returns the new record.
+async fn begin(
+    ctx: &Arc<Context>,
+    found: &VmmRecord,
+    request: &TransferRequest,
+    events: mpsc::Sender<Bytes>,
+) -> Result<VmmRecord, Refusal> {
+    let not_here = || Refusal::NotHere(request.source_vmm.clone());
+    let mut ledger = ctx.ledger.lock().await;
+    let Some(previous) = ledger.records.get(&found.uid) else {
+        return Err(not_here());
     };
-    report(&ctx, &record).await;
-    let stream = futures::stream::poll_fn(move |cx| {
-        receiver
-            .poll_recv(cx)
-            .map(|item| item.map(Ok::<Bytes, Infallible>))
-    });
-    Ok((
-        [("content-type", "application/x-ndjson")],
-        Body::from_stream(stream),
-    )
-        .into_response())
+    if previous.state != VmmState::Running {
+        return Err(not_here());
+    }
+    let migration = MigrationRecord {
+        status: migration_status(
+            &request.migration,
+            MigrationRole::Source,
+            VmmMigrationPhase::Transferring,
+            Some(Reason::Transferring),
+            "",
+        ),
+        peer_vmm: request.target_vmm.clone(),
+    };
+    let message = format!(
+        "sending the guest to {} on {}",
+        request.target_vmm, request.target_sled
+    );
+    let record = advance(
+        previous,
+        VmmState::Migrating,
+        Reason::Transferring,
+        message,
+        migration,
+        corral_client::clock::now(),
+    );
+    ctx.record(&mut ledger, record.clone()).await?;
+    // Started under the ledger lock: no reconcile sees the record without its task.
+    let task_ctx = ctx.clone();
+    let uid = record.uid.clone();
+    let memory = record.resources.memory_mib * MIB;
+    let started = ctx.transfers.spawn(
+        &record.uid,
+        move |token| async move {
+            run_source(&task_ctx, &uid, memory, events, token).await;
+        },
+        reconcile_when_ended(ctx, &record),
+    );
+    if !started {
+        return Err(Refusal::NotRunning);
+    }
+    Ok(record)
 }
 
 /// How the source's rounds ended.
@@ -179,7 +211,7 @@ enum SourceEnd {
 }
 
 /// The source end: pre-copy rounds, then the paused stop-and-copy round.
-pub(super) async fn run_source(
+async fn run_source(
     ctx: &Context,
     uid: &VmmId,
     memory: u64,
@@ -213,7 +245,7 @@ pub(super) async fn run_source(
                     Reason::TransferFailed,
                     &message,
                     m,
-                    now(),
+                    corral_client::clock::now(),
                 )
             })
             .await;
@@ -226,7 +258,7 @@ pub(super) async fn run_source(
 
 /// The progress of a transfer `sent` bytes in, in round `round` of `round_bytes` with
 /// `remaining` bytes left of it.
-pub(super) fn progress_of(
+fn progress_of(
     memory: u64,
     sent: u64,
     round: u32,
@@ -253,6 +285,7 @@ pub(super) fn progress_of(
     }
 }
 
+/// The source's rounds: pre-copy while the guest runs, then the paused stop-and-copy round.
 async fn rounds(
     ctx: &Context,
     uid: &VmmId,
@@ -260,118 +293,145 @@ async fn rounds(
     events: &mpsc::Sender<Bytes>,
     token: &CancellationToken,
 ) -> SourceEnd {
-    let link = &ctx.transfers.link;
-    let bandwidth = link.bandwidth();
-    let mut round: u32 = 1;
-    let mut round_bytes = memory;
-    let mut sent: u64 = 0;
-    let mut throttle = Throttle(None);
-    let dirty_rate = || async {
-        match ctx.hypervisor.inspect(uid).await {
+    let mut outgoing = Outgoing {
+        ctx,
+        uid,
+        memory,
+        events,
+        token,
+        sent: 0,
+    };
+    match outgoing.pre_copy().await {
+        Ok((round, round_bytes)) => outgoing.stop_and_copy(round, round_bytes).await,
+        Err(end) => end,
+    }
+}
+
+/// One outgoing transfer under way: what its rounds share.
+struct Outgoing<'a> {
+    ctx: &'a Context,
+    uid: &'a VmmId,
+    /// The guest's memory, bytes.
+    memory: u64,
+    events: &'a mpsc::Sender<Bytes>,
+    token: &'a CancellationToken,
+    /// Bytes sent so far, all rounds together.
+    sent: u64,
+}
+
+impl Outgoing<'_> {
+    /// How fast the running source guest dirties its memory.
+    async fn dirty_rate(&self) -> Result<u64, String> {
+        match self.ctx.hypervisor.inspect(self.uid).await {
             Ok(Some(info)) if info.state == VmmRunState::Running => Ok(info.dirty_bytes_per_second),
             Ok(_) => Err("the source guest no longer runs".to_string()),
             Err(e) => Err(format!("inspecting the source VMM: {e}")),
         }
-    };
-    // Pre-copy: the guest runs and dirties memory while each round is sent.
-    loop {
-        let dirty = match dirty_rate().await {
-            Ok(dirty) => dirty,
-            Err(message) => return SourceEnd::Failed(message),
-        };
-        if fits_downtime(round_bytes, bandwidth) {
-            break;
+    }
+
+    /// Pre-copy: the guest runs and dirties memory while each round is sent, until what is
+    /// left fits the downtime. Returns the round and the bytes left for the stop-and-copy
+    /// round, or how the transfer ended.
+    async fn pre_copy(&mut self) -> Result<(u32, u64), SourceEnd> {
+        let (ctx, uid, memory, events) = (self.ctx, self.uid, self.memory, self.events);
+        let link = ctx.transfers.link();
+        let bandwidth = link.bandwidth();
+        let mut round: u32 = 1;
+        let mut round_bytes = memory;
+        let mut throttle = Throttle::default();
+        loop {
+            let dirty = self.dirty_rate().await.map_err(SourceEnd::Failed)?;
+            if fits_downtime(round_bytes, bandwidth) {
+                return Ok((round, round_bytes));
+            }
+            if round > MAX_ROUNDS {
+                return Err(SourceEnd::Failed(format!(
+                    "did not converge: {round_bytes} bytes still dirty after {MAX_ROUNDS} rounds"
+                )));
+            }
+            if let Err(
+                reason @ (NonConvergence::DirtyFasterThanLink { .. } | NonConvergence::NoBandwidth),
+            ) = predict(round_bytes, dirty, bandwidth)
+            {
+                return Err(SourceEnd::Failed(format!("did not converge: {reason}")));
+            }
+            let started = Instant::now();
+            let mut remaining = round_bytes;
+            while remaining > 0 {
+                let chunk = remaining.min(CHUNK);
+                tokio::select! {
+                    _ = self.token.cancelled() => return Err(SourceEnd::Cancelled),
+                    _ = link.send(chunk) => {}
+                }
+                remaining -= chunk;
+                self.sent += chunk;
+                let broke = || SourceEnd::Failed("the connection to the target broke".into());
+                if events.is_closed() {
+                    return Err(broke());
+                }
+                if throttle.due() {
+                    let p = progress_of(memory, self.sent, round, remaining, dirty, bandwidth);
+                    progress(ctx, uid, &p).await;
+                    if events
+                        .try_send(line(&TransferEvent::Progress { progress: p }))
+                        .is_err()
+                        && events.is_closed()
+                    {
+                        return Err(broke());
+                    }
+                }
+            }
+            let dirty = self.dirty_rate().await.map_err(SourceEnd::Failed)?;
+            round_bytes = dirtied(memory, dirty, started.elapsed());
+            round += 1;
         }
-        if round > MAX_ROUNDS {
-            return SourceEnd::Failed(format!(
-                "did not converge: {round_bytes} bytes still dirty after {MAX_ROUNDS} rounds"
-            ));
+    }
+
+    /// Stop-and-copy: journal Ready, then pause; from here only the verdict resumes the guest.
+    async fn stop_and_copy(&mut self, round: u32, round_bytes: u64) -> SourceEnd {
+        let (ctx, uid, memory, events, token) =
+            (self.ctx, self.uid, self.memory, self.events, self.token);
+        let link = ctx.transfers.link();
+        let bandwidth = link.bandwidth();
+        let dirty = self.dirty_rate().await.unwrap_or(0);
+        let journaled = finish(ctx, uid, MigrationRole::Source, |previous, m| {
+            let message = "the guest is paused for the last round; waiting for the switch";
+            ready(previous, m, message, corral_client::clock::now())
+        })
+        .await;
+        match journaled {
+            Ok(true) => {}
+            Ok(false) => return SourceEnd::Cancelled,
+            Err(error) => return SourceEnd::Failed(format!("journaling the pause: {error}")),
         }
-        if let Err(
-            reason @ (NonConvergence::DirtyFasterThanLink { .. } | NonConvergence::NoBandwidth),
-        ) = predict(round_bytes, dirty, bandwidth)
-        {
-            return SourceEnd::Failed(format!("did not converge: {reason}"));
+        if let Err(error) = ctx.hypervisor.pause(uid).await {
+            // The guest may still run here, so the target must never hold a whole guest: end
+            // the stream without `done` (the target fails, the instance aborts). Journaled
+            // Ready, the reconcile pauses the guest and resumes it on the abort.
+            tracing::warn!(error = %error, "pausing the source guest");
+            return SourceEnd::BrokeAfterPause;
         }
-        let started = Instant::now();
+        let p = progress_of(memory, self.sent, round, round_bytes, dirty, bandwidth);
+        if !emit(events, token, TransferEvent::Paused { progress: p }).await {
+            return SourceEnd::BrokeAfterPause;
+        }
         let mut remaining = round_bytes;
         while remaining > 0 {
             let chunk = remaining.min(CHUNK);
             tokio::select! {
-                _ = token.cancelled() => return SourceEnd::Cancelled,
+                _ = token.cancelled() => return SourceEnd::BrokeAfterPause,
                 _ = link.send(chunk) => {}
             }
             remaining -= chunk;
-            sent += chunk;
-            if events.is_closed() {
-                return SourceEnd::Failed("the connection to the target broke".into());
-            }
-            if throttle.due() {
-                let p = progress_of(memory, sent, round, remaining, dirty, bandwidth);
-                progress(ctx, uid, &p).await;
-                if events
-                    .try_send(line(&TransferEvent::Progress { progress: p }))
-                    .is_err()
-                    && events.is_closed()
-                {
-                    return SourceEnd::Failed("the connection to the target broke".into());
-                }
-            }
+            self.sent += chunk;
         }
-        let dirty = match dirty_rate().await {
-            Ok(dirty) => dirty,
-            Err(message) => return SourceEnd::Failed(message),
-        };
-        round_bytes = dirtied(memory, dirty, started.elapsed());
-        round += 1;
-    }
-    // Stop-and-copy: journal Ready, then pause; from here only the verdict resumes the guest.
-    let dirty = dirty_rate().await.unwrap_or(0);
-    let ready = finish(ctx, uid, MigrationRole::Source, |previous, m| {
-        let m = moved(m, VmmMigrationPhase::Ready, None, "");
-        let message = "the guest is paused for the last round; waiting for the switch";
-        advance(
-            previous,
-            VmmState::Migrating,
-            Reason::Switching,
-            message,
-            m,
-            now(),
-        )
-    })
-    .await;
-    match ready {
-        Ok(true) => {}
-        Ok(false) => return SourceEnd::Cancelled,
-        Err(error) => return SourceEnd::Failed(format!("journaling the pause: {error}")),
-    }
-    if let Err(error) = ctx.hypervisor.pause(uid).await {
-        // The guest may still run here, so the target must never hold a whole guest: end the
-        // stream without `done` (the target fails, the instance aborts). Journaled Ready, the
-        // reconcile pauses the guest and resumes it on the abort.
-        tracing::warn!(error = %error, "pausing the source guest");
-        return SourceEnd::BrokeAfterPause;
-    }
-    let p = progress_of(memory, sent, round, round_bytes, dirty, bandwidth);
-    if !emit(events, token, TransferEvent::Paused { progress: p }).await {
-        return SourceEnd::BrokeAfterPause;
-    }
-    let mut remaining = round_bytes;
-    while remaining > 0 {
-        let chunk = remaining.min(CHUNK);
-        tokio::select! {
-            _ = token.cancelled() => return SourceEnd::BrokeAfterPause,
-            _ = link.send(chunk) => {}
+        let p = progress_of(memory, self.sent, round, 0, dirty, bandwidth);
+        progress(ctx, uid, &p).await;
+        if !emit(events, token, TransferEvent::Done { progress: p }).await {
+            return SourceEnd::BrokeAfterPause;
         }
-        remaining -= chunk;
-        sent += chunk;
+        SourceEnd::Done
     }
-    let p = progress_of(memory, sent, round, 0, dirty, bandwidth);
-    progress(ctx, uid, &p).await;
-    if !emit(events, token, TransferEvent::Done { progress: p }).await {
-        return SourceEnd::BrokeAfterPause;
-    }
-    SourceEnd::Done
 }
 
 /// Sends an event the target must see, waiting for room in the stream unless cancelled.
@@ -384,5 +444,27 @@ async fn emit(
     tokio::select! {
         _ = token.cancelled() => false,
         sent = events.send(line(&event)) => sent.is_ok(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_predicts_the_rest_of_the_transfer() {
+        // 64 MiB sent of a 256 MiB guest, 192 MiB left of round 1 at 256 MiB/s, 16 MiB/s dirty.
+        let progress = progress_of(256 * MIB, 64 * MIB, 1, 192 * MIB, 16 * MIB, 256 * MIB);
+        assert_eq!(progress.round, 1);
+        assert_eq!(progress.bytes_remaining, 192 * MIB);
+        assert!(
+            progress.percent > 0 && progress.percent < 30,
+            "{progress:?}"
+        );
+        assert_eq!(progress.eta_seconds, Some(1));
+        assert!(progress.predicted_downtime_ms <= 300, "{progress:?}");
+        // Nothing left: done.
+        let done = progress_of(256 * MIB, 300 * MIB, 2, 0, 16 * MIB, 256 * MIB);
+        assert_eq!(done.percent, 100);
     }
 }

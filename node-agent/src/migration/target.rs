@@ -1,24 +1,85 @@
-//! The target end of a transfer: asks the source agent for the guest and follows its events.
+//! The target end of a transfer: asks the source agent for the guest (`POST /migrations` on
+//! the source's `Sled.status.agentAddress`) and follows its events until `done`, as a task of
+//! the agent run ([`start_target`]).
+//!
+//! # Guarantees
+//! - The target journals `Ready` only on the source's `done` (it then holds the whole guest),
+//!   and `Failed`/`TransferFailed` on anything else that ends the transfer; a cancelled task
+//!   (its Vmm is being deleted, or the run stops) journals nothing: the plan decides then.
+
+use std::sync::Arc;
 
 use bytes::Bytes;
-use corral_crds::{MigrationRole, Reason, Sled, VmmMigrationPhase, VmmState};
+use corral_crds::{MigrationRole, Reason, Sled, Vmm, VmmMigrationPhase, VmmState};
 use http_body_util::{BodyExt, Full};
 use kube::api::Api;
 
+use crate::context::Context;
+use crate::error::DisplayChain;
 use crate::hypervisor::VmmId;
-use crate::plan_migration::{advance, moved};
-use crate::reconcile::Context;
+use crate::journal::VmmRecord;
+use crate::migration::plan::{advance, moved, ready};
+use crate::migration::progress::{Throttle, finish, progress, reconcile_when_ended};
+use crate::migration::protocol::{TransferEvent, TransferRequest};
 
-use super::*;
+/// Starts the target's transfer of `vmm` (whose record is `record`) as a task of the agent
+/// run; once it ends, the Vmm is reconciled.
+pub fn start_target(ctx: &Arc<Context>, vmm: &Vmm, record: &VmmRecord) {
+    let Some(from) = vmm.spec.migrate_from.clone() else {
+        return;
+    };
+    let request = TransferRequest {
+        migration: from.migration.clone(),
+        namespace: record.namespace.clone(),
+        source_vmm: from.vmm.clone(),
+        target_vmm: record.name.clone(),
+        target_sled: ctx.sled.name.clone(),
+    };
+    let task_ctx = ctx.clone();
+    let uid = record.uid.clone();
+    ctx.transfers.spawn(
+        &record.uid,
+        move |token| async move {
+            let outcome = tokio::select! {
+                _ = token.cancelled() => return,
+                outcome = receive(&task_ctx, &uid, &from.sled, &request) => outcome,
+            };
+            if let Err(message) = outcome {
+                tracing::info!(vmm = %request.target_vmm, %message, "the transfer failed");
+                fail(&task_ctx, &uid, &message).await;
+            }
+        },
+        reconcile_when_ended(ctx, record),
+    );
+}
+
+/// Journals (and reports) that the target's transfer failed.
+async fn fail(ctx: &Context, uid: &VmmId, message: &str) {
+    let failed = finish(ctx, uid, MigrationRole::Target, |previous, m| {
+        let m = moved(
+            m,
+            VmmMigrationPhase::Failed,
+            Some(Reason::TransferFailed),
+            message,
+        );
+        let reason = Reason::TransferFailed;
+        let now = corral_client::clock::now();
+        advance(previous, VmmState::Migrating, reason, message, m, now)
+    })
+    .await;
+    if let Err(error) = failed {
+        tracing::warn!(error = %DisplayChain(&error), "journaling a failed transfer");
+    }
+}
 
 /// The target end: asks the source for the guest and follows its events until `done`.
-pub(super) async fn receive(
+async fn receive(
     ctx: &Context,
     uid: &VmmId,
     source_sled: &str,
     request: &TransferRequest,
 ) -> Result<(), String> {
-    let sleds: Api<Sled> = Api::all(ctx.client.clone());
+    let sleds: Api<Sled> = Api::all(ctx.api.client.clone());
     let sled = sleds
         .get(source_sled)
         .await
@@ -34,7 +95,7 @@ pub(super) async fn receive(
         .map_err(|e| format!("building the request: {e}"))?;
     let response = ctx
         .transfers
-        .http
+        .http()
         .request(http_request)
         .await
         .map_err(|e| format!("asking the source agent at {address}: {e}"))?;
@@ -52,7 +113,7 @@ pub(super) async fn receive(
         ));
     }
     let mut buffer = Vec::new();
-    let mut throttle = Throttle(None);
+    let mut throttle = Throttle::default();
     loop {
         let frame = match body.frame().await {
             None => return Err("the source ended the transfer without finishing it".into()),
@@ -77,17 +138,10 @@ pub(super) async fn receive(
                     // Not journaled (`false`) only if the Vmm no longer waits for this transfer
                     // (it is being deleted): nothing more to do either way.
                     finish(ctx, uid, MigrationRole::Target, |previous, m| {
-                        let mut m = moved(m, VmmMigrationPhase::Ready, None, "");
+                        let mut m = m.clone();
                         m.status.progress = p;
                         let message = "the whole guest is here; waiting for the switch";
-                        advance(
-                            previous,
-                            VmmState::Migrating,
-                            Reason::Switching,
-                            message,
-                            m,
-                            now(),
-                        )
+                        ready(previous, &m, message, corral_client::clock::now())
                     })
                     .await
                     .map_err(|e| format!("journaling the received guest: {e}"))?;

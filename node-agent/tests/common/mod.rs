@@ -12,7 +12,8 @@ use corral_apiserver::testing::TestServer;
 use corral_crds::{
     INSTANCE_LABEL, Resources, Sled, VMM_FINALIZER, Vmm, VmmSpec, VmmState, VmmStatus,
 };
-use corral_node_agent::{AgentConfig, Intervals, SimTiming};
+use corral_node_agent::sim::{SimSledConfig, SimTiming};
+use corral_node_agent::{AgentConfig, Intervals};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Event;
 use kube::api::{Api, ObjectMeta, PostParams};
@@ -71,18 +72,13 @@ impl Rack {
     }
 
     /// A sled with fast timing: boots in 100 ms, stops in 50 ms, scans every 200 ms.
-    pub fn config(&self, sled: &str) -> AgentConfig {
-        let mut config = AgentConfig::new(self.client.clone(), sled, self.dir.path().join(sled));
-        config.capacity = Resources {
+    pub fn config(&self, sled: &str) -> SimSledConfig {
+        let mut agent = AgentConfig::new(self.client.clone(), sled, self.dir.path().join(sled));
+        agent.capacity = Resources {
             cpus: 16,
             memory_mib: 16 * 1024,
         };
-        config.sim = SimTiming {
-            boot_time: Duration::from_millis(100),
-            stop_time: Duration::from_millis(50),
-            ..SimTiming::default()
-        };
-        config.intervals = Intervals {
+        agent.intervals = Intervals {
             reconcile: Duration::from_secs(5),
             scan: Duration::from_millis(200),
             heartbeat: Duration::from_millis(300),
@@ -90,7 +86,13 @@ impl Rack {
             sled_status: Duration::from_millis(200),
             stop_timeout: Duration::from_secs(5),
         };
-        config.labels = BTreeMap::from([("rack".to_string(), "test".to_string())]);
+        agent.labels = BTreeMap::from([("rack".to_string(), "test".to_string())]);
+        let mut config = SimSledConfig::new(agent);
+        config.timing = SimTiming {
+            boot_time: Duration::from_millis(100),
+            stop_time: Duration::from_millis(50),
+            ..SimTiming::default()
+        };
         config
     }
 

@@ -45,6 +45,7 @@ use tokio::time::Instant;
 use crate::hypervisor::{
     BootId, ExitReason, Hypervisor, HypervisorError, VmmId, VmmInfo, VmmLaunch, VmmRunState,
 };
+use crate::power::PowerState;
 
 /// The machine file's name in the sled's data directory.
 pub const MACHINE_FILE: &str = "machine.json";
@@ -77,13 +78,6 @@ impl Default for SimTiming {
     }
 }
 
-/// Whether the machine has power.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum PowerState {
-    On,
-    Off,
-}
-
 /// A VMM that no Vmm assigns, for [`SimHypervisor::spawn_unknown`].
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -103,6 +97,15 @@ struct Machine {
     power: PowerState,
     boot_id: BootId,
     vmms: BTreeMap<VmmId, SimVmm>,
+}
+
+impl Machine {
+    /// The VMM `id`, or [`HypervisorError::NotFound`].
+    fn vmm_mut(&mut self, id: &VmmId) -> Result<&mut SimVmm, HypervisorError> {
+        self.vmms
+            .get_mut(id)
+            .ok_or_else(|| HypervisorError::NotFound(id.clone()))
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -266,10 +269,7 @@ impl SimHypervisor {
     /// Fault: the VMM stops answering; stop and reboot go unheeded, destroy still works.
     pub fn hang(&self, id: &VmmId) -> Result<(), HypervisorError> {
         let mut machine = self.powered()?;
-        let vmm = machine
-            .vmms
-            .get_mut(id)
-            .ok_or_else(|| HypervisorError::NotFound(id.clone()))?;
+        let vmm = machine.vmm_mut(id)?;
         vmm.responsive = false;
         self.persist(&machine)
     }
@@ -306,10 +306,7 @@ impl SimHypervisor {
     /// Fault: the guest of `id` dirties `bytes_per_second` from now on.
     pub fn set_dirty_rate(&self, id: &VmmId, bytes_per_second: u64) -> Result<(), HypervisorError> {
         let mut machine = self.powered()?;
-        let vmm = machine
-            .vmms
-            .get_mut(id)
-            .ok_or_else(|| HypervisorError::NotFound(id.clone()))?;
+        let vmm = machine.vmm_mut(id)?;
         vmm.dirty_rate = Some(bytes_per_second);
         self.persist(&machine)
     }
@@ -322,10 +319,7 @@ impl SimHypervisor {
         to: VmmRunState,
     ) -> Result<(), HypervisorError> {
         let mut machine = self.powered()?;
-        let vmm = machine
-            .vmms
-            .get_mut(id)
-            .ok_or_else(|| HypervisorError::NotFound(id.clone()))?;
+        let vmm = machine.vmm_mut(id)?;
         if vmm.state == to {
             return Ok(());
         }
@@ -340,10 +334,7 @@ impl SimHypervisor {
     fn end(&self, id: &VmmId, reason: ExitReason) -> Result<(), HypervisorError> {
         {
             let mut machine = self.powered()?;
-            let vmm = machine
-                .vmms
-                .get_mut(id)
-                .ok_or_else(|| HypervisorError::NotFound(id.clone()))?;
+            let vmm = machine.vmm_mut(id)?;
             vmm.state = VmmRunState::Exited(reason);
             vmm.settles_at = None;
             self.persist(&machine)?;
@@ -381,6 +372,21 @@ impl SimHypervisor {
                 dirty_rate: None,
             },
         );
+        self.persist(&machine)
+    }
+
+    /// Applies a guest command (stop, reboot) to `id`: an unresponsive VMM ignores it;
+    /// `act` says whether it changed the VMM (then the machine is persisted).
+    fn command(
+        &self,
+        id: &VmmId,
+        act: impl FnOnce(&mut SimVmm) -> Result<bool, HypervisorError>,
+    ) -> Result<(), HypervisorError> {
+        let mut machine = self.powered()?;
+        let vmm = machine.vmm_mut(id)?;
+        if !vmm.responsive || !act(vmm)? {
+            return Ok(());
+        }
         self.persist(&machine)
     }
 
@@ -465,29 +471,21 @@ impl Hypervisor for SimHypervisor {
     }
 
     async fn stop(&self, id: &VmmId) -> Result<(), HypervisorError> {
-        let mut machine = self.powered()?;
         let stop_time = self.timing.stop_time;
-        let vmm = machine
-            .vmms
-            .get_mut(id)
-            .ok_or_else(|| HypervisorError::NotFound(id.clone()))?;
-        if !vmm.responsive {
-            return Ok(());
-        }
-        match vmm.state {
+        self.command(id, |vmm| match vmm.state {
             VmmRunState::Starting | VmmRunState::Running => {
                 vmm.state = VmmRunState::Stopping;
                 vmm.settles_at = Some(Instant::now() + stop_time);
-                self.persist(&machine)
+                Ok(true)
             }
             // No guest runs: there is nothing to shut down gracefully.
             VmmRunState::Receiving | VmmRunState::Paused => {
                 vmm.state = VmmRunState::Exited(ExitReason::Stopped);
                 vmm.settles_at = None;
-                self.persist(&machine)
+                Ok(true)
             }
-            VmmRunState::Stopping | VmmRunState::Exited(_) => Ok(()),
-        }
+            VmmRunState::Stopping | VmmRunState::Exited(_) => Ok(false),
+        })
     }
 
     async fn destroy(&self, id: &VmmId) -> Result<(), HypervisorError> {
@@ -499,26 +497,18 @@ impl Hypervisor for SimHypervisor {
     }
 
     async fn reboot(&self, id: &VmmId) -> Result<(), HypervisorError> {
-        let mut machine = self.powered()?;
         let boot_time = self.timing.boot_time;
-        let vmm = machine
-            .vmms
-            .get_mut(id)
-            .ok_or_else(|| HypervisorError::NotFound(id.clone()))?;
-        if !vmm.responsive {
-            return Ok(());
-        }
-        match vmm.state {
+        self.command(id, |vmm| match vmm.state {
             VmmRunState::Starting | VmmRunState::Running => {
                 vmm.state = VmmRunState::Starting;
                 vmm.settles_at = Some(Instant::now() + boot_time);
-                self.persist(&machine)
+                Ok(true)
             }
             VmmRunState::Stopping
             | VmmRunState::Exited(_)
             | VmmRunState::Receiving
             | VmmRunState::Paused => Err(HypervisorError::Ended(id.clone())),
-        }
+        })
     }
 
     async fn inspect(&self, id: &VmmId) -> Result<Option<VmmInfo>, HypervisorError> {

@@ -1,46 +1,23 @@
-//! The agent's V2P task: keeps the sled's V2P table ([`SimV2pTable`]) equal to every VpcRoutes,
-//! and acknowledges what it applied.
+//! The V2P task's decisions, pure: what changes make a sled's V2P table equal to every
+//! VpcRoutes ([`plan`]), which VPCs diverged, and what the Sled acknowledges ([`report`]).
 //!
-//! A VPC's table is *applied* if (and only if) it holds exactly the VpcRoutes' mappings and was
-//! programmed from the VpcRoutes' current `metadata.generation`. A table is *diverged* if (and
-//! only if) it was programmed at the current generation and no longer holds its mappings
-//! (someone changed it behind the agent's back: the fault API's `POST /v2p/corrupt`).
-//!
-//! Reads all VpcRoutes (a watch). Writes the table, `Sled.status.v2p` (the generation applied
-//! per VPC) and `V2PConverged` (True/`V2PApplied` when every VpcRoutes is applied, False/
-//! `V2PPending` otherwise), through [`SledReporter::update_now`] so that an acknowledgement
-//! leaves within one write, not after the status debounce; and `DivergenceDetected` (Warning) /
-//! `DivergenceRepaired` (Normal) Events on the Sled.
+//! # Definitions
+//! - A VPC's table is *applied* if (and only if) it holds exactly the VpcRoutes' mappings and
+//!   was programmed from the VpcRoutes' current `metadata.generation`.
+//! - A table is *diverged* if (and only if) it was programmed at the current generation and no
+//!   longer holds its mappings (someone changed it behind the agent's back).
 //!
 //! # Invariants
-//! - The table changes only to follow VpcRoutes (or to undo a divergence): never because VMMs
-//!   come and go on the sled (seed 003: the control plane alone owns the mappings).
-//! - A generation is acknowledged only after the table holds it (written to the machine).
-//! - A VPC is removed from the table only when the VpcRoutes list, complete, lacks it.
-//!
-//! # Assumptions
-//! - Each pass is idempotent; the task may stop at any `.await` (the table is the machine's and
-//!   stays as it was).
-//!
-//! # Not responsible for
-//! - What the mappings are (the V2P controller, `controllers/src/v2p.rs`).
-//! - Forwarding packets (simulated: nothing reads the table but the fault API).
+//! - The plan changes the table only to follow VpcRoutes (or to undo a divergence).
+//! - A VPC is removed only when the VpcRoutes list, complete, lacks it.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
 
-use corral_crds::{Reason, V2pAck, V2pMapping, VpcRoutes};
-use futures::StreamExt;
+use corral_crds::{V2pAck, V2pMapping, VpcRoutes};
 use kube::ResourceExt;
-use kube::api::Api;
-use kube::runtime::reflector::{self, Store};
-use kube::runtime::{WatchStreamExt, watcher};
-use tokio_util::sync::CancellationToken;
 
-use crate::reconcile::Context;
 use crate::sled::V2pReport;
-use crate::v2p_table::{SimV2pTable, TableChange, V2pEntry, VpcTable};
+use crate::v2p::table::{TableChange, V2pEntry, VpcTable, VpcTables};
 
 /// One VPC's table differs from its VpcRoutes at the generation it was programmed from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -82,12 +59,7 @@ fn entry_of(mapping: &V2pMapping) -> V2pEntry {
 /// generation is compared entry by entry only when `full` (the periodic check): a change of
 /// VpcRoutes costs the VPCs that changed, not the whole table. `listed`: the list is complete,
 /// so a VPC it lacks is gone.
-pub fn plan(
-    table: &BTreeMap<String, VpcTable>,
-    routes: &[Arc<VpcRoutes>],
-    listed: bool,
-    full: bool,
-) -> TablePlan {
+pub fn plan(table: &VpcTables, routes: &[Arc<VpcRoutes>], listed: bool, full: bool) -> TablePlan {
     let mut result = TablePlan::default();
     for vpc_routes in routes {
         let vpc = vpc_routes.name_any();
@@ -172,7 +144,7 @@ fn difference(ip: &str, found: Option<&V2pEntry>, wanted: Option<&V2pEntry>) -> 
 
 /// The acknowledgements and `V2PConverged` of `table` against `routes`, once the table was
 /// programmed (a VPC counts as applied when its table holds the current generation).
-pub fn report(table: &BTreeMap<String, VpcTable>, routes: &[Arc<VpcRoutes>]) -> V2pReport {
+pub fn report(table: &VpcTables, routes: &[Arc<VpcRoutes>]) -> V2pReport {
     let mut acks = Vec::new();
     let mut pending = Vec::new();
     for vpc_routes in routes {
@@ -204,102 +176,6 @@ pub fn report(table: &BTreeMap<String, VpcTable>, routes: &[Arc<VpcRoutes>]) -> 
     }
 }
 
-/// Runs until `stop`: a pass on every VpcRoutes change and every `check_interval`.
-pub async fn run(
-    ctx: Arc<Context>,
-    table: Arc<SimV2pTable>,
-    check_interval: Duration,
-    stop: CancellationToken,
-) {
-    // What the table holds is known before the list: a restarted agent keeps acknowledging it.
-    let held: Vec<V2pAck> = table.inspect(|vpcs| {
-        vpcs.iter()
-            .map(|(vpc, vpc_table)| V2pAck {
-                vpc: vpc.clone(),
-                generation: vpc_table.generation,
-            })
-            .collect()
-    });
-    ctx.sled.update_now(|report| {
-        report.v2p = Some(V2pReport {
-            acks: held,
-            converged: false,
-            message: "waiting for the list of VpcRoutes".to_string(),
-        })
-    });
-    let (store, writer) = reflector::store::<VpcRoutes>();
-    let api: Api<VpcRoutes> = Api::all(ctx.client.clone());
-    let mut events = watcher(api, watcher::Config::default())
-        .default_backoff()
-        .reflect(writer)
-        .ready_chunks(256)
-        .boxed();
-    let mut listed = false;
-    let mut full = false;
-    let mut tick = tokio::time::interval(check_interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            chunk = events.next() => {
-                let Some(chunk) = chunk else { return };
-                for event in chunk {
-                    match event {
-                        Ok(watcher::Event::InitDone) => listed = true,
-                        Ok(_) => {}
-                        Err(error) => tracing::warn!(sled = %ctx.sled_name, %error, "watching VpcRoutes"),
-                    }
-                }
-            }
-            _ = tick.tick() => full = true,
-        }
-        if listed {
-            pass(&ctx, &table, &store, full).await;
-            full = false;
-        }
-    }
-}
-
-/// One pass: program what differs, report divergence, acknowledge.
-async fn pass(ctx: &Context, table: &SimV2pTable, store: &Store<VpcRoutes>, full: bool) {
-    let routes = store.state();
-    let planned = table.inspect(|vpcs| plan(vpcs, &routes, true, full));
-    for change in planned.changes {
-        if let Err(error) = table.change(change) {
-            tracing::warn!(sled = %ctx.sled_name, %error, "programming the V2P table");
-        }
-    }
-    let report = table.inspect(|vpcs| report(vpcs, &routes));
-    ctx.sled.update_now(|wanted| wanted.v2p = Some(report));
-    if planned.diverged.is_empty() {
-        return;
-    }
-    let sled = ctx.sled.sled();
-    for divergence in &planned.diverged {
-        let found = divergence.differences.join("; ");
-        ctx.recorder
-            .warning(
-                &sled,
-                Reason::DivergenceDetected,
-                format!(
-                    "the V2P table of VPC {} differs from its VpcRoutes: {found}",
-                    divergence.vpc
-                ),
-            )
-            .await;
-        ctx.recorder
-            .normal(
-                &sled,
-                Reason::DivergenceRepaired,
-                format!(
-                    "the V2P table of VPC {} was programmed again from its VpcRoutes",
-                    divergence.vpc
-                ),
-            )
-            .await;
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -327,29 +203,9 @@ mod tests {
     }
 
     /// Applies a plan's changes to a table, as `pass` does.
-    fn applied(
-        mut table: BTreeMap<String, VpcTable>,
-        planned: &TablePlan,
-    ) -> BTreeMap<String, VpcTable> {
+    fn applied(mut table: VpcTables, planned: &TablePlan) -> VpcTables {
         for change in &planned.changes {
-            match change {
-                TableChange::Program {
-                    vpc,
-                    generation,
-                    upserts,
-                    removals,
-                } => {
-                    let vpc_table = table.entry(vpc.clone()).or_default();
-                    vpc_table.generation = *generation;
-                    for ip in removals {
-                        vpc_table.entries.remove(ip);
-                    }
-                    vpc_table.entries.extend(upserts.iter().cloned());
-                }
-                TableChange::Remove { vpc } => {
-                    table.remove(vpc);
-                }
-            }
+            change.apply_to(&mut table);
         }
         table
     }
@@ -362,9 +218,9 @@ mod tests {
             &[("10.0.0.1", "sled-a", 1), ("10.0.0.2", "sled-b", 1)],
         );
         let blue = std::slice::from_ref(&blue);
-        let first = plan(&BTreeMap::new(), blue, true, false);
+        let first = plan(&VpcTables::new(), blue, true, false);
         assert!(first.diverged.is_empty());
-        let mut table = applied(BTreeMap::new(), &first);
+        let mut table = applied(VpcTables::new(), &first);
         assert_eq!(table["blue"], wanted(&blue[0]));
         assert_eq!(plan(&table, blue, true, true), TablePlan::default());
         let acked = report(&table, blue);

@@ -1,5 +1,6 @@
-//! The decisions of `plan` about a Vmm that is an end of a live migration (docs/migration.md,
-//! "Exactly once"), pure like the rest of `plan`; `migration.rs` runs the transfer itself.
+//! The decisions about a Vmm that is an end of a live migration (docs/migration.md, "Exactly
+//! once"), pure like the rest of the agent's plan (`vmm/plan.rs` hands a migrating Vmm here;
+//! both speak `vmm/decision.rs`). `source.rs` and `target.rs` run the transfer itself.
 //!
 //! # Definitions
 //! - A Vmm is *migrating* if (and only if) its journal record is `Migrating` and names its
@@ -24,26 +25,10 @@ use jiff::Timestamp;
 
 use crate::hypervisor::VmmRunState;
 use crate::journal::{MigrationRecord, VmmRecord};
-use crate::plan::{Decision, MachineAction, Plan, PlanInput, record, warning};
+use crate::vmm::decision::{Decision, MachineAction, Plan, PlanInput, record, warning};
 
 /// How often an end that waits for the verdict reads the Instance.
 pub const VERDICT_POLL: Duration = Duration::from_millis(40);
-
-/// What the Instance says, read with a GET.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct InstanceView {
-    pub active_vmm: Option<String>,
-    pub target_vmm: Option<String>,
-}
-
-/// What the plan of a migrating Vmm needs besides the Vmm, its record and the machine.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct MigrationInput {
-    /// A transfer task of this agent run works for the Vmm.
-    pub transfer_running: bool,
-    /// The Instance, when the record waits for a verdict (`None`: not read, or gone).
-    pub instance: Option<InstanceView>,
-}
 
 /// Whether `record` is an end of a migration under way (see the module docs).
 pub fn is_migrating(record: &VmmRecord) -> bool {
@@ -97,6 +82,25 @@ pub fn advance(
     next.message = message.into();
     next.migration = Some(migration);
     next
+}
+
+/// The record after `previous` once its end of the migration is `Ready` (the source paused
+/// for the last round, or the target holding the whole guest): it waits for the verdict.
+pub fn ready(
+    previous: &VmmRecord,
+    migration: &MigrationRecord,
+    message: &str,
+    now: Timestamp,
+) -> VmmRecord {
+    let ready = moved(migration, VmmMigrationPhase::Ready, None, "");
+    advance(
+        previous,
+        VmmState::Migrating,
+        Reason::Switching,
+        message,
+        ready,
+        now,
+    )
 }
 
 /// The migration end of `previous` moved to `phase` (with `reason` and `message`).
@@ -236,50 +240,59 @@ fn plan_end(input: &PlanInput, previous: &VmmRecord, migration: &MigrationRecord
             }
         }
         (MigrationRole::Source, VmmMigrationPhase::Ready) => {
-            let Some(machine) = input.machine else {
-                return Plan::default();
-            };
-            let aborted = instance.is_some_and(|i| {
-                i.active_vmm.as_deref() == Some(name)
-                    && i.target_vmm.as_deref() != Some(migration.peer_vmm.as_str())
-            });
-            let switched =
-                instance.is_some_and(|i| i.active_vmm.as_ref().is_some_and(|a| a != name));
-            if aborted {
-                let message = "the migration was aborted; the guest runs here again";
-                let mut decision = Decision::new(VmmState::Running, Reason::VmmRunning, message);
-                decision.migration =
-                    Some(moved(migration, VmmMigrationPhase::Aborted, None, message));
-                return Plan {
-                    machine: (machine.state != VmmRunState::Running)
-                        .then_some(MachineAction::Resume),
-                    record: Some(record(input, Some(previous), decision)),
-                    ..Plan::default()
-                };
-            }
-            if switched {
-                let message = "the guest left for the target; paused until torn down";
-                let mut decision = Decision::new(VmmState::Migrating, Reason::Switching, message);
-                decision.migration = Some(moved(
-                    migration,
-                    VmmMigrationPhase::Completed,
-                    None,
-                    message,
-                ));
-                return Plan {
-                    machine: (machine.state == VmmRunState::Running)
-                        .then_some(MachineAction::Pause),
-                    record: Some(record(input, Some(previous), decision)),
-                    ..Plan::default()
-                };
-            }
-            // Ready means the guest stopped for good unless aborted: keep it paused (an agent
-            // that stopped between journaling and pausing pauses it now).
-            Plan {
-                machine: (machine.state == VmmRunState::Running).then_some(MachineAction::Pause),
-                ..waiting
-            }
+            plan_source_ready(input, previous, migration)
         }
         _ => Plan::default(),
     }
 }
+
+/// A source that is `Ready` (paused for the last round): resume on an abort, stay paused on
+/// the switch until torn down, and wait for the verdict otherwise.
+fn plan_source_ready(input: &PlanInput, previous: &VmmRecord, migration: &MigrationRecord) -> Plan {
+    let name = &input.vmm.name;
+    let instance = input.migration.instance.as_ref();
+    let Some(machine) = input.machine else {
+        return Plan::default();
+    };
+    let aborted = instance.is_some_and(|i| {
+        i.active_vmm.as_deref() == Some(name)
+            && i.target_vmm.as_deref() != Some(migration.peer_vmm.as_str())
+    });
+    let switched = instance.is_some_and(|i| i.active_vmm.as_ref().is_some_and(|a| a != name));
+    if aborted {
+        let message = "the migration was aborted; the guest runs here again";
+        let mut decision = Decision::new(VmmState::Running, Reason::VmmRunning, message);
+        decision.migration = Some(moved(migration, VmmMigrationPhase::Aborted, None, message));
+        return Plan {
+            machine: (machine.state != VmmRunState::Running).then_some(MachineAction::Resume),
+            record: Some(record(input, Some(previous), decision)),
+            ..Plan::default()
+        };
+    }
+    if switched {
+        let message = "the guest left for the target; paused until torn down";
+        let mut decision = Decision::new(VmmState::Migrating, Reason::Switching, message);
+        decision.migration = Some(moved(
+            migration,
+            VmmMigrationPhase::Completed,
+            None,
+            message,
+        ));
+        return Plan {
+            machine: (machine.state == VmmRunState::Running).then_some(MachineAction::Pause),
+            record: Some(record(input, Some(previous), decision)),
+            ..Plan::default()
+        };
+    }
+    // Ready means the guest stopped for good unless aborted: keep it paused (an agent that
+    // stopped between journaling and pausing pauses it now).
+    Plan {
+        machine: (machine.state == VmmRunState::Running).then_some(MachineAction::Pause),
+        requeue: Some(VERDICT_POLL),
+        ..Plan::default()
+    }
+}
+
+#[cfg(test)]
+#[path = "plan_tests.rs"]
+mod tests;

@@ -11,10 +11,11 @@
 //! # Guarantees
 //! - Every change is on disk before the call returns: appended to `v2p.log` as one JSON line
 //!   (a move of one instance costs one short line, not the whole table of a large VPC), folded
-//!   into the `v2p.json` snapshot (a temporary file and a rename) every [`COMPACT_AFTER`]
+//!   into the `v2p.json` snapshot (a temporary file and a rename) every `COMPACT_AFTER`
 //!   changes. A torn last line is ignored on reading.
 //! - Nothing in here decides what the table holds: the agent programs it from VpcRoutes
-//!   (`v2p.rs`), and the fault API may corrupt it ([`SimV2pTable::corrupt`]).
+//!   (`v2p/`, through the [`V2pTable`] trait), and the fault API may corrupt it
+//!   ([`SimV2pTable::corrupt`]).
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -24,28 +25,12 @@ use std::sync::{Mutex, MutexGuard};
 use serde::{Deserialize, Serialize};
 
 use crate::hypervisor::BootId;
+use crate::v2p::table::{TableChange, V2pEntry, V2pTable, V2pTableError, VpcTables};
 
 /// The table's snapshot file in the sled's data directory.
 pub const V2P_FILE: &str = "v2p.json";
 /// The changes since the snapshot, one JSON line each.
 pub const V2P_LOG: &str = "v2p.log";
-
-/// Where one IP is, as the table holds it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct V2pEntry {
-    pub sled: String,
-    pub location_generation: u64,
-}
-
-/// The table of one VPC.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct VpcTable {
-    /// The VpcRoutes generation programmed last.
-    pub generation: i64,
-    pub entries: BTreeMap<String, V2pEntry>,
-}
 
 /// One row of the table, as `GET /v2p` shows it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -57,57 +42,6 @@ pub struct V2pRow {
     pub location_generation: u64,
 }
 
-/// The table file could not be read or written.
-#[derive(Debug, thiserror::Error)]
-#[error("the V2P table in {path}")]
-pub struct V2pTableError {
-    path: String,
-    #[source]
-    source: std::io::Error,
-}
-
-/// One change to the table: what the log holds, one JSON line each.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub enum TableChange {
-    /// Sets the entries of `upserts`, drops those of `removals`, and records `generation`.
-    Program {
-        vpc: String,
-        generation: i64,
-        #[serde(default)]
-        upserts: Vec<(String, V2pEntry)>,
-        #[serde(default)]
-        removals: Vec<String>,
-    },
-    /// Drops the VPC's table.
-    Remove { vpc: String },
-}
-
-impl TableChange {
-    fn apply(&self, vpcs: &mut BTreeMap<String, VpcTable>) {
-        match self {
-            TableChange::Program {
-                vpc,
-                generation,
-                upserts,
-                removals,
-            } => {
-                let table = vpcs.entry(vpc.clone()).or_default();
-                table.generation = *generation;
-                for ip in removals {
-                    table.entries.remove(ip);
-                }
-                for (ip, entry) in upserts {
-                    table.entries.insert(ip.clone(), entry.clone());
-                }
-            }
-            TableChange::Remove { vpc } => {
-                vpcs.remove(vpc);
-            }
-        }
-    }
-}
-
 /// The log is folded into the snapshot once it holds this many changes.
 const COMPACT_AFTER: usize = 1024;
 
@@ -115,7 +49,7 @@ const COMPACT_AFTER: usize = 1024;
 #[serde(rename_all = "camelCase")]
 struct TableFile {
     boot_id: Option<BootId>,
-    vpcs: BTreeMap<String, VpcTable>,
+    vpcs: VpcTables,
 }
 
 #[derive(Debug)]
@@ -155,7 +89,7 @@ impl SimV2pTable {
                 .lines()
                 .map_while(|line| serde_json::from_str::<TableChange>(line).ok())
             {
-                change.apply(&mut file.vpcs);
+                change.apply_to(&mut file.vpcs);
                 logged += 1;
             }
         }
@@ -189,18 +123,18 @@ impl SimV2pTable {
     }
 
     /// Runs `read` over every VPC's table (under the table's lock: keep it short).
-    pub fn inspect<R>(&self, read: impl FnOnce(&BTreeMap<String, VpcTable>) -> R) -> R {
+    pub fn read<R>(&self, read: impl FnOnce(&VpcTables) -> R) -> R {
         read(&self.lock().file.vpcs)
     }
 
     /// Every VPC's table (a copy).
-    pub fn snapshot(&self) -> BTreeMap<String, VpcTable> {
-        self.inspect(Clone::clone)
+    pub fn snapshot(&self) -> VpcTables {
+        self.read(Clone::clone)
     }
 
     /// Every row, sorted by VPC and IP.
     pub fn rows(&self) -> Vec<V2pRow> {
-        self.inspect(|vpcs| {
+        self.read(|vpcs| {
             vpcs.iter()
                 .flat_map(|(vpc, vpc_table)| {
                     vpc_table.entries.iter().map(move |(ip, entry)| V2pRow {
@@ -217,7 +151,7 @@ impl SimV2pTable {
     /// Applies `change` and records it on disk before returning.
     pub fn change(&self, change: TableChange) -> Result<(), V2pTableError> {
         let mut state = self.lock();
-        change.apply(&mut state.file.vpcs);
+        change.apply_to(&mut state.file.vpcs);
         if state.logged >= COMPACT_AFTER {
             return self.snapshot_to_disk(&mut state);
         }
@@ -241,7 +175,7 @@ impl SimV2pTable {
     /// injection). The entry keeps its `locationGeneration` (0 for a new one) and the VPC its
     /// generation.
     pub fn corrupt(&self, vpc: &str, ip: &str, sled: &str) -> Result<(), V2pTableError> {
-        let (generation, location_generation) = self.inspect(|vpcs| {
+        let (generation, location_generation) = self.read(|vpcs| {
             let table = vpcs.get(vpc);
             (
                 table.map_or(0, |t| t.generation),
@@ -288,11 +222,25 @@ impl SimV2pTable {
     }
 }
 
+impl V2pTable for SimV2pTable {
+    fn inspect(&self, read: &mut dyn FnMut(&VpcTables)) -> Result<(), V2pTableError> {
+        SimV2pTable::read(self, read);
+        Ok(())
+    }
+
+    fn apply(&self, change: TableChange) -> Result<(), V2pTableError> {
+        self.change(change)
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use std::sync::Arc;
 
-    fn table(sled: &str) -> VpcTable {
+    use super::*;
+    use crate::v2p::table::VpcTable;
+
+    fn table_of(sled: &str) -> VpcTable {
         VpcTable {
             generation: 3,
             entries: BTreeMap::from([(
@@ -314,11 +262,11 @@ mod tests {
             .change(TableChange::Program {
                 vpc: "blue".into(),
                 generation: 3,
-                upserts: table("sled-a").entries.into_iter().collect(),
+                upserts: table_of("sled-a").entries.into_iter().collect(),
                 removals: Vec::new(),
             })
             .unwrap();
-        assert_eq!(first.snapshot()["blue"], table("sled-a"));
+        assert_eq!(first.snapshot()["blue"], table_of("sled-a"));
         first.corrupt("blue", "10.0.0.1", "sled-x").unwrap();
 
         let reopened = SimV2pTable::open(dir.path(), boot).unwrap();
@@ -349,5 +297,34 @@ mod tests {
 
         reopened.power_off().unwrap();
         assert!(reopened.snapshot().is_empty());
+    }
+
+    #[test]
+    fn the_agent_sees_through_the_trait_what_the_machine_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let sim = Arc::new(SimV2pTable::open(dir.path(), BootId::random()).unwrap());
+        let table: Arc<dyn V2pTable> = sim.clone();
+        table
+            .apply(TableChange::Program {
+                vpc: "blue".into(),
+                generation: 3,
+                upserts: table_of("sled-a").entries.into_iter().collect(),
+                removals: Vec::new(),
+            })
+            .unwrap();
+        assert_eq!(
+            table.read(|vpcs| vpcs["blue"].clone()).unwrap(),
+            table_of("sled-a")
+        );
+        // A change behind the agent's back is what the agent reads next.
+        sim.corrupt("blue", "10.0.0.1", "sled-x").unwrap();
+        assert_eq!(
+            table.read(|vpcs| vpcs["blue"].clone()).unwrap(),
+            table_of("sled-x")
+        );
+        table
+            .apply(TableChange::Remove { vpc: "blue".into() })
+            .unwrap();
+        assert!(table.read(|vpcs| vpcs.is_empty()).unwrap());
     }
 }

@@ -1,5 +1,5 @@
 //! The fault-injection API of a simulated sled, for tests and demos. It is served next to the
-//! agent (on `AgentConfig::fault_listen`, reported as `Sled.status.agentAddress`) and dies with
+//! agent (on `SimSledConfig::fault_listen`, reported as `Sled.status.agentAddress`) and dies with
 //! it when the sled loses power.
 //!
 //! # Routes
@@ -15,14 +15,14 @@
 //! | GET | `/v2p` | the sled's V2P table: `[{"vpc": "blue", "ip": "10.0.0.5", "sled": "sled-03", "locationGeneration": 2}]` |
 //! | POST | `/v2p/corrupt` | overwrites (or adds) one V2P mapping behind the control plane's back; body `{"vpc": "blue", "ip": "10.0.0.5", "sled": "sled-99"}` (the agent's check restores it, with `DivergenceDetected`/`DivergenceRepaired` Events on the Sled) |
 //! | GET | `/heartbeat` | `{"paused": false}` |
-//! | POST | `/migrations` | not a fault: the source side of a live migration (`migration.rs`) |
+//! | POST | `/migrations` | not a fault: the source side of a live migration (`migration/source.rs`) |
 //! | POST | `/heartbeat/stop`, `/heartbeat/resume` | stop or resume renewing the sled's Lease |
 //!
 //! Fault requests answer 204; a Vmm with no VMM on the machine is 404, a powered-off machine
 //! 409. Errors are `{"error": "..."}`.
 //!
 //! # Not responsible for
-//! Power (the power controller's API, `power.rs`).
+//! Power (the power controller's API, `power.rs` over `sim/power.rs`).
 
 use std::sync::Arc;
 
@@ -34,10 +34,11 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 
-use crate::agent::HeartbeatSwitch;
+use crate::config::HeartbeatSwitch;
 use crate::hypervisor::{Hypervisor, HypervisorError, VmmId, VmmInfo};
-use crate::sim::{SimHypervisor, UnknownVmm};
-use crate::v2p_table::{SimV2pTable, V2pRow, V2pTableError};
+use crate::sim::machine::{SimHypervisor, UnknownVmm};
+use crate::sim::v2p_table::{SimV2pTable, V2pRow};
+use crate::v2p::table::V2pTableError;
 
 /// What the fault API acts on.
 #[derive(Clone, Debug)]
@@ -238,7 +239,7 @@ async fn heartbeat_resume(State(state): State<FaultState>) -> StatusCode {
 mod tests {
     use super::*;
     use crate::hypervisor::{ExitReason, VmmLaunch, VmmRunState};
-    use crate::sim::SimTiming;
+    use crate::sim::machine::SimTiming;
     use axum::body::Body;
     use axum::http::Request;
     use corral_crds::Resources;
@@ -256,6 +257,10 @@ mod tests {
         let status = response.status();
         let bytes = response.into_body().collect().await.unwrap().to_bytes();
         (status, String::from_utf8(bytes.to_vec()).unwrap())
+    }
+
+    async fn inspect(machine: &SimHypervisor, id: &str) -> VmmInfo {
+        machine.inspect(&VmmId::from(id)).await.unwrap().unwrap()
     }
 
     #[tokio::test]
@@ -301,11 +306,7 @@ mod tests {
 
         let (status, _) = call(&router, "POST", "/vmms/default/web-v1/crash", "").await;
         assert_eq!(status, StatusCode::NO_CONTENT);
-        let info = machine
-            .inspect(&VmmId::from("uid-a"))
-            .await
-            .unwrap()
-            .unwrap();
+        let info = inspect(&machine, "uid-a").await;
         assert_eq!(info.state, VmmRunState::Exited(ExitReason::GuestCrashed));
 
         let (status, _) = call(
@@ -316,11 +317,7 @@ mod tests {
         )
         .await;
         assert_eq!(status, StatusCode::NO_CONTENT);
-        let info = machine
-            .inspect(&VmmId::from("uid-a"))
-            .await
-            .unwrap()
-            .unwrap();
+        let info = inspect(&machine, "uid-a").await;
         assert_eq!(info.dirty_bytes_per_second, 1048576);
         let (status, _) = call(&router, "POST", "/vmms/default/web-v1/dirty-rate", "{}").await;
         assert_eq!(status, StatusCode::BAD_REQUEST);

@@ -38,11 +38,13 @@ use kube::runtime::reflector::ObjectRef;
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
+use crate::context::Context;
+use crate::error::DisplayChain;
 use crate::hypervisor::{HypervisorError, VmmId, VmmInfo};
 use crate::journal::JournalError;
-use crate::plan::{self, PlanInput};
-use crate::reconcile::{Context, DisplayChain};
 use crate::sled::Divergence;
+use crate::vmm::decision::{MigrationInput, PlanInput, VmmView};
+use crate::vmm::plan;
 
 /// How long the scan waits for `Diverged=True` to reach the API before it repairs.
 const FLUSH_BOUND: Duration = Duration::from_secs(5);
@@ -80,12 +82,12 @@ pub async fn run(
     loop {
         match scan(&ctx).await {
             Ok(outcome) if outcome != ScanOutcome::default() => {
-                tracing::info!(sled = %ctx.sled_name, ?outcome, "scan");
+                tracing::info!(sled = %ctx.sled.name, ?outcome, "scan");
             }
             Ok(_) => {}
             Err(ScanError::Hypervisor(HypervisorError::PoweredOff)) => {}
             Err(error) => {
-                tracing::warn!(sled = %ctx.sled_name, error = %DisplayChain(&error), "scan failed");
+                tracing::warn!(sled = %ctx.sled.name, error = %DisplayChain(&error), "scan failed");
             }
         }
         tokio::select! {
@@ -98,21 +100,25 @@ pub async fn run(
 
 /// Is the Vmm a record belongs to still in the (listed) watch cache?
 fn assigned(ctx: &Context, namespace: &str, name: &str, uid: &VmmId) -> Option<Arc<Vmm>> {
-    ctx.store
+    ctx.api
+        .vmms
         .get(&ObjectRef::new(name).within(namespace))
         .filter(|vmm| vmm.uid().as_deref() == Some(uid.as_str()))
+}
+
+/// Every VMM on the machine, by id.
+async fn list_machine(ctx: &Context) -> Result<HashMap<VmmId, VmmInfo>, ScanError> {
+    let listed = ctx.hypervisor.list().await?;
+    Ok(listed
+        .into_iter()
+        .map(|info| (info.launch.id.clone(), info))
+        .collect())
 }
 
 /// One scan (see the module docs).
 pub async fn scan(ctx: &Context) -> Result<ScanOutcome, ScanError> {
     let mut outcome = ScanOutcome::default();
-    let listed: HashMap<VmmId, VmmInfo> = ctx
-        .hypervisor
-        .list()
-        .await?
-        .into_iter()
-        .map(|info| (info.launch.id.clone(), info))
-        .collect();
+    let listed = list_machine(ctx).await?;
     let mut candidates = Vec::new();
     {
         let mut ledger = ctx.ledger.lock().await;
@@ -122,7 +128,7 @@ pub async fn scan(ctx: &Context) -> Result<ScanOutcome, ScanError> {
             }
         }
         let now = corral_client::clock::now();
-        let free = ctx.capacity.saturating_sub(&ledger.allocated());
+        let free = ctx.sled.capacity.saturating_sub(&ledger.allocated());
         let mut forgotten = Vec::new();
         for info in listed.values() {
             if !ledger.records.contains_key(&info.launch.id) {
@@ -138,17 +144,17 @@ pub async fn scan(ctx: &Context) -> Result<ScanOutcome, ScanError> {
                 }
                 continue;
             };
-            let view = ledger.view(&vmm, &record.uid);
+            let view = VmmView::new(&vmm, &record.uid, ledger.freshest(&vmm, &record.uid).0);
             let input = PlanInput {
                 vmm: &view,
                 record: Some(record),
                 machine,
                 seen_this_run: ledger.seen.contains(&record.uid),
-                epoch: ctx.epoch,
+                epoch: ctx.sled.epoch,
                 free,
                 now,
-                stop_timeout: ctx.stop_timeout,
-                migration: crate::plan::MigrationInput {
+                stop_timeout: ctx.intervals.stop_timeout,
+                migration: MigrationInput {
                     transfer_running: ctx.transfers.is_running(&record.uid),
                     instance: None,
                 },
@@ -167,13 +173,7 @@ pub async fn scan(ctx: &Context) -> Result<ScanOutcome, ScanError> {
         return Ok(outcome);
     }
     // Confirm with a second listing, after the journal was consulted (see the invariants).
-    let relisted: HashMap<VmmId, VmmInfo> = ctx
-        .hypervisor
-        .list()
-        .await?
-        .into_iter()
-        .map(|info| (info.launch.id.clone(), info))
-        .collect();
+    let relisted = list_machine(ctx).await?;
     let unassigned: Vec<VmmInfo> = candidates
         .iter()
         .filter_map(|id| relisted.get(id).cloned())
@@ -203,7 +203,7 @@ async fn repair(ctx: &Context, unassigned: &[VmmInfo]) -> Result<(), ScanError> 
         "{} running on the sled but assigned by no Vmm",
         names.join(", ")
     );
-    tracing::warn!(sled = %ctx.sled_name, %message, "divergence");
+    tracing::warn!(sled = %ctx.sled.name, %message, "divergence");
     let reports: Vec<UnknownVmmReport> = unassigned
         .iter()
         .map(|info| {
@@ -216,7 +216,7 @@ async fn repair(ctx: &Context, unassigned: &[VmmInfo]) -> Result<(), ScanError> 
             }
         })
         .collect();
-    ctx.sled.update(|report| {
+    ctx.sled.reporter.update(|report| {
         report.diverged = Divergence {
             status: ConditionStatus::True,
             reason: Reason::UnknownVmm,
@@ -224,9 +224,10 @@ async fn repair(ctx: &Context, unassigned: &[VmmInfo]) -> Result<(), ScanError> 
         };
         report.unknown = reports;
     });
-    ctx.sled.flush(FLUSH_BOUND).await;
-    let sled = events::reference(&ctx.sled.sled());
-    ctx.recorder
+    ctx.sled.reporter.flush(FLUSH_BOUND).await;
+    let sled = events::reference(&ctx.sled.reporter.sled());
+    ctx.api
+        .recorder
         .publish(
             sled.clone(),
             EventType::Warning,
@@ -239,16 +240,17 @@ async fn repair(ctx: &Context, unassigned: &[VmmInfo]) -> Result<(), ScanError> 
         if launch.instance.is_empty() || launch.namespace.is_empty() {
             continue;
         }
-        let instances: Api<Instance> = Api::namespaced(ctx.client.clone(), &launch.namespace);
+        let instances: Api<Instance> = Api::namespaced(ctx.api.client.clone(), &launch.namespace);
         if let Ok(Some(instance)) = instances.get_opt(&launch.instance).await {
-            ctx.recorder
+            ctx.api
+                .recorder
                 .warning(
                     &instance,
                     Reason::DivergenceDetected,
                     format!(
                         "{} runs on sled {} but is not this instance's VMM",
                         describe(info),
-                        ctx.sled_name
+                        ctx.sled.name
                     ),
                 )
                 .await;
@@ -262,7 +264,7 @@ async fn repair(ctx: &Context, unassigned: &[VmmInfo]) -> Result<(), ScanError> 
         }
     }
     let repaired = format!("destroyed {}", names.join(", "));
-    ctx.sled.update(|report| {
+    ctx.sled.reporter.update(|report| {
         report.diverged = Divergence {
             status: ConditionStatus::False,
             reason: Reason::DivergenceRepaired,
@@ -270,7 +272,8 @@ async fn repair(ctx: &Context, unassigned: &[VmmInfo]) -> Result<(), ScanError> 
         };
         report.unknown.clear();
     });
-    ctx.recorder
+    ctx.api
+        .recorder
         .publish(
             sled,
             EventType::Normal,

@@ -1,10 +1,14 @@
-//! Table tests of the decisions about the ends of a live migration (`plan_migration.rs`).
+//! Table tests of the decisions about the ends of a live migration (`migration/plan.rs`), made
+//! through the agent's whole plan (`vmm/plan.rs`) from the Vmm, record and machine its tests
+//! start from.
 
 use super::*;
-use corral_crds::{MigrateFrom, MigrationRole, VmmMigrationPhase};
+use corral_crds::{MigrateFrom, Resources};
 
-use crate::journal::MigrationRecord;
-use crate::plan_migration::migration_status;
+use crate::hypervisor::VmmRunState;
+use crate::vmm::decision::{InstanceView, MigrationInput, may_follow};
+use crate::vmm::plan::plan;
+use crate::vmm::plan::tests::{on_machine, plan_input, recorded, view};
 
 /// The Instance's verdict as the reconcile reads it.
 #[derive(Clone, Copy)]
@@ -242,17 +246,10 @@ fn migration_plans_follow_the_table() {
         };
         let machine = case.machine.map(on_machine);
         let input = PlanInput {
-            vmm: &vmm,
-            record: Some(&record),
-            machine: machine.as_ref(),
-            seen_this_run: true,
-            epoch: EPOCH,
             free: Resources {
                 cpus: 4,
                 memory_mib: 8192,
             },
-            now: now(),
-            stop_timeout: Duration::from_secs(30),
             migration: MigrationInput {
                 transfer_running: case.transfer_running,
                 instance: match case.verdict {
@@ -262,6 +259,7 @@ fn migration_plans_follow_the_table() {
                     Verdict::Aborted => Some(instance("web-v1", None)),
                 },
             },
+            ..plan_input(&vmm, Some(&record), machine.as_ref())
         };
         let plan = plan(&input);
         assert_eq!(plan.machine, case.expect_machine, "{name}: machine action");
@@ -298,17 +296,7 @@ fn a_new_dirty_rate_is_reported_in_the_same_state() {
     record.reason = Some(Reason::VmmRunning);
     let mut machine = on_machine(VmmRunState::Running);
     machine.dirty_bytes_per_second = 64 << 20;
-    let input = PlanInput {
-        vmm: &vmm,
-        record: Some(&record),
-        machine: Some(&machine),
-        seen_this_run: true,
-        epoch: EPOCH,
-        free: Resources::default(),
-        now: now(),
-        stop_timeout: Duration::from_secs(30),
-        migration: MigrationInput::default(),
-    };
+    let input = plan_input(&vmm, Some(&record), Some(&machine));
     let plan = plan(&input);
     assert_eq!(plan.machine, None);
     let next = plan.record.unwrap();
@@ -327,7 +315,7 @@ fn a_new_dirty_rate_is_reported_in_the_same_state() {
         record: Some(&next),
         ..input
     };
-    assert!(super::plan(&input).is_noop());
+    assert!(crate::vmm::plan::plan(&input).is_noop());
 }
 
 #[test]
@@ -339,17 +327,7 @@ fn a_vanished_end_is_reported() {
             status: migration_status("move", role, VmmMigrationPhase::Ready, None, ""),
             peer_vmm: "peer".into(),
         });
-        let input = PlanInput {
-            vmm: &vmm,
-            record: Some(&record),
-            machine: None,
-            seen_this_run: true,
-            epoch: EPOCH,
-            free: Resources::default(),
-            now: now(),
-            stop_timeout: Duration::from_secs(30),
-            migration: MigrationInput::default(),
-        };
+        let input = plan_input(&vmm, Some(&record), None);
         let next = plan(&input).record.unwrap();
         let expected = match role {
             // The plain lifecycle: killed behind the control plane's back.

@@ -1,15 +1,20 @@
-//! Table tests and a property test of `plan`.
+//! Table tests and a property test of `plan`. The Vmm, record and machine they start from are
+//! shared with the tests of the migration decisions (`migration/plan_tests.rs`).
 
 use super::*;
+use corral_crds::Resources;
 use proptest::prelude::*;
 
-const EPOCH: u64 = 5;
+use crate::hypervisor::{VmmId, VmmInfo};
+use crate::vmm::decision::{MigrationInput, VmmView, may_follow};
 
-fn now() -> Timestamp {
+pub(crate) const EPOCH: u64 = 5;
+
+pub(crate) fn now() -> Timestamp {
     Timestamp::from_second(1_800_000_000).unwrap()
 }
 
-fn view(cpus: u32) -> VmmView {
+pub(crate) fn view(cpus: u32) -> VmmView {
     VmmView {
         uid: VmmId::from("uid-1"),
         namespace: "default".into(),
@@ -30,7 +35,7 @@ fn view(cpus: u32) -> VmmView {
     }
 }
 
-fn recorded(state: VmmState, holds: bool, generation: u64) -> VmmRecord {
+pub(crate) fn recorded(state: VmmState, holds: bool, generation: u64) -> VmmRecord {
     VmmRecord {
         uid: VmmId::from("uid-1"),
         namespace: "default".into(),
@@ -55,7 +60,26 @@ fn recorded(state: VmmState, holds: bool, generation: u64) -> VmmRecord {
     }
 }
 
-fn on_machine(state: VmmRunState) -> VmmInfo {
+/// The input of a plan about `vmm`, seen this run on a sled at [`EPOCH`] with nothing free.
+pub(crate) fn plan_input<'a>(
+    vmm: &'a VmmView,
+    record: Option<&'a VmmRecord>,
+    machine: Option<&'a VmmInfo>,
+) -> PlanInput<'a> {
+    PlanInput {
+        vmm,
+        record,
+        machine,
+        seen_this_run: true,
+        epoch: EPOCH,
+        free: Resources::default(),
+        now: now(),
+        stop_timeout: Duration::from_secs(30),
+        migration: MigrationInput::default(),
+    }
+}
+
+pub(crate) fn on_machine(state: VmmRunState) -> VmmInfo {
     VmmInfo {
         launch: crate::hypervisor::VmmLaunch {
             id: VmmId::from("uid-1"),
@@ -333,18 +357,12 @@ fn plan_follows_the_table() {
         vmm.reported_generation = record.as_ref().map_or(0, |r| r.state_generation);
         let machine = case.machine.map(on_machine);
         let input = PlanInput {
-            vmm: &vmm,
-            record: record.as_ref(),
-            machine: machine.as_ref(),
             seen_this_run: case.seen,
-            epoch: EPOCH,
             free: Resources {
                 cpus: 4,
                 memory_mib: 8192,
             },
-            now: now(),
-            stop_timeout: Duration::from_secs(30),
-            migration: MigrationInput::default(),
+            ..plan_input(&vmm, record.as_ref(), machine.as_ref())
         };
         let plan = plan(&input);
         let name = case.name;
@@ -376,17 +394,7 @@ fn a_running_vmm_the_journal_lost_is_adopted_without_going_backwards() {
     vmm.reported_state = Some(VmmState::Running);
     vmm.reported_generation = 4;
     let machine = on_machine(VmmRunState::Running);
-    let input = PlanInput {
-        vmm: &vmm,
-        record: None,
-        machine: Some(&machine),
-        seen_this_run: true,
-        epoch: EPOCH,
-        free: Resources::default(),
-        now: now(),
-        stop_timeout: Duration::from_secs(30),
-        migration: MigrationInput::default(),
-    };
+    let input = plan_input(&vmm, None, Some(&machine));
     let plan = plan(&input);
     let adopted = plan.record.unwrap();
     assert_eq!(adopted.state, VmmState::Running);
@@ -411,17 +419,7 @@ fn a_running_vmm_the_journal_lost_is_adopted_without_going_backwards() {
 fn divergence_sets_the_condition_and_keeps_holding_until_destroyed() {
     let vmm = view(2);
     let record = recorded(VmmState::Running, true, 3);
-    let input = PlanInput {
-        vmm: &vmm,
-        record: Some(&record),
-        machine: None,
-        seen_this_run: true,
-        epoch: EPOCH,
-        free: Resources::default(),
-        now: now(),
-        stop_timeout: Duration::from_secs(30),
-        migration: MigrationInput::default(),
-    };
+    let input = plan_input(&vmm, Some(&record), None);
     let next = plan(&input).record.unwrap();
     assert!(next.diverged);
     assert!(
@@ -437,17 +435,7 @@ fn the_generation_rises_above_the_api_and_the_journal() {
     vmm.reported_generation = 9;
     let record = recorded(VmmState::Starting, true, 3);
     let machine = on_machine(VmmRunState::Running);
-    let input = PlanInput {
-        vmm: &vmm,
-        record: Some(&record),
-        machine: Some(&machine),
-        seen_this_run: true,
-        epoch: EPOCH,
-        free: Resources::default(),
-        now: now(),
-        stop_timeout: Duration::from_secs(30),
-        migration: MigrationInput::default(),
-    };
+    let input = plan_input(&vmm, Some(&record), Some(&machine));
     assert_eq!(plan(&input).record.unwrap().state_generation, 10);
 }
 
@@ -457,17 +445,7 @@ fn a_report_the_api_missed_is_sent_again_without_a_new_decision() {
     vmm.reported_generation = 2;
     let record = recorded(VmmState::Running, true, 3);
     let machine = on_machine(VmmRunState::Running);
-    let input = PlanInput {
-        vmm: &vmm,
-        record: Some(&record),
-        machine: Some(&machine),
-        seen_this_run: true,
-        epoch: EPOCH,
-        free: Resources::default(),
-        now: now(),
-        stop_timeout: Duration::from_secs(30),
-        migration: MigrationInput::default(),
-    };
+    let input = plan_input(&vmm, Some(&record), Some(&machine));
     let plan = plan(&input);
     assert!(plan.record.is_none());
     assert!(plan.report);
@@ -482,17 +460,7 @@ fn a_stop_that_takes_too_long_ends_in_destroy() {
     record.state_since = now() - jiff::SignedDuration::from_secs(31);
     let mut machine = on_machine(VmmRunState::Running);
     machine.responsive = false;
-    let input = PlanInput {
-        vmm: &vmm,
-        record: Some(&record),
-        machine: Some(&machine),
-        seen_this_run: true,
-        epoch: EPOCH,
-        free: Resources::default(),
-        now: now(),
-        stop_timeout: Duration::from_secs(30),
-        migration: MigrationInput::default(),
-    };
+    let input = plan_input(&vmm, Some(&record), Some(&machine));
     let plan = plan(&input);
     assert_eq!(plan.machine, Some(MachineAction::Destroy));
     assert_eq!(plan.record.unwrap().state, VmmState::Destroyed);
@@ -507,17 +475,7 @@ fn a_stop_under_way_is_looked_at_again_when_it_should_end() {
     let record = recorded(VmmState::Stopping, true, 3);
     let mut machine = on_machine(VmmRunState::Stopping);
     machine.settles_in = Some(Duration::from_millis(300));
-    let input = PlanInput {
-        vmm: &vmm,
-        record: Some(&record),
-        machine: Some(&machine),
-        seen_this_run: true,
-        epoch: EPOCH,
-        free: Resources::default(),
-        now: now(),
-        stop_timeout: Duration::from_secs(30),
-        migration: MigrationInput::default(),
-    };
+    let input = plan_input(&vmm, Some(&record), Some(&machine));
     let plan = plan(&input);
     assert!(plan.is_noop());
     assert_eq!(plan.requeue, Some(Duration::from_millis(300)));
@@ -578,15 +536,9 @@ proptest! {
         });
         let machine = machine_state.map(on_machine);
         let input = PlanInput {
-            vmm: &vmm,
-            record: record.as_ref(),
-            machine: machine.as_ref(),
             seen_this_run: seen,
-            epoch: EPOCH,
             free: Resources { cpus: 4, memory_mib: 8192 },
-            now: now(),
-            stop_timeout: Duration::from_secs(30),
-            migration: MigrationInput::default(),
+            ..plan_input(&vmm, record.as_ref(), machine.as_ref())
         };
         let plan = plan(&input);
         if let Some(next) = &plan.record {
@@ -610,6 +562,3 @@ proptest! {
         }
     }
 }
-
-#[path = "plan_migration_tests.rs"]
-mod migration;

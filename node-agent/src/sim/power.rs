@@ -1,0 +1,332 @@
+//! Simulated sleds and their power controllers (the out-of-band "service processor").
+//!
+//! A simulated sled is a *machine* ([`SimHypervisor`] and its [`SimV2pTable`], kept in the
+//! sled's data directory) plus a node-agent *process* running on it (here a task: the agent
+//! under a supervisor that starts it again if it fails, next to the sled's HTTP API — the
+//! fault-injection API and the agent's migration API). [`SimSled::start`] gives a
+//! [`SledHandle`], which is the sled's [`PowerController`]:
+//! - [`SledHandle::power_off`]: the machine loses power (its VMMs are gone at once) and the
+//!   agent process dies with it (aborted, not shut down: a powered-off agent finishes nothing).
+//! - [`SledHandle::power_on`]: the machine boots with a new boot id and the agent starts on it,
+//!   which bumps the sled's epoch.
+//! - [`SledHandle::shutdown`]: the agent process exits cleanly and the machine keeps running
+//!   (what happens when the process hosting simulated sleds exits).
+//!
+//! The crate's `power.rs` serves these power controllers over HTTP like any other.
+//!
+//! # Assumptions
+//! - One `SledHandle` per data directory at a time.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::agent::Agent;
+use crate::config::AgentConfig;
+use crate::error::DisplayChain;
+use crate::hypervisor::HypervisorError;
+use crate::migration::AgentSlot;
+use crate::power::{PowerController, PowerError, PowerState};
+use crate::sim::fault::{self, FaultState};
+use crate::sim::machine::{SimHypervisor, SimTiming};
+use crate::sim::v2p_table::SimV2pTable;
+use crate::v2p::table::V2pTableError;
+
+/// What a simulated sled is: the configuration of its agent, the timing of its machine, and
+/// where its HTTP API listens.
+#[derive(Clone)]
+pub struct SimSledConfig {
+    pub agent: AgentConfig,
+    /// Boot and stop times of the machine, its guests' dirty rate, its migration link.
+    pub timing: SimTiming,
+    /// Where the sled's HTTP API (the fault-injection API and the agent's migration API)
+    /// listens, reported as `Sled.status.agentAddress`; `None`: it does not listen.
+    pub fault_listen: Option<SocketAddr>,
+}
+
+impl SimSledConfig {
+    /// A sled whose agent has `agent`, with default timing and no HTTP API.
+    pub fn new(agent: AgentConfig) -> SimSledConfig {
+        SimSledConfig {
+            agent,
+            timing: SimTiming::default(),
+            fault_listen: None,
+        }
+    }
+}
+
+/// How a simulated sled comes up when its process starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StartMode {
+    /// Power-cycle the machine: whatever it ran is gone, it boots anew (new boot id, new
+    /// epoch). What `corral up` does: restarting it is a cold start of the rack.
+    ColdStart,
+    /// Keep a machine that is on, with its VMMs (the agent process restarted); power on one
+    /// that is off.
+    Resume,
+}
+
+/// Why a sled could not be started or powered.
+#[derive(Debug, thiserror::Error)]
+pub enum SledError {
+    #[error("machine")]
+    Machine(#[from] HypervisorError),
+    #[error("the machine's V2P table")]
+    V2pTable(#[from] V2pTableError),
+    #[error("binding the fault API to {address}")]
+    Bind {
+        address: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Starts simulated sleds.
+pub struct SimSled;
+
+impl SimSled {
+    /// Opens the machine in `config.agent.data_dir`, powers it per `mode` and starts the agent.
+    pub async fn start(config: SimSledConfig, mode: StartMode) -> Result<SledHandle, SledError> {
+        let agent = &config.agent;
+        let machine = SimHypervisor::open(&agent.data_dir, config.timing, agent.capacity)?;
+        if mode == StartMode::ColdStart {
+            machine.power_off()?;
+        }
+        let boot_id = machine.power_on()?;
+        let v2p = Arc::new(SimV2pTable::open(&agent.data_dir, boot_id)?);
+        let handle = SledHandle {
+            inner: Arc::new(SledInner {
+                fault_address: std::sync::Mutex::new(config.fault_listen),
+                v2p,
+                config,
+                machine,
+                process: tokio::sync::Mutex::new(None),
+            }),
+        };
+        {
+            let mut process = handle.inner.process.lock().await;
+            *process = Some(handle.inner.spawn_agent().await?);
+        }
+        Ok(handle)
+    }
+}
+
+/// A simulated sled and its power controller. Clones share the sled.
+#[derive(Clone)]
+pub struct SledHandle {
+    inner: Arc<SledInner>,
+}
+
+struct SledInner {
+    config: SimSledConfig,
+    machine: Arc<SimHypervisor>,
+    /// The machine's V2P table: it survives agent restarts, not a power-off.
+    v2p: Arc<SimV2pTable>,
+    /// Where the fault API listens; a port 0 becomes the bound port, kept across restarts.
+    fault_address: std::sync::Mutex<Option<SocketAddr>>,
+    process: tokio::sync::Mutex<Option<AgentProcess>>,
+}
+
+/// The agent "process": its supervisor and fault API, in one task.
+struct AgentProcess {
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl Drop for SledInner {
+    fn drop(&mut self) {
+        // A safety net: `shutdown` is the way to stop a sled.
+        if let Some(process) = self.process.get_mut().take() {
+            process.stop.cancel();
+        }
+    }
+}
+
+impl SledInner {
+    async fn spawn_agent(&self) -> Result<AgentProcess, SledError> {
+        let wanted = *self.fault_address.lock().expect("address lock");
+        let listener = match wanted {
+            Some(address) => {
+                let listener = TcpListener::bind(address)
+                    .await
+                    .map_err(|source| SledError::Bind { address, source })?;
+                let bound = listener
+                    .local_addr()
+                    .map_err(|source| SledError::Bind { address, source })?;
+                *self.fault_address.lock().expect("address lock") = Some(bound);
+                Some(listener)
+            }
+            None => None,
+        };
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(agent_process(
+            self.config.agent.clone(),
+            self.machine.clone(),
+            self.v2p.clone(),
+            listener,
+            stop.clone(),
+        ));
+        Ok(AgentProcess { stop, task })
+    }
+}
+
+/// The agent under a supervisor (restarted with backoff when it fails), next to the fault API.
+async fn agent_process(
+    config: AgentConfig,
+    machine: Arc<SimHypervisor>,
+    v2p: Arc<SimV2pTable>,
+    listener: Option<TcpListener>,
+    stop: CancellationToken,
+) {
+    let address = listener.as_ref().and_then(|l| l.local_addr().ok());
+    // The migration API is served next to the fault API by whichever agent run is up.
+    let slot = AgentSlot::default();
+    let serve = async {
+        let Some(listener) = listener else { return };
+        let router = fault::router(FaultState {
+            machine: machine.clone(),
+            heartbeats: config.heartbeats.clone(),
+            v2p: v2p.clone(),
+        })
+        .merge(crate::migration::router(slot.clone()));
+        let stopped = stop.clone();
+        if let Err(error) = axum::serve(listener, router)
+            .with_graceful_shutdown(async move { stopped.cancelled().await })
+            .await
+        {
+            tracing::warn!(sled = %config.sled_name, %error, "the fault API stopped");
+        }
+    };
+    let supervise = async {
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            let mut agent =
+                Agent::new(config.clone(), machine.clone(), v2p.clone()).with_slot(slot.clone());
+            if let Some(address) = address {
+                agent = agent.with_address(address.to_string());
+            }
+            match agent.run(stop.clone()).await {
+                Ok(()) => return,
+                Err(error) => {
+                    tracing::warn!(sled = %config.sled_name, error = %DisplayChain(&error), ?backoff, "node-agent failed; starting it again");
+                }
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(30));
+        }
+    };
+    tokio::join!(serve, supervise);
+}
+
+impl SledHandle {
+    pub fn name(&self) -> &str {
+        &self.inner.config.agent.sled_name
+    }
+
+    pub fn power_state(&self) -> PowerState {
+        self.inner.machine.power()
+    }
+
+    pub fn is_on(&self) -> bool {
+        self.inner.machine.is_on()
+    }
+
+    /// The sled's machine (for fault injection in-process).
+    pub fn machine(&self) -> &Arc<SimHypervisor> {
+        &self.inner.machine
+    }
+
+    /// The machine's V2P table (for tests in-process).
+    pub fn v2p_table(&self) -> &Arc<SimV2pTable> {
+        &self.inner.v2p
+    }
+
+    /// Where the fault API listens, if it does.
+    pub fn fault_address(&self) -> Option<SocketAddr> {
+        *self.inner.fault_address.lock().expect("address lock")
+    }
+
+    /// Whether an agent process runs on the sled.
+    pub async fn agent_running(&self) -> bool {
+        self.inner.process.lock().await.is_some()
+    }
+
+    /// Cuts the power: the machine's VMMs are gone and the agent dies (see the module docs).
+    pub async fn power_off(&self) -> Result<(), SledError> {
+        let mut process = self.inner.process.lock().await;
+        self.inner.machine.power_off()?;
+        self.inner.v2p.power_off()?;
+        if let Some(process) = process.take() {
+            process.task.abort();
+            let _ = process.task.await;
+        }
+        tracing::info!(sled = %self.name(), "powered off");
+        Ok(())
+    }
+
+    /// Powers on: a new boot, and the agent starts on it. Already on: nothing changes.
+    pub async fn power_on(&self) -> Result<(), SledError> {
+        let mut process = self.inner.process.lock().await;
+        let boot_id = self.inner.machine.power_on()?;
+        self.inner.v2p.boot(boot_id)?;
+        if process.is_none() {
+            *process = Some(self.inner.spawn_agent().await?);
+        }
+        tracing::info!(sled = %self.name(), "powered on");
+        Ok(())
+    }
+
+    /// Stops the agent process cleanly and starts a new one on the same machine and data
+    /// directory (a "kill and restart the node-agent", with the VMMs left running).
+    pub async fn restart_agent(&self) -> Result<(), SledError> {
+        let mut process = self.inner.process.lock().await;
+        if let Some(running) = process.take() {
+            running.stop.cancel();
+            let _ = running.task.await;
+        }
+        if self.inner.machine.is_on() {
+            *process = Some(self.inner.spawn_agent().await?);
+        }
+        Ok(())
+    }
+
+    /// Stops the agent process cleanly; the machine and its VMMs stay as they are.
+    pub async fn shutdown(&self) {
+        let mut process = self.inner.process.lock().await;
+        if let Some(running) = process.take() {
+            running.stop.cancel();
+            let _ = running.task.await;
+        }
+    }
+}
+
+#[async_trait]
+impl PowerController for SledHandle {
+    fn sled_name(&self) -> &str {
+        self.name()
+    }
+
+    async fn power_state(&self) -> Result<PowerState, PowerError> {
+        Ok(SledHandle::power_state(self))
+    }
+
+    async fn power_off(&self) -> Result<(), PowerError> {
+        SledHandle::power_off(self).await.map_err(power_error)
+    }
+
+    async fn power_on(&self) -> Result<(), PowerError> {
+        SledHandle::power_on(self).await.map_err(power_error)
+    }
+}
+
+fn power_error(error: SledError) -> PowerError {
+    PowerError(Box::new(error))
+}
