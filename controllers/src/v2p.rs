@@ -36,7 +36,7 @@
 //! - A VpcRoutes is never deleted, only emptied.
 //!
 //! # Not responsible for
-//! - Programming the sleds' tables (each node-agent, `node-agent/src/v2p.rs`).
+//! - Programming the sleds' tables (each node-agent, `node-agent/src/v2p/`).
 //! - Holding a migration until the previous move converged (the migration controller, with
 //!   [`converged_at`]).
 

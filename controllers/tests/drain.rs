@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use corral_apiserver::testing::TestServer;
+use corral_controllers::kit::{Board, Outcome};
 use corral_crds::drain::Drain;
 use corral_crds::{
     DRAIN_LABEL, DrainPhase, DrainSpec, Instance, InstanceSpec, Migration, MigrationReason, Reason,
@@ -43,6 +44,8 @@ struct Rack {
     client: kube::Client,
     stop: CancellationToken,
     controller: tokio::task::JoinHandle<()>,
+    /// Where the controller's outcomes go.
+    board: Board,
 }
 
 impl Rack {
@@ -52,13 +55,15 @@ impl Rack {
             .await
             .expect("a client for the test server");
         let stop = CancellationToken::new();
+        let board = Board::default();
         let controller = tokio::spawn(corral_controllers::drain::controller(
             client.clone(),
-            Default::default(),
+            board.clone(),
             stop.clone(),
         ));
         Rack {
             _server: server,
+            board,
             client,
             stop,
             controller,
@@ -230,7 +235,7 @@ impl Rack {
         self.stop = CancellationToken::new();
         self.controller = tokio::spawn(corral_controllers::drain::controller(
             self.client.clone(),
-            Default::default(),
+            self.board.clone(),
             self.stop.clone(),
         ));
     }
@@ -423,5 +428,46 @@ async fn a_restarted_controller_resumes_from_the_status_and_the_migrations_it_fi
     rack.sled_status("sled-1", 64, 0, 0).await;
     let completed = rack.phase("d", DrainPhase::Completed).await;
     assert_eq!(completed.status.unwrap().progress, "2/2");
+    rack.stop().await;
+}
+
+#[tokio::test]
+async fn every_reconcile_of_a_drain_leaves_a_typed_outcome_on_the_board() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let rack = Rack::start().await;
+    rack.sled("sled-1", 16, 4, 1).await;
+    rack.sled("sled-2", 16, 0, 0).await;
+    rack.instance("a", 4, "sled-1").await;
+    rack.drain("d", "sled-1", 1).await;
+    rack.phase("d", DrainPhase::Draining).await;
+    let report = wait_for("the board to show the drain Draining", || {
+        let board = rack.board.clone();
+        async move {
+            let report = board.snapshot().remove("drain")?;
+            let last = report.last.clone()?;
+            let draining = matches!(
+                &last.outcome,
+                Outcome::Applied { phase: Some(phase), .. } if phase == "Draining"
+            );
+            (draining && last.object == "d").then_some(report)
+        }
+    })
+    .await;
+    assert!(report.applied >= 2, "cordon, then plan: {report:?}");
+    assert_eq!(report.failed, 0, "{report:?}");
+    assert_eq!(report.in_flight, 0, "{report:?}");
+    let Some(Outcome::Applied { did, .. }) = report.last.map(|r| r.outcome) else {
+        unreachable!("checked above");
+    };
+    assert!(did.keys().all(|kind| {
+        [
+            "WriteStatus",
+            "CreateMigration",
+            "CancelMigration",
+            "Cordon",
+            "Event",
+        ]
+        .contains(kind)
+    }));
     rack.stop().await;
 }

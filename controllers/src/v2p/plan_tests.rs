@@ -299,3 +299,126 @@ mod properties {
         }
     }
 }
+
+/// A Ready sled that acknowledged `vpc` at `generation`.
+fn acking_sled(name: &str, vpc: &str, generation: i64) -> Arc<Sled> {
+    let mut sled: Sled = serde_json::from_value(serde_json::json!({
+        "apiVersion": "corral.dev/v1alpha1",
+        "kind": "Sled",
+        "metadata": {"name": name},
+        "spec": {},
+        "status": {
+            "epoch": 1,
+            "v2p": [{"vpc": vpc, "generation": generation}],
+            "conditions": [{"type": "Ready", "status": "True", "reason": "AgentReady",
+                            "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z"}],
+        },
+    }))
+    .expect("a sled");
+    sled.metadata.name = Some(name.into());
+    Arc::new(sled)
+}
+
+fn routes(
+    vpc: &str,
+    generation: i64,
+    mappings: Vec<V2pMapping>,
+    status: Option<VpcRoutesStatus>,
+) -> VpcRoutes {
+    let mut routes = VpcRoutes::new(vpc, corral_crds::VpcRoutesSpec { mappings });
+    routes.metadata.generation = Some(generation);
+    routes.status = status;
+    routes
+}
+
+#[test]
+fn a_vpc_plan_writes_mappings_then_the_status_of_the_generation_the_write_makes() {
+    let merged = merge(&[], &[claim("10.0.0.1", "web", "sled-1", 1)], &none(), 1);
+    let sleds = [
+        acking_sled("sled-1", "blue", 0),
+        acking_sled("sled-2", "blue", 0),
+    ];
+    // No VpcRoutes yet: create it with the mapping; its status is of generation 1.
+    let first = plan("blue", None, &merged, &sleds, &[]);
+    assert_eq!(
+        first.steps,
+        vec![
+            Step::Act(Action::WriteMappings(merged.mappings.clone())),
+            Step::WriteStatus
+        ]
+    );
+    assert_eq!(
+        (
+            first.status.observed_generation,
+            first.status.mappings,
+            first.status.applied.as_str()
+        ),
+        (1, 1, "0/2")
+    );
+    // Stored as planned and acknowledged by one sled: only the status changes.
+    let stored = routes(
+        "blue",
+        1,
+        merged.mappings.clone(),
+        Some(first.status.clone()),
+    );
+    let again = merge(
+        &stored.spec.mappings,
+        &[claim("10.0.0.1", "web", "sled-1", 1)],
+        &none(),
+        2,
+    );
+    let sleds = [
+        acking_sled("sled-1", "blue", 1),
+        acking_sled("sled-2", "blue", 0),
+    ];
+    let second = plan("blue", Some(&stored), &again, &sleds, &[]);
+    assert_eq!(second.steps, vec![Step::WriteStatus]);
+    assert_eq!(second.status.applied, "1/2");
+    // Nothing new: nothing to do.
+    let stored = routes(
+        "blue",
+        1,
+        again.mappings.clone(),
+        Some(second.status.clone()),
+    );
+    assert!(
+        plan("blue", Some(&stored), &again, &sleds, &[])
+            .steps
+            .is_empty()
+    );
+}
+
+#[test]
+fn a_vpc_plan_with_no_routes_and_no_mapping_does_nothing_but_report_conflicts() {
+    let merged = merge(&[], &[], &none(), 1);
+    assert!(plan("blue", None, &merged, &[], &[]).steps.is_empty());
+    let conflict = Conflict {
+        ip: "10.0.0.1".into(),
+        holder: ("default".into(), "web".into()),
+        claimant: ("default".into(), "db".into()),
+    };
+    let claimant = ObjectReference {
+        name: Some("db".into()),
+        ..Default::default()
+    };
+    let planned = plan(
+        "blue",
+        None,
+        &merged,
+        &[],
+        &[Report {
+            conflict: &conflict,
+            claimant: claimant.clone(),
+        }],
+    );
+    let events: Vec<&kit::Event> = planned.events().collect();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].reason, Reason::IpConflict);
+    assert_eq!(events[0].regarding, Some(claimant));
+    assert!(
+        events[0]
+            .message
+            .contains("already mapped to instance default/web")
+    );
+}
