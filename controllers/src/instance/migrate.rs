@@ -26,7 +26,7 @@
 
 use corral_crds::{
     ConditionStatus, InstanceConditionType as Cond, InstanceState, MigrateFrom, Migration,
-    MigrationOutcome, MigrationPhase, Reason, VmmMigrationPhase, condition,
+    MigrationOutcome, MigrationPhase, Reason, Vmm, VmmMigrationPhase, condition,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
@@ -34,6 +34,7 @@ use kube::ResourceExt;
 use corral_client::events::EventType;
 
 use super::planning::{Action, Place, PlaceRequest, Planner};
+use crate::scheduler::Placement;
 
 /// Starts an admitted migration, follows the one under way, or decides its outcome.
 pub(super) fn plan_migration(planner: &mut Planner<'_>, place: &mut Place<'_>) {
@@ -65,14 +66,35 @@ fn follow(planner: &mut Planner<'_>) {
     };
     let migration = find(planner, &name);
     let target = observed.vmms.iter().find(|v| v.name_any() == target_name);
+    if let Some((phase, reason, message)) = why_abort(planner, &name, &target_name, migration) {
+        return abort(planner, &name, &target_name, phase, reason, message);
+    }
+    let ready = target
+        .and_then(|vmm| vmm.status.as_ref()?.migration.as_ref())
+        .is_some_and(|m| m.migration == name && m.phase == VmmMigrationPhase::Ready);
+    if ready {
+        switch(planner, &name, &target_name);
+        return;
+    }
+    show_progress(planner, &name, &target_name, target.map(|t| t.as_ref()));
+}
+
+/// Why the migration must end without moving the instance, if it must. A target named but
+/// never created is created again instead.
+fn why_abort(
+    planner: &mut Planner<'_>,
+    name: &str,
+    target_name: &str,
+    migration: Option<&Migration>,
+) -> Option<(MigrationPhase, Reason, String)> {
+    let observed = planner.observed;
+    let target = observed.vmms.iter().find(|v| v.name_any() == target_name);
     let source_active = planner.plan.status.active_vmm.is_some()
         && observed
             .vmms
             .iter()
             .any(|v| Some(v.name_any()) == planner.plan.status.active_vmm);
-
-    // Why the migration must end without moving the instance, if it must.
-    let abort = if let Some(asked) = migration.and_then(|m| m.status.as_ref()?.abort.clone()) {
+    if let Some(asked) = migration.and_then(|m| m.status.as_ref()?.abort.clone()) {
         let phase = if asked.reason == Reason::MigrationCancelled {
             MigrationPhase::Cancelled
         } else {
@@ -133,37 +155,42 @@ fn follow(planner: &mut Planner<'_>) {
                         format!("target VMM {target_name} disappeared"),
                     ))
                 } else {
-                    recreate_target(planner, &name, &target_name);
+                    recreate_target(planner, name, target_name);
                     None
                 }
             }
         }
-    };
-    if let Some((phase, reason, message)) = abort {
-        decide(planner, &name, phase, reason, message);
-        planner.set(
-            Cond::Migrating,
-            ConditionStatus::False,
-            reason,
-            &format!("migration {name} ended: {phase}"),
-        );
-        planner.plan.event(EventType::Warning,
-            if phase == MigrationPhase::Cancelled {
-                Reason::MigrationCancelled
-            } else {
-                Reason::MigrationFailed
-            },
-            format!("migration {name} to VMM {target_name} aborted ({reason}); the instance stays where it runs"),
-        );
-        return;
     }
-    let ready = target
-        .and_then(|vmm| vmm.status.as_ref()?.migration.as_ref())
-        .is_some_and(|m| m.migration == name && m.phase == VmmMigrationPhase::Ready);
-    if ready {
-        switch(planner, &name, &target_name);
-        return;
-    }
+}
+
+/// Ends the migration without moving the instance.
+fn abort(
+    planner: &mut Planner<'_>,
+    name: &str,
+    target_name: &str,
+    phase: MigrationPhase,
+    reason: Reason,
+    message: String,
+) {
+    decide(planner, name, phase, reason, message);
+    planner.set(
+        Cond::Migrating,
+        ConditionStatus::False,
+        reason,
+        &format!("migration {name} ended: {phase}"),
+    );
+    planner.plan.event(EventType::Warning,
+        if phase == MigrationPhase::Cancelled {
+            Reason::MigrationCancelled
+        } else {
+            Reason::MigrationFailed
+        },
+        format!("migration {name} to VMM {target_name} aborted ({reason}); the instance stays where it runs"),
+    );
+}
+
+/// The migration goes on: `Migrating`, and the `Migrating` condition with its phase.
+fn show_progress(planner: &mut Planner<'_>, name: &str, target_name: &str, target: Option<&Vmm>) {
     planner.plan.status.state = Some(InstanceState::Migrating);
     let target_sled = target.map(|v| v.spec.sled.clone()).unwrap_or_default();
     let message = match target.and_then(|v| v.status.as_ref()?.migration.as_ref()) {
@@ -278,24 +305,7 @@ fn recreate_target(planner: &mut Planner<'_>, name: &str, target_name: &str) {
 /// No migration under way: start the oldest admitted, undecided Migration of the instance.
 fn start(planner: &mut Planner<'_>, place: &mut Place<'_>) {
     let observed = planner.observed;
-    let decided = planner
-        .plan
-        .status
-        .last_migration
-        .as_ref()
-        .map(|m| m.name.clone());
-    let mut admitted: Vec<&Migration> = observed
-        .migrations
-        .iter()
-        .map(|m| m.as_ref())
-        .filter(|m| {
-            let status = m.status.as_ref();
-            status.and_then(|s| s.phase) == Some(MigrationPhase::Scheduling)
-                && decided.as_deref() != Some(&m.name_any())
-        })
-        .collect();
-    admitted.sort_by_key(|m| (m.metadata.creation_timestamp.clone(), m.name_any()));
-    let Some(migration) = admitted.first() else {
+    let Some(migration) = oldest_admitted(planner) else {
         return;
     };
     let name = migration.name_any();
@@ -337,40 +347,14 @@ fn start(planner: &mut Planner<'_>, place: &mut Place<'_>) {
         only,
         ..PlaceRequest::new(&target_name)
     };
-    match place(&request) {
-        Ok(placement) => {
-            let status = &mut planner.plan.status;
-            status.vmm_serial = serial;
-            status.target_vmm = Some(target_name.clone());
-            status.target_sled = Some(placement.sled.clone());
-            status.migration = Some(name.clone());
-            status.state = Some(InstanceState::Migrating);
-            let message = format!(
-                "migration {name}: VMM {target_name} to {}: {}",
-                placement.sled, placement.because
-            );
-            planner.set(
-                Cond::Migrating,
-                ConditionStatus::True,
-                Reason::MigrationStarted,
-                &format!(
-                    "migration {name}: moving to {} (VMM {target_name})",
-                    placement.sled
-                ),
-            );
-            planner
-                .plan
-                .event(EventType::Normal, Reason::MigrationStarted, message);
-            planner.plan.act(Action::CreateVmm {
-                name: target_name,
-                sled: placement.sled,
-                migrate_from: Some(MigrateFrom {
-                    vmm: source,
-                    sled: source_sled,
-                    migration: name,
-                }),
-            });
-        }
+    let placed = place(&request);
+    let source = MigrateFrom {
+        vmm: source,
+        sled: source_sled,
+        migration: name.clone(),
+    };
+    match placed {
+        Ok(placement) => name_and_create_target(planner, source, target_name, serial, placement),
         Err(rejections) => {
             let message = match only {
                 Some(sled) => format!("target sled {sled} does not fit the instance: {rejections}"),
@@ -390,6 +374,66 @@ fn start(planner: &mut Planner<'_>, place: &mut Place<'_>) {
             );
         }
     }
+}
+
+/// The oldest admitted Migration of the instance that was not decided yet.
+fn oldest_admitted<'a>(planner: &Planner<'a>) -> Option<&'a Migration> {
+    let decided = planner
+        .plan
+        .status
+        .last_migration
+        .as_ref()
+        .map(|m| m.name.clone());
+    planner
+        .observed
+        .migrations
+        .iter()
+        .map(|m| m.as_ref())
+        .filter(|m| {
+            let status = m.status.as_ref();
+            status.and_then(|s| s.phase) == Some(MigrationPhase::Scheduling)
+                && decided.as_deref() != Some(&m.name_any())
+        })
+        .min_by_key(|m| (m.metadata.creation_timestamp.clone(), m.name_any()))
+}
+
+/// Names the target `target_name` on the placement's sled (status first), then creates it
+/// to receive the guest from `source`.
+fn name_and_create_target(
+    planner: &mut Planner<'_>,
+    source: MigrateFrom,
+    target_name: String,
+    serial: u64,
+    placement: Placement,
+) {
+    let name = source.migration.clone();
+    let status = &mut planner.plan.status;
+    status.vmm_serial = serial;
+    status.target_vmm = Some(target_name.clone());
+    status.target_sled = Some(placement.sled.clone());
+    status.migration = Some(name.clone());
+    status.state = Some(InstanceState::Migrating);
+    let message = format!(
+        "migration {name}: VMM {target_name} to {}: {}",
+        placement.sled, placement.because
+    );
+    planner.set(
+        Cond::Migrating,
+        ConditionStatus::True,
+        Reason::MigrationStarted,
+        &format!(
+            "migration {name}: moving to {} (VMM {target_name})",
+            placement.sled
+        ),
+    );
+    planner
+        .plan
+        .event(EventType::Normal, Reason::MigrationStarted, message);
+    planner.plan.act(Action::CreateVmm {
+        name: target_name,
+        sled: placement.sled,
+        migrate_from: Some(source),
+    });
 }
 
 #[cfg(test)]

@@ -21,7 +21,7 @@ use std::time::Duration;
 use corral_client::events::EventType;
 use corral_crds::{
     ConditionStatus, InstanceConditionType as Cond, InstanceExit, InstanceState, Reason,
-    RunStrategy, VmmConditionType, VmmState, condition,
+    RunStrategy, Vmm, VmmConditionType, VmmState, VmmStatus, condition,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
@@ -29,6 +29,7 @@ use kube::ResourceExt;
 use super::migrate;
 use super::planning::{Action, Observed, Place, PlaceRequest, Plan, Planner};
 use crate::kit::Step;
+use crate::scheduler::{Placement, Rejections};
 
 /// The first restart backoff; it doubles with each failure the instance itself caused.
 pub const BACKOFF_BASE: Duration = Duration::from_secs(1);
@@ -126,36 +127,9 @@ fn plan_active(planner: &mut Planner<'_>) {
     let active = observed.vmms.iter().find(|v| v.name_any() == name);
     let should_run = observed.instance.spec.should_run(&planner.plan.status);
     let Some(vmm) = active else {
-        // Placement sets `Running` to `VmmPending`, and only a VMM seen booting changes it.
-        let never_seen = condition::find(&planner.plan.status.conditions, Cond::Running)
-            .is_none_or(|c| c.reason == Reason::VmmPending);
-        // This controller deleted it (a stop) and it is gone as asked, even if the instance
-        // was started again meanwhile: an orderly end, not a missing VMM.
-        let stopped_as_asked = planner.plan.status.state == Some(InstanceState::Stopping);
-        if !should_run || stopped_as_asked {
-            // Forget it; a start places a new one. (Not seen running under this name: the
-            // reaper removes a Vmm created after all.)
-            forget_active(planner);
-        } else if never_seen {
-            if !observed.active_in_flight {
-                // The status names it but the Vmm was never created (the controller stopped
-                // between the two writes): create it now, on the sled the status names.
-                if let Some(sled) = planner.plan.status.sled.clone() {
-                    planner.plan.act(Action::CreateVmm {
-                        name: name.clone(),
-                        sled,
-                        migrate_from: None,
-                    });
-                }
-            }
-        } else {
-            // It existed (we derived a state from it) and is gone without being asked to go.
-            record_exit(planner, Reason::VmmMissing, &name);
-        }
-        return;
+        return active_not_seen(planner, name, should_run);
     };
     let vmm_status = vmm.status.clone().unwrap_or_default();
-    let vmm_state = vmm_status.state;
     if vmm.metadata.deletion_timestamp.is_some() {
         planner.plan.status.state = Some(InstanceState::Stopping);
         planner.set(
@@ -166,7 +140,7 @@ fn plan_active(planner: &mut Planner<'_>) {
         );
         return;
     }
-    if let Some(state) = vmm_state.filter(|s| s.is_final()) {
+    if let Some(state) = vmm_status.state.filter(|s| s.is_final()) {
         let reason = vmm_status.reason.unwrap_or(match state {
             VmmState::Stopped => Reason::GuestShutdown,
             _ => Reason::GuestCrashed,
@@ -176,21 +150,71 @@ fn plan_active(planner: &mut Planner<'_>) {
         return;
     }
     if !should_run {
-        planner.plan.act(Action::DeleteVmm { name: name.clone() });
-        planner.plan.status.state = Some(InstanceState::Stopping);
-        planner.set(
-            Cond::Running,
-            ConditionStatus::False,
-            Reason::Halted,
-            "runStrategy is Halted: stopping",
-        );
-        planner.plan.event(
-            EventType::Normal,
-            Reason::Halted,
-            format!("stopping VMM {name}"),
-        );
-        return;
+        return stop_active(planner, name);
     }
+    let state = follow_active_state(planner, vmm, &vmm_status);
+    reboot_in_place(planner, &name, state);
+}
+
+/// The active Vmm is not in the cache (and a live read confirmed it is gone, or it was just
+/// created): forget it, create it, or record it missing.
+fn active_not_seen(planner: &mut Planner<'_>, name: String, should_run: bool) {
+    let observed = planner.observed;
+    // Placement sets `Running` to `VmmPending`, and only a VMM seen booting changes it.
+    let never_seen = condition::find(&planner.plan.status.conditions, Cond::Running)
+        .is_none_or(|c| c.reason == Reason::VmmPending);
+    // This controller deleted it (a stop) and it is gone as asked, even if the instance
+    // was started again meanwhile: an orderly end, not a missing VMM.
+    let stopped_as_asked = planner.plan.status.state == Some(InstanceState::Stopping);
+    if !should_run || stopped_as_asked {
+        // Forget it; a start places a new one. (Not seen running under this name: the
+        // reaper removes a Vmm created after all.)
+        forget_active(planner);
+    } else if never_seen {
+        if !observed.active_in_flight {
+            // The status names it but the Vmm was never created (the controller stopped
+            // between the two writes): create it now, on the sled the status names.
+            if let Some(sled) = planner.plan.status.sled.clone() {
+                planner.plan.act(Action::CreateVmm {
+                    name: name.clone(),
+                    sled,
+                    migrate_from: None,
+                });
+            }
+        }
+    } else {
+        // It existed (we derived a state from it) and is gone without being asked to go.
+        record_exit(planner, Reason::VmmMissing, &name);
+    }
+}
+
+/// The instance should not run: stop its active Vmm.
+fn stop_active(planner: &mut Planner<'_>, name: String) {
+    planner.plan.act(Action::DeleteVmm { name: name.clone() });
+    planner.plan.status.state = Some(InstanceState::Stopping);
+    planner.set(
+        Cond::Running,
+        ConditionStatus::False,
+        Reason::Halted,
+        "runStrategy is Halted: stopping",
+    );
+    planner.plan.event(
+        EventType::Normal,
+        Reason::Halted,
+        format!("stopping VMM {name}"),
+    );
+}
+
+/// The state, the `Running` condition and the backoff, as the active Vmm reports them;
+/// returns the state.
+fn follow_active_state(
+    planner: &mut Planner<'_>,
+    vmm: &Vmm,
+    vmm_status: &VmmStatus,
+) -> InstanceState {
+    let observed = planner.observed;
+    let name = vmm.name_any();
+    let vmm_state = vmm_status.state;
     let (state, running, reason) = match vmm_state {
         None | Some(VmmState::Creating) => (InstanceState::Creating, false, Reason::VmmPending),
         Some(VmmState::Starting) => (InstanceState::Starting, false, Reason::Booting),
@@ -249,14 +273,19 @@ fn plan_active(planner: &mut Planner<'_>) {
             }
         }
     }
-    // Reboot in place.
+    state
+}
+
+/// A new reboot request, while the guest runs: reboot it in place.
+fn reboot_in_place(planner: &mut Planner<'_>, name: &str, state: InstanceState) {
+    let observed = planner.observed;
     if let Some(request) = observed.instance.spec.reboot_request.clone()
         && planner.plan.status.handled_reboot_request.as_ref() != Some(&request)
         && state == InstanceState::Running
     {
         planner.plan.status.handled_reboot_request = Some(request.clone());
         planner.plan.act(Action::RebootVmm {
-            name: name.clone(),
+            name: name.to_string(),
             request,
         });
         planner.plan.event(
@@ -307,49 +336,9 @@ fn plan_start(planner: &mut Planner<'_>, place: &mut Place<'_>) {
     let observed = planner.observed;
     let instance = observed.instance;
     if !instance.spec.should_run(&planner.plan.status) {
-        let failed = planner
-            .plan
-            .status
-            .last_exit
-            .as_ref()
-            .is_some_and(|exit| exit.reason != Reason::GuestShutdown)
-            && instance.spec.run_strategy != RunStrategy::Halted;
-        planner.plan.status.state = Some(if failed {
-            InstanceState::Failed
-        } else {
-            InstanceState::Stopped
-        });
-        let (reason, message) = match &planner.plan.status.last_exit {
-            Some(exit) if instance.spec.run_strategy != RunStrategy::Halted => (
-                exit.reason,
-                format!(
-                    "VMM {} ended ({}); runStrategy {} does not restart it",
-                    exit.vmm, exit.reason, instance.spec.run_strategy
-                ),
-            ),
-            _ => (Reason::Halted, "runStrategy is Halted".to_string()),
-        };
-        planner.set(Cond::Running, ConditionStatus::False, reason, &message);
-        planner.set(Cond::RestartBackoff, ConditionStatus::False, reason, "");
-        return;
+        return stay_stopped(planner);
     }
-    if let Some(until) = planner.plan.status.backoff_until.clone()
-        && until.0 > observed.now
-    {
-        let wait = until.0.duration_since(observed.now);
-        planner.plan.status.state = Some(InstanceState::Repairing);
-        planner.set(
-            Cond::RestartBackoff,
-            ConditionStatus::True,
-            Reason::BackingOff,
-            &format!(
-                "restart after {} failures in a row waits until {}",
-                planner.plan.status.consecutive_failures, until.0
-            ),
-        );
-        planner
-            .plan
-            .requeue_within(Duration::try_from(wait).unwrap_or(BACKOFF_BASE));
+    if backing_off(planner) {
         return;
     }
     let serial = planner.plan.status.vmm_serial + 1;
@@ -366,82 +355,147 @@ fn plan_start(planner: &mut Planner<'_>, place: &mut Place<'_>) {
         ..PlaceRequest::new(&name)
     };
     match place(&request) {
-        Ok(placement) => {
-            let restarting = planner.plan.status.last_exit.is_some();
-            let status = &mut planner.plan.status;
-            status.vmm_serial = serial;
-            status.active_vmm = Some(name.clone());
-            status.sled = Some(placement.sled.clone());
-            status.location_generation += 1;
-            status.state = Some(if restarting {
-                InstanceState::Repairing
-            } else {
-                InstanceState::Creating
-            });
-            status.handled_start_request = instance.spec.start_request.clone();
-            status.handled_reboot_request = instance.spec.reboot_request.clone();
-            status.backoff_until = None;
-            let message = format!("placed on {}: {}", placement.sled, placement.because);
-            planner.set(
-                Cond::Scheduled,
-                ConditionStatus::True,
-                Reason::Placed,
-                &message,
-            );
-            planner.set(
-                Cond::Running,
-                ConditionStatus::False,
-                Reason::VmmPending,
-                &format!("VMM {name} is being created on {}", placement.sled),
-            );
-            planner.set(
-                Cond::RestartBackoff,
-                ConditionStatus::False,
-                Reason::Placed,
-                "",
-            );
-            if let Some(exit) = planner.plan.status.last_exit.take() {
-                planner.plan.status.restarts += 1;
-                planner.plan.event(
-                    EventType::Normal,
-                    Reason::Restarted,
-                    format!(
-                        "restarting after VMM {} ended ({}); runStrategy {}",
-                        exit.vmm, exit.reason, instance.spec.run_strategy
-                    ),
-                );
-            }
-            planner
-                .plan
-                .event(EventType::Normal, Reason::Placed, message);
-            planner.plan.act(Action::CreateVmm {
-                name,
-                sled: placement.sled,
-                migrate_from: None,
-            });
-        }
-        Err(rejections) => {
-            let message = format!(
-                "no sled fits {} CPUs / {} MiB: {rejections}",
-                instance.spec.cpus, instance.spec.memory_mib
-            );
-            let was = condition::find(&planner.plan.status.conditions, Cond::Scheduled)
-                .map(|c| (c.status, c.message.clone()));
-            planner.plan.status.state = Some(InstanceState::Creating);
-            planner.set(
-                Cond::Scheduled,
-                ConditionStatus::False,
-                Reason::Unschedulable,
-                &message,
-            );
-            if was != Some((ConditionStatus::False, message.clone())) {
-                planner
-                    .plan
-                    .event(EventType::Warning, Reason::Unschedulable, message);
-            }
-            planner.plan.requeue_within(UNSCHEDULABLE_RETRY);
-        }
+        Ok(placement) => start_placed(planner, name, serial, placement),
+        Err(rejections) => unschedulable(planner, &rejections),
     }
+}
+
+/// The instance should not run: `Stopped`, or `Failed` if it ended on a failure its
+/// runStrategy does not restart.
+fn stay_stopped(planner: &mut Planner<'_>) {
+    let instance = planner.observed.instance;
+    let strategy = instance.spec.run_strategy;
+    let last_exit = planner.plan.status.last_exit.clone();
+    let failed = last_exit
+        .as_ref()
+        .is_some_and(|exit| exit.reason != Reason::GuestShutdown)
+        && strategy != RunStrategy::Halted;
+    planner.plan.status.state = Some(if failed {
+        InstanceState::Failed
+    } else {
+        InstanceState::Stopped
+    });
+    let (reason, message) = match &last_exit {
+        Some(exit) if strategy != RunStrategy::Halted => (
+            exit.reason,
+            format!(
+                "VMM {} ended ({}); runStrategy {strategy} does not restart it",
+                exit.vmm, exit.reason
+            ),
+        ),
+        _ => (Reason::Halted, "runStrategy is Halted".to_string()),
+    };
+    planner.set(Cond::Running, ConditionStatus::False, reason, &message);
+    planner.set(Cond::RestartBackoff, ConditionStatus::False, reason, "");
+}
+
+/// Whether a restart must still wait out its backoff (then the instance is `Repairing` and
+/// looked at again when the backoff ends).
+fn backing_off(planner: &mut Planner<'_>) -> bool {
+    let now = planner.observed.now;
+    let Some(until) = planner.plan.status.backoff_until.clone() else {
+        return false;
+    };
+    if until.0 <= now {
+        return false;
+    }
+    let wait = until.0.duration_since(now);
+    planner.plan.status.state = Some(InstanceState::Repairing);
+    let message = format!(
+        "restart after {} failures in a row waits until {}",
+        planner.plan.status.consecutive_failures, until.0
+    );
+    planner.set(
+        Cond::RestartBackoff,
+        ConditionStatus::True,
+        Reason::BackingOff,
+        &message,
+    );
+    planner
+        .plan
+        .requeue_within(Duration::try_from(wait).unwrap_or(BACKOFF_BASE));
+    true
+}
+
+/// Names the new Vmm `name` on the placement's sled (status first), then creates it.
+fn start_placed(planner: &mut Planner<'_>, name: String, serial: u64, placement: Placement) {
+    let instance = planner.observed.instance;
+    let restarting = planner.plan.status.last_exit.is_some();
+    let status = &mut planner.plan.status;
+    status.vmm_serial = serial;
+    status.active_vmm = Some(name.clone());
+    status.sled = Some(placement.sled.clone());
+    status.location_generation += 1;
+    status.state = Some(if restarting {
+        InstanceState::Repairing
+    } else {
+        InstanceState::Creating
+    });
+    status.handled_start_request = instance.spec.start_request.clone();
+    status.handled_reboot_request = instance.spec.reboot_request.clone();
+    status.backoff_until = None;
+    let message = format!("placed on {}: {}", placement.sled, placement.because);
+    planner.set(
+        Cond::Scheduled,
+        ConditionStatus::True,
+        Reason::Placed,
+        &message,
+    );
+    planner.set(
+        Cond::Running,
+        ConditionStatus::False,
+        Reason::VmmPending,
+        &format!("VMM {name} is being created on {}", placement.sled),
+    );
+    planner.set(
+        Cond::RestartBackoff,
+        ConditionStatus::False,
+        Reason::Placed,
+        "",
+    );
+    if let Some(exit) = planner.plan.status.last_exit.take() {
+        planner.plan.status.restarts += 1;
+        planner.plan.event(
+            EventType::Normal,
+            Reason::Restarted,
+            format!(
+                "restarting after VMM {} ended ({}); runStrategy {}",
+                exit.vmm, exit.reason, instance.spec.run_strategy
+            ),
+        );
+    }
+    planner
+        .plan
+        .event(EventType::Normal, Reason::Placed, message);
+    planner.plan.act(Action::CreateVmm {
+        name,
+        sled: placement.sled,
+        migrate_from: None,
+    });
+}
+
+/// No sled fits: `Scheduled=False` with why (a Warning when the why changes), and a retry.
+fn unschedulable(planner: &mut Planner<'_>, rejections: &Rejections) {
+    let instance = planner.observed.instance;
+    let message = format!(
+        "no sled fits {} CPUs / {} MiB: {rejections}",
+        instance.spec.cpus, instance.spec.memory_mib
+    );
+    let was = condition::find(&planner.plan.status.conditions, Cond::Scheduled)
+        .map(|c| (c.status, c.message.clone()));
+    planner.plan.status.state = Some(InstanceState::Creating);
+    planner.set(
+        Cond::Scheduled,
+        ConditionStatus::False,
+        Reason::Unschedulable,
+        &message,
+    );
+    if was != Some((ConditionStatus::False, message.clone())) {
+        planner
+            .plan
+            .event(EventType::Warning, Reason::Unschedulable, message);
+    }
+    planner.plan.requeue_within(UNSCHEDULABLE_RETRY);
 }
 
 /// Shows divergence on the Instance: reported by the active Vmm's `Diverged` condition, or
