@@ -18,8 +18,11 @@
 use std::future::Future;
 use std::time::Duration;
 
-/// How often [`wait_for`] and [`wait_for_blocking`] ask.
+/// How often [`wait_for`] asks.
 pub const POLL: Duration = Duration::from_millis(250);
+/// How often [`wait_for_blocking`] asks: a synchronous test's conditions are local and cheap
+/// (a file, a child's status, one request).
+pub const BLOCKING_POLL: Duration = Duration::from_millis(50);
 /// How long one async probe may take before it counts as unmet.
 pub const PROBE_BOUND: Duration = Duration::from_secs(10);
 
@@ -103,7 +106,7 @@ pub fn wait_for_blocking<T, E: Into<Unmet>>(
         if let Some(error) = give_up(what, bound, started.elapsed(), unmet) {
             return Err(error);
         }
-        std::thread::sleep(POLL);
+        std::thread::sleep(BLOCKING_POLL);
     }
 }
 
@@ -123,27 +126,17 @@ fn give_up(what: &str, bound: Duration, elapsed: Duration, unmet: Unmet) -> Opti
     }
 }
 
-/// Runs `future` to completion on a runtime of its own, on a thread of its own, and returns
-/// its output: how synchronous code (or code that must not yield) awaits the harness. It
-/// works inside another runtime too, which blocks the calling thread meanwhile.
-pub fn block_on<F>(future: F) -> F::Output
-where
-    F: Future + Send,
-    F::Output: Send,
-{
-    std::thread::scope(|scope| {
-        let thread = scope.spawn(|| {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("building a runtime for block_on")
-                .block_on(future)
-        });
-        match thread.join() {
-            Ok(output) => output,
-            Err(panic) => std::panic::resume_unwind(panic),
-        }
-    })
+/// Runs `future` to completion on a runtime of its own and returns its output: how a
+/// synchronous test (a plain `#[test]`) awaits the harness.
+///
+/// # Panics
+/// When called inside a runtime (async code awaits instead).
+pub fn block_on<F: Future>(future: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("building a runtime for block_on")
+        .block_on(future)
 }
 
 #[cfg(test)]
