@@ -19,15 +19,15 @@ use std::time::Duration;
 
 use anyhow::Context;
 use corral_crds::{
-    DRAIN_LABEL, Drain, DrainPhase, DrainSpec, EvictionStrategy, Instance, InstanceSpec,
-    InstanceState, Migration, MigrationPhase, Nic, Sled,
+    DRAIN_LABEL, Drain, DrainPhase, DrainSpec, EvictionStrategy, Instance, InstanceSpec, Migration,
+    MigrationPhase, Nic, Sled,
 };
 use corral_harness::wait::Unmet;
 use kube::api::{Api, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
 use tokio::time::Instant;
 
 use super::measure::{CpuSample, percentile};
-use super::session::Session;
+use super::session::{RackOptions, Session};
 use crate::command::parse_duration;
 
 /// The drained sled.
@@ -77,11 +77,7 @@ async fn run(args: &DrainArgs, session: &mut Session) -> anyhow::Result<String> 
         session.store.config, args.sleds, args.instances, args.memory_gib, args.max_parallel
     );
     let client = session
-        .start_rack(
-            args.sleds,
-            corral_controllers::DEFAULT_CONCURRENCY,
-            Vec::new(),
-        )
+        .start_rack(args.sleds, RackOptions::default())
         .await?;
     let sleds: Api<Sled> = Api::all(client.clone());
     let instances: Api<Instance> = Api::namespaced(client.clone(), "default");
@@ -115,28 +111,8 @@ async fn run(args: &DrainArgs, session: &mut Session) -> anyhow::Result<String> 
             .with_context(|| format!("creating instance {index}"))?;
     }
     let placed = Instant::now();
-    let what = format!("{} instances Running on {DRAINED}", args.instances);
     session
-        .wait_for(&what, Duration::from_millis(250), async || {
-            let list = instances
-                .list(&ListParams::default())
-                .await
-                .map_err(|error| format!("listing instances: {error}"))?;
-            let running = list
-                .items
-                .iter()
-                .filter(|i| {
-                    let status = i.status.as_ref();
-                    status.and_then(|s| s.state) == Some(InstanceState::Running)
-                        && status.and_then(|s| s.sled.as_deref()) == Some(DRAINED)
-                })
-                .count();
-            if running == args.instances {
-                Ok(())
-            } else {
-                Err(format!("{running} running"))
-            }
-        })
+        .wait_until_running(&instances, args.instances, Some(DRAINED))
         .await?;
     cordon(&sleds, &others, false).await?;
     println!(

@@ -37,7 +37,7 @@ use kube::runtime::watcher;
 use tokio::time::Instant;
 
 use super::measure::{CpuSample, peak_rss_mib, percentile};
-use super::session::Session;
+use super::session::{RackOptions, Session};
 use crate::command::parse_duration;
 use observed::{Latencies, Timeline, describe_writes, writes_by_resource};
 
@@ -177,13 +177,14 @@ async fn run(args: &RackArgs, session: &mut Session) -> anyhow::Result<Finished>
     );
 
     let started = Instant::now();
-    let boot_time = vec![
-        "--boot-time".to_string(),
-        format!("{}ms", args.boot_time.as_millis()),
-    ];
-    let client = session
-        .start_rack(args.sleds, args.controller_concurrency, boot_time)
-        .await?;
+    let options = RackOptions {
+        controller_concurrency: args.controller_concurrency,
+        power_sim_args: vec![
+            "--boot-time".to_string(),
+            format!("{}ms", args.boot_time.as_millis()),
+        ],
+    };
+    let client = session.start_rack(args.sleds, options).await?;
     let (pids, deadline) = (session.pids(), session.deadline);
     println!(
         "rack ready: {} sleds Ready, controllers leading, {:.1} s after start",

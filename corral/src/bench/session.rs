@@ -18,10 +18,12 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context;
+use corral_crds::{Instance, InstanceState};
 use corral_harness::wait::Unmet;
 use corral_harness::{Rack, RackSpec, Scratch, SledHost};
 use corral_store::StoreConfig;
 use corral_store::testing::EtcdServer;
+use kube::api::{Api, ListParams};
 use tokio::time::Instant;
 
 use super::measure::Pids;
@@ -103,14 +105,13 @@ impl Session {
     }
 
     /// Starts the control plane as processes of this binary — `corral apiserver` on the
-    /// session's store, one `corral controllers` running `controller_concurrency` reconciles,
-    /// and `corral power-sim` hosting `sleds` sleds (cold-started, with `power_sim_args`) —
-    /// and waits until the controllers lead and every sled is Ready. Returns a client.
+    /// session's store, one `corral controllers` and `corral power-sim` hosting `sleds` sleds
+    /// (cold-started), as `options` say — and waits until the controllers lead and every sled
+    /// is Ready. Returns a client.
     pub(crate) async fn start_rack(
         &mut self,
         sleds: usize,
-        controller_concurrency: u16,
-        power_sim_args: Vec<String>,
+        options: RackOptions,
     ) -> anyhow::Result<kube::Client> {
         let (lease_namespace, lease_name) = corral_controllers::LEADER_LEASE;
         let spec = RackSpec {
@@ -118,10 +119,13 @@ impl Session {
             store: self.store.for_the_rack(),
             apiserver_args: Vec::new(),
             controllers: 1,
-            controllers_args: vec!["--concurrency".into(), controller_concurrency.to_string()],
+            controllers_args: vec![
+                "--concurrency".into(),
+                options.controller_concurrency.to_string(),
+            ],
             sleds,
             sled_host: SledHost::PowerSim,
-            sled_args: power_sim_args,
+            sled_args: options.power_sim_args,
             leader_lease: (lease_namespace.into(), lease_name.into()),
             log_filter: std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
         };
@@ -151,6 +155,40 @@ impl Session {
         Ok(())
     }
 
+    /// Waits until `count` Instances of `instances` are Running (on `sled`, if given).
+    pub(crate) async fn wait_until_running(
+        &mut self,
+        instances: &Api<Instance>,
+        count: usize,
+        sled: Option<&str>,
+    ) -> anyhow::Result<()> {
+        let mut what = format!("{count} instances Running");
+        if let Some(sled) = sled {
+            what.push_str(&format!(" on {sled}"));
+        }
+        self.wait_for(&what, Duration::from_millis(250), async || {
+            let list = instances
+                .list(&ListParams::default())
+                .await
+                .map_err(|error| format!("listing instances: {error}"))?;
+            let running = list
+                .items
+                .iter()
+                .filter_map(|instance| instance.status.as_ref())
+                .filter(|status| {
+                    status.state == Some(InstanceState::Running)
+                        && sled.is_none_or(|sled| status.sled.as_deref() == Some(sled))
+                })
+                .count();
+            if running == count {
+                Ok(())
+            } else {
+                Err(format!("{running} running"))
+            }
+        })
+        .await
+    }
+
     /// Polls `probe` every `poll` until it answers `Ok`, until the deadline; fails at once
     /// when a process of the rack exits.
     pub(crate) async fn wait_for<T, E: Into<Unmet>>(
@@ -167,6 +205,23 @@ impl Session {
         })
         .await?;
         Ok(answer)
+    }
+}
+
+/// How a benchmark's rack differs from the default one.
+pub(crate) struct RackOptions {
+    /// Instance reconciles the controllers run at once.
+    pub(crate) controller_concurrency: u16,
+    /// More `corral power-sim` flags (timing, capacity).
+    pub(crate) power_sim_args: Vec<String>,
+}
+
+impl Default for RackOptions {
+    fn default() -> RackOptions {
+        RackOptions {
+            controller_concurrency: corral_controllers::DEFAULT_CONCURRENCY,
+            power_sim_args: Vec::new(),
+        }
     }
 }
 

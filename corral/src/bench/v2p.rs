@@ -15,17 +15,16 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use corral_crds::{
-    Instance, InstanceSpec, InstanceState, Migration, MigrationPhase, MigrationSpec, Nic, Sled,
-    VpcRoutes,
+    Instance, InstanceSpec, Migration, MigrationPhase, MigrationSpec, Nic, Sled, VpcRoutes,
 };
 use futures::StreamExt;
 use kube::ResourceExt;
-use kube::api::{Api, ListParams, ObjectMeta, PostParams};
+use kube::api::{Api, ObjectMeta, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use tokio::time::Instant;
 
 use super::measure::percentile;
-use super::session::Session;
+use super::session::{RackOptions, Session};
 use crate::command::parse_duration;
 
 /// The benchmark's VPC.
@@ -134,11 +133,7 @@ async fn run(args: &V2pArgs, session: &mut Session) -> anyhow::Result<String> {
         session.store.config, args.sleds, args.instances, args.migrations
     );
     let client = session
-        .start_rack(
-            args.sleds,
-            corral_controllers::DEFAULT_CONCURRENCY,
-            Vec::new(),
-        )
+        .start_rack(args.sleds, RackOptions::default())
         .await?;
     let deadline = session.deadline;
     let instances: Api<Instance> = Api::namespaced(client.clone(), "default");
@@ -164,24 +159,8 @@ async fn run(args: &V2pArgs, session: &mut Session) -> anyhow::Result<String> {
         };
         instances.create(&PostParams::default(), &instance).await?;
     }
-    let what = format!("{} instances Running", args.instances);
     session
-        .wait_for(&what, Duration::from_millis(250), async || {
-            let list = instances
-                .list(&ListParams::default())
-                .await
-                .map_err(|error| format!("listing instances: {error}"))?;
-            let running = list
-                .items
-                .iter()
-                .filter(|i| i.status.as_ref().and_then(|s| s.state) == Some(InstanceState::Running))
-                .count();
-            if running == args.instances {
-                Ok(())
-            } else {
-                Err(format!("{running} running"))
-            }
-        })
+        .wait_until_running(&instances, args.instances, None)
         .await?;
 
     // One observer: three watches merged into one stream, applied in arrival order.
