@@ -49,6 +49,7 @@ use std::time::{Duration, Instant};
 
 use corral_crds::{Instance, InstanceSpec, InstanceState, RunStrategy, Sled, Vmm, VmmState};
 use corral_harness::rack::{Agent, sled_name};
+use corral_harness::wait::wait_for_polling;
 use corral_harness::{Rack, RackSpec, Scratch, SledHost, Store, Victim};
 use futures::{StreamExt, TryStreamExt};
 use kube::ResourceExt;
@@ -347,8 +348,9 @@ async fn gone_with_their_vmms(rack: &Rack, names: &[String]) -> Result<(), Strin
 async fn vmms_on_their_way_up(rack: &Rack, sled: &str) -> usize {
     let params = ListParams::default().fields(&format!("spec.sled={sled}"));
     let api = Api::<Vmm>::namespaced(rack.client().clone(), NAMESPACE);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while Instant::now() < deadline {
+    let what = format!("a Vmm on its way up on {sled}");
+    let poll = Duration::from_millis(20);
+    wait_for_polling(&what, Duration::from_secs(5), poll, async || {
         let vmms = api.list(&params).await.expect("listing the sled's vmms");
         let booting = vmms
             .items
@@ -362,11 +364,13 @@ async fn vmms_on_their_way_up(rack: &Rack, sled: &str) -> usize {
             })
             .count();
         if booting > 0 {
-            return booting;
+            Ok(booting)
+        } else {
+            Err("none yet")
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    0
+    })
+    .await
+    .map_or(0, |(booting, _)| booting)
 }
 
 /// Ok when the active Vmm of `name` has a deletionTimestamp (the controller asked its sled
