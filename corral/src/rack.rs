@@ -13,7 +13,9 @@ use corral_node_agent::sim::{SimSled, SimSledConfig, SimTiming, SledHandle, Star
 use corral_node_agent::{AgentConfig, PowerControllers, power_controller_url};
 use tokio_util::sync::CancellationToken;
 
-use crate::{ApiserverArgs, parse_duration, shutdown_signal};
+use crate::apiserver::{ApiserverArgs, kubeconfig, start_apiserver};
+use crate::command::{parse_duration, shutdown_signal};
+use crate::controllers::controllers_config;
 
 /// What a simulated sled is like.
 #[derive(clap::Args, Clone, Debug)]
@@ -167,26 +169,26 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         bookmark_interval: Duration::from_secs(60),
     };
     let stop = CancellationToken::new();
-    let (address, apiserver_task) = crate::start_apiserver(apiserver, stop.clone()).await?;
+    let (address, apiserver_task) = start_apiserver(apiserver, stop.clone()).await?;
     let kubeconfig_path = data_dir.join("kubeconfig");
-    std::fs::write(&kubeconfig_path, crate::kubeconfig(address))
+    std::fs::write(&kubeconfig_path, kubeconfig(address))
         .with_context(|| format!("writing {}", kubeconfig_path.display()))?;
     let client = corral_client::connect(Some(&kubeconfig_path)).await?;
 
     let controllers_stop = CancellationToken::new();
-    let controllers_config = crate::controllers_config(
+    let config = controllers_config(
         Duration::from_secs(15),
         corral_controllers::DEFAULT_CONCURRENCY,
     );
     let (debug_address, debug) = crate::debug::serve(
         args.debug_listen,
-        controllers_config.board.clone(),
+        config.board.clone(),
         controllers_stop.clone(),
     )
     .await?;
     let controllers = tokio::spawn(corral_controllers::run(
         client.clone(),
-        controllers_config,
+        config,
         controllers_stop.clone(),
     ));
 

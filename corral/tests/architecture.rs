@@ -89,7 +89,7 @@ fn the_api_layers_know_no_corral_kind() {
 mod modules;
 
 /// Every workspace crate with a `src/`.
-const CRATES: [&str; 10] = [
+const CRATES: [&str; 11] = [
     "crds",
     "store",
     "apimachinery",
@@ -100,6 +100,7 @@ const CRATES: [&str; 10] = [
     "cli",
     "node-agent",
     "e2e",
+    "harness",
 ];
 
 /// Circles still being taken apart, as `crate: a ↔ b`. Listed so that a new one fails at once;
@@ -109,12 +110,10 @@ const KNOWN_CIRCLES: &[&str] = &[
     "store: sqlite ↔ sqlite::watch ↔ sqlite::writer",
     "store: testing ↔ testing::conformance",
     "apiserver: crate ↔ gc ↔ handlers ↔ handlers::delete ↔ handlers::discovery ↔ handlers::openapi ↔ handlers::patch ↔ handlers::read ↔ handlers::watch ↔ handlers::write",
-    "corral: bench ↔ bench::api ↔ bench::drain ↔ bench::rack ↔ bench::rack::measure ↔ bench::v2p ↔ crate ↔ rack",
 ];
 
 /// Non-test source files over the limit, still being split.
-const KNOWN_LONG_FILES: &[&str] = &[
-];
+const KNOWN_LONG_FILES: &[&str] = &[];
 
 /// The most lines a non-test source file may have (STYLE.md: no god modules).
 const MAX_LINES: usize = 800;

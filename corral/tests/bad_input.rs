@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{Apiserver, Backend, http};
+use common::{Backend, http};
 use serde_json::Value;
 
 const BASE: &str = "/apis/test.corral.dev/v1/namespaces/default/widgets";
@@ -543,9 +543,9 @@ fn cases(existing_rv: &str) -> Vec<Case> {
 
 fn run(backend: Backend) {
     // Compact often so an exact list at revision 1 is gone.
-    let server = Apiserver::start_with(backend, &["--compaction-interval", "1s"]);
+    let server = common::apiserver_with(backend, &["--compaction-interval", "1s"]);
     let json_ct = [("Content-Type", "application/json")];
-    let (status, body) = http(server.address, "POST", BASE, &json_ct, br#"{"apiVersion":"test.corral.dev/v1","kind":"Widget","metadata":{"name":"good"},"spec":{"color":"red"}}"#);
+    let (status, body) = http(server.address(), "POST", BASE, &json_ct, br#"{"apiVersion":"test.corral.dev/v1","kind":"Widget","metadata":{"name":"good"},"spec":{"color":"red"}}"#);
     assert_eq!(status, 201, "{body}");
     let good: Value = serde_json::from_str(&body).unwrap();
     let rv = good["metadata"]["resourceVersion"]
@@ -558,7 +558,7 @@ fn run(backend: Backend) {
         std::time::Duration::from_secs(20),
         || {
             let (status, _) = http(
-                server.address,
+                server.address(),
                 "GET",
                 &format!("{BASE}?resourceVersion=1&resourceVersionMatch=Exact"),
                 &[],
@@ -570,7 +570,7 @@ fn run(backend: Backend) {
     let mut failures = Vec::new();
     for c in cases(&rv) {
         let (status, body) = http(
-            server.address,
+            server.address(),
             c.method,
             &c.path,
             &[("Content-Type", c.content_type)],
@@ -594,11 +594,11 @@ fn run(backend: Backend) {
                 &body[..body.len().min(400)]
             ));
         }
-        let (health, _) = http(server.address, "GET", "/healthz", &[], b"");
+        let (health, _) = http(server.address(), "GET", "/healthz", &[], b"");
         assert_eq!(health, 200, "server unhealthy after {}", c.name);
     }
     // Nothing of a rejected create was written.
-    let names = common::list_names(server.address, BASE);
+    let names = common::list_names(server.address(), BASE);
     assert_eq!(names, vec!["good"], "only the good object exists");
     assert!(
         failures.is_empty(),

@@ -7,13 +7,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{Apiserver, Backend, http};
+use common::{Backend, http};
 
 const BASE: &str = "/apis/test.corral.dev/v1/namespaces/default/widgets";
 
 fn burst_then_kill(backend: Backend) {
-    let mut server = Apiserver::start(backend);
-    let address = server.address;
+    let mut server = common::apiserver(backend);
+    let address = server.address();
     let acknowledged = Arc::new(Mutex::new(Vec::<String>::new()));
     let stop = Arc::new(AtomicBool::new(false));
     let writers: Vec<_> = (0..16)
@@ -48,8 +48,8 @@ fn burst_then_kill(backend: Backend) {
         let _ = w.join();
     }
     let acknowledged = acknowledged.lock().unwrap().clone();
-    server.restart();
-    let present: std::collections::HashSet<String> = common::list_names(server.address, BASE)
+    common::restart(&mut server);
+    let present: std::collections::HashSet<String> = common::list_names(server.address(), BASE)
         .into_iter()
         .collect();
     let lost: Vec<&String> = acknowledged

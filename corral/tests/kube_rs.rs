@@ -181,7 +181,7 @@ async fn watcher_survives_restart_and_compaction(server: &mut Apiserver) {
     assert_eq!(inits, 1);
 
     // Restart: the watcher resumes (or relists) and sees what was written meanwhile.
-    server.restart();
+    server.restart().await.expect("restarting corral apiserver");
     api.create(&PostParams::default(), &widget("b1", "red"))
         .await
         .unwrap();
@@ -192,7 +192,7 @@ async fn watcher_survives_restart_and_compaction(server: &mut Apiserver) {
     .await;
 
     // Compaction while the watcher is away: it gets 410 Expired and relists.
-    server.restart();
+    server.restart().await.expect("restarting corral apiserver");
     api.create(&PostParams::default(), &widget("c1", "red"))
         .await
         .unwrap();
@@ -210,7 +210,7 @@ async fn watcher_survives_restart_and_compaction(server: &mut Apiserver) {
     // Wait until history up to the current revision is compacted (compaction interval is 1 s).
     common::wait_until("compaction", Duration::from_secs(30), || {
         let (status, _) = common::http(
-            server.address,
+            server.address(),
             "GET",
             &format!(
                 "/apis/test.corral.dev/v1/namespaces/default/widgets?resourceVersion={}&resourceVersionMatch=Exact",
@@ -232,7 +232,7 @@ async fn watcher_survives_restart_and_compaction(server: &mut Apiserver) {
 }
 
 fn reqwest_free_get(server: &Apiserver, path: &str) -> serde_json::Value {
-    let (status, body) = common::http(server.address, "GET", path, &[], b"");
+    let (status, body) = common::http(server.address(), "GET", path, &[], b"");
     assert_eq!(status, 200, "{body}");
     serde_json::from_str(&body).unwrap()
 }
@@ -343,10 +343,11 @@ async fn reflector_and_controller(server: &Apiserver) {
 
 async fn scenario(backend: Backend) {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let mut server = Apiserver::start_with(
+    let mut server = common::start_apiserver(
         backend,
         &["--compaction-interval", "1s", "--bookmark-interval", "1s"],
-    );
+    )
+    .await;
     crud(&server).await;
     reflector_and_controller(&server).await;
     watcher_survives_restart_and_compaction(&mut server).await;

@@ -8,6 +8,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
 use common::{Apiserver, Backend, wait_until};
+use corral_harness::process::tail;
+use corral_harness::wait_for_blocking;
 
 struct Kubectl<'a> {
     server: &'a Apiserver,
@@ -16,7 +18,7 @@ struct Kubectl<'a> {
 
 impl<'a> Kubectl<'a> {
     fn new(server: &'a Apiserver) -> Kubectl<'a> {
-        let cache = server.dir.path().join("kubectl-cache");
+        let cache = server.dir().join("kubectl-cache");
         Kubectl { server, cache }
     }
 
@@ -41,7 +43,7 @@ impl<'a> Kubectl<'a> {
             "kubectl {args:?} failed: {}\nstdout: {}\nserver log tail:\n{}",
             String::from_utf8_lossy(&out.stderr),
             String::from_utf8_lossy(&out.stdout),
-            tail(&self.server.log())
+            tail(&self.server.log(), 30)
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
@@ -81,20 +83,14 @@ impl<'a> Kubectl<'a> {
     }
 }
 
-fn tail(text: &str) -> String {
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(30)..].join("\n")
-}
-
+/// Waits at most `timeout` for a background kubectl to exit.
 fn wait_child(child: &mut Child, timeout: Duration) -> Option<std::process::ExitStatus> {
-    let deadline = std::time::Instant::now() + timeout;
-    while std::time::Instant::now() < deadline {
-        if let Ok(Some(status)) = child.try_wait() {
-            return Some(status);
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    None
+    wait_for_blocking("kubectl to exit", timeout, || match child.try_wait() {
+        Ok(Some(status)) => Ok(status),
+        _ => Err("it runs"),
+    })
+    .ok()
+    .map(|(status, _)| status)
 }
 
 const WIDGET: &str = "apiVersion: test.corral.dev/v1
@@ -107,9 +103,9 @@ spec:
 ";
 
 fn scenario(backend: Backend) {
-    let server = Apiserver::start(backend);
+    let server = common::apiserver(backend);
     let k = Kubectl::new(&server);
-    let dir = server.dir.path();
+    let dir = server.dir();
 
     // Discovery.
     let resources = k.ok(&["api-resources"]);

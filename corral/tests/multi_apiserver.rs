@@ -17,7 +17,7 @@ fn create(server: &Apiserver, name: &str) -> Value {
         r#"{{"apiVersion":"test.corral.dev/v1","kind":"Widget","metadata":{{"name":"{name}"}},"spec":{{"color":"red"}}}}"#
     );
     let (status, body) = http(
-        server.address,
+        server.address(),
         "POST",
         BASE,
         &[("Content-Type", "application/json")],
@@ -29,17 +29,17 @@ fn create(server: &Apiserver, name: &str) -> Value {
 
 #[test]
 fn three_apiservers_on_one_etcd_agree() {
-    let a = Apiserver::start(Backend::Etcd);
-    let b = a.peer();
-    let c = a.peer();
+    let a = common::apiserver(Backend::Etcd);
+    let b = common::peer(&a);
+    let c = common::peer(&a);
 
     // A watch through C, started before the writes.
-    let (_, list) = http(c.address, "GET", BASE, &[], b"");
+    let (_, list) = http(c.address(), "GET", BASE, &[], b"");
     let rv = serde_json::from_str::<Value>(&list).unwrap()["metadata"]["resourceVersion"]
         .as_str()
         .unwrap()
         .to_string();
-    let mut watch = TcpStream::connect(c.address).unwrap();
+    let mut watch = TcpStream::connect(c.address()).unwrap();
     watch
         .set_read_timeout(Some(Duration::from_secs(20)))
         .unwrap();
@@ -57,7 +57,7 @@ fn three_apiservers_on_one_etcd_agree() {
         .unwrap();
 
     // B reads A's write at once (a consistent read from etcd).
-    let (status, body) = http(b.address, "GET", &format!("{BASE}/from-a"), &[], b"");
+    let (status, body) = http(b.address(), "GET", &format!("{BASE}/from-a"), &[], b"");
     assert_eq!(status, 200, "{body}");
     let through_b: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(through_b["metadata"]["uid"], created["metadata"]["uid"]);
@@ -66,7 +66,7 @@ fn three_apiservers_on_one_etcd_agree() {
     let mut stale = through_b.clone();
     let patch = r#"{"spec":{"color":"blue"}}"#;
     let (status, _) = http(
-        a.address,
+        a.address(),
         "PATCH",
         &format!("{BASE}/from-a"),
         &[("Content-Type", "application/merge-patch+json")],
@@ -75,7 +75,7 @@ fn three_apiservers_on_one_etcd_agree() {
     assert_eq!(status, 200);
     stale["spec"]["color"] = "green".into();
     let (status, body) = http(
-        b.address,
+        b.address(),
         "PUT",
         &format!("{BASE}/from-a"),
         &[("Content-Type", "application/json")],
@@ -86,7 +86,7 @@ fn three_apiservers_on_one_etcd_agree() {
     // Every server lists the same objects at a revision at least as new as the write.
     create(&b, "from-b");
     for server in [&a, &b, &c] {
-        let (status, body) = http(server.address, "GET", BASE, &[], b"");
+        let (status, body) = http(server.address(), "GET", BASE, &[], b"");
         assert_eq!(status, 200);
         let list: Value = serde_json::from_str(&body).unwrap();
         let names: Vec<&str> = list["items"]

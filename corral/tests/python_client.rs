@@ -6,10 +6,10 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use common::{Apiserver, Backend};
+use common::Backend;
 
 fn run(backend: Backend) {
-    let server = Apiserver::start(backend);
+    let server = common::apiserver(backend);
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/python_client.py");
     let output = Command::new("python3")
         .arg(script)

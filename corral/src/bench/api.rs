@@ -19,7 +19,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
-use super::{BenchStore, cpu_seconds, peak_rss_mib, percentile};
+use super::measure::{cpu_seconds, peak_rss_mib, percentile};
+use super::session::BenchStore;
 
 #[derive(clap::Args)]
 pub struct ApiArgs {
@@ -43,7 +44,7 @@ pub struct ApiArgs {
     #[arg(long)]
     http2: bool,
     /// Length of the latency phase.
-    #[arg(long, default_value = "5s", value_parser = crate::parse_duration)]
+    #[arg(long, default_value = "5s", value_parser = crate::command::parse_duration)]
     watch_duration: Duration,
 }
 

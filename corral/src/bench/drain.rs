@@ -1,7 +1,7 @@
 //! `corral bench drain`: how close a drain of a loaded sled comes to the time its live-migration
 //! transfers alone need.
 //!
-//! The benchmark starts a rack as real processes (`rack::start_rack`), puts `--instances`
+//! The benchmark starts a rack as real processes (`Session::start_rack`), puts `--instances`
 //! Instances of `--memory-gib` on one sled (the others cordoned while they are placed), then
 //! drains that sled with `--max-parallel` moves at once and times it until the Drain is
 //! `Completed` (the sled's agent reports no VMM left).
@@ -15,22 +15,20 @@
 //! # Guarantees
 //! - No child process outlives the benchmark; every wait is bounded by `--timeout`.
 
-use std::path::Path;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use corral_crds::{
-    DRAIN_LABEL, Drain, DrainPhase, DrainSpec, EvictionStrategy, Instance, InstanceSpec,
-    InstanceState, Migration, MigrationPhase, Nic, Sled,
+    DRAIN_LABEL, Drain, DrainPhase, DrainSpec, EvictionStrategy, Instance, InstanceSpec, Migration,
+    MigrationPhase, Nic, Sled,
 };
+use corral_harness::wait::Unmet;
 use kube::api::{Api, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
 use tokio::time::Instant;
 
-use super::rack::children::Children;
-use super::rack::measure::CpuSample;
-use super::rack::{RackSpec, start_rack};
-use super::{BenchStore, Session, percentile};
-use crate::parse_duration;
+use super::measure::{CpuSample, percentile};
+use super::session::{RackOptions, Session};
+use crate::command::parse_duration;
 
 /// The drained sled.
 const DRAINED: &str = "sled-1";
@@ -67,48 +65,20 @@ pub struct DrainArgs {
 pub async fn drain(args: DrainArgs) -> anyhow::Result<()> {
     let mut session =
         Session::start("drain", args.store.as_deref(), args.timeout, args.keep).await?;
-    let result = tokio::select! {
-        result = run(
-            &args,
-            &session.store,
-            &mut session.children,
-            session.scratch.path(),
-            session.deadline,
-        ) => result,
-        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
-    };
-    session.stop(&result).await;
+    let last_line = session.run(async |session| run(&args, session).await).await;
     session.end();
-    let last_line = result?;
-    println!("{last_line}");
+    println!("{}", last_line?);
     Ok(())
 }
 
-async fn run(
-    args: &DrainArgs,
-    store: &BenchStore,
-    children: &mut Children,
-    scratch: &Path,
-    deadline: Instant,
-) -> anyhow::Result<String> {
+async fn run(args: &DrainArgs, session: &mut Session) -> anyhow::Result<String> {
     println!(
         "corral bench drain: store {}, {} sleds, {} instances of {} GiB on {DRAINED}, maxParallel {}",
-        store.config, args.sleds, args.instances, args.memory_gib, args.max_parallel
+        session.store.config, args.sleds, args.instances, args.memory_gib, args.max_parallel
     );
-    let rack = start_rack(
-        RackSpec {
-            store: &store.config,
-            etcd_pid: store.etcd_pid(),
-            sleds: args.sleds,
-            controller_concurrency: corral_controllers::DEFAULT_CONCURRENCY,
-            power_sim: &[],
-        },
-        children,
-        scratch,
-        deadline,
-    )
-    .await?;
-    let client = rack.client;
+    let client = session
+        .start_rack(args.sleds, RackOptions::default())
+        .await?;
     let sleds: Api<Sled> = Api::all(client.clone());
     let instances: Api<Instance> = Api::namespaced(client.clone(), "default");
 
@@ -141,29 +111,9 @@ async fn run(
             .with_context(|| format!("creating instance {index}"))?;
     }
     let placed = Instant::now();
-    loop {
-        let list = instances.list(&ListParams::default()).await?;
-        let running = list
-            .items
-            .iter()
-            .filter(|i| {
-                let status = i.status.as_ref();
-                status.and_then(|s| s.state) == Some(InstanceState::Running)
-                    && status.and_then(|s| s.sled.as_deref()) == Some(DRAINED)
-            })
-            .count();
-        if running == args.instances {
-            break;
-        }
-        children.check_alive()?;
-        if Instant::now() > deadline {
-            bail!(
-                "only {running} of {} instances ran on {DRAINED} within --timeout",
-                args.instances
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    session
+        .wait_until_running(&instances, args.instances, Some(DRAINED))
+        .await?;
     cordon(&sleds, &others, false).await?;
     println!(
         "{} instances Running on {DRAINED} after {:.1} s",
@@ -179,7 +129,8 @@ async fn run(
         .context("the drained sled reports no migration bandwidth")?;
 
     // The clock starts with the Drain.
-    let cpu_before = CpuSample::take(&rack.pids);
+    let pids = session.pids();
+    let cpu_before = CpuSample::take(&pids);
     let drains: Api<Drain> = Api::all(client.clone());
     let name = "bench-drain";
     let drain = Drain {
@@ -199,36 +150,41 @@ async fn run(
     let start = Instant::now();
     drains.create(&PostParams::default(), &drain).await?;
     let mut next_progress = start + PROGRESS_EVERY;
-    let finished = loop {
-        let drain = drains.get(name).await?;
-        let status = drain.status.clone().unwrap_or_default();
-        if let Some(phase) = status.phase.filter(|p| p.is_final()) {
-            if phase != DrainPhase::Completed {
-                bail!("the drain ended {phase}: {}", status.message);
-            }
-            break start.elapsed();
-        }
-        if Instant::now() >= next_progress {
-            println!(
-                "  {:>5.1} s: {} moved, {} moving, {} VMMs left, ETA {} s",
-                start.elapsed().as_secs_f64(),
-                status.progress,
-                status.moving,
-                status.vmms_left,
-                status.eta_seconds.map_or("?".into(), |e| e.to_string())
-            );
-            next_progress += PROGRESS_EVERY;
-        }
-        children.check_alive()?;
-        if Instant::now() > deadline {
-            bail!(
-                "the drain was not done within --timeout ({})",
-                status.progress
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    let cpu = CpuSample::take(&rack.pids).minus(cpu_before);
+    let finished = session
+        .wait_for(
+            "the drain Completed",
+            Duration::from_millis(100),
+            async || {
+                let drain = drains
+                    .get(name)
+                    .await
+                    .map_err(|error| format!("reading the drain: {error}"))?;
+                let status = drain.status.clone().unwrap_or_default();
+                if let Some(phase) = status.phase.filter(|p| p.is_final()) {
+                    if phase != DrainPhase::Completed {
+                        return Err(Unmet::Never(format!(
+                            "the drain ended {phase}: {}",
+                            status.message
+                        )));
+                    }
+                    return Ok(start.elapsed());
+                }
+                if Instant::now() >= next_progress {
+                    println!(
+                        "  {:>5.1} s: {} moved, {} moving, {} VMMs left, ETA {} s",
+                        start.elapsed().as_secs_f64(),
+                        status.progress,
+                        status.moving,
+                        status.vmms_left,
+                        status.eta_seconds.map_or("?".into(), |e| e.to_string())
+                    );
+                    next_progress += PROGRESS_EVERY;
+                }
+                Err(Unmet::Yet(format!("{} moved", status.progress)))
+            },
+        )
+        .await?;
+    let cpu = CpuSample::take(&pids).minus(cpu_before);
 
     let migrations: Api<Migration> = Api::namespaced(client.clone(), "default");
     let moved = migrations
@@ -272,7 +228,7 @@ async fn run(
     );
     println!(
         "CPU seconds during the drain: {}",
-        cpu.describe(store.etcd.is_some())
+        cpu.describe(session.store.has_etcd())
     );
     println!("wall {wall:.1} s, modelled transfers {modelled:.1} s");
     Ok(format!("drain wall/modelled: {:.2}", wall / modelled))

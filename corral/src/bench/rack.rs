@@ -14,36 +14,32 @@
 //! `all running: N instances in S s, create->running p99 X s`.
 //!
 //! # Guarantees
-//! - No child process outlives the benchmark (`children.rs`).
+//! - No child process outlives the benchmark (`session.rs`).
 //! - Every wait is bounded by `--timeout`; a run that times out says how far it got and exits
 //!   non-zero.
 //!
-//! Code map: this file runs the benchmark; `children.rs` supervises the processes;
-//! `measure.rs` holds what is measured and how it is reported. Figures: `docs/benchmarks.md`.
+//! Code map: this file runs the benchmark; `observed.rs` holds what is observed of the
+//! Instances and the store and how it is reported. Figures: `docs/benchmarks.md`.
 
-pub(super) mod children;
-pub(super) mod measure;
+mod observed;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use corral_crds::{Instance, InstanceSpec, InstanceState, Sled, SledConditionType};
-use corral_store::StoreConfig;
+use corral_crds::{Instance, InstanceSpec, InstanceState, Sled};
 use futures::{StreamExt, TryStreamExt};
-use kube::api::{Api, DynamicObject, ListParams, ObjectMeta, PostParams};
-use kube::core::{ApiResource, GroupVersionKind};
+use kube::api::{Api, ListParams, ObjectMeta, PostParams};
 use kube::runtime::watcher;
 use tokio::time::Instant;
 
-use super::{BenchStore, Session, peak_rss_mib, percentile};
-use crate::parse_duration;
-use children::Children;
-use measure::{CpuSample, Latencies, Pids, Timeline, describe_writes, writes_by_resource};
+use super::measure::{CpuSample, peak_rss_mib, percentile};
+use super::session::{RackOptions, Session};
+use crate::command::parse_duration;
+use observed::{Latencies, Timeline, describe_writes, writes_by_resource};
 
 /// The label every Instance of the benchmark carries.
 const BENCH_LABEL: (&str, &str) = ("corral.dev/bench", "rack");
@@ -129,17 +125,7 @@ pub async fn rack(args: RackArgs) -> anyhow::Result<()> {
     }
     let mut session =
         Session::start("rack", args.store.as_deref(), args.timeout, args.keep).await?;
-    let result = tokio::select! {
-        result = run(
-            &args,
-            &session.store,
-            &mut session.children,
-            session.scratch.path(),
-            session.deadline,
-        ) => result,
-        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
-    };
-    session.stop(&result).await;
+    let result = session.run(async |session| run(&args, session).await).await;
     let result = match result {
         Ok(finished) => {
             // The store's history says what was written, once the API server is gone (the
@@ -173,20 +159,14 @@ struct Finished {
     last_line: String,
 }
 
-async fn run(
-    args: &RackArgs,
-    store: &BenchStore,
-    children: &mut Children,
-    scratch: &Path,
-    deadline: Instant,
-) -> anyhow::Result<Finished> {
+async fn run(args: &RackArgs, session: &mut Session) -> anyhow::Result<Finished> {
     let rate = match args.apply_rate.0 {
         Some(rate) => format!("{rate}/s"),
         None => "as fast as they go".to_string(),
     };
     println!(
         "corral bench rack: store {}, {} sleds, {} instances ({} CPU, {} MiB) applied at {rate} ({} creates in flight), boot time {:?}, controller concurrency {}",
-        store.config,
+        session.store.config,
         args.sleds,
         args.instances,
         args.instance_cpus,
@@ -197,23 +177,15 @@ async fn run(
     );
 
     let started = Instant::now();
-    let rack = start_rack(
-        RackSpec {
-            store: &store.config,
-            etcd_pid: store.etcd_pid(),
-            sleds: args.sleds,
-            controller_concurrency: args.controller_concurrency,
-            power_sim: &[
-                "--boot-time".to_string(),
-                format!("{}ms", args.boot_time.as_millis()),
-            ],
-        },
-        children,
-        scratch,
-        deadline,
-    )
-    .await?;
-    let (client, pids) = (rack.client, rack.pids);
+    let options = RackOptions {
+        controller_concurrency: args.controller_concurrency,
+        power_sim_args: vec![
+            "--boot-time".to_string(),
+            format!("{}ms", args.boot_time.as_millis()),
+        ],
+    };
+    let client = session.start_rack(args.sleds, options).await?;
+    let (pids, deadline) = (session.pids(), session.deadline);
     println!(
         "rack ready: {} sleds Ready, controllers leading, {:.1} s after start",
         args.sleds,
@@ -288,7 +260,7 @@ async fn run(
                     start.elapsed().as_secs_f64(),
                     created.load(Ordering::Relaxed),
                 );
-                children.check_alive()?;
+                session.check_alive()?;
             }
             _ = tokio::time::sleep_until(deadline) => {
                 let mut states: BTreeMap<&str, usize> = BTreeMap::new();
@@ -322,7 +294,10 @@ async fn run(
 
     // Whole-run figures, read just before the processes are stopped.
     let cpu_total = CpuSample::take(&pids);
-    let rss = |pid: u32| peak_rss_mib(&pid.to_string()).unwrap_or(f64::NAN);
+    let rss = |pid: Option<u32>| {
+        pid.and_then(|pid| peak_rss_mib(&pid.to_string()))
+            .unwrap_or(f64::NAN)
+    };
     let with_etcd = pids.etcd.is_some();
     println!(
         "created:           {} instances in {create_phase:.1} s ({:.0}/s); create requests p50 {:.1} ms, p99 {:.1} ms",
@@ -359,8 +334,8 @@ async fn run(
         rss(pids.controllers),
         rss(pids.power_sim)
     );
-    if let Some(etcd) = pids.etcd {
-        let _ = write!(peak, ", etcd {:.0} MiB", rss(etcd));
+    if with_etcd {
+        let _ = write!(peak, ", etcd {:.0} MiB", rss(pids.etcd));
     }
     println!("{peak}");
     Ok(Finished {
@@ -371,183 +346,6 @@ async fn run(
             all_running.as_secs_f64()
         ),
     })
-}
-
-/// Starts `corral apiserver` on a free loopback port and waits until it answers. A port taken
-/// between choosing and binding it is retried with another.
-/// What [`start_rack`] starts.
-pub(super) struct RackSpec<'a> {
-    pub store: &'a StoreConfig,
-    pub etcd_pid: Option<u32>,
-    pub sleds: usize,
-    pub controller_concurrency: u16,
-    /// More `corral power-sim` arguments (timing, capacity).
-    pub power_sim: &'a [String],
-}
-
-/// A started benchmark rack.
-pub(super) struct StartedRack {
-    pub client: kube::Client,
-    pub pids: Pids,
-}
-
-/// Starts the control plane as processes of this binary — `corral apiserver`, then `corral
-/// controllers` and `corral power-sim` (every sled, cold-started) against its kubeconfig —
-/// and waits until the controllers lead and every sled is Ready.
-pub(super) async fn start_rack(
-    spec: RackSpec<'_>,
-    children: &mut Children,
-    scratch: &Path,
-    deadline: Instant,
-) -> anyhow::Result<StartedRack> {
-    let (address, apiserver) = start_apiserver(spec.store, children, deadline).await?;
-    let kubeconfig = scratch.join("kubeconfig");
-    std::fs::write(&kubeconfig, crate::kubeconfig(address))
-        .with_context(|| format!("writing {}", kubeconfig.display()))?;
-    let client = corral_client::connect(Some(&kubeconfig)).await?;
-    let kubeconfig_arg = kubeconfig.display().to_string();
-    let controllers = children.spawn(
-        "controllers",
-        &[
-            "controllers",
-            "--kubeconfig",
-            &kubeconfig_arg,
-            "--concurrency",
-            &spec.controller_concurrency.to_string(),
-        ],
-    )?;
-    let sled_dir = scratch.join("rack").display().to_string();
-    let sleds = spec.sleds.to_string();
-    let mut power_sim_args = vec![
-        "power-sim",
-        "--kubeconfig",
-        &kubeconfig_arg,
-        "--sleds",
-        &sleds,
-        "--data-dir",
-        &sled_dir,
-        "--cold-start",
-    ];
-    power_sim_args.extend(spec.power_sim.iter().map(String::as_str));
-    let power_sim = children.spawn("power-sim", &power_sim_args)?;
-    let pids = Pids {
-        apiserver,
-        controllers,
-        power_sim,
-        etcd: spec.etcd_pid,
-    };
-    wait_for_leader(&client, children, deadline).await?;
-    wait_for_sleds(&client, spec.sleds, children, deadline).await?;
-    Ok(StartedRack { client, pids })
-}
-
-async fn start_apiserver(
-    store: &StoreConfig,
-    children: &mut Children,
-    deadline: Instant,
-) -> anyhow::Result<(std::net::SocketAddr, u32)> {
-    const ATTEMPTS: usize = 3;
-    for attempt in 1..=ATTEMPTS {
-        let address = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
-        let listen = address.to_string();
-        let mut arguments = vec!["apiserver".to_string(), "--listen".into(), listen];
-        match store {
-            StoreConfig::Sqlite { path } => {
-                arguments.extend(["--store".into(), format!("sqlite:{}", path.display())]);
-            }
-            StoreConfig::Etcd { endpoints, prefix } => {
-                arguments.extend([
-                    "--store".into(),
-                    format!("etcd:{}", endpoints.join(",")),
-                    "--etcd-prefix".into(),
-                    prefix.clone(),
-                ]);
-            }
-        }
-        let arguments: Vec<&str> = arguments.iter().map(String::as_str).collect();
-        let pid = children.spawn("apiserver", &arguments)?;
-        let client = corral_client::connect_url(&format!("http://{address}"))?;
-        loop {
-            // Only a port that accepts is asked (kube logs every refused connection).
-            if tokio::net::TcpStream::connect(address).await.is_ok()
-                && client.apiserver_version().await.is_ok()
-            {
-                return Ok((address, pid));
-            }
-            if children.check_alive().is_err() {
-                break;
-            }
-            if Instant::now() > deadline {
-                bail!("the apiserver did not answer within --timeout");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        if attempt < ATTEMPTS {
-            children.forget("apiserver");
-        }
-    }
-    children.check_alive()?;
-    bail!("the apiserver did not start")
-}
-
-/// Waits until the controllers hold their leader Lease.
-async fn wait_for_leader(
-    client: &kube::Client,
-    children: &mut Children,
-    deadline: Instant,
-) -> anyhow::Result<()> {
-    let lease = ApiResource::from_gvk(&GroupVersionKind::gvk("coordination.k8s.io", "v1", "Lease"));
-    let (namespace, name) = corral_controllers::LEADER_LEASE;
-    let leases: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, &lease);
-    loop {
-        if let Ok(Some(lease)) = leases.get_opt(name).await
-            && lease.data["spec"]["holderIdentity"]
-                .as_str()
-                .is_some_and(|holder| !holder.is_empty())
-        {
-            return Ok(());
-        }
-        children.check_alive()?;
-        if Instant::now() > deadline {
-            bail!("the controllers took no leader Lease within --timeout");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// Waits until `count` Sleds report Ready with an epoch.
-async fn wait_for_sleds(
-    client: &kube::Client,
-    count: usize,
-    children: &mut Children,
-    deadline: Instant,
-) -> anyhow::Result<()> {
-    let sleds: Api<Sled> = Api::all(client.clone());
-    let mut ready = 0;
-    loop {
-        if let Ok(list) = sleds.list(&ListParams::default()).await {
-            ready = list
-                .items
-                .iter()
-                .filter_map(|sled| sled.status.as_ref())
-                .filter(|status| {
-                    status.epoch > 0
-                        && corral_crds::condition::is_true(
-                            &status.conditions,
-                            SledConditionType::Ready,
-                        )
-                })
-                .count();
-            if ready >= count {
-                return Ok(());
-            }
-        }
-        children.check_alive()?;
-        if Instant::now() > deadline {
-            bail!("only {ready} of {count} sleds were Ready within --timeout");
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
 }
 
 /// The store's current revision: the resourceVersion of a consistent (uncached) list.

@@ -1,6 +1,6 @@
 //! `corral bench v2p`: how fast a moved instance's new V2P mapping reaches every sled.
 //!
-//! The benchmark starts a rack as real processes (`rack::start_rack`), runs `--instances`
+//! The benchmark starts a rack as real processes (`Session::start_rack`), runs `--instances`
 //! Instances with a NIC in one VPC, then live-migrates them one after another, `--migrations`
 //! times. For each move it measures, as one observer watching Instances, VpcRoutes and Sleds:
 //! from the moment the Instance shows its new sled (the switch) to the moment every Ready sled
@@ -11,24 +11,21 @@
 //! - No child process outlives the benchmark; every wait is bounded by `--timeout`.
 
 use std::collections::HashMap;
-use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use corral_crds::{
-    Instance, InstanceSpec, InstanceState, Migration, MigrationPhase, MigrationSpec, Nic, Sled,
-    VpcRoutes,
+    Instance, InstanceSpec, Migration, MigrationPhase, MigrationSpec, Nic, Sled, VpcRoutes,
 };
 use futures::StreamExt;
 use kube::ResourceExt;
-use kube::api::{Api, ListParams, ObjectMeta, PostParams};
+use kube::api::{Api, ObjectMeta, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use tokio::time::Instant;
 
-use super::rack::children::Children;
-use super::rack::{RackSpec, start_rack};
-use super::{BenchStore, Session, percentile};
-use crate::parse_duration;
+use super::measure::percentile;
+use super::session::{RackOptions, Session};
+use crate::command::parse_duration;
 
 /// The benchmark's VPC.
 const VPC: &str = "bench";
@@ -60,20 +57,9 @@ pub struct V2pArgs {
 
 pub async fn v2p(args: V2pArgs) -> anyhow::Result<()> {
     let mut session = Session::start("v2p", args.store.as_deref(), args.timeout, args.keep).await?;
-    let result = tokio::select! {
-        result = run(
-            &args,
-            &session.store,
-            &mut session.children,
-            session.scratch.path(),
-            session.deadline,
-        ) => result,
-        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
-    };
-    session.stop(&result).await;
+    let last_line = session.run(async |session| run(&args, session).await).await;
     session.end();
-    let last_line = result?;
-    println!("{last_line}");
+    println!("{}", last_line?);
     Ok(())
 }
 
@@ -141,31 +127,15 @@ impl View {
     }
 }
 
-async fn run(
-    args: &V2pArgs,
-    store: &BenchStore,
-    children: &mut Children,
-    scratch: &Path,
-    deadline: Instant,
-) -> anyhow::Result<String> {
+async fn run(args: &V2pArgs, session: &mut Session) -> anyhow::Result<String> {
     println!(
         "corral bench v2p: store {}, {} sleds, {} instances in VPC {VPC}, {} moves",
-        store.config, args.sleds, args.instances, args.migrations
+        session.store.config, args.sleds, args.instances, args.migrations
     );
-    let rack = start_rack(
-        RackSpec {
-            store: &store.config,
-            etcd_pid: store.etcd_pid(),
-            sleds: args.sleds,
-            controller_concurrency: corral_controllers::DEFAULT_CONCURRENCY,
-            power_sim: &[],
-        },
-        children,
-        scratch,
-        deadline,
-    )
-    .await?;
-    let client = rack.client;
+    let client = session
+        .start_rack(args.sleds, RackOptions::default())
+        .await?;
+    let deadline = session.deadline;
     let instances: Api<Instance> = Api::namespaced(client.clone(), "default");
     let ip = |index: usize| format!("10.2.{}.{}", index / 256, index % 256);
     for index in 0..args.instances {
@@ -189,25 +159,9 @@ async fn run(
         };
         instances.create(&PostParams::default(), &instance).await?;
     }
-    loop {
-        let list = instances.list(&ListParams::default()).await?;
-        let running = list
-            .items
-            .iter()
-            .filter(|i| i.status.as_ref().and_then(|s| s.state) == Some(InstanceState::Running))
-            .count();
-        if running == args.instances {
-            break;
-        }
-        children.check_alive()?;
-        if Instant::now() > deadline {
-            bail!(
-                "only {running} of {} instances ran within --timeout",
-                args.instances
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    session
+        .wait_until_running(&instances, args.instances, None)
+        .await?;
 
     // One observer: three watches merged into one stream, applied in arrival order.
     let seen = futures::stream::select_all([
@@ -292,7 +246,7 @@ async fn run(
             {
                 break at.elapsed();
             }
-            children.check_alive()?;
+            session.check_alive()?;
         };
         samples.push(measured.as_secs_f64() * 1000.0);
         let done = migrations.get(&format!("move-{move_index:04}")).await?;

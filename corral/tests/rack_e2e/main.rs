@@ -20,18 +20,19 @@
 //!
 //! # The invariant checker
 //! After every step, every machine's `GET /vmms` (the fault API: what really runs) is compared
-//! with the API: each Instance that should run is `Running` with exactly one VMM, the one its
-//! `status.activeVmm` names on its `status.sled`; an Instance that should not run has none; and
-//! every VMM on every machine belongs to an existing Instance (nothing leaked).
+//! with the API: each Instance that should run (`Instance::should_run`, the controller's rule;
+//! the story's Instances are `Always` or `Halted`) is `Running` with exactly one VMM, the one
+//! its `status.activeVmm` names on its `status.sled`; an Instance that should not run has none;
+//! and every VMM on every machine belongs to an existing Instance (nothing leaked).
 //!
 //! # Determinism
 //! Random choices (which sled, which instances, the kill order) come from one seed, printed at
 //! the start; `RACK_E2E_SEED=N` replays it. Every fault is printed with its time (the fault
 //! schedule), and every measured duration is printed. Every wait polls a condition with a bound;
 //! on a timeout the test fails with what was still wrong and the recent Warning Events, and on
-//! any failure it prints the tail of every process's log. Every process is killed when the test
-//! ends, even on a panic (`Drop`), and if the test process dies (parent-death signal); the logs,
-//! the sleds' data and the store are then kept for a post-mortem.
+//! any failure it prints the tail of every process's log. The rack is a `corral_harness::Rack`:
+//! every process is killed when the test ends, even on a panic, and if the test process dies;
+//! the logs, the sleds' data and the store are then kept for a post-mortem.
 //!
 //! # Assumptions
 //! - Step 2 writes the cordon before creating the late Instances, and counts on the controller's
@@ -44,23 +45,20 @@ mod migration;
 mod story;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use common::{Apiserver, Backend, Process, free_port};
 use corral_crds::{Instance, InstanceSpec, InstanceState, RunStrategy, Sled, Vmm, VmmState};
+use corral_harness::rack::{Agent, sled_name};
+use corral_harness::wait::wait_for_polling;
+use corral_harness::{Rack, RackSpec, Scratch, SledHost, Store, Victim};
 use futures::{StreamExt, TryStreamExt};
-use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::Event;
+use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
-use kube::{Client, ResourceExt};
 use rand::rngs::StdRng;
 use rand::seq::{IndexedRandom, SliceRandom};
 use rand::{Rng, SeedableRng};
 use serde::Deserialize;
 use serde_json::json;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const SLEDS: usize = 8;
 const INSTANCES: usize = 200;
@@ -82,745 +80,420 @@ const CONVERGE_FEW: Duration = Duration::from_secs(45);
 const START_BOUND: Duration = Duration::from_secs(30);
 /// The whole story gives up after this long, even if it is stuck where no wait bounds it.
 const STORY_BOUND: Duration = Duration::from_secs(300);
-/// One probe of a wait (a few API calls) gives up after this long.
-const PROBE_BOUND: Duration = Duration::from_secs(10);
-const POLL: Duration = Duration::from_millis(250);
 
-/// One simulated sled: its node-agent process, data directory and fault API.
-struct SledAgent {
-    sled: String,
-    data_dir: PathBuf,
-    fault: SocketAddr,
-    process: Process,
-}
-
-/// A process of the rack, for the fault schedule.
-#[derive(Clone, Copy, Debug)]
-enum Victim {
-    Apiserver,
-    Controllers(usize),
-    Agent(usize),
-}
-
-struct Rack {
-    started: Instant,
-    dir: tempfile::TempDir,
-    apiserver: Apiserver,
-    controllers: Vec<Process>,
-    agents: Vec<SledAgent>,
-    client: Client,
-    schedule: Vec<String>,
-    timings: Vec<(String, Duration)>,
-}
-
-fn sled_name(index: usize) -> String {
-    format!("sled-{index}")
-}
-
-impl Rack {
-    /// Starts the API server, both controllers and every node-agent, and waits until every
-    /// sled is Ready and a leader holds the Lease.
-    async fn start() -> Rack {
-        let started = Instant::now();
-        let dir = tempfile::tempdir().expect("a temporary directory");
-        let apiserver = Apiserver::start_tied_to_thread(Backend::Sqlite);
-        let client = corral_client::connect(Some(&apiserver.kubeconfig()))
-            .await
-            .expect("a client from the kubeconfig");
-        let mut rack = Rack {
-            started,
-            dir,
-            apiserver,
-            controllers: Vec::new(),
-            agents: Vec::new(),
-            client,
-            schedule: Vec::new(),
-            timings: Vec::new(),
-        };
-        for index in 0..2 {
-            let log = rack
-                .dir
-                .path()
-                .join(format!("controllers-{}.log", index + 1));
-            let process = Process::spawn(
-                &format!("controllers-{}", index + 1),
-                corral(),
-                &rack.controllers_args(),
-                &log,
-            );
-            rack.controllers.push(process);
-        }
-        for index in 0..SLEDS {
-            let sled = sled_name(index + 1);
-            let data_dir = rack.dir.path().join(&sled);
-            let fault = SocketAddr::from(([127, 0, 0, 1], free_port()));
-            let args = rack.agent_args(&sled, &data_dir, fault, true);
-            let log = rack.dir.path().join(format!("{sled}.log"));
-            let process = Process::spawn(&format!("node-agent {sled}"), corral(), &args, &log);
-            rack.agents.push(SledAgent {
-                sled,
-                data_dir,
-                fault,
-                process,
-            });
-        }
-        println!("logs and sled data in {}", rack.dir.path().display());
-        rack.wait_for("every sled Ready", START_BOUND, async || {
-            rack.sleds_ready().await
-        })
-        .await;
-        rack.wait_for("a leader", START_BOUND, async || rack.leader_index().await)
-            .await;
-        rack.record("rack started (8 sleds Ready, a leader)", started.elapsed());
-        rack
-    }
-
-    fn controllers_args(&self) -> Vec<String> {
-        vec![
-            "controllers".into(),
-            "--kubeconfig".into(),
-            self.apiserver.kubeconfig().display().to_string(),
+/// Starts the story's rack — the API server on a SQLite file, two controllers processes on a
+/// [`LEADER_LEASE`] Lease, a node-agent per sled — and waits until every sled is Ready and a
+/// leader holds the Lease.
+async fn start_rack() -> Rack {
+    let started = Instant::now();
+    let scratch = Scratch::temporary("corral-rack-e2e-").expect("a temporary directory");
+    let (lease_namespace, lease_name) = corral_controllers::LEADER_LEASE;
+    let spec = RackSpec {
+        program: common::corral().to_path_buf(),
+        store: Store::Sqlite(scratch.path().join("store.db")),
+        apiserver_args: vec!["--crds".into(), common::crd_dir().display().to_string()],
+        controllers: 2,
+        controllers_args: vec![
             "--lease-duration".into(),
             format!("{}ms", LEADER_LEASE.as_millis()),
+        ],
+        sleds: SLEDS,
+        sled_host: SledHost::Agents,
+        sled_args: [
+            "--cpus",
+            &SLED_CPUS.to_string(),
+            "--memory-mib",
+            &SLED_MEMORY_MIB.to_string(),
+            "--boot-time",
+            "200ms",
+            "--stop-time",
+            "100ms",
         ]
+        .map(String::from)
+        .to_vec(),
+        leader_lease: (lease_namespace.into(), lease_name.into()),
+        log_filter: "info".into(),
+    };
+    let mut rack = Rack::new(spec, scratch).expect("a rack");
+    println!("logs, sled data and the store in {}", rack.dir().display());
+    if let Err(error) = rack.start(START_BOUND).await {
+        panic!("starting the rack: {:#}", anyhow::Error::from(error));
     }
+    rack.record("rack started (8 sleds Ready, a leader)", started.elapsed());
+    rack
+}
 
-    fn agent_args(
-        &self,
-        sled: &str,
-        data_dir: &std::path::Path,
-        fault: SocketAddr,
-        cold_start: bool,
-    ) -> Vec<String> {
-        let mut args: Vec<String> = vec![
-            "node-agent".into(),
-            "--kubeconfig".into(),
-            self.apiserver.kubeconfig().display().to_string(),
-            "--sled".into(),
-            sled.into(),
-            "--data-dir".into(),
-            data_dir.display().to_string(),
-            "--fault-listen".into(),
-            fault.to_string(),
-            "--cpus".into(),
-            SLED_CPUS.to_string(),
-            "--memory-mib".into(),
-            SLED_MEMORY_MIB.to_string(),
-            "--boot-time".into(),
-            "200ms".into(),
-            "--stop-time".into(),
-            "100ms".into(),
-        ];
-        if cold_start {
-            args.push("--cold-start".into());
-        }
-        args
-    }
+// ---------------------------------------------------------------------------------------------
+// What the story reads and writes through the API, and its checks.
 
-    /// Starts the `index`th controllers process again.
-    fn start_controllers(&mut self, index: usize) {
-        let args = self.controllers_args();
-        self.controllers[index].respawn(&args);
-    }
+fn instance_api(rack: &Rack) -> Api<Instance> {
+    Api::namespaced(rack.client().clone(), NAMESPACE)
+}
 
-    /// Starts the `index`th node-agent again, on the same machine (or power-cycling it).
-    fn start_agent(&mut self, index: usize, cold_start: bool) {
-        let agent = &self.agents[index];
-        let args = self.agent_args(&agent.sled, &agent.data_dir, agent.fault, cold_start);
-        self.agents[index].process.respawn(&args);
-    }
+async fn list_instances(rack: &Rack) -> Result<Vec<Instance>, String> {
+    instance_api(rack)
+        .list(&ListParams::default())
+        .await
+        .map(|list| list.items)
+        .map_err(|error| format!("listing instances: {error}"))
+}
 
-    /// Kills one process with SIGKILL; returns what it was, for the schedule.
-    fn kill9(&mut self, victim: Victim) -> String {
-        match victim {
-            Victim::Apiserver => {
-                let pid = self.apiserver.pid();
-                self.apiserver.kill9();
-                format!("apiserver (pid {pid:?})")
+async fn list_vmms(rack: &Rack) -> Result<Vec<Vmm>, String> {
+    Api::<Vmm>::namespaced(rack.client().clone(), NAMESPACE)
+        .list(&ListParams::default())
+        .await
+        .map(|list| list.items)
+        .map_err(|error| format!("listing vmms: {error}"))
+}
+
+async fn list_sleds(rack: &Rack) -> Result<Vec<Sled>, String> {
+    Api::<Sled>::all(rack.client().clone())
+        .list(&ListParams::default())
+        .await
+        .map(|list| list.items)
+        .map_err(|error| format!("listing sleds: {error}"))
+}
+
+/// Creates Instances of 1 to 4 CPUs (by name), a few at a time.
+async fn create_instances(rack: &Rack, names: &[String]) {
+    let api = instance_api(rack);
+    futures::stream::iter(names.iter().enumerate())
+        .map(|(index, name)| {
+            let api = api.clone();
+            let instance = Instance::new(
+                name,
+                InstanceSpec {
+                    cpus: 1 + (index % 4) as u32,
+                    memory_mib: INSTANCE_MEMORY_MIB,
+                    image: "debian-12".into(),
+                    ..Default::default()
+                },
+            );
+            async move {
+                api.create(&PostParams::default(), &instance)
+                    .await
+                    .map_err(|error| format!("creating instance {name}: {error}"))
             }
-            Victim::Controllers(index) => {
-                let process = &mut self.controllers[index];
-                let pid = process.pid();
-                process.kill9();
-                format!("{} (pid {pid:?})", process.name)
-            }
-            Victim::Agent(index) => {
-                let process = &mut self.agents[index].process;
-                let pid = process.pid();
-                process.kill9();
-                format!("{} (pid {pid:?})", process.name)
-            }
-        }
-    }
+        })
+        .buffer_unordered(16)
+        .try_collect::<Vec<_>>()
+        .await
+        .expect("creating instances");
+}
 
-    /// Starts the API server again on its address and store, with a fresh client.
-    async fn restart_apiserver(&mut self) {
-        self.apiserver.restart();
-        self.client = corral_client::connect(Some(&self.apiserver.kubeconfig()))
-            .await
-            .expect("a client from the kubeconfig");
-    }
+async fn set_run_strategy(rack: &Rack, name: &str, strategy: RunStrategy) {
+    let patch = json!({"spec": {"runStrategy": strategy.as_str()}});
+    instance_api(rack)
+        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap_or_else(|error| panic!("setting runStrategy {strategy} on {name}: {error}"));
+}
 
-    /// Prints and remembers a fault (or operator action), with its time since the start.
-    fn fault(&mut self, what: impl Into<String>) {
-        let line = format!(
-            "[{:>8.3}s] {}",
-            self.started.elapsed().as_secs_f64(),
-            what.into()
-        );
-        println!("fault schedule: {line}");
-        self.schedule.push(line);
-    }
+async fn set_unschedulable(rack: &Rack, sled: &str, unschedulable: bool) {
+    let patch = json!({"spec": {"unschedulable": unschedulable}});
+    Api::<Sled>::all(rack.client().clone())
+        .patch(sled, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap_or_else(|error| panic!("cordoning {sled} ({unschedulable}): {error}"));
+}
 
-    fn record(&mut self, what: &str, took: Duration) {
-        println!("timing: {what}: {took:.2?}");
-        self.timings.push((what.to_string(), took));
-    }
+/// `count` instances that run now, chosen by `rng`, sorted.
+async fn pick_running(rack: &Rack, rng: &mut StdRng, count: usize) -> Vec<String> {
+    let mut running: Vec<String> = list_instances(rack)
+        .await
+        .expect("listing instances")
+        .iter()
+        .filter(|i| state(i) == Some(InstanceState::Running))
+        .map(|i| i.name_any())
+        .collect();
+    running.sort();
+    let mut picked: Vec<String> = running.choose_multiple(rng, count).cloned().collect();
+    assert_eq!(
+        picked.len(),
+        count,
+        "not enough running instances to pick from"
+    );
+    picked.sort();
+    picked
+}
 
-    async fn print_summary(&self) {
-        match self.list_events().await {
-            Ok(events) => {
-                let mut by_reason: BTreeMap<String, i32> = BTreeMap::new();
-                for event in events
-                    .iter()
-                    .filter(|e| e.type_.as_deref() == Some("Warning"))
-                {
-                    *by_reason
-                        .entry(event.reason.clone().unwrap_or_default())
-                        .or_default() += event.count.unwrap_or(1);
-                }
-                println!("--- Warning events by reason: {by_reason:?}");
-            }
-            Err(error) => println!("--- Warning events: {error}"),
-        }
-        println!("--- fault schedule");
-        for line in &self.schedule {
-            println!("{line}");
-        }
-        println!("--- timings");
-        for (what, took) in &self.timings {
-            println!("{took:>10.2?}  {what}");
-        }
-        println!("total {:.2?}", self.started.elapsed());
-    }
+async fn vmm_names_on(rack: &Rack, sled: &str) -> BTreeSet<String> {
+    list_vmms(rack)
+        .await
+        .expect("listing vmms")
+        .iter()
+        .filter(|vmm| vmm.spec.sled == sled)
+        .map(|vmm| vmm.name_any())
+        .collect()
+}
 
-    /// Polls `probe` until it answers `Ok`, for at most `bound`; returns the answer and how
-    /// long it took. On a timeout, fails with the probe's last complaint and recent Warnings.
-    async fn wait_for<T>(
-        &self,
-        what: &str,
-        bound: Duration,
-        mut probe: impl AsyncFnMut() -> Result<T, String>,
-    ) -> (T, Duration) {
-        let started = Instant::now();
-        let mut last: String;
-        loop {
-            match tokio::time::timeout(PROBE_BOUND, probe()).await {
-                Ok(Ok(answer)) => return (answer, started.elapsed()),
-                Ok(Err(complaint)) => last = complaint,
-                Err(_) => last = format!("a probe took longer than {PROBE_BOUND:?}"),
-            }
-            if started.elapsed() >= bound {
-                let warnings = self.recent_warnings().await;
-                panic!(
-                    "timed out after {bound:?} waiting for {what}: {last}\n--- recent Warning events\n{warnings}"
-                );
-            }
-            tokio::time::sleep(POLL).await;
-        }
-    }
+async fn sled_epochs(rack: &Rack) -> BTreeMap<String, u64> {
+    list_sleds(rack)
+        .await
+        .expect("listing sleds")
+        .iter()
+        .map(|sled| {
+            let epoch = sled.status.as_ref().map_or(0, |s| s.epoch);
+            (sled.name_any(), epoch)
+        })
+        .collect()
+}
 
-    /// The last Warning Events, newest last, for a failure message.
-    async fn recent_warnings(&self) -> String {
-        let events = match tokio::time::timeout(PROBE_BOUND, self.list_events()).await {
-            Ok(Ok(events)) => events,
-            Ok(Err(error)) => return format!("({error})"),
-            Err(_) => return "(listing events timed out)".into(),
-        };
-        let mut warnings: Vec<&Event> = events
-            .iter()
-            .filter(|event| event.type_.as_deref() == Some("Warning"))
-            .collect();
-        warnings.sort_by_key(|event| {
-            event
-                .resource_version()
-                .and_then(|rv| rv.parse::<u64>().ok())
-        });
-        let lines: Vec<String> = warnings
-            .iter()
-            .map(|event| {
-                format!(
-                    "{} {}/{} x{}: {}",
-                    event.reason.as_deref().unwrap_or("-"),
-                    event.involved_object.kind.as_deref().unwrap_or("-"),
-                    event.involved_object.name.as_deref().unwrap_or("-"),
-                    event.count.unwrap_or(1),
-                    event.message.as_deref().unwrap_or("")
-                )
-            })
-            .collect();
-        common::tail(&lines.join("\n"), 25)
-    }
+/// `status.vmmSerial` of every Instance: how many Vmms it has had.
+async fn vmm_serials(rack: &Rack) -> BTreeMap<String, u64> {
+    list_instances(rack)
+        .await
+        .expect("listing instances")
+        .iter()
+        .map(|i| (i.name_any(), i.status.as_ref().map_or(0, |s| s.vmm_serial)))
+        .collect()
+}
 
-    async fn list_events(&self) -> Result<Vec<Event>, String> {
-        Api::<Event>::all(self.client.clone())
-            .list(&ListParams::default())
-            .await
-            .map(|list| list.items)
-            .map_err(|error| format!("listing events: {error}"))
-    }
+async fn sled_epoch(rack: &Rack, sled: &str) -> u64 {
+    sled_epochs(rack).await[sled]
+}
 
-    fn instances(&self) -> Api<Instance> {
-        Api::namespaced(self.client.clone(), NAMESPACE)
+/// Ok when exactly `expected` Instances exist and every one that should run is Running.
+async fn all_running(rack: &Rack, expected: usize) -> Result<(), String> {
+    let instances = list_instances(rack).await?;
+    let not_running: Vec<&Instance> = instances
+        .iter()
+        .filter(|i| i.should_run() && state(i) != Some(InstanceState::Running))
+        .collect();
+    if instances.len() != expected {
+        return Err(format!(
+            "{} Instances, expected {expected}",
+            instances.len()
+        ));
     }
-
-    async fn list_instances(&self) -> Result<Vec<Instance>, String> {
-        self.instances()
-            .list(&ListParams::default())
-            .await
-            .map(|list| list.items)
-            .map_err(|error| format!("listing instances: {error}"))
+    if not_running.is_empty() {
+        return Ok(());
     }
-
-    async fn list_vmms(&self) -> Result<Vec<Vmm>, String> {
-        Api::<Vmm>::namespaced(self.client.clone(), NAMESPACE)
-            .list(&ListParams::default())
-            .await
-            .map(|list| list.items)
-            .map_err(|error| format!("listing vmms: {error}"))
+    let mut by_state: BTreeMap<String, usize> = BTreeMap::new();
+    for instance in &not_running {
+        *by_state
+            .entry(state(instance).map_or("-".into(), |s| s.to_string()))
+            .or_default() += 1;
     }
+    let examples: Vec<String> = not_running.iter().take(5).map(|i| describe(i)).collect();
+    Err(format!(
+        "{} of {} should run but do not: {by_state:?}; for example\n  {}",
+        not_running.len(),
+        instances.len(),
+        examples.join("\n  ")
+    ))
+}
 
-    async fn list_sleds(&self) -> Result<Vec<Sled>, String> {
-        Api::<Sled>::all(self.client.clone())
-            .list(&ListParams::default())
-            .await
-            .map(|list| list.items)
-            .map_err(|error| format!("listing sleds: {error}"))
-    }
-
-    /// Creates Instances of 1 to 4 CPUs (by name), a few at a time.
-    async fn create_instances(&self, names: &[String]) {
-        let api = self.instances();
-        futures::stream::iter(names.iter().enumerate())
-            .map(|(index, name)| {
-                let api = api.clone();
-                let instance = Instance::new(
-                    name,
-                    InstanceSpec {
-                        cpus: 1 + (index % 4) as u32,
-                        memory_mib: INSTANCE_MEMORY_MIB,
-                        image: "debian-12".into(),
-                        ..Default::default()
-                    },
-                );
-                async move {
-                    api.create(&PostParams::default(), &instance)
-                        .await
-                        .map_err(|error| format!("creating instance {name}: {error}"))
-                }
-            })
-            .buffer_unordered(16)
-            .try_collect::<Vec<_>>()
-            .await
-            .expect("creating instances");
-    }
-
-    async fn set_run_strategy(&self, name: &str, strategy: RunStrategy) {
-        let patch = json!({"spec": {"runStrategy": strategy.as_str()}});
-        self.instances()
-            .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
-            .await
-            .unwrap_or_else(|error| panic!("setting runStrategy {strategy} on {name}: {error}"));
-    }
-
-    async fn set_unschedulable(&self, sled: &str, unschedulable: bool) {
-        let patch = json!({"spec": {"unschedulable": unschedulable}});
-        Api::<Sled>::all(self.client.clone())
-            .patch(sled, &PatchParams::default(), &Patch::Merge(&patch))
-            .await
-            .unwrap_or_else(|error| panic!("cordoning {sled} ({unschedulable}): {error}"));
-    }
-
-    /// `count` instances that run now, chosen by `rng`, sorted.
-    async fn pick_running(&self, rng: &mut StdRng, count: usize) -> Vec<String> {
-        let mut running: Vec<String> = self
-            .list_instances()
-            .await
-            .expect("listing instances")
-            .iter()
-            .filter(|i| state(i) == Some(InstanceState::Running))
-            .map(|i| i.name_any())
-            .collect();
-        running.sort();
-        let mut picked: Vec<String> = running.choose_multiple(rng, count).cloned().collect();
-        assert_eq!(
-            picked.len(),
-            count,
-            "not enough running instances to pick from"
-        );
-        picked.sort();
-        picked
-    }
-
-    async fn vmm_names_on(&self, sled: &str) -> BTreeSet<String> {
-        self.list_vmms()
-            .await
-            .expect("listing vmms")
-            .iter()
-            .filter(|vmm| vmm.spec.sled == sled)
-            .map(|vmm| vmm.name_any())
-            .collect()
-    }
-
-    async fn sled_epochs(&self) -> BTreeMap<String, u64> {
-        self.list_sleds()
-            .await
-            .expect("listing sleds")
-            .iter()
-            .map(|sled| {
-                let epoch = sled.status.as_ref().map_or(0, |s| s.epoch);
-                (sled.name_any(), epoch)
-            })
-            .collect()
-    }
-
-    /// `status.vmmSerial` of every Instance: how many Vmms it has had.
-    async fn vmm_serials(&self) -> BTreeMap<String, u64> {
-        self.list_instances()
-            .await
-            .expect("listing instances")
-            .iter()
-            .map(|i| (i.name_any(), i.status.as_ref().map_or(0, |s| s.vmm_serial)))
-            .collect()
-    }
-
-    async fn sled_epoch(&self, sled: &str) -> u64 {
-        self.sled_epochs().await[sled]
-    }
-
-    /// Ok when every sled's agent reports Ready=True with an epoch.
-    async fn sleds_ready(&self) -> Result<(), String> {
-        let sleds = self.list_sleds().await?;
-        let ready = sleds
-            .iter()
-            .filter(|sled| {
-                sled.status.as_ref().is_some_and(|status| {
-                    status.epoch > 0
-                        && status.conditions.iter().any(|c| {
-                            c.type_ == corral_crds::SledConditionType::Ready
-                                && c.status == corral_crds::ConditionStatus::True
-                        })
-                })
-            })
-            .count();
-        if ready == SLEDS {
-            Ok(())
-        } else {
-            Err(format!("{ready} of {SLEDS} sleds Ready"))
-        }
-    }
-
-    /// Which controllers process holds the leader Lease (its identity is
-    /// `controllers-{pid}-{suffix}`).
-    async fn leader_index(&self) -> Result<usize, String> {
-        let (namespace, name) = corral_controllers::LEADER_LEASE;
-        let lease = Api::<Lease>::namespaced(self.client.clone(), namespace)
-            .get_opt(name)
-            .await
-            .map_err(|error| format!("reading the leader Lease: {error}"))?
-            .ok_or("no leader Lease yet")?;
-        let holder = lease
-            .spec
-            .and_then(|spec| spec.holder_identity)
-            .ok_or("the leader Lease has no holder")?;
-        let pid: Option<u32> = holder
-            .strip_prefix("controllers-")
-            .and_then(|rest| rest.split('-').next())
-            .and_then(|pid| pid.parse().ok());
-        self.controllers
-            .iter()
-            .position(|process| process.pid().is_some() && process.pid() == pid)
-            .ok_or_else(|| format!("the Lease is held by {holder}, not a live controllers process"))
-    }
-
-    /// Ok when exactly `expected` Instances exist and every one that should run is Running.
-    async fn all_running(&self, expected: usize) -> Result<(), String> {
-        let instances = self.list_instances().await?;
-        let not_running: Vec<&Instance> = instances
-            .iter()
-            .filter(|i| should_run(i) && state(i) != Some(InstanceState::Running))
-            .collect();
-        if instances.len() != expected {
-            return Err(format!(
-                "{} Instances, expected {expected}",
-                instances.len()
-            ));
-        }
-        if not_running.is_empty() {
-            return Ok(());
-        }
-        let mut by_state: BTreeMap<String, usize> = BTreeMap::new();
-        for instance in &not_running {
-            *by_state
-                .entry(state(instance).map_or("-".into(), |s| s.to_string()))
-                .or_default() += 1;
-        }
-        let examples: Vec<String> = not_running.iter().take(5).map(|i| describe(i)).collect();
-        Err(format!(
-            "{} of {} should run but do not: {by_state:?}; for example\n  {}",
-            not_running.len(),
-            instances.len(),
-            examples.join("\n  ")
-        ))
-    }
-
-    /// Ok when the Instance `name` is in `wanted`.
-    async fn instance_in_state(&self, name: &str, wanted: InstanceState) -> Result<(), String> {
-        let instance = self
-            .instances()
-            .get(name)
-            .await
-            .map_err(|error| format!("reading instance {name}: {error}"))?;
-        if state(&instance) == Some(wanted) {
-            Ok(())
-        } else {
-            Err(describe(&instance))
-        }
-    }
-
-    /// Ok when every named Instance is Stopped, names no Vmm, and has no Vmm object.
-    async fn stopped_without_vmms(&self, names: &[String]) -> Result<(), String> {
-        let instances = self.list_instances().await?;
-        let vmms = self.list_vmms().await?;
-        let mut problems = Vec::new();
-        for instance in instances.iter().filter(|i| names.contains(&i.name_any())) {
-            let active = instance.status.as_ref().and_then(|s| s.active_vmm.as_ref());
-            if state(instance) != Some(InstanceState::Stopped) || active.is_some() {
-                problems.push(describe(instance));
-            }
-        }
-        for vmm in vmms.iter().filter(|vmm| names.contains(&vmm.spec.instance)) {
-            problems.push(format!(
-                "Vmm {} of {} still exists on {}",
-                vmm.name_any(),
-                vmm.spec.instance,
-                vmm.spec.sled
-            ));
-        }
-        summarize(problems)
-    }
-
-    /// Ok when none of the named Instances exists, nor any Vmm of theirs.
-    async fn gone_with_their_vmms(&self, names: &[String]) -> Result<(), String> {
-        let instances = self.list_instances().await?;
-        let vmms = self.list_vmms().await?;
-        let mut problems: Vec<String> = instances
-            .iter()
-            .filter(|i| names.contains(&i.name_any()))
-            .map(|i| format!("still there: {}", describe(i)))
-            .collect();
-        problems.extend(
-            vmms.iter()
-                .filter(|vmm| names.contains(&vmm.spec.instance))
-                .map(|vmm| {
-                    format!(
-                        "Vmm {} of {} still exists",
-                        vmm.name_any(),
-                        vmm.spec.instance
-                    )
-                }),
-        );
-        summarize(problems)
-    }
-
-    /// Waits (briefly, polling fast) until a Vmm of `sled` is on its way up — no state yet,
-    /// `Creating` or `Starting` — and returns how many are; 0 if none was caught within the
-    /// bound (the kill that follows then hits an idle agent, which the schedule says).
-    async fn vmms_on_their_way_up(&self, sled: &str) -> usize {
-        let params = ListParams::default().fields(&format!("spec.sled={sled}"));
-        let api = Api::<Vmm>::namespaced(self.client.clone(), NAMESPACE);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            let vmms = api.list(&params).await.expect("listing the sled's vmms");
-            let booting = vmms
-                .items
-                .iter()
-                .filter(|vmm| vmm.metadata.deletion_timestamp.is_none())
-                .filter(|vmm| {
-                    matches!(
-                        vmm.status.as_ref().and_then(|s| s.state),
-                        None | Some(VmmState::Creating | VmmState::Starting)
-                    )
-                })
-                .count();
-            if booting > 0 {
-                return booting;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        0
-    }
-
-    /// Ok when the active Vmm of `name` has a deletionTimestamp (the controller asked its sled
-    /// to tear it down).
-    async fn vmm_deletion_requested(&self, name: &str) -> Result<(), String> {
-        let vmms = self.list_vmms().await?;
-        let of_instance: Vec<&Vmm> = vmms.iter().filter(|v| v.spec.instance == name).collect();
-        if !of_instance.is_empty()
-            && of_instance
-                .iter()
-                .all(|vmm| vmm.metadata.deletion_timestamp.is_some())
-        {
-            Ok(())
-        } else {
-            Err(format!(
-                "Vmms of {name}: {:?}",
-                of_instance
-                    .iter()
-                    .map(|v| (v.name_any(), v.metadata.deletion_timestamp.is_some()))
-                    .collect::<Vec<_>>()
-            ))
-        }
-    }
-
-    /// Ok (with the total of allocated CPUs) when every instance that should run is Running and
-    /// each sled's `status.allocated` is the sum of the resources of the instances on it.
-    async fn check_allocation(&self) -> Result<u32, String> {
-        self.all_running(self.list_instances().await?.len()).await?;
-        let instances = self.list_instances().await?;
-        let sleds = self.list_sleds().await?;
-        let mut problems = Vec::new();
-        let mut total_cpus = 0;
-        let mut running_cpus = 0;
-        for sled in &sleds {
-            let name = sled.name_any();
-            let on_sled: Vec<&Instance> = instances
-                .iter()
-                .filter(|i| {
-                    state(i) == Some(InstanceState::Running)
-                        && i.status.as_ref().and_then(|s| s.sled.as_deref()) == Some(&name)
-                })
-                .collect();
-            let cpus: u32 = on_sled.iter().map(|i| i.spec.cpus).sum();
-            let memory: u64 = on_sled.iter().map(|i| i.spec.memory_mib).sum();
-            let allocated = sled
-                .status
-                .as_ref()
-                .map(|s| s.allocated)
-                .unwrap_or_default();
-            total_cpus += allocated.cpus;
-            running_cpus += cpus;
-            if allocated.cpus != cpus || allocated.memory_mib != memory {
-                problems.push(format!(
-                    "{name}: allocated {allocated:?}, its {} running instances take {cpus} CPUs and {memory} MiB",
-                    on_sled.len()
-                ));
-            }
-        }
-        if total_cpus != running_cpus {
-            problems.push(format!(
-                "allocated CPUs across the rack {total_cpus} ≠ running instances' CPUs {running_cpus}"
-            ));
-        }
-        summarize(problems).map(|()| total_cpus)
-    }
-
-    /// What every machine runs (its fault API), by `namespace/instance`.
-    async fn machines(&self) -> Result<BTreeMap<String, Vec<MachineVmm>>, String> {
-        let mut by_instance: BTreeMap<String, Vec<MachineVmm>> = BTreeMap::new();
-        for agent in &self.agents {
-            let body = get(agent.fault, "/vmms")
-                .await
-                .map_err(|error| format!("GET /vmms of {}: {error}", agent.sled))?;
-            let listed: Vec<FaultApiVmm> = serde_json::from_str(&body)
-                .map_err(|error| format!("GET /vmms of {}: {error}: {body}", agent.sled))?;
-            for vmm in listed {
-                by_instance
-                    .entry(format!("{}/{}", vmm.launch.namespace, vmm.launch.instance))
-                    .or_default()
-                    .push(MachineVmm {
-                        sled: agent.sled.clone(),
-                        name: vmm.launch.name,
-                        state: vmm.state,
-                    });
-            }
-        }
-        Ok(by_instance)
-    }
-
-    /// The invariant checker (see the module docs). Ok when the machines and the API agree.
-    async fn check_rack(&self) -> Result<(), String> {
-        let instances = self.list_instances().await?;
-        let mut machines = self.machines().await?;
-        let mut problems = Vec::new();
-        for instance in &instances {
-            let name = instance.name_any();
-            let copies = machines
-                .remove(&format!("{NAMESPACE}/{name}"))
-                .unwrap_or_default();
-            let status = instance.status.clone().unwrap_or_default();
-            if !should_run(instance) {
-                if !copies.is_empty() {
-                    problems.push(format!("{name} should not run but runs {copies:?}"));
-                }
-                continue;
-            }
-            if status.state != Some(InstanceState::Running) {
-                problems.push(describe(instance));
-            }
-            match copies.as_slice() {
-                [one]
-                    if Some(&one.name) == status.active_vmm.as_ref()
-                        && Some(&one.sled) == status.sled.as_ref()
-                        && one.state == "Running" => {}
-                _ => problems.push(format!(
-                    "{name} (active {:?} on {:?}) has {} VMMs on the machines: {copies:?}",
-                    status.active_vmm,
-                    status.sled,
-                    copies.len()
-                )),
-            }
-        }
-        for (instance, copies) in machines {
-            problems.push(format!(
-                "leaked: {instance} does not exist but runs {copies:?}"
-            ));
-        }
-        summarize(problems)
+/// Ok when the Instance `name` is in `wanted`.
+async fn instance_in_state(rack: &Rack, name: &str, wanted: InstanceState) -> Result<(), String> {
+    let instance = instance_api(rack)
+        .get(name)
+        .await
+        .map_err(|error| format!("reading instance {name}: {error}"))?;
+    if state(&instance) == Some(wanted) {
+        Ok(())
+    } else {
+        Err(describe(&instance))
     }
 }
 
-impl Drop for Rack {
-    fn drop(&mut self) {
-        if !std::thread::panicking() {
-            return;
-        }
-        self.dir.disable_cleanup(true);
-        self.apiserver.dir.disable_cleanup(true);
-        eprintln!(
-            "--- the test failed; logs and sled data kept in {}, the store in {}",
-            self.dir.path().display(),
-            self.apiserver.dir.path().display()
-        );
-        eprintln!("--- fault schedule so far:");
-        for line in &self.schedule {
-            eprintln!("{line}");
-        }
-        eprintln!(
-            "--- apiserver log (tail)\n{}",
-            common::tail(&self.apiserver.log(), 40)
-        );
-        for process in &self.controllers {
-            eprintln!("--- {} log (tail)\n{}", process.name, process.log_tail(40));
-        }
-        for agent in &self.agents {
-            eprintln!(
-                "--- {} log (tail)\n{}",
-                agent.process.name,
-                agent.process.log_tail(25)
-            );
+/// Ok when every named Instance is Stopped, names no Vmm, and has no Vmm object.
+async fn stopped_without_vmms(rack: &Rack, names: &[String]) -> Result<(), String> {
+    let instances = list_instances(rack).await?;
+    let vmms = list_vmms(rack).await?;
+    let mut problems = Vec::new();
+    for instance in instances.iter().filter(|i| names.contains(&i.name_any())) {
+        let active = instance.status.as_ref().and_then(|s| s.active_vmm.as_ref());
+        if state(instance) != Some(InstanceState::Stopped) || active.is_some() {
+            problems.push(describe(instance));
         }
     }
+    for vmm in vmms.iter().filter(|vmm| names.contains(&vmm.spec.instance)) {
+        problems.push(format!(
+            "Vmm {} of {} still exists on {}",
+            vmm.name_any(),
+            vmm.spec.instance,
+            vmm.spec.sled
+        ));
+    }
+    summarize(problems)
+}
+
+/// Ok when none of the named Instances exists, nor any Vmm of theirs.
+async fn gone_with_their_vmms(rack: &Rack, names: &[String]) -> Result<(), String> {
+    let instances = list_instances(rack).await?;
+    let vmms = list_vmms(rack).await?;
+    let mut problems: Vec<String> = instances
+        .iter()
+        .filter(|i| names.contains(&i.name_any()))
+        .map(|i| format!("still there: {}", describe(i)))
+        .collect();
+    problems.extend(
+        vmms.iter()
+            .filter(|vmm| names.contains(&vmm.spec.instance))
+            .map(|vmm| {
+                format!(
+                    "Vmm {} of {} still exists",
+                    vmm.name_any(),
+                    vmm.spec.instance
+                )
+            }),
+    );
+    summarize(problems)
+}
+
+/// Waits (briefly, polling fast) until a Vmm of `sled` is on its way up — no state yet,
+/// `Creating` or `Starting` — and returns how many are; 0 if none was caught within the
+/// bound (the kill that follows then hits an idle agent, which the schedule says).
+async fn vmms_on_their_way_up(rack: &Rack, sled: &str) -> usize {
+    let params = ListParams::default().fields(&format!("spec.sled={sled}"));
+    let api = Api::<Vmm>::namespaced(rack.client().clone(), NAMESPACE);
+    let what = format!("a Vmm on its way up on {sled}");
+    let poll = Duration::from_millis(20);
+    wait_for_polling(&what, Duration::from_secs(5), poll, async || {
+        let vmms = api.list(&params).await.expect("listing the sled's vmms");
+        let booting = vmms
+            .items
+            .iter()
+            .filter(|vmm| vmm.metadata.deletion_timestamp.is_none())
+            .filter(|vmm| {
+                matches!(
+                    vmm.status.as_ref().and_then(|s| s.state),
+                    None | Some(VmmState::Creating | VmmState::Starting)
+                )
+            })
+            .count();
+        if booting > 0 {
+            Ok(booting)
+        } else {
+            Err("none yet")
+        }
+    })
+    .await
+    .map_or(0, |(booting, _)| booting)
+}
+
+/// Ok when the active Vmm of `name` has a deletionTimestamp (the controller asked its sled
+/// to tear it down).
+async fn vmm_deletion_requested(rack: &Rack, name: &str) -> Result<(), String> {
+    let vmms = list_vmms(rack).await?;
+    let of_instance: Vec<&Vmm> = vmms.iter().filter(|v| v.spec.instance == name).collect();
+    if !of_instance.is_empty()
+        && of_instance
+            .iter()
+            .all(|vmm| vmm.metadata.deletion_timestamp.is_some())
+    {
+        Ok(())
+    } else {
+        Err(format!(
+            "Vmms of {name}: {:?}",
+            of_instance
+                .iter()
+                .map(|v| (v.name_any(), v.metadata.deletion_timestamp.is_some()))
+                .collect::<Vec<_>>()
+        ))
+    }
+}
+
+/// Ok (with the total of allocated CPUs) when every instance that should run is Running and
+/// each sled's `status.allocated` is the sum of the resources of the instances on it.
+async fn check_allocation(rack: &Rack) -> Result<u32, String> {
+    all_running(rack, list_instances(rack).await?.len()).await?;
+    let instances = list_instances(rack).await?;
+    let sleds = list_sleds(rack).await?;
+    let mut problems = Vec::new();
+    let mut total_cpus = 0;
+    let mut running_cpus = 0;
+    for sled in &sleds {
+        let name = sled.name_any();
+        let on_sled: Vec<&Instance> = instances
+            .iter()
+            .filter(|i| {
+                state(i) == Some(InstanceState::Running)
+                    && i.status.as_ref().and_then(|s| s.sled.as_deref()) == Some(&name)
+            })
+            .collect();
+        let cpus: u32 = on_sled.iter().map(|i| i.spec.cpus).sum();
+        let memory: u64 = on_sled.iter().map(|i| i.spec.memory_mib).sum();
+        let allocated = sled
+            .status
+            .as_ref()
+            .map(|s| s.allocated)
+            .unwrap_or_default();
+        total_cpus += allocated.cpus;
+        running_cpus += cpus;
+        if allocated.cpus != cpus || allocated.memory_mib != memory {
+            problems.push(format!(
+                "{name}: allocated {allocated:?}, its {} running instances take {cpus} CPUs and {memory} MiB",
+                on_sled.len()
+            ));
+        }
+    }
+    if total_cpus != running_cpus {
+        problems.push(format!(
+            "allocated CPUs across the rack {total_cpus} ≠ running instances' CPUs {running_cpus}"
+        ));
+    }
+    summarize(problems).map(|()| total_cpus)
+}
+
+/// What every machine runs (its fault API), by `namespace/instance`.
+async fn machines(rack: &Rack) -> Result<BTreeMap<String, Vec<MachineVmm>>, String> {
+    let mut by_instance: BTreeMap<String, Vec<MachineVmm>> = BTreeMap::new();
+    for agent in &rack.agents {
+        for vmm in machine(agent).await? {
+            by_instance
+                .entry(format!("{}/{}", vmm.launch.namespace, vmm.launch.instance))
+                .or_default()
+                .push(MachineVmm {
+                    sled: agent.sled.clone(),
+                    name: vmm.launch.name,
+                    state: vmm.state,
+                });
+        }
+    }
+    Ok(by_instance)
+}
+
+/// The invariant checker (see the module docs). Ok when the machines and the API agree.
+async fn check_rack(rack: &Rack) -> Result<(), String> {
+    let instances = list_instances(rack).await?;
+    let mut machines = machines(rack).await?;
+    let mut problems = Vec::new();
+    for instance in &instances {
+        let name = instance.name_any();
+        let copies = machines
+            .remove(&format!("{NAMESPACE}/{name}"))
+            .unwrap_or_default();
+        let status = instance.status.clone().unwrap_or_default();
+        if !instance.should_run() {
+            if !copies.is_empty() {
+                problems.push(format!("{name} should not run but runs {copies:?}"));
+            }
+            continue;
+        }
+        if status.state != Some(InstanceState::Running) {
+            problems.push(describe(instance));
+        }
+        match copies.as_slice() {
+            [one]
+                if Some(&one.name) == status.active_vmm.as_ref()
+                    && Some(&one.sled) == status.sled.as_ref()
+                    && one.state == "Running" => {}
+            _ => problems.push(format!(
+                "{name} (active {:?} on {:?}) has {} VMMs on the machines: {copies:?}",
+                status.active_vmm,
+                status.sled,
+                copies.len()
+            )),
+        }
+    }
+    for (instance, copies) in machines {
+        problems.push(format!(
+            "leaked: {instance} does not exist but runs {copies:?}"
+        ));
+    }
+    summarize(problems)
 }
 
 /// One VMM as a machine's fault API lists it (the fields the checker needs).
@@ -846,17 +519,22 @@ struct MachineVmm {
     state: String,
 }
 
-fn corral() -> &'static std::path::Path {
-    std::path::Path::new(env!("CARGO_BIN_EXE_corral"))
+/// What the machine of `agent` runs (its fault API's `GET /vmms`).
+async fn machine(agent: &Agent) -> Result<Vec<FaultApiVmm>, String> {
+    corral_e2e::http::Http::new()
+        .get_json(&agent.fault.to_string(), "/vmms")
+        .await
+        .map_err(|error| {
+            format!(
+                "GET /vmms of {}: {:#}",
+                agent.sled,
+                anyhow::Error::from(error)
+            )
+        })
 }
 
 fn state(instance: &Instance) -> Option<InstanceState> {
     instance.status.as_ref().and_then(|s| s.state)
-}
-
-fn should_run(instance: &Instance) -> bool {
-    instance.spec.run_strategy == RunStrategy::Always
-        && instance.metadata.deletion_timestamp.is_none()
 }
 
 /// One line about an Instance, for failure messages.
@@ -895,36 +573,4 @@ fn summarize(problems: Vec<String>) -> Result<(), String> {
             .collect::<Vec<_>>()
             .join("\n  ")
     ))
-}
-
-/// A plain HTTP GET on loopback (the fault API); the body on a 200.
-async fn get(address: SocketAddr, path: &str) -> Result<String, String> {
-    let exchange = async {
-        let mut stream = tokio::net::TcpStream::connect(address)
-            .await
-            .map_err(|error| format!("connecting: {error}"))?;
-        let request =
-            format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
-        stream
-            .write_all(request.as_bytes())
-            .await
-            .map_err(|error| format!("writing: {error}"))?;
-        let mut response = Vec::new();
-        stream
-            .read_to_end(&mut response)
-            .await
-            .map_err(|error| format!("reading: {error}"))?;
-        Ok::<_, String>(String::from_utf8_lossy(&response).into_owned())
-    };
-    let response = tokio::time::timeout(Duration::from_secs(5), exchange)
-        .await
-        .map_err(|_| "no answer within 5s".to_string())??;
-    let (head, body) = response
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| format!("not an HTTP response: {response:?}"))?;
-    let status = head.split_whitespace().nth(1).unwrap_or("");
-    if status != "200" {
-        return Err(format!("HTTP {status}: {body}"));
-    }
-    Ok(body.to_string())
 }

@@ -15,6 +15,7 @@
 //!   phase`, both processes): every migration still ends in a final phase and the instance runs
 //!   exactly once.
 
+use std::path::PathBuf;
 use std::process::Stdio;
 
 use corral_crds::{
@@ -42,7 +43,7 @@ async fn migration_end_to_end() {
         .unwrap_or_else(rand::random);
     println!("seed {seed} (replay with MIGRATION_E2E_SEED={seed})");
     let mut rng = StdRng::seed_from_u64(seed);
-    let mut rack = Rack::start().await;
+    let mut rack = start_rack().await;
     tokio::time::timeout(MIGRATION_STORY_BOUND, async {
         refused_drain(&mut rack, &mut rng).await;
         drain_with_checker(&mut rack, &mut rng).await;
@@ -56,7 +57,7 @@ async fn migration_end_to_end() {
 }
 
 fn corralctl() -> PathBuf {
-    let path = corral().with_file_name("corralctl");
+    let path = common::corral().with_file_name("corralctl");
     assert!(
         path.exists(),
         "{} is missing: the workspace test command builds it (cargo nextest run --workspace)",
@@ -69,7 +70,7 @@ fn corralctl() -> PathBuf {
 async fn run_corralctl(rack: &Rack, args: &[&str]) -> (i32, String, String) {
     let output = tokio::process::Command::new(corralctl())
         .args(args)
-        .env("KUBECONFIG", rack.apiserver.kubeconfig())
+        .env("KUBECONFIG", rack.kubeconfig())
         .stdin(Stdio::null())
         .output();
     let output = tokio::time::timeout(CONVERGE_MANY, output)
@@ -105,7 +106,7 @@ async fn create(rack: &Rack, names: &[String], first_ip: usize, memory_mib: u64)
                 ..Default::default()
             },
         );
-        rack.instances()
+        instance_api(rack)
             .create(&PostParams::default(), &instance)
             .await
             .unwrap_or_else(|error| panic!("creating {name}: {error}"));
@@ -113,7 +114,7 @@ async fn create(rack: &Rack, names: &[String], first_ip: usize, memory_mib: u64)
 }
 
 async fn instance(rack: &Rack, name: &str) -> Instance {
-    rack.instances()
+    instance_api(rack)
         .get(name)
         .await
         .unwrap_or_else(|error| panic!("reading {name}: {error}"))
@@ -123,8 +124,7 @@ async fn instance(rack: &Rack, name: &str) -> Instance {
 async fn running_elsewhere(rack: &Rack, names: &[String], not_on: &str) -> Result<(), String> {
     let mut problems = Vec::new();
     for name in names {
-        let instance = rack
-            .instances()
+        let instance = instance_api(rack)
             .get(name)
             .await
             .map_err(|error| format!("reading {name}: {error}"))?;
@@ -137,7 +137,7 @@ async fn running_elsewhere(rack: &Rack, names: &[String], not_on: &str) -> Resul
 }
 
 async fn migration_phase(rack: &Rack, name: &str) -> Result<Migration, String> {
-    Api::<Migration>::namespaced(rack.client.clone(), NAMESPACE)
+    Api::<Migration>::namespaced(rack.client().clone(), NAMESPACE)
         .get(name)
         .await
         .map_err(|error| format!("reading migration {name}: {error}"))
@@ -183,7 +183,7 @@ async fn create_migration(rack: &Rack, name: &str, instance: &str, target: Optio
             ..Default::default()
         },
     );
-    Api::<Migration>::namespaced(rack.client.clone(), NAMESPACE)
+    Api::<Migration>::namespaced(rack.client().clone(), NAMESPACE)
         .create(&PostParams::default(), &migration)
         .await
         .unwrap_or_else(|error| panic!("creating migration {name}: {error}"));
@@ -191,7 +191,7 @@ async fn create_migration(rack: &Rack, name: &str, instance: &str, target: Optio
 
 /// The sled VpcRoutes maps `ip` to, if any.
 async fn mapped_to(rack: &Rack, ip: &str) -> Option<String> {
-    let routes = Api::<VpcRoutes>::all(rack.client.clone())
+    let routes = Api::<VpcRoutes>::all(rack.client().clone())
         .get_opt(VPC)
         .await
         .ok()??;
@@ -218,13 +218,13 @@ async fn refused_drain(rack: &mut Rack, rng: &mut StdRng) {
                 ..Default::default()
             },
         );
-        rack.instances()
+        instance_api(rack)
             .create(&PostParams::default(), &instance)
             .await
             .expect("creating a big instance");
     }
     rack.wait_for("the big instances Running", CONVERGE_FEW, async || {
-        rack.all_running(SLEDS).await
+        all_running(rack, SLEDS).await
     })
     .await;
     let sled = sled_name(rng.random_range(1..=SLEDS));
@@ -232,8 +232,7 @@ async fn refused_drain(rack: &mut Rack, rng: &mut StdRng) {
     rack.fault(format!("corralctl drain {sled} (it cannot fit)"));
     let said = format!("{stdout}{stderr}");
     assert_ne!(code, 0, "a drain that cannot fit must fail:\n{said}");
-    let on_sled = rack
-        .list_instances()
+    let on_sled = list_instances(rack)
         .await
         .unwrap()
         .into_iter()
@@ -248,7 +247,7 @@ async fn refused_drain(rack: &mut Rack, rng: &mut StdRng) {
         said.contains("100"),
         "the refusal says what does not fit:\n{said}"
     );
-    let drains = Api::<Drain>::all(rack.client.clone())
+    let drains = Api::<Drain>::all(rack.client().clone())
         .list(&ListParams::default())
         .await
         .unwrap();
@@ -261,7 +260,7 @@ async fn refused_drain(rack: &mut Rack, rng: &mut StdRng) {
         drain.status.as_ref().and_then(|s| s.phase),
         Some(DrainPhase::Refused)
     );
-    let migrations = Api::<Migration>::all(rack.client.clone())
+    let migrations = Api::<Migration>::all(rack.client().clone())
         .list(&ListParams::default())
         .await
         .unwrap();
@@ -270,13 +269,13 @@ async fn refused_drain(rack: &mut Rack, rng: &mut StdRng) {
     let (code, _, stderr) = run_corralctl(rack, &["uncordon", &sled]).await;
     assert_eq!(code, 0, "uncordon: {stderr}");
     for name in &bigs {
-        rack.instances()
+        instance_api(rack)
             .delete(name, &DeleteParams::default())
             .await
             .expect("deleting a big instance");
     }
     rack.wait_for("the big instances gone", CONVERGE_FEW, async || {
-        rack.gone_with_their_vmms(&bigs).await
+        gone_with_their_vmms(rack, &bigs).await
     })
     .await;
     rack.record("d. a drain that does not fit is refused", started.elapsed());
@@ -291,7 +290,7 @@ async fn drain_with_checker(rack: &mut Rack, rng: &mut StdRng) {
         .filter(|s| *s != drained)
         .collect();
     for sled in &others {
-        rack.set_unschedulable(sled, true).await;
+        set_unschedulable(rack, sled, true).await;
     }
     let names: Vec<String> = (0..DRAINED_INSTANCES)
         .map(|i| format!("drain-{i:02}"))
@@ -301,8 +300,8 @@ async fn drain_with_checker(rack: &mut Rack, rng: &mut StdRng) {
         "50 instances Running on the drained sled",
         CONVERGE_MANY,
         async || {
-            rack.all_running(DRAINED_INSTANCES).await?;
-            let on = rack.vmm_names_on(&drained).await.len();
+            all_running(rack, DRAINED_INSTANCES).await?;
+            let on = vmm_names_on(rack, &drained).await.len();
             (on == DRAINED_INSTANCES)
                 .then_some(())
                 .ok_or(format!("{on} Vmms on {drained}"))
@@ -310,15 +309,15 @@ async fn drain_with_checker(rack: &mut Rack, rng: &mut StdRng) {
     )
     .await;
     for sled in &others {
-        rack.set_unschedulable(sled, false).await;
+        set_unschedulable(rack, sled, false).await;
     }
 
-    let checker = connectivity::start(rack.client.clone(), connectivity::DEFAULT_INTERVAL);
+    let checker = connectivity::start(rack.client().clone(), connectivity::DEFAULT_INTERVAL);
     let started = Instant::now();
     rack.fault(format!(
         "corralctl drain {drained} ({DRAINED_INSTANCES} instances)"
     ));
-    let kubeconfig = rack.apiserver.kubeconfig();
+    let kubeconfig = rack.kubeconfig();
     let drain = tokio::process::Command::new(corralctl())
         .args(["drain", &drained])
         .env("KUBECONFIG", &kubeconfig)
@@ -388,10 +387,10 @@ async fn drain_with_checker(rack: &mut Rack, rng: &mut StdRng) {
     )
     .await;
     rack.wait_for("the machines to match the API", CONVERGE_FEW, async || {
-        rack.check_rack().await
+        check_rack(rack).await
     })
     .await;
-    let sled = rack.list_sleds().await.unwrap();
+    let sled = list_sleds(rack).await.unwrap();
     let left = sled
         .iter()
         .find(|s| s.name_any() == drained)
@@ -413,7 +412,7 @@ async fn drain_with_checker(rack: &mut Rack, rng: &mut StdRng) {
 async fn big_mover(rack: &Rack, name: &str, ip_index: usize) -> (String, String, String) {
     create(rack, &[name.to_string()], ip_index, 8 * 1024).await;
     rack.wait_for(&format!("{name} Running"), CONVERGE_FEW, async || {
-        rack.instance_in_state(name, InstanceState::Running).await
+        instance_in_state(rack, name, InstanceState::Running).await
     })
     .await;
     let sled = instance(rack, name).await.status.unwrap().sled.unwrap();
@@ -443,8 +442,7 @@ async fn nothing_moved(rack: &Rack, name: &str, source: &str, ip: &str, generati
         .iter()
         .find(|a| a.sled == source)
         .expect("the source agent");
-    let body = get(agent.fault, "/vmms").await.expect("the source machine");
-    let listed: Vec<FaultApiVmm> = serde_json::from_str(&body).expect("a VMM list");
+    let listed = machine(agent).await.expect("the source machine");
     let states: Vec<&str> = listed
         .iter()
         .filter(|vmm| vmm.launch.instance == name)
@@ -496,14 +494,15 @@ async fn target_agent_killed_mid_transfer(rack: &mut Rack, rng: &mut StdRng) {
     println!("failed: {:?} {}", status.reason, status.message);
     assert!(status.reason.is_some() && !status.message.is_empty());
     nothing_moved(rack, &name, &source, &ip, generation).await;
-    rack.start_agent(target_index, false);
+    rack.restart_agent(target_index)
+        .expect("restarting the node-agent");
     rack.fault(format!("restart node-agent {target}"));
     let target_vmm = status.target_vmm.clone();
     rack.wait_for("the target reaped", CONVERGE_FEW, async || {
-        let on_target = rack.vmm_names_on(&target).await;
+        let on_target = vmm_names_on(rack, &target).await;
         match &target_vmm {
             Some(vmm) if on_target.contains(vmm) => Err(format!("{vmm} still on {target}")),
-            _ => rack.check_rack().await,
+            _ => check_rack(rack).await,
         }
     })
     .await;
@@ -529,7 +528,7 @@ async fn cancel_mid_transfer(rack: &mut Rack, _rng: &mut StdRng) {
     )
     .await;
     let patch = json!({"spec": {"cancel": true}});
-    Api::<Migration>::namespaced(rack.client.clone(), NAMESPACE)
+    Api::<Migration>::namespaced(rack.client().clone(), NAMESPACE)
         .patch("cancelled", &PatchParams::default(), &Patch::Merge(&patch))
         .await
         .expect("cancelling");
@@ -544,7 +543,7 @@ async fn cancel_mid_transfer(rack: &mut Rack, _rng: &mut StdRng) {
     println!("cancelled: {}", cancelled.status.as_ref().unwrap().message);
     nothing_moved(rack, name, &source, &ip, generation).await;
     rack.wait_for("the target reaped", CONVERGE_FEW, async || {
-        rack.check_rack().await
+        check_rack(rack).await
     })
     .await;
     rack.record(
@@ -557,11 +556,10 @@ async fn cancel_mid_transfer(rack: &mut Rack, _rng: &mut StdRng) {
 async fn controllers_crash_at_each_phase(rack: &mut Rack) {
     create(rack, &["hopper".to_string()], 300, 2048).await;
     rack.wait_for("hopper Running", CONVERGE_FEW, async || {
-        rack.instance_in_state("hopper", InstanceState::Running)
-            .await
+        instance_in_state(rack, "hopper", InstanceState::Running).await
     })
     .await;
-    let checker = connectivity::start(rack.client.clone(), connectivity::DEFAULT_INTERVAL);
+    let checker = connectivity::start(rack.client().clone(), connectivity::DEFAULT_INTERVAL);
     for phase in [
         MigrationPhase::Scheduling,
         MigrationPhase::TargetStarting,
@@ -569,10 +567,10 @@ async fn controllers_crash_at_each_phase(rack: &mut Rack) {
         MigrationPhase::Switching,
     ] {
         let started = Instant::now();
-        let mut args = rack.controllers_args();
-        args.extend(["--crash-at".to_string(), format!("migration/{phase}")]);
-        for process in &mut rack.controllers {
-            process.respawn(&args);
+        let crash = ["--crash-at".to_string(), format!("migration/{phase}")];
+        for index in 0..rack.controllers.len() {
+            rack.start_controllers(index, &crash)
+                .expect("starting controllers");
         }
         rack.fault(format!(
             "both controllers restarted to crash after writing {phase}"
@@ -595,16 +593,18 @@ async fn controllers_crash_at_each_phase(rack: &mut Rack) {
         let crashed = rack
             .controllers
             .iter_mut()
-            .filter_map(|p| p.exit_status().map(|status| format!("{} {status}", p.name)))
+            .filter_map(|p| {
+                p.exit_status()
+                    .map(|status| format!("{} {status}", p.name()))
+            })
             .collect::<Vec<_>>();
         rack.fault(format!(
             "{name} ended {:?}; crashed: {crashed:?}",
             done.status.as_ref().and_then(|s| s.phase)
         ));
         rack.wait_for("hopper runs exactly once", CONVERGE_FEW, async || {
-            rack.instance_in_state("hopper", InstanceState::Running)
-                .await?;
-            rack.check_rack().await
+            instance_in_state(rack, "hopper", InstanceState::Running).await?;
+            check_rack(rack).await
         })
         .await;
         rack.record(
@@ -618,8 +618,8 @@ async fn controllers_crash_at_each_phase(rack: &mut Rack) {
         report.double_runs.is_empty(),
         "a guest ran twice:\n{report}"
     );
-    let args = rack.controllers_args();
-    for process in &mut rack.controllers {
-        process.respawn(&args);
+    for index in 0..rack.controllers.len() {
+        rack.start_controllers(index, &[])
+            .expect("starting controllers");
     }
 }

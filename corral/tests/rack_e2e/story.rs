@@ -10,7 +10,7 @@ async fn rack_end_to_end() {
         .unwrap_or_else(rand::random);
     println!("seed {seed} (replay with RACK_E2E_SEED={seed})");
     let mut rng = StdRng::seed_from_u64(seed);
-    let mut rack = Rack::start().await;
+    let mut rack = start_rack().await;
     tokio::time::timeout(STORY_BOUND, async {
         many_instances_run(&mut rack).await;
         cordon_keeps_new_vmms_off(&mut rack, &mut rng).await;
@@ -32,14 +32,14 @@ async fn rack_end_to_end() {
 async fn many_instances_run(rack: &mut Rack) {
     let started = Instant::now();
     let names: Vec<String> = (0..INSTANCES).map(|i| format!("vm-{i:03}")).collect();
-    rack.create_instances(&names).await;
+    create_instances(rack, &names).await;
     let created = started.elapsed();
     rack.wait_for("200 Instances Running", CONVERGE_MANY, async || {
-        rack.all_running(INSTANCES).await
+        all_running(rack, INSTANCES).await
     })
     .await;
     rack.wait_for("the machines to match the API", CONVERGE_FEW, async || {
-        rack.check_rack().await
+        check_rack(rack).await
     })
     .await;
     rack.record("1. 200 instances created (API calls)", created);
@@ -49,22 +49,22 @@ async fn many_instances_run(rack: &mut Rack) {
 /// Step 2: Instances created after a cordon get no Vmm on the cordoned sled, whose VMMs stay.
 async fn cordon_keeps_new_vmms_off(rack: &mut Rack, rng: &mut StdRng) {
     let cordoned = sled_name(rng.random_range(1..=SLEDS));
-    let vmms_before: BTreeSet<String> = rack.vmm_names_on(&cordoned).await;
+    let vmms_before: BTreeSet<String> = vmm_names_on(rack, &cordoned).await;
     assert!(
         !vmms_before.is_empty(),
         "{cordoned} should run some of the first 200 instances"
     );
-    rack.set_unschedulable(&cordoned, true).await;
+    set_unschedulable(rack, &cordoned, true).await;
     rack.fault(format!(
         "cordon {cordoned} (it runs {} Vmms)",
         vmms_before.len()
     ));
     let started = Instant::now();
     let late: Vec<String> = (0..16).map(|i| format!("late-{i:02}")).collect();
-    rack.create_instances(&late).await;
+    create_instances(rack, &late).await;
     let expected = INSTANCES + late.len();
     rack.wait_for("the late Instances Running", CONVERGE_FEW, async || {
-        rack.all_running(expected).await
+        all_running(rack, expected).await
     })
     .await;
     rack.record(
@@ -72,7 +72,7 @@ async fn cordon_keeps_new_vmms_off(rack: &mut Rack, rng: &mut StdRng) {
         started.elapsed(),
     );
 
-    let instances = rack.list_instances().await.expect("listing instances");
+    let instances = list_instances(rack).await.expect("listing instances");
     for instance in instances.iter().filter(|i| late.contains(&i.name_any())) {
         let sled = instance.status.as_ref().and_then(|s| s.sled.clone());
         assert_ne!(
@@ -82,7 +82,7 @@ async fn cordon_keeps_new_vmms_off(rack: &mut Rack, rng: &mut StdRng) {
             instance.name_any()
         );
     }
-    let vmms_after = rack.vmm_names_on(&cordoned).await;
+    let vmms_after = vmm_names_on(rack, &cordoned).await;
     let new_on_cordoned: Vec<&String> = vmms_after.difference(&vmms_before).collect();
     assert!(
         new_on_cordoned.is_empty(),
@@ -93,29 +93,29 @@ async fn cordon_keeps_new_vmms_off(rack: &mut Rack, rng: &mut StdRng) {
         "a cordon keeps the VMMs that run on the sled"
     );
     rack.wait_for("the machines to match the API", CONVERGE_FEW, async || {
-        rack.check_rack().await
+        check_rack(rack).await
     })
     .await;
-    rack.set_unschedulable(&cordoned, false).await;
+    set_unschedulable(rack, &cordoned, false).await;
     rack.fault(format!("uncordon {cordoned}"));
 }
 
 /// Step 3: Halted → Stopped with no Vmm; Always → Running again.
 async fn stop_and_start(rack: &mut Rack, rng: &mut StdRng) {
-    let names = rack.pick_running(rng, 20).await;
+    let names = pick_running(rack, rng, 20).await;
     let started = Instant::now();
     for name in &names {
-        rack.set_run_strategy(name, RunStrategy::Halted).await;
+        set_run_strategy(rack, name, RunStrategy::Halted).await;
     }
     rack.fault(format!("runStrategy Halted on {} instances", names.len()));
     rack.wait_for(
         "the halted Instances Stopped, their Vmms gone",
         CONVERGE_FEW,
-        async || rack.stopped_without_vmms(&names).await,
+        async || stopped_without_vmms(rack, &names).await,
     )
     .await;
     rack.wait_for("the machines to match the API", CONVERGE_FEW, async || {
-        rack.check_rack().await
+        check_rack(rack).await
     })
     .await;
     rack.record(
@@ -125,22 +125,18 @@ async fn stop_and_start(rack: &mut Rack, rng: &mut StdRng) {
 
     let started = Instant::now();
     for name in &names {
-        rack.set_run_strategy(name, RunStrategy::Always).await;
+        set_run_strategy(rack, name, RunStrategy::Always).await;
     }
     rack.fault(format!("runStrategy Always on the same {}", names.len()));
-    let expected = rack
-        .list_instances()
-        .await
-        .expect("listing instances")
-        .len();
+    let expected = list_instances(rack).await.expect("listing instances").len();
     rack.wait_for(
         "the restarted Instances Running",
         CONVERGE_FEW,
-        async || rack.all_running(expected).await,
+        async || all_running(rack, expected).await,
     )
     .await;
     rack.wait_for("the machines to match the API", CONVERGE_FEW, async || {
-        rack.check_rack().await
+        check_rack(rack).await
     })
     .await;
     rack.record("3. 20 instances Always again → Running", started.elapsed());
@@ -152,18 +148,18 @@ async fn delete_frees_capacity(rack: &mut Rack, rng: &mut StdRng) {
         .wait_for(
             "the sleds' allocation to match the instances",
             CONVERGE_FEW,
-            async || rack.check_allocation().await,
+            async || check_allocation(rack).await,
         )
         .await;
-    let doomed = rack.pick_running(rng, 40).await;
-    let instances = rack.list_instances().await.expect("listing instances");
+    let doomed = pick_running(rack, rng, 40).await;
+    let instances = list_instances(rack).await.expect("listing instances");
     let freed_cpus: u32 = instances
         .iter()
         .filter(|i| doomed.contains(&i.name_any()))
         .map(|i| i.spec.cpus)
         .sum();
     let started = Instant::now();
-    let api = rack.instances();
+    let api = instance_api(rack);
     for name in &doomed {
         api.delete(name, &DeleteParams::default())
             .await
@@ -176,14 +172,14 @@ async fn delete_frees_capacity(rack: &mut Rack, rng: &mut StdRng) {
     rack.wait_for(
         "the deleted Instances and their Vmms gone",
         CONVERGE_FEW,
-        async || rack.gone_with_their_vmms(&doomed).await,
+        async || gone_with_their_vmms(rack, &doomed).await,
     )
     .await;
     let (after, _) = rack
         .wait_for(
             "the sleds' allocation to go down",
             CONVERGE_FEW,
-            async || rack.check_allocation().await,
+            async || check_allocation(rack).await,
         )
         .await;
     println!("allocated CPUs across the rack: {before} before, {after} after the deletions");
@@ -193,7 +189,7 @@ async fn delete_frees_capacity(rack: &mut Rack, rng: &mut StdRng) {
         "deleting instances of {freed_cpus} CPUs should free exactly that"
     );
     rack.wait_for("the machines to match the API", CONVERGE_FEW, async || {
-        rack.check_rack().await
+        check_rack(rack).await
     })
     .await;
     rack.record(
@@ -208,7 +204,7 @@ async fn delete_frees_capacity(rack: &mut Rack, rng: &mut StdRng) {
 async fn agent_restart_keeps_vmms(rack: &mut Rack, rng: &mut StdRng) {
     let index = rng.random_range(0..SLEDS);
     let sled = rack.agents[index].sled.clone();
-    let instances = rack.list_instances().await.expect("listing instances");
+    let instances = list_instances(rack).await.expect("listing instances");
     let before: BTreeMap<String, (Option<String>, u32)> = instances
         .iter()
         .map(|i| {
@@ -221,33 +217,34 @@ async fn agent_restart_keeps_vmms(rack: &mut Rack, rng: &mut StdRng) {
         .find(|i| i.status.as_ref().and_then(|s| s.sled.as_deref()) == Some(sled.as_str()))
         .map(|i| i.name_any())
         .unwrap_or_else(|| panic!("no instance runs on {sled}"));
-    let epoch_before = rack.sled_epoch(&sled).await;
+    let epoch_before = sled_epoch(rack, &sled).await;
 
     // Kill the agent while it is busy: a burst of new Instances, some placed on its sled, and
     // the kill as soon as one of its Vmms is seen on its way up (its VMM booting, or not yet
     // created).
     let burst: Vec<String> = (0..BURST).map(|i| format!("burst-{i:02}")).collect();
-    rack.create_instances(&burst).await;
+    create_instances(rack, &burst).await;
     rack.fault(format!("create {BURST} more instances"));
-    let on_the_way_up = rack.vmms_on_their_way_up(&sled).await;
+    let on_the_way_up = vmms_on_their_way_up(rack, &sled).await;
     let pid = rack.agents[index].process.pid();
     rack.agents[index].process.kill9();
     rack.fault(format!(
         "kill -9 node-agent {sled} (pid {pid:?}), {on_the_way_up} of its Vmms on their way up"
     ));
     let down = Instant::now();
-    rack.set_run_strategy(&victim, RunStrategy::Halted).await;
+    set_run_strategy(rack, &victim, RunStrategy::Halted).await;
     rack.fault(format!(
         "runStrategy Halted on {victim} (on {sled}) while its agent is down"
     ));
     rack.wait_for(
         "the controller to ask for the victim's Vmm to go",
         CONVERGE_FEW,
-        async || rack.vmm_deletion_requested(&victim).await,
+        async || vmm_deletion_requested(rack, &victim).await,
     )
     .await;
 
-    rack.start_agent(index, false);
+    rack.restart_agent(index)
+        .expect("restarting the node-agent");
     rack.fault(format!(
         "restart node-agent {sled} without --cold-start (down {:.1?})",
         down.elapsed()
@@ -256,19 +253,16 @@ async fn agent_restart_keeps_vmms(rack: &mut Rack, rng: &mut StdRng) {
     rack.wait_for(
         "the victim Stopped and its Vmm gone",
         CONVERGE_FEW,
-        async || {
-            rack.stopped_without_vmms(std::slice::from_ref(&victim))
-                .await
-        },
+        async || stopped_without_vmms(rack, std::slice::from_ref(&victim)).await,
     )
     .await;
     let expected = before.len() + burst.len();
     rack.wait_for("every other Instance Running", CONVERGE_FEW, async || {
-        rack.all_running(expected).await
+        all_running(rack, expected).await
     })
     .await;
     rack.wait_for("the machines to match the API", CONVERGE_FEW, async || {
-        rack.check_rack().await
+        check_rack(rack).await
     })
     .await;
     rack.record(
@@ -276,7 +270,7 @@ async fn agent_restart_keeps_vmms(rack: &mut Rack, rng: &mut StdRng) {
         restarted.elapsed(),
     );
 
-    let after = rack.list_instances().await.expect("listing instances");
+    let after = list_instances(rack).await.expect("listing instances");
     let moved: Vec<String> = after
         .iter()
         .filter(|i| i.name_any() != victim)
@@ -297,7 +291,7 @@ async fn agent_restart_keeps_vmms(rack: &mut Rack, rng: &mut StdRng) {
         "an agent restart should not restart or move any instance: {moved:?}"
     );
     assert_eq!(
-        rack.sled_epoch(&sled).await,
+        sled_epoch(rack, &sled).await,
         epoch_before,
         "an agent restart on the same boot keeps the sled's epoch"
     );
@@ -306,8 +300,8 @@ async fn agent_restart_keeps_vmms(rack: &mut Rack, rng: &mut StdRng) {
 /// Step 6: `kill -9` of everything, then a cold start: every Instance that should run runs again,
 /// exactly once, on its sled's new epoch.
 async fn cold_start_of_the_whole_rack(rack: &mut Rack, rng: &mut StdRng) {
-    let epochs_before = rack.sled_epochs().await;
-    let serials_before = rack.vmm_serials().await;
+    let epochs_before = sled_epochs(rack).await;
+    let serials_before = vmm_serials(rack).await;
     let mut order: Vec<Victim> = (0..rack.controllers.len())
         .map(Victim::Controllers)
         .chain((0..SLEDS).map(Victim::Agent))
@@ -320,29 +314,29 @@ async fn cold_start_of_the_whole_rack(rack: &mut Rack, rng: &mut StdRng) {
     }
 
     let started = Instant::now();
-    rack.restart_apiserver().await;
+    rack.restart_apiserver()
+        .await
+        .expect("restarting the apiserver");
     rack.fault("restart the apiserver");
     for index in 0..rack.controllers.len() {
-        rack.start_controllers(index);
+        rack.start_controllers(index, &[])
+            .expect("starting controllers");
     }
     rack.fault("restart both controllers");
     for index in 0..SLEDS {
-        rack.start_agent(index, true);
+        rack.cold_start_agent(index)
+            .expect("cold-starting a node-agent");
     }
     rack.fault("restart every node-agent with --cold-start (a power cycle)");
-    let expected = rack
-        .list_instances()
-        .await
-        .expect("listing instances")
-        .len();
+    let expected = list_instances(rack).await.expect("listing instances").len();
     rack.wait_for(
         "every Instance Running after the cold start",
         CONVERGE_MANY,
-        async || rack.all_running(expected).await,
+        async || all_running(rack, expected).await,
     )
     .await;
     rack.wait_for("the machines to match the API", CONVERGE_FEW, async || {
-        rack.check_rack().await
+        check_rack(rack).await
     })
     .await;
     rack.record(
@@ -350,7 +344,7 @@ async fn cold_start_of_the_whole_rack(rack: &mut Rack, rng: &mut StdRng) {
         started.elapsed(),
     );
 
-    let serials = rack.vmm_serials().await;
+    let serials = vmm_serials(rack).await;
     let mut vmms_per_instance: BTreeMap<u64, usize> = BTreeMap::new();
     for (name, serial) in &serials {
         *vmms_per_instance
@@ -360,7 +354,7 @@ async fn cold_start_of_the_whole_rack(rack: &mut Rack, rng: &mut StdRng) {
     println!(
         "Vmms each instance went through in the cold start (count: instances): {vmms_per_instance:?}"
     );
-    let epochs = rack.sled_epochs().await;
+    let epochs = sled_epochs(rack).await;
     for (sled, before) in &epochs_before {
         assert!(
             epochs[sled] > *before,
@@ -368,14 +362,13 @@ async fn cold_start_of_the_whole_rack(rack: &mut Rack, rng: &mut StdRng) {
             epochs[sled]
         );
     }
-    let vmms: BTreeMap<String, Vmm> = rack
-        .list_vmms()
+    let vmms: BTreeMap<String, Vmm> = list_vmms(rack)
         .await
         .expect("listing vmms")
         .into_iter()
         .map(|vmm| (vmm.name_any(), vmm))
         .collect();
-    for instance in rack.list_instances().await.expect("listing instances") {
+    for instance in list_instances(rack).await.expect("listing instances") {
         let Some(active) = instance.status.as_ref().and_then(|s| s.active_vmm.clone()) else {
             continue;
         };
@@ -403,21 +396,19 @@ async fn leader_failover(rack: &mut Rack) {
         "kill -9 the leading controllers-{} (pid {pid:?})",
         leader + 1
     ));
-    let killed = Instant::now();
     // Polled faster than the other waits: the time is the measurement.
-    let deadline = killed + LEADER_LEASE + FAILOVER_MARGIN + Duration::from_secs(10);
-    let takeover = loop {
-        if rack.leader_index().await.ok() == Some(survivor) {
-            break killed.elapsed();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "controllers-{} did not take the Lease within {:?}",
-            survivor + 1,
-            deadline - killed
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let bound = LEADER_LEASE + FAILOVER_MARGIN + Duration::from_secs(10);
+    let what = format!("controllers-{} to take the Lease", survivor + 1);
+    let (_, takeover) =
+        wait_for_polling(&what, bound, Duration::from_millis(50), async || match rack
+            .leader_index()
+            .await?
+        {
+            index if index == survivor => Ok(()),
+            index => Err(format!("controllers-{} leads", index + 1)),
+        })
+        .await
+        .unwrap_or_else(|error| panic!("{error}"));
     rack.record("7. leader killed → survivor holds the Lease", takeover);
     assert!(
         takeover <= LEADER_LEASE + FAILOVER_MARGIN,
@@ -426,13 +417,13 @@ async fn leader_failover(rack: &mut Rack) {
 
     let started = Instant::now();
     let name = "after-failover".to_string();
-    rack.create_instances(std::slice::from_ref(&name)).await;
+    create_instances(rack, std::slice::from_ref(&name)).await;
     rack.wait_for("the new Instance Running", CONVERGE_FEW, async || {
-        rack.instance_in_state(&name, InstanceState::Running).await
+        instance_in_state(rack, &name, InstanceState::Running).await
     })
     .await;
     rack.wait_for("the machines to match the API", CONVERGE_FEW, async || {
-        rack.check_rack().await
+        check_rack(rack).await
     })
     .await;
     rack.record(
@@ -440,6 +431,3 @@ async fn leader_failover(rack: &mut Rack) {
         started.elapsed(),
     );
 }
-
-// ---------------------------------------------------------------------------------------------
-// The rack: processes, clients, checks.

@@ -6,24 +6,22 @@
 //!   a port taken between choosing and binding it is retried with new ports.
 //! - The process never outlives its owner: `Drop` kills it (SIGKILL, then waits) and removes
 //!   the data directory, also when a test panics. If the test process itself dies (a timeout's
-//!   SIGKILL, a static that is never dropped), the kernel kills etcd: it is started with
-//!   `PR_SET_PDEATHSIG`. That signal follows the *thread* that spawned the process, so every
-//!   etcd is spawned by a keeper thread that lives exactly as long as its `EtcdServer` (and,
-//!   for [`EtcdServer::shared`], as long as the process). A directory left behind that way is
-//!   removed by the next `start` in any process, once its owner's process id is gone.
+//!   SIGKILL, a static that is never dropped), the kernel kills etcd: it is a
+//!   `corral_harness::Process`, started with `PR_SET_PDEATHSIG` from a thread that lives as
+//!   long as the process. A directory left behind that way is removed by the next `start` in
+//!   any process, once its owner's process id is gone.
 //!
 //! # Assumptions
 //!
 //! `/usr/bin/etcd` (or `etcd` on `PATH`) is etcd 3.4 or later.
 
-use std::fs::OpenOptions;
+use std::ffi::OsString;
 use std::io;
 use std::net::{Ipv4Addr, TcpListener};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use corral_harness::Process;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::OnceCell;
@@ -37,10 +35,9 @@ const PORT_ATTEMPTS: usize = 5;
 
 /// A running etcd. See the module docs.
 pub struct EtcdServer {
-    child: Option<Child>,
+    process: Process,
     client_port: u16,
     peer_port: u16,
-    keeper: Keeper,
     // Dropped last: the directory goes once the process is dead.
     root: tempfile::TempDir,
 }
@@ -53,11 +50,11 @@ impl EtcdServer {
             .prefix(DIRECTORY_PREFIX)
             .tempdir()?;
         std::fs::write(root.path().join(OWNER_FILE), std::process::id().to_string())?;
+        let process = Process::new("etcd", etcd_binary(), root.path().join("etcd.log"));
         let mut server = EtcdServer {
-            child: None,
+            process,
             client_port: 0,
             peer_port: 0,
-            keeper: Keeper::start()?,
             root,
         };
         let mut attempt = 1;
@@ -87,7 +84,7 @@ impl EtcdServer {
     /// The client URL, `http://127.0.0.1:PORT`.
     /// The etcd process id while it runs (for CPU accounting in benchmarks).
     pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
+        self.process.pid()
     }
 
     pub fn endpoint(&self) -> String {
@@ -104,10 +101,7 @@ impl EtcdServer {
 
     /// Kills the process (SIGKILL) and waits for it; the data stays for [`EtcdServer::restart`].
     pub fn kill(&mut self) -> io::Result<()> {
-        if let Some(mut child) = self.child.take() {
-            child.kill()?;
-            child.wait()?;
-        }
+        self.process.kill9();
         Ok(())
     }
 
@@ -121,65 +115,48 @@ impl EtcdServer {
         self.root.path().join("data")
     }
 
-    fn log_path(&self) -> PathBuf {
-        self.root.path().join("etcd.log")
-    }
-
     fn port_was_taken(&self) -> bool {
-        std::fs::read_to_string(self.log_path())
+        std::fs::read_to_string(self.process.log_path())
             .is_ok_and(|log| log.contains("address already in use"))
     }
 
     fn log_tail(&self) -> String {
-        let log = std::fs::read_to_string(self.log_path()).unwrap_or_default();
-        let lines: Vec<&str> = log.lines().collect();
-        lines[lines.len().saturating_sub(15)..].join("\n")
+        self.process.log_tail(15)
     }
 
     async fn launch(&mut self) -> io::Result<()> {
-        let log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.log_path())?;
         let client_url = format!("http://127.0.0.1:{}", self.client_port);
         let peer_url = format!("http://127.0.0.1:{}", self.peer_port);
-        let mut command = Command::new(etcd_binary());
-        command
-            .arg("--name")
-            .arg("corral-test")
-            .arg("--data-dir")
-            .arg(self.data_dir())
-            .arg("--listen-client-urls")
-            .arg(&client_url)
-            .arg("--advertise-client-urls")
-            .arg(&client_url)
-            .arg("--listen-peer-urls")
-            .arg(&peer_url)
-            .arg("--initial-advertise-peer-urls")
-            .arg(&peer_url)
-            .arg("--initial-cluster")
-            .arg(format!("corral-test={peer_url}"))
-            .arg("--initial-cluster-state")
-            .arg("new")
-            .arg("--logger")
-            .arg("zap")
-            .arg("--log-outputs")
-            .arg("stderr")
-            .arg("--log-level")
-            .arg("warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(log.try_clone()?))
-            .stderr(Stdio::from(log));
-        die_with_parent(&mut command);
-        let child = self.keeper.spawn(command).await?;
-        self.child = Some(child);
+        let args: Vec<OsString> = vec![
+            "--name".into(),
+            "corral-test".into(),
+            "--data-dir".into(),
+            self.data_dir().into(),
+            "--listen-client-urls".into(),
+            client_url.clone().into(),
+            "--advertise-client-urls".into(),
+            client_url.into(),
+            "--listen-peer-urls".into(),
+            peer_url.clone().into(),
+            "--initial-advertise-peer-urls".into(),
+            peer_url.clone().into(),
+            "--initial-cluster".into(),
+            format!("corral-test={peer_url}").into(),
+            "--initial-cluster-state".into(),
+            "new".into(),
+            "--logger".into(),
+            "zap".into(),
+            "--log-outputs".into(),
+            "stderr".into(),
+            "--log-level".into(),
+            "warn".into(),
+        ];
+        self.process.start(&args).map_err(io::Error::other)?;
 
         let deadline = Instant::now() + HEALTH_TIMEOUT;
         loop {
-            if let Some(child) = self.child.as_mut()
-                && let Some(status) = child.try_wait()?
-            {
-                self.child = None;
+            if let Some(status) = self.process.exit_status() {
+                self.process.kill9();
                 return Err(io::Error::other(format!(
                     "etcd exited ({status}) before it was healthy:\n{}",
                     self.log_tail()
@@ -269,74 +246,4 @@ async fn healthy(port: u16) -> bool {
         tokio::time::timeout(Duration::from_secs(1), probe).await,
         Ok(Ok(true))
     )
-}
-
-/// Asks the kernel to SIGKILL the child when the thread that spawns it exits.
-fn die_with_parent(command: &mut Command) {
-    let parent = std::process::id();
-    let hook = move || {
-        // SAFETY: prctl and getppid are async-signal-safe system calls; nothing here
-        // allocates or takes a lock, as required between fork and exec.
-        let armed = unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
-        if armed != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // If the parent died before the signal was armed, nobody would ever send it.
-        if unsafe { libc::getppid() } as u32 != parent {
-            return Err(io::Error::from_raw_os_error(libc::ESRCH));
-        }
-        Ok(())
-    };
-    // SAFETY: the hook only makes async-signal-safe system calls (see above).
-    unsafe {
-        command.pre_exec(hook);
-    }
-}
-
-struct SpawnJob {
-    command: Command,
-    reply: tokio::sync::oneshot::Sender<io::Result<Child>>,
-}
-
-/// A thread that spawns the etcd processes and lives as long as the server (see module docs).
-struct Keeper {
-    jobs: Option<std::sync::mpsc::Sender<SpawnJob>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Keeper {
-    fn start() -> io::Result<Keeper> {
-        let (jobs, receiver) = std::sync::mpsc::channel::<SpawnJob>();
-        let thread = std::thread::Builder::new()
-            .name("etcd-keeper".to_owned())
-            .spawn(move || {
-                for mut job in receiver {
-                    let _ = job.reply.send(job.command.spawn());
-                }
-            })?;
-        Ok(Keeper {
-            jobs: Some(jobs),
-            thread: Some(thread),
-        })
-    }
-
-    async fn spawn(&self, command: Command) -> io::Result<Child> {
-        let (reply, answer) = tokio::sync::oneshot::channel();
-        let gone = || io::Error::other("the etcd keeper thread is gone");
-        self.jobs
-            .as_ref()
-            .ok_or_else(gone)?
-            .send(SpawnJob { command, reply })
-            .map_err(|_| gone())?;
-        answer.await.map_err(|_| gone())?
-    }
-}
-
-impl Drop for Keeper {
-    fn drop(&mut self) {
-        self.jobs = None;
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
 }

@@ -1,5 +1,5 @@
-//! What `corral bench rack` measures: each Instance's timeline, latency percentiles, the CPU
-//! time of each process, and the store writes by resource.
+//! What `corral bench rack` observes: each Instance's timeline and the latencies between its
+//! steps, and the store writes by resource.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -11,7 +11,7 @@ use corral_store::StoreConfig;
 use futures::StreamExt;
 use tokio::time::Instant;
 
-use crate::bench::{cpu_seconds, percentile};
+use crate::bench::measure::percentile;
 
 /// Store writes in `(after, upto]`, by resource (`instances`, `vmms`, ...), from the store's
 /// history.
@@ -80,61 +80,6 @@ pub(crate) fn describe_writes(
         }
     }
     text
-}
-
-/// CPU seconds of each measured process at one moment.
-#[derive(Clone, Copy, Default)]
-pub(crate) struct CpuSample {
-    apiserver: f64,
-    controllers: f64,
-    power_sim: f64,
-    bench: f64,
-    etcd: f64,
-}
-
-impl CpuSample {
-    pub(crate) fn take(pids: &Pids) -> CpuSample {
-        let of = |pid: Option<u32>| {
-            pid.and_then(|pid| cpu_seconds(&pid.to_string()))
-                .unwrap_or(0.0)
-        };
-        CpuSample {
-            apiserver: of(Some(pids.apiserver)),
-            controllers: of(Some(pids.controllers)),
-            power_sim: of(Some(pids.power_sim)),
-            bench: cpu_seconds("self").unwrap_or(0.0),
-            etcd: of(pids.etcd),
-        }
-    }
-
-    pub(crate) fn minus(self, earlier: CpuSample) -> CpuSample {
-        CpuSample {
-            apiserver: self.apiserver - earlier.apiserver,
-            controllers: self.controllers - earlier.controllers,
-            power_sim: self.power_sim - earlier.power_sim,
-            bench: self.bench - earlier.bench,
-            etcd: self.etcd - earlier.etcd,
-        }
-    }
-
-    pub(crate) fn describe(&self, with_etcd: bool) -> String {
-        let mut text = format!(
-            "apiserver {:.1}, controllers {:.1}, power-sim {:.1}, bench client {:.1}",
-            self.apiserver, self.controllers, self.power_sim, self.bench
-        );
-        if with_etcd {
-            let _ = write!(text, ", etcd {:.1}", self.etcd);
-        }
-        text
-    }
-}
-
-/// The measured processes.
-pub(crate) struct Pids {
-    pub(crate) apiserver: u32,
-    pub(crate) controllers: u32,
-    pub(crate) power_sim: u32,
-    pub(crate) etcd: Option<u32>,
 }
 
 /// When one Instance reached each step, as the benchmark saw it.

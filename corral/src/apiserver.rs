@@ -1,0 +1,88 @@
+//! `corral apiserver`: the API server's flags, its start in this process (also what `corral up`
+//! runs), and a kubeconfig for it.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use corral_apiserver::resource::Registry;
+use corral_store::StoreConfig;
+
+use crate::command::{parse_duration, shutdown_signal};
+
+#[derive(clap::Args, Clone)]
+pub struct ApiserverArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:6443")]
+    pub(crate) listen: SocketAddr,
+    /// `sqlite:PATH` or `etcd:URL[,URL...]`.
+    #[arg(long)]
+    pub(crate) store: StoreConfig,
+    /// Key prefix in etcd (several Corral installations may share one etcd).
+    #[arg(long, default_value = "/corral")]
+    pub(crate) etcd_prefix: String,
+    /// A directory of further CustomResourceDefinition YAML files to serve, besides Corral's
+    /// own kinds (Sled, Instance, Vmm), which are always served.
+    #[arg(long)]
+    pub(crate) crds: Option<PathBuf>,
+    /// Keep this much store history for watchers to resume from; compact older history.
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    pub(crate) compaction_interval: Duration,
+    /// How often watches that ask for bookmarks get one.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub(crate) bookmark_interval: Duration,
+}
+
+/// Starts the API server in this process; it serves until `stop`. Returns its address and the
+/// task that ends when it has shut down.
+pub async fn start_apiserver(
+    args: ApiserverArgs,
+    stop: tokio_util::sync::CancellationToken,
+) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<anyhow::Result<()>>)> {
+    let mut store_config = args.store.clone();
+    if let StoreConfig::Etcd { prefix, .. } = &mut store_config {
+        *prefix = args.etcd_prefix.clone();
+    }
+    let registry = Registry::load_with(corral_crds::MANIFESTS, args.crds.as_deref())
+        .context("loading CustomResourceDefinitions")?;
+    let store = corral_store::open(&store_config)
+        .await
+        .with_context(|| format!("opening store {store_config}"))?;
+    let config = corral_apiserver::Config {
+        compaction_interval: args.compaction_interval,
+        bookmark_interval: args.bookmark_interval,
+        ..Default::default()
+    };
+    let running = corral_apiserver::ApiServer::start(registry, store, config).await?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    let address = listener.local_addr()?;
+    tracing::info!(%address, store = %store_config, "apiserver listening");
+    let task = tokio::spawn(async move {
+        corral_apiserver::serve(listener, running.server.clone(), async move {
+            stop.cancelled().await
+        })
+        .await?;
+        running.shutdown().await;
+        Ok(())
+    });
+    Ok((address, task))
+}
+
+/// `corral apiserver`: serves until SIGINT or SIGTERM.
+pub async fn run_apiserver(args: ApiserverArgs) -> anyhow::Result<()> {
+    let stop = tokio_util::sync::CancellationToken::new();
+    let (_address, task) = start_apiserver(args, stop.clone()).await?;
+    shutdown_signal().await;
+    stop.cancel();
+    task.await?
+}
+
+/// A kubeconfig for the API server at `address`: no credentials, namespace `default`.
+pub fn kubeconfig(address: SocketAddr) -> String {
+    format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: corral\n  cluster:\n    server: http://{address}\ncontexts:\n- name: corral\n  context:\n    cluster: corral\n    user: corral\n    namespace: default\ncurrent-context: corral\nusers:\n- name: corral\n  user: {{}}\n"
+    )
+}

@@ -1,0 +1,69 @@
+//! `corral controllers`: the controllers' flags, and their Lease timing (also what `corral up`
+//! runs).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::command::{parse_duration, shutdown_signal};
+
+#[derive(clap::Args, Clone)]
+pub struct ControllersArgs {
+    /// The kubeconfig to reach the API server with (default: $KUBECONFIG, ~/.kube/config).
+    #[arg(long)]
+    pub(crate) kubeconfig: Option<PathBuf>,
+    /// Instance reconciles in flight at once.
+    #[arg(long, default_value_t = corral_controllers::DEFAULT_CONCURRENCY)]
+    pub(crate) concurrency: u16,
+    /// How long the leader Lease lasts without renewal; a survivor takes over after it.
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    pub(crate) lease_duration: Duration,
+    /// Serve `/debug/controllers` (each controller's last outcome, errors, work queued) here.
+    #[arg(long)]
+    pub(crate) debug_listen: Option<SocketAddr>,
+    /// A crash point for tests, `CONTROLLER/PHASE` (test builds only: the controllers' kit,
+    /// `faults.rs`, has the contract).
+    #[arg(long, hide = true)]
+    pub(crate) crash_at: Option<corral_controllers::kit::faults::CrashPoint>,
+}
+
+/// Leader lease timing scaled from its duration, in Kubernetes' proportions (15 s / 10 s / 2 s).
+pub fn controllers_config(
+    lease_duration: Duration,
+    concurrency: u16,
+) -> corral_controllers::Config {
+    corral_controllers::Config {
+        concurrency,
+        lease_duration,
+        renew_deadline: lease_duration.mul_f64(2.0 / 3.0),
+        retry_period: lease_duration.mul_f64(2.0 / 15.0),
+        ..Default::default()
+    }
+}
+
+pub async fn run_controllers(args: ControllersArgs) -> anyhow::Result<()> {
+    let client = corral_client::connect(args.kubeconfig.as_deref()).await?;
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let config = controllers_config(args.lease_duration, args.concurrency);
+    if let Some(point) = args.crash_at {
+        corral_controllers::kit::faults::arm(point).map_err(anyhow::Error::msg)?;
+    }
+    let debug = match args.debug_listen {
+        Some(listen) => {
+            let (address, task) =
+                crate::debug::serve(listen, config.board.clone(), shutdown.clone()).await?;
+            tracing::info!("controllers: debug page at http://{address}/debug/controllers");
+            Some(task)
+        }
+        None => None,
+    };
+    tracing::info!(identity = %config.identity, "controllers: campaigning for the leader lease");
+    let run = tokio::spawn(corral_controllers::run(client, config, shutdown.clone()));
+    shutdown_signal().await;
+    shutdown.cancel();
+    run.await?;
+    if let Some(debug) = debug {
+        let _ = debug.await;
+    }
+    Ok(())
+}

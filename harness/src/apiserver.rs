@@ -1,0 +1,269 @@
+//! A real `corral apiserver` process on a free loopback port, with a kubeconfig for it.
+//!
+//! # Guarantees
+//! - [`Apiserver::start`] and [`Apiserver::restart`] return only once `GET /readyz` answers
+//!   200, within [`START_BOUND`]; a start whose process exits first (a port taken between
+//!   choosing and binding it) is retried on another port, up to [`START_ATTEMPTS`] times.
+//! - A restart keeps the address, the store and the flags, so clients and the kubeconfig stay
+//!   valid.
+//! - The process dies with its owner ([`Process`]).
+//!
+//! # Assumptions
+//! - `program` is the `corral` binary; its `apiserver` command takes `--listen`, `--store`
+//!   and `--etcd-prefix`.
+
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::process::{Process, ProcessError};
+use crate::scratch::Scratch;
+use crate::wait::{Unmet, WaitError, wait_for_polling};
+
+/// How long an API server may take to answer after its start.
+pub const START_BOUND: Duration = Duration::from_secs(30);
+/// How many ports a start tries.
+pub const START_ATTEMPTS: usize = 3;
+
+/// What an API server stores its objects in.
+#[derive(Clone, Debug)]
+pub enum Store {
+    /// A SQLite file.
+    Sqlite(PathBuf),
+    /// An etcd cluster, under a key prefix of its own.
+    Etcd {
+        endpoints: Vec<String>,
+        prefix: String,
+    },
+}
+
+impl Store {
+    /// The `corral apiserver` flags that name the store.
+    fn args(&self) -> Vec<String> {
+        match self {
+            Store::Sqlite(path) => vec!["--store".into(), format!("sqlite:{}", path.display())],
+            Store::Etcd { endpoints, prefix } => vec![
+                "--store".into(),
+                format!("etcd:{}", endpoints.join(",")),
+                "--etcd-prefix".into(),
+                prefix.clone(),
+            ],
+        }
+    }
+}
+
+/// How to run an API server.
+#[derive(Clone, Debug)]
+pub struct ApiserverSpec {
+    /// The `corral` binary.
+    pub program: PathBuf,
+    pub store: Store,
+    /// Further `corral apiserver` flags (`--crds DIR`, `--compaction-interval 1s`).
+    pub args: Vec<String>,
+    /// `RUST_LOG` of the process.
+    pub log_filter: String,
+}
+
+/// Why an API server did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiserverError {
+    #[error("writing {}", path.display())]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("finding a free port")]
+    Port(#[source] std::io::Error),
+    #[error(transparent)]
+    Process(#[from] ProcessError),
+    #[error("corral apiserver did not become ready; the end of its log:\n{log_tail}")]
+    NotReady {
+        #[source]
+        source: WaitError,
+        log_tail: String,
+    },
+}
+
+/// A running API server. See the module docs.
+pub struct Apiserver {
+    spec: ApiserverSpec,
+    address: SocketAddr,
+    // Dropped before the directory it writes in.
+    process: Process,
+    scratch: Scratch,
+}
+
+impl Apiserver {
+    /// Starts an API server that keeps its log (`apiserver.log`) and kubeconfig (`kubeconfig`)
+    /// in `scratch`, and waits until it is ready.
+    pub async fn start(spec: ApiserverSpec, scratch: Scratch) -> Result<Apiserver, ApiserverError> {
+        let log = scratch.path().join("apiserver.log");
+        let process =
+            Process::new("apiserver", &spec.program, log).env("RUST_LOG", &spec.log_filter);
+        let mut server = Apiserver {
+            spec,
+            address: free_address()?,
+            process,
+            scratch,
+        };
+        let mut attempt = 1;
+        loop {
+            match server.launch().await {
+                Err(ApiserverError::NotReady {
+                    source: WaitError::Hopeless { .. },
+                    ..
+                }) if attempt < START_ATTEMPTS => {
+                    attempt += 1;
+                    server.address = free_address()?;
+                }
+                Err(error) => return Err(error),
+                Ok(()) => break,
+            }
+        }
+        let path = server.kubeconfig();
+        std::fs::write(&path, kubeconfig(server.address))
+            .map_err(|source| ApiserverError::Write { path, source })?;
+        Ok(server)
+    }
+
+    /// Another API server on the same store, with the same flags.
+    pub async fn peer(&self, scratch: Scratch) -> Result<Apiserver, ApiserverError> {
+        Apiserver::start(self.spec.clone(), scratch).await
+    }
+
+    /// Kills the server if it runs and starts it again on the same address and store.
+    pub async fn restart(&mut self) -> Result<(), ApiserverError> {
+        self.launch().await
+    }
+
+    /// SIGKILL, no cleanup.
+    pub fn kill9(&mut self) {
+        self.process.kill9();
+    }
+
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    /// `http://ADDRESS`.
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.address)
+    }
+
+    /// A kubeconfig whose current context is this server, namespace `default`.
+    pub fn kubeconfig(&self) -> PathBuf {
+        self.scratch.path().join("kubeconfig")
+    }
+
+    /// The directory of its log and kubeconfig (and of its SQLite file, if the caller put it
+    /// there).
+    pub fn dir(&self) -> &Path {
+        self.scratch.path()
+    }
+
+    pub fn scratch_mut(&mut self) -> &mut Scratch {
+        &mut self.scratch
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.process.pid()
+    }
+
+    pub fn process(&self) -> &Process {
+        &self.process
+    }
+
+    pub fn process_mut(&mut self) -> &mut Process {
+        &mut self.process
+    }
+
+    /// Its whole log, across restarts.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.process.log_path()).unwrap_or_default()
+    }
+
+    /// Starts the process on `self.address` and waits until it is ready.
+    async fn launch(&mut self) -> Result<(), ApiserverError> {
+        let mut args = vec![
+            "apiserver".to_string(),
+            "--listen".into(),
+            self.address.to_string(),
+        ];
+        args.extend(self.spec.store.args());
+        args.extend(self.spec.args.iter().cloned());
+        self.process.start(&args)?;
+        let (address, process) = (self.address, &mut self.process);
+        let ready = wait_for_polling(
+            "GET /readyz",
+            START_BOUND,
+            Duration::from_millis(50),
+            async || {
+                if let Err(exited) = process.check_alive() {
+                    return Err(Unmet::Never(exited.to_string()));
+                }
+                match get(address, "/readyz").await {
+                    Ok((200, _)) => Ok(()),
+                    Ok((status, body)) => Err(Unmet::Yet(format!("HTTP {status}: {body}"))),
+                    Err(error) => Err(Unmet::Yet(error)),
+                }
+            },
+        )
+        .await;
+        if let Err(source) = ready {
+            let log_tail = self.process.log_tail(30);
+            self.process.kill9();
+            return Err(ApiserverError::NotReady { source, log_tail });
+        }
+        Ok(())
+    }
+}
+
+/// A free loopback address (free when asked: see the retry in [`Apiserver::start`]).
+pub fn free_address() -> Result<SocketAddr, ApiserverError> {
+    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .and_then(|listener| listener.local_addr())
+        .map_err(ApiserverError::Port)
+}
+
+/// A kubeconfig for an API server at `address`: no credentials, namespace `default`.
+pub fn kubeconfig(address: SocketAddr) -> String {
+    format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: corral\n  cluster:\n    server: http://{address}\ncontexts:\n- name: corral\n  context:\n    cluster: corral\n    user: corral\n    namespace: default\ncurrent-context: corral\nusers:\n- name: corral\n  user: {{}}\n"
+    )
+}
+
+/// A plain HTTP/1.1 GET on loopback, bounded: the status and the body.
+async fn get(address: SocketAddr, path: &str) -> Result<(u16, String), String> {
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(address)
+            .await
+            .map_err(|error| format!("connecting: {error}"))?;
+        let request =
+            format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
+        stream
+            .write_all(request.as_bytes())
+            .await
+            .map_err(|error| format!("writing: {error}"))?;
+        let mut response = Vec::new();
+        stream
+            .read_to_end(&mut response)
+            .await
+            .map_err(|error| format!("reading: {error}"))?;
+        Ok::<_, String>(String::from_utf8_lossy(&response).into_owned())
+    };
+    let response = tokio::time::timeout(Duration::from_secs(5), exchange)
+        .await
+        .map_err(|_| "no answer within 5s".to_string())??;
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| format!("not an HTTP response: {response:?}"))?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|status| status.parse().ok())
+        .ok_or_else(|| format!("no status in {head:?}"))?;
+    Ok((status, body.to_string()))
+}
