@@ -58,6 +58,19 @@ fn clients_never_depend_on_the_store() {
 }
 
 #[test]
+fn the_harness_starts_processes_and_knows_only_the_api() {
+    let deps = &dependencies()["corral-harness"];
+    for forbidden in [
+        "corral-store",
+        "corral-apiserver",
+        "corral-controllers",
+        "corral-node-agent",
+    ] {
+        assert!(!deps.contains(forbidden), "corral-harness depends on {forbidden}");
+    }
+}
+
+#[test]
 fn only_the_store_names_the_engines() {
     for (package, deps) in dependencies() {
         if deps.contains("etcd-client") {
