@@ -384,12 +384,15 @@ async fn cancelling_a_drain_cancels_its_unfinished_migrations() {
         cancelled.status.unwrap().reason,
         Some(Reason::DrainCancelled)
     );
-    let migration = rack
-        .migrations()
-        .get(&migrations[0].name_any())
-        .await
-        .unwrap();
-    assert!(migration.spec.cancel);
+    // The status goes first (it says the drain is cancelled), then the cancel of each move.
+    let name = migrations[0].name_any();
+    let api = rack.migrations();
+    wait_for(&format!("migration {name} asked to cancel"), || {
+        let api = api.clone();
+        let name = name.clone();
+        async move { api.get(&name).await.ok()?.spec.cancel.then_some(()) }
+    })
+    .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(rack.migrations_of("d", 1).await.len(), 1, "no new moves");
     let value: Value = serde_json::to_value(rack.sleds().get("sled-1").await.unwrap()).unwrap();
