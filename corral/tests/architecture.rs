@@ -66,7 +66,10 @@ fn the_harness_starts_processes_and_knows_only_the_api() {
         "corral-controllers",
         "corral-node-agent",
     ] {
-        assert!(!deps.contains(forbidden), "corral-harness depends on {forbidden}");
+        assert!(
+            !deps.contains(forbidden),
+            "corral-harness depends on {forbidden}"
+        );
     }
 }
 
