@@ -37,11 +37,11 @@ use std::time::Duration;
 use corral_store::Revision;
 use serde_json::{Value, json};
 
-use crate::ApiServer;
 use crate::cache::{CacheEvent, CachedObject, EventType, Since};
-use crate::handlers::delete::{self, DeleteOptions, FOREGROUND, ORPHAN, Propagation};
 use crate::object;
+use crate::objects::{self, DeleteOptions, FOREGROUND, ORPHAN, ObjectRef, Propagation};
 use crate::resource::ResourceType;
+use crate::server::ApiServer;
 
 const POLL: Duration = Duration::from_millis(100);
 /// A pass reads every cached object, so its cost grows with the store. After a pass that found
@@ -151,22 +151,25 @@ struct Entry {
 }
 
 impl Entry {
-    /// The object's store key.
-    fn key(&self) -> String {
+    /// The object, for the object layer.
+    fn object_ref<'a>(&'a self, server: &'a ApiServer) -> ObjectRef<'a> {
         let value = &self.object.value;
-        self.resource
-            .key(object::namespace(value), object::name(value))
+        ObjectRef {
+            server,
+            resource: &self.resource,
+            namespace: object::namespace(value),
+            name: object::name(value),
+        }
     }
 
     /// Deletes the object with `propagation`. Failures (already gone, a conflict) are left to
     /// the next pass, which recomputes from the state it then finds.
     async fn delete(&self, server: &ApiServer, propagation: Propagation) {
-        let target = self.resource.target(object::name(&self.object.value));
         let options = DeleteOptions {
             propagation: Some(propagation),
             ..Default::default()
         };
-        let _ = delete::delete_object(server, &self.resource, &self.key(), &target, &options).await;
+        let _ = objects::delete(self.object_ref(server), &options).await;
     }
 }
 
@@ -250,7 +253,6 @@ async fn collect(server: &Arc<ApiServer>) -> bool {
                 }
             }
         }
-        let key = dependent.key();
         if dangling.len() == refs.len() {
             if !object::is_deleting(value) {
                 tracing::info!(kind = %dependent.resource.kind, name = object::name(value), "deleting dependent whose owners are gone");
@@ -265,7 +267,7 @@ async fn collect(server: &Arc<ApiServer>) -> bool {
         }
         let drop: Vec<String> = dangling.into_iter().chain(orphaned).collect();
         if !drop.is_empty() {
-            let result = delete::mutate(server, &dependent.resource, &key, |o| {
+            let result = objects::mutate(dependent.object_ref(server), |o| {
                 let kept: Vec<Value> = owner_refs(o)
                     .into_iter()
                     .filter(|r| !drop.contains(&ref_uid(r).to_string()))
@@ -295,13 +297,12 @@ async fn collect(server: &Arc<ApiServer>) -> bool {
         }
         let uid = object::uid(value).to_string();
         let finalizers = object::finalizers(value);
-        let key = owner.key();
         let release_orphan =
             finalizers.iter().any(|f| f == ORPHAN) && !referenced.contains(&uid) && !acted;
         let release_foreground =
             finalizers.iter().any(|f| f == FOREGROUND) && !blocking.contains(&uid) && !acted;
         if release_orphan || release_foreground {
-            let result = delete::mutate(server, &owner.resource, &key, |o| {
+            let result = objects::mutate(owner.object_ref(server), |o| {
                 let kept: Vec<String> = object::finalizers(o)
                     .into_iter()
                     .filter(|f| {
@@ -334,8 +335,13 @@ async fn finalize_namespace(server: &Arc<ApiServer>, all: &[Entry], namespace: &
         .filter(|e| e.resource.namespaced && object::namespace(&e.object.value) == Some(name))
         .collect();
     if content.is_empty() {
-        let key = namespace.resource.key(None, name);
-        let result = delete::mutate(server, &namespace.resource, &key, |o| {
+        let namespace_ref = ObjectRef {
+            server,
+            resource: &namespace.resource,
+            namespace: None,
+            name,
+        };
+        let result = objects::mutate(namespace_ref, |o| {
             if let Some(spec) = o.get_mut("spec").and_then(Value::as_object_mut) {
                 spec.remove("finalizers");
             }

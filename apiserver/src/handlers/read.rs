@@ -14,48 +14,12 @@ use base64::Engine;
 use corral_store::{ListRequest, StoreError};
 use serde_json::{Value, json};
 
+use super::render::{json_response, list_body, object_response};
+use super::request::{Accept, ResourceRequest};
 use super::table::{self, IncludeObject};
-use super::{Accept, ResourceRequest, json_response};
 use crate::error::{ApiError, ApiResult, Reason};
 use crate::filter::Filter;
 use crate::object;
-
-/// Sets the apiVersion and kind a client asked for on an object from the store or cache.
-pub fn present(request: &ResourceRequest, mut object: Value) -> Value {
-    if let Some(map) = object.as_object_mut() {
-        map.insert("apiVersion".into(), json!(request.api_version()));
-        map.insert("kind".into(), json!(request.resource.kind));
-    }
-    object
-}
-
-/// The single-object reply, as JSON or as a one-row Table.
-pub fn object_response(
-    request: &ResourceRequest,
-    accept: Accept,
-    status: StatusCode,
-    object: Value,
-) -> Response {
-    let object = present(request, object);
-    match accept {
-        Accept::Json => json_response(status, &object),
-        Accept::Table => {
-            let version = request
-                .resource
-                .version(&request.version)
-                .expect("version was checked when routing");
-            let rv = object
-                .pointer("/metadata/resourceVersion")
-                .cloned()
-                .unwrap_or(json!(""));
-            let row = table::row(version, &object, IncludeObject::from_query(&request.query));
-            json_response(
-                status,
-                &table::table(version, vec![row], json!({"resourceVersion": rv}), true),
-            )
-        }
-    }
-}
 
 pub async fn get(request: ResourceRequest, accept: Accept) -> ApiResult<Response> {
     let target = request.target();
@@ -198,16 +162,6 @@ fn decode_continue(token: &str) -> ApiResult<(i64, String)> {
     Ok((token.rv, token.start))
 }
 
-/// A `<Kind>List` of presented objects; `items` is never null.
-pub fn list_body(request: &ResourceRequest, metadata: Value, items: Vec<Value>) -> Value {
-    json!({
-        "apiVersion": request.api_version(),
-        "kind": request.resource.list_kind,
-        "metadata": metadata,
-        "items": items,
-    })
-}
-
 /// The objects of one list page, the revision they are at, and what follows.
 pub struct Page {
     pub objects: Vec<Value>,
@@ -337,12 +291,7 @@ pub async fn collect(request: &ResourceRequest, filter: &Filter) -> ApiResult<Pa
 }
 
 pub async fn list(request: ResourceRequest, accept: Accept) -> ApiResult<Response> {
-    let filter = Filter::from_query(
-        &request.resource,
-        &request.version,
-        request.namespace.as_deref(),
-        &request.query,
-    )?;
+    let filter = request.filter()?;
     let page = collect(&request, &filter).await?;
     let mut metadata = json!({"resourceVersion": page.revision.to_string()});
     if let Some(token) = &page.continue_token {
@@ -357,7 +306,7 @@ pub async fn list(request: ResourceRequest, accept: Accept) -> ApiResult<Respons
             let items: Vec<Value> = page
                 .objects
                 .into_iter()
-                .map(|o| present(&request, o))
+                .map(|o| request.present(o))
                 .collect();
             Ok(json_response(
                 StatusCode::OK,
@@ -373,7 +322,7 @@ pub async fn list(request: ResourceRequest, accept: Accept) -> ApiResult<Respons
             let rows = page
                 .objects
                 .into_iter()
-                .map(|o| table::row(version, &present(&request, o), include))
+                .map(|o| table::row(version, &request.present(o), include))
                 .collect();
             Ok(json_response(
                 StatusCode::OK,

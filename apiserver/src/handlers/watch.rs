@@ -24,9 +24,8 @@ use rand::Rng;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
-use super::read::present;
+use super::request::{Accept, ResourceRequest};
 use super::table::{self, IncludeObject};
-use super::{Accept, ResourceRequest};
 use crate::cache::{CacheEvent, Cacher, EventType, Since};
 use crate::error::{ApiError, ApiResult, Reason};
 use crate::filter::Filter;
@@ -52,12 +51,7 @@ struct Watcher {
 
 pub async fn watch(request: ResourceRequest, accept: Accept) -> ApiResult<Response> {
     let query = &request.query;
-    let filter = Filter::from_query(
-        &request.resource,
-        &request.version,
-        request.namespace.as_deref(),
-        query,
-    )?;
+    let filter = request.filter()?;
     let cache = request.server.cache(&request.resource).clone();
     let rv = query.string("resourceVersion");
     let send_initial = query.get("sendInitialEvents").is_some() && query.bool("sendInitialEvents");
@@ -294,7 +288,7 @@ impl Watcher {
             Accept::Json => match json.filter(|_| self.storage_version) {
                 Some(json) => crate::cache::event_line(kind, json),
                 None => line(
-                    &json!({"type": kind.as_str(), "object": present(&self.request, object.clone())}),
+                    &json!({"type": kind.as_str(), "object": self.request.present(object.clone())}),
                 ),
             },
             Accept::Table => {
@@ -303,11 +297,7 @@ impl Watcher {
                     .resource
                     .version(&self.request.version)
                     .expect("version was checked");
-                let row = table::row(
-                    version,
-                    &present(&self.request, object.clone()),
-                    self.include,
-                );
+                let row = table::row(version, &self.request.present(object.clone()), self.include);
                 let rv = object
                     .pointer("/metadata/resourceVersion")
                     .cloned()
