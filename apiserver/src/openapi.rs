@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value, json};
 
-use crate::resource::{Registry, ResourceType};
+use crate::resource::{Registry, ResourceType, Version};
 
 /// Every group version's document and its content hash.
 pub struct Documents {
@@ -126,9 +126,34 @@ fn add_resource(
     version: &str,
 ) {
     let Some(v) = t.version(version) else { return };
-    let gvk = json!({"group": t.group, "version": version, "kind": t.kind});
-    let id = schema_id(&t.group, version, &t.kind);
-    let list_id = schema_id(&t.group, version, &t.list_kind);
+    let names = Names::new(t, version);
+    add_schemas(schemas, t, v, &names);
+    add_paths(paths, t, version, &names);
+}
+
+/// How a kind's documents name it at one version.
+struct Names {
+    /// Its `x-kubernetes-group-version-kind`.
+    gvk: Value,
+    /// The ids of its schema and its list's.
+    id: String,
+    list_id: String,
+}
+
+impl Names {
+    fn new(t: &ResourceType, version: &str) -> Names {
+        Names {
+            gvk: json!({"group": t.group, "version": version, "kind": t.kind}),
+            id: schema_id(&t.group, version, &t.kind),
+            list_id: schema_id(&t.group, version, &t.list_kind),
+        }
+    }
+}
+
+/// The kind's schema (with `metadata` referring to ObjectMeta) and its list's.
+fn add_schemas(schemas: &mut Map<String, Value>, t: &ResourceType, v: &Version, names: &Names) {
+    let version = v.name.as_str();
+    let Names { gvk, id, list_id } = names;
     let mut schema = v.raw_schema.clone();
     if let Some(props) = schema.get_mut("properties").and_then(Value::as_object_mut) {
         props.insert(
@@ -152,7 +177,11 @@ fn add_resource(
             "x-kubernetes-group-version-kind": [{"group": t.group, "version": version, "kind": t.list_kind}],
         }),
     );
+}
 
+/// The collection, object and (if any) status paths of the kind, with their operations.
+fn add_paths(paths: &mut Map<String, Value>, t: &ResourceType, version: &str, names: &Names) {
+    let Names { gvk, id, list_id } = names;
     let base = if t.group.is_empty() {
         format!("/api/{version}")
     } else {
