@@ -424,3 +424,43 @@ fn line(value: &Value) -> Bytes {
     bytes.push(b'\n');
     Bytes::from(bytes)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn watch_starts_are_read_from_the_query_and_bad_combinations_refused() {
+        let start = |query: &str| Start::from_query(&Query::parse(Some(query)));
+        let cases = [
+            ("watch=1", Some((StartAt::MostRecent, false))),
+            (
+                "watch=1&resourceVersion=",
+                Some((StartAt::MostRecent, false)),
+            ),
+            ("watch=1&resourceVersion=0", Some((StartAt::Any, false))),
+            (
+                "watch=1&resourceVersion=42",
+                Some((StartAt::After(42), false)),
+            ),
+            (
+                "resourceVersion=42&sendInitialEvents=true&resourceVersionMatch=NotOlderThan&allowWatchBookmarks=true",
+                Some((StartAt::After(42), true)),
+            ),
+            ("resourceVersion=-1", None),
+            ("resourceVersion=abc", None),
+            ("sendInitialEvents=true&allowWatchBookmarks=true", None),
+            (
+                "sendInitialEvents=true&resourceVersionMatch=NotOlderThan",
+                None,
+            ),
+            ("resourceVersion=5&resourceVersionMatch=NotOlderThan", None),
+        ];
+        for (query, expected) in cases {
+            let found = start(query)
+                .ok()
+                .map(|start| (start.at, start.send_initial_events));
+            assert_eq!(found, expected, "{query}");
+        }
+    }
+}

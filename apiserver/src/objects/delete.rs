@@ -175,3 +175,31 @@ async fn delete_step(
     object::set_resource_version(&mut next, kv.mod_revision);
     Ok(Deleted::Pending(next))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn preconditions_refuse_another_uid_or_revision() {
+        let current = Stored {
+            object: json!({"metadata": {"uid": "u1"}}),
+            revision: 7,
+        };
+        let options = |uid: Option<&str>, rv: Option<&str>| DeleteOptions {
+            uid: uid.map(String::from),
+            resource_version: rv.map(String::from),
+            ..Default::default()
+        };
+        assert!(check_preconditions(&current, &options(None, None)).is_ok());
+        assert!(check_preconditions(&current, &options(Some("u1"), Some("7"))).is_ok());
+        assert_eq!(
+            check_preconditions(&current, &options(Some("u2"), Some("6"))).unwrap_err(),
+            "Precondition failed: UID in precondition: u2, UID in object meta: u1"
+        );
+        assert_eq!(
+            check_preconditions(&current, &options(None, Some("6"))).unwrap_err(),
+            "Precondition failed: ResourceVersion in precondition: 6, ResourceVersion in object meta: 7"
+        );
+    }
+}

@@ -145,3 +145,35 @@ pub(super) fn set_storage_type_meta(context: &WriteContext<'_>, object: &mut Val
     object["apiVersion"] = json!(resource.api_version(&storage.name));
     object["kind"] = json!(resource.kind);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn type_meta_is_checked_field_by_field_in_kubernetes_words() {
+        let body = json!({"apiVersion": "example.dev/v1", "kind": "Thing"});
+        let check = |field, expected| {
+            check_type_field(&body, field, expected, "kind").map_err(|e| e.message)
+        };
+        assert!(check("kind", "Thing").is_ok());
+        assert_eq!(
+            check("kind", "Other").unwrap_err(),
+            "the kind in the data (Thing) does not match the expected kind (Other)"
+        );
+        let empty = json!({});
+        let missing = |field| {
+            check_type_field(&empty, field, "x", "API version")
+                .unwrap_err()
+                .message
+        };
+        assert_eq!(
+            missing("apiVersion"),
+            "Object 'apiVersion' is missing in the request body"
+        );
+        assert_eq!(
+            missing("kind"),
+            "Object 'Kind' is missing in the request body"
+        );
+    }
+}
