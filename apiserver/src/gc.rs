@@ -37,11 +37,11 @@ use std::time::Duration;
 use corral_store::Revision;
 use serde_json::{Value, json};
 
-use crate::ApiServer;
 use crate::cache::{CacheEvent, CachedObject, EventType, Since};
-use crate::handlers::delete::{self, DeleteOptions, FOREGROUND, ORPHAN, Propagation};
 use crate::object;
+use crate::objects::{self, DeleteOptions, FOREGROUND, ORPHAN, ObjectRef, Propagation};
 use crate::resource::ResourceType;
+use crate::server::ApiServer;
 
 const POLL: Duration = Duration::from_millis(100);
 /// A pass reads every cached object, so its cost grows with the store. After a pass that found
@@ -151,22 +151,25 @@ struct Entry {
 }
 
 impl Entry {
-    /// The object's store key.
-    fn key(&self) -> String {
+    /// The object, for the object layer.
+    fn object_ref<'a>(&'a self, server: &'a ApiServer) -> ObjectRef<'a> {
         let value = &self.object.value;
-        self.resource
-            .key(object::namespace(value), object::name(value))
+        ObjectRef {
+            server,
+            resource: &self.resource,
+            namespace: object::namespace(value),
+            name: object::name(value),
+        }
     }
 
     /// Deletes the object with `propagation`. Failures (already gone, a conflict) are left to
     /// the next pass, which recomputes from the state it then finds.
     async fn delete(&self, server: &ApiServer, propagation: Propagation) {
-        let target = self.resource.target(object::name(&self.object.value));
         let options = DeleteOptions {
             propagation: Some(propagation),
             ..Default::default()
         };
-        let _ = delete::delete_object(server, &self.resource, &self.key(), &target, &options).await;
+        let _ = objects::delete(self.object_ref(server), &options).await;
     }
 }
 
@@ -184,6 +187,23 @@ fn ref_uid(reference: &Value) -> &str {
 
 /// One pass; returns true if it acted (so another pass should follow).
 async fn collect(server: &Arc<ApiServer>) -> bool {
+    let (by_uid, all) = index(server);
+    let mut referenced = Referenced::default();
+    let mut acted = false;
+    for dependent in &all {
+        acted |= collect_dependent(server, &by_uid, dependent, &mut referenced).await;
+    }
+    acted |= sweep_orphaned_namespaces(server, &all).await;
+    for owner in &all {
+        // An owner's finalizer is released only in a pass that has not acted so far: what
+        // was just done may add or remove references.
+        acted |= release_owner(server, &all, owner, &referenced, acted).await;
+    }
+    acted
+}
+
+/// Every cached object, by uid and as a list.
+fn index(server: &ApiServer) -> (HashMap<String, Entry>, Vec<Entry>) {
     let mut by_uid: HashMap<String, Entry> = HashMap::new();
     let mut all: Vec<Entry> = Vec::new();
     for cache in server.caches() {
@@ -203,125 +223,172 @@ async fn collect(server: &Arc<ApiServer>) -> bool {
             all.push(entry);
         }
     }
-    let mut acted = false;
-    // Owners that still have dependents referencing them: (any, blocking).
-    let mut referenced: HashSet<String> = HashSet::new();
-    let mut blocking: HashSet<String> = HashSet::new();
+    (by_uid, all)
+}
 
-    for dependent in &all {
-        let value = &dependent.object.value;
-        let refs = owner_refs(value);
-        if refs.is_empty() {
-            continue;
-        }
-        let mut dangling = Vec::new();
-        let mut orphaned = Vec::new();
-        let mut foreground = false;
-        for r in &refs {
-            let uid = ref_uid(r);
-            match by_uid.get(uid) {
-                Some(owner)
-                    if object::is_deleting(&owner.object.value)
-                        && object::finalizers(&owner.object.value)
-                            .iter()
-                            .any(|f| f == ORPHAN) =>
+/// Owners (by uid) that still have dependents referencing them.
+#[derive(Default)]
+struct Referenced {
+    any: HashSet<String>,
+    /// Referenced with `blockOwnerDeletion: true`.
+    blocking: HashSet<String>,
+}
+
+/// What one dependent's owner references say.
+#[derive(Default)]
+struct References {
+    /// Owners that do not exist (checked against the store).
+    dangling: Vec<String>,
+    /// Owners being deleted with the `orphan` finalizer.
+    orphaned: Vec<String>,
+    /// Whether some owner is being deleted in the foreground.
+    foreground: bool,
+}
+
+/// Sorts `refs` of a dependent in `namespace` by what their owners are doing, noting the
+/// owners that stay referenced in `referenced`.
+async fn classify_references(
+    server: &ApiServer,
+    by_uid: &HashMap<String, Entry>,
+    refs: &[Value],
+    namespace: Option<&str>,
+    referenced: &mut Referenced,
+) -> References {
+    let mut found = References::default();
+    for r in refs {
+        let uid = ref_uid(r);
+        match by_uid.get(uid) {
+            Some(owner)
+                if object::is_deleting(&owner.object.value)
+                    && object::finalizers(&owner.object.value)
+                        .iter()
+                        .any(|f| f == ORPHAN) =>
+            {
+                found.orphaned.push(uid.to_string());
+            }
+            Some(owner) => {
+                if object::is_deleting(&owner.object.value)
+                    && object::finalizers(&owner.object.value)
+                        .iter()
+                        .any(|f| f == FOREGROUND)
                 {
-                    orphaned.push(uid.to_string());
+                    found.foreground = true;
                 }
-                Some(owner) => {
-                    if object::is_deleting(&owner.object.value)
-                        && object::finalizers(&owner.object.value)
-                            .iter()
-                            .any(|f| f == FOREGROUND)
-                    {
-                        foreground = true;
-                    }
-                    referenced.insert(uid.to_string());
-                    if r.get("blockOwnerDeletion").and_then(Value::as_bool) == Some(true) {
-                        blocking.insert(uid.to_string());
-                    }
-                }
-                None => {
-                    if !owner_exists(server, r, object::namespace(value)).await {
-                        dangling.push(uid.to_string());
-                    } else {
-                        referenced.insert(uid.to_string());
-                    }
+                referenced.any.insert(uid.to_string());
+                if r.get("blockOwnerDeletion").and_then(Value::as_bool) == Some(true) {
+                    referenced.blocking.insert(uid.to_string());
                 }
             }
-        }
-        let key = dependent.key();
-        if dangling.len() == refs.len() {
-            if !object::is_deleting(value) {
-                tracing::info!(kind = %dependent.resource.kind, name = object::name(value), "deleting dependent whose owners are gone");
-                dependent.delete(server, Propagation::Background).await;
-                acted = true;
-            }
-            continue;
-        }
-        if foreground && !object::is_deleting(value) {
-            dependent.delete(server, Propagation::Foreground).await;
-            acted = true;
-        }
-        let drop: Vec<String> = dangling.into_iter().chain(orphaned).collect();
-        if !drop.is_empty() {
-            let result = delete::mutate(server, &dependent.resource, &key, |o| {
-                let kept: Vec<Value> = owner_refs(o)
-                    .into_iter()
-                    .filter(|r| !drop.contains(&ref_uid(r).to_string()))
-                    .collect();
-                let m = object::meta_mut(o);
-                if kept.is_empty() {
-                    m.remove("ownerReferences");
+            None => {
+                if !owner_exists(server, r, namespace).await {
+                    found.dangling.push(uid.to_string());
                 } else {
-                    m.insert("ownerReferences".into(), json!(kept));
+                    referenced.any.insert(uid.to_string());
                 }
-                true
-            })
-            .await;
-            if let Err(error) = result {
-                tracing::warn!(%error, "could not remove owner references");
             }
-            acted = true;
         }
     }
+    found
+}
 
-    acted |= sweep_orphaned_namespaces(server, &all).await;
-
-    for owner in &all {
-        let value = &owner.object.value;
-        if !object::is_deleting(value) {
-            continue;
+/// Acts on one dependent: deletes it when all its owners are gone (or in the foreground with
+/// an owner), drops references to owners that are gone or orphaning. True if it acted.
+async fn collect_dependent(
+    server: &ApiServer,
+    by_uid: &HashMap<String, Entry>,
+    dependent: &Entry,
+    referenced: &mut Referenced,
+) -> bool {
+    let value = &dependent.object.value;
+    let refs = owner_refs(value);
+    if refs.is_empty() {
+        return false;
+    }
+    let References {
+        dangling,
+        orphaned,
+        foreground,
+    } = classify_references(server, by_uid, &refs, object::namespace(value), referenced).await;
+    if dangling.len() == refs.len() {
+        if object::is_deleting(value) {
+            return false;
         }
-        let uid = object::uid(value).to_string();
-        let finalizers = object::finalizers(value);
-        let key = owner.key();
-        let release_orphan =
-            finalizers.iter().any(|f| f == ORPHAN) && !referenced.contains(&uid) && !acted;
-        let release_foreground =
-            finalizers.iter().any(|f| f == FOREGROUND) && !blocking.contains(&uid) && !acted;
-        if release_orphan || release_foreground {
-            let result = delete::mutate(server, &owner.resource, &key, |o| {
-                let kept: Vec<String> = object::finalizers(o)
-                    .into_iter()
-                    .filter(|f| {
-                        let released = (release_orphan && f == ORPHAN)
-                            || (release_foreground && f == FOREGROUND);
-                        !released
-                    })
-                    .collect();
-                object::set_finalizers(o, kept);
-                true
-            })
-            .await;
-            if let Err(error) = result {
-                tracing::warn!(%error, "could not remove a deletion finalizer");
+        tracing::info!(kind = %dependent.resource.kind, name = object::name(value), "deleting dependent whose owners are gone");
+        dependent.delete(server, Propagation::Background).await;
+        return true;
+    }
+    let mut acted = false;
+    if foreground && !object::is_deleting(value) {
+        dependent.delete(server, Propagation::Foreground).await;
+        acted = true;
+    }
+    let drop: Vec<String> = dangling.into_iter().chain(orphaned).collect();
+    if !drop.is_empty() {
+        let result = objects::mutate(dependent.object_ref(server), |o| {
+            let kept: Vec<Value> = owner_refs(o)
+                .into_iter()
+                .filter(|r| !drop.contains(&ref_uid(r).to_string()))
+                .collect();
+            let m = object::meta_mut(o);
+            if kept.is_empty() {
+                m.remove("ownerReferences");
+            } else {
+                m.insert("ownerReferences".into(), json!(kept));
             }
-            acted = true;
+            true
+        })
+        .await;
+        if let Err(error) = result {
+            tracing::warn!(%error, "could not remove owner references");
         }
-        if owner.resource.is_namespace() {
-            acted |= finalize_namespace(server, &all, owner).await;
+        acted = true;
+    }
+    acted
+}
+
+/// Acts on one owner being deleted: removes its `orphan` finalizer once no dependent refers
+/// to it and its `foregroundDeletion` finalizer once none blocks it (only if the pass has not
+/// `acted_before`), and finalizes it if it is a namespace. True if it acted.
+async fn release_owner(
+    server: &Arc<ApiServer>,
+    all: &[Entry],
+    owner: &Entry,
+    referenced: &Referenced,
+    acted_before: bool,
+) -> bool {
+    let value = &owner.object.value;
+    if !object::is_deleting(value) {
+        return false;
+    }
+    let uid = object::uid(value).to_string();
+    let finalizers = object::finalizers(value);
+    let release_orphan =
+        finalizers.iter().any(|f| f == ORPHAN) && !referenced.any.contains(&uid) && !acted_before;
+    let release_foreground = finalizers.iter().any(|f| f == FOREGROUND)
+        && !referenced.blocking.contains(&uid)
+        && !acted_before;
+    let mut acted = false;
+    if release_orphan || release_foreground {
+        let result = objects::mutate(owner.object_ref(server), |o| {
+            let kept: Vec<String> = object::finalizers(o)
+                .into_iter()
+                .filter(|f| {
+                    let released =
+                        (release_orphan && f == ORPHAN) || (release_foreground && f == FOREGROUND);
+                    !released
+                })
+                .collect();
+            object::set_finalizers(o, kept);
+            true
+        })
+        .await;
+        if let Err(error) = result {
+            tracing::warn!(%error, "could not remove a deletion finalizer");
         }
+        acted = true;
+    }
+    if owner.resource.is_namespace() {
+        acted |= finalize_namespace(server, all, owner).await;
     }
     acted
 }
@@ -334,8 +401,13 @@ async fn finalize_namespace(server: &Arc<ApiServer>, all: &[Entry], namespace: &
         .filter(|e| e.resource.namespaced && object::namespace(&e.object.value) == Some(name))
         .collect();
     if content.is_empty() {
-        let key = namespace.resource.key(None, name);
-        let result = delete::mutate(server, &namespace.resource, &key, |o| {
+        let namespace_ref = ObjectRef {
+            server,
+            resource: &namespace.resource,
+            namespace: None,
+            name,
+        };
+        let result = objects::mutate(namespace_ref, |o| {
             if let Some(spec) = o.get_mut("spec").and_then(Value::as_object_mut) {
                 spec.remove("finalizers");
             }

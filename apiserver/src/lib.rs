@@ -14,6 +14,13 @@
 //! - Any number of API servers may share one etcd: all state is in the store, and every
 //!   background task (GC, compaction) is idempotent and conditional.
 //!
+//! # Layout
+//!
+//! `handlers` is the HTTP edge: it parses paths, decodes bodies and renders replies. Every
+//! change to an object goes through the object layer (`objects`), which knows no HTTP; the
+//! garbage collector (`gc`) and start-up use that layer too, never `handlers`. `server` is the
+//! state they share (registry, store, one watch `cache` per kind, the `openapi` documents).
+//!
 //! # Entry points
 //!
 //! [`ApiServer::start`] builds the state and spawns the background tasks; [`router`] gives
@@ -33,51 +40,17 @@ pub mod filter;
 mod gc;
 mod handlers;
 pub mod object;
+mod objects;
+mod openapi;
 pub mod query;
 pub mod resource;
+mod server;
 #[cfg(feature = "testing")]
 pub mod testing;
 
-use cache::{CacheConfig, Cacher};
-use resource::{Registry, ResourceType};
+pub use server::{ApiServer, Config};
 
-/// How an API server behaves; the defaults are Kubernetes'.
-#[derive(Clone, Debug)]
-pub struct Config {
-    /// Largest request body accepted (Kubernetes: 3 MiB).
-    pub max_body_bytes: usize,
-    /// How often a watch that asked for bookmarks gets one.
-    pub bookmark_interval: Duration,
-    /// Compact history older than this, every this often (0 disables compaction).
-    pub compaction_interval: Duration,
-    /// How often the garbage collector rescans everything (it also reacts to events).
-    pub gc_resync_interval: Duration,
-    pub cache: CacheConfig,
-}
-
-impl Default for Config {
-    fn default() -> Config {
-        Config {
-            max_body_bytes: 3 * 1024 * 1024,
-            bookmark_interval: Duration::from_secs(60),
-            compaction_interval: Duration::from_secs(300),
-            gc_resync_interval: Duration::from_secs(30),
-            cache: CacheConfig::default(),
-        }
-    }
-}
-
-/// The shared state of one API server.
-pub struct ApiServer {
-    pub registry: Registry,
-    pub store: DynStore,
-    pub config: Config,
-    caches: Vec<Arc<Cacher>>,
-    openapi: handlers::openapi::Documents,
-    /// Cancelled when the server stops: ends every open watch so shutdown does not wait for
-    /// their timeouts.
-    pub shutdown: tokio_util::sync::CancellationToken,
-}
+use resource::Registry;
 
 /// A running API server: its state and the background tasks that keep it (caches, GC,
 /// compaction). Dropping it stops the tasks.
@@ -108,31 +81,18 @@ impl ApiServer {
         store: DynStore,
         config: Config,
     ) -> Result<Running, StartError> {
-        let caches: Vec<Arc<Cacher>> = registry
-            .types()
-            .iter()
-            .map(|t| Cacher::new(t.clone(), &config.cache))
-            .collect();
-        let openapi = handlers::openapi::Documents::build(&registry);
-        let server = Arc::new(ApiServer {
-            registry,
-            store: store.clone(),
-            config: config.clone(),
-            caches,
-            openapi,
-            shutdown: tokio_util::sync::CancellationToken::new(),
-        });
+        let server = Arc::new(ApiServer::new(registry, store.clone(), config.clone()));
         let mut tasks = JoinSet::new();
-        for cache in &server.caches {
+        for cache in server.caches() {
             tasks.spawn(cache.clone().run(store.clone(), config.cache.clone()));
         }
-        for cache in &server.caches {
+        for cache in server.caches() {
             cache.wait_for(0, Duration::from_secs(3600)).await;
         }
         // As in Kubernetes: `default` for users, `kube-system` for the control plane's own
         // objects (leader-election Leases), `kube-node-lease` for node heartbeats.
         for namespace in ["default", "kube-system", "kube-node-lease"] {
-            handlers::write::ensure_namespace(&server, namespace)
+            objects::ensure_namespace(&server, namespace)
                 .await
                 .map_err(StartError::Bootstrap)?;
         }
@@ -141,17 +101,6 @@ impl ApiServer {
             tasks.spawn(compactor(server.clone()));
         }
         Ok(Running { server, tasks })
-    }
-
-    pub fn cache(&self, resource: &ResourceType) -> &Arc<Cacher> {
-        self.caches
-            .iter()
-            .find(|c| c.resource.group == resource.group && c.resource.plural == resource.plural)
-            .expect("every registered type has a cache")
-    }
-
-    pub fn caches(&self) -> &[Arc<Cacher>] {
-        &self.caches
     }
 }
 

@@ -78,8 +78,9 @@ pub enum FieldValidation {
 }
 
 impl FieldValidation {
-    pub fn from_query(query: &Query) -> ApiResult<FieldValidation> {
-        match query.get("fieldValidation") {
+    /// The directive from the `fieldValidation` parameter's value (`None` when it is absent).
+    pub fn parse(value: Option<&str>) -> ApiResult<FieldValidation> {
+        match value {
             None | Some("") => Ok(FieldValidation::Warn),
             Some(v) if v.eq_ignore_ascii_case("strict") => Ok(FieldValidation::Strict),
             Some(v) if v.eq_ignore_ascii_case("warn") => Ok(FieldValidation::Warn),

@@ -121,6 +121,19 @@ impl ResourceType {
         !self.is_namespace()
     }
 
+    /// `object` as version `version` of this kind: the `apiVersion` and `kind` a client asked
+    /// for (stored objects carry the storage version's).
+    pub fn present(&self, version: &str, mut object: Value) -> Value {
+        if let Some(map) = object.as_object_mut() {
+            map.insert(
+                "apiVersion".into(),
+                Value::String(self.api_version(version)),
+            );
+            map.insert("kind".into(), Value::String(self.kind.clone()));
+        }
+        object
+    }
+
     pub fn target(&self, name: &str) -> Target {
         Target {
             group: self.group.clone(),

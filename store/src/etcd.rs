@@ -50,17 +50,13 @@
 //! Running or configuring etcd (auto-compaction, quotas, TLS), and retrying: connection
 //! failures surface as `Unavailable` and the caller decides.
 
+mod client;
+mod error;
 mod watch;
-
-use std::future::Future;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
-use std::time::Duration;
 
 use bytes::Bytes;
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, GetResponse, PutOptions,
-    Txn, TxnOp, TxnOpResponse, TxnResponse,
+    Compare, CompareOp, DeleteOptions, GetOptions, PutOptions, Txn, TxnOp, TxnOpResponse,
 };
 
 use crate::keys::prefix_end;
@@ -69,253 +65,11 @@ use crate::{
     WatchStream,
 };
 
-/// How long a non-watch request may take before it is `Unavailable`.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+pub use self::client::EtcdStore;
+pub use self::error::EtcdError;
 
-/// Failures particular to this backend; they reach callers as the `#[source]` of a
-/// [`StoreError`].
-#[derive(Debug, thiserror::Error)]
-pub enum EtcdError {
-    #[error("etcd request failed")]
-    Request(#[source] etcd_client::Error),
-    #[error("etcd did not answer within {0:?}")]
-    Timeout(Duration),
-    #[error("etcd returned the key {key:?}, outside the prefix")]
-    KeyOutsidePrefix { key: String },
-    #[error("a key under the prefix is not UTF-8")]
-    KeyNotUtf8(#[source] std::string::FromUtf8Error),
-    #[error("etcd's answer lacks {0}")]
-    Malformed(&'static str),
-    #[error("etcd canceled the watch: {0}")]
-    WatchCanceled(String),
-    #[error("etcd ended the watch stream")]
-    WatchEnded,
-}
-
-/// What an etcd error means for the store.
-enum Failure {
-    Compacted,
-    FutureRevision,
-    Other(StoreError),
-}
-
-fn classify(error: etcd_client::Error) -> Failure {
-    use tonic::Code;
-    let unavailable = match &error {
-        etcd_client::Error::GRpcStatus(status) => {
-            let message = status.message();
-            if message.contains("required revision has been compacted") {
-                return Failure::Compacted;
-            }
-            if message.contains("required revision is a future revision") {
-                return Failure::FutureRevision;
-            }
-            // A status that carries a source error was made on this side from a transport
-            // failure (a broken connection reads as `Unknown` with a hyper error inside).
-            let transport = std::error::Error::source(status).is_some();
-            transport
-                || matches!(
-                    status.code(),
-                    Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Aborted
-                )
-        }
-        etcd_client::Error::TransportError(_)
-        | etcd_client::Error::IoError(_)
-        | etcd_client::Error::WatchError(_) => true,
-        _ => false,
-    };
-    let error = Box::new(EtcdError::Request(error));
-    Failure::Other(if unavailable {
-        StoreError::Unavailable(error)
-    } else {
-        StoreError::Backend(error)
-    })
-}
-
-fn other(error: etcd_client::Error) -> StoreError {
-    match classify(error) {
-        Failure::Other(error) => error,
-        // Only reads at a revision and compactions can fail these ways; they handle them.
-        Failure::Compacted => StoreError::Backend(Box::new(EtcdError::Malformed(
-            "a request that names no revision failed as compacted",
-        ))),
-        Failure::FutureRevision => StoreError::Backend(Box::new(EtcdError::Malformed(
-            "a request that names no revision failed as a future revision",
-        ))),
-    }
-}
-
-fn malformed(what: &'static str) -> StoreError {
-    StoreError::Backend(Box::new(EtcdError::Malformed(what)))
-}
-
-/// Runs an etcd request with [`REQUEST_TIMEOUT`].
-async fn timed<T>(
-    request: impl Future<Output = Result<T, etcd_client::Error>>,
-) -> Result<Result<T, etcd_client::Error>> {
-    tokio::time::timeout(REQUEST_TIMEOUT, request)
-        .await
-        .map_err(|_| StoreError::Unavailable(Box::new(EtcdError::Timeout(REQUEST_TIMEOUT))))
-}
-
-/// Whether this etcd version answers `request_progress` only once the watch is synced (etcd
-/// 3.4.24, 3.5.8 and later); older ones may answer ahead of undelivered events.
-fn progress_is_ordered(version: &str) -> bool {
-    let mut parts = version.split('.').map(|part| {
-        part.chars()
-            .take_while(char::is_ascii_digit)
-            .collect::<String>()
-            .parse::<u32>()
-            .ok()
-    });
-    let (Some(Some(major)), Some(Some(minor)), Some(Some(patch))) =
-        (parts.next(), parts.next(), parts.next())
-    else {
-        return false;
-    };
-    match (major, minor) {
-        (3, 4) => patch >= 24,
-        (3, 5) => patch >= 8,
-        (3, minor) => minor > 5,
-        (major, _) => major > 3,
-    }
-}
-
-/// The etcd-backed store. Cloning is cheap and shares the connection.
-#[derive(Clone)]
-pub struct EtcdStore {
-    client: Client,
-    prefix: Arc<[u8]>,
-    /// A lower bound of etcd's compacted revision (see the module docs).
-    known_compacted: Arc<AtomicI64>,
-    progress_is_ordered: bool,
-}
-
-impl EtcdStore {
-    /// Connects to `endpoints` and checks that etcd answers (an unreachable cluster is
-    /// `Unavailable`).
-    pub async fn connect(endpoints: &[String], prefix: &str) -> Result<EtcdStore> {
-        let options = ConnectOptions::new()
-            .with_connect_timeout(CONNECT_TIMEOUT)
-            .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5))
-            .with_keep_alive_while_idle(true);
-        let client = timed(Client::connect(endpoints, Some(options)))
-            .await?
-            .map_err(other)?;
-        let status = timed(client.maintenance_client().status())
-            .await?
-            .map_err(other)?;
-        let progress_is_ordered = progress_is_ordered(status.version());
-        if !progress_is_ordered {
-            tracing::info!(
-                version = status.version(),
-                "etcd answers progress requests out of order (before 3.4.24 / 3.5.8); \
-                 watch progress is held back to stay correct"
-            );
-        }
-        Ok(EtcdStore {
-            client,
-            prefix: Arc::from(prefix.as_bytes()),
-            known_compacted: Arc::new(AtomicI64::new(0)),
-            progress_is_ordered,
-        })
-    }
-
-    fn full_key(&self, key: &str) -> Vec<u8> {
-        let mut full = Vec::with_capacity(self.prefix.len() + key.len());
-        full.extend_from_slice(&self.prefix);
-        full.extend_from_slice(key.as_bytes());
-        full
-    }
-
-    fn strip(&self, key: &[u8]) -> Result<String> {
-        let Some(key) = key.strip_prefix(&self.prefix[..]) else {
-            return Err(StoreError::Backend(Box::new(EtcdError::KeyOutsidePrefix {
-                key: String::from_utf8_lossy(key).into_owned(),
-            })));
-        };
-        String::from_utf8(key.to_vec())
-            .map_err(|e| StoreError::Backend(Box::new(EtcdError::KeyNotUtf8(e))))
-    }
-
-    fn key_value(&self, kv: &etcd_client::KeyValue) -> Result<KeyValue> {
-        Ok(KeyValue {
-            key: self.strip(kv.key())?,
-            value: Bytes::copy_from_slice(kv.value()),
-            create_revision: kv.create_revision(),
-            mod_revision: kv.mod_revision(),
-        })
-    }
-
-    fn note_compacted(&self, revision: Revision) {
-        self.known_compacted.fetch_max(revision, Ordering::Relaxed);
-    }
-
-    /// Reads one key's count at `revision`: `Ok(true)` if etcd still serves that revision,
-    /// `Ok(false)` if it was compacted.
-    async fn serves_revision(&self, revision: Revision) -> Result<bool> {
-        let options = GetOptions::new().with_count_only().with_revision(revision);
-        let mut kv = self.client.kv_client();
-        match timed(kv.get(&self.prefix[..], Some(options))).await? {
-            Ok(_) => Ok(true),
-            Err(error) => match classify(error) {
-                Failure::Compacted => Ok(false),
-                Failure::FutureRevision => Ok(true),
-                Failure::Other(error) => Err(error),
-            },
-        }
-    }
-
-    /// The latest value of `key` inside a failed transaction's `else` branch.
-    fn else_value(&self, response: &TxnResponse) -> Result<Option<KeyValue>> {
-        match response.op_responses().into_iter().next() {
-            Some(TxnOpResponse::Get(get)) => {
-                get.kvs().first().map(|kv| self.key_value(kv)).transpose()
-            }
-            _ => Err(malformed("the get of a failed transaction")),
-        }
-    }
-
-    fn header_revision(header: Option<&etcd_client::ResponseHeader>) -> Result<Revision> {
-        header
-            .map(|h| h.revision())
-            .ok_or_else(|| malformed("a response header"))
-    }
-
-    async fn range(
-        &self,
-        start: Vec<u8>,
-        options: GetOptions,
-    ) -> Result<GetResponse, etcd_client::Error> {
-        let mut kv = self.client.kv_client();
-        match tokio::time::timeout(REQUEST_TIMEOUT, kv.get(start, Some(options))).await {
-            Ok(result) => result,
-            Err(_) => Err(etcd_client::Error::GRpcStatus(
-                tonic::Status::deadline_exceeded("etcd range timed out"),
-            )),
-        }
-    }
-
-    async fn compacted_error(&self, requested: Revision) -> StoreError {
-        // Compaction has passed `requested`, so the compacted revision is above it.
-        self.note_compacted(requested + 1);
-        match self.compacted_revision().await {
-            Ok(compacted) => StoreError::Compacted {
-                requested,
-                compacted,
-            },
-            Err(error) => error,
-        }
-    }
-
-    async fn future_error(&self, requested: Revision) -> StoreError {
-        match self.current_revision().await {
-            Ok(current) => StoreError::FutureRevision { requested, current },
-            Err(error) => error,
-        }
-    }
-}
+use self::client::timed;
+use self::error::{Failure, classify, malformed, other};
 
 #[async_trait::async_trait]
 impl Store for EtcdStore {
@@ -324,33 +78,11 @@ impl Store for EtcdStore {
     }
 
     async fn current_revision(&self) -> Result<Revision> {
-        let mut kv = self.client.kv_client();
-        let options = GetOptions::new().with_count_only();
-        let response = timed(kv.get(&self.prefix[..], Some(options)))
-            .await?
-            .map_err(other)?;
-        Self::header_revision(response.header())
+        self.read_current_revision().await
     }
 
     async fn compacted_revision(&self) -> Result<Revision> {
-        let known = self.known_compacted.load(Ordering::Relaxed);
-        let current = self.current_revision().await?;
-        // Invariant: etcd serves `ok` (or it is the current revision) and does not serve `bad`.
-        let mut bad = known.max(1);
-        if bad >= current || self.serves_revision(bad).await? {
-            return Ok(known);
-        }
-        let mut ok = current;
-        while ok - bad > 1 {
-            let middle = bad + (ok - bad) / 2;
-            if self.serves_revision(middle).await? {
-                ok = middle;
-            } else {
-                bad = middle;
-            }
-        }
-        self.note_compacted(ok);
-        Ok(ok)
+        self.find_compacted_revision().await
     }
 
     async fn get(&self, key: &str) -> Result<Option<KeyValue>> {
@@ -537,7 +269,7 @@ impl Store for EtcdStore {
 
     async fn watch(&self, prefix: &str, options: WatchOptions) -> Result<WatchStream> {
         let after = options.after.max(0);
-        let compacted = self.known_compacted.load(Ordering::Relaxed);
+        let compacted = self.known_compacted();
         if after < compacted {
             return Err(StoreError::Compacted {
                 requested: after,
@@ -572,21 +304,5 @@ impl Store for EtcdStore {
                 Failure::Other(error) => Err(error),
             },
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn progress_is_ordered_from_the_fixed_releases_on() {
-        assert!(!progress_is_ordered("3.4.23"));
-        assert!(progress_is_ordered("3.4.24"));
-        assert!(!progress_is_ordered("3.5.7"));
-        assert!(progress_is_ordered("3.5.8"));
-        assert!(progress_is_ordered("3.6.0"));
-        assert!(progress_is_ordered("4.0.0"));
-        assert!(!progress_is_ordered("garbage"));
     }
 }

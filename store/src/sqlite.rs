@@ -59,20 +59,18 @@
 //! Deciding when to compact (the API server's compactor), backups, and sharing the file between
 //! processes.
 
+mod error;
+mod options;
+mod schema;
 mod watch;
 mod writer;
 
-use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
-    SqliteSynchronous,
-};
-use sqlx::{ConnectOptions, Row, SqliteConnection};
+use sqlx::sqlite::{SqlitePool, SqlitePoolOptions, SqliteRow};
+use sqlx::{ConnectOptions, Row};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
@@ -82,119 +80,14 @@ use crate::{
     WatchStream,
 };
 
+pub use self::error::SqliteError;
+pub(crate) use self::error::sql_error;
+pub use self::options::SqliteOptions;
+pub(crate) use self::schema::connect_options;
+
+use self::error::{closed, decode_key};
+use self::schema::{SCHEMA, SCHEMA_VERSION, read_revisions};
 use self::writer::{Command, WriteOp, Writer};
-
-/// Tuning for [`SqliteStore::open_with`]; the defaults suit the API server.
-#[derive(Clone, Debug)]
-pub struct SqliteOptions {
-    /// Connections for reads (get, list, watch catch-up).
-    pub read_connections: u32,
-    /// The most writes grouped into one transaction.
-    pub max_batch: usize,
-    /// How long `open` waits for another holder of the database's lock to let go.
-    pub lock_timeout: Duration,
-    /// Revisions examined per compaction transaction; writes wait at most one chunk.
-    pub compaction_chunk: Revision,
-}
-
-impl Default for SqliteOptions {
-    fn default() -> Self {
-        SqliteOptions {
-            read_connections: 4,
-            max_batch: 1024,
-            lock_timeout: Duration::from_secs(10),
-            compaction_chunk: 20_000,
-        }
-    }
-}
-
-/// Failures particular to this backend; they reach callers as the `#[source]` of a
-/// [`StoreError`].
-#[derive(Debug, thiserror::Error)]
-pub enum SqliteError {
-    #[error("creating the directory {path:?}")]
-    CreateDirectory {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
-    #[error("opening the lock file {path:?}")]
-    LockFile {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
-    #[error("another process holds {path:?}: the database is in use")]
-    Locked { path: PathBuf },
-    #[error("the database has schema version {found}; this build knows only {SCHEMA_VERSION}")]
-    NewerSchema { found: i64 },
-    #[error("the store is closed")]
-    Closed,
-    #[error("a key in the database is not UTF-8")]
-    KeyNotUtf8(#[source] std::string::FromUtf8Error),
-    #[error("log row {revision} names previous revision {previous}, which is missing")]
-    MissingPrevious {
-        revision: Revision,
-        previous: Revision,
-    },
-    #[error("the write transaction failed")]
-    Transaction(#[source] Arc<sqlx::Error>),
-    #[error("SQLite failed")]
-    Sql(#[source] sqlx::Error),
-}
-
-pub(crate) fn sql_error(error: sqlx::Error) -> StoreError {
-    match error {
-        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => {
-            StoreError::Unavailable(Box::new(SqliteError::Sql(error)))
-        }
-        error => StoreError::Backend(Box::new(SqliteError::Sql(error))),
-    }
-}
-
-fn closed() -> StoreError {
-    StoreError::Unavailable(Box::new(SqliteError::Closed))
-}
-
-const SCHEMA_VERSION: i64 = 1;
-
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS log (
-    revision INTEGER PRIMARY KEY,
-    key BLOB NOT NULL,
-    value BLOB NOT NULL,
-    create_revision INTEGER NOT NULL,
-    prev_revision INTEGER NOT NULL,
-    deleted INTEGER NOT NULL
-);
--- Entries are ordered by (key, rowid) and the rowid is the revision.
-CREATE INDEX IF NOT EXISTS log_by_key ON log (key);
--- The value of a live key is in its log row at mod_revision: values are written once.
-CREATE TABLE IF NOT EXISTS kv (
-    key BLOB PRIMARY KEY,
-    create_revision INTEGER NOT NULL,
-    mod_revision INTEGER NOT NULL
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS meta (
-    name TEXT PRIMARY KEY,
-    value INTEGER NOT NULL
-);
-INSERT OR IGNORE INTO meta (name, value) VALUES ('schema_version', 1), ('compacted', 0);
-";
-
-/// `(current revision, compacted revision)` as of the reading transaction's snapshot.
-const REVISIONS_SQL: &str = "SELECT COALESCE((SELECT MAX(revision) FROM log), 0), \
-     COALESCE((SELECT value FROM meta WHERE name = 'compacted'), 0)";
-
-pub(crate) async fn read_revisions(conn: &mut SqliteConnection) -> Result<(Revision, Revision)> {
-    let row = sqlx::query(REVISIONS_SQL)
-        .fetch_one(&mut *conn)
-        .await
-        .map_err(sql_error)?;
-    let newest: i64 = row.try_get(0).map_err(sql_error)?;
-    let compacted: i64 = row.try_get(1).map_err(sql_error)?;
-    Ok((newest.max(compacted), compacted))
-}
 
 /// The embedded store. See the module docs.
 pub struct SqliteStore {
@@ -237,6 +130,7 @@ impl SqliteStore {
         if version > SCHEMA_VERSION {
             return Err(StoreError::Backend(Box::new(SqliteError::NewerSchema {
                 found: version,
+                known: SCHEMA_VERSION,
             })));
         }
         let (current, compacted) = read_revisions(&mut conn).await?;
@@ -273,16 +167,6 @@ impl SqliteStore {
             .map_err(|_| closed())?;
         answer.await.map_err(|_| closed())?
     }
-}
-
-pub(crate) fn connect_options(path: &Path) -> SqliteConnectOptions {
-    SqliteConnectOptions::new()
-        .filename(path)
-        .create_if_missing(true)
-        .journal_mode(SqliteJournalMode::Wal)
-        .synchronous(SqliteSynchronous::Full)
-        .busy_timeout(Duration::from_secs(5))
-        .foreign_keys(false)
 }
 
 /// Takes the exclusive lock on `PATH.lock`, waiting up to `timeout` for a previous holder (for
@@ -322,10 +206,6 @@ async fn lock_database(path: &Path, timeout: Duration) -> Result<std::fs::File> 
             }
         }
     }
-}
-
-pub(crate) fn decode_key(bytes: Vec<u8>) -> Result<String> {
-    String::from_utf8(bytes).map_err(|e| StoreError::Backend(Box::new(SqliteError::KeyNotUtf8(e))))
 }
 
 /// A row of `(key, value, create_revision, mod_revision)`.

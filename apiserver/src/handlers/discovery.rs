@@ -7,10 +7,10 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use serde_json::{Value, json};
 
-use super::json_response;
-use crate::ApiServer;
+use super::render::json_response;
 use crate::error::{ApiError, ApiResult};
 use crate::resource::ResourceType;
+use crate::server::ApiServer;
 
 /// Reports minor version 32: the kubectl on these machines is a dispatcher that picks the
 /// client binary matching the server's minor version.

@@ -1,32 +1,38 @@
 //! HTTP routing: paths are parsed by hand (not by the router) because Kubernetes paths are
 //! ambiguous to a pattern router — `/api/v1/namespaces/x` is an object, while
 //! `/api/v1/namespaces/x/events` is a collection inside it.
+//!
+//! Every handler decodes its request, calls the object layer (`objects`) or reads the store
+//! and the watch cache, and renders the reply (`render.rs`); a `ResourceRequest`
+//! (`request.rs`) is what routing hands it.
 
 use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::http::{HeaderMap, Method, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use bytes::Bytes;
-use serde_json::Value;
 
-use crate::ApiServer;
+use self::request::{Accept, ResourceRequest};
 use crate::error::{ApiError, ApiResult, Reason};
+use crate::objects::Subresource;
 use crate::query::Query;
-use crate::resource::ResourceType;
+use crate::server::ApiServer;
 
-pub mod delete;
-pub mod discovery;
-pub mod openapi;
+mod delete;
+mod discovery;
+mod openapi;
 mod patch;
-pub mod protobuf;
+mod protobuf;
 mod read;
+mod render;
+mod request;
 mod table;
 mod watch;
-pub mod write;
+mod write;
 
 pub fn router(server: Arc<ApiServer>) -> Router {
     Router::new()
@@ -46,65 +52,6 @@ pub fn router(server: Arc<ApiServer>) -> Router {
                 })
                 .on_response(tower_http::trace::DefaultOnResponse::new().level(tracing::Level::DEBUG)),
         )
-}
-
-/// A subresource of an object.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Subresource {
-    Status,
-}
-
-/// A request aimed at a resource: collection, object or subresource.
-pub struct ResourceRequest {
-    pub server: Arc<ApiServer>,
-    pub resource: Arc<ResourceType>,
-    pub version: String,
-    pub namespace: Option<String>,
-    pub name: Option<String>,
-    pub subresource: Option<Subresource>,
-    pub query: Query,
-    pub headers: HeaderMap,
-}
-
-impl ResourceRequest {
-    pub fn api_version(&self) -> String {
-        self.resource.api_version(&self.version)
-    }
-
-    pub fn target(&self) -> crate::error::Target {
-        self.resource.target(self.name.as_deref().unwrap_or(""))
-    }
-
-    /// The name from the path; only called on object routes.
-    pub fn object_name(&self) -> &str {
-        self.name.as_deref().unwrap_or("")
-    }
-
-    pub fn key(&self) -> String {
-        self.resource
-            .key(self.namespace.as_deref(), self.object_name())
-    }
-
-    /// The field manager: `?fieldManager=`, else derived from the User-Agent like Kubernetes
-    /// (the program name before the first `/`).
-    pub fn field_manager(&self) -> String {
-        if let Some(m) = self.query.string("fieldManager") {
-            return m.to_string();
-        }
-        let agent = self
-            .headers
-            .get(header::USER_AGENT)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("unknown");
-        agent.split('/').next().unwrap_or(agent).to_string()
-    }
-}
-
-/// What the client accepts in a response body.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Accept {
-    Json,
-    Table,
 }
 
 fn negotiate(headers: &HeaderMap) -> ApiResult<Accept> {
@@ -139,12 +86,6 @@ fn negotiate(headers: &HeaderMap) -> ApiResult<Accept> {
             ),
         ))
     }
-}
-
-/// A JSON reply.
-pub fn json_response(status: StatusCode, value: &Value) -> Response {
-    let body = serde_json::to_vec(value).expect("a JSON value always serializes");
-    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
 async fn dispatch(State(server): State<Arc<ApiServer>>, request: Request) -> Response {
@@ -244,8 +185,6 @@ async fn route(server: Arc<ApiServer>, request: Request) -> ApiResult<Response> 
     }
 }
 
-/// Splits the part of a resource path after the group version into
-/// (namespace, plural, name, subresource).
 /// The parts of a resource path after its group version.
 #[derive(Debug, PartialEq, Eq)]
 struct ResourcePath<'a> {
@@ -292,42 +231,6 @@ async fn read_body(body: Body, limit: usize) -> ApiResult<Bytes> {
             format!("the request body is larger than the limit of {limit} bytes"),
         )
     })
-}
-
-/// Decodes a JSON, YAML or (core kinds only) protobuf request body into an object.
-pub fn decode_body(headers: &HeaderMap, resource: &ResourceType, body: &[u8]) -> ApiResult<Value> {
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Err(ApiError::bad_request("the request body is empty"));
-    }
-    let content_type = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("application/json");
-    let value: Value = if content_type.starts_with(protobuf::MEDIA_TYPE) {
-        if !resource.group.is_empty() {
-            return Err(ApiError::new(
-                Reason::UnsupportedMediaType,
-                "protobuf is not supported for custom resources; send application/json or application/yaml",
-            ));
-        }
-        protobuf::decode(&resource.kind, body)?
-    } else if content_type.contains("yaml") {
-        let text = std::str::from_utf8(body)
-            .map_err(|_| ApiError::bad_request("the request body is not valid UTF-8"))?;
-        serde_saphyr::from_str(text).map_err(|e| {
-            ApiError::bad_request(format!("the request body is not valid YAML: {e}"))
-        })?
-    } else {
-        serde_json::from_slice(body).map_err(|e| {
-            ApiError::bad_request(format!("the request body is not valid JSON: {e}"))
-        })?
-    };
-    if !value.is_object() {
-        return Err(ApiError::bad_request(
-            "the request body must be a JSON object",
-        ));
-    }
-    Ok(value)
 }
 
 #[cfg(test)]

@@ -14,48 +14,12 @@ use base64::Engine;
 use corral_store::{ListRequest, StoreError};
 use serde_json::{Value, json};
 
+use super::render::{json_response, list_body, object_response};
+use super::request::{Accept, ResourceRequest};
 use super::table::{self, IncludeObject};
-use super::{Accept, ResourceRequest, json_response};
 use crate::error::{ApiError, ApiResult, Reason};
 use crate::filter::Filter;
 use crate::object;
-
-/// Sets the apiVersion and kind a client asked for on an object from the store or cache.
-pub fn present(request: &ResourceRequest, mut object: Value) -> Value {
-    if let Some(map) = object.as_object_mut() {
-        map.insert("apiVersion".into(), json!(request.api_version()));
-        map.insert("kind".into(), json!(request.resource.kind));
-    }
-    object
-}
-
-/// The single-object reply, as JSON or as a one-row Table.
-pub fn object_response(
-    request: &ResourceRequest,
-    accept: Accept,
-    status: StatusCode,
-    object: Value,
-) -> Response {
-    let object = present(request, object);
-    match accept {
-        Accept::Json => json_response(status, &object),
-        Accept::Table => {
-            let version = request
-                .resource
-                .version(&request.version)
-                .expect("version was checked when routing");
-            let rv = object
-                .pointer("/metadata/resourceVersion")
-                .cloned()
-                .unwrap_or(json!(""));
-            let row = table::row(version, &object, IncludeObject::from_query(&request.query));
-            json_response(
-                status,
-                &table::table(version, vec![row], json!({"resourceVersion": rv}), true),
-            )
-        }
-    }
-}
 
 pub async fn get(request: ResourceRequest, accept: Accept) -> ApiResult<Response> {
     let target = request.target();
@@ -198,16 +162,6 @@ fn decode_continue(token: &str) -> ApiResult<(i64, String)> {
     Ok((token.rv, token.start))
 }
 
-/// A `<Kind>List` of presented objects; `items` is never null.
-pub fn list_body(request: &ResourceRequest, metadata: Value, items: Vec<Value>) -> Value {
-    json!({
-        "apiVersion": request.api_version(),
-        "kind": request.resource.list_kind,
-        "metadata": metadata,
-        "items": items,
-    })
-}
-
 /// The objects of one list page, the revision they are at, and what follows.
 pub struct Page {
     pub objects: Vec<Value>,
@@ -216,6 +170,7 @@ pub struct Page {
     pub remaining: Option<u64>,
 }
 
+/// The objects of one list page, per the request's `resourceVersion`, `continue` and `limit`.
 pub async fn collect(request: &ResourceRequest, filter: &Filter) -> ApiResult<Page> {
     let prefix = match &request.namespace {
         Some(ns) => request.resource.namespace_prefix(ns),
@@ -228,121 +183,137 @@ pub async fn collect(request: &ResourceRequest, filter: &Filter) -> ApiResult<Pa
         .map(|l| l as usize);
     match list_mode(request, &prefix)? {
         ListMode::Cache { not_older_than } => {
-            let cache = request.server.cache(&request.resource);
-            if !cache
-                .wait_for(not_older_than, std::time::Duration::from_secs(3))
-                .await
-            {
-                return Err(ApiError::new(
-                    Reason::Timeout,
-                    format!(
-                        "Too large resource version: {not_older_than}, current: {}",
-                        cache.revision()
-                    ),
-                ));
-            }
-            let (objects, revision) = cache.snapshot_prefix(&prefix);
-            let objects = objects
-                .iter()
-                .filter(|o| filter.matches(&o.value))
-                .map(|o| o.value.clone())
-                .collect();
-            Ok(Page {
-                objects,
-                revision,
-                continue_token: None,
-                remaining: None,
-            })
+            collect_from_cache(request, filter, &prefix, not_older_than).await
         }
-        ListMode::Store {
-            mut revision,
-            mut start,
-        } => {
-            let store = &request.server.store;
-            let mut objects = Vec::new();
-            let continued = start.is_some();
-            let mut remaining = None;
-            loop {
-                let want = limit.map(|l| l - objects.len());
-                // With a selector, read more than asked: most keys may not match.
-                let page_size = match want {
-                    Some(w) if filter.selects_everything() => Some(w),
-                    Some(w) => Some(w.max(256)),
-                    None => None,
-                };
-                let page = store
-                    .list(ListRequest { prefix: prefix.clone(), revision, start: start.clone(), limit: page_size })
-                    .await
-                    .map_err(|e| match e {
-                        StoreError::Compacted { .. } if continued => ApiError::expired(
-                            "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter.",
-                        ),
-                        StoreError::Compacted { .. } => ApiError::expired(
-                            "The resourceVersion for the provided list is too old.",
-                        ),
-                        other => ApiError::from_store(other, &request.target()),
-                    })?;
-                revision = Some(page.revision);
-                let mut last_key = None;
-                for kv in &page.items {
-                    last_key = Some(kv.key.clone());
-                    let stored = object::decode(kv)
-                        .map_err(|e| ApiError::internal("stored object is corrupt", &e))?;
-                    if filter.matches(&stored.object) {
-                        objects.push(stored.object);
-                        if limit.is_some_and(|l| objects.len() >= l) {
-                            break;
-                        }
-                    }
-                }
-                let examined_all = last_key.as_ref() == page.items.last().map(|kv| &kv.key);
-                let full = limit.is_some_and(|l| objects.len() >= l);
-                let more = page.more || !examined_all;
-                if !more {
-                    return Ok(Page {
-                        objects,
-                        revision: page.revision,
-                        continue_token: None,
-                        remaining: None,
-                    });
-                }
-                let Some(last) = last_key else {
-                    return Ok(Page {
-                        objects,
-                        revision: page.revision,
-                        continue_token: None,
-                        remaining: None,
-                    });
-                };
-                let next_start = format!("{last}\0");
-                if full {
-                    if filter.selects_everything() {
-                        remaining = Some(page.count.saturating_sub(page.items.len() as u64));
-                    }
-                    let relative = next_start
-                        .strip_prefix(&prefix)
-                        .unwrap_or(&next_start)
-                        .to_string();
-                    return Ok(Page {
-                        objects,
-                        revision: page.revision,
-                        continue_token: Some(encode_continue(page.revision, &relative)),
-                        remaining,
-                    });
-                }
-                start = Some(next_start);
-            }
+        ListMode::Store { revision, start } => {
+            collect_from_store(request, filter, &prefix, limit, revision, start).await
         }
     }
 }
 
+/// Every matching object under `prefix` in the watch cache, once it is at least at
+/// `not_older_than`.
+async fn collect_from_cache(
+    request: &ResourceRequest,
+    filter: &Filter,
+    prefix: &str,
+    not_older_than: i64,
+) -> ApiResult<Page> {
+    let cache = request.server.cache(&request.resource);
+    if !cache
+        .wait_for(not_older_than, std::time::Duration::from_secs(3))
+        .await
+    {
+        return Err(ApiError::new(
+            Reason::Timeout,
+            format!(
+                "Too large resource version: {not_older_than}, current: {}",
+                cache.revision()
+            ),
+        ));
+    }
+    let (objects, revision) = cache.snapshot_prefix(prefix);
+    let objects = objects
+        .iter()
+        .filter(|o| filter.matches(&o.value))
+        .map(|o| o.value.clone())
+        .collect();
+    Ok(Page {
+        objects,
+        revision,
+        continue_token: None,
+        remaining: None,
+    })
+}
+
+/// Up to `limit` matching objects under `prefix` from the store at `revision` (None: the
+/// latest), from `start` on, reading further pages while a selector leaves the page short.
+async fn collect_from_store(
+    request: &ResourceRequest,
+    filter: &Filter,
+    prefix: &str,
+    limit: Option<usize>,
+    mut revision: Option<i64>,
+    mut start: Option<String>,
+) -> ApiResult<Page> {
+    let store = &request.server.store;
+    let mut objects = Vec::new();
+    let continued = start.is_some();
+    let mut remaining = None;
+    loop {
+        let want = limit.map(|l| l - objects.len());
+        // With a selector, read more than asked: most keys may not match.
+        let page_size = match want {
+            Some(w) if filter.selects_everything() => Some(w),
+            Some(w) => Some(w.max(256)),
+            None => None,
+        };
+        let page = store
+            .list(ListRequest { prefix: prefix.to_string(), revision, start: start.clone(), limit: page_size })
+            .await
+            .map_err(|e| match e {
+                StoreError::Compacted { .. } if continued => ApiError::expired(
+                    "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter.",
+                ),
+                StoreError::Compacted { .. } => ApiError::expired(
+                    "The resourceVersion for the provided list is too old.",
+                ),
+                other => ApiError::from_store(other, &request.target()),
+            })?;
+        revision = Some(page.revision);
+        let mut last_key = None;
+        for kv in &page.items {
+            last_key = Some(kv.key.clone());
+            let stored = object::decode(kv)
+                .map_err(|e| ApiError::internal("stored object is corrupt", &e))?;
+            if filter.matches(&stored.object) {
+                objects.push(stored.object);
+                if limit.is_some_and(|l| objects.len() >= l) {
+                    break;
+                }
+            }
+        }
+        let examined_all = last_key.as_ref() == page.items.last().map(|kv| &kv.key);
+        let full = limit.is_some_and(|l| objects.len() >= l);
+        let more = page.more || !examined_all;
+        if !more {
+            return Ok(Page {
+                objects,
+                revision: page.revision,
+                continue_token: None,
+                remaining: None,
+            });
+        }
+        let Some(last) = last_key else {
+            return Ok(Page {
+                objects,
+                revision: page.revision,
+                continue_token: None,
+                remaining: None,
+            });
+        };
+        let next_start = format!("{last}\0");
+        if full {
+            if filter.selects_everything() {
+                remaining = Some(page.count.saturating_sub(page.items.len() as u64));
+            }
+            let relative = next_start
+                .strip_prefix(prefix)
+                .unwrap_or(&next_start)
+                .to_string();
+            return Ok(Page {
+                objects,
+                revision: page.revision,
+                continue_token: Some(encode_continue(page.revision, &relative)),
+                remaining,
+            });
+        }
+        start = Some(next_start);
+    }
+}
+
 pub async fn list(request: ResourceRequest, accept: Accept) -> ApiResult<Response> {
-    let filter = Filter::from_query(
-        &request.resource,
-        &request.version,
-        request.namespace.as_deref(),
-        &request.query,
-    )?;
+    let filter = request.filter()?;
     let page = collect(&request, &filter).await?;
     let mut metadata = json!({"resourceVersion": page.revision.to_string()});
     if let Some(token) = &page.continue_token {
@@ -357,7 +328,7 @@ pub async fn list(request: ResourceRequest, accept: Accept) -> ApiResult<Respons
             let items: Vec<Value> = page
                 .objects
                 .into_iter()
-                .map(|o| present(&request, o))
+                .map(|o| request.present(o))
                 .collect();
             Ok(json_response(
                 StatusCode::OK,
@@ -373,7 +344,7 @@ pub async fn list(request: ResourceRequest, accept: Accept) -> ApiResult<Respons
             let rows = page
                 .objects
                 .into_iter()
-                .map(|o| table::row(version, &present(&request, o), include))
+                .map(|o| table::row(version, &request.present(o), include))
                 .collect();
             Ok(json_response(
                 StatusCode::OK,

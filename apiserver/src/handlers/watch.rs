@@ -1,6 +1,11 @@
 //! Watch streams (k8s-api.md §7): chunked HTTP, one compact JSON event per line, served from
 //! the watch cache.
 //!
+//! A watch is served in steps: its start is read from the query ([`Start`]), the cache is
+//! waited for until it can serve that start, the [`Watcher`] is built with the initial state
+//! it owes, and then each chunk of the response is the frames ready since the last one
+//! ([`Watcher::next_chunk`]).
+//!
 //! # Guarantees
 //!
 //! - Events arrive in revision order, each once; selector transitions become ADDED/DELETED.
@@ -23,15 +28,150 @@ use corral_store::Revision;
 use rand::Rng;
 use serde_json::{Value, json};
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
-use super::read::present;
+use super::request::{Accept, ResourceRequest};
 use super::table::{self, IncludeObject};
-use super::{Accept, ResourceRequest};
 use crate::cache::{CacheEvent, Cacher, EventType, Since};
 use crate::error::{ApiError, ApiResult, Reason};
 use crate::filter::Filter;
 use crate::object;
+use crate::query::Query;
 
+/// How long a watch waits for the cache to reach the revision it starts from.
+const CACHE_WAIT: Duration = Duration::from_secs(3);
+
+pub async fn watch(request: ResourceRequest, accept: Accept) -> ApiResult<Response> {
+    let filter = request.filter()?;
+    let cache = request.server.cache(&request.resource).clone();
+    let start = Start::from_query(&request.query)?;
+    wait_for_start(&request, &cache, start.at).await?;
+    let timeout = timeout(&request.query)?;
+    let mut watcher = Watcher::new(request, accept, cache, filter, timeout);
+    watcher.begin(&start);
+    let stream = futures::stream::unfold(watcher, |mut watcher| async move {
+        let chunk = watcher.next_chunk().await?;
+        Some((Ok::<Bytes, std::io::Error>(chunk), watcher))
+    });
+    let mut response = (StatusCode::OK, Body::from_stream(stream)).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    response.headers_mut().insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("no-cache, private"),
+    );
+    Ok(response)
+}
+
+/// Which revision a watch starts from (`resourceVersion`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum StartAt {
+    /// Unset: the current state, consistent with the store (synthetic ADDED events), then
+    /// every change after it.
+    MostRecent,
+    /// `0`: whatever state the cache holds, then every change after it.
+    Any,
+    /// Every change after this revision.
+    After(Revision),
+}
+
+/// Where a watch starts and whether it owes the initial state first.
+struct Start {
+    at: StartAt,
+    /// `sendInitialEvents`: the state at the start as ADDED events, then a bookmark marking
+    /// their end, even with a resourceVersion.
+    send_initial_events: bool,
+}
+
+impl Start {
+    /// Reads and checks `resourceVersion`, `resourceVersionMatch` and `sendInitialEvents`.
+    fn from_query(query: &Query) -> ApiResult<Start> {
+        let send_initial_events =
+            query.get("sendInitialEvents").is_some() && query.bool("sendInitialEvents");
+        let rv_match = query.string("resourceVersionMatch");
+        if send_initial_events && rv_match != Some("NotOlderThan") {
+            return Err(ApiError::new(
+                Reason::Invalid,
+                "resourceVersionMatch: Forbidden: sendInitialEvents requires setting resourceVersionMatch to NotOlderThan",
+            ));
+        }
+        if send_initial_events && !query.bool("allowWatchBookmarks") {
+            return Err(ApiError::new(
+                Reason::Invalid,
+                "allowWatchBookmarks: Forbidden: sendInitialEvents requires allowWatchBookmarks=true",
+            ));
+        }
+        if rv_match.is_some() && !send_initial_events {
+            return Err(ApiError::new(
+                Reason::Invalid,
+                "resourceVersionMatch: Forbidden: resourceVersionMatch is forbidden for watch unless sendInitialEvents is provided",
+            ));
+        }
+        let at = match query.string("resourceVersion") {
+            None => StartAt::MostRecent,
+            Some("0") => StartAt::Any,
+            Some(text) => {
+                StartAt::After(text.parse::<i64>().ok().filter(|r| *r > 0).ok_or_else(|| {
+                    ApiError::bad_request(format!("invalid resource version: {text:?}"))
+                })?)
+            }
+        };
+        Ok(Start {
+            at,
+            send_initial_events,
+        })
+    }
+}
+
+/// Waits until the cache can serve `at`: has reached the revision named, or (for the most
+/// recent state) the store's current revision.
+async fn wait_for_start(request: &ResourceRequest, cache: &Cacher, at: StartAt) -> ApiResult<()> {
+    match at {
+        StartAt::After(rv) => {
+            if !cache.wait_for(rv, CACHE_WAIT).await {
+                return Err(ApiError::new(
+                    Reason::Timeout,
+                    format!(
+                        "Too large resource version: {rv}, current: {}",
+                        cache.revision()
+                    ),
+                ));
+            }
+        }
+        StartAt::MostRecent => {
+            // "Start at most recent": the initial state is consistent, so the cache must first
+            // catch up with the store's current revision.
+            let current = request
+                .server
+                .store
+                .current_revision()
+                .await
+                .map_err(|e| ApiError::from_store(e, &request.target()))?;
+            if !cache.wait_for(current, CACHE_WAIT).await {
+                return Err(ApiError::new(
+                    Reason::Timeout,
+                    format!("the watch cache did not reach the current revision {current} in time"),
+                ));
+            }
+        }
+        StartAt::Any => {
+            cache.wait_for(0, CACHE_WAIT).await;
+        }
+    }
+    Ok(())
+}
+
+/// `timeoutSeconds`, else a random 30–60 minutes (so watches do not all end at once).
+fn timeout(query: &Query) -> ApiResult<Duration> {
+    Ok(match query.int("timeoutSeconds")? {
+        Some(seconds) if seconds > 0 => Duration::from_secs(seconds as u64),
+        _ => Duration::from_secs(rand::rng().random_range(1800..3600)),
+    })
+}
+
+/// One open watch: its position in the cache's event history and the frames not yet sent.
 struct Watcher {
     request: Arc<ResourceRequest>,
     cache: Arc<Cacher>,
@@ -48,214 +188,141 @@ struct Watcher {
     deadline: Instant,
     pending: VecDeque<Bytes>,
     done: bool,
-}
-
-pub async fn watch(request: ResourceRequest, accept: Accept) -> ApiResult<Response> {
-    let query = &request.query;
-    let filter = Filter::from_query(
-        &request.resource,
-        &request.version,
-        request.namespace.as_deref(),
-        query,
-    )?;
-    let cache = request.server.cache(&request.resource).clone();
-    let rv = query.string("resourceVersion");
-    let send_initial = query.get("sendInitialEvents").is_some() && query.bool("sendInitialEvents");
-    let rv_match = query.string("resourceVersionMatch");
-    if send_initial && rv_match != Some("NotOlderThan") {
-        return Err(ApiError::new(
-            Reason::Invalid,
-            "resourceVersionMatch: Forbidden: sendInitialEvents requires setting resourceVersionMatch to NotOlderThan",
-        ));
-    }
-    if send_initial && !query.bool("allowWatchBookmarks") {
-        return Err(ApiError::new(
-            Reason::Invalid,
-            "allowWatchBookmarks: Forbidden: sendInitialEvents requires allowWatchBookmarks=true",
-        ));
-    }
-    if rv_match.is_some() && !send_initial {
-        return Err(ApiError::new(
-            Reason::Invalid,
-            "resourceVersionMatch: Forbidden: resourceVersionMatch is forbidden for watch unless sendInitialEvents is provided",
-        ));
-    }
-    let start: Option<Revision> =
-        match rv {
-            None | Some("0") => None,
-            Some(text) => Some(text.parse::<i64>().ok().filter(|r| *r > 0).ok_or_else(|| {
-                ApiError::bad_request(format!("invalid resource version: {text:?}"))
-            })?),
-        };
-    if let Some(rv) = start {
-        if !cache.wait_for(rv, Duration::from_secs(3)).await {
-            return Err(ApiError::new(
-                Reason::Timeout,
-                format!(
-                    "Too large resource version: {rv}, current: {}",
-                    cache.revision()
-                ),
-            ));
-        }
-    } else if rv.is_none() {
-        // "Start at most recent": the initial state is consistent, so the cache must first
-        // catch up with the store's current revision.
-        let current = request
-            .server
-            .store
-            .current_revision()
-            .await
-            .map_err(|e| ApiError::from_store(e, &request.target()))?;
-        if !cache.wait_for(current, Duration::from_secs(3)).await {
-            return Err(ApiError::new(
-                Reason::Timeout,
-                format!("the watch cache did not reach the current revision {current} in time"),
-            ));
-        }
-    } else {
-        cache.wait_for(0, Duration::from_secs(3)).await;
-    }
-    let timeout = match query.int("timeoutSeconds")? {
-        Some(seconds) if seconds > 0 => Duration::from_secs(seconds as u64),
-        _ => Duration::from_secs(rand::rng().random_range(1800..3600)),
-    };
-    let bookmark_interval = query
-        .bool("allowWatchBookmarks")
-        .then_some(request.server.config.bookmark_interval);
-    let storage_version = request.version == request.resource.storage_version().name;
-    let include = IncludeObject::from_query(query);
-    let rx = cache.subscribe();
-    let now = Instant::now();
-    let mut watcher = Watcher {
-        request: Arc::new(request),
-        cache: cache.clone(),
-        filter,
-        rx,
-        position: 0,
-        accept,
-        include,
-        columns_sent: false,
-        storage_version,
-        bookmark_interval,
-        next_bookmark: now + bookmark_interval.unwrap_or_default(),
-        deadline: now + timeout,
-        pending: VecDeque::new(),
-        done: false,
-    };
-    match start {
-        Some(rv) if !send_initial => watcher.position = rv,
-        _ => {
-            // Synthetic ADDED events for the current state, then changes after it.
-            let (objects, revision) = cache.snapshot();
-            for o in objects {
-                if watcher.filter.matches_cached(&o) {
-                    let frame = watcher.frame(EventType::Added, &o.value, Some(&o.json));
-                    watcher.pending.push_back(frame);
-                }
-            }
-            watcher.position = revision;
-            if send_initial {
-                let bookmark = watcher.bookmark_frame(true);
-                watcher.pending.push_back(bookmark);
-            }
-        }
-    }
-
-    let shutdown = watcher.request.server.shutdown.clone();
-    let stream = futures::stream::unfold(watcher, move |mut w| {
-        let shutdown = shutdown.clone();
-        async move {
-            loop {
-                if !w.pending.is_empty() {
-                    // Send everything ready as one chunk (one write for the connection).
-                    let chunk = if w.pending.len() == 1 {
-                        w.pending.pop_front().unwrap_or_default()
-                    } else {
-                        let size = w.pending.iter().map(Bytes::len).sum();
-                        let mut chunk = BytesMut::with_capacity(size);
-                        while let Some(frame) = w.pending.pop_front() {
-                            chunk.put(frame);
-                        }
-                        chunk.freeze()
-                    };
-                    return Some((Ok::<Bytes, std::io::Error>(chunk), w));
-                }
-                if w.done {
-                    return None;
-                }
-                match w.cache.since(w.position) {
-                    Since::Expired { requested, oldest } => {
-                        w.pending.push_back(expired_frame(requested, oldest));
-                        w.done = true;
-                        continue;
-                    }
-                    Since::Events(events, position) => {
-                        for event in &events {
-                            if let Some(frame) = w.event_frame(event) {
-                                w.pending.push_back(frame);
-                            }
-                        }
-                        w.position = position;
-                        if !w.pending.is_empty() {
-                            continue;
-                        }
-                    }
-                }
-                let bookmark_at = w.bookmark_interval.map(|_| w.next_bookmark.min(w.deadline));
-                tokio::select! {
-                    changed = w.rx.changed() => {
-                        if changed.is_err() {
-                            w.done = true;
-                        }
-                    }
-                    _ = tokio::time::sleep_until(bookmark_at.unwrap_or(w.deadline)), if bookmark_at.is_some() => {
-                        let frame = w.bookmark_frame(false);
-                        w.pending.push_back(frame);
-                        w.next_bookmark = Instant::now() + w.bookmark_interval.unwrap_or_default();
-                        if Instant::now() >= w.deadline {
-                            w.done = true;
-                        }
-                    }
-                    _ = tokio::time::sleep_until(w.deadline) => w.done = true,
-                    _ = shutdown.cancelled() => w.done = true,
-                }
-            }
-        }
-    });
-    let mut response = (StatusCode::OK, Body::from_stream(stream)).into_response();
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static("application/json"),
-    );
-    response.headers_mut().insert(
-        header::CACHE_CONTROL,
-        header::HeaderValue::from_static("no-cache, private"),
-    );
-    Ok(response)
-}
-
-fn expired_frame(requested: Revision, oldest: Revision) -> Bytes {
-    line(&json!({
-        "type": "ERROR",
-        "object": {
-            "kind": "Status",
-            "apiVersion": "v1",
-            "metadata": {},
-            "status": "Failure",
-            "message": format!("too old resource version: {requested} ({oldest})"),
-            "reason": "Expired",
-            "code": 410,
-        }
-    }))
-}
-
-fn line(value: &Value) -> Bytes {
-    let mut bytes = serde_json::to_vec(value).expect("a JSON value always serializes");
-    bytes.push(b'\n');
-    Bytes::from(bytes)
+    shutdown: CancellationToken,
 }
 
 impl Watcher {
+    fn new(
+        request: ResourceRequest,
+        accept: Accept,
+        cache: Arc<Cacher>,
+        filter: Filter,
+        timeout: Duration,
+    ) -> Watcher {
+        let bookmark_interval = request
+            .query
+            .bool("allowWatchBookmarks")
+            .then_some(request.server.config.bookmark_interval);
+        let storage_version = request.version == request.resource.storage_version().name;
+        let include = IncludeObject::from_query(&request.query);
+        let shutdown = request.server.shutdown.clone();
+        let rx = cache.subscribe();
+        let now = Instant::now();
+        Watcher {
+            request: Arc::new(request),
+            cache,
+            filter,
+            rx,
+            position: 0,
+            accept,
+            include,
+            columns_sent: false,
+            storage_version,
+            bookmark_interval,
+            next_bookmark: now + bookmark_interval.unwrap_or_default(),
+            deadline: now + timeout,
+            pending: VecDeque::new(),
+            done: false,
+            shutdown,
+        }
+    }
+
+    /// Sets the position the watch starts from and queues the initial state it owes.
+    fn begin(&mut self, start: &Start) {
+        match start.at {
+            StartAt::After(rv) if !start.send_initial_events => self.position = rv,
+            _ => {
+                // Synthetic ADDED events for the current state, then changes after it.
+                let (objects, revision) = self.cache.snapshot();
+                for o in objects {
+                    if self.filter.matches_cached(&o) {
+                        let frame = self.frame(EventType::Added, &o.value, Some(&o.json));
+                        self.pending.push_back(frame);
+                    }
+                }
+                self.position = revision;
+                if start.send_initial_events {
+                    let bookmark = self.bookmark_frame(true);
+                    self.pending.push_back(bookmark);
+                }
+            }
+        }
+    }
+
+    /// The next chunk of the response: every frame ready, or `None` once the watch ended.
+    async fn next_chunk(&mut self) -> Option<Bytes> {
+        loop {
+            if !self.pending.is_empty() {
+                return Some(self.take_pending());
+            }
+            if self.done {
+                return None;
+            }
+            if self.catch_up() {
+                continue;
+            }
+            self.wait().await;
+        }
+    }
+
+    /// Everything ready as one chunk (one write for the connection).
+    fn take_pending(&mut self) -> Bytes {
+        if self.pending.len() == 1 {
+            return self.pending.pop_front().unwrap_or_default();
+        }
+        let size = self.pending.iter().map(Bytes::len).sum();
+        let mut chunk = BytesMut::with_capacity(size);
+        while let Some(frame) = self.pending.pop_front() {
+            chunk.put(frame);
+        }
+        chunk.freeze()
+    }
+
+    /// Queues the frames of the cache's events past the position (or the expiry, if the cache
+    /// no longer has them); true if there is something to send or the watch ended.
+    fn catch_up(&mut self) -> bool {
+        match self.cache.since(self.position) {
+            Since::Expired { requested, oldest } => {
+                self.pending.push_back(expired_frame(requested, oldest));
+                self.done = true;
+                true
+            }
+            Since::Events(events, position) => {
+                for event in &events {
+                    if let Some(frame) = self.event_frame(event) {
+                        self.pending.push_back(frame);
+                    }
+                }
+                self.position = position;
+                !self.pending.is_empty()
+            }
+        }
+    }
+
+    /// Waits for the cache to move, a bookmark to fall due, the deadline, or shutdown.
+    async fn wait(&mut self) {
+        let bookmark_at = self
+            .bookmark_interval
+            .map(|_| self.next_bookmark.min(self.deadline));
+        tokio::select! {
+            changed = self.rx.changed() => {
+                if changed.is_err() {
+                    self.done = true;
+                }
+            }
+            _ = tokio::time::sleep_until(bookmark_at.unwrap_or(self.deadline)), if bookmark_at.is_some() => {
+                let frame = self.bookmark_frame(false);
+                self.pending.push_back(frame);
+                self.next_bookmark = Instant::now() + self.bookmark_interval.unwrap_or_default();
+                if Instant::now() >= self.deadline {
+                    self.done = true;
+                }
+            }
+            _ = tokio::time::sleep_until(self.deadline) => self.done = true,
+            _ = self.shutdown.cancelled() => self.done = true,
+        }
+    }
+
     /// The frame for one cache event, after selector transitions; `None` if this watcher does
     /// not see it.
     fn event_frame(&mut self, event: &CacheEvent) -> Option<Bytes> {
@@ -294,7 +361,7 @@ impl Watcher {
             Accept::Json => match json.filter(|_| self.storage_version) {
                 Some(json) => crate::cache::event_line(kind, json),
                 None => line(
-                    &json!({"type": kind.as_str(), "object": present(&self.request, object.clone())}),
+                    &json!({"type": kind.as_str(), "object": self.request.present(object.clone())}),
                 ),
             },
             Accept::Table => {
@@ -303,11 +370,7 @@ impl Watcher {
                     .resource
                     .version(&self.request.version)
                     .expect("version was checked");
-                let row = table::row(
-                    version,
-                    &present(&self.request, object.clone()),
-                    self.include,
-                );
+                let row = table::row(version, &self.request.present(object.clone()), self.include);
                 let rv = object
                     .pointer("/metadata/resourceVersion")
                     .cloned()
@@ -338,5 +401,66 @@ impl Watcher {
                 "metadata": metadata,
             }
         }))
+    }
+}
+
+fn expired_frame(requested: Revision, oldest: Revision) -> Bytes {
+    line(&json!({
+        "type": "ERROR",
+        "object": {
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Failure",
+            "message": format!("too old resource version: {requested} ({oldest})"),
+            "reason": "Expired",
+            "code": 410,
+        }
+    }))
+}
+
+fn line(value: &Value) -> Bytes {
+    let mut bytes = serde_json::to_vec(value).expect("a JSON value always serializes");
+    bytes.push(b'\n');
+    Bytes::from(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn watch_starts_are_read_from_the_query_and_bad_combinations_refused() {
+        let start = |query: &str| Start::from_query(&Query::parse(Some(query)));
+        let cases = [
+            ("watch=1", Some((StartAt::MostRecent, false))),
+            (
+                "watch=1&resourceVersion=",
+                Some((StartAt::MostRecent, false)),
+            ),
+            ("watch=1&resourceVersion=0", Some((StartAt::Any, false))),
+            (
+                "watch=1&resourceVersion=42",
+                Some((StartAt::After(42), false)),
+            ),
+            (
+                "resourceVersion=42&sendInitialEvents=true&resourceVersionMatch=NotOlderThan&allowWatchBookmarks=true",
+                Some((StartAt::After(42), true)),
+            ),
+            ("resourceVersion=-1", None),
+            ("resourceVersion=abc", None),
+            ("sendInitialEvents=true&allowWatchBookmarks=true", None),
+            (
+                "sendInitialEvents=true&resourceVersionMatch=NotOlderThan",
+                None,
+            ),
+            ("resourceVersion=5&resourceVersionMatch=NotOlderThan", None),
+        ];
+        for (query, expected) in cases {
+            let found = start(query)
+                .ok()
+                .map(|start| (start.at, start.send_initial_events));
+            assert_eq!(found, expected, "{query}");
+        }
     }
 }

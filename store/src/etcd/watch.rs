@@ -25,7 +25,8 @@ use std::time::Duration;
 use futures::StreamExt;
 use tokio::time::Instant;
 
-use super::{EtcdError, EtcdStore, other};
+use super::client::EtcdStore;
+use super::error::{EtcdError, malformed, other};
 use crate::{Event, EventKind, KeyValue, Result, Revision, StoreError, WatchResponse, WatchStream};
 
 /// The shortest time a progress candidate from an old etcd is held before it is believed.
@@ -181,9 +182,9 @@ impl EtcdWatch {
     }
 
     fn translate(&self, event: &etcd_client::Event) -> Result<Event, Untranslatable> {
-        let kv = event.kv().ok_or_else(|| {
-            Untranslatable::Error(super::malformed("the key-value of a watch event"))
-        })?;
+        let kv = event
+            .kv()
+            .ok_or_else(|| Untranslatable::Error(malformed("the key-value of a watch event")))?;
         let key = self.store.strip(kv.key()).map_err(Untranslatable::Error)?;
         let revision = kv.mod_revision();
         let prev = event

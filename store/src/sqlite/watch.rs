@@ -20,7 +20,7 @@ use sqlx::sqlite::{SqlitePool, SqliteRow};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::{SqliteError, closed, decode_key, sql_error};
+use super::error::{SqliteError, closed, decode_key, sql_error};
 use crate::keys::{ABOVE_ALL_KEYS, prefix_end};
 use crate::{
     Event, EventKind, KeyValue, Result, Revision, StoreError, WatchOptions, WatchResponse,

@@ -22,7 +22,9 @@ use bytes::Bytes;
 use sqlx::{Connection, Row, SqliteConnection};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::{SqliteError, SqliteOptions, sql_error};
+use super::error::{SqliteError, sql_error};
+use super::options::SqliteOptions;
+use super::schema::REVISIONS_SQL;
 use crate::{KeyValue, Result, Revision, StoreError};
 
 /// Rows per multi-row statement; smaller remainders go in power-of-two pieces so only a few
@@ -85,6 +87,48 @@ struct LogRow {
     create_revision: Revision,
     prev_revision: Revision,
     deleted: bool,
+}
+
+impl LogRow {
+    /// A create (`prev_revision` 0) or an update of `key` to `value`.
+    fn put(
+        revision: Revision,
+        key: &str,
+        value: &Bytes,
+        create_revision: Revision,
+        prev_revision: Revision,
+    ) -> LogRow {
+        LogRow {
+            revision,
+            key: key.to_owned(),
+            value: value.clone(),
+            create_revision,
+            prev_revision,
+            deleted: false,
+        }
+    }
+
+    /// The delete of `existing`: it stores no value (its value is its previous row's).
+    fn tombstone(revision: Revision, existing: &KeyValue) -> LogRow {
+        LogRow {
+            revision,
+            key: existing.key.clone(),
+            value: Bytes::new(),
+            create_revision: existing.create_revision,
+            prev_revision: existing.mod_revision,
+            deleted: true,
+        }
+    }
+
+    /// The key's value after a put.
+    fn key_value(&self) -> KeyValue {
+        KeyValue {
+            key: self.key.clone(),
+            value: self.value.clone(),
+            create_revision: self.create_revision,
+            mod_revision: self.revision,
+        }
+    }
 }
 
 struct Compaction {
@@ -225,7 +269,7 @@ impl Writer {
     /// Re-reads the counters after a failed transaction (a failed COMMIT may or may not have
     /// reached the disk).
     async fn resync(&mut self) -> Result<(), Arc<sqlx::Error>> {
-        let row = sqlx::query(super::REVISIONS_SQL)
+        let row = sqlx::query(REVISIONS_SQL)
             .fetch_one(&mut self.conn)
             .await
             .map_err(Arc::new)?;
@@ -248,199 +292,18 @@ impl Writer {
         ops: &[WriteOp],
     ) -> Result<(Vec<Result<KeyValue>>, Revision), sqlx::Error> {
         let mut tx = self.conn.begin_with("BEGIN IMMEDIATE").await?;
-
-        let mut keys: Vec<&str> = Vec::with_capacity(ops.len());
-        let mut seen = HashSet::with_capacity(ops.len());
-        for op in ops {
-            if seen.insert(op.key()) {
-                keys.push(op.key());
-            }
-        }
-        let mut state: HashMap<String, KeyValue> = HashMap::with_capacity(keys.len());
-        for chunk in statement_chunks(&keys) {
-            let sql = format!(
-                "SELECT k.key, l.value, k.create_revision, k.mod_revision \
-                 FROM kv AS k JOIN log AS l ON l.revision = k.mod_revision WHERE k.key IN ({})",
-                placeholders(chunk.len())
-            );
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-            for key in chunk {
-                query = query.bind(key.as_bytes());
-            }
-            for row in query.fetch_all(&mut *tx).await? {
-                let key: Vec<u8> = row.try_get(0)?;
-                let value: Vec<u8> = row.try_get(1)?;
-                let key = String::from_utf8(key)
-                    .map_err(|e| sqlx::Error::Decode(Box::new(SqliteError::KeyNotUtf8(e))))?;
-                let kv = KeyValue {
-                    key: key.clone(),
-                    value: Bytes::from(value),
-                    create_revision: row.try_get(2)?,
-                    mod_revision: row.try_get(3)?,
-                };
-                state.insert(key, kv);
-            }
-        }
-
-        let mut revision = self.current;
-        let mut log = Vec::new();
-        let mut results = Vec::with_capacity(ops.len());
-        for op in ops {
-            let current = state.get(op.key());
-            let outcome = match op {
-                WriteOp::Create { key, value } => match current {
-                    Some(current) => Err(StoreError::AlreadyExists {
-                        key: key.clone(),
-                        current: current.clone(),
-                    }),
-                    None => {
-                        revision += 1;
-                        log.push(LogRow {
-                            revision,
-                            key: key.clone(),
-                            value: value.clone(),
-                            create_revision: revision,
-                            prev_revision: 0,
-                            deleted: false,
-                        });
-                        let kv = KeyValue {
-                            key: key.clone(),
-                            value: value.clone(),
-                            create_revision: revision,
-                            mod_revision: revision,
-                        };
-                        state.insert(key.clone(), kv.clone());
-                        Ok(kv)
-                    }
-                },
-                WriteOp::Update {
-                    key,
-                    expected,
-                    value,
-                } => match current {
-                    None => Err(StoreError::NotFound { key: key.clone() }),
-                    Some(current) if current.mod_revision != *expected => {
-                        Err(StoreError::Conflict {
-                            key: key.clone(),
-                            expected: *expected,
-                            current: Some(current.clone()),
-                        })
-                    }
-                    Some(current) => {
-                        revision += 1;
-                        log.push(LogRow {
-                            revision,
-                            key: key.clone(),
-                            value: value.clone(),
-                            create_revision: current.create_revision,
-                            prev_revision: current.mod_revision,
-                            deleted: false,
-                        });
-                        let kv = KeyValue {
-                            key: key.clone(),
-                            value: value.clone(),
-                            create_revision: current.create_revision,
-                            mod_revision: revision,
-                        };
-                        state.insert(key.clone(), kv.clone());
-                        Ok(kv)
-                    }
-                },
-                WriteOp::Delete { key, expected } => match current {
-                    None => Err(StoreError::NotFound { key: key.clone() }),
-                    Some(current) if current.mod_revision != *expected => {
-                        Err(StoreError::Conflict {
-                            key: key.clone(),
-                            expected: *expected,
-                            current: Some(current.clone()),
-                        })
-                    }
-                    Some(current) => {
-                        revision += 1;
-                        log.push(LogRow {
-                            revision,
-                            key: key.clone(),
-                            value: Bytes::new(),
-                            create_revision: current.create_revision,
-                            prev_revision: current.mod_revision,
-                            deleted: true,
-                        });
-                        let deleted = KeyValue {
-                            mod_revision: revision,
-                            ..current.clone()
-                        };
-                        state.remove(key);
-                        Ok(deleted)
-                    }
-                },
-            };
-            results.push(outcome);
-        }
-
+        let mut state = read_state(&mut tx, ops).await?;
+        let Decided {
+            results,
+            log,
+            revision,
+        } = decide(ops, &mut state, self.current);
         if log.is_empty() {
             tx.rollback().await?;
             return Ok((results, self.current));
         }
-
-        for chunk in statement_chunks(&log) {
-            let sql = format!(
-                "INSERT INTO log (revision, key, value, create_revision, prev_revision, deleted) \
-                 VALUES {}",
-                rows_placeholders(6, chunk.len())
-            );
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-            for row in chunk {
-                query = query
-                    .bind(row.revision)
-                    .bind(row.key.as_bytes())
-                    .bind(&row.value[..])
-                    .bind(row.create_revision)
-                    .bind(row.prev_revision)
-                    .bind(row.deleted);
-            }
-            query.execute(&mut *tx).await?;
-        }
-
-        // The final state of every key this batch changed goes to `kv`.
-        let mut touched: Vec<&str> = Vec::new();
-        let mut touched_set = HashSet::new();
-        for row in &log {
-            if touched_set.insert(row.key.as_str()) {
-                touched.push(&row.key);
-            }
-        }
-        let (live, gone): (Vec<&str>, Vec<&str>) = touched
-            .into_iter()
-            .partition(|key| state.contains_key(*key));
-        let live: Vec<&KeyValue> = live.iter().filter_map(|key| state.get(*key)).collect();
-        for chunk in statement_chunks(&live) {
-            let sql = format!(
-                "INSERT INTO kv (key, create_revision, mod_revision) VALUES {} \
-                 ON CONFLICT (key) DO UPDATE SET \
-                 create_revision = excluded.create_revision, mod_revision = excluded.mod_revision",
-                rows_placeholders(3, chunk.len())
-            );
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-            for kv in chunk {
-                query = query
-                    .bind(kv.key.as_bytes())
-                    .bind(kv.create_revision)
-                    .bind(kv.mod_revision);
-            }
-            query.execute(&mut *tx).await?;
-        }
-        for chunk in statement_chunks(&gone) {
-            let sql = format!(
-                "DELETE FROM kv WHERE key IN ({})",
-                placeholders(chunk.len())
-            );
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-            for key in chunk {
-                query = query.bind(key.as_bytes());
-            }
-            query.execute(&mut *tx).await?;
-        }
-
+        insert_log(&mut tx, &log).await?;
+        write_kv(&mut tx, &log, &state).await?;
         tx.commit().await?;
         Ok((results, revision))
     }
@@ -504,6 +367,209 @@ impl Writer {
             }
         }
     }
+}
+
+/// The current value of every key `ops` touch, read inside the batch's transaction.
+async fn read_state(
+    conn: &mut SqliteConnection,
+    ops: &[WriteOp],
+) -> Result<HashMap<String, KeyValue>, sqlx::Error> {
+    let mut keys: Vec<&str> = Vec::with_capacity(ops.len());
+    let mut seen = HashSet::with_capacity(ops.len());
+    for op in ops {
+        if seen.insert(op.key()) {
+            keys.push(op.key());
+        }
+    }
+    let mut state: HashMap<String, KeyValue> = HashMap::with_capacity(keys.len());
+    for chunk in statement_chunks(&keys) {
+        let sql = format!(
+            "SELECT k.key, l.value, k.create_revision, k.mod_revision \
+             FROM kv AS k JOIN log AS l ON l.revision = k.mod_revision WHERE k.key IN ({})",
+            placeholders(chunk.len())
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for key in chunk {
+            query = query.bind(key.as_bytes());
+        }
+        for row in query.fetch_all(&mut *conn).await? {
+            let key: Vec<u8> = row.try_get(0)?;
+            let value: Vec<u8> = row.try_get(1)?;
+            let key = String::from_utf8(key)
+                .map_err(|e| sqlx::Error::Decode(Box::new(SqliteError::KeyNotUtf8(e))))?;
+            let kv = KeyValue {
+                key: key.clone(),
+                value: Bytes::from(value),
+                create_revision: row.try_get(2)?,
+                mod_revision: row.try_get(3)?,
+            };
+            state.insert(key, kv);
+        }
+    }
+    Ok(state)
+}
+
+/// What a batch does: each write's outcome, the log rows to insert and the revision after
+/// the last of them.
+struct Decided {
+    results: Vec<Result<KeyValue>>,
+    log: Vec<LogRow>,
+    revision: Revision,
+}
+
+/// Evaluates `ops` in order against `state` (each key's current value, updated as the writes
+/// succeed), numbering the successful ones from `current + 1`. Touches no database.
+fn decide(ops: &[WriteOp], state: &mut HashMap<String, KeyValue>, current: Revision) -> Decided {
+    let mut revision = current;
+    let mut log = Vec::new();
+    let mut results = Vec::with_capacity(ops.len());
+    for op in ops {
+        let outcome = match op {
+            WriteOp::Create { key, value } => match state.get(key) {
+                Some(existing) => Err(StoreError::AlreadyExists {
+                    key: key.clone(),
+                    current: existing.clone(),
+                }),
+                None => {
+                    revision += 1;
+                    let row = LogRow::put(revision, key, value, revision, 0);
+                    let kv = row.key_value();
+                    log.push(row);
+                    state.insert(key.clone(), kv.clone());
+                    Ok(kv)
+                }
+            },
+            WriteOp::Update {
+                key,
+                expected,
+                value,
+            } => match expect_revision(state, key, *expected) {
+                Err(error) => Err(error),
+                Ok(existing) => {
+                    revision += 1;
+                    let row = LogRow::put(
+                        revision,
+                        key,
+                        value,
+                        existing.create_revision,
+                        existing.mod_revision,
+                    );
+                    let kv = row.key_value();
+                    log.push(row);
+                    state.insert(key.clone(), kv.clone());
+                    Ok(kv)
+                }
+            },
+            WriteOp::Delete { key, expected } => match expect_revision(state, key, *expected) {
+                Err(error) => Err(error),
+                Ok(existing) => {
+                    revision += 1;
+                    log.push(LogRow::tombstone(revision, existing));
+                    let deleted = KeyValue {
+                        mod_revision: revision,
+                        ..existing.clone()
+                    };
+                    state.remove(key);
+                    Ok(deleted)
+                }
+            },
+        };
+        results.push(outcome);
+    }
+    Decided {
+        results,
+        log,
+        revision,
+    }
+}
+
+/// The condition of an update or delete: `key` exists at revision `expected`.
+fn expect_revision<'a>(
+    state: &'a HashMap<String, KeyValue>,
+    key: &str,
+    expected: Revision,
+) -> Result<&'a KeyValue> {
+    match state.get(key) {
+        None => Err(StoreError::NotFound {
+            key: key.to_owned(),
+        }),
+        Some(existing) if existing.mod_revision != expected => Err(StoreError::Conflict {
+            key: key.to_owned(),
+            expected,
+            current: Some(existing.clone()),
+        }),
+        Some(existing) => Ok(existing),
+    }
+}
+
+async fn insert_log(conn: &mut SqliteConnection, log: &[LogRow]) -> Result<(), sqlx::Error> {
+    for chunk in statement_chunks(log) {
+        let sql = format!(
+            "INSERT INTO log (revision, key, value, create_revision, prev_revision, deleted) \
+             VALUES {}",
+            rows_placeholders(6, chunk.len())
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for row in chunk {
+            query = query
+                .bind(row.revision)
+                .bind(row.key.as_bytes())
+                .bind(&row.value[..])
+                .bind(row.create_revision)
+                .bind(row.prev_revision)
+                .bind(row.deleted);
+        }
+        query.execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+/// Writes the final state of every key the batch changed to `kv`: live keys are upserted,
+/// deleted ones removed.
+async fn write_kv(
+    conn: &mut SqliteConnection,
+    log: &[LogRow],
+    state: &HashMap<String, KeyValue>,
+) -> Result<(), sqlx::Error> {
+    let mut touched: Vec<&str> = Vec::new();
+    let mut touched_set = HashSet::new();
+    for row in log {
+        if touched_set.insert(row.key.as_str()) {
+            touched.push(&row.key);
+        }
+    }
+    let (live, gone): (Vec<&str>, Vec<&str>) = touched
+        .into_iter()
+        .partition(|key| state.contains_key(*key));
+    let live: Vec<&KeyValue> = live.iter().filter_map(|key| state.get(*key)).collect();
+    for chunk in statement_chunks(&live) {
+        let sql = format!(
+            "INSERT INTO kv (key, create_revision, mod_revision) VALUES {} \
+             ON CONFLICT (key) DO UPDATE SET \
+             create_revision = excluded.create_revision, mod_revision = excluded.mod_revision",
+            rows_placeholders(3, chunk.len())
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for kv in chunk {
+            query = query
+                .bind(kv.key.as_bytes())
+                .bind(kv.create_revision)
+                .bind(kv.mod_revision);
+        }
+        query.execute(&mut *conn).await?;
+    }
+    for chunk in statement_chunks(&gone) {
+        let sql = format!(
+            "DELETE FROM kv WHERE key IN ({})",
+            placeholders(chunk.len())
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for key in chunk {
+            query = query.bind(key.as_bytes());
+        }
+        query.execute(&mut *conn).await?;
+    }
+    Ok(())
 }
 
 /// One compaction transaction. The first (`scanned` is `None`) records the target as the
@@ -585,6 +651,91 @@ mod tests {
         assert_eq!(sizes, vec![128, 128, 32, 8, 4]);
         assert_eq!(sizes.iter().sum::<usize>(), 300);
         assert!(statement_chunks::<u32>(&[]).is_empty());
+    }
+
+    #[test]
+    fn a_batch_is_decided_write_by_write_against_the_writes_before_it() {
+        let put = |key: &str, text: &'static str| WriteOp::Create {
+            key: key.to_string(),
+            value: Bytes::from_static(text.as_bytes()),
+        };
+        let update = |key: &str, expected: Revision| WriteOp::Update {
+            key: key.to_string(),
+            expected,
+            value: Bytes::from_static(b"new"),
+        };
+        let delete = |key: &str, expected: Revision| WriteOp::Delete {
+            key: key.to_string(),
+            expected,
+        };
+        let mut state = HashMap::new();
+        state.insert(
+            "old".to_string(),
+            KeyValue {
+                key: "old".to_string(),
+                value: Bytes::from_static(b"v"),
+                create_revision: 3,
+                mod_revision: 7,
+            },
+        );
+        let ops = [
+            put("a", "1"),
+            put("a", "2"),
+            update("a", 11),
+            update("old", 6),
+            delete("old", 7),
+            delete("old", 7),
+            update("missing", 1),
+        ];
+        let decided = decide(&ops, &mut state, 10);
+        let outcome: Vec<&str> = decided
+            .results
+            .iter()
+            .map(|result| match result {
+                Ok(_) => "ok",
+                Err(StoreError::AlreadyExists { .. }) => "exists",
+                Err(StoreError::Conflict { .. }) => "conflict",
+                Err(StoreError::NotFound { .. }) => "not found",
+                Err(_) => "other",
+            })
+            .collect();
+        assert_eq!(
+            outcome,
+            [
+                "ok",
+                "exists",
+                "ok",
+                "conflict",
+                "ok",
+                "not found",
+                "not found"
+            ]
+        );
+        assert_eq!(decided.revision, 13, "three writes succeeded after 10");
+        let rows: Vec<(Revision, &str, Revision, Revision, bool)> = decided
+            .log
+            .iter()
+            .map(|r| {
+                (
+                    r.revision,
+                    r.key.as_str(),
+                    r.create_revision,
+                    r.prev_revision,
+                    r.deleted,
+                )
+            })
+            .collect();
+        assert_eq!(
+            rows,
+            [
+                (11, "a", 11, 0, false),
+                (12, "a", 11, 11, false),
+                (13, "old", 3, 7, true),
+            ]
+        );
+        assert!(!state.contains_key("old"));
+        assert_eq!(state["a"].mod_revision, 12);
+        assert!(matches!(&decided.results[4], Ok(kv) if kv.mod_revision == 13 && kv.value == "v"));
     }
 
     #[test]

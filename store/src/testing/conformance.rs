@@ -14,7 +14,7 @@ use futures::StreamExt;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use super::Harness;
+use super::harness::Harness;
 
 mod lists;
 mod watches;

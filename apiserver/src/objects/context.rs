@@ -1,0 +1,137 @@
+//! What an operation of the object layer acts on and what it gives back: the object's
+//! address ([`ObjectRef`]), the client's intent beyond the body ([`WriteContext`]), and the
+//! written object with its warnings ([`Written`]).
+//!
+//! # Assumptions
+//!
+//! - A context's version is one its kind serves (routing checked it): [`WriteContext::version`]
+//!   relies on it.
+
+use serde_json::Value;
+
+use crate::error::{ApiResult, Target};
+use crate::query::FieldValidation;
+use crate::resource::{ResourceType, Version};
+use crate::server::ApiServer;
+
+/// How many times a read-modify-write (patch, delete, mutate) is recomputed from a fresh read
+/// when another write got in first.
+pub(super) const CONFLICT_RETRIES: usize = 16;
+
+/// One object of one kind on one server: where every operation of the layer reads and writes.
+#[derive(Clone, Copy)]
+pub struct ObjectRef<'a> {
+    pub server: &'a ApiServer,
+    pub resource: &'a ResourceType,
+    /// The namespace of a namespaced kind's object; `None` for cluster-scoped kinds.
+    pub namespace: Option<&'a str>,
+    /// Empty for a create that has no name yet.
+    pub name: &'a str,
+}
+
+impl ObjectRef<'_> {
+    /// The object's store key.
+    pub fn key(&self) -> String {
+        self.resource.key(self.namespace, self.name)
+    }
+
+    /// The object as errors name it.
+    pub fn target(&self) -> Target {
+        self.resource.target(self.name)
+    }
+}
+
+/// A subresource of an object.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Subresource {
+    Status,
+}
+
+impl Subresource {
+    /// The name in paths and in `managedFields[].subresource`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Subresource::Status => "status",
+        }
+    }
+}
+
+/// A client's write to one object: where it goes and how, everything but the body.
+pub struct WriteContext<'a> {
+    pub object: ObjectRef<'a>,
+    /// The version the client speaks (bodies in, objects out).
+    pub version: &'a str,
+    pub subresource: Option<Subresource>,
+    /// Who `managedFields` records as making the write.
+    pub field_manager: String,
+    /// `fieldValidation` as the client sent it; read (and refused if unsupported) only when a
+    /// body has unknown fields.
+    pub field_validation: Option<&'a str>,
+    /// `dryRun=All`: every step runs but the store write.
+    pub dry_run: bool,
+}
+
+impl<'a> WriteContext<'a> {
+    pub fn resource(&self) -> &'a ResourceType {
+        self.object.resource
+    }
+
+    /// The client's version of the kind.
+    pub fn version(&self) -> &'a Version {
+        self.object
+            .resource
+            .version(self.version)
+            .expect("version was checked when routing")
+    }
+
+    /// The client's `apiVersion`.
+    pub fn api_version(&self) -> String {
+        self.object.resource.api_version(self.version)
+    }
+
+    pub fn key(&self) -> String {
+        self.object.key()
+    }
+
+    pub fn target(&self) -> Target {
+        self.object.target()
+    }
+
+    pub(super) fn field_validation(&self) -> ApiResult<FieldValidation> {
+        FieldValidation::parse(self.field_validation)
+    }
+
+    /// `object` with the `apiVersion` and `kind` the client speaks.
+    pub(super) fn present(&self, object: Value) -> Value {
+        self.object.resource.present(self.version, object)
+    }
+}
+
+/// Warnings for the client (unknown fields under `fieldValidation=Warn`).
+#[derive(Default)]
+pub struct Warnings(pub Vec<String>);
+
+/// Whether a write made the object or changed (or kept) an existing one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WriteKind {
+    Created,
+    Updated,
+}
+
+/// What a create or update did: the object as stored (or as it would be, on a dry run), with
+/// its resourceVersion.
+pub struct Written {
+    pub object: Value,
+    pub kind: WriteKind,
+    pub warnings: Warnings,
+}
+
+impl Written {
+    pub(super) fn new(object: Value, kind: WriteKind, warnings: Warnings) -> Written {
+        Written {
+            object,
+            kind,
+            warnings,
+        }
+    }
+}

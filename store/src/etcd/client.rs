@@ -1,0 +1,249 @@
+//! The connection to etcd under one key prefix: translating keys in and out of the prefix,
+//! timing requests out, and knowing the current and compacted revisions. The [`Store`]
+//! operations built on it are in the parent module; watches (`watch`) use it too.
+//!
+//! # Invariants
+//!
+//! - `known_compacted` only rises, and never above etcd's real compacted revision: it is
+//!   raised by this store's own compactions, by compaction errors etcd reports, and by the
+//!   bisection that finds the exact value.
+//!
+//! [`Store`]: crate::Store
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use etcd_client::{Client, ConnectOptions, GetOptions, GetResponse, TxnOpResponse, TxnResponse};
+
+use super::error::{EtcdError, Failure, classify, malformed, other};
+use crate::{KeyValue, Result, Revision, StoreError};
+
+/// How long a non-watch request may take before it is `Unavailable`.
+pub(super) const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Runs an etcd request with [`REQUEST_TIMEOUT`].
+pub(super) async fn timed<T>(
+    request: impl Future<Output = Result<T, etcd_client::Error>>,
+) -> Result<Result<T, etcd_client::Error>> {
+    tokio::time::timeout(REQUEST_TIMEOUT, request)
+        .await
+        .map_err(|_| StoreError::Unavailable(Box::new(EtcdError::Timeout(REQUEST_TIMEOUT))))
+}
+
+/// Whether this etcd version answers `request_progress` only once the watch is synced (etcd
+/// 3.4.24, 3.5.8 and later); older ones may answer ahead of undelivered events.
+fn progress_is_ordered(version: &str) -> bool {
+    let mut parts = version.split('.').map(|part| {
+        part.chars()
+            .take_while(char::is_ascii_digit)
+            .collect::<String>()
+            .parse::<u32>()
+            .ok()
+    });
+    let (Some(Some(major)), Some(Some(minor)), Some(Some(patch))) =
+        (parts.next(), parts.next(), parts.next())
+    else {
+        return false;
+    };
+    match (major, minor) {
+        (3, 4) => patch >= 24,
+        (3, 5) => patch >= 8,
+        (3, minor) => minor > 5,
+        (major, _) => major > 3,
+    }
+}
+
+/// The etcd-backed store. Cloning is cheap and shares the connection.
+#[derive(Clone)]
+pub struct EtcdStore {
+    pub(super) client: Client,
+    prefix: Arc<[u8]>,
+    /// A lower bound of etcd's compacted revision (see the module docs).
+    known_compacted: Arc<AtomicI64>,
+    pub(super) progress_is_ordered: bool,
+}
+
+impl EtcdStore {
+    /// Connects to `endpoints` and checks that etcd answers (an unreachable cluster is
+    /// `Unavailable`).
+    pub async fn connect(endpoints: &[String], prefix: &str) -> Result<EtcdStore> {
+        let options = ConnectOptions::new()
+            .with_connect_timeout(CONNECT_TIMEOUT)
+            .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5))
+            .with_keep_alive_while_idle(true);
+        let client = timed(Client::connect(endpoints, Some(options)))
+            .await?
+            .map_err(other)?;
+        let status = timed(client.maintenance_client().status())
+            .await?
+            .map_err(other)?;
+        let progress_is_ordered = progress_is_ordered(status.version());
+        if !progress_is_ordered {
+            tracing::info!(
+                version = status.version(),
+                "etcd answers progress requests out of order (before 3.4.24 / 3.5.8); \
+                 watch progress is held back to stay correct"
+            );
+        }
+        Ok(EtcdStore {
+            client,
+            prefix: Arc::from(prefix.as_bytes()),
+            known_compacted: Arc::new(AtomicI64::new(0)),
+            progress_is_ordered,
+        })
+    }
+
+    pub(super) fn full_key(&self, key: &str) -> Vec<u8> {
+        let mut full = Vec::with_capacity(self.prefix.len() + key.len());
+        full.extend_from_slice(&self.prefix);
+        full.extend_from_slice(key.as_bytes());
+        full
+    }
+
+    pub(super) fn strip(&self, key: &[u8]) -> Result<String> {
+        let Some(key) = key.strip_prefix(&self.prefix[..]) else {
+            return Err(StoreError::Backend(Box::new(EtcdError::KeyOutsidePrefix {
+                key: String::from_utf8_lossy(key).into_owned(),
+            })));
+        };
+        String::from_utf8(key.to_vec())
+            .map_err(|e| StoreError::Backend(Box::new(EtcdError::KeyNotUtf8(e))))
+    }
+
+    pub(super) fn key_value(&self, kv: &etcd_client::KeyValue) -> Result<KeyValue> {
+        Ok(KeyValue {
+            key: self.strip(kv.key())?,
+            value: Bytes::copy_from_slice(kv.value()),
+            create_revision: kv.create_revision(),
+            mod_revision: kv.mod_revision(),
+        })
+    }
+
+    pub(super) fn note_compacted(&self, revision: Revision) {
+        self.known_compacted.fetch_max(revision, Ordering::Relaxed);
+    }
+
+    /// Reads one key's count at `revision`: `Ok(true)` if etcd still serves that revision,
+    /// `Ok(false)` if it was compacted.
+    async fn serves_revision(&self, revision: Revision) -> Result<bool> {
+        let options = GetOptions::new().with_count_only().with_revision(revision);
+        let mut kv = self.client.kv_client();
+        match timed(kv.get(&self.prefix[..], Some(options))).await? {
+            Ok(_) => Ok(true),
+            Err(error) => match classify(error) {
+                Failure::Compacted => Ok(false),
+                Failure::FutureRevision => Ok(true),
+                Failure::Other(error) => Err(error),
+            },
+        }
+    }
+
+    /// The latest value of `key` inside a failed transaction's `else` branch.
+    pub(super) fn else_value(&self, response: &TxnResponse) -> Result<Option<KeyValue>> {
+        match response.op_responses().into_iter().next() {
+            Some(TxnOpResponse::Get(get)) => {
+                get.kvs().first().map(|kv| self.key_value(kv)).transpose()
+            }
+            _ => Err(malformed("the get of a failed transaction")),
+        }
+    }
+
+    pub(super) fn header_revision(
+        header: Option<&etcd_client::ResponseHeader>,
+    ) -> Result<Revision> {
+        header
+            .map(|h| h.revision())
+            .ok_or_else(|| malformed("a response header"))
+    }
+
+    pub(super) async fn range(
+        &self,
+        start: Vec<u8>,
+        options: GetOptions,
+    ) -> Result<GetResponse, etcd_client::Error> {
+        let mut kv = self.client.kv_client();
+        match tokio::time::timeout(REQUEST_TIMEOUT, kv.get(start, Some(options))).await {
+            Ok(result) => result,
+            Err(_) => Err(etcd_client::Error::GRpcStatus(
+                tonic::Status::deadline_exceeded("etcd range timed out"),
+            )),
+        }
+    }
+
+    pub(super) async fn compacted_error(&self, requested: Revision) -> StoreError {
+        // Compaction has passed `requested`, so the compacted revision is above it.
+        self.note_compacted(requested + 1);
+        match self.find_compacted_revision().await {
+            Ok(compacted) => StoreError::Compacted {
+                requested,
+                compacted,
+            },
+            Err(error) => error,
+        }
+    }
+
+    pub(super) async fn future_error(&self, requested: Revision) -> StoreError {
+        match self.read_current_revision().await {
+            Ok(current) => StoreError::FutureRevision { requested, current },
+            Err(error) => error,
+        }
+    }
+
+    /// The lower bound of the compacted revision this store knows without asking etcd.
+    pub(super) fn known_compacted(&self) -> Revision {
+        self.known_compacted.load(Ordering::Relaxed)
+    }
+
+    /// The store-wide revision, from a `count_only` read of the prefix.
+    pub(super) async fn read_current_revision(&self) -> Result<Revision> {
+        let mut kv = self.client.kv_client();
+        let options = GetOptions::new().with_count_only();
+        let response = timed(kv.get(&self.prefix[..], Some(options)))
+            .await?
+            .map_err(other)?;
+        Self::header_revision(response.header())
+    }
+
+    /// The compacted revision, by bisection above the known lower bound (see the parent
+    /// module's docs).
+    pub(super) async fn find_compacted_revision(&self) -> Result<Revision> {
+        let known = self.known_compacted.load(Ordering::Relaxed);
+        let current = self.read_current_revision().await?;
+        // Invariant: etcd serves `ok` (or it is the current revision) and does not serve `bad`.
+        let mut bad = known.max(1);
+        if bad >= current || self.serves_revision(bad).await? {
+            return Ok(known);
+        }
+        let mut ok = current;
+        while ok - bad > 1 {
+            let middle = bad + (ok - bad) / 2;
+            if self.serves_revision(middle).await? {
+                ok = middle;
+            } else {
+                bad = middle;
+            }
+        }
+        self.note_compacted(ok);
+        Ok(ok)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_is_ordered_from_the_fixed_releases_on() {
+        assert!(!progress_is_ordered("3.4.23"));
+        assert!(progress_is_ordered("3.4.24"));
+        assert!(!progress_is_ordered("3.5.7"));
+        assert!(progress_is_ordered("3.5.8"));
+        assert!(progress_is_ordered("3.6.0"));
+        assert!(progress_is_ordered("4.0.0"));
+        assert!(!progress_is_ordered("garbage"));
+    }
+}
