@@ -145,6 +145,27 @@ fn earlier_drain(drain: &Drain, drains: &[Arc<Drain>]) -> Option<String> {
         .next()
 }
 
+impl Reconciler for DrainController {
+    async fn reconcile(&self, drain: Arc<Drain>) -> Result<Reconciled<DrainStatus, Action>, Error> {
+        let name = drain.name_any();
+        let sleds = self.sleds.all();
+        let instances = self.instances.all();
+        let migrations = self
+            .migrations
+            .filter(|m| m.labels().get(DRAIN_LABEL) == Some(&name));
+        let earlier_drain = earlier_drain(&drain, &self.drains.all());
+        let observed = Observed {
+            drain: &drain,
+            sleds: &sleds,
+            instances: &instances,
+            migrations: &migrations,
+            earlier_drain,
+            now: corral_client::clock::now(),
+        };
+        Ok(Reconciled::Plan(plan::plan(&observed)))
+    }
+}
+
 impl Apply for DrainController {
     type Object = Drain;
     type Status = DrainStatus;
@@ -201,27 +222,6 @@ impl Apply for DrainController {
             }
         }
         Ok(None)
-    }
-}
-
-impl Reconciler for DrainController {
-    async fn reconcile(&self, drain: Arc<Drain>) -> Result<Reconciled<DrainStatus, Action>, Error> {
-        let name = drain.name_any();
-        let sleds = self.sleds.all();
-        let instances = self.instances.all();
-        let migrations = self
-            .migrations
-            .filter(|m| m.labels().get(DRAIN_LABEL) == Some(&name));
-        let earlier_drain = earlier_drain(&drain, &self.drains.all());
-        let observed = Observed {
-            drain: &drain,
-            sleds: &sleds,
-            instances: &instances,
-            migrations: &migrations,
-            earlier_drain,
-            now: corral_client::clock::now(),
-        };
-        Ok(Reconciled::Plan(plan::plan(&observed)))
     }
 }
 

@@ -245,62 +245,6 @@ impl InstanceController {
     }
 }
 
-impl Apply for InstanceController {
-    type Object = Instance;
-    type Status = InstanceStatus;
-    type Action = Action;
-
-    const NAME: &'static str = "instance";
-    const FINALIZER: Option<&'static str> = Some(INSTANCE_FINALIZER);
-
-    fn effects(&self) -> &Effects {
-        &self.effects
-    }
-
-    fn with_status(object: &Instance, status: &InstanceStatus) -> Instance {
-        Instance {
-            status: Some(status.clone()),
-            ..object.clone()
-        }
-    }
-
-    fn status_of(object: &Instance) -> Option<InstanceStatus> {
-        object.status.clone()
-    }
-
-    fn phase(status: &InstanceStatus) -> Option<String> {
-        status.state.map(|s| s.to_string())
-    }
-
-    async fn apply(&self, action: &Action, instance: &Instance) -> Result<Option<Instance>, Error> {
-        let namespace = instance.namespace().unwrap_or_default();
-        match action {
-            Action::CreateVmm {
-                name,
-                sled,
-                migrate_from,
-            } => {
-                let vmm = build_vmm(instance, name, sled, migrate_from.clone(), &self.sleds);
-                self.book.set_in_flight(&namespace, name, true);
-                if let Err(error) = self.effects.create(&vmm).await {
-                    self.book.set_in_flight(&namespace, name, false);
-                    return Err(error);
-                }
-            }
-            Action::DeleteVmm { name } => {
-                self.effects.delete::<Vmm>(Some(&namespace), name).await?;
-            }
-            Action::RebootVmm { name, request } => {
-                let patch = serde_json::json!({"spec": {"rebootRequest": request}});
-                self.effects
-                    .patch::<Vmm>(Some(&namespace), name, &patch)
-                    .await?;
-            }
-        }
-        Ok(None)
-    }
-}
-
 impl Reconciler for InstanceController {
     const RESYNC: Option<Duration> = Some(RESYNC);
 
@@ -389,6 +333,62 @@ impl Reconciler for InstanceController {
                 self.book.ledger.release(&namespace, name);
             }
         }
+    }
+}
+
+impl Apply for InstanceController {
+    type Object = Instance;
+    type Status = InstanceStatus;
+    type Action = Action;
+
+    const NAME: &'static str = "instance";
+    const FINALIZER: Option<&'static str> = Some(INSTANCE_FINALIZER);
+
+    fn effects(&self) -> &Effects {
+        &self.effects
+    }
+
+    fn with_status(object: &Instance, status: &InstanceStatus) -> Instance {
+        Instance {
+            status: Some(status.clone()),
+            ..object.clone()
+        }
+    }
+
+    fn status_of(object: &Instance) -> Option<InstanceStatus> {
+        object.status.clone()
+    }
+
+    fn phase(status: &InstanceStatus) -> Option<String> {
+        status.state.map(|s| s.to_string())
+    }
+
+    async fn apply(&self, action: &Action, instance: &Instance) -> Result<Option<Instance>, Error> {
+        let namespace = instance.namespace().unwrap_or_default();
+        match action {
+            Action::CreateVmm {
+                name,
+                sled,
+                migrate_from,
+            } => {
+                let vmm = build_vmm(instance, name, sled, migrate_from.clone(), &self.sleds);
+                self.book.set_in_flight(&namespace, name, true);
+                if let Err(error) = self.effects.create(&vmm).await {
+                    self.book.set_in_flight(&namespace, name, false);
+                    return Err(error);
+                }
+            }
+            Action::DeleteVmm { name } => {
+                self.effects.delete::<Vmm>(Some(&namespace), name).await?;
+            }
+            Action::RebootVmm { name, request } => {
+                let patch = serde_json::json!({"spec": {"rebootRequest": request}});
+                self.effects
+                    .patch::<Vmm>(Some(&namespace), name, &patch)
+                    .await?;
+            }
+        }
+        Ok(None)
     }
 }
 

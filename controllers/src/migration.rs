@@ -248,37 +248,6 @@ impl MigrationController {
     }
 }
 
-impl Apply for MigrationController {
-    type Object = Migration;
-    type Status = MigrationStatus;
-    type Action = NoAction;
-
-    const NAME: &'static str = "migration";
-
-    fn effects(&self) -> &Effects {
-        &self.effects
-    }
-
-    fn with_status(object: &Migration, status: &MigrationStatus) -> Migration {
-        Migration {
-            status: Some(status.clone()),
-            ..object.clone()
-        }
-    }
-
-    fn status_of(object: &Migration) -> Option<MigrationStatus> {
-        object.status.clone()
-    }
-
-    fn phase(status: &MigrationStatus) -> Option<String> {
-        status.phase.map(|p| p.to_string())
-    }
-
-    async fn apply(&self, action: &NoAction, _: &Migration) -> Result<Option<Migration>, Error> {
-        match *action {}
-    }
-}
-
 impl Reconciler for MigrationController {
     async fn reconcile(
         &self,
@@ -356,5 +325,36 @@ impl Reconciler for MigrationController {
         }
         // The admission lock goes last, once the admission is remembered.
         self.holds.lock().expect("holds lock").remove(&key);
+    }
+}
+
+impl Apply for MigrationController {
+    type Object = Migration;
+    type Status = MigrationStatus;
+    type Action = NoAction;
+
+    const NAME: &'static str = "migration";
+
+    fn effects(&self) -> &Effects {
+        &self.effects
+    }
+
+    fn with_status(object: &Migration, status: &MigrationStatus) -> Migration {
+        Migration {
+            status: Some(status.clone()),
+            ..object.clone()
+        }
+    }
+
+    fn status_of(object: &Migration) -> Option<MigrationStatus> {
+        object.status.clone()
+    }
+
+    fn phase(status: &MigrationStatus) -> Option<String> {
+        status.phase.map(|p| p.to_string())
+    }
+
+    async fn apply(&self, action: &NoAction, _: &Migration) -> Result<Option<Migration>, Error> {
+        match *action {}
     }
 }

@@ -32,7 +32,11 @@ pub enum Wait {
 
 /// What one reconcile came to.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase", rename_all_fields = "camelCase", tag = "result")]
+#[serde(
+    rename_all = "camelCase",
+    rename_all_fields = "camelCase",
+    tag = "result"
+)]
 pub enum Outcome {
     /// Nothing was planned.
     Waited { why: Wait },
