@@ -20,7 +20,7 @@ use corral_apiserver::testing::TestServer;
 use corral_crds::condition;
 use corral_crds::{
     ConditionStatus, Instance, InstanceConditionType, InstanceSpec, InstanceState, Reason,
-    Resources, RunStrategy, SledConditionType, UnknownVmmReport,
+    Resources, RunStrategy, UnknownVmmReport,
 };
 use corral_node_agent::sim::{
     SimHypervisor, SimSled, SimSledConfig, SimTiming, SledHandle, StartMode, UnknownVmm,
@@ -132,9 +132,8 @@ impl Rack {
         wait_for(&format!("sled {name} Ready"), || {
             let sleds = sleds.clone();
             async move {
-                let status = sleds.get_opt(name).await.ok()??.status?;
-                let ready = condition::is_true(&status.conditions, SledConditionType::Ready);
-                (ready && status.epoch > 0).then_some(())
+                let sled = sleds.get_opt(name).await.ok()??;
+                sled.is_ready_and_booted().then_some(())
             }
         })
         .await;

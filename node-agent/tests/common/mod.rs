@@ -146,12 +146,7 @@ impl Rack {
             let sleds = sleds.clone();
             async move {
                 let sled = sleds.get_opt(name).await.ok()??;
-                let status = sled.status.as_ref()?;
-                let ready = corral_crds::condition::is_true(
-                    &status.conditions,
-                    corral_crds::SledConditionType::Ready,
-                );
-                (ready && status.epoch > 0).then_some(sled)
+                sled.is_ready_and_booted().then_some(sled)
             }
         })
         .await
