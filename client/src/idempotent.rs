@@ -96,8 +96,14 @@ mod tests {
             outcome(Err(api_error(409, "AlreadyExists")), or_exists),
             Ok(None)
         );
-        assert_eq!(outcome(Err(api_error(409, "Conflict")), or_exists), Err(409));
-        assert_eq!(outcome(Err(api_error(404, "NotFound")), or_exists), Err(404));
+        assert_eq!(
+            outcome(Err(api_error(409, "Conflict")), or_exists),
+            Err(409)
+        );
+        assert_eq!(
+            outcome(Err(api_error(404, "NotFound")), or_exists),
+            Err(404)
+        );
     }
 
     #[test]
@@ -105,7 +111,10 @@ mod tests {
         let or_gone = |r: Result<u8, kube::Error>| r.or_gone();
         assert_eq!(outcome(Err(api_error(404, "NotFound")), or_gone), Ok(None));
         assert_eq!(outcome(Err(api_error(409, "Conflict")), or_gone), Err(409));
-        assert_eq!(outcome(Err(api_error(500, "InternalError")), or_gone), Err(500));
+        assert_eq!(
+            outcome(Err(api_error(500, "InternalError")), or_gone),
+            Err(500)
+        );
         let replaced = |r: Result<u8, kube::Error>| r.or_gone_or_replaced();
         assert_eq!(outcome(Err(api_error(409, "Conflict")), replaced), Ok(None));
         assert_eq!(outcome(Err(api_error(404, "NotFound")), replaced), Ok(None));
