@@ -9,7 +9,8 @@
 
 use serde_json::Value;
 
-use crate::error::{ApiResult, Target};
+use crate::error::{ApiError, ApiResult, Target};
+use crate::object::{self, Stored};
 use crate::query::FieldValidation;
 use crate::resource::{ResourceType, Version};
 use crate::server::ApiServer;
@@ -38,6 +39,20 @@ impl ObjectRef<'_> {
     /// The object as errors name it.
     pub fn target(&self) -> Target {
         self.resource.target(self.name)
+    }
+
+    /// The object as stored now, if it exists (a read of the store, not of the cache).
+    pub async fn read(&self) -> ApiResult<Option<Stored>> {
+        let kv = self
+            .server
+            .store
+            .get(&self.key())
+            .await
+            .map_err(|e| ApiError::from_store(e, &self.target()))?;
+        kv.map(|kv| {
+            object::decode(&kv).map_err(|e| ApiError::internal("stored object is corrupt", &e))
+        })
+        .transpose()
     }
 }
 

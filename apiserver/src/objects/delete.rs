@@ -78,14 +78,10 @@ pub async fn delete(object_ref: ObjectRef<'_>, options: &DeleteOptions) -> ApiRe
     }
     let key = object_ref.key();
     for _ in 0..CONFLICT_RETRIES {
-        let kv = object_ref
-            .server
-            .store
-            .get(&key)
-            .await
-            .map_err(|e| ApiError::from_store(e, &target))?;
-        let current = object::decode(&kv.ok_or_else(|| ApiError::not_found(&target))?)
-            .map_err(|e| ApiError::internal("stored object is corrupt", &e))?;
+        let current = object_ref
+            .read()
+            .await?
+            .ok_or_else(|| ApiError::not_found(&target))?;
         check_preconditions(&current, options)
             .map_err(|message| ApiError::conflict(&target, &message))?;
         match delete_step(object_ref, &key, &current, options).await {

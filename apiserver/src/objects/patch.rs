@@ -20,7 +20,7 @@ use super::managed_fields::{
 };
 use super::namespace::check_namespace_open;
 use super::pipeline::{check_name, check_type_meta, default_and_validate, handle_unknown_fields};
-use super::update::{commit, prepare_update, read_current};
+use super::update::{commit, prepare_update};
 use crate::error::{ApiError, ApiResult, Cause, Reason};
 use crate::object;
 
@@ -40,7 +40,7 @@ pub async fn patch(context: &WriteContext<'_>, patch: &Patch) -> ApiResult<Writt
     let target = context.target();
     let mut warnings = Warnings::default();
     for _ in 0..CONFLICT_RETRIES {
-        let Some(current) = read_current(&context.object).await? else {
+        let Some(current) = context.object.read().await? else {
             if let Patch::Apply {
                 configuration,
                 force,

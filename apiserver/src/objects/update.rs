@@ -186,24 +186,6 @@ pub(super) async fn commit(
     Ok(next)
 }
 
-/// The object as the store holds it now, if it exists.
-pub(super) async fn read_current(object: &ObjectRef<'_>) -> ApiResult<Option<Stored>> {
-    let kv = object
-        .server
-        .store
-        .get(&object.key())
-        .await
-        .map_err(|e| ApiError::from_store(e, &object.target()))?;
-    match kv {
-        None => Ok(None),
-        Some(kv) => {
-            Ok(Some(object::decode(&kv).map_err(|e| {
-                ApiError::internal("stored object is corrupt", &e)
-            })?))
-        }
-    }
-}
-
 /// Replaces the object with `desired` (PUT), conditional on the resourceVersion it carries.
 pub async fn replace(context: &WriteContext<'_>, mut desired: Value) -> ApiResult<Written> {
     let target = context.target();
@@ -236,7 +218,9 @@ pub async fn replace(context: &WriteContext<'_>, mut desired: Value) -> ApiResul
     {
         return Ok(written);
     }
-    let current = read_current(&context.object)
+    let current = context
+        .object
+        .read()
         .await?
         .ok_or_else(|| ApiError::not_found(&target))?;
     if rv != current.revision.to_string() {
