@@ -184,8 +184,8 @@ impl Apply for DrainController {
         }
     }
 
-    fn status_of(object: &Drain) -> Option<DrainStatus> {
-        object.status.clone()
+    fn status_of(object: &Drain) -> Option<&DrainStatus> {
+        object.status.as_ref()
     }
 
     fn phase(status: &DrainStatus) -> Option<String> {

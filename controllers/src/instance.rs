@@ -355,8 +355,8 @@ impl Apply for InstanceController {
         }
     }
 
-    fn status_of(object: &Instance) -> Option<InstanceStatus> {
-        object.status.clone()
+    fn status_of(object: &Instance) -> Option<&InstanceStatus> {
+        object.status.as_ref()
     }
 
     fn phase(status: &InstanceStatus) -> Option<String> {

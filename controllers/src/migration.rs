@@ -346,8 +346,8 @@ impl Apply for MigrationController {
         }
     }
 
-    fn status_of(object: &Migration) -> Option<MigrationStatus> {
-        object.status.clone()
+    fn status_of(object: &Migration) -> Option<&MigrationStatus> {
+        object.status.as_ref()
     }
 
     fn phase(status: &MigrationStatus) -> Option<String> {

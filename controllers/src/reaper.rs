@@ -173,7 +173,7 @@ impl Apply for Reaper {
         object.clone()
     }
 
-    fn status_of(_: &Vmm) -> Option<()> {
+    fn status_of(_: &Vmm) -> Option<&()> {
         None
     }
 

@@ -264,24 +264,29 @@ impl V2pController {
 
     /// The conflicts of `vpc` not reported before (remembering them as reported, and
     /// forgetting those that are over).
-    fn new_conflicts(&self, vpc: &str, conflicts: &[plan::Conflict]) -> Vec<ConflictKey> {
-        let key = |c: &plan::Conflict| {
-            (
-                vpc.to_string(),
-                c.ip.clone(),
-                c.claimant.0.clone(),
-                c.claimant.1.clone(),
-            )
-        };
-        let now: BTreeSet<ConflictKey> = conflicts.iter().map(key).collect();
+    fn new_conflicts<'c>(
+        &self,
+        vpc: &str,
+        conflicts: &'c [plan::Conflict],
+    ) -> Vec<&'c plan::Conflict> {
+        let now: BTreeSet<ConflictKey> = conflicts.iter().map(|c| conflict_key(vpc, c)).collect();
         let mut reported = self.reported.lock().expect("reported lock");
         reported.retain(|entry| entry.0 != vpc || now.contains(entry));
         conflicts
             .iter()
-            .map(key)
-            .filter(|entry| reported.insert(entry.clone()))
+            .filter(|c| reported.insert(conflict_key(vpc, c)))
             .collect()
     }
+}
+
+/// How a reported conflict is remembered: (vpc, ip, namespace, instance that lost).
+fn conflict_key(vpc: &str, conflict: &plan::Conflict) -> ConflictKey {
+    (
+        vpc.to_string(),
+        conflict.ip.clone(),
+        conflict.claimant.0.clone(),
+        conflict.claimant.1.clone(),
+    )
 }
 
 /// Runs the controller until `stop`.
@@ -478,13 +483,8 @@ async fn reconcile(vpc: &str, context: &V2pController) -> Result<Counts, Error> 
     }
     counts.conflicts = merged.conflicts.len();
     let new = context.new_conflicts(vpc, &merged.conflicts);
-    let reports: Vec<Report<'_>> = merged
-        .conflicts
+    let reports: Vec<Report<'_>> = new
         .iter()
-        .filter(|c| {
-            new.iter()
-                .any(|n| n.1 == c.ip && n.2 == c.claimant.0 && n.3 == c.claimant.1)
-        })
         .filter_map(|conflict| {
             let instance = instances.get(&conflict.claimant)?;
             Some(Report {
@@ -520,8 +520,8 @@ async fn reconcile(vpc: &str, context: &V2pController) -> Result<Counts, Error> 
         Err(error) => {
             // Not reported after all: report them with the next pass that gets through.
             let mut reported = context.reported.lock().expect("reported lock");
-            for entry in &new {
-                reported.remove(entry);
+            for conflict in &new {
+                reported.remove(&conflict_key(vpc, conflict));
             }
             Err(error)
         }
@@ -560,8 +560,8 @@ impl Apply for V2pController {
         }
     }
 
-    fn status_of(object: &VpcRoutes) -> Option<VpcRoutesStatus> {
-        object.status.clone()
+    fn status_of(object: &VpcRoutes) -> Option<&VpcRoutesStatus> {
+        object.status.as_ref()
     }
 
     async fn apply(&self, action: &Action, routes: &VpcRoutes) -> Result<Option<VpcRoutes>, Error> {

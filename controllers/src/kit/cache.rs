@@ -79,11 +79,6 @@ impl<K: Cached> Cache<K> {
         self.store.state().into_iter().filter(|o| keep(o)).collect()
     }
 
-    /// Whether the watch delivered a full list once.
-    pub fn is_listed(&self) -> bool {
-        self.listed.load(Ordering::Acquire)
-    }
-
     /// The reflector's store, for kube-runtime's `Controller`.
     pub(super) fn store(&self) -> Store<K> {
         self.store.clone()

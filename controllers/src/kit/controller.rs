@@ -191,18 +191,6 @@ where
     }
 }
 
-/// Runs `side` watches (caches no reconcile is triggered by) for as long as `main` runs.
-pub async fn with_side_caches(
-    main: impl Future<Output = ()>,
-    side: Vec<futures::future::BoxFuture<'static, ()>>,
-) {
-    let side = futures::future::join_all(side);
-    tokio::select! {
-        _ = main => {}
-        _ = side => {}
-    }
-}
-
 fn ref_key<K: Resource<DynamicType = ()>>(reference: &ObjectRef<K>) -> String {
     match &reference.namespace {
         Some(namespace) => format!("{namespace}/{}", reference.name),

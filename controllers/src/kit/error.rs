@@ -56,12 +56,3 @@ pub fn error_policy(error: &Error, controller: &str) -> Requeue {
         Requeue::requeue(ERROR_RETRY)
     }
 }
-
-/// [`error_policy`]'s delay, for loops that are not kube-runtime controllers.
-pub fn retry_after(error: &Error) -> Duration {
-    if error.is_conflict() {
-        CONFLICT_RETRY
-    } else {
-        ERROR_RETRY
-    }
-}

@@ -55,7 +55,7 @@ pub trait Apply: Send + Sync + 'static {
     }
 
     /// The status of `object`, as stored.
-    fn status_of(object: &Self::Object) -> Option<Self::Status>;
+    fn status_of(object: &Self::Object) -> Option<&Self::Status>;
 
     /// Carries out one domain action, given the newest known version of the reconciled
     /// object; returns that object again if the action wrote it.
@@ -84,8 +84,7 @@ pub async fn execute<C: Apply>(
                 }
             }
             Step::WriteStatus => {
-                let before = C::status_of(&current).as_ref().and_then(C::phase);
-                current = match C::STATUS_WRITE {
+                let written = match C::STATUS_WRITE {
                     StatusWrite::Replace => {
                         effects
                             .write_status(&C::with_status(&current, &plan.status))
@@ -93,7 +92,8 @@ pub async fn execute<C: Apply>(
                     }
                     StatusWrite::MergePatch => effects.patch_status(&current, &plan.status).await?,
                 };
-                faults::after_status_write(C::NAME, before.as_deref(), C::phase(&plan.status));
+                faults::after_status_write(C::NAME, C::status_of(&current), &plan.status, C::phase);
+                current = written;
             }
             Step::Act(action) => {
                 if let Some(written) = controller.apply(action, &current).await? {

@@ -59,21 +59,36 @@ pub fn arm(point: CrashPoint) -> Result<(), String> {
     ))
 }
 
-/// Called by the executor after each status write of `controller`.
+/// Called by the executor after each status write of `controller`, with the status before
+/// and after it; `phase` names a status's phase.
 #[cfg(feature = "fault-injection")]
-pub(super) fn after_status_write(controller: &str, before: Option<&str>, after: Option<String>) {
-    let Some((armed, phase)) = CRASH_AT.get() else {
+pub(super) fn after_status_write<S>(
+    controller: &str,
+    before: Option<&S>,
+    after: &S,
+    phase: fn(&S) -> Option<String>,
+) {
+    let Some((armed, crash_phase)) = CRASH_AT.get() else {
         return;
     };
-    if armed == controller && after.as_deref() == Some(phase) && before != Some(phase) {
-        tracing::error!(%controller, %phase, "crash point: aborting after writing the phase");
+    if armed != controller || phase(after).as_deref() != Some(crash_phase.as_str()) {
+        return;
+    }
+    if before.and_then(phase).as_deref() != Some(crash_phase.as_str()) {
+        tracing::error!(%controller, phase = %crash_phase, "crash point: aborting after writing the phase");
         std::process::abort();
     }
 }
 
+/// Without crash points: nothing, and nothing is computed for it.
 #[cfg(not(feature = "fault-injection"))]
 #[inline(always)]
-pub(super) fn after_status_write(_controller: &str, _before: Option<&str>, _after: Option<String>) {
+pub(super) fn after_status_write<S>(
+    _controller: &str,
+    _before: Option<&S>,
+    _after: &S,
+    _phase: fn(&S) -> Option<String>,
+) {
 }
 
 #[cfg(test)]
