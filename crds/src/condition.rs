@@ -62,8 +62,29 @@ string_enum! {
         AgentReady,
         /// The node-agent stopped cleanly; nothing on the sled is reconciled until it is back.
         AgentStopped,
-        /// The node-agent stopped renewing its Lease.
+        /// The node-agent stopped renewing its Lease for longer than the grace.
         HeartbeatExpired,
+        /// The node-agent's Lease is late, still within the grace.
+        HeartbeatLate,
+        /// The node-agent renews its Lease again.
+        HeartbeatRenewed,
+        /// The sled's power controller reports its power off.
+        PoweredOff,
+        /// The sled's power controller does not answer.
+        PowerControllerUnreachable,
+        /// The control plane powered the sled off and its power controller confirmed it.
+        FencedByPowerOff,
+        /// An operator confirmed the sled cannot run its VMMs (`corralctl fence --confirm`).
+        FencedByOperator,
+        /// Too many sleds are unreachable at once: nothing is fenced automatically (the control
+        /// plane is more likely the one cut off).
+        FencingPaused,
+        /// The instances of a fenced sled are being released to restart elsewhere.
+        Evacuating,
+        /// Every Vmm of a fenced sled is released.
+        Evacuated,
+        /// The VMM's sled failed (lost power, was fenced): not the instance's doing.
+        SledFailed,
         /// An operator cordoned the sled.
         Cordoned,
         /// The sled powered on with a new epoch.

@@ -213,7 +213,8 @@ string_enum! {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct InstanceExit {
-    /// `GuestShutdown`, `GuestCrashed`, `VmmKilled`, `VmmMissing`, `StaleSledEpoch`, ...
+    /// `GuestShutdown`, `GuestCrashed`, `VmmKilled`, `VmmMissing`, `StaleSledEpoch`,
+    /// `SledFailed` (its sled was fenced), ...
     pub reason: Reason,
     pub vmm: String,
     /// The sled the VMM ran on (a restart avoids it after a failure).

@@ -7,7 +7,7 @@
 //!
 //! Every status field has exactly one writer, named in the field's docs: users write `spec`,
 //! the instance controller writes `Instance.status`, the node-agent writes `Vmm.status` and its
-//! own `Sled.status`, the migration controller `Migration.status`, the drain controller
+//! own `Sled.status` (but `health`, `Fenced` and fencing's epoch raise: the sled-health controller), the migration controller `Migration.status`, the drain controller
 //! `Drain.status`, the V2P controller `VpcRoutes`.
 //!
 //! **Invariant:** no I/O and no async in this crate.
@@ -89,7 +89,10 @@ pub use migration::{
     Migration, MigrationAbort, MigrationPhase, MigrationReason, MigrationSpec, MigrationStatus,
     TransferProgress,
 };
-pub use sled::{Resources, Sled, SledConditionType, SledSpec, SledStatus, UnknownVmmReport};
+pub use sled::{
+    Evacuation, HealthVerdict, Resources, Sled, SledConditionType, SledHealth, SledSpec,
+    SledStatus, UnknownVmmReport,
+};
 pub use vmm::{
     MigrateFrom, MigrationRole, Vmm, VmmConditionType, VmmMigrationPhase, VmmMigrationStatus,
     VmmSpec, VmmState, VmmStatus,

@@ -1,16 +1,27 @@
 //! `Sled`: one server of the rack (cluster-scoped).
 //!
 //! Writers: users and operators write `spec` (`corralctl cordon` sets `unschedulable`); the
-//! sled's node-agent alone writes `status` (the sled-health controller will own `health` and the
-//! `Fenced` condition). The agent's heartbeat is a `Lease` named after the sled in
+//! sled's node-agent writes `status`, except `status.health` and the `Fenced` condition, which
+//! the sled-health controller owns; the sled-health controller also raises `status.epoch` when it
+//! fences the sled and sets `Ready=False` (`HeartbeatExpired`) when the Lease expires. Both write
+//! merge patches conditional on the resourceVersion they read, so neither overwrites what it has
+//! not seen. The agent's heartbeat is a `Lease` named after the sled in
 //! [`crate::SLED_LEASE_NAMESPACE`], not a status field, so that heartbeats do not wake every
 //! watcher of Sleds.
+//!
+//! # The epoch is a fence token
+//! `status.epoch` never goes down. It rises on every boot of the sled (the agent) and on every
+//! fence (the sled-health controller, after the fence is proven). A Vmm placed at an epoch
+//! below the sled's current one belongs to an ended life of the sled: its VMM does not run and
+//! never will again ([`crate::Vmm::outlived_by`]).
 
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::condition::Condition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+use crate::condition::{Condition, Reason};
 use crate::vpc::V2pAck;
 
 /// What a sled offers and what is allocated of it.
@@ -62,6 +73,8 @@ impl std::ops::AddAssign for Resources {
     status = "SledStatus",
     category = "corral",
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Health","type":"string","jsonPath":".status.health.verdict"}"#,
+    printcolumn = r#"{"name":"Why","type":"string","jsonPath":".status.health.reason"}"#,
     printcolumn = r#"{"name":"Cordoned","type":"boolean","jsonPath":".spec.unschedulable"}"#,
     printcolumn = r#"{"name":"VMMs","type":"integer","jsonPath":".status.vmms"}"#,
     printcolumn = r#"{"name":"CPUs","type":"integer","jsonPath":".status.allocated.cpus"}"#,
@@ -99,7 +112,85 @@ string_enum! {
     }
 }
 
+string_enum! {
+    /// The sled-health controller's verdict on a sled (docs/rack.md, "When a sled fails").
+    pub enum HealthVerdict {
+        /// Its agent renews its Lease.
+        Healthy,
+        /// Its Lease is late, still within the grace.
+        Suspect,
+        /// Its Lease expired and its power controller says it is on, or cannot be asked. Its
+        /// VMMs may still run: nothing of it is restarted elsewhere.
+        Unreachable,
+        /// Its power controller reports it off; it is fenced next.
+        PoweredOff,
+        /// It is proven unable to run its VMMs (power confirmed off, or an operator confirmed)
+        /// and its epoch was raised: its Vmms are released and restart elsewhere.
+        Fenced,
+    }
+}
+
+/// The sled-health controller's verdict and why. Written only by the sled-health controller.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SledHealth {
+    pub verdict: HealthVerdict,
+    pub reason: Reason,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+    /// When the verdict last changed.
+    pub since: Time,
+    /// The Lease's `renewTime` when the controller last saw it change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_renew: Option<Time>,
+    /// The epoch the fence raised `status.epoch` to (while `Fenced`, and after: an agent that
+    /// rejoins reports a higher one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fenced_epoch: Option<u64>,
+    /// The release of a fenced sled's Vmms, while and after it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evacuation: Option<Evacuation>,
+}
+
+/// How far the evacuation of a fenced sled got. The work itself is derived from the API (every
+/// Vmm of the sled placed below `fencedEpoch` that still holds the node-agent's finalizer), so
+/// a controller that restarts resumes it; these counts are for operators.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Evacuation {
+    pub started: Option<Time>,
+    /// Vmms of the ended life found when the evacuation started.
+    pub total: u32,
+    /// Vmms released so far (their instances restart elsewhere per runStrategy).
+    pub released: u32,
+    /// When the last one was released.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completed: Option<Time>,
+}
+
 impl Sled {
+    /// The sled's current epoch (0 before its agent ever reported).
+    pub fn epoch(&self) -> u64 {
+        self.status.as_ref().map_or(0, |status| status.epoch)
+    }
+
+    /// The sled-health verdict; a sled no sled-health controller has judged is `Healthy`.
+    pub fn health(&self) -> HealthVerdict {
+        self.status
+            .as_ref()
+            .and_then(|status| status.health.as_ref())
+            .map_or(HealthVerdict::Healthy, |health| health.verdict)
+    }
+
+    /// Whether new Vmms may be placed on it: ready and booted, judged `Healthy`, not cordoned
+    /// and not being deleted.
+    pub fn accepts_vmms(&self) -> bool {
+        self.is_ready_and_booted()
+            && self.health() == HealthVerdict::Healthy
+            && !self.spec.unschedulable
+            && self.metadata.deletion_timestamp.is_none()
+    }
+
     /// Whether its agent reports `Ready=True`. A sled without the condition (its agent never
     /// reported) is not ready.
     pub fn is_ready(&self) -> bool {
@@ -151,6 +242,9 @@ pub struct SledStatus {
     pub v2p: Vec<V2pAck>,
     #[serde(default)]
     pub conditions: Vec<Condition<SledConditionType>>,
+    /// The sled-health controller's verdict (absent until it first judged the sled).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<SledHealth>,
 }
 
 /// A VMM on a sled that no Vmm assigns, as the sled's node-agent reports it.

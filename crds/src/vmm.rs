@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use crate::condition::{Condition, Reason};
 use crate::instance::{Instance, Nic};
 use crate::migration::TransferProgress;
-use crate::sled::Resources;
+use crate::sled::{Resources, Sled};
 
 /// One VMM of an instance on one sled.
 #[derive(CustomResource, Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -157,6 +157,13 @@ impl Vmm {
             .is_some_and(VmmState::is_final)
     }
 
+    /// Whether the life of its sled it was placed in has ended: the sled's epoch rose past
+    /// `spec.sledEpoch` (the sled rebooted, or was fenced). Such a Vmm's VMM does not run and
+    /// never will again; `sled` is the Sled `spec.sled` names.
+    pub fn outlived_by(&self, sled: &Sled) -> bool {
+        sled.epoch() > self.spec.sled_epoch
+    }
+
     /// Whether the Vmm is *abandoned*: if (and only if) its Instance does not exist, or
     /// neither `status.activeVmm` nor `status.targetVmm` of its Instance names it
     /// ([`crate::InstanceStatus::names_vmm`]; docs/rack.md). `instance` is the Instance that
@@ -188,6 +195,11 @@ pub struct VmmStatus {
     /// than the one stored is stale and ignored.
     #[serde(default)]
     pub state_generation: u64,
+    /// The epoch of the sled's life whose agent wrote this report. The API server refuses a
+    /// report from an epoch below the sled's current one (a fenced or rebooted sled's agent
+    /// has no say any more).
+    #[serde(default)]
+    pub sled_epoch: u64,
     /// Why the VMM is in its state (for `Failed`: `GuestCrashed`, `VmmKilled`, `VmmMissing`,
     /// `StaleSledEpoch`, `InsufficientCapacity`, ...).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -29,8 +29,14 @@ use crate::hypervisor::VmmId;
 use crate::journal::VmmRecord;
 use crate::ledger::Written;
 
-/// The status that reports `record`, keeping the conditions `base` has.
-pub fn render_status(record: &VmmRecord, base: &VmmStatus, now: jiff::Timestamp) -> VmmStatus {
+/// The status that reports `record` from this run of the agent (sled epoch `epoch`), keeping
+/// the conditions `base` has.
+pub fn render_status(
+    record: &VmmRecord,
+    base: &VmmStatus,
+    epoch: u64,
+    now: jiff::Timestamp,
+) -> VmmStatus {
     let mut conditions = base.conditions.clone();
     if record.diverged {
         condition::set(
@@ -45,6 +51,7 @@ pub fn render_status(record: &VmmRecord, base: &VmmStatus, now: jiff::Timestamp)
     VmmStatus {
         state: Some(record.state),
         state_generation: record.state_generation,
+        sled_epoch: epoch,
         reason: record.reason,
         message: record.message.clone(),
         booted_at: record.booted_at.map(Time),
@@ -76,7 +83,12 @@ pub async fn write_status(
     };
     let mut object = vmm.clone();
     object.metadata.resource_version = Some(resource_version);
-    object.status = Some(render_status(record, &base, corral_client::clock::now()));
+    object.status = Some(render_status(
+        record,
+        &base,
+        ctx.sled.epoch,
+        corral_client::clock::now(),
+    ));
     let stored = match api
         .replace_status(&name, &PostParams::default(), &object)
         .await
@@ -97,6 +109,7 @@ pub async fn write_status(
             object.status = Some(render_status(
                 record,
                 &fresh_status,
+                ctx.sled.epoch,
                 corral_client::clock::now(),
             ));
             api.replace_status(&name, &PostParams::default(), &object)
