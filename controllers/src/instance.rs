@@ -29,8 +29,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use corral_crds::{
-    INSTANCE_FINALIZER, INSTANCE_LABEL, Instance, InstanceStatus, MigrateFrom, Migration, Sled,
-    VMM_FINALIZER, Vmm, VmmSpec,
+    HealthVerdict, INSTANCE_FINALIZER, INSTANCE_LABEL, Instance, InstanceStatus, MigrateFrom,
+    Migration, Sled, VMM_FINALIZER, Vmm, VmmSpec,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::runtime::reflector::ObjectRef;
@@ -206,9 +206,14 @@ pub async fn controller(
         migrations: migrations.cache(),
     };
     let readiness = caches.readiness();
+    let on_sled = SledChanges::new(instances.cache());
     Controller::<InstanceController>::new(instances, &board)
         .owns(vmms)
-        .watches(sleds, claimed_instances)
+        .watches(sleds, move |sled: Sled| {
+            let mut touched = claimed_instances(&sled);
+            touched.extend(on_sled.instances_to_look_at(&sled));
+            touched
+        })
         .watches(migrations, |migration: Migration| {
             let namespace = migration.namespace()?;
             Some(ObjectRef::new(&migration.spec.instance).within(&namespace))
@@ -301,6 +306,7 @@ impl Reconciler for InstanceController {
             unknown_vmms: claims_of(&sleds, &namespace, &instance.name_any()),
             migrations: &migrations,
             target_in_flight,
+            sleds: &sleds,
             now: corral_client::clock::now(),
         };
         let planned = plan::plan(&observed, &mut |request: &PlaceRequest<'_>| {
@@ -408,7 +414,7 @@ fn claims_of(sleds: &[Arc<Sled>], namespace: &str, name: &str) -> Vec<(String, S
 }
 
 /// The Instances a Sled's unknown VMMs claim to be.
-fn claimed_instances(sled: Sled) -> Vec<ObjectRef<Instance>> {
+fn claimed_instances(sled: &Sled) -> Vec<ObjectRef<Instance>> {
     sled.status
         .iter()
         .flat_map(|s| s.unknown_vmms.iter())
@@ -416,6 +422,46 @@ fn claimed_instances(sled: Sled) -> Vec<ObjectRef<Instance>> {
             Some(ObjectRef::new(u.instance.as_deref()?).within(u.namespace.as_deref()?))
         })
         .collect()
+}
+
+/// Which instances a change of a Sled concerns: those on it, when its epoch or its health
+/// verdict changed (a fence ends their Vmms; a verdict colours their conditions). Other Sled
+/// changes (allocation, V2P acknowledgements) wake nobody.
+struct SledChanges {
+    instances: Cache<Instance>,
+    seen: std::sync::Mutex<HashMap<String, (u64, HealthVerdict)>>,
+}
+
+impl SledChanges {
+    fn new(instances: Cache<Instance>) -> SledChanges {
+        SledChanges {
+            instances,
+            seen: Default::default(),
+        }
+    }
+
+    fn instances_to_look_at(&self, sled: &Sled) -> Vec<ObjectRef<Instance>> {
+        let name = sled.name_any();
+        let now = (sled.epoch(), sled.health());
+        let before = self
+            .seen
+            .lock()
+            .expect("sled changes lock")
+            .insert(name.clone(), now);
+        if before.is_none_or(|before| before == now) {
+            return Vec::new();
+        }
+        self.instances
+            .filter(|instance| {
+                instance.status.as_ref().is_some_and(|status| {
+                    status.sled.as_deref() == Some(name.as_str())
+                        || status.target_sled.as_deref() == Some(name.as_str())
+                })
+            })
+            .iter()
+            .map(|instance| ObjectRef::from_obj(instance.as_ref()))
+            .collect()
+    }
 }
 
 /// The Vmm an instance's status names, for creation on `sled` at the sled's current epoch.

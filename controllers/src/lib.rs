@@ -11,6 +11,8 @@
 //! - [`reaper`]: abandoned Vmms.
 //! - [`drain`]: the drain controller (cordon, plan, move a sled's instances off with
 //!   Migrations, `Drain.status`).
+//! - [`sled_health`]: the sled-health controller (a verdict per sled from its Lease and its
+//!   power controller; fencing; releasing a fenced sled's Vmms).
 //! - [`scheduler`]: placement rules and the allocation ledger (pure, unit-tested).
 //! - [`v2p`]: the V2P controller (`VpcRoutes` from where instances run).
 //! - [`kit`]: what every controller is made of (caches, plans, effects, the executor, the
@@ -26,6 +28,7 @@ pub mod kit;
 pub mod migration;
 pub mod reaper;
 pub mod scheduler;
+pub mod sled_health;
 pub mod v2p;
 
 use std::time::Duration;
@@ -56,6 +59,8 @@ pub struct Config {
     pub identity: String,
     /// Limits and timeouts of live migrations.
     pub migration: migration::Config,
+    /// The grace, storm guard and evacuation rate of the sled-health controller.
+    pub sled_health: sled_health::Config,
     /// Where every controller's outcomes go (`/debug/controllers`).
     pub board: kit::Board,
 }
@@ -69,6 +74,7 @@ impl Default for Config {
             retry_period: Duration::from_secs(2),
             identity: lease::identity("controllers"),
             migration: migration::Config::default(),
+            sled_health: sled_health::Config::default(),
             board: kit::Board::default(),
         }
     }
@@ -106,6 +112,12 @@ pub async fn run(client: kube::Client, config: Config, shutdown: CancellationTok
             reaper::run(client.clone(), board.clone(), lost.clone()),
             drain::controller(client.clone(), board.clone(), lost.clone()),
             v2p::controller(client.clone(), board.clone(), lost.clone()),
+            sled_health::controller(
+                client.clone(),
+                config.sled_health,
+                board.clone(),
+                lost.clone()
+            ),
         );
         if shutdown.is_cancelled() {
             leadership.release().await;

@@ -32,7 +32,7 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use corral_crds::{Instance, Resources, Sled, Vmm};
+use corral_crds::{HealthVerdict, Instance, Resources, Sled, Vmm};
 use kube::ResourceExt;
 use tokio::time::Instant;
 
@@ -329,7 +329,12 @@ pub fn eligibility(
     let Some(status) = sled.status.as_ref() else {
         return Err(Ineligible::NotReady);
     };
-    if !sled.is_ready() || sled.metadata.deletion_timestamp.is_some() {
+    // A sled the sled-health controller does not judge Healthy (late, unreachable, off,
+    // fenced) gets nothing new, whatever its agent last wrote.
+    if !sled.is_ready()
+        || sled.health() != HealthVerdict::Healthy
+        || sled.metadata.deletion_timestamp.is_some()
+    {
         return Err(Ineligible::NotReady);
     }
     if sled.spec.unschedulable {

@@ -25,6 +25,44 @@ pub struct ControllersArgs {
     /// `faults.rs`, has the contract).
     #[arg(long, hide = true)]
     pub(crate) crash_at: Option<corral_controllers::kit::faults::CrashPoint>,
+    #[command(flatten)]
+    pub(crate) sled_health: SledHealthArgs,
+}
+
+/// How the sled-health controller judges sleds and fences them (docs/rack.md, "When a sled
+/// fails").
+#[derive(clap::Args, Clone, Debug)]
+pub struct SledHealthArgs {
+    /// How long a sled's Lease may go unrenewed before it is unreachable (and fenced).
+    #[arg(long, default_value = "20s", value_parser = parse_duration)]
+    pub(crate) sled_grace: Duration,
+    /// The storm guard: nothing is fenced automatically while more than this share of the
+    /// sleds is unreachable at once...
+    #[arg(long, default_value_t = 1.0 / 3.0)]
+    pub(crate) storm_fraction: f64,
+    /// ...or more than this many, whichever is larger.
+    #[arg(long, default_value_t = 2)]
+    pub(crate) storm_floor: usize,
+    /// Vmms of fenced sleds released (restarted elsewhere) per second, rack-wide.
+    #[arg(long, default_value_t = 50)]
+    pub(crate) evacuation_rate: u32,
+    /// How long a sled's power controller has to answer.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub(crate) power_timeout: Duration,
+}
+
+impl SledHealthArgs {
+    pub fn config(&self) -> corral_controllers::sled_health::Config {
+        corral_controllers::sled_health::Config {
+            grace: self.sled_grace,
+            storm: corral_controllers::sled_health::plan::StormGuard {
+                fraction: self.storm_fraction,
+                floor: self.storm_floor,
+            },
+            evacuation_rate: self.evacuation_rate,
+            power_timeout: self.power_timeout,
+        }
+    }
 }
 
 /// Leader lease timing scaled from its duration, in Kubernetes' proportions (15 s / 10 s / 2 s).
@@ -44,7 +82,10 @@ pub fn controllers_config(
 pub async fn run_controllers(args: ControllersArgs) -> anyhow::Result<()> {
     let client = corral_client::connect(args.kubeconfig.as_deref()).await?;
     let shutdown = tokio_util::sync::CancellationToken::new();
-    let config = controllers_config(args.lease_duration, args.concurrency);
+    let config = corral_controllers::Config {
+        sled_health: args.sled_health.config(),
+        ..controllers_config(args.lease_duration, args.concurrency)
+    };
     if let Some(point) = args.crash_at {
         corral_controllers::kit::faults::arm(point).map_err(anyhow::Error::msg)?;
     }

@@ -96,6 +96,12 @@ pub struct SledSpec {
     /// Base URL of the sled's out-of-band power controller (`GET/POST {url}/power`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub power_controller: Option<String>,
+    /// An operator's confirmation that the sled's life at this epoch is over — it is off, or
+    /// cut off for good, and runs nothing that matters (`corralctl fence SLED --confirm`). The
+    /// sled-health controller then fences it without its power controller. Naming the epoch
+    /// keeps a confirmation from fencing a later life of the sled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fence_confirmed_epoch: Option<u64>,
 }
 
 string_enum! {

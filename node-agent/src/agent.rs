@@ -184,6 +184,7 @@ impl Agent {
             unschedulable: false,
             failure_domain: config.failure_domain.clone(),
             power_controller: config.power_controller_url.clone(),
+            fence_confirmed_epoch: None,
         };
         let sled = crate::sled::register(&sleds, name, spec, &config.labels)
             .await

@@ -149,6 +149,7 @@ fn run_placing(
         unknown_vmms: Vec::new(),
         migrations,
         target_in_flight: false,
+        sleds: &[],
         now: now(),
     };
     plan(&observed, &mut |request| {

@@ -20,8 +20,8 @@ use std::time::Duration;
 
 use corral_client::events::EventType;
 use corral_crds::{
-    ConditionStatus, InstanceConditionType as Cond, InstanceExit, InstanceState, Reason,
-    RunStrategy, Vmm, VmmConditionType, VmmState, VmmStatus, condition,
+    ConditionStatus, HealthVerdict, InstanceConditionType as Cond, InstanceExit, InstanceState,
+    Reason, RunStrategy, Sled, Vmm, VmmConditionType, VmmState, VmmStatus, condition,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
@@ -149,11 +149,92 @@ fn plan_active(planner: &mut Planner<'_>) {
         planner.plan.act(Action::DeleteVmm { name });
         return;
     }
+    let sled = observed.sled(&vmm.spec.sled);
+    if let Some(sled) = sled.filter(|sled| vmm.outlived_by(sled)) {
+        return outlived(planner, vmm, sled);
+    }
     if !should_run {
         return stop_active(planner, name);
     }
     let state = follow_active_state(planner, vmm, &vmm_status);
     reboot_in_place(planner, &name, state);
+    if let Some(sled) = sled {
+        sled_health(planner, sled);
+    }
+}
+
+/// The active Vmm's sled moved to a later life (it was fenced, or it rebooted): the VMM does
+/// not run. Once nothing holds it (the sled-health controller released it after the fence, or
+/// the agent reported its end) it is an exit the sled caused, not the instance.
+fn outlived(planner: &mut Planner<'_>, vmm: &Vmm, sled: &Sled) {
+    let name = vmm.name_any();
+    let sled_name = sled.name_any();
+    let released = !vmm
+        .finalizers()
+        .iter()
+        .any(|f| f == corral_crds::VMM_FINALIZER);
+    if released {
+        record_exit(planner, Reason::SledFailed, &name);
+        planner.plan.act(Action::DeleteVmm { name });
+        return;
+    }
+    planner.plan.status.state = Some(InstanceState::Repairing);
+    planner.set(
+        Cond::Running,
+        ConditionStatus::False,
+        Reason::SledFailed,
+        &format!(
+            "sled {sled_name} is at epoch {} past VMM {name}'s {}: it does not run; waiting for \
+             it to be released",
+            sled.epoch(),
+            vmm.spec.sled_epoch
+        ),
+    );
+}
+
+/// The active Vmm's sled is not known to be well: its VMM may still run (Unreachable) or not
+/// (PoweredOff), and the instance says so (`SledUnreachable`, `Running` Unknown or False).
+fn sled_health(planner: &mut Planner<'_>, sled: &Sled) {
+    let verdict = sled.health();
+    let health = sled.status.as_ref().and_then(|s| s.health.as_ref());
+    let name = sled.name_any();
+    match verdict {
+        HealthVerdict::Unreachable | HealthVerdict::PoweredOff | HealthVerdict::Fenced => {
+            let reason = health.map_or(Reason::HeartbeatExpired, |h| h.reason);
+            let message = format!(
+                "sled {name} is {verdict}: {}",
+                health.map_or("", |h| h.message.as_str())
+            );
+            planner.set(
+                Cond::SledUnreachable,
+                ConditionStatus::True,
+                reason,
+                &message,
+            );
+            let (running, message) = if verdict == HealthVerdict::Unreachable {
+                (
+                    ConditionStatus::Unknown,
+                    format!("sled {name} is unreachable: its VMM may still run"),
+                )
+            } else {
+                (
+                    ConditionStatus::False,
+                    format!("sled {name} is {verdict}: its VMM does not run"),
+                )
+            };
+            planner.set(Cond::Running, running, reason, &message);
+        }
+        HealthVerdict::Healthy | HealthVerdict::Suspect => {
+            if condition::is_true(&planner.plan.status.conditions, Cond::SledUnreachable) {
+                planner.set(
+                    Cond::SledUnreachable,
+                    ConditionStatus::False,
+                    Reason::HeartbeatRenewed,
+                    &format!("sled {name} renews its Lease again"),
+                );
+            }
+        }
+    }
 }
 
 /// The active Vmm is not in the cache (and a live read confirmed it is gone, or it was just

@@ -62,6 +62,7 @@ fn run_seeing(instance: &Instance, vmms: &[Arc<Vmm>], unknown_vmms: Vec<(String,
         unknown_vmms,
         migrations: &[],
         target_in_flight: false,
+        sleds: &[],
         now: now(),
     };
     plan(&observed, &mut |request| {
@@ -489,4 +490,160 @@ fn manual_instances_start_again_on_a_new_start_request() {
         at: Time(now()),
     });
     assert!(!again.spec.should_run(again.status.as_ref().unwrap()));
+}
+
+/// [`run`], with `sleds` cached.
+fn run_with_sleds(
+    instance: &Instance,
+    vmms: &[Arc<Vmm>],
+    sleds: &[Arc<corral_crds::Sled>],
+) -> Plan {
+    let observed = Observed {
+        instance,
+        vmms,
+        active_in_flight: false,
+        unknown_vmms: Vec::new(),
+        migrations: &[],
+        target_in_flight: false,
+        sleds,
+        now: now(),
+    };
+    plan(&observed, &mut |_request| {
+        Ok(Placement {
+            sled: "sled-2".into(),
+            epoch: 1,
+            because: "test".into(),
+        })
+    })
+}
+
+/// `sled-1` at `epoch`, judged `verdict` by the sled-health controller.
+fn sled_1(
+    epoch: u64,
+    verdict: Option<(corral_crds::HealthVerdict, Reason)>,
+) -> Arc<corral_crds::Sled> {
+    let mut sled = corral_crds::Sled::new("sled-1", Default::default());
+    sled.status = Some(corral_crds::SledStatus {
+        epoch,
+        health: verdict.map(|(verdict, reason)| corral_crds::SledHealth {
+            verdict,
+            reason,
+            message: "test".into(),
+            since: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(now()),
+            last_renew: None,
+            fenced_epoch: None,
+            evacuation: None,
+        }),
+        ..Default::default()
+    });
+    Arc::new(sled)
+}
+
+/// `vmm` holding (or not) the node-agent's finalizer.
+fn held(vmm: Arc<Vmm>, holds: bool) -> Arc<Vmm> {
+    let mut vmm = (*vmm).clone();
+    vmm.metadata.finalizers = holds.then(|| vec![corral_crds::VMM_FINALIZER.into()]);
+    Arc::new(vmm)
+}
+
+#[test]
+fn a_vmm_outlived_by_its_sled_is_not_running_and_restarts_elsewhere_only_once_released() {
+    let running = placed(RunStrategy::Always);
+    let vmm = vmm("web-v1", Some(VmmState::Running), None);
+    let fenced = [sled_1(
+        2,
+        Some((corral_crds::HealthVerdict::Fenced, Reason::FencedByPowerOff)),
+    )];
+    // Still held: the VMM does not run (its sled's life ended), but nothing restarts yet.
+    let waiting = run_with_sleds(&running, &[held(vmm.clone(), true)], &fenced);
+    assert_eq!(waiting.status.state, Some(InstanceState::Repairing));
+    let condition = condition::find(&waiting.status.conditions, Cond::Running).unwrap();
+    assert_eq!(
+        (condition.status, condition.reason),
+        (ConditionStatus::False, Reason::SledFailed)
+    );
+    assert_eq!(kinds(&waiting), ["WriteStatus"]);
+    // Released by the fence: an exit the sled caused, restarted at once on another sled.
+    let released = run_with_sleds(&running, &[held(vmm, false)], &fenced);
+    let restarted = released
+        .events()
+        .find(|event| event.reason == Reason::Restarted)
+        .expect("a Restarted event");
+    assert!(
+        restarted.message.contains("SledFailed"),
+        "{}",
+        restarted.message
+    );
+    assert_eq!(
+        released.status.consecutive_failures, 0,
+        "the sled's fault, not the guest's"
+    );
+    assert!(released.status.backoff_until.is_none());
+    let kinds = kinds(&released);
+    assert!(kinds.contains(&"Delete(web-v1)".to_string()), "{kinds:?}");
+    assert!(
+        kinds.contains(&"Create(web-v2@sled-2)".to_string()),
+        "{kinds:?}"
+    );
+}
+
+#[test]
+fn a_manual_instance_on_a_fenced_sled_is_not_restarted() {
+    let mut manual = instance(RunStrategy::Manual);
+    manual.spec.start_request = Some("1".into());
+    let running = applied(manual.clone(), &run(&manual, &[]));
+    let vmm = held(vmm("web-v1", Some(VmmState::Running), None), false);
+    let fenced = [sled_1(
+        2,
+        Some((corral_crds::HealthVerdict::Fenced, Reason::PoweredOff)),
+    )];
+    let plan = run_with_sleds(&running, &[vmm], &fenced);
+    assert_eq!(
+        plan.status.last_exit.as_ref().unwrap().reason,
+        Reason::SledFailed
+    );
+    assert!(plan.status.active_vmm.is_none());
+    assert!(
+        !kinds(&plan).iter().any(|k| k.starts_with("Create")),
+        "{:?}",
+        kinds(&plan)
+    );
+}
+
+#[test]
+fn an_unreachable_sled_makes_running_unknown_and_a_healthy_one_clears_it() {
+    let running = placed(RunStrategy::Always);
+    let vmms = [held(vmm("web-v1", Some(VmmState::Running), None), true)];
+    let unreachable = [sled_1(
+        1,
+        Some((
+            corral_crds::HealthVerdict::Unreachable,
+            Reason::HeartbeatExpired,
+        )),
+    )];
+    let plan = run_with_sleds(&running, &vmms, &unreachable);
+    let conditions = &plan.status.conditions;
+    assert!(condition::is_true(conditions, Cond::SledUnreachable));
+    let running_condition = condition::find(conditions, Cond::Running).unwrap();
+    assert_eq!(running_condition.status, ConditionStatus::Unknown);
+    assert!(
+        plan.actions().next().is_none(),
+        "nothing moves while the sled is in doubt"
+    );
+    let marked = applied(running, &plan);
+    let healthy = [sled_1(
+        1,
+        Some((
+            corral_crds::HealthVerdict::Healthy,
+            Reason::HeartbeatRenewed,
+        )),
+    )];
+    let back = run_with_sleds(&marked, &vmms, &healthy);
+    let conditions = &back.status.conditions;
+    let unreachable = condition::find(conditions, Cond::SledUnreachable).unwrap();
+    assert_eq!(unreachable.status, ConditionStatus::False);
+    assert!(condition::is_true(conditions, Cond::Running));
+    // And again: nothing more.
+    let again = run_with_sleds(&applied(marked, &back), &vmms, &healthy);
+    assert!(again.steps.is_empty(), "{:?}", kinds(&again));
 }

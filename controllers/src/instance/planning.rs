@@ -5,7 +5,7 @@
 
 use corral_crds::{
     ConditionStatus, Instance, InstanceConditionType as Cond, InstanceStatus, MigrateFrom,
-    Migration, Reason, Vmm, condition,
+    Migration, Reason, Sled, Vmm, condition,
 };
 use jiff::Timestamp;
 
@@ -83,7 +83,19 @@ pub struct Observed<'a> {
     pub migrations: &'a [std::sync::Arc<Migration>],
     /// The target Vmm was created by this controller and has not appeared in its cache yet.
     pub target_in_flight: bool,
+    /// Every Sled, as cached (their epochs end Vmms; their health colours the conditions).
+    pub sleds: &'a [std::sync::Arc<Sled>],
     pub now: Timestamp,
+}
+
+impl Observed<'_> {
+    /// The Sled named `name`, if cached.
+    pub fn sled(&self, name: &str) -> Option<&Sled> {
+        self.sleds
+            .iter()
+            .find(|sled| sled.metadata.name.as_deref() == Some(name))
+            .map(|sled| sled.as_ref())
+    }
 }
 
 /// Builds one instance's [`Plan`]: what every part of the plan (`plan.rs`, `migrate.rs`)

@@ -1,6 +1,7 @@
 //! What a reconcile can fail on, and how soon it is tried again. One type for every
-//! controller: each failure is an API call that failed, named by what it did to which object,
-//! with kube's error as its source.
+//! controller: each failure is a call that failed — to the API, with kube's error as its
+//! source, or to something outside it (a sled's power controller) — named by what it did to
+//! which object.
 
 use std::time::Duration;
 
@@ -15,6 +16,13 @@ pub enum Error {
         object: String,
         #[source]
         source: kube::Error,
+    },
+    /// A call outside the API (a power controller) failed or did not confirm what it was asked.
+    #[error("{operation} {object}: {message}")]
+    Outside {
+        operation: &'static str,
+        object: String,
+        message: String,
     },
 }
 
@@ -36,6 +44,7 @@ impl Error {
     pub fn is_conflict(&self) -> bool {
         match self {
             Error::Api { source, .. } => corral_client::idempotent::is_conflict(source),
+            Error::Outside { .. } => false,
         }
     }
 }
