@@ -67,6 +67,14 @@ pub enum Command {
     Cordon(SledArgs),
     /// Mark Sleds schedulable again.
     Uncordon(SledArgs),
+    /// Confirm that an Unreachable Sled runs nothing any more (it is off, or cut off for
+    /// good): the sled-health controller fences it and its instances restart elsewhere.
+    ///
+    /// For a sled whose power controller does not answer either; a sled the power controller
+    /// can switch off is fenced without an operator. The confirmation names the sled's current
+    /// epoch, so it never fences a later life of the sled. If the sled's VMMs were in fact
+    /// still running, they would run twice: confirm only what you have made sure of.
+    Fence(FenceArgs),
     /// Empty a Sled for maintenance: cordon it, live-migrate its instances elsewhere, and
     /// follow the drain until the sled runs no VMM (docs/migration.md, "Drains").
     ///
@@ -201,6 +209,16 @@ pub struct SledArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct FenceArgs {
+    /// The sled.
+    #[arg(value_name = "SLED")]
+    pub name: String,
+    /// You have made sure the sled runs nothing any more.
+    #[arg(long)]
+    pub confirm: bool,
+}
+
+#[derive(Debug, Args)]
 pub struct DrainArgs {
     /// The sled to empty.
     #[arg(value_name = "SLED")]
@@ -325,6 +343,7 @@ pub async fn run(
         Command::Uncordon(args) => {
             lifecycle::sleds(&ctx, SledVerb::Uncordon, &args.names, term).await
         }
+        Command::Fence(args) => crate::fence::fence(&ctx, &args.name, args.confirm, term).await,
         Command::Drain(args) => {
             let options = DrainOptions {
                 sled: args.sled,

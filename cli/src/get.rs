@@ -125,8 +125,11 @@ pub async fn get(
     for (i, selection) in selections.iter().enumerate() {
         match options.output {
             OutputFormat::Table | OutputFormat::Wide => {
-                let (table, found) = fetch_table(ctx, options, selection, term).await?;
+                let (mut table, found) = fetch_table(ctx, options, selection, term).await?;
                 outcome = outcome.and(found);
+                if is_sleds(&selection.resource) {
+                    crate::heartbeat::add_column(ctx, &mut table).await?;
+                }
                 if table.rows.is_empty() {
                     if selection.names.is_none() {
                         writeln!(
@@ -186,6 +189,11 @@ pub async fn get(
         _ => {}
     }
     Ok(outcome)
+}
+
+/// Whether `resource` is Corral's Sleds (their table gets the Lease's age).
+fn is_sleds(resource: &ResourceType) -> bool {
+    resource.group() == corral_crds::GROUP && resource.api_resource.plural == "sleds"
 }
 
 fn no_resources(ctx: &Context, options: &GetOptions, resource: &ResourceType) -> String {
