@@ -147,7 +147,7 @@ impl SledHealthController {
             .filter(|sled| sled.health() != HealthVerdict::Fenced)
             .filter(|sled| {
                 let name = sled.name_any();
-                self.heartbeat(&name).age > self.config.grace
+                self.heartbeat(&name).expired(self.config.grace)
                     && last_power.get(&name) != Some(&Power::Off)
             })
             .count();
@@ -176,7 +176,7 @@ impl Reconciler for SledHealthController {
     async fn reconcile(&self, sled: Arc<Sled>) -> Result<Reconciled<SledStatus, Action>, Error> {
         let name = sled.name_any();
         let heartbeat = self.heartbeat(&name);
-        let power = if heartbeat.age > self.config.grace && !Self::fenced_now(&sled) {
+        let power = if heartbeat.expired(self.config.grace) && !Self::fenced_now(&sled) {
             let power = self.power.read(sled.spec.power_controller.as_deref()).await;
             self.last_power
                 .lock()

@@ -6,6 +6,8 @@
 //!   thousands of Instances, through the real processes.
 //! - [`drain`]: `corral bench drain` — a drain's wall time against its modelled transfers.
 //! - [`v2p`]: `corral bench v2p` — how fast a moved instance's mapping reaches every sled.
+//! - [`failover`]: `corral bench failover` — how long the instances of a sled that lost its
+//!   power take to run elsewhere (detect, fence, restart).
 //!
 //! `session.rs` is what the rack benchmarks share (the scratch directory, the store, the rack
 //! of processes, the deadline, Ctrl-C); `measure.rs` reads a process's CPU time and peak
@@ -23,6 +25,7 @@
 
 mod api;
 mod drain;
+mod failover;
 mod measure;
 mod rack;
 mod session;
@@ -43,6 +46,9 @@ pub enum BenchCommand {
     /// Move instances one after another and time how long each new V2P mapping takes to
     /// reach every sled.
     V2p(v2p::V2pArgs),
+    /// Power the busiest sled off behind the control plane's back and time how long its
+    /// instances take to run elsewhere (detect, fence, restart).
+    Failover(failover::FailoverArgs),
 }
 
 pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
@@ -51,5 +57,6 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Rack(args) => rack::rack(args).await,
         BenchCommand::Drain(args) => drain::drain(args).await,
         BenchCommand::V2p(args) => v2p::v2p(args).await,
+        BenchCommand::Failover(args) => failover::failover(args).await,
     }
 }

@@ -8,9 +8,12 @@
 //! # The verdicts (docs/rack.md, "When a sled fails")
 //! | verdict | when |
 //! |---|---|
-//! | `Healthy` | the Lease was renewed within `min(leaseDuration, grace/2)` |
+//! | `Healthy` | the Lease was renewed within half the grace |
 //! | `Suspect` | the Lease is late, still within the grace |
 //! | `Unreachable` | the Lease expired; the power controller says On, or does not answer |
+//!
+//! The grace is the configured one, but never less than the Lease's own `leaseDurationSeconds`
+//! (the agent's promise): a sled is not judged before its agent is late by its own terms.
 //! | `PoweredOff` | the Lease expired and the power controller says Off |
 //! | `Fenced` | proven unable to run its VMMs, and its epoch raised |
 //!
@@ -73,6 +76,19 @@ pub struct Heartbeat {
     pub lease_duration: Option<Duration>,
     /// The Lease's `renewTime`.
     pub renewed: Option<Time>,
+}
+
+impl Heartbeat {
+    /// How long the Lease may go unrenewed: the grace, but never less than the agent's own
+    /// promise (`leaseDurationSeconds`): a sled is not judged before its agent is late.
+    pub fn expiry(&self, grace: Duration) -> Duration {
+        grace.max(self.lease_duration.unwrap_or_default())
+    }
+
+    /// Whether the Lease expired.
+    pub fn expired(&self, grace: Duration) -> bool {
+        self.age > self.expiry(grace)
+    }
 }
 
 /// The storm guard's limit: how many sleds may be unreachable at once before nothing is fenced
@@ -190,8 +206,8 @@ pub fn plan(observed: &Observed<'_>) -> Plan {
 fn judge(observed: &Observed<'_>, plan: &mut Plan) {
     let sled = observed.sled;
     let heartbeat = &observed.heartbeat;
-    let grace = observed.grace;
-    let suspect_after = heartbeat.lease_duration.unwrap_or(grace).min(grace / 2);
+    let grace = heartbeat.expiry(observed.grace);
+    let suspect_after = grace / 2;
     let was = plan.status.health.as_ref().map(|health| health.verdict);
     if heartbeat.age <= suspect_after {
         plan.requeue_within(suspect_after - heartbeat.age + Duration::from_millis(1));
@@ -237,7 +253,7 @@ fn expired(observed: &Observed<'_>, plan: &mut Plan, was: Option<HealthVerdict>)
     let silent_for = format!(
         "the Lease was not renewed for {}s (grace {}s)",
         observed.heartbeat.age.as_secs(),
-        observed.grace.as_secs()
+        observed.heartbeat.expiry(observed.grace).as_secs()
     );
     let power = observed.power.clone().unwrap_or(Power::Unanswered(
         "the power controller was not asked".into(),

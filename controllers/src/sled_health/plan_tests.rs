@@ -350,3 +350,20 @@ fn a_fenced_sled_that_rejoins_with_a_new_epoch_is_healthy_again() {
     assert_eq!(fenced_condition.status, ConditionStatus::False);
     assert_eq!(healthy.status.epoch, 5);
 }
+
+#[test]
+fn a_sled_is_not_judged_before_its_agent_is_late_by_its_own_lease() {
+    let sled = sled(3);
+    let mut short_grace = observed(&sled, 12, Some(Power::On), &[]);
+    short_grace.grace = Duration::from_secs(3);
+    // The agent promised to renew within 15 s: 12 s is late, not expired.
+    assert_eq!(
+        verdict(&plan(&short_grace)),
+        (HealthVerdict::Suspect, Reason::HeartbeatLate)
+    );
+    short_grace.heartbeat.age = Duration::from_secs(16);
+    assert_eq!(
+        verdict(&plan(&short_grace)),
+        (HealthVerdict::Unreachable, Reason::HeartbeatExpired)
+    );
+}

@@ -183,6 +183,7 @@ async fn run(args: &RackArgs, session: &mut Session) -> anyhow::Result<Finished>
             "--boot-time".to_string(),
             format!("{}ms", args.boot_time.as_millis()),
         ],
+        ..RackOptions::default()
     };
     let client = session.start_rack(args.sleds, options).await?;
     let (pids, deadline) = (session.pids(), session.deadline);

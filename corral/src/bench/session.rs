@@ -119,10 +119,13 @@ impl Session {
             store: self.store.for_the_rack(),
             apiserver_args: Vec::new(),
             controllers: 1,
-            controllers_args: vec![
-                "--concurrency".into(),
+            controllers_args: [
+                "--concurrency".to_string(),
                 options.controller_concurrency.to_string(),
-            ],
+            ]
+            .into_iter()
+            .chain(options.controllers_args)
+            .collect(),
             sleds,
             sled_host: SledHost::PowerSim,
             sled_args: options.power_sim_args,
@@ -214,6 +217,8 @@ pub(crate) struct RackOptions {
     pub(crate) controller_concurrency: u16,
     /// More `corral power-sim` flags (timing, capacity).
     pub(crate) power_sim_args: Vec<String>,
+    /// More `corral controllers` flags (`--sled-grace`).
+    pub(crate) controllers_args: Vec<String>,
 }
 
 impl Default for RackOptions {
@@ -221,6 +226,7 @@ impl Default for RackOptions {
         RackOptions {
             controller_concurrency: corral_controllers::DEFAULT_CONCURRENCY,
             power_sim_args: Vec::new(),
+            controllers_args: Vec::new(),
         }
     }
 }
