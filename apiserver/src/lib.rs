@@ -48,6 +48,7 @@ mod server;
 #[cfg(feature = "testing")]
 pub mod testing;
 
+pub use objects::{Admission, AdmissionRequest, AdmissionRule, ReadObjects, Subresource, Verb};
 pub use server::{ApiServer, Config};
 
 use resource::Registry;
