@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use corral_store::DynStore;
 
+use crate::admission;
 use crate::cache::{CacheConfig, Cacher};
 use crate::objects::Admission;
 use crate::openapi::Documents;
@@ -33,7 +34,8 @@ pub struct Config {
     pub gc_resync_interval: Duration,
     pub cache: CacheConfig,
     /// The admission rules every client write passes, in order (`objects/admission.rs`). The
-    /// default, [`Admission::none`], admits every write.
+    /// default is [`admission::defaults`], the fence-token rules; [`Admission::none`] admits
+    /// every write.
     pub admission: Admission,
 }
 
@@ -45,7 +47,7 @@ impl Default for Config {
             compaction_interval: Duration::from_secs(300),
             gc_resync_interval: Duration::from_secs(30),
             cache: CacheConfig::default(),
-            admission: Admission::none(),
+            admission: admission::defaults(),
         }
     }
 }
