@@ -8,7 +8,9 @@
 //!
 //! # Invariants
 //!
-//! - Only this crate touches the store; it knows no Corral kind (it would serve any CRD).
+//! - Only this crate touches the store; it knows no Corral kind (it would serve any CRD), but
+//!   for the fence-token admission rules (`admission/fence.rs`), which name Sleds and Vmms by
+//!   group, plural and field path and do nothing for any other kind.
 //! - Every write is conditional on the revision it was computed from; read-modify-write
 //!   operations (patch, apply, finalizer removal, GC) retry on conflict from a fresh read.
 //! - Any number of API servers may share one etcd: all state is in the store, and every
@@ -20,6 +22,8 @@
 //! change to an object goes through the object layer (`objects`), which knows no HTTP; the
 //! garbage collector (`gc`) and start-up use that layer too, never `handlers`. `server` is the
 //! state they share (registry, store, one watch `cache` per kind, the `openapi` documents).
+//! `admission` holds the rules the object layer runs on every client write before storing it
+//! (the fence tokens of sleds); they are the one place that names kinds of Corral's.
 //!
 //! # Entry points
 //!
@@ -34,6 +38,7 @@ use axum::Router;
 use corral_store::{DynStore, StoreError};
 use tokio::task::JoinSet;
 
+pub mod admission;
 pub mod cache;
 pub mod error;
 pub mod filter;
@@ -48,6 +53,7 @@ mod server;
 #[cfg(feature = "testing")]
 pub mod testing;
 
+pub use objects::{Admission, AdmissionRequest, AdmissionRule, ReadObjects, Subresource, Verb};
 pub use server::{ApiServer, Config};
 
 use resource::Registry;

@@ -15,7 +15,9 @@ use std::time::Duration;
 
 use corral_store::DynStore;
 
+use crate::admission;
 use crate::cache::{CacheConfig, Cacher};
+use crate::objects::Admission;
 use crate::openapi::Documents;
 use crate::resource::{Registry, ResourceType};
 
@@ -31,6 +33,10 @@ pub struct Config {
     /// How often the garbage collector rescans everything (it also reacts to events).
     pub gc_resync_interval: Duration,
     pub cache: CacheConfig,
+    /// The admission rules every client write passes, in order (`objects/admission.rs`). The
+    /// default is [`admission::defaults`], the fence-token rules; [`Admission::none`] admits
+    /// every write.
+    pub admission: Admission,
 }
 
 impl Default for Config {
@@ -41,6 +47,7 @@ impl Default for Config {
             compaction_interval: Duration::from_secs(300),
             gc_resync_interval: Duration::from_secs(30),
             cache: CacheConfig::default(),
+            admission: admission::defaults(),
         }
     }
 }

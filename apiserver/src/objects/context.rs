@@ -9,6 +9,8 @@
 
 use serde_json::Value;
 
+use super::admission::{AdmissionRequest, ReadObjects, Verb};
+use super::subresource::Subresource;
 use crate::error::{ApiError, ApiResult, Target};
 use crate::object::{self, Stored};
 use crate::query::FieldValidation;
@@ -56,18 +58,25 @@ impl ObjectRef<'_> {
     }
 }
 
-/// A subresource of an object.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Subresource {
-    Status,
-}
-
-impl Subresource {
-    /// The name in paths and in `managedFields[].subresource`.
-    pub fn name(self) -> &'static str {
-        match self {
-            Subresource::Status => "status",
-        }
+#[async_trait::async_trait]
+impl ReadObjects for ApiServer {
+    async fn read_object(
+        &self,
+        group: &str,
+        plural: &str,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> ApiResult<Option<Value>> {
+        let Some(resource) = self.registry.lookup(group, plural) else {
+            return Ok(None);
+        };
+        let object_ref = ObjectRef {
+            server: self,
+            resource,
+            namespace,
+            name,
+        };
+        Ok(object_ref.read().await?.map(|stored| stored.object))
     }
 }
 
@@ -114,6 +123,29 @@ impl<'a> WriteContext<'a> {
 
     pub(super) fn field_validation(&self) -> ApiResult<FieldValidation> {
         FieldValidation::parse(self.field_validation)
+    }
+
+    /// Runs the server's admission rules (`admission.rs`) on `new`, the object this write would
+    /// store in place of `old` (`None` for a create).
+    pub(super) async fn admit(
+        &self,
+        verb: Verb,
+        old: Option<&Value>,
+        new: &Value,
+    ) -> ApiResult<()> {
+        let server = self.object.server;
+        if server.config.admission.is_empty() {
+            return Ok(());
+        }
+        let request = AdmissionRequest {
+            resource: self.resource(),
+            subresource: self.subresource,
+            verb,
+            old,
+            new,
+            objects: server,
+        };
+        server.config.admission.admit(&request).await
     }
 
     /// `object` with the `apiVersion` and `kind` the client speaks.

@@ -5,6 +5,7 @@
 //!
 //! - A new object has a fresh uid, `generation` 1, a creation time, no status of a kind with
 //!   a status subresource, and no server-owned metadata from the client.
+//! - Nothing is stored that admission refused.
 //! - The store write is a create-if-absent: an existing object is never overwritten. With
 //!   `generateName`, a name that is taken is drawn again (a few times) instead.
 
@@ -12,6 +13,7 @@ use corral_apimachinery::validation::FieldError;
 use corral_store::StoreError;
 use serde_json::{Value, json};
 
+use super::admission::Verb;
 use super::context::{Warnings, WriteContext, WriteKind, Written};
 use super::managed_fields::{managed_fields_base, track_update};
 use super::namespace::check_namespace_open;
@@ -124,6 +126,7 @@ pub async fn create(context: &WriteContext<'_>, mut body: Value) -> ApiResult<Wr
         }
         let base = managed_fields_base(object.pointer("/metadata/managedFields"), None);
         track_update(context, None, &mut candidate, &base);
+        context.admit(Verb::Create, None, &candidate).await?;
         if context.dry_run {
             return Ok(Written::new(candidate, WriteKind::Created, warnings));
         }

@@ -8,7 +8,8 @@
 //!
 //! Every client write goes through the same steps, in Kubernetes' order: type meta →
 //! unknown-field check (`fieldValidation`) → server-owned metadata → defaulting → validation
-//! (schema and metadata) → field-manager bookkeeping → no-op check → conditional store write.
+//! (schema and metadata) → field-manager bookkeeping → no-op check → admission (the server's
+//! rules, `admission.rs`) → conditional store write.
 //!
 //! # Invariants
 //!
@@ -20,6 +21,7 @@
 //!   once when deletion starts; status writes never bump it.
 //! - A write that changes nothing gets the current object back: no new revision, no event.
 //! - `dryRun=All` runs every step but the store write.
+//! - Nothing is stored that an admission rule refused; a refusal is never retried.
 //! - An object whose deletion has started and whose last finalizer is removed is deleted.
 //!
 //! # Assumptions
@@ -36,6 +38,7 @@
 //! - Reads, lists and watches: `handlers` over the store and the watch cache.
 //! - Deciding what to collect and when: the garbage collector (`gc.rs`).
 
+mod admission;
 mod context;
 mod create;
 mod delete;
@@ -44,12 +47,15 @@ mod mutate;
 mod namespace;
 mod patch;
 mod pipeline;
+mod subresource;
 mod update;
 
-pub use context::{ObjectRef, Subresource, Warnings, WriteContext, WriteKind, Written};
+pub use admission::{Admission, AdmissionRequest, AdmissionRule, ReadObjects, Verb};
+pub use context::{ObjectRef, Warnings, WriteContext, WriteKind, Written};
 pub use create::create;
 pub use delete::{DeleteOptions, Deleted, FOREGROUND, ORPHAN, Propagation, delete};
 pub use mutate::mutate;
 pub use namespace::ensure_namespace;
 pub use patch::{Patch, patch};
+pub use subresource::Subresource;
 pub use update::replace;

@@ -13,6 +13,7 @@ use corral_apimachinery::managed::{self, ApplyOptions};
 use corral_apimachinery::patch::{self as json_patches, PatchError};
 use serde_json::{Value, json};
 
+use super::admission::Verb;
 use super::context::{CONFLICT_RETRIES, Warnings, WriteContext, WriteKind, Written};
 use super::create::prepare_create;
 use super::managed_fields::{
@@ -20,7 +21,7 @@ use super::managed_fields::{
 };
 use super::namespace::check_namespace_open;
 use super::pipeline::{check_name, check_type_meta, default_and_validate, handle_unknown_fields};
-use super::update::{commit, prepare_update};
+use super::update::{admit_update, commit, prepare_update};
 use crate::error::{ApiError, ApiResult, Cause, Reason};
 use crate::object;
 
@@ -94,6 +95,8 @@ pub async fn patch(context: &WriteContext<'_>, patch: &Patch) -> ApiResult<Writt
             return Err(ApiError::modified(&target));
         }
         let prepared = prepare_update(context, &current.object, desired, ownership, &mut warnings)?;
+        // A refusal is the answer, never a lost race to recompute: it is not a commit's error.
+        admit_update(context, patch.verb(), &current, prepared.as_ref()).await?;
         let object = match prepared {
             None => current.object.clone(),
             Some(next) if context.dry_run => next,
@@ -106,6 +109,16 @@ pub async fn patch(context: &WriteContext<'_>, patch: &Patch) -> ApiResult<Writt
         return Ok(Written::new(object, WriteKind::Updated, warnings));
     }
     Err(ApiError::modified(&target))
+}
+
+impl Patch {
+    /// The verb admission rules see for this patch.
+    fn verb(&self) -> Verb {
+        match self {
+            Patch::Merge(_) | Patch::Json(_) => Verb::Patch,
+            Patch::Apply { .. } => Verb::Apply,
+        }
+    }
 }
 
 fn patch_error(error: PatchError) -> ApiError {
@@ -190,6 +203,7 @@ async fn apply_create(
     }
     let target = context.target();
     default_and_validate(context, &mut object, &target)?;
+    context.admit(Verb::Apply, None, &object).await?;
     if context.dry_run {
         return Ok(Written::new(object, WriteKind::Created, warnings));
     }

@@ -11,18 +11,21 @@
 //! - Server-owned metadata (uid, creation time, generation, deletion) always comes from the
 //!   stored object; a different uid is refused.
 //! - A write that changes nothing gets the current object back: no new revision, no event.
-//! - The store write is conditional on the revision the update was computed from; an object
+//! - The store write is conditional on the revision the update was computed from, and made only
+//!   once admission let the update through (checked against that same revision); an object
 //!   being deleted whose last finalizer went is deleted instead of updated.
 
 use corral_apimachinery::validation::FieldError;
 use serde_json::{Value, json};
 
-use super::context::{ObjectRef, Subresource, Warnings, WriteContext, WriteKind, Written};
+use super::admission::Verb;
+use super::context::{ObjectRef, Warnings, WriteContext, WriteKind, Written};
 use super::managed_fields::{Ownership, managed_fields_base, track_update};
 use super::pipeline::{
     SERVER_OWNED, check_name, check_type_meta, default_and_validate, default_builtin_type_meta,
     handle_unknown_fields, set_storage_type_meta,
 };
+use super::subresource::Subresource;
 use crate::error::{ApiError, ApiResult, Target};
 use crate::object::{self, Stored};
 
@@ -161,6 +164,18 @@ fn check_no_new_finalizers(current: &Value, next: &Value, target: &Target) -> Ap
     Ok(())
 }
 
+/// Runs admission on an update of `current` that stores `prepared` (`None`: the update changes
+/// nothing, and `current` is what it would store).
+pub(super) async fn admit_update(
+    context: &WriteContext<'_>,
+    verb: Verb,
+    current: &Stored,
+    prepared: Option<&Value>,
+) -> ApiResult<()> {
+    let new = prepared.unwrap_or(&current.object);
+    context.admit(verb, Some(&current.object), new).await
+}
+
 /// Stores an update conditional on `current`'s revision; an object being deleted whose last
 /// finalizer went is deleted instead. Returns the stored object.
 pub(super) async fn commit(
@@ -247,6 +262,9 @@ async fn replace_if_current(
 ) -> Option<Written> {
     let mut warnings = Warnings::default();
     let next = prepare_replace(context, &current.object, desired, &mut warnings).ok()??;
+    admit_update(context, Verb::Update, current, Some(&next))
+        .await
+        .ok()?;
     let stored = commit(context, current, next).await.ok()?;
     Some(Written::new(stored, WriteKind::Updated, warnings))
 }
@@ -258,7 +276,9 @@ async fn replace_current(
     desired: Value,
 ) -> ApiResult<Written> {
     let mut warnings = Warnings::default();
-    let object = match prepare_replace(context, &current.object, desired, &mut warnings)? {
+    let prepared = prepare_replace(context, &current.object, desired, &mut warnings)?;
+    admit_update(context, Verb::Update, &current, prepared.as_ref()).await?;
+    let object = match prepared {
         None => current.object,
         Some(next) if context.dry_run => next,
         Some(next) => commit(context, &current, next).await?,

@@ -5,6 +5,7 @@
 
 mod support;
 
+mod admission;
 mod delete_gc;
 mod discovery;
 mod errors;
