@@ -114,13 +114,16 @@ async fn point_at_power_controller(
     Ok(())
 }
 
-/// Serves the power controllers of `controllers` on `listener` until `stop`.
+/// Serves the power controllers of `controllers` on `listener` until `stop`, with the faults
+/// they serve for their simulated sleds (a hang, a power controller that does not answer).
 pub async fn serve_power(
     listener: tokio::net::TcpListener,
     controllers: PowerControllers<SledHandle>,
     stop: CancellationToken,
 ) -> std::io::Result<()> {
-    axum::serve(listener, corral_node_agent::power::router(controllers))
+    let router = corral_node_agent::power::router(controllers.clone())
+        .merge(corral_node_agent::sim::power_faults::router(controllers));
+    axum::serve(listener, router)
         .with_graceful_shutdown(async move { stop.cancelled().await })
         .await
 }
@@ -258,7 +261,8 @@ pub struct NodeAgentArgs {
     /// Where the fault-injection API listens.
     #[arg(long)]
     fault_listen: Option<SocketAddr>,
-    /// Where this sled's power controller listens (`GET/POST /power`).
+    /// Where this sled's power controller listens (`GET/POST /power`, and the faults it serves:
+    /// `POST /hang`, `/resume`, `/power-controller/stop-answering`, `/power-controller/answer`).
     #[arg(long)]
     power_listen: Option<SocketAddr>,
     /// Power-cycle the machine first (its VMMs are gone; a new epoch), instead of resuming it.
@@ -313,7 +317,9 @@ pub async fn node_agent(args: NodeAgentArgs) -> anyhow::Result<()> {
     tracing::info!(sled = %args.sled, fault = ?sled.fault_address(), "node-agent running");
     let stop = CancellationToken::new();
     let power = power_listener.map(|listener| {
-        let router = corral_node_agent::power::sled_router(sled.clone());
+        let router = corral_node_agent::power::sled_router(sled.clone()).merge(
+            corral_node_agent::sim::power_faults::sled_router(sled.clone()),
+        );
         let stop = stop.clone();
         tokio::spawn(async move {
             axum::serve(listener, router)

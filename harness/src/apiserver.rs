@@ -204,7 +204,7 @@ impl Apiserver {
                 if let Err(exited) = process.check_alive() {
                     return Err(Unmet::Never(exited.to_string()));
                 }
-                match get(address, "/readyz").await {
+                match request(address, "GET", "/readyz").await {
                     Ok((200, _)) => Ok(()),
                     Ok((status, body)) => Err(Unmet::Yet(format!("HTTP {status}: {body}"))),
                     Err(error) => Err(Unmet::Yet(error)),
@@ -235,14 +235,19 @@ pub fn kubeconfig(address: SocketAddr) -> String {
     )
 }
 
-/// A plain HTTP/1.1 GET on loopback, bounded: the status and the body.
-async fn get(address: SocketAddr, path: &str) -> Result<(u16, String), String> {
+/// A plain HTTP/1.1 request without a body on loopback, bounded: the status and the body.
+pub(crate) async fn request(
+    address: SocketAddr,
+    method: &str,
+    path: &str,
+) -> Result<(u16, String), String> {
     let exchange = async {
         let mut stream = tokio::net::TcpStream::connect(address)
             .await
             .map_err(|error| format!("connecting: {error}"))?;
-        let request =
-            format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
+        let request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {address}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        );
         stream
             .write_all(request.as_bytes())
             .await

@@ -17,6 +17,11 @@
 //!   directory (logs, store, sleds' machines) is kept, and the fault schedule and the end of
 //!   every log are printed.
 //! - Every wait is bounded, and says on a timeout what was still wrong.
+//! - Every sled has a power controller at its `spec.powerController` (each `corral node-agent`
+//!   serves its own, `corral power-sim` all of its sleds'), and the simulated faults work the
+//!   same with either host: [`Rack::partition`], [`Rack::hang`],
+//!   [`Rack::power_controller_unresponsive`], [`Rack::power_off`] and their ends (docs/rack.md,
+//!   "The fault-injection API of a simulated sled"). Each is written to the fault schedule.
 //!
 //! # Layout of its directory
 //! `kubeconfig`, `apiserver.log`, `controllers-N.log`, `sled-N.log` or `power-sim.log`, the
@@ -38,7 +43,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use kube::ResourceExt;
 use kube::api::{Api, ListParams};
 
-use crate::apiserver::{Apiserver, ApiserverError, ApiserverSpec, Store, free_address};
+use crate::apiserver::{Apiserver, ApiserverError, ApiserverSpec, Store, free_address, request};
 use crate::process::{Process, ProcessError};
 use crate::scratch::Scratch;
 use crate::wait::{Unmet, WaitError, wait_for};
@@ -105,7 +110,17 @@ pub struct Agent {
     pub data_dir: PathBuf,
     /// Where its fault API listens, the same across restarts.
     pub fault: SocketAddr,
+    /// Where its power controller listens (`spec.powerController`), the same across restarts.
+    pub power: SocketAddr,
     pub process: Process,
+}
+
+/// Where a sled's faults are injected: its agent's fault API, or its power controller (for
+/// what the sled cannot serve itself).
+#[derive(Clone, Copy, Debug)]
+enum SledDoor {
+    Agent,
+    Power,
 }
 
 /// One process of the rack, to break.
@@ -162,6 +177,7 @@ impl Rack {
                     agents.push(Agent {
                         data_dir: dir.join("sleds").join(&sled),
                         fault: free_address()?,
+                        power: free_address()?,
                         process: process(format!("node-agent {sled}"), &format!("{sled}.log")),
                         sled,
                     });
@@ -290,6 +306,8 @@ impl Rack {
             agent.data_dir.display().to_string(),
             "--fault-listen".into(),
             agent.fault.to_string(),
+            "--power-listen".into(),
+            agent.power.to_string(),
         ];
         args.extend(self.spec.sled_args.iter().cloned());
         args.extend(extra.iter().cloned());
@@ -450,6 +468,105 @@ impl Rack {
                 process.log_tail(lines)
             );
         }
+    }
+
+    /// Cuts the agent of `sled` off from the API server: every request of its API client fails
+    /// at once; its guests run on and its fault API answers.
+    pub async fn partition(&mut self, sled: &str) -> Result<(), String> {
+        self.sled_fault(sled, SledDoor::Agent, "/partition", "partition")
+            .await
+    }
+
+    /// Ends the partition of `sled`.
+    pub async fn heal(&mut self, sled: &str) -> Result<(), String> {
+        self.sled_fault(
+            sled,
+            SledDoor::Agent,
+            "/partition/heal",
+            "heal the partition of",
+        )
+        .await
+    }
+
+    /// Hangs the whole of `sled` with power on (agent and guests frozen; power off still
+    /// works and ends it), through its power controller.
+    pub async fn hang(&mut self, sled: &str) -> Result<(), String> {
+        self.sled_fault(sled, SledDoor::Power, "/hang", "hang")
+            .await
+    }
+
+    /// Ends the hang of `sled`: it continues where it stopped.
+    pub async fn resume(&mut self, sled: &str) -> Result<(), String> {
+        self.sled_fault(sled, SledDoor::Power, "/resume", "resume")
+            .await
+    }
+
+    /// The power controller of `sled` stops answering (`GET/POST .../power` wait until the
+    /// caller gives up); the other sleds' still answer.
+    pub async fn power_controller_unresponsive(&mut self, sled: &str) -> Result<(), String> {
+        let what = "stop answering: the power controller of";
+        let path = "/power-controller/stop-answering";
+        self.sled_fault(sled, SledDoor::Power, path, what).await
+    }
+
+    /// The power controller of `sled` answers again.
+    pub async fn power_controller_answers(&mut self, sled: &str) -> Result<(), String> {
+        let what = "answer again: the power controller of";
+        let path = "/power-controller/answer";
+        self.sled_fault(sled, SledDoor::Power, path, what).await
+    }
+
+    /// Cuts the power of `sled` through its power controller (its VMMs are gone, its agent
+    /// dies with it).
+    pub async fn power_off(&mut self, sled: &str) -> Result<(), String> {
+        self.sled_fault(sled, SledDoor::Power, "/power/off", "power off")
+            .await
+    }
+
+    /// Powers `sled` on through its power controller (a new boot, a new epoch).
+    pub async fn power_on(&mut self, sled: &str) -> Result<(), String> {
+        self.sled_fault(sled, SledDoor::Power, "/power/on", "power on")
+            .await
+    }
+
+    /// `POST path` on a door of `sled`, recorded in the fault schedule as `what sled`.
+    async fn sled_fault(
+        &mut self,
+        sled: &str,
+        door: SledDoor,
+        path: &str,
+        what: &str,
+    ) -> Result<(), String> {
+        let (address, prefix) = self.door(sled, door).await?;
+        self.fault(format!("{what} {sled}"));
+        let (status, body) = request(address, "POST", &format!("{prefix}{path}")).await?;
+        if !(200..300).contains(&status) {
+            return Err(format!("{what} {sled}: {status} {body}"));
+        }
+        Ok(())
+    }
+
+    /// The address and path prefix of a door of `sled`, from its Sled: the agent's fault API
+    /// (`status.agentAddress`) or its power controller (`spec.powerController`, a URL).
+    async fn door(&self, sled: &str, door: SledDoor) -> Result<(SocketAddr, String), String> {
+        let found = Api::<Sled>::all(self.client().clone())
+            .get(sled)
+            .await
+            .map_err(|error| format!("reading sled {sled}: {error}"))?;
+        let location = match door {
+            SledDoor::Agent => found.status.and_then(|status| status.agent_address),
+            SledDoor::Power => found.spec.power_controller,
+        };
+        let location = location.ok_or_else(|| format!("sled {sled} names no {door:?} address"))?;
+        let without_scheme = location.trim_start_matches("http://");
+        let (authority, path) = match without_scheme.split_once('/') {
+            Some((authority, path)) => (authority, format!("/{path}")),
+            None => (without_scheme, String::new()),
+        };
+        let address = authority
+            .parse()
+            .map_err(|error| format!("sled {sled}'s {door:?} address {location:?}: {error}"))?;
+        Ok((address, path))
     }
 
     /// Prints and remembers a fault (or operator action) in the fault schedule.

@@ -7,17 +7,37 @@
 //! 2. Register the Sled (create it if absent; never touch an existing spec).
 //! 3. Epoch: a boot id the journal has not seen is a new boot, and the epoch becomes
 //!    `max(journal epoch, Sled.status.epoch) + 1`, recorded in the journal *before* it is used
-//!    or reported ([`next_epoch`]). An agent restart on the same boot keeps the epoch.
+//!    or reported ([`next_epoch`]). An agent restart on the same boot keeps the epoch, unless
+//!    the Sled's epoch is above the journal's: the sled was fenced while this boot ran, so the
+//!    start destroys every VMM on the machine, forgets every journal record and takes
+//!    `Sled.status.epoch + 1` (journaled with the records' removal, in one transaction), and
+//!    records a `StaleSledEpoch` Event on the Sled.
 //! 4. Write `Sled.status` (epoch, capacity, allocation from the journal, `Ready=True`) at once,
 //!    so that the controller places Vmms with the new epoch.
 //! 5. Run, until shutdown: the reconciler over the Vmms of the sled (a kube-runtime applier on
 //!    a reflector with field selector `spec.sled=NAME`, across namespaces), the divergence scan,
-//!    the hypervisor's announcements, the debounced Sled status writer, the heartbeat and
-//!    the V2P table (`v2p/`).
+//!    the hypervisor's announcements, the debounced Sled status writer, the heartbeat (each
+//!    renewal followed by a read of the Sled's epoch) and the V2P table (`v2p/`).
+//! 6. Fenced (`fence.rs`: the run learns the sled's epoch rose above its own): the run writes
+//!    nothing more, destroys every VMM on the machine at once, stops its tasks, and the agent
+//!    starts again at step 1 — a new run on the same machine, with an epoch above the fence's.
 //!
 //! # Invariants
-//! - The epoch never goes down, and a new boot always raises it.
+//! - The epoch never goes down, and a new boot or a fence always raises it.
 //! - Nothing is accepted before the epoch is journaled and reported.
+//! - No VMM of a fenced life of the sled outlives the agent's learning of the fence: two
+//!   copies of a guest must not live on.
+//!
+//! # No self-fence on a lost Lease
+//! An agent that cannot renew its Lease keeps its guests running, for as long as it takes. A
+//! control-plane outage (the API server down, a partition between the API server and the
+//! sleds) must not kill every guest in the rack (the lesson of kubernetes#28832; Nomad's
+//! `stop_on_client_after` makes the opposite choice). Fencing therefore never relies on a
+//! timer running on one machine agreeing with a timer on another: a hung or paused process
+//! cannot keep a deadline, so "the agent will have stopped its guests by now" is never
+//! assumed. A sled is fenced only once its power controller confirms it is off, or an operator
+//! confirms it cannot run (the sled-health controller); its agent stops its guests only when it
+//! learns of the fence, and if it never learns, the power is off anyway.
 //!
 //! # Assumptions
 //! - The machine ([`Hypervisor`]) and its V2P table ([`V2pTable`]) are given: the agent drives
@@ -46,9 +66,10 @@ use tokio::sync::{Mutex, Notify, mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{AgentConfig, HeartbeatSwitch, Intervals};
+use crate::config::{AgentConfig, HeartbeatSwitch};
 use crate::context::{ApiHandles, Context, LocalSled};
 use crate::error::DisplayChain;
+use crate::fence::{FenceAlarm, destroy_every_vmm};
 use crate::hypervisor::{BootId, Hypervisor, HypervisorError};
 use crate::journal::{EpochRecord, Journal, JournalError};
 use crate::ledger::Ledger;
@@ -90,19 +111,29 @@ fn api_error(operation: &'static str) -> impl FnOnce(kube::Error) -> AgentError 
     move |source| AgentError::Api { operation, source }
 }
 
-/// The epoch to run with: the journal's on the boot it recorded, one more than anything seen
-/// on a new boot. Never lower than what the Sled reports.
+/// The epoch to run with: the journal's on the boot it recorded, unless the Sled reports a
+/// higher one (the sled was fenced during this boot); one more than anything seen otherwise.
+/// Always above what the Sled reports, or equal to the journal's.
 pub fn next_epoch(journal: EpochRecord, reported: u64, boot_id: BootId) -> EpochRecord {
-    let highest = journal.epoch.max(reported);
-    let epoch = if journal.boot_id == Some(boot_id) {
-        highest
+    let same_life = journal.boot_id == Some(boot_id) && reported <= journal.epoch;
+    let epoch = if same_life {
+        journal.epoch
     } else {
-        highest + 1
+        journal.epoch.max(reported) + 1
     };
     EpochRecord {
         epoch,
         boot_id: Some(boot_id),
     }
+}
+
+/// How a run that learned its sled was fenced ended, for the next run's start.
+#[derive(Clone, Copy, Debug)]
+struct Fenced {
+    /// The highest sled epoch the run saw above its own.
+    observed: u64,
+    /// The VMMs it destroyed.
+    destroyed: usize,
 }
 
 /// What the start leaves for the run.
@@ -112,6 +143,7 @@ struct Started {
     ledger: Ledger,
     reporter: SledReporter,
     recorder: Recorder,
+    fence: Arc<FenceAlarm>,
 }
 
 /// What the applier of a run consumes: the writer of the Vmm watch cache, the queue of
@@ -160,19 +192,27 @@ impl Agent {
         self
     }
 
-    /// Starts (see the module docs) and runs until `shutdown`. Returns an error if the start
-    /// failed or a task ended before `shutdown`; a supervisor starts it again. A shutdown
-    /// during the start abandons it (every step of it is idempotent).
+    /// Starts (see the module docs) and runs until `shutdown`; a run that learns its sled was
+    /// fenced is followed by a new one. Returns an error if the start failed or a task ended
+    /// before `shutdown`; a supervisor starts it again. A shutdown during the start abandons it
+    /// (every step of it is idempotent).
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), AgentError> {
-        let started = tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
-            started = self.start() => started?,
-        };
-        self.serve(started, shutdown).await
+        let mut fenced = None;
+        loop {
+            let started = tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                started = self.start(fenced) => started?,
+            };
+            fenced = self.serve(started, shutdown.clone()).await?;
+            if fenced.is_none() {
+                return Ok(());
+            }
+        }
     }
 
-    /// Steps 1 to 4 of the module docs.
-    async fn start(&self) -> Result<Started, AgentError> {
+    /// Steps 1 to 4 of the module docs; `fenced` is how the previous run ended, if it learned
+    /// its sled was fenced.
+    async fn start(&self, fenced: Option<Fenced>) -> Result<Started, AgentError> {
         let config = &self.config;
         let name = &config.sled_name;
         let journal = Journal::open(&config.data_dir).await?;
@@ -190,21 +230,44 @@ impl Agent {
             .await
             .map_err(api_error("registering the Sled"))?;
         let recorded = journal.epoch().await?;
-        let reported = sled.status.as_ref().map_or(0, |s| s.epoch);
+        let reported = sled.epoch().max(fenced.map_or(0, |fenced| fenced.observed));
         let epoch = next_epoch(recorded, reported, boot_id);
-        if epoch != recorded {
+        let booted = recorded.boot_id != Some(boot_id);
+        // The same boot with a higher epoch: the sled was fenced while it ran.
+        let new_life = !booted && epoch.epoch > recorded.epoch;
+        let mut destroyed = fenced.map_or(0, |fenced| fenced.destroyed);
+        if new_life {
+            destroyed += destroy_every_vmm(self.hypervisor.as_ref()).await?;
+            journal.new_life(epoch).await?;
+        } else if epoch != recorded {
             journal.epoch_set(epoch).await?;
         }
-        let booted = recorded.boot_id != Some(boot_id);
-        tracing::info!(sled = %name, epoch = epoch.epoch, %boot_id, booted, "node-agent starting");
+        tracing::info!(sled = %name, epoch = epoch.epoch, %boot_id, booted, new_life, "node-agent starting");
 
         let mut ledger = Ledger::default();
         for record in journal.vmm_list().await? {
             ledger.records.insert(record.uid.clone(), record);
         }
-        let reporter = self.first_report(sleds, sled, &ledger, epoch.epoch).await?;
+        let fence = Arc::new(FenceAlarm::default());
+        let reporter = self
+            .first_report(sleds, sled, &ledger, epoch.epoch, fence.clone())
+            .await?;
         let recorder =
             Recorder::new(config.client.clone(), format!("node-agent/{name}")).with_host(name);
+        if new_life {
+            recorder
+                .warning(
+                    &reporter.sled(),
+                    Reason::StaleSledEpoch,
+                    format!(
+                        "the sled was fenced (epoch {reported}) while its agent ran epoch {}: \
+                         destroyed the {destroyed} VMMs on the machine, forgot them, and \
+                         rejoined with epoch {}",
+                        recorded.epoch, epoch.epoch
+                    ),
+                )
+                .await;
+        }
         if booted {
             recorder
                 .normal(
@@ -220,6 +283,7 @@ impl Agent {
             ledger,
             reporter,
             recorder,
+            fence,
         })
     }
 
@@ -231,6 +295,7 @@ impl Agent {
         sled: Sled,
         ledger: &Ledger,
         epoch: u64,
+        fence: Arc<FenceAlarm>,
     ) -> Result<SledReporter, AgentError> {
         let config = &self.config;
         let report = SledReport {
@@ -246,7 +311,7 @@ impl Agent {
             unknown: Vec::new(),
             v2p: None,
         };
-        let reporter = SledReporter::new(sleds, sled, report, config.intervals.sled_status);
+        let reporter = SledReporter::new(sleds, sled, report, config.intervals.sled_status, fence);
         reporter
             .write_now()
             .await
@@ -254,8 +319,12 @@ impl Agent {
         Ok(reporter)
     }
 
-    /// Step 5 of the module docs, until `shutdown`.
-    async fn serve(self, started: Started, shutdown: CancellationToken) -> Result<(), AgentError> {
+    /// Steps 5 and 6 of the module docs, until `shutdown` or a fence (then how it ended).
+    async fn serve(
+        &self,
+        started: Started,
+        shutdown: CancellationToken,
+    ) -> Result<Option<Fenced>, AgentError> {
         let (ctx, applier_inputs) = self.context(started);
         if let Some(slot) = &self.slot {
             slot.set(Some(ctx.clone()));
@@ -274,7 +343,23 @@ impl Agent {
             cache_listed,
             stop.clone(),
         ));
-        let result = wait_for_tasks(&mut tasks, &ctx.sled.name, &shutdown, &stop).await;
+        let ended = tokio::select! {
+            result = wait_for_tasks(&mut tasks, &ctx.sled.name, &shutdown, &stop) => Some(result),
+            () = ctx.sled.fence.raised() => None,
+        };
+        let result = match ended {
+            Some(result) => result.map(|()| None),
+            None => {
+                // Before anything else: the guests were released to restart elsewhere.
+                let destroyed = destroy_on_fence(&ctx).await;
+                stop.cancel();
+                let _ = wait_for_tasks(&mut tasks, &ctx.sled.name, &shutdown, &stop).await;
+                Ok(Some(Fenced {
+                    observed: ctx.sled.fence.observed(),
+                    destroyed,
+                }))
+            }
+        };
         end_run(&ctx, self.slot.as_ref(), &shutdown).await;
         result
     }
@@ -290,6 +375,7 @@ impl Agent {
                 epoch: started.epoch,
                 capacity: config.capacity,
                 reporter: started.reporter,
+                fence: started.fence,
             },
             api: ApiHandles {
                 client: config.client.clone(),
@@ -330,9 +416,7 @@ impl Agent {
             tasks.spawn(async move { ctx.sled.reporter.run(stop).await });
         }
         tasks.spawn(heartbeat(
-            config.client.clone(),
-            config.sled_name.clone(),
-            config.intervals,
+            ctx.clone(),
             config.heartbeats.clone(),
             stop.clone(),
         ));
@@ -502,29 +586,50 @@ async fn ensure_namespace(client: &kube::Client, name: &str) -> Result<(), Agent
     Ok(())
 }
 
-/// Renews the sled's Lease every `intervals.heartbeat` unless paused.
-async fn heartbeat(
-    client: kube::Client,
-    sled_name: String,
-    intervals: Intervals,
-    switch: HeartbeatSwitch,
-    shutdown: CancellationToken,
-) {
+/// Renews the sled's Lease every `intervals.heartbeat` unless paused, and reads the Sled's
+/// epoch after each renewal: one above the run's raises the fence alarm. A failed renewal is
+/// logged and changes nothing else (the module docs: no self-fence on a lost Lease).
+async fn heartbeat(ctx: Arc<Context>, switch: HeartbeatSwitch, shutdown: CancellationToken) {
+    let sled_name = &ctx.sled.name;
     let mut config = LeaseConfig::new(
         SLED_LEASE_NAMESPACE,
-        &sled_name,
+        sled_name,
         &lease::identity(&format!("node-agent-{sled_name}")),
     );
-    config.duration = intervals.lease_duration;
+    config.duration = ctx.intervals.lease_duration;
+    let sleds: Api<Sled> = Api::all(ctx.api.client.clone());
     loop {
         if !switch.is_paused()
-            && let Err(error) = lease::heartbeat(&client, &config).await
+            && let Err(error) = lease::heartbeat(&ctx.api.client, &config).await
         {
             tracing::warn!(sled = %sled_name, %error, "renewing the heartbeat lease");
         }
+        match sleds.get_opt(sled_name).await {
+            Ok(Some(sled)) if sled.epoch() > ctx.sled.epoch => ctx
+                .sled
+                .fence
+                .raise(sled.epoch(), "the Sled's epoch is above this run's"),
+            Ok(_) => {}
+            Err(error) => tracing::debug!(sled = %sled_name, %error, "reading the Sled's epoch"),
+        }
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(intervals.heartbeat) => {}
+            _ = tokio::time::sleep(ctx.intervals.heartbeat) => {}
+        }
+    }
+}
+
+/// Destroys every VMM on the machine of a fenced run; how many there were (0 if the machine
+/// could not be listed: the next start destroys them).
+async fn destroy_on_fence(ctx: &Context) -> usize {
+    match destroy_every_vmm(ctx.hypervisor.as_ref()).await {
+        Ok(destroyed) => {
+            tracing::warn!(sled = %ctx.sled.name, epoch = ctx.sled.epoch, destroyed, "fenced: destroyed every VMM on the machine");
+            destroyed
+        }
+        Err(error) => {
+            tracing::error!(sled = %ctx.sled.name, error = %DisplayChain(&error), "fenced: destroying the VMMs");
+            0
         }
     }
 }
@@ -534,7 +639,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_new_boot_raises_the_epoch_above_everything_seen() {
+    fn a_new_boot_or_a_fence_raises_the_epoch_above_everything_seen() {
         let boot = BootId::random();
         let other = BootId::random();
         let cases = [
@@ -544,7 +649,10 @@ mod tests {
             (3, Some(other), 7, 8),
             (9, Some(other), 2, 10),
             (3, Some(boot), 3, 3),
-            (3, Some(boot), 5, 5),
+            (3, Some(boot), 2, 3),
+            // Fenced during this boot: above the fence's epoch.
+            (3, Some(boot), 4, 5),
+            (3, Some(boot), 7, 8),
         ];
         for (journal_epoch, journal_boot, reported, expected) in cases {
             let journal = EpochRecord {

@@ -2,7 +2,7 @@
 //! the V2P task, the transfers) shares, grouped by what it is about.
 //!
 //! - [`LocalSled`]: the sled the agent runs on — its name, the epoch of this run, what it
-//!   offers, and the writer of its status.
+//!   offers, the writer of its status, and the alarm that ends the run when it was fenced.
 //! - [`ApiHandles`]: the API as this run reaches it — a client, the Events recorder, the watch
 //!   cache of the sled's Vmms, and the queue of reconciles.
 //! - the machine (`hypervisor`), the journal with its in-memory mirror (`ledger`), the
@@ -24,6 +24,7 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use tokio::sync::{Mutex, mpsc};
 
 use crate::config::Intervals;
+use crate::fence::FenceAlarm;
 use crate::hypervisor::{Hypervisor, VmmId};
 use crate::journal::{Journal, JournalError, VmmRecord};
 use crate::ledger::Ledger;
@@ -51,6 +52,8 @@ pub struct LocalSled {
     pub capacity: Resources,
     /// Keeps `Sled.status` equal to what the agent knows.
     pub reporter: SledReporter,
+    /// Raised when the run learns the sled was fenced: it writes nothing more (`fence.rs`).
+    pub fence: Arc<FenceAlarm>,
 }
 
 /// The API as this agent run reaches it.

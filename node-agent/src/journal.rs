@@ -246,22 +246,31 @@ impl Journal {
             .begin()
             .await
             .map_err(sql("recording the epoch"))?;
-        sqlx::query("INSERT OR REPLACE INTO meta (name, value) VALUES ('epoch', ?)")
-            .bind(record.epoch.to_string())
-            .execute(&mut *transaction)
-            .await
-            .map_err(sql("recording the epoch"))?;
-        if let Some(boot_id) = record.boot_id {
-            sqlx::query("INSERT OR REPLACE INTO meta (name, value) VALUES ('boot_id', ?)")
-                .bind(boot_id.to_string())
-                .execute(&mut *transaction)
-                .await
-                .map_err(sql("recording the epoch"))?;
-        }
+        write_epoch(&mut transaction, record).await?;
         transaction
             .commit()
             .await
             .map_err(sql("recording the epoch"))
+    }
+
+    /// Starts a new life of the sled on the same boot (after a fence): forgets every Vmm
+    /// record and records the epoch, in one transaction, so that a crash leaves either the old
+    /// life whole (and the next start fences again) or the new one clean.
+    pub async fn new_life(&self, record: EpochRecord) -> Result<(), JournalError> {
+        let mut transaction = self
+            .pool
+            .begin()
+            .await
+            .map_err(sql("starting a new life"))?;
+        sqlx::query("DELETE FROM vmms")
+            .execute(&mut *transaction)
+            .await
+            .map_err(sql("forgetting every Vmm"))?;
+        write_epoch(&mut transaction, record).await?;
+        transaction
+            .commit()
+            .await
+            .map_err(sql("starting a new life"))
     }
 
     /// Every record.
@@ -325,6 +334,26 @@ impl Journal {
     pub async fn close(&self) {
         self.pool.close().await;
     }
+}
+
+/// Writes `record` (epoch and boot id) inside `transaction`.
+async fn write_epoch(
+    transaction: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    record: EpochRecord,
+) -> Result<(), JournalError> {
+    sqlx::query("INSERT OR REPLACE INTO meta (name, value) VALUES ('epoch', ?)")
+        .bind(record.epoch.to_string())
+        .execute(&mut **transaction)
+        .await
+        .map_err(sql("recording the epoch"))?;
+    if let Some(boot_id) = record.boot_id {
+        sqlx::query("INSERT OR REPLACE INTO meta (name, value) VALUES ('boot_id', ?)")
+            .bind(boot_id.to_string())
+            .execute(&mut **transaction)
+            .await
+            .map_err(sql("recording the epoch"))?;
+    }
+    Ok(())
 }
 
 fn record_from_row(row: &SqliteRow) -> Result<VmmRecord, JournalError> {

@@ -17,6 +17,8 @@
 //! - `status.rs` — writing `Vmm.status` (conditional, never backwards).
 //! - `journal.rs` — the local SQLite journal (the only module that names sqlx).
 //! - `sled.rs` — `Sled` registration and the debounced `Sled.status` writer.
+//! - `fence.rs` — how a run learns its sled was fenced (the [`FenceAlarm`](fence::FenceAlarm))
+//!   and what it owes the rack then.
 //! - `config.rs` — the agent's configuration and intervals; `error.rs` — error display and
 //!   the error of an API call about a Vmm.
 //!
@@ -50,6 +52,7 @@ pub mod agent;
 pub mod config;
 pub mod context;
 pub mod error;
+pub mod fence;
 pub mod hypervisor;
 pub mod journal;
 pub mod ledger;

@@ -11,8 +11,19 @@
 //!   spec or labels of an existing Sled: they belong to operators.
 //! - Writes only the `Sled.status` fields the agent owns (capacity, allocated, vmms, epoch,
 //!   agentVersion, agentAddress, unknownVmms, v2p, conditions `Ready`, `Diverged` and
-//!   `V2PConverged`), keeping any other writer's conditions (`Fenced`). Every write is a merge patch conditional on the
-//!   resourceVersion it was computed from; a conflict rereads the Sled and tries once more.
+//!   `V2PConverged`), keeping any other writer's conditions (`Fenced`) and fields
+//!   (`health`). Every write is a merge patch conditional on the resourceVersion it was
+//!   computed from; a conflict rereads the Sled and tries once more.
+//! - `Ready` has two writers: the agent writes `Ready=True` (`AgentReady`) while it runs and
+//!   `Ready=False` (`AgentStopped`) when it stops cleanly; the sled-health controller writes
+//!   `Ready=False` (`HeartbeatExpired`) when the Lease expires, and lifts it when the Lease is
+//!   renewed. A running agent keeps the controller's `HeartbeatExpired` instead of writing
+//!   `Ready=True` over it: only the one who judged the Lease may say it is renewed.
+//!
+//! # Invariants
+//! - Never writes an epoch below the stored one. A stored epoch above the run's means the sled
+//!   was fenced: the reporter raises the run's [`FenceAlarm`] and writes nothing more, and so
+//!   does a write the API refuses on `status.epoch` (`fence.rs`).
 //!
 //! # Guarantees
 //! - [`SledReporter::flush`] returns once the report as it was at the call has been written
@@ -22,8 +33,8 @@
 //!   one write's time, not a `min_interval` later (docs/migration.md, "V2P").
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use corral_client::idempotent::{Idempotent, is_conflict};
@@ -36,6 +47,8 @@ use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+
+use crate::fence::{FenceAlarm, refuses_epoch};
 
 /// The part of `Sled.status` the agent owns, as it wants the API to show it.
 #[derive(Clone, Debug, PartialEq)]
@@ -94,32 +107,42 @@ pub fn render_status(
     status.capacity = report.capacity;
     status.allocated = report.allocated;
     status.vmms = report.vmms;
-    status.epoch = report.epoch;
+    // Never below the stored epoch (a fence raised it); the writer does not even write then.
+    status.epoch = status.epoch.max(report.epoch);
     status.agent_version = report.agent_version.clone();
     status.agent_address = report.agent_address.clone();
     status.migration_bandwidth = report.migration_bandwidth;
     status.unknown_vmms = report.unknown.clone();
-    let (ready, reason, message) = if report.running {
-        (
-            ConditionStatus::True,
-            Reason::AgentReady,
-            "the node-agent runs",
-        )
-    } else {
-        (
+    let expired =
+        condition::find(&status.conditions, SledConditionType::Ready).is_some_and(|ready| {
+            ready.status == ConditionStatus::False && ready.reason == Reason::HeartbeatExpired
+        });
+    let ready = if !report.running {
+        Some((
             ConditionStatus::False,
             Reason::AgentStopped,
             "the node-agent stopped; nothing on the sled is reconciled",
-        )
+        ))
+    } else if expired {
+        // The sled-health controller's verdict: it lifts it when it sees the Lease renewed.
+        None
+    } else {
+        Some((
+            ConditionStatus::True,
+            Reason::AgentReady,
+            "the node-agent runs",
+        ))
     };
-    condition::set(
-        &mut status.conditions,
-        SledConditionType::Ready,
-        ready,
-        reason,
-        message,
-        now,
-    );
+    if let Some((ready, reason, message)) = ready {
+        condition::set(
+            &mut status.conditions,
+            SledConditionType::Ready,
+            ready,
+            reason,
+            message,
+            now,
+        );
+    }
     condition::set(
         &mut status.conditions,
         SledConditionType::Diverged,
@@ -191,10 +214,18 @@ pub struct SledReporter {
     /// The next write skips the debounce (`update_now`).
     urgent: AtomicBool,
     hurry: Notify,
+    /// The run's alarm: raised when a write finds the sled fenced, and then nothing is written.
+    fence: Arc<FenceAlarm>,
 }
 
 impl SledReporter {
-    pub fn new(api: Api<Sled>, sled: Sled, report: SledReport, min_interval: Duration) -> Self {
+    pub fn new(
+        api: Api<Sled>,
+        sled: Sled,
+        report: SledReport,
+        min_interval: Duration,
+        fence: Arc<FenceAlarm>,
+    ) -> Self {
         SledReporter {
             api,
             name: sled.metadata.name.clone().unwrap_or_default(),
@@ -205,6 +236,7 @@ impl SledReporter {
             written: watch::channel(0).0,
             urgent: AtomicBool::new(false),
             hurry: Notify::new(),
+            fence,
         }
     }
 
@@ -291,6 +323,14 @@ impl SledReporter {
     async fn write(&self, report: &SledReport) -> Result<(), kube::Error> {
         let mut base = self.sled();
         for attempt in 0..2 {
+            if self.fence.is_raised() {
+                return Ok(());
+            }
+            if base.epoch() > report.epoch {
+                self.fence
+                    .raise(base.epoch(), "the Sled's epoch is above this run's");
+                return Ok(());
+            }
             let status = render_status(base.status.as_ref(), report, corral_client::clock::now());
             let mut body = serde_json::to_value(&status).expect("a status serializes");
             // A merge patch keeps what it does not mention: clear emptied fields explicitly.
@@ -316,6 +356,11 @@ impl SledReporter {
                     *self.stored.lock().expect("sled lock") = stored;
                     return Ok(());
                 }
+                Err(error) if refuses_epoch(&error) => {
+                    self.fence
+                        .raise(report.epoch + 1, "the API refused the run's epoch");
+                    return Ok(());
+                }
                 // A stale write: read the Sled again and write once more.
                 Err(error) if is_conflict(&error) && attempt == 0 => {
                     base = self.api.get(&self.name).await?;
@@ -331,6 +376,7 @@ impl SledReporter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use corral_crds::{HealthVerdict, SledHealth};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
     fn report() -> SledReport {
@@ -421,5 +467,56 @@ mod tests {
         // A report without V2P keeps what the Sled shows.
         let kept = render_status(Some(&status), &report(), t0);
         assert_eq!(kept.v2p, status.v2p);
+    }
+
+    #[test]
+    fn a_running_agent_keeps_the_expired_heartbeat_verdict_and_a_stop_overrides_it() {
+        let t0 = jiff::Timestamp::from_second(1_000).unwrap();
+        let t1 = jiff::Timestamp::from_second(2_000).unwrap();
+        let mut base = render_status(None, &report(), t0);
+        condition::set(
+            &mut base.conditions,
+            SledConditionType::Ready,
+            ConditionStatus::False,
+            Reason::HeartbeatExpired,
+            "the Lease expired",
+            t0,
+        );
+        let running = render_status(Some(&base), &report(), t1);
+        let ready = condition::find(&running.conditions, SledConditionType::Ready).unwrap();
+        assert_eq!(
+            (ready.status, ready.reason),
+            (ConditionStatus::False, Reason::HeartbeatExpired)
+        );
+        let mut stopped = report();
+        stopped.running = false;
+        let stopped = render_status(Some(&base), &stopped, t1);
+        let ready = condition::find(&stopped.conditions, SledConditionType::Ready).unwrap();
+        assert_eq!(
+            (ready.status, ready.reason),
+            (ConditionStatus::False, Reason::AgentStopped)
+        );
+    }
+
+    #[test]
+    fn the_status_keeps_the_health_verdict_and_never_lowers_the_epoch() {
+        let t0 = jiff::Timestamp::from_second(1_000).unwrap();
+        let mut base = render_status(None, &report(), t0);
+        base.epoch = 7;
+        base.health = Some(SledHealth {
+            verdict: HealthVerdict::Fenced,
+            reason: Reason::FencedByPowerOff,
+            message: String::new(),
+            since: Time(t0),
+            last_renew: None,
+            fenced_epoch: Some(7),
+            evacuation: None,
+        });
+        let status = render_status(Some(&base), &report(), t0);
+        assert_eq!(status.health, base.health);
+        assert_eq!(status.epoch, 7);
+        let mut rejoined = report();
+        rejoined.epoch = 8;
+        assert_eq!(render_status(Some(&base), &rejoined, t0).epoch, 8);
     }
 }

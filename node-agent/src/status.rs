@@ -10,6 +10,8 @@
 //! - A conflict rereads the Vmm and writes once more only if the API is still behind the
 //!   record (a lower `stateGeneration`) and the Vmm is the same object (same uid).
 //! - A Vmm that is gone is not an error: there is nothing left to report to.
+//! - Nothing is written once the run knows its sled was fenced; a write the API refuses on
+//!   `status.sledEpoch` raises that alarm (`fence.rs`) and is not an error either.
 //! - The resourceVersion and status each write returned are kept in the ledger (`written`).
 //!
 //! # Not responsible for
@@ -25,6 +27,7 @@ use kube::api::{Api, PostParams};
 
 use crate::context::Context;
 use crate::error::{VmmApiError, api_error};
+use crate::fence::refuses_epoch;
 use crate::hypervisor::VmmId;
 use crate::journal::VmmRecord;
 use crate::ledger::Written;
@@ -73,6 +76,9 @@ pub async fn write_status(
     record: &VmmRecord,
     ctx: &Context,
 ) -> Result<(), VmmApiError> {
+    if ctx.sled.fence.is_raised() {
+        return Ok(());
+    }
     let api: Api<Vmm> =
         Api::namespaced(ctx.api.client.clone(), &vmm.namespace().unwrap_or_default());
     let name = vmm.name_any();
@@ -96,6 +102,13 @@ pub async fn write_status(
     {
         Ok(Some(stored)) => stored,
         Ok(None) => return Ok(()),
+        Err(error) if refuses_epoch(&error) => {
+            ctx.sled.fence.raise(
+                ctx.sled.epoch + 1,
+                "the API refused a Vmm report of this run's epoch",
+            );
+            return Ok(());
+        }
         // A stale write: read again, and write only if the API is still behind.
         Err(error) if is_conflict(&error) => {
             let Some(fresh) = reread(&api, vmm, uid).await? else {

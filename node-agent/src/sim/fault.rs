@@ -17,12 +17,19 @@
 //! | GET | `/heartbeat` | `{"paused": false}` |
 //! | POST | `/migrations` | not a fault: the source side of a live migration (`migration/source.rs`) |
 //! | POST | `/heartbeat/stop`, `/heartbeat/resume` | stop or resume renewing the sled's Lease |
+//! | GET | `/partition` | `{"partitioned": false}` |
+//! | POST | `/partition`, `/partition/heal` | cut the agent off from the API server (every request of its API client fails at once, as a dropped connection; its guests run on and this API answers), or end it |
+//!
+//! A hung sled (its power controller's `POST .../hang`, `power_faults.rs`) answers none of
+//! these until it resumes.
 //!
 //! Fault requests answer 204; a Vmm with no VMM on the machine is 404, a powered-off machine
 //! 409. Errors are `{"error": "..."}`.
 //!
 //! # Not responsible for
-//! Power (the power controller's API, `power.rs` over `sim/power.rs`).
+//! Power, and the faults a sled cannot serve itself (a hang, a power controller that does not
+//! answer): the power controller's API, `power.rs` and `sim/power_faults.rs` over
+//! `sim/power.rs`.
 
 use std::sync::Arc;
 
@@ -37,6 +44,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::HeartbeatSwitch;
 use crate::hypervisor::{Hypervisor, HypervisorError, VmmId, VmmInfo};
 use crate::sim::machine::{SimHypervisor, UnknownVmm};
+use crate::sim::switch::Switch;
 use crate::sim::v2p_table::{SimV2pTable, V2pRow};
 use crate::v2p::table::V2pTableError;
 
@@ -47,6 +55,8 @@ pub struct FaultState {
     pub heartbeats: HeartbeatSwitch,
     /// The machine's V2P table.
     pub v2p: Arc<SimV2pTable>,
+    /// On while the agent is cut off from the API server (`control_path.rs`).
+    pub partitioned: Switch,
 }
 
 /// Why a fault request failed.
@@ -99,6 +109,8 @@ pub fn router(state: FaultState) -> Router {
         .route("/heartbeat", get(heartbeat))
         .route("/heartbeat/stop", post(heartbeat_stop))
         .route("/heartbeat/resume", post(heartbeat_resume))
+        .route("/partition", get(partition).post(partition_start))
+        .route("/partition/heal", post(partition_heal))
         .with_state(state)
 }
 
@@ -235,6 +247,27 @@ async fn heartbeat_resume(State(state): State<FaultState>) -> StatusCode {
     StatusCode::NO_CONTENT
 }
 
+#[derive(Serialize)]
+struct PartitionState {
+    partitioned: bool,
+}
+
+async fn partition(State(state): State<FaultState>) -> axum::Json<PartitionState> {
+    axum::Json(PartitionState {
+        partitioned: state.partitioned.is_on(),
+    })
+}
+
+async fn partition_start(State(state): State<FaultState>) -> StatusCode {
+    state.partitioned.set(true);
+    StatusCode::NO_CONTENT
+}
+
+async fn partition_heal(State(state): State<FaultState>) -> StatusCode {
+    state.partitioned.set(false);
+    StatusCode::NO_CONTENT
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -292,10 +325,12 @@ mod tests {
             .await
             .unwrap();
         let heartbeats = HeartbeatSwitch::default();
+        let partitioned = Switch::default();
         let router = router(FaultState {
             machine: machine.clone(),
             heartbeats: heartbeats.clone(),
             v2p: v2p.clone(),
+            partitioned: partitioned.clone(),
         });
 
         let (status, body) = call(&router, "GET", "/vmms", "").await;
@@ -360,6 +395,14 @@ mod tests {
         assert_eq!(body, r#"{"paused":true}"#);
         call(&router, "POST", "/heartbeat/resume", "").await;
         assert!(!heartbeats.is_paused());
+
+        let (status, _) = call(&router, "POST", "/partition", "").await;
+        assert_eq!(status, StatusCode::NO_CONTENT);
+        assert!(partitioned.is_on());
+        let (_, body) = call(&router, "GET", "/partition", "").await;
+        assert_eq!(body, r#"{"partitioned":true}"#);
+        call(&router, "POST", "/partition/heal", "").await;
+        assert!(!partitioned.is_on());
 
         machine.power_off().unwrap();
         let (status, _) = call(&router, "POST", "/vmms/default/web-v1/kill", "").await;

@@ -25,6 +25,11 @@
 //!   receiving VMM as it was (no guest runs until the agent resumes it).
 //! - Faults ([`SimHypervisor::crash`], [`SimHypervisor::guest_shutdown`],
 //!   [`SimHypervisor::kill`], [`SimHypervisor::spawn_unknown`]) are announced on `changes()`.
+//! - A frozen machine ([`SimHypervisor::freeze`], the whole sled hangs with power on) changes
+//!   nothing: no transition settles, and every call of its agent (the `Hypervisor` trait) waits
+//!   until [`SimHypervisor::thaw`], which shifts the deadlines under way by the time it hung,
+//!   so it continues where it stopped. Power off still works, and ends the hang.
+//!   [`SimHypervisor::observe`] answers even then (what the power controller sees).
 //!
 //! # Assumptions
 //! - One `SimHypervisor` per data directory at a time (nothing locks the file).
@@ -46,6 +51,7 @@ use crate::hypervisor::{
     BootId, ExitReason, Hypervisor, HypervisorError, VmmId, VmmInfo, VmmLaunch, VmmRunState,
 };
 use crate::power::PowerState;
+use crate::sim::switch::Switch;
 
 /// The machine file's name in the sled's data directory.
 pub const MACHINE_FILE: &str = "machine.json";
@@ -97,6 +103,9 @@ struct Machine {
     power: PowerState,
     boot_id: BootId,
     vmms: BTreeMap<VmmId, SimVmm>,
+    /// Since when the machine hangs (not persisted).
+    #[serde(skip)]
+    frozen_since: Option<Instant>,
 }
 
 impl Machine {
@@ -143,6 +152,8 @@ pub struct SimHypervisor {
     capacity: Resources,
     machine: Mutex<Machine>,
     changes: broadcast::Sender<VmmId>,
+    /// On while the machine hangs: the agent's calls wait on it.
+    frozen: Switch,
 }
 
 impl std::fmt::Debug for SimHypervisor {
@@ -180,6 +191,7 @@ impl SimHypervisor {
                 power: PowerState::Off,
                 boot_id: BootId::random(),
                 vmms: BTreeMap::new(),
+                frozen_since: None,
             },
             Err(source) => {
                 return Err(HypervisorError::Load {
@@ -195,6 +207,7 @@ impl SimHypervisor {
             capacity,
             machine: Mutex::new(machine),
             changes,
+            frozen: Switch::default(),
         }))
     }
 
@@ -215,6 +228,8 @@ impl SimHypervisor {
         machine.power = PowerState::On;
         machine.boot_id = BootId::random();
         machine.vmms.clear();
+        machine.frozen_since = None;
+        self.frozen.set(false);
         self.persist(&machine)?;
         tracing::info!(path = %self.path.display(), boot_id = %machine.boot_id, "machine powered on");
         Ok(machine.boot_id)
@@ -228,9 +243,61 @@ impl SimHypervisor {
         }
         machine.power = PowerState::Off;
         machine.vmms.clear();
+        // The hang ends with the power; its agent stays frozen until it dies with the power
+        // (`power.rs`), so that it sends nothing it waited to send.
+        machine.frozen_since = None;
         self.persist(&machine)?;
         tracing::info!(path = %self.path.display(), "machine powered off");
         Ok(())
+    }
+
+    /// Fault: the whole machine hangs with power on (see the module docs). Already frozen:
+    /// nothing changes.
+    pub fn freeze(&self) -> Result<(), HypervisorError> {
+        let mut machine = self.powered()?;
+        if machine.frozen_since.is_none() {
+            machine.frozen_since = Some(Instant::now());
+            self.frozen.set(true);
+            tracing::info!(path = %self.path.display(), "machine hangs");
+        }
+        Ok(())
+    }
+
+    /// Ends a hang: the machine continues where it stopped. Not frozen: nothing changes.
+    pub fn thaw(&self) -> Result<(), HypervisorError> {
+        let mut machine = self.lock();
+        if let Some(since) = machine.frozen_since.take() {
+            let hung = Instant::now().saturating_duration_since(since);
+            for vmm in machine.vmms.values_mut() {
+                vmm.settles_at = vmm.settles_at.map(|at| at + hung);
+            }
+            tracing::info!(path = %self.path.display(), ?hung, "machine resumes");
+        }
+        self.frozen.set(false);
+        Ok(())
+    }
+
+    pub fn is_frozen(&self) -> bool {
+        self.frozen.is_on()
+    }
+
+    /// The switch that is on while the machine hangs (the sled's other doors wait on it).
+    pub fn frozen(&self) -> &Switch {
+        &self.frozen
+    }
+
+    /// What the machine runs now, seen from outside it: answers even while it hangs (and then
+    /// shows it as it stopped). Empty when it is off.
+    pub fn observe(&self) -> Vec<VmmInfo> {
+        let Ok(machine) = self.powered() else {
+            return Vec::new();
+        };
+        let now = Instant::now();
+        machine
+            .vmms
+            .values()
+            .map(|vmm| vmm.info(now, &self.timing))
+            .collect()
     }
 
     /// The id of the VMM that runs Vmm `namespace/name`, if one does.
@@ -405,7 +472,9 @@ impl SimHypervisor {
         if machine.power == PowerState::Off {
             return Err(HypervisorError::PoweredOff);
         }
-        settle(&mut machine, Instant::now());
+        if machine.frozen_since.is_none() {
+            settle(&mut machine, Instant::now());
+        }
         Ok(machine)
     }
 
@@ -462,15 +531,18 @@ fn settle_reloaded(machine: &mut Machine) {
 #[async_trait]
 impl Hypervisor for SimHypervisor {
     async fn boot_id(&self) -> Result<BootId, HypervisorError> {
+        self.frozen.off().await;
         Ok(self.powered()?.boot_id)
     }
 
     async fn create(&self, launch: &VmmLaunch) -> Result<(), HypervisorError> {
+        self.frozen.off().await;
         let boots_until = Instant::now() + self.timing.boot_time;
         self.add(launch, VmmRunState::Starting, Some(boots_until))
     }
 
     async fn stop(&self, id: &VmmId) -> Result<(), HypervisorError> {
+        self.frozen.off().await;
         let stop_time = self.timing.stop_time;
         self.command(id, |vmm| match vmm.state {
             VmmRunState::Starting | VmmRunState::Running => {
@@ -489,6 +561,7 @@ impl Hypervisor for SimHypervisor {
     }
 
     async fn destroy(&self, id: &VmmId) -> Result<(), HypervisorError> {
+        self.frozen.off().await;
         let mut machine = self.powered()?;
         if machine.vmms.remove(id).is_some() {
             self.persist(&machine)?;
@@ -497,6 +570,7 @@ impl Hypervisor for SimHypervisor {
     }
 
     async fn reboot(&self, id: &VmmId) -> Result<(), HypervisorError> {
+        self.frozen.off().await;
         let boot_time = self.timing.boot_time;
         self.command(id, |vmm| match vmm.state {
             VmmRunState::Starting | VmmRunState::Running => {
@@ -512,12 +586,14 @@ impl Hypervisor for SimHypervisor {
     }
 
     async fn inspect(&self, id: &VmmId) -> Result<Option<VmmInfo>, HypervisorError> {
+        self.frozen.off().await;
         let machine = self.powered()?;
         let now = Instant::now();
         Ok(machine.vmms.get(id).map(|vmm| vmm.info(now, &self.timing)))
     }
 
     async fn list(&self) -> Result<Vec<VmmInfo>, HypervisorError> {
+        self.frozen.off().await;
         let machine = self.powered()?;
         let now = Instant::now();
         Ok(machine
@@ -528,14 +604,17 @@ impl Hypervisor for SimHypervisor {
     }
 
     async fn create_receiving(&self, launch: &VmmLaunch) -> Result<(), HypervisorError> {
+        self.frozen.off().await;
         self.add(launch, VmmRunState::Receiving, None)
     }
 
     async fn pause(&self, id: &VmmId) -> Result<(), HypervisorError> {
+        self.frozen.off().await;
         self.transition(id, &[VmmRunState::Running], VmmRunState::Paused)
     }
 
     async fn resume(&self, id: &VmmId) -> Result<(), HypervisorError> {
+        self.frozen.off().await;
         self.transition(
             id,
             &[VmmRunState::Paused, VmmRunState::Receiving],

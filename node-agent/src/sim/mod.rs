@@ -8,16 +8,23 @@
 //! - `machine.rs` — the simulated machine: power, boots, VMMs, faults.
 //! - `v2p_table.rs` — the machine's simulated V2P table.
 //! - `power.rs` — a simulated sled (machine + agent process) and its power controller.
-//! - `fault.rs` — the fault-injection HTTP API.
+//! - `fault.rs` — the fault-injection HTTP API the sled's agent serves.
+//! - `power_faults.rs` — the faults the power controller serves (a hang, a power controller
+//!   that does not answer), because the sled cannot serve them itself.
+//! - `control_path.rs` — the agent's API client as the simulator wires it: partition, hang.
+//! - `switch.rs` — an on/off fault its victims can wait on.
 //!
 //! # Architecture invariant
 //! The agent (every module outside `sim/`) never names the simulator; it knows only the
 //! traits. The binary (`corral up`, `corral node-agent`, `corral power-sim`) and the tests wire
 //! the simulator in. `corral/tests/architecture.rs` checks it.
 
+pub mod control_path;
 pub mod fault;
 pub mod machine;
 pub mod power;
+pub mod power_faults;
+pub mod switch;
 pub mod v2p_table;
 
 pub use machine::{

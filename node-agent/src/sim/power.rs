@@ -12,6 +12,17 @@
 //! - [`SledHandle::shutdown`]: the agent process exits cleanly and the machine keeps running
 //!   (what happens when the process hosting simulated sleds exits).
 //!
+//! The faults that the sled cannot serve itself live here too, with the power controller that
+//! owns the machine (`power_faults.rs` serves them over HTTP):
+//! - [`SledHandle::hang`] / [`SledHandle::resume`]: the whole sled hangs with power on — its
+//!   machine is frozen (`machine.rs`), its agent's API client waits unsent
+//!   (`control_path.rs`), its HTTP API (faults and migrations) answers nothing. Power off still
+//!   works, and ends the hang.
+//! - [`SledHandle::partition`] / [`SledHandle::heal`]: the agent is cut off from the API
+//!   server (every request fails at once); its guests run on and its fault API answers.
+//! - [`SledHandle::stop_answering`] / [`SledHandle::answer`]: its power controller's
+//!   `GET/POST .../power` wait, unanswered, until the caller gives up.
+//!
 //! The crate's `power.rs` serves these power controllers over HTTP like any other.
 //!
 //! # Assumptions
@@ -32,8 +43,10 @@ use crate::error::DisplayChain;
 use crate::hypervisor::HypervisorError;
 use crate::migration::AgentSlot;
 use crate::power::{PowerController, PowerError, PowerState};
+use crate::sim::control_path::ControlPath;
 use crate::sim::fault::{self, FaultState};
 use crate::sim::machine::{SimHypervisor, SimTiming};
+use crate::sim::switch::Switch;
 use crate::sim::v2p_table::SimV2pTable;
 use crate::v2p::table::V2pTableError;
 
@@ -106,6 +119,8 @@ impl SimSled {
                 config,
                 machine,
                 process: tokio::sync::Mutex::new(None),
+                partitioned: Switch::default(),
+                power_silent: Switch::default(),
             }),
         };
         {
@@ -130,6 +145,10 @@ struct SledInner {
     /// Where the fault API listens; a port 0 becomes the bound port, kept across restarts.
     fault_address: std::sync::Mutex<Option<SocketAddr>>,
     process: tokio::sync::Mutex<Option<AgentProcess>>,
+    /// On while the agent is cut off from the API server.
+    partitioned: Switch,
+    /// On while the power controller does not answer.
+    power_silent: Switch,
 }
 
 /// The agent "process": its supervisor and fault API, in one task.
@@ -164,12 +183,18 @@ impl SledInner {
             None => None,
         };
         let stop = CancellationToken::new();
+        let control_path = ControlPath {
+            partitioned: self.partitioned.clone(),
+            frozen: self.machine.frozen().clone(),
+        };
+        let mut agent = self.config.agent.clone();
+        agent.client = control_path.client(agent.client);
         let task = tokio::spawn(agent_process(
-            self.config.agent.clone(),
+            agent,
             self.machine.clone(),
             self.v2p.clone(),
             listener,
-            stop.clone(),
+            (stop.clone(), self.partitioned.clone()),
         ));
         Ok(AgentProcess { stop, task })
     }
@@ -181,7 +206,7 @@ async fn agent_process(
     machine: Arc<SimHypervisor>,
     v2p: Arc<SimV2pTable>,
     listener: Option<TcpListener>,
-    stop: CancellationToken,
+    (stop, partitioned): (CancellationToken, Switch),
 ) {
     let address = listener.as_ref().and_then(|l| l.local_addr().ok());
     // The migration API is served next to the fault API by whichever agent run is up.
@@ -192,8 +217,13 @@ async fn agent_process(
             machine: machine.clone(),
             heartbeats: config.heartbeats.clone(),
             v2p: v2p.clone(),
+            partitioned,
         })
-        .merge(crate::migration::router(slot.clone()));
+        .merge(crate::migration::router(slot.clone()))
+        .layer(axum::middleware::from_fn_with_state(
+            machine.frozen().clone(),
+            answer_unless_frozen,
+        ));
         let stopped = stop.clone();
         if let Err(error) = axum::serve(listener, router)
             .with_graceful_shutdown(async move { stopped.cancelled().await })
@@ -226,7 +256,48 @@ async fn agent_process(
     tokio::join!(serve, supervise);
 }
 
+/// A hung sled's HTTP API answers nothing until it resumes.
+async fn answer_unless_frozen(
+    axum::extract::State(frozen): axum::extract::State<Switch>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    frozen.off().await;
+    next.run(request).await
+}
+
 impl SledHandle {
+    /// Fault: the whole sled hangs with power on (see the module docs). A powered-off sled
+    /// cannot hang.
+    pub fn hang(&self) -> Result<(), SledError> {
+        Ok(self.inner.machine.freeze()?)
+    }
+
+    /// Ends a hang: the sled continues where it stopped.
+    pub fn resume(&self) -> Result<(), SledError> {
+        Ok(self.inner.machine.thaw()?)
+    }
+
+    /// Fault: the agent is cut off from the API server.
+    pub fn partition(&self) {
+        self.inner.partitioned.set(true);
+    }
+
+    /// Ends a partition.
+    pub fn heal(&self) {
+        self.inner.partitioned.set(false);
+    }
+
+    /// Fault: the power controller stops answering.
+    pub fn stop_answering(&self) {
+        self.inner.power_silent.set(true);
+    }
+
+    /// The power controller answers again (the requests that waited are answered now).
+    pub fn answer(&self) {
+        self.inner.power_silent.set(false);
+    }
+
     pub fn name(&self) -> &str {
         &self.inner.config.agent.sled_name
     }
@@ -315,14 +386,17 @@ impl PowerController for SledHandle {
     }
 
     async fn power_state(&self) -> Result<PowerState, PowerError> {
+        self.inner.power_silent.off().await;
         Ok(SledHandle::power_state(self))
     }
 
     async fn power_off(&self) -> Result<(), PowerError> {
+        self.inner.power_silent.off().await;
         SledHandle::power_off(self).await.map_err(power_error)
     }
 
     async fn power_on(&self) -> Result<(), PowerError> {
+        self.inner.power_silent.off().await;
         SledHandle::power_on(self).await.map_err(power_error)
     }
 }

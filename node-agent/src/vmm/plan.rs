@@ -65,6 +65,9 @@ fn plan_unrecorded(input: &PlanInput) -> Plan {
     match vmm.reported_state {
         // An earlier journal decided its end; the decision stands.
         Some(state) if state.is_final() => return plan,
+        // Accepted by an ended life of the sled (a fence emptied the journal and the
+        // machine): refused below as stale, not a divergence.
+        Some(_) if vmm.sled_epoch < input.epoch => {}
         // The API says it was accepted but the journal lost it.
         Some(_) if input.machine.is_none() => {
             let mut decision = Decision::new(

@@ -416,6 +416,32 @@ fn a_running_vmm_the_journal_lost_is_adopted_without_going_backwards() {
 }
 
 #[test]
+fn a_vmm_of_an_ended_life_the_journal_forgot_is_stale_not_missing() {
+    // After a fence the new life starts with an empty journal and an empty machine.
+    let mut vmm = view(2);
+    vmm.reported_state = Some(VmmState::Running);
+    vmm.reported_generation = 4;
+    vmm.sled_epoch = EPOCH - 1;
+    for machine in [None, Some(on_machine(VmmRunState::Running))] {
+        let input = plan_input(&vmm, None, machine.as_ref());
+        let plan = plan(&input);
+        let refused = plan.record.unwrap();
+        assert_eq!(
+            (
+                refused.state,
+                refused.reason,
+                refused.diverged,
+                refused.holds
+            ),
+            (VmmState::Failed, Some(Reason::StaleSledEpoch), false, false)
+        );
+        assert_eq!(refused.state_generation, 5);
+        let destroys = machine.is_some().then_some(MachineAction::Destroy);
+        assert_eq!(plan.machine, destroys);
+    }
+}
+
+#[test]
 fn divergence_sets_the_condition_and_keeps_holding_until_destroyed() {
     let vmm = view(2);
     let record = recorded(VmmState::Running, true, 3);

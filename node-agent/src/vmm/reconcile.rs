@@ -18,6 +18,8 @@
 //! - Admission is atomic: the free capacity a new Vmm is checked against and its journal record
 //!   are computed and written under one hold of the ledger lock.
 //! - Status is written only through `status.rs` (conditional, never backwards).
+//! - Nothing is done once the run knows its sled was fenced; a Vmm placed at an epoch above
+//!   the run's is how it may learn it (`fence.rs`).
 //!
 //! # Assumptions
 //! - Cancellation at any `.await` is safe: every step is idempotent and re-derived next time.
@@ -60,7 +62,14 @@ pub async fn reconcile(vmm: Arc<Vmm>, ctx: Arc<Context>) -> Result<Action, Recon
     let Some(uid) = vmm.uid().map(VmmId) else {
         return Ok(Action::await_change());
     };
-    if vmm.spec.sled != ctx.sled.name {
+    if vmm.spec.sled != ctx.sled.name || ctx.sled.fence.is_raised() {
+        return Ok(Action::await_change());
+    }
+    if vmm.spec.sled_epoch > ctx.sled.epoch {
+        // Placed at an epoch this run never had: the sled's epoch rose behind it (a fence).
+        ctx.sled
+            .fence
+            .raise(vmm.spec.sled_epoch, "a Vmm names an epoch above this run's");
         return Ok(Action::await_change());
     }
     let machine = ctx.hypervisor.inspect(&uid).await?;
