@@ -32,6 +32,13 @@ pub struct SledArgs {
     /// How long a simulated VMM takes to stop.
     #[arg(long, default_value = "500ms", value_parser = parse_duration)]
     pub stop_time: Duration,
+    /// How often each agent renews its heartbeat Lease.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub heartbeat: Duration,
+    /// The heartbeat Lease's `leaseDurationSeconds` (whole seconds, at least 1): the agent's
+    /// promise to renew within it. The sled-health controller never judges a sled before it.
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    pub lease_duration: Duration,
 }
 
 impl SledArgs {
@@ -42,6 +49,8 @@ impl SledArgs {
             cpus: self.cpus,
             memory_mib: self.memory_mib,
         };
+        config.agent.intervals.heartbeat = self.heartbeat;
+        config.agent.intervals.lease_duration = self.lease_duration.max(Duration::from_secs(1));
         config.timing = SimTiming {
             boot_time: self.boot_time,
             stop_time: self.stop_time,

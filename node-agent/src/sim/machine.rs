@@ -99,10 +99,10 @@ pub struct UnknownVmm {
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
-struct Machine {
-    power: PowerState,
+pub(super) struct Machine {
+    pub(super) power: PowerState,
     boot_id: BootId,
-    vmms: BTreeMap<VmmId, SimVmm>,
+    pub(super) vmms: BTreeMap<VmmId, SimVmm>,
     /// Since when the machine hangs (not persisted).
     #[serde(skip)]
     frozen_since: Option<Instant>,
@@ -118,9 +118,9 @@ impl Machine {
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
-struct SimVmm {
-    launch: VmmLaunch,
-    state: VmmRunState,
+pub(super) struct SimVmm {
+    pub(super) launch: VmmLaunch,
+    pub(super) state: VmmRunState,
     responsive: bool,
     /// When the transition under way ends. Not persisted: a reloaded machine settles at once.
     #[serde(skip)]

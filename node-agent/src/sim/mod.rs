@@ -19,6 +19,7 @@
 //! traits. The binary (`corral up`, `corral node-agent`, `corral power-sim`) and the tests wire
 //! the simulator in. `corral/tests/architecture.rs` checks it.
 
+pub mod census;
 pub mod control_path;
 pub mod fault;
 pub mod machine;
