@@ -138,7 +138,7 @@ impl SledHealthController {
         }
     }
 
-    /// How many sleds are unreachable at once: Lease expired, not fenced, not read `Off`.
+    /// How many sleds are in doubt at once: Lease late, not fenced, not read `Off`.
     fn storm(&self) -> Storm {
         let sleds = self.sleds.filter(|sled| sled.epoch() > 0);
         let last_power = self.last_power.lock().expect("power lock");
@@ -147,7 +147,7 @@ impl SledHealthController {
             .filter(|sled| sled.health() != HealthVerdict::Fenced)
             .filter(|sled| {
                 let name = sled.name_any();
-                self.heartbeat(&name).expired(self.config.grace)
+                self.heartbeat(&name).late(self.config.grace)
                     && last_power.get(&name) != Some(&Power::Off)
             })
             .count();
@@ -184,6 +184,8 @@ impl Reconciler for SledHealthController {
                 .insert(name.clone(), power.clone());
             Some(power)
         } else {
+            // What the power controller said of an earlier silence no longer holds.
+            self.last_power.lock().expect("power lock").remove(&name);
             None
         };
         let held = self.vmms.filter(|vmm| {

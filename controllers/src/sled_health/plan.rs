@@ -27,7 +27,7 @@
 //!   same plan, the fence write coming after the power-off step, which fails unless `Off` is read
 //!   back — or when an operator confirmed the sled's current epoch
 //!   (`spec.fenceConfirmedEpoch`). Never on a timer alone.
-//! - **The storm guard.** While more sleds are unreachable at once than the guard allows, no
+//! - **The storm guard.** While more sleds are late or unreachable at once than the guard allows, no
 //!   sled is powered off automatically (the control plane is more likely the one cut off); a
 //!   sled its power controller reports `Off` and an operator's confirmation are not in doubt and
 //!   still fence.
@@ -89,6 +89,14 @@ impl Heartbeat {
     pub fn expired(&self, grace: Duration) -> bool {
         self.age > self.expiry(grace)
     }
+
+    /// Whether the Lease is late (past half the grace): `Suspect` or worse. Sleds that went
+    /// silent at the same moment are all late by the time the first of them expires (their
+    /// renewals are spread over less than half the grace), which is what lets the storm guard
+    /// see them together.
+    pub fn late(&self, grace: Duration) -> bool {
+        self.age > self.expiry(grace) / 2
+    }
 }
 
 /// The storm guard's limit: how many sleds may be unreachable at once before nothing is fenced
@@ -117,10 +125,11 @@ impl StormGuard {
     }
 }
 
-/// How many sleds are unreachable at once.
+/// How many sleds are in doubt at once.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Storm {
-    /// Sleds whose Lease expired, neither fenced nor reported `Off` by their power controller.
+    /// Sleds whose Lease is late ([`Heartbeat::late`]), neither fenced nor read `Off` by their
+    /// power controller.
     pub unreachable: usize,
     pub sleds: usize,
     /// [`StormGuard::limit`] for this rack.
