@@ -11,9 +11,10 @@
 //! from the Vmms of a fenced sled's ended life; powers unreachable sleds off; records Events.
 //!
 //! # Guarantees
-//! - A Lease's age is measured on this process's clock from when it last saw `renewTime`
-//!   change ([`Heartbeats`]), so clock skew between machines cannot expire a Lease, and a
-//!   controller that starts (or takes over as leader) gives every sled a full grace.
+//! - A Lease's age is measured on this process's clock from when it last saw `renewTime` (or
+//!   the sled's epoch) change ([`Heartbeats`]), so clock skew between machines cannot expire a
+//!   Lease, a controller that starts (or takes over as leader) gives every sled a full grace,
+//!   and so does a sled that boots a new life.
 //! - Every fence raises the epoch with a status write conditional on the resourceVersion the
 //!   verdict was made from: a sled whose agent wrote meanwhile is judged again, never fenced
 //!   on a stale view.
@@ -122,15 +123,15 @@ pub async fn controller(
 }
 
 impl SledHealthController {
-    /// The Lease of `sled` as this controller saw it.
-    fn heartbeat(&self, sled: &str) -> Heartbeat {
+    /// The Lease of `sled` (at `epoch`) as this controller saw it.
+    fn heartbeat(&self, sled: &str, epoch: u64) -> Heartbeat {
         let lease = self.leases.get_in(SLED_LEASE_NAMESPACE, sled);
         let spec = lease.as_ref().and_then(|lease| lease.spec.as_ref());
         let renewed = spec
             .and_then(|spec| spec.renew_time.as_ref())
             .map(|t| Time(t.0));
         Heartbeat {
-            age: self.heartbeats.age(sled, renewed.as_ref()),
+            age: self.heartbeats.age(sled, renewed.as_ref(), epoch),
             lease_duration: spec
                 .and_then(|spec| spec.lease_duration_seconds)
                 .map(|seconds| Duration::from_secs(seconds.max(0) as u64)),
@@ -147,7 +148,7 @@ impl SledHealthController {
             .filter(|sled| sled.health() != HealthVerdict::Fenced)
             .filter(|sled| {
                 let name = sled.name_any();
-                self.heartbeat(&name).late(self.config.grace)
+                self.heartbeat(&name, sled.epoch()).late(self.config.grace)
                     && last_power.get(&name) != Some(&Power::Off)
             })
             .count();
@@ -175,7 +176,7 @@ impl SledHealthController {
 impl Reconciler for SledHealthController {
     async fn reconcile(&self, sled: Arc<Sled>) -> Result<Reconciled<SledStatus, Action>, Error> {
         let name = sled.name_any();
-        let heartbeat = self.heartbeat(&name);
+        let heartbeat = self.heartbeat(&name, sled.epoch());
         let power = if heartbeat.expired(self.config.grace) && !Self::fenced_now(&sled) {
             let power = self.power.read(sled.spec.power_controller.as_deref()).await;
             self.last_power
@@ -285,21 +286,24 @@ impl Apply for SledHealthController {
 /// When each sled's Lease was last seen renewed, on this process's clock.
 #[derive(Default)]
 pub struct Heartbeats {
-    seen: Mutex<HashMap<String, (Option<Time>, Instant)>>,
+    seen: Mutex<HashMap<String, (Option<Time>, u64, Instant)>>,
 }
 
 impl Heartbeats {
-    /// How long since `renewed` was first seen for `sled` (a new value restarts the count).
-    pub fn age(&self, sled: &str, renewed: Option<&Time>) -> Duration {
+    /// How long since `renewed` was first seen for `sled` at `epoch`: a new renewal, or a new
+    /// life of the sled (its agent booted, or it was fenced), restarts the count — a sled that
+    /// just booted has a full grace to renew, even if the watch shows its new epoch before its
+    /// first renewal.
+    pub fn age(&self, sled: &str, renewed: Option<&Time>, epoch: u64) -> Duration {
         let now = Instant::now();
         let mut seen = self.seen.lock().expect("heartbeats lock");
         let entry = seen
             .entry(sled.to_string())
-            .or_insert_with(|| (renewed.cloned(), now));
-        if entry.0.as_ref() != renewed {
-            *entry = (renewed.cloned(), now);
+            .or_insert_with(|| (renewed.cloned(), epoch, now));
+        if entry.0.as_ref() != renewed || entry.1 != epoch {
+            *entry = (renewed.cloned(), epoch, now);
         }
-        now.duration_since(entry.1)
+        now.duration_since(entry.2)
     }
 }
 
@@ -340,14 +344,18 @@ mod tests {
         let heartbeats = Heartbeats::default();
         let t1 = Time(jiff::Timestamp::from_second(100).unwrap());
         let t2 = Time(jiff::Timestamp::from_second(105).unwrap());
-        assert_eq!(heartbeats.age("s1", Some(&t1)), Duration::ZERO);
+        assert_eq!(heartbeats.age("s1", Some(&t1), 1), Duration::ZERO);
         tokio::time::advance(Duration::from_secs(7)).await;
-        assert_eq!(heartbeats.age("s1", Some(&t1)), Duration::from_secs(7));
-        assert_eq!(heartbeats.age("s1", Some(&t2)), Duration::ZERO);
+        assert_eq!(heartbeats.age("s1", Some(&t1), 1), Duration::from_secs(7));
+        assert_eq!(heartbeats.age("s1", Some(&t2), 1), Duration::ZERO);
         // A sled without a Lease ages from when it was first seen.
-        assert_eq!(heartbeats.age("s2", None), Duration::ZERO);
+        assert_eq!(heartbeats.age("s2", None, 1), Duration::ZERO);
         tokio::time::advance(Duration::from_secs(3)).await;
-        assert_eq!(heartbeats.age("s2", None), Duration::from_secs(3));
+        assert_eq!(heartbeats.age("s2", None, 1), Duration::from_secs(3));
+        // A new life of the sled (seen before its first renewal) has a full grace.
+        tokio::time::advance(Duration::from_secs(30)).await;
+        assert_eq!(heartbeats.age("s1", Some(&t2), 1), Duration::from_secs(33));
+        assert_eq!(heartbeats.age("s1", Some(&t2), 2), Duration::ZERO);
     }
 
     #[tokio::test(start_paused = true)]

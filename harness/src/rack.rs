@@ -529,6 +529,35 @@ impl Rack {
             .await
     }
 
+    /// The agent of `sled` stops renewing its Lease (its guests and everything else go on).
+    pub async fn stop_heartbeat(&mut self, sled: &str) -> Result<(), String> {
+        let what = "stop the heartbeat of";
+        self.sled_fault(sled, SledDoor::Agent, "/heartbeat/stop", what)
+            .await
+    }
+
+    /// The agent of `sled` renews its Lease again.
+    pub async fn resume_heartbeat(&mut self, sled: &str) -> Result<(), String> {
+        let what = "resume the heartbeat of";
+        self.sled_fault(sled, SledDoor::Agent, "/heartbeat/resume", what)
+            .await
+    }
+
+    /// What the power controller of `sled` reads (`On` or `Off`), asked directly.
+    pub async fn power_reads(&self, sled: &str) -> Result<String, String> {
+        let (address, prefix) = self.door(sled, SledDoor::Power).await?;
+        let (status, body) = request(address, "GET", &format!("{prefix}/power")).await?;
+        if status != 200 {
+            return Err(format!("reading the power of {sled}: {status} {body}"));
+        }
+        let answer: serde_json::Value = serde_json::from_str(&body)
+            .map_err(|error| format!("reading the power of {sled}: {error}: {body}"))?;
+        answer["state"]
+            .as_str()
+            .map(String::from)
+            .ok_or_else(|| format!("reading the power of {sled}: {body}"))
+    }
+
     /// `POST path` on a door of `sled`, recorded in the fault schedule as `what sled`.
     async fn sled_fault(
         &mut self,
