@@ -4,6 +4,7 @@ use clap::{Parser, Subcommand};
 
 mod apiserver;
 mod bench;
+mod chaos;
 mod command;
 mod controllers;
 mod debug;
@@ -42,6 +43,9 @@ enum Command {
     /// Benchmarks that print numbers and ratios.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Randomized fault schedules on a real rack of processes, with the invariants checked
+    /// during and after each (last line `chaos: N schedules, V violations`).
+    Chaos(chaos::ChaosArgs),
 }
 
 fn init_tracing(format: &str) {
@@ -72,6 +76,7 @@ fn main() -> anyhow::Result<()> {
             Command::NodeAgent(args) => rack::node_agent(args).await,
             Command::PowerSim(args) => rack::power_sim(args).await,
             Command::Bench(command) => bench::run(command).await,
+            Command::Chaos(args) => chaos::chaos(args).await,
         }
     })
 }

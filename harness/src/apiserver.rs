@@ -236,7 +236,7 @@ pub fn kubeconfig(address: SocketAddr) -> String {
 }
 
 /// A plain HTTP/1.1 request without a body on loopback, bounded: the status and the body.
-pub(crate) async fn request(
+pub async fn request(
     address: SocketAddr,
     method: &str,
     path: &str,

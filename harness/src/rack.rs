@@ -575,9 +575,18 @@ impl Rack {
         Ok(())
     }
 
-    /// The address and path prefix of a door of `sled`, from its Sled: the agent's fault API
-    /// (`status.agentAddress`) or its power controller (`spec.powerController`, a URL).
+    /// The address and path prefix of a door of `sled`: where its own process listens, or from
+    /// its Sled — the agent's fault API (`status.agentAddress`) or its power controller
+    /// (`spec.powerController`, a URL).
     async fn door(&self, sled: &str, door: SledDoor) -> Result<(SocketAddr, String), String> {
+        // A sled of its own process listens where the rack told it to: no need to ask the API
+        // (which may be the thing that is down).
+        if let Some(agent) = self.agents.iter().find(|agent| agent.sled == sled) {
+            return Ok(match door {
+                SledDoor::Agent => (agent.fault, String::new()),
+                SledDoor::Power => (agent.power, String::new()),
+            });
+        }
         let found = Api::<Sled>::all(self.client().clone())
             .get(sled)
             .await
@@ -596,6 +605,11 @@ impl Rack {
             .parse()
             .map_err(|error| format!("sled {sled}'s {door:?} address {location:?}: {error}"))?;
         Ok((address, path))
+    }
+
+    /// Keeps the rack's directory (logs, machines, store) after the rack is dropped.
+    pub fn keep(&mut self) {
+        self.scratch.keep();
     }
 
     /// Prints and remembers a fault (or operator action) in the fault schedule.

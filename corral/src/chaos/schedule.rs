@@ -97,11 +97,6 @@ impl Schedule {
         steps.sort_by_key(|step| step.at);
         Schedule { seed, index, steps }
     }
-
-    /// When the last step happens.
-    pub fn length(&self) -> Duration {
-        self.steps.last().map_or(Duration::ZERO, |step| step.at)
-    }
 }
 
 /// A fault on a sled not used yet in this schedule, or on a process of the control plane not
@@ -159,7 +154,9 @@ impl fmt::Display for Fault {
             Fault::PowerOff(i) => write!(f, "power off {}", sled(i)),
             Fault::Partition(i) => write!(f, "partition {}", sled(i)),
             Fault::Hang(i) => write!(f, "hang {}", sled(i)),
-            Fault::PowerControllerSilent(i) => write!(f, "silence the power controller of {}", sled(i)),
+            Fault::PowerControllerSilent(i) => {
+                write!(f, "silence the power controller of {}", sled(i))
+            }
             Fault::LeaderKill => write!(f, "kill the leading controllers"),
             Fault::ApiserverKill => write!(f, "kill the API server"),
         }
@@ -204,8 +201,12 @@ mod tests {
 
     #[test]
     fn a_schedule_is_a_function_of_its_seed_and_index() {
-        assert_eq!(Schedule::draw(7, 3, limits()), Schedule::draw(7, 3, limits()));
-        let different = (0..20).any(|i| Schedule::draw(7, i, limits()) != Schedule::draw(7, 3, limits()));
+        assert_eq!(
+            Schedule::draw(7, 3, limits()),
+            Schedule::draw(7, 3, limits())
+        );
+        let different =
+            (0..20).any(|i| Schedule::draw(7, i, limits()) != Schedule::draw(7, 3, limits()));
         assert!(different);
     }
 
@@ -224,8 +225,18 @@ mod tests {
                 .collect();
             assert!(!injected.is_empty() && injected.len() <= 3);
             for fault in &injected {
-                let at = |action: Action| schedule.steps.iter().find(|s| s.action == action).unwrap().at;
-                assert!(at(Action::Inject(*fault)) < at(Action::Repair(*fault)), "{schedule}");
+                let at = |action: Action| {
+                    schedule
+                        .steps
+                        .iter()
+                        .find(|s| s.action == action)
+                        .unwrap()
+                        .at
+                };
+                assert!(
+                    at(Action::Inject(*fault)) < at(Action::Repair(*fault)),
+                    "{schedule}"
+                );
             }
             let mut sleds: Vec<usize> = injected.iter().filter_map(|f| f.sled()).collect();
             let all = sleds.len();
