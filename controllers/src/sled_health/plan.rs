@@ -309,7 +309,7 @@ fn expired(observed: &Observed<'_>, plan: &mut Plan, was: Option<HealthVerdict>)
             Verdict::new(HealthVerdict::Unreachable, Reason::FencingPaused, message),
         );
     }
-    match power {
+    match &power {
         Power::On if was == Some(HealthVerdict::Unreachable) => {
             plan.act(Action::PowerOff);
             fence(
@@ -332,27 +332,15 @@ fn expired(observed: &Observed<'_>, plan: &mut Plan, was: Option<HealthVerdict>)
                 ),
             );
         }
-        Power::Unanswered(why) => {
+        Power::Unanswered(_) | Power::NoController => {
+            let power = match &power {
+                Power::Unanswered(why) => format!("its power controller does not answer ({why})"),
+                _ => "it has no power controller".to_string(),
+            };
             let message = format!(
-                "{silent_for}; its power controller does not answer ({why}): its VMMs may still \
-                 run, so nothing of it restarts elsewhere until the power controller answers or \
-                 an operator confirms with `corralctl fence {} --confirm`",
-                sled.name_any()
-            );
-            set_verdict(
-                plan,
-                observed,
-                Verdict::new(
-                    HealthVerdict::Unreachable,
-                    Reason::PowerControllerUnreachable,
-                    message,
-                ),
-            );
-        }
-        Power::NoController => {
-            let message = format!(
-                "{silent_for}; it has no power controller: nothing of it restarts elsewhere \
-                 until an operator confirms with `corralctl fence {} --confirm`",
+                "{silent_for}; {power}: its VMMs may still run, so nothing of it restarts \
+                 elsewhere until the power controller answers or an operator confirms with \
+                 `corralctl fence {} --confirm`",
                 sled.name_any()
             );
             set_verdict(
