@@ -247,6 +247,7 @@ fn build_migration(
             instance: instance.to_string(),
             target_sled: Some(target_sled.to_string()),
             reason: MigrationReason::Drain,
+            mode: Default::default(),
             cancel: false,
         },
         status: None,

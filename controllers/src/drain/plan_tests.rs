@@ -110,6 +110,7 @@ fn migration(name: &str, instance: &str, phase: Option<MigrationPhase>) -> Arc<M
             instance: instance.into(),
             target_sled: None,
             reason: corral_crds::MigrationReason::Drain,
+            mode: Default::default(),
             cancel: false,
         },
     );
