@@ -19,6 +19,7 @@ use crate::get::{self, GetOptions};
 use crate::lifecycle::{self, InstanceVerb, SledVerb};
 use crate::output::OutputFormat;
 use crate::wait::{self, WaitFor};
+use corral_crds::MigrationMode;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -84,8 +85,8 @@ pub enum Command {
     /// drain completed, non-zero with the drain's message when it is refused, fails or is
     /// cancelled. The sled stays cordoned; `corralctl uncordon` after the maintenance.
     Drain(DrainArgs),
-    /// Live-migrate an Instance to another sled (the scheduler picks one unless --to) and
-    /// follow the migration to its end.
+    /// Live-migrate an Instance to another sled (the scheduler picks one unless --to), or
+    /// restart it there with --restart, and follow the migration to its end.
     Migrate(MigrateArgs),
     /// List Events (what happened and why), oldest first.
     Events(EventsArgs),
@@ -252,6 +253,10 @@ pub struct MigrateArgs {
     /// The target sled (default: the scheduler chooses).
     #[arg(long, value_name = "SLED")]
     pub to: Option<String>,
+    /// Stop the instance and start it on the target once its VMM is gone (a restart
+    /// migration: the guest reboots, no memory is copied) instead of moving it live.
+    #[arg(long)]
+    pub restart: bool,
     /// Create the migration and return at once.
     #[arg(long)]
     pub no_wait: bool,
@@ -361,6 +366,11 @@ pub async fn run(
             let options = MigrateOptions {
                 instance: args.instance,
                 to: args.to,
+                mode: if args.restart {
+                    MigrationMode::Restart
+                } else {
+                    MigrationMode::Live
+                },
                 no_wait: args.no_wait,
                 timeout: args.timeout,
                 tty: std::io::IsTerminal::is_terminal(&std::io::stderr()),
@@ -424,5 +434,22 @@ mod tests {
             panic!("not wait")
         };
         assert_eq!(args.timeout, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn migrate_is_live_unless_asked_to_restart() {
+        for (args, restart) in [
+            (&["corralctl", "migrate", "web"][..], false),
+            (
+                &["corralctl", "migrate", "web", "--restart", "--to", "s2"][..],
+                true,
+            ),
+        ] {
+            let cli = Cli::try_parse_from(args).unwrap();
+            let Command::Migrate(migrate) = cli.command else {
+                panic!("{args:?} is a migrate");
+            };
+            assert_eq!(migrate.restart, restart, "{args:?}");
+        }
     }
 }

@@ -6,7 +6,8 @@
 //!   `Completed`; on `Refused`, `Failed` or `Cancelled` the drain's message and a non-zero exit.
 //! - `drain SLED --cancel` sets `spec.cancel` on the sled's unfinished drains.
 //! - `migrate` creates the Migration `INSTANCE-<unix seconds>` (reason `User`, `--to` for the
-//!   target) and follows it the same way: exit 0 on `Succeeded`.
+//!   target, `--restart` for `mode: Restart`) and follows it the same way: exit 0 on
+//!   `Succeeded`.
 //!
 //! # Guarantees
 //! - Follows the object on a watch (narrowed by `metadata.name`), never by polling; the
@@ -28,8 +29,8 @@ use tokio::time::Instant;
 
 use corral_crds::drain::Drain;
 use corral_crds::{
-    DrainPhase, DrainSpec, DrainStatus, Migration, MigrationPhase, MigrationReason, MigrationSpec,
-    MigrationStatus, Sled,
+    DrainPhase, DrainSpec, DrainStatus, Migration, MigrationMode, MigrationPhase, MigrationReason,
+    MigrationSpec, MigrationStatus, Sled,
 };
 
 use crate::command::{FIELD_MANAGER, Outcome, Terminal};
@@ -55,6 +56,8 @@ pub struct DrainOptions {
 pub struct MigrateOptions {
     pub instance: String,
     pub to: Option<String>,
+    /// `Live`, or `Restart` (`--restart`).
+    pub mode: MigrationMode,
     pub no_wait: bool,
     pub timeout: Duration,
     pub tty: bool,
@@ -332,6 +335,7 @@ pub async fn migrate(
             instance: options.instance.clone(),
             target_sled: options.to.clone(),
             reason: MigrationReason::User,
+            mode: options.mode,
             cancel: false,
         },
     );

@@ -4,20 +4,24 @@
 //! A drain *runs* if (and only if) its phase is `Pending` or `Draining`. A running drain
 //! cordons its sled, plans where every instance on the sled goes (checked against the free
 //! capacity of the other sleds before the first move), moves them with Migrations (reason
-//! `Drain`, label [`DRAIN_LABEL`] = the drain's name, an ownerReference to the Drain) at most
+//! `Drain`, label [`DRAIN_LABEL`] = the drain's name, an ownerReference to the Drain; live or
+//! by a restart, as the instance's `evictionStrategy` says: `drain/eviction.rs`) at most
 //! `maxParallel` at a time, retries a failed move with a fresh target up to
 //! [`plan::MAX_ATTEMPTS`] times, and completes when the sled's node-agent reports no VMM.
 //! docs/migration.md, "Drains", is the user's view; the decisions are [`plan::plan`]'s, this
 //! file wires the watches and carries out the drain's own actions, and the kit (`crate::kit`)
 //! runs the rest.
 //!
-//! Reads Drains (primary), Migrations labelled with a drain, Instances and Sleds (caches).
+//! Reads Drains (primary), Migrations labelled with a drain, Instances, Sleds and Vmms (caches;
+//! a Vmm's dirty rate feeds the pre-copy prediction of `LiveMigrateIfPossible`).
 //! Writes `Drain.status` (it alone), `Sled.spec.unschedulable` (cordon, never uncordon),
 //! Migrations (create, `spec.cancel`) and Events.
 //!
-//! `Restart` instances are moved by a Migration too, for now: the migration path is the one
-//! that keeps an instance running on exactly one sled, and a stop-and-start elsewhere would be
-//! a second path to get right.
+//! Every move is a Migration, whatever its mode: `LiveMigrate` instances move live (or not at
+//! all), `Restart` ones by a restart migration (stopped, then started on the target once their
+//! VMM is gone), `LiveMigrateIfPossible` ones live unless the pre-copy model predicts the
+//! transfer would not converge, then by a restart. The plan, its capacity check and the items
+//! are the same for both modes.
 //!
 //! # Invariants
 //! - The status naming a Migration is written before the Migration is created; Migration names
@@ -34,6 +38,7 @@
 //! - Moving a guest (the migration controller, the instance controller and the node-agents:
 //!   docs/migration.md, "The protocol"); uncordoning (`corralctl uncordon`).
 
+mod eviction;
 mod placement;
 pub mod plan;
 
@@ -43,7 +48,8 @@ use std::sync::Arc;
 use corral_client::events::EventType;
 use corral_crds::drain::Drain;
 use corral_crds::{
-    DRAIN_LABEL, DrainStatus, Instance, Migration, MigrationReason, MigrationSpec, Reason, Sled,
+    DRAIN_LABEL, DrainStatus, Instance, Migration, MigrationMode, MigrationReason, MigrationSpec,
+    Reason, Sled, Vmm,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::runtime::reflector::ObjectRef;
@@ -61,6 +67,7 @@ pub struct DrainController {
     sleds: Cache<Sled>,
     instances: Cache<Instance>,
     migrations: Cache<Migration>,
+    vmms: Cache<Vmm>,
 }
 
 /// Runs the controller until `stop` fires; returns when every reconcile has finished.
@@ -70,17 +77,19 @@ pub async fn controller(client: kube::Client, board: Board, stop: CancellationTo
     let sleds = caches.watch::<Sled>(watcher::Config::default());
     let instances = caches.watch::<Instance>(watcher::Config::default());
     let migrations = caches.watch::<Migration>(watcher::Config::default().labels(DRAIN_LABEL));
+    let vmms = caches.watch::<Vmm>(watcher::Config::default());
     let reconciler = DrainController {
         effects: Effects::new(client, "drain-controller"),
         drains: drains.cache(),
         sleds: sleds.cache(),
         instances: instances.cache(),
         migrations: migrations.cache(),
+        vmms: vmms.cache(),
     };
     let for_sled = reconciler.drains.clone();
     let for_instance = reconciler.drains.clone();
     let readiness = caches.readiness();
-    Controller::<DrainController>::new(drains, &board)
+    let controller = Controller::<DrainController>::new(drains, &board)
         .watches(sleds, move |sled: Sled| {
             drains_touching(&for_sled, Some(&sled.name_any()), None)
         })
@@ -99,8 +108,13 @@ pub async fn controller(client: kube::Client, board: Board, stop: CancellationTo
                 .get(DRAIN_LABEL)
                 .map(|drain| ObjectRef::new(drain))
         })
-        .run(reconciler, readiness, 0, stop)
-        .await;
+        .run(reconciler, readiness, 0, stop);
+    // A dirty rate that changes wakes no drain: the Vmm cache only follows (it ends with the
+    // controller).
+    tokio::select! {
+        _ = controller => {}
+        _ = vmms.fill() => {}
+    }
 }
 
 /// The running drains that may care about `sled` or the instance `namespace/name`.
@@ -159,6 +173,7 @@ impl Reconciler for DrainController {
             sleds: &sleds,
             instances: &instances,
             migrations: &migrations,
+            vmms: &self.vmms.filter(|vmm| vmm.spec.sled == drain.spec.sled),
             earlier_drain,
             now: corral_client::clock::now(),
         };
@@ -210,8 +225,10 @@ impl Apply for DrainController {
                 name,
                 instance,
                 target_sled,
+                mode,
             } => {
-                let migration = build_migration(drain, namespace, name, instance, target_sled);
+                let migration =
+                    build_migration(drain, namespace, name, instance, target_sled, *mode);
                 self.effects.create(&migration).await?;
             }
             Action::CancelMigration { namespace, name } => {
@@ -232,6 +249,7 @@ fn build_migration(
     name: &str,
     instance: &str,
     target_sled: &str,
+    mode: MigrationMode,
 ) -> Migration {
     let mut labels = BTreeMap::new();
     labels.insert(DRAIN_LABEL.to_string(), drain.name_any());
@@ -247,6 +265,7 @@ fn build_migration(
             instance: instance.to_string(),
             target_sled: Some(target_sled.to_string()),
             reason: MigrationReason::Drain,
+            mode,
             cancel: false,
         },
         status: None,

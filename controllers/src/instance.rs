@@ -23,6 +23,7 @@
 mod migrate;
 pub mod plan;
 mod planning;
+mod restart;
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;

@@ -55,9 +55,13 @@ impl Default for RunStrategy {
 string_enum! {
     /// What a drain of the instance's sled does to it.
     pub enum EvictionStrategy {
-        /// Live-migrate it to another sled.
+        /// Live-migrate it to another sled, or not move it at all: when live migration is
+        /// refused (the pre-copy model predicts it would not converge) the drain's move fails.
         LiveMigrate,
-        /// Stop it and start it again elsewhere.
+        /// Live-migrate it when the pre-copy model predicts the transfer converges; otherwise
+        /// stop it and start it again elsewhere (a restart migration).
+        LiveMigrateIfPossible,
+        /// Stop it and start it again elsewhere (a restart migration): no memory is copied.
         Restart,
         /// Leave it; the drain cannot complete while it runs.
         None,

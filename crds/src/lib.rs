@@ -86,8 +86,8 @@ pub use instance::{
     InstanceStatus, MigrationOutcome, Nic, RunStrategy,
 };
 pub use migration::{
-    Migration, MigrationAbort, MigrationPhase, MigrationReason, MigrationSpec, MigrationStatus,
-    TransferProgress,
+    Migration, MigrationAbort, MigrationMode, MigrationPhase, MigrationReason, MigrationSpec,
+    MigrationStatus, TransferProgress,
 };
 pub use sled::{
     Evacuation, HealthVerdict, Resources, Sled, SledConditionType, SledHealth, SledSpec,

@@ -1,4 +1,4 @@
-//! `Migration`: move one running instance to another sled, live (namespaced).
+//! `Migration`: move one running instance to another sled, live or by a restart (namespaced).
 //!
 //! Writers: users (`corralctl migrate`) and the drain controller create Migrations and may set
 //! `spec.cancel`; the migration controller alone writes `status`. The outcome of an admitted
@@ -7,7 +7,9 @@
 //! "One decision point").
 //!
 //! [`predict`] is the pre-copy model the controller refuses with, the agents run the rounds by,
-//! and the ETA is computed from.
+//! and the ETA is computed from; [`TransferProgress::before`] gathers its inputs for one
+//! instance, and [`TransferProgress::prediction`] is the one rule for "would a live move of it
+//! converge" (the migration controller's admission and the drain's choice of mode).
 
 use std::time::Duration;
 
@@ -17,6 +19,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::condition::Reason;
+use crate::{Instance, Sled, Vmm};
 
 /// The downtime budget: pre-copy ends (the guest pauses for the last round) once the next
 /// round would take at most this long.
@@ -46,13 +49,37 @@ impl Default for MigrationReason {
 }
 
 string_enum! {
+    /// How a migration moves the instance.
+    pub enum MigrationMode {
+        /// The guest moves while it runs (pre-copy rounds, then a short pause); refused when
+        /// the pre-copy model predicts it would not converge.
+        Live,
+        /// The guest is stopped on its sled and started again on another once its VMM is gone:
+        /// no memory is copied, the guest reboots (docs/migration.md, "Restart migrations").
+        Restart,
+    }
+}
+
+#[allow(clippy::derivable_impls)]
+impl Default for MigrationMode {
+    fn default() -> Self {
+        MigrationMode::Live
+    }
+}
+
+string_enum! {
     /// Where a migration is.
     pub enum MigrationPhase {
         /// Waiting for admission (limits, the previous move's V2P change) or being checked.
         Pending,
-        /// Admitted; the instance controller is placing the target.
+        /// Admitted; the instance controller is placing the target (live) or deciding the stop
+        /// (restart).
         Scheduling,
-        /// The target Vmm exists and its agent is preparing to receive.
+        /// Restart only: the instance's VMM is being stopped on the source sled; nothing is
+        /// placed until its Vmm is gone.
+        Stopping,
+        /// The target Vmm exists and its agent is preparing to receive (live), or the new Vmm
+        /// boots (restart).
         TargetStarting,
         /// Pre-copy rounds are under way.
         Transferring,
@@ -60,9 +87,10 @@ string_enum! {
         Switching,
         /// The instance runs on the target; the source is torn down.
         Succeeded,
-        /// It ended without moving the instance, which still runs on the source.
+        /// It ended without moving the instance, which still runs on the source (a restart that
+        /// failed after its stop starts the instance by the ordinary rules instead).
         Failed,
-        /// It was cancelled; the instance still runs on the source.
+        /// It was cancelled before anything moved; the instance still runs on the source.
         Cancelled,
     }
 }
@@ -77,7 +105,7 @@ impl MigrationPhase {
     }
 }
 
-/// A live migration of one instance.
+/// A migration of one instance, live or by a restart.
 #[derive(CustomResource, Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[kube(
     group = "corral.dev",
@@ -109,8 +137,11 @@ pub struct MigrationSpec {
     pub target_sled: Option<String>,
     #[serde(default)]
     pub reason: MigrationReason,
-    /// Set to stop the migration; the instance stays on the source (unless the switch has
-    /// already happened).
+    /// `Live` (the default) or `Restart`.
+    #[serde(default)]
+    pub mode: MigrationMode,
+    /// Set to stop the migration; the instance stays on the source (unless the switch, or a
+    /// restart's stop, has already happened).
     #[serde(default)]
     pub cancel: bool,
 }
@@ -157,6 +188,37 @@ pub struct TransferProgress {
     /// Predicted guest downtime of the stop-and-copy round.
     #[serde(default)]
     pub predicted_downtime_ms: u64,
+}
+
+impl TransferProgress {
+    /// The pre-copy model's inputs for moving `instance` live off `sled`: its memory, the dirty
+    /// rate its `source` VMM's agent last reported, the sled's migration bandwidth.
+    pub fn before(instance: &Instance, source: Option<&Vmm>, sled: Option<&Sled>) -> Self {
+        TransferProgress {
+            memory_bytes: instance.spec.memory_mib * MIB,
+            dirty_bytes_per_second: source
+                .and_then(|v| v.status.as_ref())
+                .map_or(0, |s| s.dirty_bytes_per_second),
+            bandwidth_bytes_per_second: sled
+                .and_then(|s| s.status.as_ref())
+                .map_or(0, |s| s.migration_bandwidth),
+            ..Default::default()
+        }
+    }
+
+    /// What [`predict`] says of a transfer with these inputs; `Ok(None)` when the sled reports
+    /// no bandwidth (nothing to predict from: the transfer is tried).
+    pub fn prediction(&self) -> Result<Option<Prediction>, NonConvergence> {
+        if self.bandwidth_bytes_per_second == 0 {
+            return Ok(None);
+        }
+        predict(
+            self.memory_bytes,
+            self.dirty_bytes_per_second,
+            self.bandwidth_bytes_per_second,
+        )
+        .map(Some)
+    }
 }
 
 /// An abort the migration controller asked the instance controller for. Never taken back.
@@ -344,6 +406,63 @@ mod tests {
             assert_eq!(phase.is_final(), finished, "{phase}");
             assert_eq!(migration.is_finished(), finished, "{phase}");
         }
+    }
+
+    #[test]
+    fn a_prediction_needs_a_bandwidth_and_says_whether_a_live_move_converges() {
+        let instance = Instance::new(
+            "web",
+            crate::InstanceSpec {
+                memory_mib: 4096,
+                ..Default::default()
+            },
+        );
+        let sled = |bandwidth: u64| {
+            let mut sled = Sled::new("s1", Default::default());
+            sled.status = Some(crate::SledStatus {
+                migration_bandwidth: bandwidth,
+                ..Default::default()
+            });
+            sled
+        };
+        let vmm = |dirty: u64| {
+            let mut vmm = Vmm::new("web-v1", Default::default());
+            vmm.status = Some(crate::VmmStatus {
+                dirty_bytes_per_second: dirty,
+                ..Default::default()
+            });
+            vmm
+        };
+        let cases = [
+            // No bandwidth reported: nothing to predict from.
+            (None, 0, None),
+            (Some(vmm(64 * MIB)), 0, None),
+            (Some(vmm(64 * MIB)), TEN_GBIT, Some(true)),
+            (None, TEN_GBIT, Some(true)),
+            (Some(vmm(TEN_GBIT)), TEN_GBIT, Some(false)),
+        ];
+        for (source, bandwidth, converges) in cases {
+            let sled = sled(bandwidth);
+            let inputs = TransferProgress::before(&instance, source.as_ref(), Some(&sled));
+            assert_eq!(inputs.memory_bytes, 4 * GIB);
+            let got = match inputs.prediction() {
+                Ok(None) => None,
+                Ok(Some(_)) => Some(true),
+                Err(_) => Some(false),
+            };
+            assert_eq!(got, converges, "{inputs:?}");
+        }
+    }
+
+    #[test]
+    fn a_migration_is_live_unless_it_says_restart() {
+        let spec: MigrationSpec =
+            serde_json::from_value(serde_json::json!({"instance": "web"})).unwrap();
+        assert_eq!(spec.mode, MigrationMode::Live);
+        let spec: MigrationSpec =
+            serde_json::from_value(serde_json::json!({"instance": "web", "mode": "Restart"}))
+                .unwrap();
+        assert_eq!(spec.mode, MigrationMode::Restart);
     }
 
     #[test]

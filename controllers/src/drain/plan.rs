@@ -34,12 +34,13 @@ use corral_client::events::EventType;
 use corral_crds::drain::Drain;
 use corral_crds::{
     DrainItem, DrainItemState, DrainPhase, DrainStatus, EvictionStrategy, Instance, InstanceState,
-    Migration, MigrationPhase, Reason, Sled,
+    Migration, MigrationMode, MigrationPhase, Reason, Sled, Vmm,
 };
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
 
+use super::eviction::mode_for;
 use super::placement::{describe, key, on_sled, reserve, target_for, usage_of};
 use crate::kit::{self, Kind, Step};
 
@@ -61,6 +62,7 @@ pub enum Action {
         name: String,
         instance: String,
         target_sled: String,
+        mode: MigrationMode,
     },
     /// Set `spec.cancel` on this Migration ("already gone" is success).
     CancelMigration { namespace: String, name: String },
@@ -88,6 +90,8 @@ pub struct Observed<'a> {
     pub instances: &'a [Arc<Instance>],
     /// The Migrations labelled with this drain.
     pub migrations: &'a [Arc<Migration>],
+    /// The Vmms on the drained sled (their agents' dirty rates feed the pre-copy prediction).
+    pub vmms: &'a [Arc<Vmm>],
     /// Another running drain of the same sled that was created first, if any.
     pub earlier_drain: Option<String>,
     pub now: Timestamp,
@@ -403,12 +407,9 @@ fn follow_moves(
     instances: &HashMap<(String, String), &Arc<Instance>>,
     sled_name: &str,
 ) -> u32 {
-    let migrations: HashMap<(String, String), &Arc<Migration>> = planner
-        .observed
-        .migrations
-        .iter()
-        .map(|m| ((m.namespace().unwrap_or_default(), m.name_any()), m))
-        .collect();
+    let observed = planner.observed;
+    let migrations = migrations_by_name(observed);
+    let drain_name = observed.drain.name_any();
     let mut unfinished = 0u32;
     let mut recreate = Vec::new();
     for item in &mut planner.plan.status.plan {
@@ -432,12 +433,18 @@ fn follow_moves(
                 // Named in the status but not seen: created just now (the cache lags), or
                 // never created before a restart. Creating it again is harmless.
                 unfinished += 1;
-                if let Some(target) = &item.target_sled {
+                if let (Some(target), Some(instance)) = (&item.target_sled, instance) {
+                    let previous = item.attempts.checked_sub(1).and_then(|attempt| {
+                        let name = self::migration_name(&drain_name, &item.instance, attempt);
+                        migrations.get(&(item.namespace.clone(), name)).copied()
+                    });
+                    let (mode, _) = mode_for(instance, observed.vmms, observed.sleds, previous);
                     recreate.push(Action::CreateMigration {
                         namespace: item.namespace.clone(),
                         name: migration_name,
                         instance: item.instance.clone(),
                         target_sled: target.clone(),
+                        mode,
                     });
                 }
             }
@@ -449,6 +456,20 @@ fn follow_moves(
         planner.plan.act(action);
     }
     unfinished
+}
+
+/// The drain's Migrations by (namespace, name).
+fn migrations_by_name<'a>(observed: &Observed<'a>) -> HashMap<(String, String), &'a Migration> {
+    observed
+        .migrations
+        .iter()
+        .map(|m| {
+            (
+                (m.namespace().unwrap_or_default(), m.name_any()),
+                m.as_ref(),
+            )
+        })
+        .collect()
 }
 
 /// A move that ended: the item waits for another attempt, or fails after the last one. A move
@@ -486,6 +507,7 @@ fn start_moves(
 ) -> bool {
     let observed = planner.observed;
     let drain_name = observed.drain.name_any();
+    let migrations = migrations_by_name(observed);
     let mut usage = usage_of(observed.sleds, observed.instances);
     let max_parallel = observed.drain.spec.max_parallel.max(1);
     let mut waiting = false;
@@ -497,8 +519,8 @@ fn start_moves(
         let Some(instance) = instances.get(&(item.namespace.clone(), item.instance.clone())) else {
             continue;
         };
-        // Only a running instance can move live; one starting (or being repaired) on the sled
-        // is moved once it runs.
+        // Only a running instance is moved (live or by a restart); one starting (or being
+        // repaired) on the sled is moved once it runs.
         let state = instance.status.as_ref().and_then(|s| s.state);
         if state != Some(InstanceState::Running) {
             item.message = format!(
@@ -529,12 +551,20 @@ fn start_moves(
             }
         };
         reserve(&mut usage, &target, instance);
+        let previous = item
+            .migration
+            .as_ref()
+            .and_then(|name| migrations.get(&(item.namespace.clone(), name.clone())))
+            .copied();
+        let (mode, why) = mode_for(instance, observed.vmms, observed.sleds, previous);
         item.attempts += 1;
         item.target_sled = Some(target.clone());
         item.state = DrainItemState::Moving;
         let name = migration_name(&drain_name, &item.instance, item.attempts);
         item.migration = Some(name.clone());
-        if item.message.starts_with("waiting") {
+        if let Some(why) = why {
+            item.message = why;
+        } else if item.message.starts_with("waiting") {
             item.message.clear();
         }
         created.push(Action::CreateMigration {
@@ -542,6 +572,7 @@ fn start_moves(
             name,
             instance: item.instance.clone(),
             target_sled: target,
+            mode,
         });
         unfinished += 1;
     }

@@ -110,6 +110,7 @@ fn migration(name: &str, instance: &str, phase: Option<MigrationPhase>) -> Arc<M
             instance: instance.into(),
             target_sled: None,
             reason: corral_crds::MigrationReason::Drain,
+            mode: Default::default(),
             cancel: false,
         },
     );
@@ -133,11 +134,23 @@ fn run(
     migrations: &[Arc<Migration>],
     at: Timestamp,
 ) -> Plan {
+    run_with_vmms(drain, sleds, instances, migrations, &[], at)
+}
+
+fn run_with_vmms(
+    drain: &Drain,
+    sleds: &[Arc<Sled>],
+    instances: &[Arc<Instance>],
+    migrations: &[Arc<Migration>],
+    vmms: &[Arc<Vmm>],
+    at: Timestamp,
+) -> Plan {
     plan(&Observed {
         drain,
         sleds,
         instances,
         migrations,
+        vmms,
         earlier_drain: None,
         now: at,
     })
@@ -343,7 +356,7 @@ fn an_instance_that_may_not_move_refuses_the_drain_unless_forced() {
     let plan = run(&forced, &sleds, &instances, &[], now());
     assert_eq!(plan.status.phase, Some(DrainPhase::Draining));
     assert_eq!(state_of(&plan, "pinned"), DrainItemState::Stays);
-    // Restart is moved by a Migration too.
+    // Restart is moved by a Migration too, a restart one.
     assert_eq!(
         created(&plan),
         vec![("d-batch-1".into(), "batch".into(), "sled-2".into())]
@@ -585,6 +598,7 @@ fn a_second_drain_of_a_sled_is_refused() {
         drain: &drain(4),
         sleds: &sleds,
         instances: &instances,
+        vmms: &[],
         migrations: &[],
         earlier_drain: Some("sled-1-1".into()),
         now: now(),
@@ -657,4 +671,134 @@ fn parse_deadline_takes_go_durations_and_seconds() {
     assert_eq!(parse_deadline("90"), Ok(Duration::from_secs(90)));
     assert!(parse_deadline("-5m").is_err());
     assert!(parse_deadline("later").is_err());
+}
+
+/// 10 Gbit/s.
+const GBIT10: u64 = 1_250_000_000;
+
+/// sled-1 (cordoned, with a 10 Gbit/s migration link) and sled-2 with room.
+fn linked_sleds() -> [Arc<Sled>; 2] {
+    let mut source = (*cordoned(sled("sled-1", 64, 4))).clone();
+    source.status.as_mut().unwrap().migration_bandwidth = GBIT10;
+    [Arc::new(source), sled("sled-2", 64, 0)]
+}
+
+/// The VMM `NAME-v1` on sled-1, its guest dirtying `dirty` bytes a second.
+fn source_vmm(instance: &str, dirty: u64) -> Arc<Vmm> {
+    let mut vmm = Vmm::new(
+        &format!("{instance}-v1"),
+        corral_crds::VmmSpec {
+            instance: instance.into(),
+            sled: "sled-1".into(),
+            ..Default::default()
+        },
+    );
+    vmm.metadata.namespace = Some("default".into());
+    vmm.status = Some(corral_crds::VmmStatus {
+        dirty_bytes_per_second: dirty,
+        ..Default::default()
+    });
+    Arc::new(vmm)
+}
+
+/// The modes of the Migrations a plan creates, by instance.
+fn modes(plan: &Plan) -> Vec<(String, MigrationMode)> {
+    plan.actions()
+        .filter_map(|a| match a {
+            Action::CreateMigration { instance, mode, .. } => Some((instance.clone(), *mode)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn each_eviction_strategy_moves_by_its_mode() {
+    let quiet = 64 << 20;
+    let hot = 2 * GBIT10;
+    let cases = [
+        (EvictionStrategy::LiveMigrate, quiet, MigrationMode::Live),
+        // Live or not at all: the migration controller refuses it, the item fails.
+        (EvictionStrategy::LiveMigrate, hot, MigrationMode::Live),
+        (EvictionStrategy::Restart, quiet, MigrationMode::Restart),
+        (EvictionStrategy::Restart, hot, MigrationMode::Restart),
+        (
+            EvictionStrategy::LiveMigrateIfPossible,
+            quiet,
+            MigrationMode::Live,
+        ),
+        (
+            EvictionStrategy::LiveMigrateIfPossible,
+            hot,
+            MigrationMode::Restart,
+        ),
+    ];
+    for (strategy, dirty, mode) in cases {
+        let instances = [with_strategy(instance("a", 4, "sled-1"), strategy)];
+        let vmms = [source_vmm("a", dirty)];
+        let plan = run_with_vmms(&drain(4), &linked_sleds(), &instances, &[], &vmms, now());
+        let what = format!("{strategy} dirtying {dirty} B/s");
+        assert_eq!(plan.status.phase, Some(DrainPhase::Draining), "{what}");
+        assert_eq!(modes(&plan), vec![("a".to_string(), mode)], "{what}");
+        // The plan and its target are the same whatever the mode.
+        assert_eq!(created(&plan)[0].2, "sled-2", "{what}");
+        let message = &plan.status.plan[0].message;
+        let said = message.contains("would not converge");
+        assert_eq!(
+            said,
+            strategy == EvictionStrategy::LiveMigrateIfPossible && dirty == hot,
+            "{what}: {message}"
+        );
+    }
+}
+
+#[test]
+fn a_live_move_refused_for_not_converging_is_retried_as_a_restart_if_the_strategy_allows() {
+    for (strategy, retried_as) in [
+        (
+            EvictionStrategy::LiveMigrateIfPossible,
+            MigrationMode::Restart,
+        ),
+        (EvictionStrategy::LiveMigrate, MigrationMode::Live),
+    ] {
+        let instances = [with_strategy(instance("a", 4, "sled-1"), strategy)];
+        // Quiet when planned (and no bandwidth known): the first move is live.
+        let sleds = [
+            cordoned(sled("sled-1", 64, 4)),
+            sled("sled-2", 64, 0),
+            sled("sled-3", 64, 0),
+        ];
+        let mut drain = drain(1);
+        let plan = run(&drain, &sleds, &instances, &[], now());
+        assert_eq!(modes(&plan), vec![("a".to_string(), MigrationMode::Live)]);
+        drain = applied(&drain, &plan);
+        let mut refused = (*migration("d-a-1", "a", Some(MigrationPhase::Failed))).clone();
+        let status = refused.status.as_mut().unwrap();
+        status.reason = Some(Reason::WillNotConverge);
+        status.message = "refused: the transfer would not converge".into();
+        let plan = run(&drain, &sleds, &instances, &[Arc::new(refused)], later(5));
+        assert_eq!(
+            modes(&plan),
+            vec![("a".to_string(), retried_as)],
+            "{strategy}"
+        );
+    }
+}
+
+#[test]
+fn a_restart_named_but_never_created_is_created_again_as_a_restart() {
+    let instances = [with_strategy(
+        instance("a", 4, "sled-1"),
+        EvictionStrategy::Restart,
+    )];
+    let sleds = linked_sleds();
+    let drain = drain(4);
+    let plan = run(&drain, &sleds, &instances, &[], now());
+    let drain = applied(&drain, &plan);
+    // The status names d-a-1; the Migration never appeared (the controller stopped).
+    let plan = run(&drain, &sleds, &instances, &[], later(1));
+    assert_eq!(
+        modes(&plan),
+        vec![("a".to_string(), MigrationMode::Restart)]
+    );
+    assert_eq!(created(&plan)[0].0, "d-a-1");
 }

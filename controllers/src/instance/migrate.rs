@@ -1,6 +1,8 @@
 //! The instance controller's part of a live migration: start an admitted Migration, and decide
 //! its outcome — the *switch* or the *abort* (docs/migration.md, "One decision point"). Pure,
-//! like the rest of the instance controller's plan (`plan.rs`, `planning.rs`).
+//! like the rest of the instance controller's plan (`plan.rs`, `planning.rs`). How an outcome
+//! is recorded ([`decide`]) and which Migration starts next ([`oldest_admitted`]) serve the
+//! restart migrations too (`restart.rs`, which carries out `mode: Restart`).
 //!
 //! # Definitions
 //! - A Migration is *admitted* if (and only if) the migration controller moved it past
@@ -26,7 +28,7 @@
 
 use corral_crds::{
     ConditionStatus, InstanceConditionType as Cond, InstanceState, MigrateFrom, Migration,
-    MigrationOutcome, MigrationPhase, Reason, Vmm, VmmMigrationPhase, condition,
+    MigrationMode, MigrationOutcome, MigrationPhase, Reason, Vmm, VmmMigrationPhase, condition,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
@@ -34,19 +36,21 @@ use kube::ResourceExt;
 use corral_client::events::EventType;
 
 use super::planning::{Action, Place, PlaceRequest, Planner};
-use crate::scheduler::Placement;
+use crate::scheduler::{Placement, Rejections};
 
-/// Starts an admitted migration, follows the one under way, or decides its outcome.
+/// Starts an admitted live migration, follows the one under way, or decides its outcome. A
+/// restart (a Migration named without a target) is `restart.rs`'s.
 pub(super) fn plan_migration(planner: &mut Planner<'_>, place: &mut Place<'_>) {
-    if planner.plan.status.migration.is_some() {
-        follow(planner);
-    } else {
-        start(planner, place);
+    let status = &planner.plan.status;
+    match (&status.migration, &status.target_vmm) {
+        (Some(_), Some(_)) => follow(planner),
+        (None, _) => start(planner, place),
+        (Some(_), None) => {}
     }
 }
 
 /// The Migration `name` of this instance, if the cache has it.
-fn find<'a>(planner: &Planner<'a>, name: &str) -> Option<&'a Migration> {
+pub(super) fn find<'a>(planner: &Planner<'a>, name: &str) -> Option<&'a Migration> {
     planner
         .observed
         .migrations
@@ -60,8 +64,6 @@ fn follow(planner: &mut Planner<'_>) {
     let observed = planner.observed;
     let name = planner.plan.status.migration.clone().unwrap_or_default();
     let Some(target_name) = planner.plan.status.target_vmm.clone() else {
-        // Named without a target cannot happen through this module; clear it.
-        planner.plan.status.migration = None;
         return;
     };
     let migration = find(planner, &name);
@@ -94,13 +96,8 @@ fn why_abort(
             .vmms
             .iter()
             .any(|v| Some(v.name_any()) == planner.plan.status.active_vmm);
-    if let Some(asked) = migration.and_then(|m| m.status.as_ref()?.abort.clone()) {
-        let phase = if asked.reason == Reason::MigrationCancelled {
-            MigrationPhase::Cancelled
-        } else {
-            MigrationPhase::Failed
-        };
-        Some((phase, asked.reason, asked.message))
+    if let Some(outcome) = migration.and_then(asked_outcome) {
+        Some(outcome)
     } else if migration.is_none() {
         // The executor reads the Migration from the API before planning on its absence.
         Some((
@@ -259,8 +256,19 @@ fn switch(planner: &mut Planner<'_>, name: &str, target_name: &str) {
     );
 }
 
+/// The outcome an abort the migration controller asked for gives, if it asked.
+pub(super) fn asked_outcome(migration: &Migration) -> Option<(MigrationPhase, Reason, String)> {
+    let asked = migration.status.as_ref()?.abort.clone()?;
+    let phase = if asked.reason == Reason::MigrationCancelled {
+        MigrationPhase::Cancelled
+    } else {
+        MigrationPhase::Failed
+    };
+    Some((phase, asked.reason, asked.message))
+}
+
 /// Records the outcome and forgets the migration.
-fn decide(
+pub(super) fn decide(
     planner: &mut Planner<'_>,
     name: &str,
     phase: MigrationPhase,
@@ -302,14 +310,16 @@ fn recreate_target(planner: &mut Planner<'_>, name: &str, target_name: &str) {
     });
 }
 
-/// No migration under way: start the oldest admitted, undecided Migration of the instance.
+/// No migration under way: start the oldest admitted, undecided Migration of the instance if
+/// it is live.
 fn start(planner: &mut Planner<'_>, place: &mut Place<'_>) {
     let observed = planner.observed;
-    let Some(migration) = oldest_admitted(planner) else {
+    let Some(migration) = oldest_admitted(planner).filter(|m| m.spec.mode == MigrationMode::Live)
+    else {
         return;
     };
     let name = migration.name_any();
-    let asked_abort = migration.status.as_ref().and_then(|s| s.abort.clone());
+    let asked_abort = asked_outcome(migration);
     let running = planner.plan.status.state == Some(InstanceState::Running)
         && observed.instance.metadata.deletion_timestamp.is_none();
     let (Some(source), Some(source_sled)) = (
@@ -325,13 +335,8 @@ fn start(planner: &mut Planner<'_>, place: &mut Place<'_>) {
         );
         return;
     };
-    if let Some(asked) = asked_abort {
-        let phase = if asked.reason == Reason::MigrationCancelled {
-            MigrationPhase::Cancelled
-        } else {
-            MigrationPhase::Failed
-        };
-        decide(planner, &name, phase, asked.reason, asked.message);
+    if let Some((phase, reason, message)) = asked_abort {
+        decide(planner, &name, phase, reason, message);
         return;
     }
     if !running {
@@ -355,29 +360,38 @@ fn start(planner: &mut Planner<'_>, place: &mut Place<'_>) {
     };
     match placed {
         Ok(placement) => name_and_create_target(planner, source, target_name, serial, placement),
-        Err(rejections) => {
-            let message = match only {
-                Some(sled) => format!("target sled {sled} does not fit the instance: {rejections}"),
-                None => format!("no other sled fits the instance: {rejections}"),
-            };
-            decide(
-                planner,
-                &name,
-                MigrationPhase::Failed,
-                Reason::Unschedulable,
-                message.clone(),
-            );
-            planner.plan.event(
-                EventType::Warning,
-                Reason::MigrationFailed,
-                format!("migration {name}: {message}"),
-            );
-        }
+        Err(rejections) => refuse_unplaceable(planner, &name, only, &rejections),
     }
 }
 
+/// No sled (or not the `only` one) takes the instance: the migration fails before anything
+/// moved.
+pub(super) fn refuse_unplaceable(
+    planner: &mut Planner<'_>,
+    name: &str,
+    only: Option<&str>,
+    rejections: &Rejections,
+) {
+    let message = match only {
+        Some(sled) => format!("target sled {sled} does not fit the instance: {rejections}"),
+        None => format!("no other sled fits the instance: {rejections}"),
+    };
+    decide(
+        planner,
+        name,
+        MigrationPhase::Failed,
+        Reason::Unschedulable,
+        message.clone(),
+    );
+    planner.plan.event(
+        EventType::Warning,
+        Reason::MigrationFailed,
+        format!("migration {name}: {message}"),
+    );
+}
+
 /// The oldest admitted Migration of the instance that was not decided yet.
-fn oldest_admitted<'a>(planner: &Planner<'a>) -> Option<&'a Migration> {
+pub(super) fn oldest_admitted<'a>(planner: &Planner<'a>) -> Option<&'a Migration> {
     let decided = planner
         .plan
         .status

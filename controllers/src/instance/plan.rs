@@ -26,8 +26,8 @@ use corral_crds::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
 
-use super::migrate;
 use super::planning::{Action, Observed, Place, PlaceRequest, Plan, Planner};
+use super::{migrate, restart};
 use crate::kit::Step;
 use crate::scheduler::{Placement, Rejections};
 
@@ -85,6 +85,7 @@ pub fn plan(observed: &Observed<'_>, place: &mut Place<'_>) -> Plan {
     }
     plan_active(&mut planner);
     migrate::plan_migration(&mut planner, place);
+    restart::plan_restart(&mut planner, place, start_placed);
     detect_divergence(&mut planner);
     if planner.plan.status.active_vmm.is_none() {
         plan_start(&mut planner, place);

@@ -69,6 +69,11 @@ impl<'a> PlaceRequest<'a> {
 /// Chooses (and reserves) a sled for a Vmm.
 pub type Place<'a> = dyn FnMut(&PlaceRequest<'_>) -> Result<Placement, Rejections> + 'a;
 
+/// Names a new active Vmm (its name, serial and placement) in the planned status and creates
+/// it: the start every placement of an instance goes through (`plan.rs` lends it to
+/// `restart.rs`).
+pub(super) type StartPlaced = fn(&mut Planner<'_>, String, u64, Placement);
+
 /// What the controller observes of one instance.
 pub struct Observed<'a> {
     pub instance: &'a Instance,

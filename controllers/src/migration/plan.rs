@@ -6,6 +6,11 @@
 //!   and not final. Only under-way migrations count towards the limits.
 //! - The instance is *movable* if (and only if) its state is `Running`, it names an active
 //!   Vmm that runs, and no target.
+//! - A restart migration (`spec.mode: Restart`) is *stopping* while the instance names it and
+//!   its active Vmm is still the source (or none yet); it is *starting* once the instance names
+//!   another active Vmm (the new one, on the target). Restarts are admitted, limited and
+//!   followed like live migrations, without the pre-copy prediction and without transfer
+//!   progress (no memory is copied): docs/migration.md, "Restart migrations".
 //! - The V2P change of the instance's last move has *converged* if (and only if), for every
 //!   NIC, its VPC's routes map the IP to the instance's sled at its current
 //!   `locationGeneration`, and every Ready sled acknowledges that VPC at a generation at least
@@ -23,10 +28,10 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use corral_client::events::EventType;
-use corral_crds::migration::{MIB, predict};
+use corral_crds::migration::MIB;
 use corral_crds::{
-    Instance, InstanceState, Migration, MigrationAbort, MigrationPhase, MigrationStatus, Reason,
-    Sled, TransferProgress, Vmm, VmmMigrationPhase, VmmState, VpcRoutes,
+    Instance, InstanceState, Migration, MigrationAbort, MigrationMode, MigrationPhase,
+    MigrationStatus, Reason, Sled, TransferProgress, Vmm, VmmMigrationPhase, VmmState, VpcRoutes,
 };
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -84,6 +89,15 @@ impl Timeouts {
     pub fn overall(&self, memory_mib: u64) -> Duration {
         let gib = memory_mib.div_ceil(1024).max(1);
         self.base + self.per_gib * gib as u32
+    }
+
+    /// The whole-migration limit of a migration in `mode`: a restart copies no memory, so it
+    /// gets the base alone (a stop and a boot), whatever the guest's size.
+    pub fn limit(&self, mode: MigrationMode, memory_mib: u64) -> Duration {
+        match mode {
+            MigrationMode::Live => self.overall(memory_mib),
+            MigrationMode::Restart => self.base,
+        }
     }
 }
 
@@ -327,34 +341,23 @@ fn target_refusal(observed: &Observed<'_>, source_sled: &str) -> Option<Verdict>
 }
 
 /// The transfer as the pre-copy model predicts it, with what the source's agent reports;
-/// refused if it would not converge.
+/// refused if it would not converge. A restart transfers nothing: no prediction, no progress.
 fn predicted(
     observed: &Observed<'_>,
     instance: &Instance,
     source_sled: &str,
-) -> Result<TransferProgress, Verdict> {
-    let memory = instance.spec.memory_mib * MIB;
-    let dirty = observed
-        .source
-        .and_then(|v| v.status.as_ref())
-        .map_or(0, |s| s.dirty_bytes_per_second);
-    let bandwidth = sled(observed, source_sled)
-        .and_then(|s| s.status.as_ref())
-        .map_or(0, |s| s.migration_bandwidth);
-    let mut progress = TransferProgress {
-        memory_bytes: memory,
-        dirty_bytes_per_second: dirty,
-        bandwidth_bytes_per_second: bandwidth,
-        ..Default::default()
-    };
-    if bandwidth == 0 {
-        return Ok(progress);
+) -> Result<Option<TransferProgress>, Verdict> {
+    if observed.migration.spec.mode == MigrationMode::Restart {
+        return Ok(None);
     }
-    match predict(memory, dirty, bandwidth) {
-        Ok(prediction) => {
+    let mut progress =
+        TransferProgress::before(instance, observed.source, sled(observed, source_sled));
+    match progress.prediction() {
+        Ok(None) => Ok(Some(progress)),
+        Ok(Some(prediction)) => {
             progress.predicted_downtime_ms = prediction.downtime.as_millis() as u64;
             progress.eta_seconds = Some(prediction.duration.as_secs_f64().ceil() as u64);
-            Ok(progress)
+            Ok(Some(progress))
         }
         Err(why) => Err(Verdict::Finish(
             MigrationPhase::Failed,
@@ -397,15 +400,22 @@ fn admit(
     plan: &mut Plan,
     source_vmm: String,
     source_sled: String,
-    progress: TransferProgress,
+    progress: Option<TransferProgress>,
 ) {
     let migration = observed.migration;
-    let message = match progress.eta_seconds {
-        Some(eta) => format!(
-            "moving {} from {source_sled}: predicted {eta} s, {} ms downtime",
-            migration.spec.instance, progress.predicted_downtime_ms
+    let instance = &migration.spec.instance;
+    let message = match &progress {
+        None => format!(
+            "restarting {instance}: stopping it on {source_sled}, then starting it on another sled"
         ),
-        None => format!("moving {} from {source_sled}", migration.spec.instance),
+        Some(TransferProgress {
+            eta_seconds: Some(eta),
+            predicted_downtime_ms,
+            ..
+        }) => format!(
+            "moving {instance} from {source_sled}: predicted {eta} s, {predicted_downtime_ms} ms downtime"
+        ),
+        Some(_) => format!("moving {instance} from {source_sled}"),
     };
     let status = &mut plan.status;
     status.phase = Some(MigrationPhase::Scheduling);
@@ -413,7 +423,7 @@ fn admit(
     status.source_sled = Some(source_sled);
     status.target_sled = migration.spec.target_sled.clone();
     status.started_at = Some(Time(observed.now));
-    status.progress = Some(progress);
+    status.progress = progress;
     status.reason = Some(Reason::MigrationStarted);
     status.message = message.clone();
     let name = migration.name_any();
@@ -473,7 +483,11 @@ fn plan_under_way(observed: &Observed<'_>, plan: &mut Plan) {
         if outcome.phase == MigrationPhase::Succeeded {
             plan.status.location_generation = Some(status.location_generation);
             if migration.spec.cancel || plan.status.abort.is_some() {
-                message = format!("{message} (the abort came after the switch)");
+                let point = match migration.spec.mode {
+                    MigrationMode::Live => "switch",
+                    MigrationMode::Restart => "stop",
+                };
+                message = format!("{message} (the abort came after the {point})");
             }
         }
         let reason = outcome.reason.unwrap_or(Reason::MigrationFailed);
@@ -481,51 +495,13 @@ fn plan_under_way(observed: &Observed<'_>, plan: &mut Plan) {
     }
     // Where it is.
     let named = status.migration.as_deref() == Some(name.as_str());
-    if named {
-        plan.status.target_vmm = status.target_vmm.clone();
-        plan.status.target_sled = status.target_sled.clone();
-    }
-    let ends = [observed.source, observed.target]
-        .into_iter()
-        .flatten()
-        .filter_map(|vmm| vmm.status.as_ref()?.migration.as_ref())
-        .filter(|m| m.migration == name)
-        .collect::<Vec<_>>();
-    let target_end = observed
-        .target
-        .and_then(|v| v.status.as_ref()?.migration.as_ref())
-        .filter(|m| m.migration == name);
-    let phase = match target_end.map(|m| m.phase) {
-        _ if !named => MigrationPhase::Scheduling,
-        Some(VmmMigrationPhase::Ready | VmmMigrationPhase::Completed) => MigrationPhase::Switching,
-        Some(VmmMigrationPhase::Transferring) => MigrationPhase::Transferring,
-        _ => MigrationPhase::TargetStarting,
-    };
-    let previous = plan.status.phase.unwrap_or(MigrationPhase::Pending);
-    // Phases only move forward while under way.
-    let phase = phase.max(previous);
-    if phase != previous {
-        plan.status.phase = Some(phase);
-        plan.status.reason = Some(match phase {
-            MigrationPhase::Transferring => Reason::Transferring,
-            MigrationPhase::Switching => Reason::Switching,
-            _ => Reason::MigrationStarted,
-        });
-        if phase == MigrationPhase::Transferring && plan.status.transfer_started_at.is_none() {
-            plan.status.transfer_started_at = Some(Time(observed.now));
-        }
-    }
-    if let Some(best) = ends.iter().max_by_key(|m| m.progress.bytes_sent)
-        && best.progress.bytes_sent > 0
-    {
-        let mut progress = best.progress.clone();
-        if progress.memory_bytes == 0 {
-            progress.memory_bytes = instance.spec.memory_mib * MIB;
-        }
-        plan.status.progress = Some(progress);
+    if migration.spec.mode == MigrationMode::Restart {
+        follow_restart(observed, plan, &status, named);
+    } else {
+        follow_live(observed, plan, &status, named);
     }
     if plan.status.abort.is_none()
-        && let Some((reason, message)) = abort_reason(observed, plan, &ends)
+        && let Some((reason, message)) = abort_reason(observed, plan)
     {
         plan.status.abort = Some(MigrationAbort {
             reason,
@@ -546,12 +522,92 @@ fn plan_under_way(observed: &Observed<'_>, plan: &mut Plan) {
     }
 }
 
-/// Why the migration must stop, if it must.
-fn abort_reason(
+/// Moves the phase forward to `phase` (never back while under way), with its reason.
+fn advance(observed: &Observed<'_>, plan: &mut Plan, phase: MigrationPhase) {
+    let previous = plan.status.phase.unwrap_or(MigrationPhase::Pending);
+    let phase = phase.max(previous);
+    if phase != previous {
+        plan.status.phase = Some(phase);
+        plan.status.reason = Some(match phase {
+            MigrationPhase::Transferring => Reason::Transferring,
+            MigrationPhase::Switching => Reason::Switching,
+            MigrationPhase::Stopping => Reason::ShuttingDown,
+            _ => Reason::MigrationStarted,
+        });
+        if phase == MigrationPhase::Transferring && plan.status.transfer_started_at.is_none() {
+            plan.status.transfer_started_at = Some(Time(observed.now));
+        }
+    }
+}
+
+/// A restart under way: stopping until the instance names a new active Vmm, then starting it.
+fn follow_restart(
     observed: &Observed<'_>,
-    plan: &Plan,
-    ends: &[&corral_crds::VmmMigrationStatus],
-) -> Option<(Reason, String)> {
+    plan: &mut Plan,
+    status: &corral_crds::InstanceStatus,
+    named: bool,
+) {
+    let active = status.active_vmm.as_ref();
+    let phase = if !named {
+        MigrationPhase::Scheduling
+    } else if active.is_none() || active == plan.status.source_vmm.as_ref() {
+        MigrationPhase::Stopping
+    } else {
+        plan.status.target_vmm = status.active_vmm.clone();
+        plan.status.target_sled = status.sled.clone();
+        MigrationPhase::TargetStarting
+    };
+    advance(observed, plan, phase);
+}
+
+/// A live migration under way: the phase and progress its ends report.
+fn follow_live(
+    observed: &Observed<'_>,
+    plan: &mut Plan,
+    status: &corral_crds::InstanceStatus,
+    named: bool,
+) {
+    let name = observed.migration.name_any();
+    if named {
+        plan.status.target_vmm = status.target_vmm.clone();
+        plan.status.target_sled = status.target_sled.clone();
+    }
+    let ends = ends(observed);
+    let target_end = observed
+        .target
+        .and_then(|v| v.status.as_ref()?.migration.as_ref())
+        .filter(|m| m.migration == name);
+    let phase = match target_end.map(|m| m.phase) {
+        _ if !named => MigrationPhase::Scheduling,
+        Some(VmmMigrationPhase::Ready | VmmMigrationPhase::Completed) => MigrationPhase::Switching,
+        Some(VmmMigrationPhase::Transferring) => MigrationPhase::Transferring,
+        _ => MigrationPhase::TargetStarting,
+    };
+    advance(observed, plan, phase);
+    if let Some(best) = ends.iter().max_by_key(|m| m.progress.bytes_sent)
+        && best.progress.bytes_sent > 0
+    {
+        let mut progress = best.progress.clone();
+        if progress.memory_bytes == 0 {
+            progress.memory_bytes = observed.instance.map_or(0, |i| i.spec.memory_mib) * MIB;
+        }
+        plan.status.progress = Some(progress);
+    }
+}
+
+/// The migration's ends as the agents report them (a live migration's source and target).
+fn ends<'a>(observed: &Observed<'a>) -> Vec<&'a corral_crds::VmmMigrationStatus> {
+    let name = observed.migration.name_any();
+    [observed.source, observed.target]
+        .into_iter()
+        .flatten()
+        .filter_map(|vmm| vmm.status.as_ref()?.migration.as_ref())
+        .filter(|m| m.migration == name)
+        .collect()
+}
+
+/// Why the migration must stop, if it must.
+fn abort_reason(observed: &Observed<'_>, plan: &Plan) -> Option<(Reason, String)> {
     let migration = observed.migration;
     if migration.spec.cancel {
         return Some((
@@ -559,7 +615,12 @@ fn abort_reason(
             "cancelled by request".to_string(),
         ));
     }
-    if let Some(end) = ends.iter().find(|m| m.phase == VmmMigrationPhase::Failed) {
+    let live = migration.spec.mode == MigrationMode::Live;
+    if live
+        && let Some(end) = ends(observed)
+            .into_iter()
+            .find(|m| m.phase == VmmMigrationPhase::Failed)
+    {
         let message = format!(
             "the {} reports the transfer failed: {}",
             end.role.as_str().to_lowercase(),
@@ -567,7 +628,8 @@ fn abort_reason(
         );
         return Some((Reason::TransferFailed, message));
     }
-    if let Some(target) = observed.target
+    if live
+        && let Some(target) = observed.target
         && target.status.as_ref().and_then(|s| s.state) == Some(VmmState::Failed)
     {
         let why = target
@@ -598,7 +660,7 @@ fn abort_reason(
         }
     }
     let memory_mib = observed.instance.map_or(0, |i| i.spec.memory_mib);
-    let limit = observed.timeouts.overall(memory_mib);
+    let limit = observed.timeouts.limit(migration.spec.mode, memory_mib);
     if let Some(started) = &status.started_at {
         let elapsed =
             Duration::try_from(observed.now.duration_since(started.0)).unwrap_or_default();
@@ -613,7 +675,8 @@ fn abort_reason(
             ));
         }
     }
-    if observed.stalled_for > observed.timeouts.no_progress {
+    // A restart sends no bytes: only the overall limit applies to it.
+    if live && observed.stalled_for > observed.timeouts.no_progress {
         return Some((
             Reason::Timeout,
             format!("no progress for {} s", observed.stalled_for.as_secs()),

@@ -522,3 +522,148 @@ fn aborts_are_asked_for_once_and_never_decided_here() {
     assert_eq!(plan.status.phase, Some(MigrationPhase::Switching));
     assert!(plan.status.abort.is_none());
 }
+
+/// A change to the instance's status.
+type StatusChange = fn(&mut InstanceStatus);
+
+fn restart(phase: Option<MigrationPhase>) -> Migration {
+    let mut migration = migration("move", phase);
+    migration.spec.mode = MigrationMode::Restart;
+    migration
+}
+
+#[test]
+fn a_restart_is_admitted_without_a_prediction_and_within_the_same_limits() {
+    // A guest dirtying faster than the link: a live move is refused, a restart is not.
+    let mut hot = Case::new(restart(None));
+    hot.source = Some(vmm("web-v1", "sled-1", 2 * GBIT10, None));
+    let plan = hot.run();
+    assert_eq!(
+        outcome(&plan),
+        (
+            Some(MigrationPhase::Scheduling),
+            Some(Reason::MigrationStarted)
+        )
+    );
+    assert_eq!(plan.status.progress, None, "no bytes to show");
+    assert!(
+        plan.status.message.starts_with("restarting web"),
+        "{}",
+        plan.status.message
+    );
+    let mut live = Case::new(migration("move", None));
+    live.source = hot.source.clone();
+    assert_eq!(
+        outcome(&live.run()),
+        (Some(MigrationPhase::Failed), Some(Reason::WillNotConverge))
+    );
+    // The limits are the live ones.
+    let mut busy = Case::new(restart(None));
+    busy.load.add(Some("sled-1"), None);
+    busy.load.add(Some("sled-1"), None);
+    busy.load.add(Some("sled-1"), None);
+    busy.load.add(Some("sled-1"), None);
+    assert_eq!(
+        outcome(&busy.run()),
+        (
+            Some(MigrationPhase::Pending),
+            Some(Reason::MigrationThrottled)
+        )
+    );
+}
+
+#[test]
+fn a_restarts_phase_follows_the_instance() {
+    let status_of = |case: &mut Case| {
+        case.instance
+            .as_mut()
+            .unwrap()
+            .status
+            .as_mut()
+            .unwrap()
+            .clone()
+    };
+    let cases: Vec<(&str, StatusChange, MigrationPhase)> = vec![
+        (
+            "not started by the instance yet",
+            |_| {},
+            MigrationPhase::Scheduling,
+        ),
+        (
+            "named, the source still active",
+            |s| s.migration = Some("move".into()),
+            MigrationPhase::Stopping,
+        ),
+        (
+            "named, the source gone",
+            |s| {
+                s.migration = Some("move".into());
+                s.active_vmm = None;
+                s.sled = None;
+            },
+            MigrationPhase::Stopping,
+        ),
+        (
+            "named, the new Vmm active",
+            |s| {
+                s.migration = Some("move".into());
+                s.active_vmm = Some("web-v2".into());
+                s.sled = Some("sled-2".into());
+            },
+            MigrationPhase::TargetStarting,
+        ),
+    ];
+    for (what, change, phase) in cases {
+        let mut case = Case::new(restart(Some(MigrationPhase::Scheduling)));
+        let mut status = status_of(&mut case);
+        change(&mut status);
+        case.instance.as_mut().unwrap().status = Some(status);
+        // A restart makes no transfer progress: a long stall is no reason to abort.
+        case.stalled_for = Duration::from_secs(600);
+        let plan = case.run();
+        assert_eq!(plan.status.phase, Some(phase), "{what}");
+        assert_eq!(plan.status.abort, None, "{what}");
+        if phase == MigrationPhase::TargetStarting {
+            assert_eq!(plan.status.target_vmm.as_deref(), Some("web-v2"));
+            assert_eq!(plan.status.target_sled.as_deref(), Some("sled-2"));
+        }
+    }
+}
+
+#[test]
+fn a_restart_times_out_after_the_base_alone_and_ends_as_the_instance_decided() {
+    // 4 GiB: a live move may take 60 + 4 × 20 s; a restart copies nothing and gets 60 s.
+    let mut late = Case::new(restart(Some(MigrationPhase::Stopping)));
+    late.now = at(61).0;
+    let abort = late.run().status.abort.expect("an abort is asked for");
+    assert_eq!(abort.reason, Reason::Timeout, "{}", abort.message);
+    assert_eq!(
+        Timeouts::default().limit(MigrationMode::Restart, 4096),
+        Duration::from_secs(60)
+    );
+    assert_eq!(
+        Timeouts::default().limit(MigrationMode::Live, 4096),
+        Duration::from_secs(140)
+    );
+
+    let mut decided = Case::new(restart(Some(MigrationPhase::TargetStarting)));
+    decided.migration.spec.cancel = true;
+    let status = decided.instance.as_mut().unwrap().status.as_mut().unwrap();
+    status.location_generation = 4;
+    status.last_migration = Some(MigrationOutcome {
+        name: "move".into(),
+        phase: MigrationPhase::Succeeded,
+        reason: Some(Reason::MigrationSucceeded),
+        message: "restarted".into(),
+        target_vmm: None,
+        at: at(5),
+    });
+    let plan = decided.run();
+    assert_eq!(plan.status.phase, Some(MigrationPhase::Succeeded));
+    assert_eq!(plan.status.location_generation, Some(4));
+    assert!(
+        plan.status.message.contains("after the stop"),
+        "{}",
+        plan.status.message
+    );
+}
