@@ -31,18 +31,19 @@ use std::time::Duration;
 
 use anyhow::Context;
 use corral_crds::{Instance, InstanceSpec, Nic};
-use corral_harness::{Rack, RackSpec, Scratch, SledHost, Store, Victim};
+use corral_harness::{Rack, RackSpec, Scratch, Store, Victim};
 use kube::api::{Api, PostParams};
 use tokio::time::Instant;
 
 use crate::command::parse_duration;
-use invariants::{Census, Converged};
+use corral_node_agent::sim::census::Census;
+use invariants::Converged;
 use schedule::{Action, Fault, Limits, Schedule};
 
 /// How long a process may take to stop on SIGTERM before it is killed.
 const STOP_GRACE: Duration = Duration::from_secs(5);
-/// The controllers' leader Lease: short, so that a survivor takes over quickly.
-const LEADER_LEASE: &str = "4s";
+/// How often the census reads every machine.
+const CENSUS_EVERY: Duration = Duration::from_millis(100);
 
 #[derive(clap::Args)]
 pub struct ChaosArgs {
@@ -116,34 +117,15 @@ pub async fn chaos(args: ChaosArgs) -> anyhow::Result<()> {
 }
 
 async fn start_rack(args: &ChaosArgs, scratch: Scratch) -> anyhow::Result<Rack> {
-    let (lease_namespace, lease_name) = corral_controllers::LEADER_LEASE;
-    let grace = format!("{}ms", args.grace.as_millis());
     let spec = RackSpec {
-        program: std::env::current_exe().context("finding this executable")?,
-        store: Store::Sqlite(scratch.path().join("store.db")),
-        apiserver_args: Vec::new(),
-        controllers: 2,
-        controllers_args: ["--lease-duration", LEADER_LEASE, "--sled-grace", &grace]
-            .map(String::from)
-            .to_vec(),
-        sleds: args.sleds,
-        sled_host: SledHost::Agents,
-        sled_args: [
-            "--cpus",
-            "64",
-            "--boot-time",
-            "200ms",
-            "--stop-time",
-            "100ms",
-            "--heartbeat",
-            "500ms",
-            "--lease-duration",
-            "1s",
-        ]
-        .map(String::from)
-        .to_vec(),
-        leader_lease: (lease_namespace.into(), lease_name.into()),
         log_filter: std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+        ..RackSpec::for_failures(
+            std::env::current_exe().context("finding this executable")?,
+            Store::Sqlite(scratch.path().join("store.db")),
+            args.sleds,
+            args.grace,
+            corral_controllers::LEADER_LEASE,
+        )
     };
     let mut rack = Rack::new(spec, scratch)?;
     rack.start(Duration::from_secs(60)).await?;
@@ -186,11 +168,16 @@ async fn run(
         faults: args.faults,
         grace: args.grace,
     };
-    let census = Census::start(rack);
+    let machines = rack
+        .agents
+        .iter()
+        .map(|agent| (agent.sled.clone(), agent.data_dir.clone()))
+        .collect();
+    let census = Census::start(machines, CENSUS_EVERY);
     let mut violations = 0;
     for &index in indexes {
         let schedule = Schedule::draw(seed, index, limits);
-        census.clear();
+        census.take();
         let started = Instant::now();
         let broken = play(&schedule, rack).await;
         let mut found: Vec<String> = Vec::new();

@@ -1,7 +1,7 @@
-//! When a sled fails, end to end with real processes: one `corral apiserver` on a SQLite file,
-//! two `corral controllers` (`--sled-grace 3s`), six `corral node-agent`s (simulated sleds, each
-//! with its fault API and its own power controller, renewing their Leases every 500 ms), driven
-//! through kube-rs and the faults of docs/rack.md.
+//! When a sled fails, end to end with real processes (`RackSpec::for_failures`): one `corral
+//! apiserver` on a SQLite file, two `corral controllers` (`--sled-grace 3s`), six `corral
+//! node-agent`s (simulated sleds, each with its fault API and its own power controller, renewing
+//! their Leases every 500 ms), driven through kube-rs and the faults of docs/rack.md.
 //!
 //! One story, in order:
 //! 1. **Power lost behind the control plane's back** → the sled is judged, fenced (epoch
@@ -29,14 +29,13 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use corral_crds::{HealthVerdict, Instance, InstanceSpec, InstanceState, Nic, Reason, Sled, Vmm};
 use corral_harness::rack::sled_name;
 use corral_harness::wait::{Unmet, wait_for_polling};
-use corral_harness::{Rack, RackSpec, Scratch, SledHost, Store, Victim};
-use corral_node_agent::sim::census::{guests_in, live_twice};
+use corral_harness::{Rack, RackSpec, Scratch, Store, Victim};
+use corral_node_agent::sim::census::{Census, guests_in};
 use kube::ResourceExt;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use rand::rngs::StdRng;
@@ -65,33 +64,15 @@ async fn a_failed_sled_is_fenced_before_its_instances_run_elsewhere() {
     println!("seed {seed} (replay: SLED_FAILURE_SEED={seed})");
     let mut rng = StdRng::seed_from_u64(seed);
     let scratch = Scratch::temporary("corral-sled-failure-").expect("a scratch directory");
-    let (lease_namespace, lease_name) = corral_controllers::LEADER_LEASE;
     let spec = RackSpec {
-        program: common::corral().to_path_buf(),
-        store: Store::Sqlite(scratch.path().join("store.db")),
         apiserver_args: vec!["--crds".into(), common::crd_dir().display().to_string()],
-        controllers: 2,
-        controllers_args: ["--lease-duration", "4s", "--sled-grace", "3s"]
-            .map(String::from)
-            .to_vec(),
-        sleds: SLEDS,
-        sled_host: SledHost::Agents,
-        sled_args: [
-            "--cpus",
-            "64",
-            "--boot-time",
-            "200ms",
-            "--stop-time",
-            "100ms",
-            "--heartbeat",
-            "500ms",
-            "--lease-duration",
-            "1s",
-        ]
-        .map(String::from)
-        .to_vec(),
-        leader_lease: (lease_namespace.into(), lease_name.into()),
-        log_filter: "info".into(),
+        ..RackSpec::for_failures(
+            common::corral().to_path_buf(),
+            Store::Sqlite(scratch.path().join("store.db")),
+            SLEDS,
+            GRACE,
+            corral_controllers::LEADER_LEASE,
+        )
     };
     let mut rack = Rack::new(spec, scratch).expect("a rack");
     rack.start(Duration::from_secs(60))
@@ -109,14 +90,19 @@ async fn a_failed_sled_is_fenced_before_its_instances_run_elsewhere() {
             .expect("creating an instance");
     }
     wait_all_running(&instances, INSTANCES, "every instance Running").await;
-    let census = Census::start(&rack);
+    let machines = rack
+        .agents
+        .iter()
+        .map(|agent| (agent.sled.clone(), agent.data_dir.clone()))
+        .collect();
+    let census = Census::start(machines, POLL);
 
     power_lost(&mut rack, &mut rng).await;
     cut_off(&mut rack, &mut rng).await;
     agent_restarted_within_the_grace(&mut rack, &mut rng).await;
     storm(&mut rack, &mut rng).await;
 
-    let twice = census.stop();
+    let twice = census.take();
     assert!(
         twice.is_empty(),
         "instances live on two machines at once: {twice:#?}"
@@ -589,44 +575,4 @@ async fn observe(
         holds().await?;
     }
     Ok(())
-}
-
-/// Reads every sled's machine every [`POLL`] (see the module docs).
-struct Census {
-    twice: Arc<Mutex<Vec<String>>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Census {
-    fn start(rack: &Rack) -> Census {
-        let machines: Vec<(String, std::path::PathBuf)> = rack
-            .agents
-            .iter()
-            .map(|agent| (agent.sled.clone(), agent.data_dir.clone()))
-            .collect();
-        let twice = Arc::new(Mutex::new(Vec::new()));
-        let found = twice.clone();
-        let task = tokio::spawn(async move {
-            let mut ticks = tokio::time::interval(POLL);
-            loop {
-                ticks.tick().await;
-                let read: Vec<(String, Vec<_>)> = machines
-                    .iter()
-                    .filter_map(|(sled, dir)| Some((sled.clone(), guests_in(dir).ok()?)))
-                    .collect();
-                for (namespace, instance, sleds) in live_twice(&read) {
-                    found
-                        .lock()
-                        .unwrap()
-                        .push(format!("{namespace}/{instance} live on {sleds:?}"));
-                }
-            }
-        });
-        Census { twice, task }
-    }
-
-    fn stop(self) -> Vec<String> {
-        self.task.abort();
-        self.twice.lock().unwrap().clone()
-    }
 }

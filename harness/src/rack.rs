@@ -84,6 +84,46 @@ pub struct RackSpec {
     pub log_filter: String,
 }
 
+impl RackSpec {
+    /// A rack to break: one `corral node-agent` process per sled, each with its fault API and
+    /// its own power controller, renewing a 1 s Lease every 500 ms, with simulated VMMs that
+    /// boot in 200 ms; two `corral controllers` on a 4 s leader Lease with `--sled-grace
+    /// grace`. What the failure tests and `corral chaos` run on.
+    pub fn for_failures(
+        program: PathBuf,
+        store: Store,
+        sleds: usize,
+        grace: Duration,
+        leader_lease: (&str, &str),
+    ) -> RackSpec {
+        let strings = |args: &[&str]| args.iter().map(|arg| arg.to_string()).collect();
+        let grace = format!("{}ms", grace.as_millis());
+        RackSpec {
+            program,
+            store,
+            apiserver_args: Vec::new(),
+            controllers: 2,
+            controllers_args: strings(&["--lease-duration", "4s", "--sled-grace", &grace]),
+            sleds,
+            sled_host: SledHost::Agents,
+            sled_args: strings(&[
+                "--cpus",
+                "64",
+                "--boot-time",
+                "200ms",
+                "--stop-time",
+                "100ms",
+                "--heartbeat",
+                "500ms",
+                "--lease-duration",
+                "1s",
+            ]),
+            leader_lease: (leader_lease.0.into(), leader_lease.1.into()),
+            log_filter: "info".into(),
+        }
+    }
+}
+
 /// Why a rack did not start.
 #[derive(Debug, thiserror::Error)]
 pub enum RackError {

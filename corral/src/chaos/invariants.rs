@@ -1,78 +1,18 @@
-//! The invariants `corral chaos` checks: during a schedule, through a [`Census`] of the
-//! machines; after it, by waiting (bounded) until the rack has [`Converged`].
+//! The invariants `corral chaos` checks after a schedule, by waiting (bounded) until the rack
+//! has [`Converged`]; during one, the node-agent simulator's `Census` reads the machines.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use corral_crds::{HealthVerdict, Instance, InstanceState, Resources, Sled};
 use corral_harness::Rack;
 use corral_harness::wait::wait_for_polling;
-use corral_node_agent::sim::census::{Guest, guests_in, live_twice};
+use corral_node_agent::sim::census::guests_in;
 use kube::ResourceExt;
 use kube::api::{Api, ListParams};
-use tokio::time::Instant;
 
-/// How often the census reads every machine.
-const CENSUS_EVERY: Duration = Duration::from_millis(100);
 /// How often convergence is looked at.
 const CONVERGE_POLL: Duration = Duration::from_millis(250);
-
-/// Reads every sled's machine every [`CENSUS_EVERY`] and records every instance live on two
-/// machines at once.
-pub struct Census {
-    found: Arc<Mutex<Vec<String>>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Census {
-    pub fn start(rack: &Rack) -> Census {
-        let machines: Vec<(String, PathBuf)> = rack
-            .agents
-            .iter()
-            .map(|agent| (agent.sled.clone(), agent.data_dir.clone()))
-            .collect();
-        let found = Arc::new(Mutex::new(Vec::new()));
-        let record = found.clone();
-        let start = Instant::now();
-        let task = tokio::spawn(async move {
-            let mut ticks = tokio::time::interval(CENSUS_EVERY);
-            loop {
-                ticks.tick().await;
-                let read: Vec<(String, Vec<Guest>)> = machines
-                    .iter()
-                    .filter_map(|(sled, dir)| Some((sled.clone(), guests_in(dir).ok()?)))
-                    .collect();
-                for (namespace, instance, sleds) in live_twice(&read) {
-                    record.lock().expect("census lock").push(format!(
-                        "{namespace}/{instance} live on {sleds:?} at once ({:.1} s)",
-                        start.elapsed().as_secs_f64()
-                    ));
-                }
-            }
-        });
-        Census { found, task }
-    }
-
-    /// Forgets what was found so far.
-    pub fn clear(&self) {
-        self.found.lock().expect("census lock").clear();
-    }
-
-    /// What was found since the last [`Census::clear`] or take (each instance once).
-    pub fn take(&self) -> Vec<String> {
-        let mut found = std::mem::take(&mut *self.found.lock().expect("census lock"));
-        found.dedup_by(|a, b| a.split(" at once").next() == b.split(" at once").next());
-        found
-    }
-}
-
-impl Drop for Census {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
 
 /// The rack after a schedule, as it must end up.
 pub struct Converged;

@@ -8,7 +8,9 @@
 //! - A machine that is off, or has no file yet, runs nothing.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use super::machine::{MACHINE_FILE, Machine};
 use crate::hypervisor::{HypervisorError, VmmRunState};
@@ -71,6 +73,52 @@ pub fn live_twice(machines: &[(String, Vec<Guest>)]) -> Vec<(String, String, Vec
         .filter(|(_, sleds)| sleds.len() > 1)
         .map(|((namespace, instance), sleds)| (namespace, instance, sleds))
         .collect()
+}
+
+/// Reads every machine of a rack on a period and records every instance found live on two of
+/// them at once (a background task, stopped when the census is dropped).
+pub struct Census {
+    found: Arc<Mutex<Vec<String>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Census {
+    /// Starts reading `machines` (sled name, data directory) every `every`.
+    pub fn start(machines: Vec<(String, PathBuf)>, every: Duration) -> Census {
+        let found = Arc::new(Mutex::new(Vec::new()));
+        let record = found.clone();
+        let start = tokio::time::Instant::now();
+        let task = tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(every);
+            loop {
+                ticks.tick().await;
+                let read: Vec<(String, Vec<Guest>)> = machines
+                    .iter()
+                    .filter_map(|(sled, dir)| Some((sled.clone(), guests_in(dir).ok()?)))
+                    .collect();
+                for (namespace, instance, sleds) in live_twice(&read) {
+                    record.lock().expect("census lock").push(format!(
+                        "{namespace}/{instance} live on {sleds:?} at once ({:.1} s)",
+                        start.elapsed().as_secs_f64()
+                    ));
+                }
+            }
+        });
+        Census { found, task }
+    }
+
+    /// What was found since the start or the last take, each instance once; forgets it.
+    pub fn take(&self) -> Vec<String> {
+        let mut found = std::mem::take(&mut *self.found.lock().expect("census lock"));
+        found.dedup_by(|a, b| a.split(" at once").next() == b.split(" at once").next());
+        found
+    }
+}
+
+impl Drop for Census {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 #[cfg(test)]
