@@ -1,5 +1,5 @@
 //! When a sled fails, end to end with real processes (`RackSpec::for_failures`): one `corral
-//! apiserver` on a SQLite file, two `corral controllers` (`--sled-grace 3s`), six `corral
+//! apiserver` on a SQLite file, two `corral controllers` (`--sled-grace 4s`), six `corral
 //! node-agent`s (simulated sleds, each with its fault API and its own power controller, renewing
 //! their Leases every 500 ms), driven through kube-rs and the faults of docs/rack.md.
 //!
@@ -47,7 +47,7 @@ use tokio::time::Instant;
 const SLEDS: usize = 6;
 const INSTANCES: usize = 24;
 const NAMESPACE: &str = "default";
-const GRACE: Duration = Duration::from_secs(3);
+const GRACE: Duration = Duration::from_secs(4);
 /// How long a step may take to converge on a loaded 2-core machine running debug builds.
 const CONVERGE: Duration = Duration::from_secs(45);
 const POLL: Duration = Duration::from_millis(100);

@@ -160,7 +160,7 @@ async fn a_completed_drain_and_a_succeeded_migration_exit_zero() {
     let migration = the_one(&migrations).await;
     assert_eq!(
         at(&migration, "/spec"),
-        json!({"instance": "web", "targetSled": "s2", "reason": "User", "cancel": false})
+        json!({"instance": "web", "targetSled": "s2", "reason": "User", "mode": "Live", "cancel": false})
     );
     rack.set_status(
         &migrations,
