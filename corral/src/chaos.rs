@@ -150,7 +150,7 @@ async fn start_rack(args: &ChaosArgs, scratch: Scratch) -> anyhow::Result<Rack> 
             .await
             .with_context(|| format!("creating instance {index}"))?;
     }
-    Converged::wait(&rack, args.instances, args.converge)
+    Converged::wait(&mut rack, args.instances, args.converge)
         .await
         .map_err(|why| anyhow::anyhow!("the rack did not converge before any fault: {why}"))?;
     Ok(rack)
@@ -286,8 +286,9 @@ async fn repair(rack: &mut Rack, fault: Fault) -> Result<(), String> {
     }
 }
 
-/// After a schedule: every process runs, every sled is powered on, answers, is not cut off
-/// and does not hang.
+/// After a schedule: every process runs, and every sled a fault touched answers, is not cut
+/// off, does not hang and is powered on (a sled fenced later is powered on while the rack
+/// converges).
 async fn repair_everything(rack: &mut Rack, broken: &Broken) -> Result<(), String> {
     if broken.injected.contains(&Fault::ApiserverKill) && rack.apiserver().pid().is_none() {
         rack.restart_apiserver()
@@ -309,13 +310,6 @@ async fn repair_everything(rack: &mut Rack, broken: &Broken) -> Result<(), Strin
             rack.power_on(name).await?;
         }
         let _ = rack.heal(name).await;
-    }
-    // Sleds fenced because of a fault on another process (a long API server outage is not
-    // one: the storm guard holds) are powered on too.
-    for name in &names {
-        if rack.power_reads(name).await.as_deref() == Ok("Off") {
-            rack.power_on(name).await?;
-        }
     }
     Ok(())
 }

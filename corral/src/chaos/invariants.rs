@@ -21,9 +21,15 @@ impl Converged {
     /// Waits (at most `bound`) until every one of `count` instances runs exactly once where
     /// its status says, nothing else runs, every sled is Healthy with the capacity its
     /// instances hold allocated, and every V2P table maps every instance IP to its sled; what
-    /// was still wrong otherwise.
-    pub async fn wait(rack: &Rack, count: usize, bound: Duration) -> Result<(), String> {
+    /// was still wrong otherwise. Meanwhile it powers on every sled that is off, as an
+    /// operator would: a sled fenced while (or just after) its fault was repaired stays off.
+    pub async fn wait(rack: &mut Rack, count: usize, bound: Duration) -> Result<(), String> {
         wait_for_polling("the rack converged", bound, CONVERGE_POLL, async || {
+            for sled in rack.sled_names() {
+                if rack.power_reads(&sled).await.as_deref() == Ok("Off") {
+                    rack.power_on(&sled).await?;
+                }
+            }
             check(rack, count).await
         })
         .await
