@@ -443,18 +443,23 @@ async fn every_reconcile_of_a_drain_leaves_a_typed_outcome_on_the_board() {
     rack.instance("a", 4, "sled-1").await;
     rack.drain("d", "sled-1", 1).await;
     rack.phase("d", DrainPhase::Draining).await;
-    let report = wait_for("the board to show the drain Draining", || {
-        let board = rack.board.clone();
-        async move {
-            let report = board.snapshot().remove("drain")?;
-            let last = report.last.clone()?;
-            let draining = matches!(
-                &last.outcome,
-                Outcome::Applied { phase: Some(phase), .. } if phase == "Draining"
-            );
-            (draining && last.object == "d").then_some(report)
-        }
-    })
+    let report = wait_for(
+        "the board to show the drain Draining, nothing in flight",
+        || {
+            let board = rack.board.clone();
+            async move {
+                let report = board.snapshot().remove("drain")?;
+                let last = report.last.clone()?;
+                let draining = matches!(
+                    &last.outcome,
+                    Outcome::Applied { phase: Some(phase), .. } if phase == "Draining"
+                );
+                // Looked at once no reconcile is in flight: one may start at any moment (the
+                // Migration's creation wakes the drain again).
+                (draining && last.object == "d" && report.in_flight == 0).then_some(report)
+            }
+        },
+    )
     .await;
     assert!(report.applied >= 2, "cordon, then plan: {report:?}");
     assert_eq!(report.failed, 0, "{report:?}");

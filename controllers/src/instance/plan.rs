@@ -380,7 +380,17 @@ fn reboot_in_place(planner: &mut Planner<'_>, name: &str, state: InstanceState) 
 
 fn forget_active(planner: &mut Planner<'_>) {
     planner.plan.status.active_vmm = None;
-    planner.plan.status.sled = None;
+    // What was said of the sled it ran on no longer concerns the instance.
+    if let Some(sled) = planner.plan.status.sled.take()
+        && condition::is_true(&planner.plan.status.conditions, Cond::SledUnreachable)
+    {
+        planner.set(
+            Cond::SledUnreachable,
+            ConditionStatus::False,
+            Reason::SledFailed,
+            &format!("its VMM on {sled} ended: the instance no longer depends on that sled"),
+        );
+    }
 }
 
 /// The active VMM ended on its own: remember how, un-name it, set up the backoff.
@@ -571,6 +581,12 @@ fn unschedulable(planner: &mut Planner<'_>, rejections: &Rejections) {
         ConditionStatus::False,
         Reason::Unschedulable,
         &message,
+    );
+    planner.set(
+        Cond::Running,
+        ConditionStatus::False,
+        Reason::Unschedulable,
+        "not placed: no sled fits (see Scheduled)",
     );
     if was != Some((ConditionStatus::False, message.clone())) {
         planner
