@@ -37,7 +37,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use corral_crds::{HealthVerdict, SLED_LEASE_NAMESPACE, Sled, SledStatus, VMM_FINALIZER, Vmm};
+use corral_crds::{SLED_LEASE_NAMESPACE, Sled, SledStatus, VMM_FINALIZER, Vmm};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
@@ -145,7 +145,7 @@ impl SledHealthController {
         let last_power = self.last_power.lock().expect("power lock");
         let unreachable = sleds
             .iter()
-            .filter(|sled| sled.health() != HealthVerdict::Fenced)
+            .filter(|sled| !sled.is_fenced())
             .filter(|sled| {
                 let name = sled.name_any();
                 self.heartbeat(&name, sled.epoch()).late(self.config.grace)
@@ -158,26 +158,13 @@ impl SledHealthController {
             limit: self.config.storm.limit(sleds.len()),
         }
     }
-
-    /// Whether `sled` is fenced at its current epoch.
-    fn fenced_now(sled: &Sled) -> bool {
-        sled.status
-            .as_ref()
-            .and_then(|status| status.health.as_ref())
-            .is_some_and(|health| {
-                health.verdict == HealthVerdict::Fenced
-                    && health
-                        .fenced_epoch
-                        .is_some_and(|epoch| sled.epoch() <= epoch)
-            })
-    }
 }
 
 impl Reconciler for SledHealthController {
     async fn reconcile(&self, sled: Arc<Sled>) -> Result<Reconciled<SledStatus, Action>, Error> {
         let name = sled.name_any();
         let heartbeat = self.heartbeat(&name, sled.epoch());
-        let power = if heartbeat.expired(self.config.grace) && !Self::fenced_now(&sled) {
+        let power = if heartbeat.expired(self.config.grace) && !sled.is_fenced() {
             let power = self.power.read(sled.spec.power_controller.as_deref()).await;
             self.last_power
                 .lock()

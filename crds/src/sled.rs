@@ -188,6 +188,20 @@ impl Sled {
             .map_or(HealthVerdict::Healthy, |health| health.verdict)
     }
 
+    /// Whether it is fenced at its current epoch: its life was proven over, and no new one has
+    /// reported yet.
+    pub fn is_fenced(&self) -> bool {
+        self.status
+            .as_ref()
+            .and_then(|status| status.health.as_ref())
+            .is_some_and(|health| {
+                health.verdict == HealthVerdict::Fenced
+                    && health
+                        .fenced_epoch
+                        .is_some_and(|fenced| self.epoch() <= fenced)
+            })
+    }
+
     /// Whether new Vmms may be placed on it: ready and booted, judged `Healthy`, not cordoned
     /// and not being deleted.
     pub fn accepts_vmms(&self) -> bool {

@@ -196,14 +196,7 @@ pub fn plan(observed: &Observed<'_>) -> Plan {
     if previous.epoch == 0 {
         return plan;
     }
-    let current = previous.health.as_ref();
-    let fenced_now = current.is_some_and(|health| {
-        health.verdict == HealthVerdict::Fenced
-            && health
-                .fenced_epoch
-                .is_some_and(|epoch| previous.epoch <= epoch)
-    });
-    if !fenced_now {
+    if !sled.is_fenced() {
         judge(observed, &mut plan);
     }
     evacuate(observed, &mut plan);
