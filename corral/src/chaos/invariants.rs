@@ -13,6 +13,8 @@ use kube::api::{Api, ListParams};
 
 /// How often convergence is looked at.
 const CONVERGE_POLL: Duration = Duration::from_millis(250);
+/// How often a slow convergence says what it still waits for.
+const SLOW_CONVERGENCE: Duration = Duration::from_secs(10);
 
 /// The rack after a schedule, as it must end up.
 pub struct Converged;
@@ -24,13 +26,26 @@ impl Converged {
     /// was still wrong otherwise. Meanwhile it powers on every sled that is off, as an
     /// operator would: a sled fenced while (or just after) its fault was repaired stays off.
     pub async fn wait(rack: &mut Rack, count: usize, bound: Duration) -> Result<(), String> {
+        let start = tokio::time::Instant::now();
+        let mut next_report = start + SLOW_CONVERGENCE;
         wait_for_polling("the rack converged", bound, CONVERGE_POLL, async || {
             for sled in rack.sled_names() {
                 if rack.power_reads(&sled).await.as_deref() == Ok("Off") {
                     rack.power_on(&sled).await?;
                 }
             }
-            check(rack, count).await
+            let checked = check(rack, count).await;
+            // A slow convergence says what it waits for, now and then.
+            if let Err(why) = &checked
+                && tokio::time::Instant::now() >= next_report
+            {
+                println!(
+                    "  still converging after {:.0} s: {why}",
+                    start.elapsed().as_secs_f64()
+                );
+                next_report += SLOW_CONVERGENCE;
+            }
+            checked
         })
         .await
         .map(|_| ())
