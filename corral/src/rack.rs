@@ -95,6 +95,16 @@ pub async fn start_sleds(
     Ok(controllers)
 }
 
+/// [`point_at_power_controller`] until it succeeds, backing off up to 5 s between tries.
+async fn keep_pointing_at_power_controller(client: kube::Client, sled: String, url: String) {
+    let mut backoff = std::time::Duration::from_millis(200);
+    while let Err(error) = point_at_power_controller(&client, &sled, &url).await {
+        tracing::warn!(%sled, %error, ?backoff, "pointing the Sled at its power controller");
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
+    }
+}
+
 /// Sets `spec.powerController` of an existing Sled to `url`. The power controllers of
 /// simulated sleds are this process's (their port changes from one start to the next), so it
 /// keeps the inventory true; a Sled that does not exist yet gets the URL when its agent
@@ -314,7 +324,13 @@ pub async fn node_agent(args: NodeAgentArgs) -> anyhow::Result<()> {
     };
     if let Some(listener) = &power_listener {
         let url = format!("http://{}", listener.local_addr()?);
-        point_at_power_controller(&client, &args.sled, &url).await?;
+        // The API server may be down while the sled boots: the sled comes up anyway, and its
+        // Sled learns the address once the API answers.
+        tokio::spawn(keep_pointing_at_power_controller(
+            client.clone(),
+            args.sled.clone(),
+            url.clone(),
+        ));
         config.agent.power_controller_url = Some(url);
     }
     let mode = if args.cold_start {
