@@ -5,6 +5,7 @@
 //!
 //! **Invariant:** talks to the API server only; never names the store.
 
+pub mod backoff;
 pub mod clock;
 pub mod events;
 pub mod idempotent;

@@ -459,7 +459,8 @@ async fn run_applier(
     let selector = format!("spec.sled={}", ctx.sled.name);
     let watch = reflector::reflector(
         cache,
-        watcher(vmms, watcher::Config::default().fields(&selector)).default_backoff(),
+        watcher(vmms, watcher::Config::default().fields(&selector))
+            .backoff(corral_client::backoff::WatchBackoff::default()),
     )
     .inspect_ok(move |event| {
         // The reflector applied the first complete list to the store before yielding this.

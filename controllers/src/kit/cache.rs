@@ -147,7 +147,7 @@ impl<K: Cached> Watch<K> {
         let listed = Arc::new(AtomicBool::new(false));
         let flag = listed.clone();
         let events = watcher(api, config)
-            .default_backoff()
+            .backoff(corral_client::backoff::WatchBackoff::default())
             .reflect(writer)
             .map_ok(move |event| {
                 if matches!(event, watcher::Event::InitDone) {

@@ -76,7 +76,7 @@ pub async fn run(
     let (store, writer) = reflector::store::<VpcRoutes>();
     let api: Api<VpcRoutes> = Api::all(ctx.api.client.clone());
     let mut events = watcher(api, watcher::Config::default())
-        .default_backoff()
+        .backoff(corral_client::backoff::WatchBackoff::default())
         .reflect(writer)
         .ready_chunks(256)
         .boxed();
