@@ -176,13 +176,27 @@ impl Reconciler for SledHealthController {
             self.last_power.lock().expect("power lock").remove(&name);
             None
         };
-        let held = self.vmms.filter(|vmm| {
-            vmm.spec.sled == name && vmm.finalizers().iter().any(|f| f == VMM_FINALIZER)
-        });
-        let outlived = sled
+        // The sled's Vmms matter only to a fence (the Lease expired) or an evacuation under
+        // way; every other reconcile (most of them, woken by Vmm events) skips the scan.
+        let health = sled
             .status
             .as_ref()
-            .and_then(|status| status.health.as_ref())
+            .and_then(|status| status.health.as_ref());
+        let evacuating = health.is_some_and(|health| {
+            health.fenced_epoch.is_some()
+                && health
+                    .evacuation
+                    .as_ref()
+                    .is_none_or(|evacuation| evacuation.completed.is_none())
+        });
+        let held = if evacuating || heartbeat.expired(self.config.grace) {
+            self.vmms.filter(|vmm| {
+                vmm.spec.sled == name && vmm.finalizers().iter().any(|f| f == VMM_FINALIZER)
+            })
+        } else {
+            Vec::new()
+        };
+        let outlived = health
             .and_then(|health| health.fenced_epoch)
             .map_or(0, |fenced| {
                 held.iter()
