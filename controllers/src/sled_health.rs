@@ -86,6 +86,8 @@ pub struct SledHealthController {
     power: PowerClient,
     /// What each sled's power controller last answered (for the storm count).
     last_power: Mutex<HashMap<String, Power>>,
+    /// When the storm count was last seen above the limit.
+    last_storm: Mutex<Option<Instant>>,
     releases: Mutex<Bucket>,
 }
 
@@ -109,6 +111,7 @@ pub async fn controller(
         heartbeats: Heartbeats::default(),
         power: PowerClient::new(config.power_timeout),
         last_power: Mutex::default(),
+        last_storm: Mutex::default(),
         releases: Mutex::new(Bucket::new(config.evacuation_rate)),
     };
     let readiness = caches.readiness();
@@ -152,10 +155,17 @@ impl SledHealthController {
                     && last_power.get(&name) != Some(&Power::Off)
             })
             .count();
+        let limit = self.config.storm.limit(sleds.len());
+        let now = Instant::now();
+        let mut last_storm = self.last_storm.lock().expect("storm lock");
+        if unreachable > limit {
+            *last_storm = Some(now);
+        }
         Storm {
             unreachable,
             sleds: sleds.len(),
-            limit: self.config.storm.limit(sleds.len()),
+            limit,
+            since_storm: last_storm.map(|at| now.duration_since(at)),
         }
     }
 }

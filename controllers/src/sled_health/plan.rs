@@ -27,7 +27,8 @@
 //!   same plan, the fence write coming after the power-off step, which fails unless `Off` is read
 //!   back — or when an operator confirmed the sled's current epoch
 //!   (`spec.fenceConfirmedEpoch`). Never on a timer alone.
-//! - **The storm guard.** While more sleds are late or unreachable at once than the guard allows, no
+//! - **The storm guard.** While more sleds are late or unreachable at once than the guard allows,
+//!   and until the count has stayed under it for half the expiry ([`Storm::paused_for`]), no
 //!   sled is powered off automatically (the control plane is more likely the one cut off); a
 //!   sled its power controller reports `Off` and an operator's confirmation are not in doubt and
 //!   still fence.
@@ -134,12 +135,30 @@ pub struct Storm {
     pub sleds: usize,
     /// [`StormGuard::limit`] for this rack.
     pub limit: usize,
+    /// How long ago the count was last above the limit, if this controller ever saw it so.
+    pub since_storm: Option<Duration>,
 }
 
 impl Storm {
-    /// Whether automatic fencing is paused.
-    pub fn paused(&self) -> bool {
+    /// Whether the count is above the limit now.
+    pub fn raging(&self) -> bool {
         self.unreachable > self.limit
+    }
+
+    /// How much longer automatic fencing stays paused for a sled whose Lease expires after
+    /// `expiry`: while the count is above the limit, and until it has stayed at or under it for
+    /// half of `expiry`. Sleds that went silent together come back together, but their first
+    /// renewals arrive over a heartbeat interval (well within half the expiry); the first few
+    /// drop the count under the limit, and without the settle time a sled whose renewal is
+    /// still on its way would be powered off the moment the storm ends.
+    pub fn paused_for(&self, expiry: Duration) -> Option<Duration> {
+        if self.raging() {
+            return Some(expiry / 2);
+        }
+        let since = self.since_storm?;
+        (expiry / 2)
+            .checked_sub(since)
+            .filter(|left| !left.is_zero())
     }
 }
 
@@ -286,14 +305,26 @@ fn expired(observed: &Observed<'_>, plan: &mut Plan, was: Option<HealthVerdict>)
         );
     }
     let storm = observed.storm;
-    if storm.paused() {
+    if let Some(left) = storm.paused_for(observed.heartbeat.expiry(observed.grace)) {
+        let count = if storm.raging() {
+            format!(
+                "{} of {} sleds are unreachable at once (more than {}): the control plane may \
+                 be the one cut off, so nothing is fenced automatically",
+                storm.unreachable, storm.sleds, storm.limit
+            )
+        } else {
+            format!(
+                "{} of {} sleds are unreachable now, but more than {} were until moments ago: \
+                 nothing is fenced automatically until the count has stayed down, so the sleds \
+                 that went silent together can renew first",
+                storm.unreachable, storm.sleds, storm.limit
+            )
+        };
+        // The stored message (and its `since`) stays while the reason does; only the recheck
+        // time follows the settle time.
+        plan.requeue_within(left.min(RECHECK));
         let message = format!(
-            "{silent_for}; {} of {} sleds are unreachable at once (more than {}): the control \
-             plane may be the one cut off, so nothing is fenced automatically; `corralctl fence \
-             {} --confirm` fences this one by hand",
-            storm.unreachable,
-            storm.sleds,
-            storm.limit,
+            "{silent_for}; {count}; `corralctl fence {} --confirm` fences this one by hand",
             sled.name_any()
         );
         return set_verdict(

@@ -56,6 +56,7 @@ fn calm() -> Storm {
         unreachable: 1,
         sleds: 6,
         limit: 2,
+        since_storm: None,
     }
 }
 
@@ -239,6 +240,7 @@ fn the_storm_guard_powers_nothing_off_but_a_sled_read_off_still_fences() {
         unreachable: 4,
         sleds: 6,
         limit: 2,
+        since_storm: Some(Duration::ZERO),
     };
     let sled = sled(3);
     let mut observed_sled = observed(&sled, 30, Some(Power::On), &[]);
@@ -253,9 +255,37 @@ fn the_storm_guard_powers_nothing_off_but_a_sled_read_off_still_fences() {
     again.storm = storm;
     let again = plan(&again);
     assert!(!again.changes_anything(), "{:?}", again.steps);
-    // The count falls back: the stored Unreachable is acted on.
-    let resumed = plan(&observed(&paused_sled, 32, Some(Power::On), &[]));
-    assert_eq!(actions(&resumed)[0], Action::PowerOff);
+    // The count falls back: the sleds that went silent together renew over a heartbeat, so
+    // nothing is powered off until the count has stayed down for half the expiry (10 s)...
+    let settling = Storm {
+        unreachable: 1,
+        since_storm: Some(Duration::from_secs(4)),
+        ..storm
+    };
+    let mut early = observed(&paused_sled, 32, Some(Power::On), &[]);
+    early.storm = settling;
+    let early = plan(&early);
+    assert!(!early.changes_anything(), "{:?}", early.steps);
+    assert!(early.requeue.unwrap() <= RECHECK);
+    // ...and a sled that renews meanwhile is simply healthy again.
+    let mut renewed = observed(&paused_sled, 0, None, &[]);
+    renewed.storm = settling;
+    assert_eq!(
+        verdict(&plan(&renewed)),
+        (HealthVerdict::Healthy, Reason::HeartbeatRenewed)
+    );
+    // Then the stored Unreachable is acted on.
+    let mut resumed = observed(&paused_sled, 42, Some(Power::On), &[]);
+    resumed.storm = Storm {
+        since_storm: Some(Duration::from_secs(10)),
+        ..settling
+    };
+    assert_eq!(actions(&plan(&resumed))[0], Action::PowerOff);
+    assert_eq!(
+        actions(&plan(&observed(&paused_sled, 42, Some(Power::On), &[])))[0],
+        Action::PowerOff,
+        "a controller that never saw the storm (it started since) acts at once"
+    );
     // Off is never in doubt.
     let mut off = observed(&paused_sled, 32, Some(Power::Off), &[]);
     off.storm = storm;
