@@ -13,7 +13,10 @@
 //!
 //! # Guarantees
 //! - A tap sees an event only after the cache holds it, so what a tap announces (a Vmm seen, a
-//!   cache listed) is in the cache when a reconcile looks.
+//!   cache listed) is in the cache when a reconcile looks. (A relist's `InitApply` events
+//!   arrive while the cache still serves the old list; taps buffer them until `InitDone`.)
+//! - A trigger ([`Watch::touched`]) fires only once the cache holds the object: a relist's
+//!   objects trigger together when the new list is swapped in.
 //! - Listed stays listed: a relist after a watch error keeps serving the old contents until
 //!   the new list is complete (kube-runtime's reflector), so readiness never flips back.
 
@@ -185,8 +188,42 @@ impl<K: Cached> Watch<K> {
     }
 
     /// The objects each event touched: a trigger for kube-runtime's `Controller`.
+    ///
+    /// A relist's objects are held back until the list is complete: the cache swaps the new
+    /// list in only then, and a reconcile triggered earlier would plan from the old contents
+    /// (and one that found its own newer write missing would wait for an event that already
+    /// went by).
+    ///
+    /// Watch errors are logged here and go no further: the watch retries on its own backoff
+    /// ([`corral_client::backoff::WatchBackoff`]). kube-runtime's `Controller` pauses *all* of
+    /// its triggers on any trigger error, with a backoff that grows to 30 s; after an API server
+    /// restart every watch errors once, and that pause kept controllers blind for 40 s.
     pub fn touched(self) -> impl Stream<Item = Result<K, watcher::Error>> + Send + 'static {
-        self.events.touched_objects()
+        let kind = K::kind(&());
+        let mut listing: Vec<K> = Vec::new();
+        self.events.flat_map(move |event| {
+            let touched = match event {
+                Ok(watcher::Event::Apply(object) | watcher::Event::Delete(object)) => {
+                    vec![Ok(object)]
+                }
+                Ok(watcher::Event::Init) => {
+                    listing.clear();
+                    Vec::new()
+                }
+                Ok(watcher::Event::InitApply(object)) => {
+                    listing.push(object);
+                    Vec::new()
+                }
+                Ok(watcher::Event::InitDone) => {
+                    std::mem::take(&mut listing).into_iter().map(Ok).collect()
+                }
+                Err(error) => {
+                    tracing::debug!(%error, %kind, "watching");
+                    Vec::new()
+                }
+            };
+            futures::stream::iter(touched)
+        })
     }
 
     /// The stored events themselves.

@@ -12,10 +12,12 @@
 //!    Instances are on their way up on its sled, a change to one of its instances while it is
 //!    down, then a restart on the same data directory → the burst runs, the change is carried
 //!    out, and nothing else moved: no duplicate, no leaked VMM, no restart.
-//! 6. `kill -9` of the whole rack, then a restart of everything with the agents powering their
+//! 6. `kill -9` of the API server, down for 3 s while the controllers and agents run → once
+//!    it is back, new Instances run within 10 s (no controller stays blind after an outage).
+//! 7. `kill -9` of the whole rack, then a restart of everything with the agents powering their
 //!    machines on afresh (`--cold-start`) → every Instance that should run runs again, on the
 //!    sleds' new epochs, exactly once.
-//! 7. `kill -9` of the leading controllers process (found from the Lease) → the other one takes
+//! 8. `kill -9` of the leading controllers process (found from the Lease) → the other one takes
 //!    the Lease within its duration plus a small margin, and a new Instance then runs.
 //!
 //! # The invariant checker
@@ -78,6 +80,11 @@ const BURST: usize = 40;
 const CONVERGE_MANY: Duration = Duration::from_secs(90);
 const CONVERGE_FEW: Duration = Duration::from_secs(45);
 const START_BOUND: Duration = Duration::from_secs(30);
+/// How long the API server stays down (step 6), and how soon after it is back new Instances
+/// run: a controller that stopped looking at its watches while they failed would take up to
+/// 30 s (kube-runtime's trigger backoff).
+const OUTAGE: Duration = Duration::from_secs(3);
+const AFTER_OUTAGE: Duration = Duration::from_secs(10);
 /// The whole story gives up after this long, even if it is stuck where no wait bounds it.
 const STORY_BOUND: Duration = Duration::from_secs(300);
 

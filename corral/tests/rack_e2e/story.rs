@@ -17,6 +17,7 @@ async fn rack_end_to_end() {
         stop_and_start(&mut rack, &mut rng).await;
         delete_frees_capacity(&mut rack, &mut rng).await;
         agent_restart_keeps_vmms(&mut rack, &mut rng).await;
+        apiserver_outage(&mut rack).await;
         cold_start_of_the_whole_rack(&mut rack, &mut rng).await;
         leader_failover(&mut rack).await;
     })
@@ -297,7 +298,43 @@ async fn agent_restart_keeps_vmms(rack: &mut Rack, rng: &mut StdRng) {
     );
 }
 
-/// Step 6: `kill -9` of everything, then a cold start: every Instance that should run runs again,
+/// Step 6: the API server is `kill -9`'d and stays down for [`OUTAGE`] while everything else
+/// runs; once it is back, Instances created then run within [`AFTER_OUTAGE`]: every watch
+/// failed again and again meanwhile, and none of that may keep a controller waiting.
+async fn apiserver_outage(rack: &mut Rack) {
+    let what = rack.kill9(Victim::Apiserver);
+    rack.fault(format!("kill -9 {what}"));
+    // The outage itself: a fault that lasts, not a wait for a condition.
+    tokio::time::sleep(OUTAGE).await;
+    rack.restart_apiserver()
+        .await
+        .expect("restarting the apiserver");
+    rack.fault("restart the apiserver");
+    let started = Instant::now();
+    let names: Vec<String> = (0..5).map(|i| format!("after-outage-{i}")).collect();
+    create_instances(rack, &names).await;
+    rack.wait_for(
+        "the Instances created after the outage Running",
+        AFTER_OUTAGE,
+        async || {
+            for name in &names {
+                instance_in_state(rack, name, InstanceState::Running).await?;
+            }
+            Ok(())
+        },
+    )
+    .await;
+    rack.record(
+        "6. API server down 3 s → new Instances Running",
+        started.elapsed(),
+    );
+    rack.wait_for("the machines to match the API", CONVERGE_FEW, async || {
+        check_rack(rack).await
+    })
+    .await;
+}
+
+/// Step 7: `kill -9` of everything, then a cold start: every Instance that should run runs again,
 /// exactly once, on its sled's new epoch.
 async fn cold_start_of_the_whole_rack(rack: &mut Rack, rng: &mut StdRng) {
     let epochs_before = sled_epochs(rack).await;
@@ -340,7 +377,7 @@ async fn cold_start_of_the_whole_rack(rack: &mut Rack, rng: &mut StdRng) {
     })
     .await;
     rack.record(
-        "6. whole rack kill -9 + cold start → all Running",
+        "7. whole rack kill -9 + cold start → all Running",
         started.elapsed(),
     );
 
@@ -383,7 +420,7 @@ async fn cold_start_of_the_whole_rack(rack: &mut Rack, rng: &mut StdRng) {
     }
 }
 
-/// Step 7: `kill -9` of the leader: the other controllers process takes the Lease within its
+/// Step 8: `kill -9` of the leader: the other controllers process takes the Lease within its
 /// duration plus a margin, and a new Instance then runs.
 async fn leader_failover(rack: &mut Rack) {
     let (leader, _) = rack
@@ -409,7 +446,7 @@ async fn leader_failover(rack: &mut Rack) {
         })
         .await
         .unwrap_or_else(|error| panic!("{error}"));
-    rack.record("7. leader killed → survivor holds the Lease", takeover);
+    rack.record("8. leader killed → survivor holds the Lease", takeover);
     assert!(
         takeover <= LEADER_LEASE + FAILOVER_MARGIN,
         "the survivor took {takeover:?} to lead; the Lease lasts {LEADER_LEASE:?} (margin {FAILOVER_MARGIN:?})"
@@ -427,7 +464,7 @@ async fn leader_failover(rack: &mut Rack) {
     })
     .await;
     rack.record(
-        "7. new instance under the new leader → Running",
+        "8. new instance under the new leader → Running",
         started.elapsed(),
     );
 }
