@@ -1,12 +1,19 @@
 #!/usr/bin/env bash
 # Installs what Corral needs (idempotent): etcd for the distributed store and its tests, protoc
-# for etcd-client's build, and the Python `kubernetes` client for the client-compatibility
-# tests. Safe to run any number of times.
+# for etcd-client's build, QEMU and its qboot firmware for the QEMU driver, the C compiler and
+# binutils that build its guest (node-agent/build.rs), and the Python `kubernetes` client for
+# the client-compatibility tests. Safe to run any number of times.
 set -euo pipefail
 
 need=()
 command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
 command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
+command -v qemu-system-x86_64 >/dev/null 2>&1 || need+=(qemu-system-x86)
+[ -e /usr/share/qemu/qboot.rom ] || need+=(qemu-system-data)
+command -v cc >/dev/null 2>&1 || need+=(gcc)
+for tool in as ld objcopy; do
+  command -v "$tool" >/dev/null 2>&1 || { need+=(binutils); break; }
+done
 
 if ((${#need[@]})); then
   sudo=""

@@ -157,6 +157,10 @@ pub enum HypervisorError {
     },
     #[error("VMM {0} has ended and cannot be rebooted")]
     Ended(VmmId),
+    #[error("starting VMM {id}: {why}")]
+    Start { id: VmmId, why: String },
+    #[error("VMM {id}'s monitor: {why}")]
+    Monitor { id: VmmId, why: String },
     #[error("saving the machine state to {path}")]
     Persist {
         path: String,

@@ -37,6 +37,8 @@
 //! - `v2p/` — programs the V2P table from VpcRoutes (`plan.rs` decides) and acknowledges it.
 //! - `sim/` — the simulator: the machine, its V2P table, simulated sleds and their power
 //!   controllers, the fault-injection API.
+//! - `qemu/` — the QEMU driver (docs/qemu.md): VMMs as QEMU processes running corral-guest
+//!   (`guest/`, built by `build.rs`).
 //!
 //! # Architecture invariants
 //! - Talks to the API server only through kube (never the store); the journal is local state
@@ -58,6 +60,7 @@ pub mod journal;
 pub mod ledger;
 pub mod migration;
 pub mod power;
+pub mod qemu;
 pub mod sim;
 pub mod sled;
 pub mod status;
