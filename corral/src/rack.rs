@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use corral_crds::Resources;
+use corral_node_agent::qemu::QemuConfig;
 use corral_node_agent::sim::{SimSled, SimSledConfig, SimTiming, SledHandle, StartMode};
 use corral_node_agent::{AgentConfig, PowerControllers, power_controller_url};
 use tokio_util::sync::CancellationToken;
@@ -39,6 +40,21 @@ pub struct SledArgs {
     /// promise to renew within it. The sled-health controller never judges a sled before it.
     #[arg(long, default_value = "15s", value_parser = parse_duration)]
     pub lease_duration: Duration,
+    /// What runs the VMMs: `sim`, the simulated machine, or `qemu`, a QEMU process per VMM
+    /// running corral-guest (docs/qemu.md; size `--cpus` and `--memory-mib` to the machine).
+    #[arg(long, value_enum, default_value_t = HypervisorKind::Sim)]
+    pub hypervisor: HypervisorKind,
+    /// QEMU sleds: the sled's QEMU processes die when this process does (by default they
+    /// outlive the agent, which re-attaches to them when it starts again).
+    #[arg(long)]
+    pub vmms_die_with: Option<u32>,
+}
+
+/// What runs a sled's VMMs.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HypervisorKind {
+    Sim,
+    Qemu,
 }
 
 impl SledArgs {
@@ -56,6 +72,11 @@ impl SledArgs {
             stop_time: self.stop_time,
             ..SimTiming::default()
         };
+        if self.hypervisor == HypervisorKind::Qemu {
+            let mut qemu = QemuConfig::new(config.agent.capacity);
+            qemu.vmms_die_with = self.vmms_die_with;
+            config.qemu = Some(qemu);
+        }
         config
     }
 }
@@ -176,7 +197,9 @@ pub struct UpArgs {
 
 /// `corral up`: the API server on SQLite, the controllers and the simulated sleds, in one
 /// process. Every start powers the sleds on afresh: restarting is a cold start of the rack.
-pub async fn up(args: UpArgs) -> anyhow::Result<()> {
+pub async fn up(mut args: UpArgs) -> anyhow::Result<()> {
+    // Everything of the rack lives in this process; so do the QEMU processes of its sleds.
+    args.sled.vmms_die_with.get_or_insert(std::process::id());
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating {}", args.data_dir.display()))?;
     let data_dir = args.data_dir.canonicalize()?;
@@ -234,8 +257,15 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         power_stop.clone(),
     ));
 
+    let machines = match args.sled.hypervisor {
+        HypervisorKind::Sim => "simulated sleds".to_string(),
+        HypervisorKind::Qemu => format!(
+            "sleds of QEMU processes ({})",
+            corral_node_agent::qemu::Accel::detect().as_str()
+        ),
+    };
     println!(
-        "Corral is up: API server at http://{address}, {} simulated sleds (power controllers at {power_url}), data in {}",
+        "Corral is up: API server at http://{address}, {} {machines} (power controllers at {power_url}), data in {}",
         args.sleds,
         data_dir.display()
     );

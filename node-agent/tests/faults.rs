@@ -121,7 +121,7 @@ async fn a_hung_sled_renews_no_lease_changes_nothing_and_continues_where_it_stop
     rack.create_vmm("web-v1", "sled-1", epoch, 1).await;
     rack.vmm_in("web-v1", VmmState::Starting).await;
 
-    sled.hang().unwrap();
+    sled.hang().await.unwrap();
     let frozen = machine_states(&sled);
     assert_eq!(frozen, [("web-v1".to_string(), VmmRunState::Starting)]);
     let before = settled_writes(&rack, "web-v1").await;
@@ -142,7 +142,7 @@ async fn a_hung_sled_renews_no_lease_changes_nothing_and_continues_where_it_stop
         "a hung sled's fault API answered"
     );
 
-    sled.resume().unwrap();
+    sled.resume().await.unwrap();
     rack.vmm_in("web-v1", VmmState::Running).await;
     wait_for("a renewed lease", || async {
         (renewed(&rack, "sled-1").await != lease).then_some(())
@@ -161,7 +161,7 @@ async fn power_off_ends_a_hang() {
     rack.create_vmm("web-v1", "sled-1", epoch, 1).await;
     rack.vmm_in("web-v1", VmmState::Running).await;
 
-    sled.hang().unwrap();
+    sled.hang().await.unwrap();
     tokio::time::timeout(common::BOUND, sled.power_off())
         .await
         .expect("power off answers while the sled hangs")

@@ -168,9 +168,17 @@ impl QemuHypervisor {
         self.save_machine(&machine)
     }
 
-    /// Powers the machine on: a new boot, with no VMM.
+    /// Whether the machine is on.
+    pub fn is_on(&self) -> bool {
+        self.machine.lock().expect("machine lock").powered
+    }
+
+    /// Powers the machine on: a new boot, with no VMM. Already on: nothing changes.
     pub async fn power_on(&self) -> Result<BootId, HypervisorError> {
         let _vmms = self.vmms.lock().await;
+        if let Ok(boot_id) = self.boot_id().await {
+            return Ok(boot_id);
+        }
         let machine = Machine {
             boot_id: BootId::random(),
             powered: true,
@@ -182,6 +190,24 @@ impl QemuHypervisor {
     /// The pid of a VMM's QEMU process.
     pub async fn pid(&self, id: &VmmId) -> Option<Pid> {
         self.vmms.lock().await.get(id).and_then(|vmm| vmm.pid())
+    }
+
+    /// The pids of every VMM's QEMU process.
+    pub async fn pids(&self) -> Vec<Pid> {
+        self.vmms
+            .lock()
+            .await
+            .values()
+            .filter_map(|vmm| vmm.pid())
+            .collect()
+    }
+
+    /// The VMM that runs the Vmm `namespace/name`, if one does.
+    pub async fn find(&self, namespace: &str, name: &str) -> Option<VmmId> {
+        self.vmms.lock().await.iter().find_map(|(id, vmm)| {
+            let launch = vmm.launch();
+            (launch.namespace == namespace && launch.name == name).then(|| id.clone())
+        })
     }
 
     /// What a VMM's guest said lately.

@@ -42,8 +42,9 @@ use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 
 use crate::config::HeartbeatSwitch;
-use crate::hypervisor::{Hypervisor, HypervisorError, VmmId, VmmInfo};
-use crate::sim::machine::{SimHypervisor, UnknownVmm};
+use crate::hypervisor::{HypervisorError, VmmId, VmmInfo};
+use crate::sim::machine::UnknownVmm;
+use crate::sim::sled_machine::{SledMachine, VmmFault};
 use crate::sim::switch::Switch;
 use crate::sim::v2p_table::{SimV2pTable, V2pRow};
 use crate::v2p::table::V2pTableError;
@@ -51,7 +52,7 @@ use crate::v2p::table::V2pTableError;
 /// What the fault API acts on.
 #[derive(Clone, Debug)]
 pub struct FaultState {
-    pub machine: Arc<SimHypervisor>,
+    pub machine: SledMachine,
     pub heartbeats: HeartbeatSwitch,
     /// The machine's V2P table.
     pub v2p: Arc<SimV2pTable>,
@@ -118,16 +119,6 @@ async fn list(State(state): State<FaultState>) -> Result<axum::Json<Vec<VmmInfo>
     Ok(axum::Json(state.machine.list().await?))
 }
 
-/// The faults that act on one VMM.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum VmmFault {
-    Crash,
-    Shutdown,
-    Kill,
-    Hang,
-    DirtyRate,
-}
-
 /// The body of a `dirty-rate` fault.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -135,18 +126,20 @@ struct DirtyRate {
     bytes_per_second: u64,
 }
 
-impl std::str::FromStr for VmmFault {
-    type Err = ();
-    fn from_str(text: &str) -> Result<Self, ()> {
-        match text {
-            "crash" => Ok(VmmFault::Crash),
-            "shutdown" => Ok(VmmFault::Shutdown),
-            "kill" => Ok(VmmFault::Kill),
-            "hang" => Ok(VmmFault::Hang),
-            "dirty-rate" => Ok(VmmFault::DirtyRate),
-            _ => Err(()),
-        }
-    }
+/// The fault a path names, without its body.
+fn vmm_fault(text: &str, body: &[u8]) -> Result<Option<VmmFault>, FaultError> {
+    Ok(Some(match text {
+        "crash" => VmmFault::Crash,
+        "shutdown" => VmmFault::Shutdown,
+        "kill" => VmmFault::Kill,
+        "hang" => VmmFault::Hang,
+        "dirty-rate" => VmmFault::DirtyRate(
+            serde_json::from_slice::<DirtyRate>(body)
+                .map_err(FaultError::Body)?
+                .bytes_per_second,
+        ),
+        _ => return Ok(None),
+    }))
 }
 
 async fn inject(
@@ -154,32 +147,14 @@ async fn inject(
     Path((namespace, name, fault)): Path<(String, String, String)>,
     body: Bytes,
 ) -> Result<StatusCode, FaultError> {
-    let Ok(fault) = fault.parse::<VmmFault>() else {
+    let Some(fault) = vmm_fault(&fault, &body)? else {
         return Ok(StatusCode::NOT_FOUND);
     };
-    let dirty_rate = match fault {
-        VmmFault::DirtyRate => Some(
-            serde_json::from_slice::<DirtyRate>(&body)
-                .map_err(FaultError::Body)?
-                .bytes_per_second,
-        ),
-        _ => None,
-    };
-    let machine = &state.machine;
-    if !machine.is_on() {
-        return Err(HypervisorError::PoweredOff.into());
+    if state.machine.inject(&namespace, &name, fault).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(FaultError::NoVmm { namespace, name })
     }
-    let id: VmmId = machine
-        .find(&namespace, &name)
-        .ok_or(FaultError::NoVmm { namespace, name })?;
-    match fault {
-        VmmFault::Crash => machine.crash(&id)?,
-        VmmFault::Shutdown => machine.guest_shutdown(&id)?,
-        VmmFault::Kill => machine.kill(&id)?,
-        VmmFault::Hang => machine.hang(&id)?,
-        VmmFault::DirtyRate => machine.set_dirty_rate(&id, dirty_rate.unwrap_or_default())?,
-    }
-    Ok(StatusCode::NO_CONTENT)
 }
 
 #[derive(Serialize)]
@@ -196,7 +171,7 @@ async fn spawn_unknown(
     } else {
         serde_json::from_slice(&body).map_err(FaultError::Body)?
     };
-    let id = state.machine.spawn_unknown(unknown)?;
+    let id = state.machine.spawn_unknown(unknown).await?;
     Ok(axum::Json(Spawned { id }))
 }
 
@@ -271,8 +246,8 @@ async fn partition_heal(State(state): State<FaultState>) -> StatusCode {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hypervisor::{ExitReason, VmmLaunch, VmmRunState};
-    use crate::sim::machine::SimTiming;
+    use crate::hypervisor::{ExitReason, Hypervisor, VmmLaunch, VmmRunState};
+    use crate::sim::machine::{SimHypervisor, SimTiming};
     use axum::body::Body;
     use axum::http::Request;
     use corral_crds::Resources;
@@ -327,7 +302,7 @@ mod tests {
         let heartbeats = HeartbeatSwitch::default();
         let partitioned = Switch::default();
         let router = router(FaultState {
-            machine: machine.clone(),
+            machine: SledMachine::Sim(machine.clone()),
             heartbeats: heartbeats.clone(),
             v2p: v2p.clone(),
             partitioned: partitioned.clone(),

@@ -8,6 +8,8 @@
 //! - `machine.rs` — the simulated machine: power, boots, VMMs, faults.
 //! - `v2p_table.rs` — the machine's simulated V2P table.
 //! - `power.rs` — a simulated sled (machine + agent process) and its power controller.
+//! - `sled_machine.rs` — the machine under a sled: simulated, or QEMU processes (docs/qemu.md),
+//!   and how each fault reaches it.
 //! - `fault.rs` — the fault-injection HTTP API the sled's agent serves.
 //! - `power_faults.rs` — the faults the power controller serves (a hang, a power controller
 //!   that does not answer), because the sled cannot serve them itself.
@@ -25,6 +27,7 @@ pub mod fault;
 pub mod machine;
 pub mod power;
 pub mod power_faults;
+pub mod sled_machine;
 pub mod switch;
 pub mod v2p_table;
 

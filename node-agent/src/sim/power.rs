@@ -43,9 +43,11 @@ use crate::error::DisplayChain;
 use crate::hypervisor::HypervisorError;
 use crate::migration::AgentSlot;
 use crate::power::{PowerController, PowerError, PowerState};
+use crate::qemu::{QemuConfig, QemuHypervisor};
 use crate::sim::control_path::ControlPath;
 use crate::sim::fault::{self, FaultState};
 use crate::sim::machine::{SimHypervisor, SimTiming};
+use crate::sim::sled_machine::SledMachine;
 use crate::sim::switch::Switch;
 use crate::sim::v2p_table::SimV2pTable;
 use crate::v2p::table::V2pTableError;
@@ -57,6 +59,9 @@ pub struct SimSledConfig {
     pub agent: AgentConfig,
     /// Boot and stop times of the machine, its guests' dirty rate, its migration link.
     pub timing: SimTiming,
+    /// Real QEMU processes instead of the simulated machine (docs/qemu.md); `timing` then
+    /// does not apply.
+    pub qemu: Option<QemuConfig>,
     /// Where the sled's HTTP API (the fault-injection API and the agent's migration API)
     /// listens, reported as `Sled.status.agentAddress`; `None`: it does not listen.
     pub fault_listen: Option<SocketAddr>,
@@ -68,6 +73,7 @@ impl SimSledConfig {
         SimSledConfig {
             agent,
             timing: SimTiming::default(),
+            qemu: None,
             fault_listen: None,
         }
     }
@@ -106,11 +112,20 @@ impl SimSled {
     /// Opens the machine in `config.agent.data_dir`, powers it per `mode` and starts the agent.
     pub async fn start(config: SimSledConfig, mode: StartMode) -> Result<SledHandle, SledError> {
         let agent = &config.agent;
-        let machine = SimHypervisor::open(&agent.data_dir, config.timing, agent.capacity)?;
+        let machine = match &config.qemu {
+            None => SledMachine::Sim(SimHypervisor::open(
+                &agent.data_dir,
+                config.timing,
+                agent.capacity,
+            )?),
+            Some(qemu) => {
+                SledMachine::qemu(QemuHypervisor::open(&agent.data_dir, qemu.clone()).await?)
+            }
+        };
         if mode == StartMode::ColdStart {
-            machine.power_off()?;
+            machine.power_off().await?;
         }
-        let boot_id = machine.power_on()?;
+        let boot_id = machine.power_on().await?;
         let v2p = Arc::new(SimV2pTable::open(&agent.data_dir, boot_id)?);
         let handle = SledHandle {
             inner: Arc::new(SledInner {
@@ -139,7 +154,7 @@ pub struct SledHandle {
 
 struct SledInner {
     config: SimSledConfig,
-    machine: Arc<SimHypervisor>,
+    machine: SledMachine,
     /// The machine's V2P table: it survives agent restarts, not a power-off.
     v2p: Arc<SimV2pTable>,
     /// Where the fault API listens; a port 0 becomes the bound port, kept across restarts.
@@ -203,7 +218,7 @@ impl SledInner {
 /// The agent under a supervisor (restarted with backoff when it fails), next to the fault API.
 async fn agent_process(
     config: AgentConfig,
-    machine: Arc<SimHypervisor>,
+    machine: SledMachine,
     v2p: Arc<SimV2pTable>,
     listener: Option<TcpListener>,
     (stop, partitioned): (CancellationToken, Switch),
@@ -235,8 +250,8 @@ async fn agent_process(
     let supervise = async {
         let mut backoff = Duration::from_millis(200);
         loop {
-            let mut agent =
-                Agent::new(config.clone(), machine.clone(), v2p.clone()).with_slot(slot.clone());
+            let mut agent = Agent::new(config.clone(), machine.hypervisor(), v2p.clone())
+                .with_slot(slot.clone());
             if let Some(address) = address {
                 agent = agent.with_address(address.to_string());
             }
@@ -269,13 +284,13 @@ async fn answer_unless_frozen(
 impl SledHandle {
     /// Fault: the whole sled hangs with power on (see the module docs). A powered-off sled
     /// cannot hang.
-    pub fn hang(&self) -> Result<(), SledError> {
-        Ok(self.inner.machine.freeze()?)
+    pub async fn hang(&self) -> Result<(), SledError> {
+        Ok(self.inner.machine.freeze().await?)
     }
 
     /// Ends a hang: the sled continues where it stopped.
-    pub fn resume(&self) -> Result<(), SledError> {
-        Ok(self.inner.machine.thaw()?)
+    pub async fn resume(&self) -> Result<(), SledError> {
+        Ok(self.inner.machine.thaw().await?)
     }
 
     /// Fault: the agent is cut off from the API server.
@@ -310,8 +325,19 @@ impl SledHandle {
         self.inner.machine.is_on()
     }
 
-    /// The sled's machine (for fault injection in-process).
+    /// The sled's simulated machine (for fault injection in-process).
+    ///
+    /// # Panics
+    /// On a sled of QEMU processes ([`SledHandle::sled_machine`] serves both).
     pub fn machine(&self) -> &Arc<SimHypervisor> {
+        self.inner
+            .machine
+            .simulated()
+            .expect("a simulated machine (this sled runs QEMU processes)")
+    }
+
+    /// The sled's machine, simulated or QEMU.
+    pub fn sled_machine(&self) -> &SledMachine {
         &self.inner.machine
     }
 
@@ -333,7 +359,7 @@ impl SledHandle {
     /// Cuts the power: the machine's VMMs are gone and the agent dies (see the module docs).
     pub async fn power_off(&self) -> Result<(), SledError> {
         let mut process = self.inner.process.lock().await;
-        self.inner.machine.power_off()?;
+        self.inner.machine.power_off().await?;
         self.inner.v2p.power_off()?;
         if let Some(process) = process.take() {
             process.task.abort();
@@ -346,7 +372,7 @@ impl SledHandle {
     /// Powers on: a new boot, and the agent starts on it. Already on: nothing changes.
     pub async fn power_on(&self) -> Result<(), SledError> {
         let mut process = self.inner.process.lock().await;
-        let boot_id = self.inner.machine.power_on()?;
+        let boot_id = self.inner.machine.power_on().await?;
         self.inner.v2p.boot(boot_id)?;
         if process.is_none() {
             *process = Some(self.inner.spawn_agent().await?);

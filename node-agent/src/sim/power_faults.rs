@@ -98,8 +98,8 @@ async fn fault(
     Path(fault): Path<String>,
 ) -> Result<StatusCode, PowerFaultError> {
     match fault.as_str() {
-        "hang" => sled.hang()?,
-        "resume" => sled.resume()?,
+        "hang" => sled.hang().await?,
+        "resume" => sled.resume().await?,
         _ => return Err(PowerFaultError::UnknownFault(fault)),
     }
     Ok(StatusCode::NO_CONTENT)
