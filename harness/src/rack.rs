@@ -510,6 +510,24 @@ impl Rack {
         }
     }
 
+    /// A fault of one VMM of `sled` — `crash`, `shutdown`, `kill`, `hang` — the one running
+    /// the Vmm `namespace/name` (docs/rack.md, the fault API).
+    pub async fn vmm_fault(
+        &mut self,
+        sled: &str,
+        (namespace, name): (&str, &str),
+        fault: &str,
+    ) -> Result<(), String> {
+        let path = format!("/vmms/{namespace}/{name}/{fault}");
+        self.sled_fault(
+            sled,
+            SledDoor::Agent,
+            &path,
+            &format!("{fault} {namespace}/{name} on"),
+        )
+        .await
+    }
+
     /// Cuts the agent of `sled` off from the API server: every request of its API client fails
     /// at once; its guests run on and its fault API answers.
     pub async fn partition(&mut self, sled: &str) -> Result<(), String> {

@@ -1,0 +1,281 @@
+//! Real VMs end to end (docs/qemu.md): a rack of real processes — the API server, two
+//! controllers, three `corral node-agent --hypervisor qemu` sleds — whose VMMs are QEMU
+//! processes running corral-guest (KVM when `/dev/kvm` is usable, TCG otherwise). QEMU is
+//! installed by `scripts/setup.sh`; without it this test fails rather than skips.
+//!
+//! One story, each step checked on the machines — the QEMU processes in `/proc` and what each
+//! guest wrote on its serial port — not only in the API:
+//! 1. Three instances → `Running`, one QEMU process each, each guest beating.
+//! 2. One QEMU process killed behind Corral's back → divergence `VmmKilled`, repaired: the
+//!    instance runs again in a new QEMU process.
+//! 3. A guest panic (the fault API's `crash`, which makes the guest itself panic) → the exit
+//!    counts toward the crash backoff, and the instance runs again.
+//! 4. `kill -9` of a node-agent and a restart → the same QEMU processes (same pids) still run
+//!    the guests, and nothing restarted.
+//!
+//! Every QEMU process dies with the test process (`--vmms-die-with`).
+
+#[path = "common/mod.rs"]
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use corral_crds::{Instance, InstanceSpec, InstanceState, Vmm};
+use corral_harness::wait::wait_for_polling;
+use corral_harness::{Rack, RackSpec, Scratch, Store, Victim};
+use kube::ResourceExt;
+use kube::api::{Api, ListParams, PostParams};
+
+const SLEDS: usize = 3;
+const NAMESPACE: &str = "default";
+/// How long a step may take on a loaded 2-core machine running debug builds (and TCG).
+const CONVERGE: Duration = Duration::from_secs(60);
+const POLL: Duration = Duration::from_millis(100);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_guests_run_are_repaired_and_outlive_their_agent() {
+    let scratch = Scratch::temporary("corral-qemu-e2e-").expect("a scratch directory");
+    let mut spec = RackSpec {
+        apiserver_args: vec!["--crds".into(), common::crd_dir().display().to_string()],
+        ..RackSpec::for_failures(
+            common::corral().to_path_buf(),
+            Store::Sqlite(scratch.path().join("store.db")),
+            SLEDS,
+            Duration::from_secs(20),
+            corral_controllers::LEADER_LEASE,
+        )
+    };
+    spec.sled_args.extend(
+        [
+            "--hypervisor",
+            "qemu",
+            "--vmms-die-with",
+            &std::process::id().to_string(),
+        ]
+        .map(String::from),
+    );
+    // The sleds' capacity: the failure rack's 64 CPUs, and memory for a few small guests.
+    spec.sled_args
+        .extend(["--memory-mib", "2048"].map(String::from));
+    let mut rack = Rack::new(spec, scratch).expect("a rack");
+    rack.start(Duration::from_secs(60))
+        .await
+        .expect("the rack starts");
+    let instances: Api<Instance> = Api::namespaced(rack.client().clone(), NAMESPACE);
+    for index in 1..=SLEDS {
+        instances
+            .create(&PostParams::default(), &guest(&format!("guest-{index}")))
+            .await
+            .expect("creating an instance");
+    }
+
+    // 1. Running, one QEMU process each, each guest beating.
+    let running = wait_running(&rack, SLEDS, "three guests Running and beating").await;
+    println!("running: {running:?}");
+
+    // 2. A QEMU process killed behind Corral's back.
+    let (victim, before) = running
+        .iter()
+        .next()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .unwrap();
+    kill(before.pid);
+    rack.fault(format!(
+        "kill -9 the QEMU process of {victim} (pid {})",
+        before.pid
+    ));
+    let repaired = wait_for_polling(
+        "the killed guest running again",
+        CONVERGE,
+        POLL,
+        async || {
+            let now = machines(&rack).await?;
+            match now.get(&victim) {
+                Some(guest) if guest.pid != before.pid && guest.beats => Ok(guest.clone()),
+                other => Err(format!("{victim}: {other:?}")),
+            }
+        },
+    )
+    .await
+    .expect("repaired");
+    let events = corral_harness::rack::events::recent_warnings(rack.client(), 50).await;
+    assert!(
+        events.contains("VmmKilled"),
+        "a VmmKilled divergence: {events}"
+    );
+    println!(
+        "killed {victim}'s QEMU (pid {}): now pid {}",
+        before.pid, repaired.0.pid
+    );
+
+    // 3. A guest panic.
+    let crashed = running.keys().nth(1).unwrap().clone();
+    let sled = current_sled(&instances, &crashed).await;
+    let vmm_name = instances
+        .get(&crashed)
+        .await
+        .unwrap()
+        .status
+        .and_then(|s| s.active_vmm)
+        .unwrap();
+    rack.vmm_fault(&sled, (NAMESPACE, &vmm_name), "crash")
+        .await
+        .expect("the crash fault");
+    wait_for_polling(
+        "the panicked guest counted and running again",
+        CONVERGE,
+        POLL,
+        async || {
+            let instance = instances.get(&crashed).await.map_err(|e| e.to_string())?;
+            let status = instance.status.unwrap_or_default();
+            let counted = status.consecutive_failures >= 1 || status.restarts >= 1;
+            let running = status.state == Some(InstanceState::Running)
+                && status.active_vmm.as_deref() != Some(&vmm_name);
+            if counted && running {
+                Ok(())
+            } else {
+                Err(format!("{status:?}"))
+            }
+        },
+    )
+    .await
+    .expect("the crash counted and repaired");
+
+    // 4. kill -9 of an agent, then a restart: the same processes run the guests.
+    let before = machines(&rack).await.expect("the machines");
+    let index = 0;
+    let what = rack.kill9(Victim::Agent(index));
+    rack.fault(format!("kill -9 {what}"));
+    rack.restart_agent(index).expect("restarting the agent");
+    rack.fault("restart the agent of sled-1");
+    wait_for_polling("sled-1 Ready again", CONVERGE, POLL, async || {
+        rack.sleds_ready().await
+    })
+    .await
+    .expect("the sled Ready");
+    let after = wait_running(&rack, SLEDS, "the guests Running after the agent restart").await;
+    assert_eq!(
+        after.iter().map(|(k, v)| (k, v.pid)).collect::<Vec<_>>(),
+        before.iter().map(|(k, v)| (k, v.pid)).collect::<Vec<_>>(),
+        "the same QEMU processes run the guests"
+    );
+    rack.stop(Duration::from_secs(5)).await;
+}
+
+fn guest(name: &str) -> Instance {
+    Instance::new(
+        name,
+        InstanceSpec {
+            cpus: 1,
+            memory_mib: 128,
+            image: "corral-guest".into(),
+            anti_affinity_group: Some("guests".into()),
+            ..Default::default()
+        },
+    )
+}
+
+/// One guest as its machine shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Machine {
+    sled: String,
+    pid: u32,
+    /// Its serial log holds a heartbeat.
+    beats: bool,
+}
+
+/// Every guest of the rack, by instance: found from the Vmms' uids in the sleds' QEMU
+/// directories, alive in `/proc`.
+async fn machines(rack: &Rack) -> Result<BTreeMap<String, Machine>, String> {
+    let vmms: Api<Vmm> = Api::namespaced(rack.client().clone(), NAMESPACE);
+    let mut found = BTreeMap::new();
+    for vmm in vmms
+        .list(&ListParams::default())
+        .await
+        .map_err(|e| e.to_string())?
+    {
+        let uid = vmm.uid().unwrap_or_default();
+        let dir: PathBuf = rack
+            .dir()
+            .join("sleds")
+            .join(&vmm.spec.sled)
+            .join("qemu")
+            .join(&uid);
+        let Ok(pid) = std::fs::read_to_string(dir.join("qemu.pid")) else {
+            continue;
+        };
+        let pid: u32 = pid.trim().parse().map_err(|e| format!("{e}"))?;
+        if !alive(pid) {
+            continue;
+        }
+        let beats = std::fs::read_to_string(dir.join("serial.log"))
+            .is_ok_and(|log| log.lines().any(|line| line.starts_with("hb ")));
+        let previous = found.insert(
+            vmm.spec.instance.clone(),
+            Machine {
+                sled: vmm.spec.sled.clone(),
+                pid,
+                beats,
+            },
+        );
+        if previous.is_some() {
+            return Err(format!("{} runs in two QEMU processes", vmm.spec.instance));
+        }
+    }
+    Ok(found)
+}
+
+/// Waits until `count` instances are Running, each in a live QEMU process whose guest beats.
+async fn wait_running(rack: &Rack, count: usize, what: &str) -> BTreeMap<String, Machine> {
+    let instances: Api<Instance> = Api::namespaced(rack.client().clone(), NAMESPACE);
+    wait_for_polling(what, CONVERGE, POLL, async || {
+        let list = instances
+            .list(&ListParams::default())
+            .await
+            .map_err(|e| e.to_string())?;
+        let machines = machines(rack).await?;
+        let running = list
+            .items
+            .iter()
+            .filter(|i| i.status.as_ref().and_then(|s| s.state) == Some(InstanceState::Running))
+            .filter(|i| machines.get(&i.name_any()).is_some_and(|m| m.beats))
+            .count();
+        if running == count {
+            Ok(machines)
+        } else {
+            Err(format!(
+                "{running} of {count} Running and beating; machines {machines:?}"
+            ))
+        }
+    })
+    .await
+    .expect(what)
+    .0
+}
+
+async fn current_sled(instances: &Api<Instance>, name: &str) -> String {
+    instances
+        .get(name)
+        .await
+        .expect("the instance")
+        .status
+        .and_then(|s| s.sled)
+        .expect("a sled")
+}
+
+fn alive(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    let state = stat.rsplit_once(')').map(|(_, rest)| rest.trim_start());
+    !state.is_some_and(|state| state.starts_with('Z') || state.starts_with('X'))
+}
+
+fn kill(pid: u32) {
+    // SAFETY: a plain kill(2) of a QEMU process this test's rack started.
+    unsafe {
+        libc::kill(pid as libc::pid_t, libc::SIGKILL);
+    }
+}
