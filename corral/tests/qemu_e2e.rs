@@ -5,7 +5,8 @@
 //!
 //! One story, each step checked on the machines — the QEMU processes in `/proc` and what each
 //! guest wrote on its serial port — not only in the API:
-//! 1. Three instances → `Running`, one QEMU process each, each guest beating.
+//! 1. Three instances → `Running`, one QEMU process each, each guest beating; every Sled shows
+//!    `status.hypervisor` `qemu (kvm)` or `qemu (tcg)`.
 //! 2. One QEMU process killed behind Corral's back → divergence `VmmKilled`, repaired: the
 //!    instance runs again in a new QEMU process.
 //! 3. A guest panic (the fault API's `crash`, which makes the guest itself panic) → the exit
@@ -22,7 +23,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use corral_crds::{Instance, InstanceSpec, InstanceState, Vmm};
+use corral_crds::{Instance, InstanceSpec, InstanceState, Sled, Vmm};
 use corral_harness::wait::wait_for_polling;
 use corral_harness::{Rack, RackSpec, Scratch, Store, Victim};
 use kube::ResourceExt;
@@ -74,6 +75,19 @@ async fn real_guests_run_are_repaired_and_outlive_their_agent() {
     // 1. Running, one QEMU process each, each guest beating.
     let running = wait_running(&rack, SLEDS, "three guests Running and beating").await;
     println!("running: {running:?}");
+    let sleds: Api<Sled> = Api::all(rack.client().clone());
+    for sled in sleds.list(&ListParams::default()).await.expect("the sleds") {
+        let hypervisor = sled
+            .status
+            .as_ref()
+            .map(|s| s.hypervisor.clone())
+            .unwrap_or_default();
+        assert!(
+            hypervisor == "qemu (kvm)" || hypervisor == "qemu (tcg)",
+            "{} shows its hypervisor: {hypervisor:?}",
+            sled.name_any()
+        );
+    }
 
     // 2. A QEMU process killed behind Corral's back.
     let (victim, before) = running

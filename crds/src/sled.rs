@@ -83,6 +83,7 @@ impl std::ops::AddAssign for Resources {
     printcolumn = r#"{"name":"Domain","type":"string","priority":1,"jsonPath":".spec.failureDomain"}"#,
     printcolumn = r#"{"name":"Diverged","type":"string","priority":1,"jsonPath":".status.conditions[?(@.type==\"Diverged\")].status"}"#,
     printcolumn = r#"{"name":"Agent","type":"string","priority":1,"jsonPath":".status.agentAddress"}"#,
+    printcolumn = r#"{"name":"Hypervisor","type":"string","priority":1,"jsonPath":".status.hypervisor"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
@@ -246,6 +247,10 @@ pub struct SledStatus {
     /// The node-agent's version.
     #[serde(default)]
     pub agent_version: String,
+    /// What runs the sled's VMMs, as its agent reports it: `sim` (the simulator) or `qemu`
+    /// with its accelerator, e.g. `qemu (kvm)` (docs/qemu.md).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub hypervisor: String,
     /// Where the agent's fault-injection and migration API listens, if anywhere.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent_address: Option<String>,

@@ -305,6 +305,7 @@ impl Agent {
             epoch,
             agent_version: AGENT_VERSION.to_string(),
             agent_address: self.agent_address.clone(),
+            hypervisor: self.hypervisor.description(),
             migration_bandwidth: self.hypervisor.migration_bandwidth(),
             diverged: Divergence::converged(),
             running: true,

@@ -210,6 +210,9 @@ pub trait Hypervisor: Send + Sync + 'static {
     /// The bandwidth of the machine's migration link, bytes per second.
     fn migration_bandwidth(&self) -> u64;
 
+    /// What runs the VMMs, for operators (`Sled.status.hypervisor`): `sim`, `qemu (kvm)`, ….
+    fn description(&self) -> String;
+
     /// One VMM, if it exists.
     async fn inspect(&self, id: &VmmId) -> Result<Option<VmmInfo>, HypervisorError>;
 

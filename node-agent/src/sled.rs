@@ -59,6 +59,8 @@ pub struct SledReport {
     pub epoch: u64,
     pub agent_version: String,
     pub agent_address: Option<String>,
+    /// What runs the VMMs (`Hypervisor::description`).
+    pub hypervisor: String,
     /// The migration link's bandwidth, bytes per second.
     pub migration_bandwidth: u64,
     pub diverged: Divergence,
@@ -111,6 +113,7 @@ pub fn render_status(
     status.epoch = status.epoch.max(report.epoch);
     status.agent_version = report.agent_version.clone();
     status.agent_address = report.agent_address.clone();
+    status.hypervisor = report.hypervisor.clone();
     status.migration_bandwidth = report.migration_bandwidth;
     status.unknown_vmms = report.unknown.clone();
     let expired =
@@ -393,6 +396,7 @@ mod tests {
             epoch: 3,
             agent_version: "0.1.0".into(),
             agent_address: Some("127.0.0.1:9000".into()),
+            hypervisor: "sim".into(),
             migration_bandwidth: 1_250_000_000,
             diverged: Divergence::converged(),
             running: true,

@@ -386,6 +386,10 @@ impl Hypervisor for QemuHypervisor {
         self.config.migration_bandwidth
     }
 
+    fn description(&self) -> String {
+        format!("qemu ({})", self.config.accel.as_str())
+    }
+
     async fn inspect(&self, id: &VmmId) -> Result<Option<VmmInfo>, HypervisorError> {
         self.powered()?;
         let Some(vmm) = self.vmms.lock().await.get(id).cloned() else {

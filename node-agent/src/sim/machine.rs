@@ -626,6 +626,10 @@ impl Hypervisor for SimHypervisor {
         self.timing.migration_bandwidth
     }
 
+    fn description(&self) -> String {
+        "sim".into()
+    }
+
     fn changes(&self) -> broadcast::Receiver<VmmId> {
         self.changes.subscribe()
     }
