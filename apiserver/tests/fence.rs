@@ -1,4 +1,5 @@
-//! The fence-token admission rules (`admission/fence.rs`), as a client sees them: a real API
+//! The default admission rules — the fence tokens (`admission/fence.rs`) and the annotations
+//! read as settings (`admission/annotations.rs`) — as a client sees them: a real API
 //! server with its default rules and Corral's own kinds, on a loopback port over a real SQLite
 //! file or a real etcd, written through kube-rs the way node-agents and controllers write.
 //!
@@ -236,7 +237,67 @@ on_both_backends!(
     a_vmm_report_of_an_ended_sled_life_is_refused,
     a_vmm_report_the_rule_does_not_judge_is_admitted,
     a_fenced_agent_is_refused_on_every_write_and_the_control_plane_is_not,
+    a_dirty_rate_that_is_not_a_number_is_refused_and_a_number_is_stored,
 );
+
+async fn a_dirty_rate_that_is_not_a_number_is_refused_and_a_number_is_stored(server: &Server) {
+    let instances: Api<corral_crds::Instance> = Api::namespaced(server.client.clone(), "default");
+    let instance = |rate: &str| -> corral_crds::Instance {
+        typed(json!({
+            "apiVersion": "corral.dev/v1alpha1", "kind": "Instance",
+            "metadata": {"name": "web", "annotations": {"corral.dev/dirty-rate": rate}},
+            "spec": {"cpus": 1, "memoryMiB": 256, "image": "corral-guest"},
+        }))
+    };
+    for bad in ["fast", "-1", "1.5", ""] {
+        let status =
+            refusal(within(instances.create(&PostParams::default(), &instance(bad))).await);
+        assert_eq!(
+            (status.code, status.reason.as_str()),
+            (422, "Invalid"),
+            "{status:?}"
+        );
+        let field = status
+            .details
+            .as_ref()
+            .and_then(|d| d.causes.first())
+            .map(|c| c.field.clone());
+        assert_eq!(
+            field.as_deref(),
+            Some("metadata.annotations[corral.dev/dirty-rate]"),
+            "{status:?}"
+        );
+        assert!(
+            within(instances.get_opt("web")).await.unwrap().is_none(),
+            "nothing stored"
+        );
+    }
+    let stored = within(instances.create(&PostParams::default(), &instance("104857600")))
+        .await
+        .expect("a whole number is admitted");
+    assert_eq!(
+        stored
+            .annotations()
+            .get("corral.dev/dirty-rate")
+            .map(String::as_str),
+        Some("104857600")
+    );
+    let status = refusal(
+        within(instances.patch(
+            "web",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {"corral.dev/dirty-rate": "lots"}}})),
+        ))
+        .await,
+    );
+    assert_eq!(status.code, 422, "{status:?}");
+    let unchanged = within(instances.get("web")).await.unwrap();
+    assert_eq!(
+        unchanged.resource_version(),
+        stored.resource_version(),
+        "nothing changed"
+    );
+}
 
 async fn a_sled_status_that_lowers_the_epoch_is_refused(server: &Server) {
     let sleds = server.sleds();

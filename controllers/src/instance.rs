@@ -30,8 +30,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use corral_crds::{
-    HealthVerdict, INSTANCE_FINALIZER, INSTANCE_LABEL, Instance, InstanceStatus, MigrateFrom,
-    Migration, Sled, VMM_FINALIZER, Vmm, VmmSpec,
+    DIRTY_RATE_ANNOTATION, HealthVerdict, INSTANCE_FINALIZER, INSTANCE_LABEL, Instance,
+    InstanceStatus, MigrateFrom, Migration, Sled, VMM_FINALIZER, Vmm, VmmSpec,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::runtime::reflector::ObjectRef;
@@ -482,11 +482,17 @@ fn build_vmm(
     if let Some(group) = &instance.spec.anti_affinity_group {
         labels.insert(ANTI_AFFINITY_LABEL.to_string(), group.clone());
     }
+    // Settings the guest is made with travel with the Vmm (the API server checked them).
+    let annotations = instance
+        .annotations()
+        .get(DIRTY_RATE_ANNOTATION)
+        .map(|rate| [(DIRTY_RATE_ANNOTATION.to_string(), rate.clone())].into());
     Vmm {
         metadata: ObjectMeta {
             name: Some(name.to_string()),
             namespace: instance.namespace(),
             labels: Some(labels),
+            annotations,
             finalizers: Some(vec![VMM_FINALIZER.to_string()]),
             owner_references: instance.controller_owner_ref(&()).map(|owner| vec![owner]),
             ..Default::default()

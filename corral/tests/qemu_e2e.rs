@@ -5,8 +5,9 @@
 //!
 //! One story, each step checked on the machines — the QEMU processes in `/proc` and what each
 //! guest wrote on its serial port — not only in the API:
-//! 1. Three instances → `Running`, one QEMU process each, each guest beating; every Sled shows
-//!    `status.hypervisor` `qemu (kvm)` or `qemu (tcg)`.
+//! 1. Three instances → `Running`, one QEMU process each, each guest beating; the one annotated
+//!    `corral.dev/dirty-rate` says it dirties that rate; every Sled shows `status.hypervisor`
+//!    `qemu (kvm)` or `qemu (tcg)`.
 //! 2. One QEMU process killed behind Corral's back → divergence `VmmKilled`, repaired: the
 //!    instance runs again in a new QEMU process.
 //! 3. A guest panic (the fault API's `crash`, which makes the guest itself panic) → the exit
@@ -23,7 +24,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use corral_crds::{Instance, InstanceSpec, InstanceState, Sled, Vmm};
+use corral_crds::{DIRTY_RATE_ANNOTATION, Instance, InstanceSpec, InstanceState, Sled, Vmm};
 use corral_harness::wait::wait_for_polling;
 use corral_harness::{Rack, RackSpec, Scratch, Store, Victim};
 use kube::ResourceExt;
@@ -34,6 +35,8 @@ const NAMESPACE: &str = "default";
 /// How long a step may take on a loaded 2-core machine running debug builds (and TCG).
 const CONVERGE: Duration = Duration::from_secs(60);
 const POLL: Duration = Duration::from_millis(100);
+/// What the last guest is annotated to dirty, bytes per second.
+const DIRTY_RATE: u64 = 1 << 20;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_guests_run_are_repaired_and_outlive_their_agent() {
@@ -66,8 +69,14 @@ async fn real_guests_run_are_repaired_and_outlive_their_agent() {
         .expect("the rack starts");
     let instances: Api<Instance> = Api::namespaced(rack.client().clone(), NAMESPACE);
     for index in 1..=SLEDS {
+        let mut instance = guest(&format!("guest-{index}"));
+        if index == SLEDS {
+            instance
+                .annotations_mut()
+                .insert(DIRTY_RATE_ANNOTATION.into(), DIRTY_RATE.to_string());
+        }
         instances
-            .create(&PostParams::default(), &guest(&format!("guest-{index}")))
+            .create(&PostParams::default(), &instance)
             .await
             .expect("creating an instance");
     }
@@ -75,6 +84,14 @@ async fn real_guests_run_are_repaired_and_outlive_their_agent() {
     // 1. Running, one QEMU process each, each guest beating.
     let running = wait_running(&rack, SLEDS, "three guests Running and beating").await;
     println!("running: {running:?}");
+    let dirtying = running
+        .get(&format!("guest-{SLEDS}"))
+        .expect("the dirtying guest");
+    assert!(
+        dirtying.log.contains(&format!("dirty={DIRTY_RATE}")),
+        "the annotated guest dirties {DIRTY_RATE} bytes a second: {}",
+        dirtying.log
+    );
     let sleds: Api<Sled> = Api::all(rack.client().clone());
     for sled in sleds.list(&ListParams::default()).await.expect("the sleds") {
         let hypervisor = sled
@@ -198,6 +215,8 @@ struct Machine {
     pid: u32,
     /// Its serial log holds a heartbeat.
     beats: bool,
+    /// Its serial log's first line (the guest's `ready`).
+    log: String,
 }
 
 /// Every guest of the rack, by instance: found from the Vmms' uids in the sleds' QEMU
@@ -224,14 +243,16 @@ async fn machines(rack: &Rack) -> Result<BTreeMap<String, Machine>, String> {
         if !alive(pid) {
             continue;
         }
-        let beats = std::fs::read_to_string(dir.join("serial.log"))
-            .is_ok_and(|log| log.lines().any(|line| line.starts_with("hb ")));
+        let log = std::fs::read_to_string(dir.join("serial.log")).unwrap_or_default();
+        let beats = log.lines().any(|line| line.starts_with("hb "));
+        let log = log.lines().next().unwrap_or_default().to_string();
         let previous = found.insert(
             vmm.spec.instance.clone(),
             Machine {
                 sled: vmm.spec.sled.clone(),
                 pid,
                 beats,
+                log,
             },
         );
         if previous.is_some() {

@@ -116,6 +116,9 @@ pub const INSTANCE_FINALIZER: &str = "corral.dev/instance-controller";
 pub const SLED_LEASE_NAMESPACE: &str = "kube-node-lease";
 /// The label that names a Vmm's Instance (for `-l` selection and `corralctl diff`).
 pub const INSTANCE_LABEL: &str = "corral.dev/instance";
+/// On an Instance (and the Vmms made from it): how many bytes a second its guest dirties, a
+/// whole number (docs/qemu.md, "The guest"). The API server refuses any other value.
+pub const DIRTY_RATE_ANNOTATION: &str = "corral.dev/dirty-rate";
 /// The label that names the Drain a Migration was created by.
 pub const DRAIN_LABEL: &str = "corral.dev/drain";
 

@@ -93,6 +93,10 @@ pub struct VmmLaunch {
     pub instance: String,
     pub resources: Resources,
     pub image: String,
+    /// How many bytes a second the guest dirties from its boot (`corral.dev/dirty-rate`);
+    /// `None`: the driver's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dirty_rate: Option<u64>,
 }
 
 /// Why a VMM ended.

@@ -40,6 +40,7 @@ fn launch(id: &str) -> VmmLaunch {
             memory_mib: 128,
         },
         image: "corral-guest".into(),
+        dirty_rate: None,
     }
 }
 
@@ -95,17 +96,29 @@ fn alive(pid: Pid) -> bool {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_guest_boots_beats_stops_on_the_power_button_and_is_destroyed() {
+async fn a_guest_boots_beats_dirties_stops_on_the_power_button_and_is_destroyed() {
     let dir = tempfile::tempdir().unwrap();
     let qemu = open(dir.path()).await;
-    qemu.create(&launch("a")).await.expect("creating");
-    qemu.create(&launch("a"))
+    let dirtying = VmmLaunch {
+        dirty_rate: Some(4 << 20),
+        ..launch("a")
+    };
+    qemu.create(&dirtying).await.expect("creating");
+    qemu.create(&dirtying)
         .await
         .expect("creating again changes nothing");
     let pid = qemu.pid(&VmmId::from("a")).await.expect("a pid file");
     assert!(alive(pid), "the QEMU process runs");
     wait_state(&qemu, "a", Some(VmmRunState::Running)).await;
     wait_beats(&qemu, "a", 2).await;
+    let seen = qemu.guest(&VmmId::from("a")).await.unwrap();
+    assert_eq!(
+        seen.dirty,
+        4 << 20,
+        "the guest dirties what its launch asked for"
+    );
+    let info = qemu.inspect(&VmmId::from("a")).await.unwrap().unwrap();
+    assert_eq!(info.dirty_bytes_per_second, 4 << 20);
 
     qemu.stop(&VmmId::from("a")).await.expect("stopping");
     wait_state(&qemu, "a", Some(VmmRunState::Exited(ExitReason::Stopped))).await;

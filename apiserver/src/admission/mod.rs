@@ -3,12 +3,16 @@
 //! this module holds rules.
 //!
 //! - [`fence`]: a write from an ended life of a sled is refused (fence tokens).
+//! - [`annotations`]: an annotation Corral reads as a setting must hold a value it can use.
 
+pub mod annotations;
 pub mod fence;
 
 use crate::objects::Admission;
 
-/// Every rule a server runs by default, in order: the fence-token rules.
+/// Every rule a server runs by default, in order: the fence-token rules, then the annotations.
 pub fn defaults() -> Admission {
-    Admission::new(fence::rules())
+    let mut rules = fence::rules();
+    rules.extend(annotations::rules());
+    Admission::new(rules)
 }

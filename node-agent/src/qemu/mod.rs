@@ -312,7 +312,7 @@ impl QemuHypervisor {
             launch,
             accel: self.config.accel,
             receiving,
-            dirty: 0,
+            dirty: launch.dirty_rate.unwrap_or(0),
         };
         let vmm = Vmm::start(&spec, self.config.vmms_die_with, self.changes.clone()).await?;
         vmms.insert(launch.id.clone(), Arc::new(vmm));

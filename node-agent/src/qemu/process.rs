@@ -255,6 +255,7 @@ mod tests {
                 memory_mib: 512,
             },
             image: "corral-guest".into(),
+            dirty_rate: None,
         };
         let spec = Spec {
             qemu: Path::new("/usr/bin/qemu-system-x86_64"),

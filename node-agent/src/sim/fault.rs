@@ -296,6 +296,7 @@ mod tests {
                     memory_mib: 512,
                 },
                 image: "debian".into(),
+                dirty_rate: None,
             })
             .await
             .unwrap();

@@ -353,6 +353,7 @@ impl SimHypervisor {
                 instance: unknown.instance.unwrap_or_default(),
                 resources: unknown.resources,
                 image: "unknown".to_string(),
+                dirty_rate: None,
             };
             machine.vmms.insert(
                 id.clone(),
@@ -436,7 +437,7 @@ impl SimHypervisor {
                 state,
                 responsive: true,
                 settles_at,
-                dirty_rate: None,
+                dirty_rate: launch.dirty_rate,
             },
         );
         self.persist(&machine)
@@ -650,6 +651,7 @@ mod tests {
                 memory_mib: 512,
             },
             image: "debian".into(),
+            dirty_rate: None,
         }
     }
 

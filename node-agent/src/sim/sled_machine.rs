@@ -216,6 +216,7 @@ impl SledMachine {
                     instance: unknown.instance.unwrap_or_default(),
                     resources: unknown.resources,
                     image: "corral-guest".into(),
+                    dirty_rate: None,
                 };
                 driver.create(&launch).await?;
                 Ok(id)

@@ -88,6 +88,7 @@ pub(crate) fn on_machine(state: VmmRunState) -> VmmInfo {
             instance: "web".into(),
             resources: Resources::default(),
             image: "debian".into(),
+            dirty_rate: None,
         },
         state,
         responsive: true,

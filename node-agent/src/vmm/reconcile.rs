@@ -163,6 +163,10 @@ async fn apply(
                     instance: vmm.spec.instance.clone(),
                     resources: vmm.spec.resources,
                     image: vmm.spec.image.clone(),
+                    dirty_rate: vmm
+                        .annotations()
+                        .get(corral_crds::DIRTY_RATE_ANNOTATION)
+                        .and_then(|rate| rate.parse().ok()),
                 };
                 if action == MachineAction::Create {
                     ctx.hypervisor.create(&launch).await?;
