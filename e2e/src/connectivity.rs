@@ -16,6 +16,9 @@
 //!   was wrong (or missing). Its duration is measured from the first round that saw it to the
 //!   first round that no longer did, so it is an upper bound, precise to one round.
 //! - A *double run* is a round that sees one instance's guest running on two sleds.
+//! - A *pause* is one stretch of rounds in which an instance that was seen running runs
+//!   nowhere (paused for a switch, or stopped), measured like an episode and closed when it
+//!   runs again; [`Report::longest_pause`] is the longest closed one.
 //!
 //! # What it reads
 //! Sleds and Instances through the API (kube), and each sled's agent at
@@ -118,6 +121,8 @@ pub struct Report {
     pub unreachable: u64,
     pub episodes: Vec<Episode>,
     pub double_runs: Vec<DoubleRun>,
+    /// The longest stretch an instance seen running ran nowhere before running again.
+    pub longest_pause: Duration,
 }
 
 impl Report {
@@ -139,12 +144,13 @@ impl std::fmt::Display for Report {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(
             f,
-            "connectivity: {} rounds, {} mappings checked, {} unreachable sled rounds, {} episodes, {} double runs",
+            "connectivity: {} rounds, {} mappings checked, {} unreachable sled rounds, {} episodes, {} double runs, longest pause {} ms",
             self.rounds,
             self.checks,
             self.unreachable,
             self.episodes.len(),
-            self.double_runs.len()
+            self.double_runs.len(),
+            self.longest_pause.as_millis()
         )?;
         // One line per IP: on how many sleds its mapping was wrong, and for how long at most.
         let mut by_ip: BTreeMap<(&str, &str, &str), Vec<&Episode>> = BTreeMap::new();
@@ -314,6 +320,15 @@ struct Tracker {
     report: Report,
     /// (table sled, vpc, ip) → the open episode and when it was first seen.
     open: HashMap<(String, String, String), (Episode, Instant)>,
+    /// `namespace/instance` → when it was last seen running, or since when it runs nowhere.
+    running: HashMap<String, Presence>,
+}
+
+/// Whether an instance ran in the last round, or since when it has not.
+#[derive(Debug)]
+enum Presence {
+    Yes,
+    NowhereSince(Instant),
 }
 
 impl Tracker {
@@ -328,6 +343,7 @@ impl Tracker {
                 });
             }
         }
+        self.pauses(round, at);
         let mut bad = HashMap::new();
         for ((vpc, ip), instance) in &round.ips {
             let Some(sleds) = round.runs_on.get(instance) else {
@@ -384,6 +400,29 @@ impl Tracker {
                     at,
                 )
             });
+        }
+    }
+
+    /// Opens a pause for every instance seen running before that runs nowhere now, and closes
+    /// the pause of every instance that runs again.
+    fn pauses(&mut self, round: &Round, at: Instant) {
+        for instance in round.ips.values() {
+            let runs = round.runs_on.contains_key(instance);
+            match (self.running.get(instance), runs) {
+                (Some(Presence::NowhereSince(since)), true) => {
+                    let paused = at.saturating_duration_since(*since);
+                    self.report.longest_pause = self.report.longest_pause.max(paused);
+                    self.running.insert(instance.clone(), Presence::Yes);
+                }
+                (_, true) => {
+                    self.running.insert(instance.clone(), Presence::Yes);
+                }
+                (Some(Presence::Yes), false) => {
+                    self.running
+                        .insert(instance.clone(), Presence::NowhereSince(at));
+                }
+                (_, false) => {}
+            }
         }
     }
 
@@ -492,8 +531,18 @@ mod tests {
             ),
             t0 + Duration::from_millis(50),
         );
-        let report = tracker.finish(t0 + Duration::from_millis(100));
+        tracker.record(
+            &round(&[], &[("s1", &[("10.0.0.1", "s1")])]),
+            t0 + Duration::from_millis(100),
+        );
+        tracker.record(
+            &round(&[("default/a", &["s2"])], &[("s1", &[("10.0.0.1", "s2")])]),
+            t0 + Duration::from_millis(250),
+        );
+        let report = tracker.finish(t0 + Duration::from_millis(300));
         assert!(report.episodes.is_empty(), "{report}");
+        // Seen running at 50 ms, nowhere from 100 ms, running again at 250 ms.
+        assert_eq!(report.longest_pause, Duration::from_millis(150));
         assert_eq!(
             report.double_runs,
             vec![DoubleRun {
