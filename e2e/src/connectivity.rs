@@ -5,14 +5,20 @@
 //! - An instance *really runs* on a sled if (and only if) that sled's machine (the agent's
 //!   `GET /vmms`) has a VMM of the instance whose guest is `Running` (a paused, receiving or
 //!   booting VMM does not count).
-//! - A sled's mapping of an instance IP is *wrong* if (and only if) the instance really runs on
-//!   exactly one sled and the table maps the IP to another sled; it is *missing* if the table
-//!   has no entry for the IP. An instance that runs nowhere (stopped, or paused for a switch)
+//! - A sled's mapping of an instance IP is *right* if (and only if) the instance really runs
+//!   on exactly one sled and the table maps the IP to that sled, or to a sled whose table
+//!   forwards the IP to that sled (one hop: a live migration's source forwards to its target,
+//!   docs/migration.md "Make before break"). It is *wrong* if the instance really runs on
+//!   exactly one sled and the mapping is not right (a forward to a sled where the guest does
+//!   not run is wrong too); it is *missing* if the table has no entry for the IP. An instance that runs nowhere (stopped, or paused for a switch)
 //!   has no expectation.
 //! - An *episode* is one stretch of consecutive rounds in which one sled's mapping of one IP
 //!   was wrong (or missing). Its duration is measured from the first round that saw it to the
 //!   first round that no longer did, so it is an upper bound, precise to one round.
 //! - A *double run* is a round that sees one instance's guest running on two sleds.
+//! - A *pause* is one stretch of rounds in which an instance that was seen running runs
+//!   nowhere (paused for a switch, or stopped), measured like an episode and closed when it
+//!   runs again; [`Report::longest_pause`] is the longest closed one.
 //!
 //! # What it reads
 //! Sleds and Instances through the API (kube), and each sled's agent at
@@ -50,13 +56,16 @@ struct Launch {
     instance: String,
 }
 
-/// One entry of a sled's V2P table (`GET /v2p`).
+/// One entry of a sled's V2P table (`GET /v2p`): a mapping (`sled`, empty for none) and the
+/// sled it forwards the IP to, if any.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct TableEntry {
     vpc: String,
     ip: String,
     sled: String,
+    #[serde(default)]
+    forward_to: Option<String>,
 }
 
 /// What is wrong with one mapping.
@@ -112,6 +121,8 @@ pub struct Report {
     pub unreachable: u64,
     pub episodes: Vec<Episode>,
     pub double_runs: Vec<DoubleRun>,
+    /// The longest stretch an instance seen running ran nowhere before running again.
+    pub longest_pause: Duration,
 }
 
 impl Report {
@@ -133,12 +144,13 @@ impl std::fmt::Display for Report {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(
             f,
-            "connectivity: {} rounds, {} mappings checked, {} unreachable sled rounds, {} episodes, {} double runs",
+            "connectivity: {} rounds, {} mappings checked, {} unreachable sled rounds, {} episodes, {} double runs, longest pause {} ms",
             self.rounds,
             self.checks,
             self.unreachable,
             self.episodes.len(),
-            self.double_runs.len()
+            self.double_runs.len(),
+            self.longest_pause.as_millis()
         )?;
         // One line per IP: on how many sleds its mapping was wrong, and for how long at most.
         let mut by_ip: BTreeMap<(&str, &str, &str), Vec<&Episode>> = BTreeMap::new();
@@ -228,7 +240,22 @@ struct Round {
     ips: HashMap<(String, String), String>,
     /// Sled → its table, (vpc, ip) → sled; only sleds whose agent answered.
     tables: BTreeMap<String, HashMap<(String, String), String>>,
+    /// Sled → its forwarding entries, (vpc, ip) → the sled it forwards to.
+    forwards: BTreeMap<String, HashMap<(String, String), String>>,
     unreachable: u64,
+}
+
+impl Round {
+    /// Whether a packet for `key` sent to `points_to` reaches `runs_on`: it is there, or
+    /// `points_to` forwards it there (one hop).
+    fn reaches(&self, points_to: &str, key: &(String, String), runs_on: &str) -> bool {
+        points_to == runs_on
+            || self
+                .forwards
+                .get(points_to)
+                .and_then(|forwards| forwards.get(key))
+                .is_some_and(|to| to == runs_on)
+    }
 }
 
 async fn observe(client: &kube::Client, http: &Http) -> Result<Round, kube::Error> {
@@ -270,8 +297,19 @@ async fn observe(client: &kube::Client, http: &Http) -> Result<Round, kube::Erro
             let key = format!("{}/{}", vmm.launch.namespace, vmm.launch.instance);
             round.runs_on.entry(key).or_default().insert(sled.clone());
         }
-        let table = table.into_iter().map(|e| ((e.vpc, e.ip), e.sled)).collect();
-        round.tables.insert(sled, table);
+        let mut mappings = HashMap::new();
+        let mut forwards = HashMap::new();
+        for entry in table {
+            let key = (entry.vpc, entry.ip);
+            if let Some(to) = entry.forward_to {
+                forwards.insert(key.clone(), to);
+            }
+            if !entry.sled.is_empty() {
+                mappings.insert(key, entry.sled);
+            }
+        }
+        round.tables.insert(sled.clone(), mappings);
+        round.forwards.insert(sled, forwards);
     }
     Ok(round)
 }
@@ -282,6 +320,15 @@ struct Tracker {
     report: Report,
     /// (table sled, vpc, ip) → the open episode and when it was first seen.
     open: HashMap<(String, String, String), (Episode, Instant)>,
+    /// `namespace/instance` → when it was last seen running, or since when it runs nowhere.
+    running: HashMap<String, Presence>,
+}
+
+/// Whether an instance ran in the last round, or since when it has not.
+#[derive(Debug)]
+enum Presence {
+    Yes,
+    NowhereSince(Instant),
 }
 
 impl Tracker {
@@ -296,6 +343,7 @@ impl Tracker {
                 });
             }
         }
+        self.pauses(round, at);
         let mut bad = HashMap::new();
         for ((vpc, ip), instance) in &round.ips {
             let Some(sleds) = round.runs_on.get(instance) else {
@@ -304,13 +352,14 @@ impl Tracker {
             let [runs_on] = sleds.iter().collect::<Vec<_>>()[..] else {
                 continue;
             };
+            let key = (vpc.clone(), ip.clone());
             for (sled, table) in &round.tables {
                 self.report.checks += 1;
-                let problem = match table.get(&(vpc.clone(), ip.clone())) {
+                let problem = match table.get(&key) {
                     None => Problem::Missing {
                         runs_on: runs_on.clone(),
                     },
-                    Some(points_to) if points_to != runs_on => Problem::Wrong {
+                    Some(points_to) if !round.reaches(points_to, &key, runs_on) => Problem::Wrong {
                         points_to: points_to.clone(),
                         runs_on: runs_on.clone(),
                     },
@@ -351,6 +400,29 @@ impl Tracker {
                     at,
                 )
             });
+        }
+    }
+
+    /// Opens a pause for every instance seen running before that runs nowhere now, and closes
+    /// the pause of every instance that runs again.
+    fn pauses(&mut self, round: &Round, at: Instant) {
+        for instance in round.ips.values() {
+            let runs = round.runs_on.contains_key(instance);
+            match (self.running.get(instance), runs) {
+                (Some(Presence::NowhereSince(since)), true) => {
+                    let paused = at.saturating_duration_since(*since);
+                    self.report.longest_pause = self.report.longest_pause.max(paused);
+                    self.running.insert(instance.clone(), Presence::Yes);
+                }
+                (_, true) => {
+                    self.running.insert(instance.clone(), Presence::Yes);
+                }
+                (Some(Presence::Yes), false) => {
+                    self.running
+                        .insert(instance.clone(), Presence::NowhereSince(at));
+                }
+                (_, false) => {}
+            }
         }
     }
 
@@ -459,8 +531,18 @@ mod tests {
             ),
             t0 + Duration::from_millis(50),
         );
-        let report = tracker.finish(t0 + Duration::from_millis(100));
+        tracker.record(
+            &round(&[], &[("s1", &[("10.0.0.1", "s1")])]),
+            t0 + Duration::from_millis(100),
+        );
+        tracker.record(
+            &round(&[("default/a", &["s2"])], &[("s1", &[("10.0.0.1", "s2")])]),
+            t0 + Duration::from_millis(250),
+        );
+        let report = tracker.finish(t0 + Duration::from_millis(300));
         assert!(report.episodes.is_empty(), "{report}");
+        // Seen running at 50 ms, nowhere from 100 ms, running again at 250 ms.
+        assert_eq!(report.longest_pause, Duration::from_millis(150));
         assert_eq!(
             report.double_runs,
             vec![DoubleRun {
@@ -468,6 +550,40 @@ mod tests {
                 sleds: vec!["s1".into(), "s2".into()]
             }]
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_mapping_to_a_sled_that_forwards_to_where_the_guest_runs_is_right() {
+        let mut tracker = Tracker::default();
+        let t0 = Instant::now();
+        // The guest moved from s1 to s2; s3 still maps to s1, which forwards to s2.
+        let mut forwarded = round(
+            &[("default/a", &["s2"])],
+            &[
+                ("s1", &[("10.0.0.1", "s1")]),
+                ("s2", &[("10.0.0.1", "s2")]),
+                ("s3", &[("10.0.0.1", "s1")]),
+            ],
+        );
+        let key = ("web".to_string(), "10.0.0.1".to_string());
+        forwarded.forwards.insert(
+            "s1".into(),
+            HashMap::from([(key.clone(), "s2".to_string())]),
+        );
+        tracker.record(&forwarded, t0);
+        // A forward to a sled where the guest does not run is wrong.
+        let mut astray = round(
+            &[("default/a", &["s2"])],
+            &[("s2", &[("10.0.0.1", "s2")]), ("s3", &[("10.0.0.1", "s1")])],
+        );
+        astray
+            .forwards
+            .insert("s1".into(), HashMap::from([(key, "s4".to_string())]));
+        tracker.record(&astray, t0 + Duration::from_millis(50));
+        let report = tracker.finish(t0 + Duration::from_millis(100));
+        assert_eq!(report.episodes.len(), 1, "{report}");
+        assert_eq!(report.episodes[0].sled, "s3");
+        assert_eq!(report.episodes[0].lasted, Duration::from_millis(50));
     }
 
     #[tokio::test(start_paused = true)]

@@ -389,6 +389,7 @@ impl Agent {
             journal: started.journal,
             ledger: Mutex::new(started.ledger),
             transfers: Transfers::new(self.hypervisor.migration_bandwidth()),
+            v2p: self.v2p.clone(),
         });
         let (listed, _) = watch::channel(false);
         let inputs = ApplierInputs {

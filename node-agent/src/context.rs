@@ -30,6 +30,7 @@ use crate::journal::{Journal, JournalError, VmmRecord};
 use crate::ledger::Ledger;
 use crate::migration::transfers::Transfers;
 use crate::sled::SledReporter;
+use crate::v2p::table::V2pTable;
 
 /// Everything one agent run shares (see the module docs).
 pub struct Context {
@@ -41,6 +42,8 @@ pub struct Context {
     pub ledger: Mutex<Ledger>,
     /// The live-migration transfers of this agent run.
     pub transfers: Transfers,
+    /// The sled's V2P table: a migration's source installs its forwarding entries there.
+    pub v2p: Arc<dyn V2pTable>,
 }
 
 /// The sled the agent runs on, as this run knows it.

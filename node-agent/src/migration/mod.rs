@@ -17,6 +17,9 @@
 //! - The source pauses the guest only for the stop-and-copy round, and journals `Ready` before
 //!   it pauses: a restarted agent finds the guest paused (or pauses it) and waits for the
 //!   verdict. Nothing here ever resumes a guest: only the plan does, on the Instance's verdict.
+//! - With the journal write of `Ready` (under the same ledger lock) the source installs a
+//!   forwarding entry to the target for each IP of the instance (`v2p/forward.rs`): the target
+//!   can hold the whole guest only once they are on the machine.
 //! - A transfer that breaks before the pause leaves the source guest running (`Running`,
 //!   migration phase `Failed`/`TransferFailed`) and makes the target fail (the plan destroys
 //!   its receiving VMM). A transfer that breaks after the pause changes nothing: the target

@@ -33,27 +33,41 @@ pub async fn finish(
     role: MigrationRole,
     next: impl FnOnce(&VmmRecord, &MigrationRecord) -> VmmRecord,
 ) -> Result<bool, JournalError> {
-    let record = {
+    let done = finish_then(ctx, uid, role, next, || ()).await?;
+    Ok(done.is_some())
+}
+
+/// [`finish`], and `then` right after the journal write, under the same ledger lock: nothing
+/// that reads the ledger (the reconcile, the V2P task) sees the new record before `then` is
+/// done. Returns what `then` returned, if the decision was recorded.
+pub async fn finish_then<T>(
+    ctx: &Context,
+    uid: &VmmId,
+    role: MigrationRole,
+    next: impl FnOnce(&VmmRecord, &MigrationRecord) -> VmmRecord,
+    then: impl FnOnce() -> T,
+) -> Result<Option<T>, JournalError> {
+    let (record, done) = {
         let mut ledger = ctx.ledger.lock().await;
         let Some(previous) = ledger.records.get(uid) else {
-            return Ok(false);
+            return Ok(None);
         };
         let Some(migration) = previous.migration.as_ref() else {
-            return Ok(false);
+            return Ok(None);
         };
         let current = previous.state == VmmState::Migrating
             && migration.status.role == role
             && migration.status.phase == VmmMigrationPhase::Transferring;
         if !current {
-            return Ok(false);
+            return Ok(None);
         }
         let record = next(previous, migration);
         ctx.record(&mut ledger, record.clone()).await?;
-        record
+        (record, then())
     };
     report(ctx, &record).await;
     ctx.trigger(&record);
-    Ok(true)
+    Ok(Some(done))
 }
 
 /// Writes the status of `record`'s Vmm now (a failure is logged; the reconcile reports again).

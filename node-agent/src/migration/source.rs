@@ -5,7 +5,11 @@
 //! - The source accepts only a Vmm that runs here, is not being deleted, and that its
 //!   Instance (read with a GET) names active with the requester as target.
 //! - It journals `Ready` before it pauses the guest, and never resumes it: only the plan
-//!   does, on the Instance's verdict. A transfer that fails before the pause journals the
+//!   does, on the Instance's verdict.
+//! - Between journaling `Ready` and pausing, it installs a forwarding entry to the target sled
+//!   for each IP of the instance (`v2p/forward.rs`, docs/migration.md "Make before break"):
+//!   the target gets `done`, and so can run the guest, only once they are on the machine. A
+//!   failed install ends the stream without `done` (the target fails, the instance aborts). A transfer that fails before the pause journals the
 //!   guest `Running` again (migration phase `Failed`/`TransferFailed`).
 
 use std::convert::Infallible;
@@ -31,9 +35,13 @@ use crate::error::DisplayChain;
 use crate::hypervisor::{VmmId, VmmRunState};
 use crate::journal::{JournalError, MigrationRecord, VmmRecord};
 use crate::migration::plan::{advance, migration_status, moved, ready};
-use crate::migration::progress::{Throttle, finish, progress, reconcile_when_ended, report};
+use crate::migration::progress::{
+    Throttle, finish, finish_then, progress, reconcile_when_ended, report,
+};
 use crate::migration::protocol::{CHUNK, TransferEvent, TransferRequest, line};
 use crate::migration::slot::AgentSlot;
+use crate::v2p::forward::{forwards_for, install};
+use crate::v2p::table::TableChange;
 
 /// Why the source refuses a transfer.
 #[derive(Debug, thiserror::Error)]
@@ -79,9 +87,15 @@ pub fn router(slot: AgentSlot) -> Router {
 async fn send(State(slot): State<AgentSlot>, body: Bytes) -> Result<Response, Refusal> {
     let ctx = slot.get().ok_or(Refusal::NotRunning)?;
     let request: TransferRequest = serde_json::from_slice(&body).map_err(Refusal::Body)?;
-    let found = check(&ctx, &request).await?;
+    let (found, instance) = check(&ctx, &request).await?;
+    let forwards = forwards_for(
+        &instance,
+        &request.source_vmm,
+        &request.migration,
+        &request.target_sled,
+    );
     let (events, mut receiver) = mpsc::channel::<Bytes>(16);
-    let record = begin(&ctx, &found, &request, events).await?;
+    let record = begin(&ctx, &found, &request, events, forwards).await?;
     report(&ctx, &record).await;
     let stream = futures::stream::poll_fn(move |cx| {
         receiver
@@ -95,9 +109,10 @@ async fn send(State(slot): State<AgentSlot>, body: Bytes) -> Result<Response, Re
         .into_response())
 }
 
-/// The record of the Vmm `request` asks for, if this sled may send it: it runs here, is not
-/// being deleted, and its Instance (a GET) names it active and the requester target.
-async fn check(ctx: &Context, request: &TransferRequest) -> Result<VmmRecord, Refusal> {
+/// The record of the Vmm `request` asks for and its Instance, if this sled may send it: it
+/// runs here, is not being deleted, and its Instance (a GET) names it active and the
+/// requester target.
+async fn check(ctx: &Context, request: &TransferRequest) -> Result<(VmmRecord, Instance), Refusal> {
     let not_here = || Refusal::NotHere(request.source_vmm.clone());
     let found = ctx
         .ledger
@@ -129,26 +144,30 @@ async fn check(ctx: &Context, request: &TransferRequest) -> Result<VmmRecord, Re
         .get_opt(&found.instance)
         .await
         .map_err(Refusal::Api)?;
-    let named = instance.and_then(|i| i.status).is_some_and(|s| {
-        s.active_vmm.as_deref() == Some(request.source_vmm.as_str())
-            && s.target_vmm.as_deref() == Some(request.target_vmm.as_str())
+    let named = instance.filter(|i| {
+        i.status.as_ref().is_some_and(|s| {
+            s.active_vmm.as_deref() == Some(request.source_vmm.as_str())
+                && s.target_vmm.as_deref() == Some(request.target_vmm.as_str())
+        })
     });
-    if !named {
+    let Some(instance) = named else {
         return Err(Refusal::NotNamed {
             source_vmm: request.source_vmm.clone(),
             target_vmm: request.target_vmm.clone(),
         });
-    }
-    Ok(found)
+    };
+    Ok((found, instance))
 }
 
 /// Journals `found` as the source of the migration (`Migrating`/`Transferring`) and starts
-/// its task, which streams to `events`; returns the new record.
+/// its task, which streams to `events` and installs `forwards` when it pauses the guest;
+/// returns the new record.
 async fn begin(
     ctx: &Arc<Context>,
     found: &VmmRecord,
     request: &TransferRequest,
     events: mpsc::Sender<Bytes>,
+    forwards: Vec<TableChange>,
 ) -> Result<VmmRecord, Refusal> {
     let not_here = || Refusal::NotHere(request.source_vmm.clone());
     let mut ledger = ctx.ledger.lock().await;
@@ -188,7 +207,7 @@ async fn begin(
     let started = ctx.transfers.spawn(
         &record.uid,
         move |token| async move {
-            run_source(&task_ctx, &uid, memory, events, token).await;
+            run_source(&task_ctx, &uid, memory, events, forwards, token).await;
         },
         reconcile_when_ended(ctx, &record),
     );
@@ -216,9 +235,10 @@ async fn run_source(
     uid: &VmmId,
     memory: u64,
     events: mpsc::Sender<Bytes>,
+    forwards: Vec<TableChange>,
     token: CancellationToken,
 ) {
-    let end = rounds(ctx, uid, memory, &events, &token).await;
+    let end = rounds(ctx, uid, memory, &events, forwards, &token).await;
     match end {
         SourceEnd::Done | SourceEnd::BrokeAfterPause => {}
         SourceEnd::Cancelled => {
@@ -291,6 +311,7 @@ async fn rounds(
     uid: &VmmId,
     memory: u64,
     events: &mpsc::Sender<Bytes>,
+    forwards: Vec<TableChange>,
     token: &CancellationToken,
 ) -> SourceEnd {
     let mut outgoing = Outgoing {
@@ -299,6 +320,7 @@ async fn rounds(
         memory,
         events,
         token,
+        forwards,
         sent: 0,
     };
     match outgoing.pre_copy().await {
@@ -315,6 +337,8 @@ struct Outgoing<'a> {
     memory: u64,
     events: &'a mpsc::Sender<Bytes>,
     token: &'a CancellationToken,
+    /// The forwarding entries to install before the pause.
+    forwards: Vec<TableChange>,
     /// Bytes sent so far, all rounds together.
     sent: u64,
 }
@@ -387,21 +411,38 @@ impl Outgoing<'_> {
         }
     }
 
-    /// Stop-and-copy: journal Ready, then pause; from here only the verdict resumes the guest.
+    /// Stop-and-copy: journal Ready, install the forwarding entries, then pause; from here only
+    /// the verdict resumes the guest.
     async fn stop_and_copy(&mut self, round: u32, round_bytes: u64) -> SourceEnd {
         let (ctx, uid, memory, events, token) =
             (self.ctx, self.uid, self.memory, self.events, self.token);
         let link = ctx.transfers.link();
         let bandwidth = link.bandwidth();
         let dirty = self.dirty_rate().await.unwrap_or(0);
-        let journaled = finish(ctx, uid, MigrationRole::Source, |previous, m| {
-            let message = "the guest is paused for the last round; waiting for the switch";
-            ready(previous, m, message, corral_client::clock::now())
-        })
+        // The forwarding entries go in with the journal write, under the ledger lock: the
+        // reconcile (which pauses a Ready source too) and the V2P task see `Ready` only with
+        // them on the machine.
+        let forwards = std::mem::take(&mut self.forwards);
+        let journaled = finish_then(
+            ctx,
+            uid,
+            MigrationRole::Source,
+            |previous, m| {
+                let message = "the guest is paused for the last round; waiting for the switch";
+                ready(previous, m, message, corral_client::clock::now())
+            },
+            || install(ctx.v2p.as_ref(), forwards),
+        )
         .await;
         match journaled {
-            Ok(true) => {}
-            Ok(false) => return SourceEnd::Cancelled,
+            Ok(Some(Ok(()))) => {}
+            Ok(Some(Err(error))) => {
+                // Without them the target must never hold a whole guest: end the stream
+                // without `done`, as for a failed pause below.
+                tracing::warn!(error = %DisplayChain(&error), "installing the forwarding entries");
+                return SourceEnd::BrokeAfterPause;
+            }
+            Ok(None) => return SourceEnd::Cancelled,
             Err(error) => return SourceEnd::Failed(format!("journaling the pause: {error}")),
         }
         if let Err(error) = ctx.hypervisor.pause(uid).await {

@@ -12,7 +12,7 @@
 //! | POST | `/vmms/{namespace}/{name}/hang` | the VMM stops answering stop and reboot |
 //! | POST | `/vmms/{namespace}/{name}/dirty-rate` | body `{"bytesPerSecond": N}`: the guest dirties N bytes/s from now on (what a live migration must keep up with) |
 //! | POST | `/vmms/unknown` | a VMM no Vmm assigns appears; optional body `{"namespace": "default", "instance": "web", "resources": {"cpus": 1, "memoryMiB": 512}}`; answers `{"id": "..."}` |
-//! | GET | `/v2p` | the sled's V2P table: `[{"vpc": "blue", "ip": "10.0.0.5", "sled": "sled-03", "locationGeneration": 2}]` |
+//! | GET | `/v2p` | the sled's V2P table: `[{"vpc": "blue", "ip": "10.0.0.5", "sled": "sled-03", "locationGeneration": 2}]`, with `"forwardTo": "sled-04"` on an IP this sled forwards (a live migration's source) |
 //! | POST | `/v2p/corrupt` | overwrites (or adds) one V2P mapping behind the control plane's back; body `{"vpc": "blue", "ip": "10.0.0.5", "sled": "sled-99"}` (the agent's check restores it, with `DivergenceDetected`/`DivergenceRepaired` Events on the Sled) |
 //! | GET | `/heartbeat` | `{"paused": false}` |
 //! | POST | `/migrations` | not a fault: the source side of a live migration (`migration/source.rs`) |

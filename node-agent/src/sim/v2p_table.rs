@@ -32,14 +32,19 @@ pub const V2P_FILE: &str = "v2p.json";
 /// The changes since the snapshot, one JSON line each.
 pub const V2P_LOG: &str = "v2p.log";
 
-/// One row of the table, as `GET /v2p` shows it.
+/// One row of the table, as `GET /v2p` shows it: the mapping of an IP and its forwarding
+/// entry, if any.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct V2pRow {
     pub vpc: String,
     pub ip: String,
+    /// The sled the IP maps to; empty for an IP with a forwarding entry and no mapping.
     pub sled: String,
     pub location_generation: u64,
+    /// The sled a packet for the IP that reaches this one goes on to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forward_to: Option<String>,
 }
 
 /// The log is folded into the snapshot once it holds this many changes.
@@ -132,16 +137,25 @@ impl SimV2pTable {
         self.read(Clone::clone)
     }
 
-    /// Every row, sorted by VPC and IP.
+    /// Every row (each IP with a mapping or a forwarding entry), sorted by VPC and IP.
     pub fn rows(&self) -> Vec<V2pRow> {
         self.read(|vpcs| {
             vpcs.iter()
                 .flat_map(|(vpc, vpc_table)| {
-                    vpc_table.entries.iter().map(move |(ip, entry)| V2pRow {
-                        vpc: vpc.clone(),
-                        ip: ip.clone(),
-                        sled: entry.sled.clone(),
-                        location_generation: entry.location_generation,
+                    let ips: std::collections::BTreeSet<&String> = vpc_table
+                        .entries
+                        .keys()
+                        .chain(vpc_table.forwards.keys())
+                        .collect();
+                    ips.into_iter().map(move |ip| {
+                        let entry = vpc_table.entries.get(ip);
+                        V2pRow {
+                            vpc: vpc.clone(),
+                            ip: ip.clone(),
+                            sled: entry.map(|e| e.sled.clone()).unwrap_or_default(),
+                            location_generation: entry.map_or(0, |e| e.location_generation),
+                            forward_to: vpc_table.forwards.get(ip).map(|f| f.to_sled.clone()),
+                        }
                     })
                 })
                 .collect()
@@ -250,6 +264,7 @@ mod tests {
                     location_generation: 2,
                 },
             )]),
+            forwards: BTreeMap::new(),
         }
     }
 
@@ -277,6 +292,7 @@ mod tests {
                 ip: "10.0.0.1".into(),
                 sled: "sled-x".into(),
                 location_generation: 2,
+                forward_to: None,
             }]
         );
 

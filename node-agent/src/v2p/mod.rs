@@ -1,6 +1,8 @@
 //! The agent's V2P task: keeps the sled's V2P table (a [`V2pTable`], `table.rs`) equal to
 //! every VpcRoutes, and acknowledges what it applied. `plan.rs` decides, pure; this module
-//! reads, programs and reports.
+//! reads, programs and reports. Every scan interval it also withdraws the forwarding entries
+//! of live migrations that lost their reason (`forward.rs`, docs/migration.md, "Make before
+//! break").
 //!
 //! A VPC's table is *applied* if (and only if) it holds exactly the VpcRoutes' mappings and was
 //! programmed from the VpcRoutes' current `metadata.generation`. A table is *diverged* if (and
@@ -21,6 +23,8 @@
 //!   come and go on the sled (seed 003: the control plane alone owns the mappings).
 //! - A generation is acknowledged only after the table holds it (written to the machine).
 //! - A VPC is removed from the table only when the VpcRoutes list, complete, lacks it.
+//! - Programming the mappings leaves the forwarding entries alone; only `forward.rs` decides
+//!   them.
 //!
 //! # Assumptions
 //! - Each pass is idempotent; the task may stop at any `.await` (the table is the machine's and
@@ -28,8 +32,11 @@
 //!
 //! # Not responsible for
 //! - What the mappings are (the V2P controller, `controllers/src/v2p.rs`).
-//! - Forwarding packets (the table's driver).
+//! - Forwarding packets (the table's driver); installing a migration's forwarding entries
+//!   (the source, `migration/source.rs`) and withdrawing them before a resume
+//!   (`vmm/reconcile.rs`).
 
+pub mod forward;
 pub mod plan;
 pub mod table;
 
@@ -134,6 +141,9 @@ async fn pass(ctx: &Context, table: &dyn V2pTable, store: &Store<VpcRoutes>, ful
     ctx.sled
         .reporter
         .update_now(|wanted| wanted.v2p = Some(report));
+    if full {
+        forward::check(ctx, table, &routes).await;
+    }
     if planned.diverged.is_empty() {
         return;
     }

@@ -45,6 +45,7 @@ pub fn wanted(routes: &VpcRoutes) -> VpcTable {
             .iter()
             .map(|m| (m.ip.clone(), entry_of(m)))
             .collect(),
+        forwards: Default::default(),
     }
 }
 

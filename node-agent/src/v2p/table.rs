@@ -2,6 +2,10 @@
 //! kernel table on a real sled: VPC → IP → sled, with the `locationGeneration` of each entry
 //! and the VpcRoutes generation each VPC was programmed from).
 //!
+//! Besides the mappings, a VPC's table holds *forwarding entries* (`IP → sled`): the source
+//! sled of a live migration forwards the packets that still reach it for the moved guest's IPs
+//! to the target (docs/migration.md, "Make before break"; `v2p/forward.rs` decides them).
+//!
 //! The agent drives the table level-triggered, like the hypervisor: it reads what the table
 //! holds ([`V2pTable::inspect`]), compares it with every VpcRoutes, and applies the changes
 //! that make them equal ([`V2pTable::apply`]). The table is the machine's, not the agent's: it
@@ -32,6 +36,24 @@ pub struct V2pEntry {
     pub location_generation: u64,
 }
 
+/// A forwarding entry: packets for the IP that reach this sled go on to `to_sled`, where the
+/// guest moved by a live migration runs (or is about to).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Forward {
+    /// The sled the packets go on to: the migration's target.
+    pub to_sled: String,
+    /// `namespace/name` of the instance that owns the IP.
+    pub instance: String,
+    /// `namespace/name` of the migration's source Vmm, which runs (ran) on this sled.
+    pub source_vmm: String,
+    /// The Migration's name.
+    pub migration: String,
+    /// The instance's `locationGeneration` while its guest ran here: a mapping of the IP with a
+    /// higher one is the move the entry stands in for.
+    pub location_generation: u64,
+}
+
 /// The table of one VPC.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -39,6 +61,10 @@ pub struct VpcTable {
     /// The VpcRoutes generation programmed last.
     pub generation: i64,
     pub entries: BTreeMap<String, V2pEntry>,
+    /// Forwarding entries by IP; never compared with VpcRoutes (the programming of the
+    /// mappings leaves them alone).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub forwards: BTreeMap<String, Forward>,
 }
 
 /// Every VPC's table, by VPC name.
@@ -59,6 +85,17 @@ pub enum TableChange {
     },
     /// Drops the VPC's table.
     Remove { vpc: String },
+    /// Sets the forwarding entries of `forwards` (the VPC's generation and mappings stay).
+    Forward {
+        vpc: String,
+        forwards: Vec<(String, Forward)>,
+    },
+    /// Drops each entry of `forwards` the table still holds as given (an entry replaced
+    /// since stays).
+    Unforward {
+        vpc: String,
+        forwards: Vec<(String, Forward)>,
+    },
 }
 
 impl TableChange {
@@ -82,6 +119,21 @@ impl TableChange {
             }
             TableChange::Remove { vpc } => {
                 vpcs.remove(vpc);
+            }
+            TableChange::Forward { vpc, forwards } => {
+                let table = vpcs.entry(vpc.clone()).or_default();
+                for (ip, forward) in forwards {
+                    table.forwards.insert(ip.clone(), forward.clone());
+                }
+            }
+            TableChange::Unforward { vpc, forwards } => {
+                if let Some(table) = vpcs.get_mut(vpc) {
+                    for (ip, forward) in forwards {
+                        if table.forwards.get(ip) == Some(forward) {
+                            table.forwards.remove(ip);
+                        }
+                    }
+                }
             }
         }
     }

@@ -55,6 +55,8 @@ pub enum ReconcileError {
     Journal(#[from] JournalError),
     #[error(transparent)]
     Api(#[from] VmmApiError),
+    #[error("withdrawing forwarding entries")]
+    V2p(#[from] crate::v2p::table::V2pTableError),
 }
 
 /// Reconciles one Vmm (see the module docs).
@@ -178,7 +180,13 @@ async fn apply(
             MachineAction::Destroy => ctx.hypervisor.destroy(uid).await?,
             MachineAction::Reboot => ctx.hypervisor.reboot(uid).await?,
             MachineAction::Pause => ctx.hypervisor.pause(uid).await?,
-            MachineAction::Resume => ctx.hypervisor.resume(uid).await?,
+            MachineAction::Resume => {
+                // A guest that runs here again has no forwarding entry pointing away.
+                let name = vmm.name_any();
+                let namespace = vmm.namespace().unwrap_or_default();
+                crate::v2p::forward::withdraw(ctx.v2p.as_ref(), &namespace, &name)?;
+                ctx.hypervisor.resume(uid).await?
+            }
         }
         let mut ledger = ctx.ledger.lock().await;
         if matches!(
