@@ -12,7 +12,9 @@
 //!    instance runs again in a new QEMU process.
 //! 3. A guest panic (the fault API's `crash`, which makes the guest itself panic) → the exit
 //!    counts toward the crash backoff, and the instance runs again.
-//! 4. `kill -9` of a node-agent and a restart → the same QEMU processes (same pids) still run
+//! 4. A live migration of the dirtying guest → `Succeeded`; its QEMU process now on another
+//!    sled, beating without having booted again; the source process gone.
+//! 5. `kill -9` of a node-agent and a restart → the same QEMU processes (same pids) still run
 //!    the guests, and nothing restarted.
 //!
 //! Every QEMU process dies with the test process (`--vmms-die-with`).
@@ -24,8 +26,11 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use corral_crds::{DIRTY_RATE_ANNOTATION, Instance, InstanceSpec, InstanceState, Sled, Vmm};
-use corral_harness::wait::wait_for_polling;
+use corral_crds::{
+    DIRTY_RATE_ANNOTATION, Instance, InstanceSpec, InstanceState, Migration, MigrationPhase,
+    MigrationSpec, Sled, Vmm,
+};
+use corral_harness::wait::{Unmet, wait_for_polling};
 use corral_harness::{Rack, RackSpec, Scratch, Store, Victim};
 use kube::ResourceExt;
 use kube::api::{Api, ListParams, PostParams};
@@ -74,6 +79,8 @@ async fn real_guests_run_are_repaired_and_outlive_their_agent() {
             instance
                 .annotations_mut()
                 .insert(DIRTY_RATE_ANNOTATION.into(), DIRTY_RATE.to_string());
+            // It moves later: no anti-affinity to pin it where it is.
+            instance.spec.anti_affinity_group = None;
         }
         instances
             .create(&PostParams::default(), &instance)
@@ -174,7 +181,64 @@ async fn real_guests_run_are_repaired_and_outlive_their_agent() {
     .await
     .expect("the crash counted and repaired");
 
-    // 4. kill -9 of an agent, then a restart: the same processes run the guests.
+    // 4. A live migration of the dirtying guest: QEMU moves it to another sled's QEMU process.
+    let moving = format!("guest-{SLEDS}");
+    let before = machines(&rack).await.expect("the machines")[&moving].clone();
+    let migrations: Api<Migration> = Api::namespaced(rack.client().clone(), NAMESPACE);
+    migrations
+        .create(
+            &PostParams::default(),
+            &Migration::new(
+                "move-guest",
+                MigrationSpec {
+                    instance: moving.clone(),
+                    ..Default::default()
+                },
+            ),
+        )
+        .await
+        .expect("creating a migration");
+    rack.fault(format!("migrate {moving} from {}", before.sled));
+    let (moved, took) = wait_for_polling("the migration Succeeded", CONVERGE, POLL, async || {
+        let migration = migrations
+            .get("move-guest")
+            .await
+            .map_err(|e| e.to_string())?;
+        let phase = migration.status.as_ref().and_then(|s| s.phase);
+        if phase == Some(MigrationPhase::Failed) {
+            return Err(Unmet::Never(format!("{:?}", migration.status)));
+        }
+        if phase != Some(MigrationPhase::Succeeded) {
+            return Err(Unmet::Yet(format!("{:?}", migration.status)));
+        }
+        let now = machines(&rack).await.map_err(Unmet::Yet)?;
+        match now.get(&moving) {
+            Some(guest) if guest.sled != before.sled && guest.beats => Ok(guest.clone()),
+            other => Err(Unmet::Yet(format!("{moving}: {other:?}"))),
+        }
+    })
+    .await
+    .expect("migrated");
+    assert!(!alive(before.pid), "the source QEMU process is gone");
+    let log = std::fs::read_to_string(
+        rack.dir()
+            .join("sleds")
+            .join(&moved.sled)
+            .join("qemu")
+            .join(&moved.uid)
+            .join("serial.log"),
+    )
+    .unwrap_or_default();
+    assert!(
+        !log.contains("corral-guest ready"),
+        "the guest was moved, not booted again: {log}"
+    );
+    println!(
+        "moved {moving} from {} (pid {}) to {} (pid {}) in {took:?}",
+        before.sled, before.pid, moved.sled, moved.pid
+    );
+
+    // 5. kill -9 of an agent, then a restart: the same processes run the guests.
     let before = machines(&rack).await.expect("the machines");
     let index = 0;
     let what = rack.kill9(Victim::Agent(index));
@@ -217,6 +281,8 @@ struct Machine {
     beats: bool,
     /// Its serial log's first line (the guest's `ready`).
     log: String,
+    /// The Vmm's uid (its directory's name).
+    uid: String,
 }
 
 /// Every guest of the rack, by instance: found from the Vmms' uids in the sleds' QEMU
@@ -253,6 +319,7 @@ async fn machines(rack: &Rack) -> Result<BTreeMap<String, Machine>, String> {
                 pid,
                 beats,
                 log,
+                uid: uid.clone(),
             },
         );
         if previous.is_some() {

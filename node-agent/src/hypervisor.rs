@@ -146,6 +146,33 @@ pub struct VmmInfo {
     pub dirty_bytes_per_second: u64,
 }
 
+/// A transfer a driver carries itself ([`Hypervisor::send_guest`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GuestTransfer {
+    pub phase: TransferPhase,
+    pub memory_bytes: u64,
+    pub bytes_sent: u64,
+    pub bytes_remaining: u64,
+    pub dirty_bytes_per_second: u64,
+    /// What the driver expects the pause to last, then (once completed) what it lasted.
+    pub downtime_ms: u64,
+}
+
+/// Where a driver's transfer is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TransferPhase {
+    /// Copying while the guest runs.
+    Copying,
+    /// The guest is paused; the rest waits for [`Hypervisor::finish_sending`].
+    AwaitingSwitchover,
+    /// Sending the rest of the paused guest.
+    Finishing,
+    /// Every byte is on the target.
+    Completed,
+    /// It failed (or was cancelled): why. Before the pause the guest runs on.
+    Failed(String),
+}
+
 /// Why a hypervisor call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum HypervisorError {
@@ -216,6 +243,44 @@ pub trait Hypervisor: Send + Sync + 'static {
 
     /// What runs the VMMs, for operators (`Sled.status.hypervisor`): `sim`, `qemu (kvm)`, ….
     fn description(&self) -> String;
+
+    /// A driver that moves guests itself (QEMU) makes the receiving VMM `id` listen for its
+    /// guest and says where; `None` (the default): the agents carry the transfer themselves.
+    async fn listen_for_guest(&self, _id: &VmmId) -> Result<Option<String>, HypervisorError> {
+        Ok(None)
+    }
+
+    /// Starts sending the guest of `id` to `to` (a target's [`Hypervisor::listen_for_guest`])
+    /// at most `bandwidth` bytes a second. The driver pauses the guest when what is left fits
+    /// `downtime`, and waits there ([`GuestTransfer::AwaitingSwitchover`]) for
+    /// [`Hypervisor::finish_sending`].
+    async fn send_guest(
+        &self,
+        id: &VmmId,
+        _to: &str,
+        _bandwidth: u64,
+        _downtime: Duration,
+    ) -> Result<(), HypervisorError> {
+        Err(HypervisorError::Monitor {
+            id: id.clone(),
+            why: "this driver does not move guests itself".into(),
+        })
+    }
+
+    /// How the transfer of `id`'s guest is going.
+    async fn guest_transfer(&self, id: &VmmId) -> Result<GuestTransfer, HypervisorError> {
+        Err(HypervisorError::NotFound(id.clone()))
+    }
+
+    /// Sends the rest of a paused guest ([`GuestTransfer::AwaitingSwitchover`]).
+    async fn finish_sending(&self, id: &VmmId) -> Result<(), HypervisorError> {
+        Err(HypervisorError::NotFound(id.clone()))
+    }
+
+    /// Gives up sending `id`'s guest.
+    async fn cancel_sending(&self, _id: &VmmId) -> Result<(), HypervisorError> {
+        Ok(())
+    }
 
     /// One VMM, if it exists.
     async fn inspect(&self, id: &VmmId) -> Result<Option<VmmInfo>, HypervisorError>;

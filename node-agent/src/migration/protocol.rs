@@ -43,6 +43,10 @@ pub struct TransferRequest {
     pub source_vmm: String,
     pub target_vmm: String,
     pub target_sled: String,
+    /// Where the target's machine listens for the guest, when its driver moves guests itself
+    /// (QEMU: `tcp:HOST:PORT`); absent, the agents carry the transfer (the modelled link).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub incoming: Option<String>,
 }
 
 /// `event` as one line of the stream.

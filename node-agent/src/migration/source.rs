@@ -12,6 +12,8 @@
 //!   failed install ends the stream without `done` (the target fails, the instance aborts). A transfer that fails before the pause journals the
 //!   guest `Running` again (migration phase `Failed`/`TransferFailed`).
 
+mod machine;
+
 use std::convert::Infallible;
 use std::sync::Arc;
 
@@ -204,10 +206,16 @@ async fn begin(
     let task_ctx = ctx.clone();
     let uid = record.uid.clone();
     let memory = record.resources.memory_mib * MIB;
+    let incoming = request.incoming.clone();
     let started = ctx.transfers.spawn(
         &record.uid,
         move |token| async move {
-            run_source(&task_ctx, &uid, memory, events, forwards, token).await;
+            let transfer = Transfer {
+                memory,
+                incoming,
+                forwards,
+            };
+            run_source(&task_ctx, &uid, transfer, events, token).await;
         },
         reconcile_when_ended(ctx, &record),
     );
@@ -229,16 +237,25 @@ enum SourceEnd {
     BrokeAfterPause,
 }
 
+/// What one outgoing transfer is asked to do.
+struct Transfer {
+    /// The guest's memory, bytes.
+    memory: u64,
+    /// Where the target's machine listens, when the drivers move the guest themselves.
+    incoming: Option<String>,
+    /// The forwarding entries to install before the pause.
+    forwards: Vec<TableChange>,
+}
+
 /// The source end: pre-copy rounds, then the paused stop-and-copy round.
 async fn run_source(
     ctx: &Context,
     uid: &VmmId,
-    memory: u64,
+    transfer: Transfer,
     events: mpsc::Sender<Bytes>,
-    forwards: Vec<TableChange>,
     token: CancellationToken,
 ) {
-    let end = rounds(ctx, uid, memory, &events, forwards, &token).await;
+    let end = rounds(ctx, uid, transfer, &events, &token).await;
     match end {
         SourceEnd::Done | SourceEnd::BrokeAfterPause => {}
         SourceEnd::Cancelled => {
@@ -305,24 +322,27 @@ fn progress_of(
     }
 }
 
-/// The source's rounds: pre-copy while the guest runs, then the paused stop-and-copy round.
+/// The source's rounds: pre-copy while the guest runs, then the paused stop-and-copy round —
+/// modelled over the sled's link, or carried by the machines themselves (`machine.rs`).
 async fn rounds(
     ctx: &Context,
     uid: &VmmId,
-    memory: u64,
+    transfer: Transfer,
     events: &mpsc::Sender<Bytes>,
-    forwards: Vec<TableChange>,
     token: &CancellationToken,
 ) -> SourceEnd {
     let mut outgoing = Outgoing {
         ctx,
         uid,
-        memory,
+        memory: transfer.memory,
         events,
         token,
-        forwards,
+        forwards: transfer.forwards,
         sent: 0,
     };
+    if let Some(to) = transfer.incoming {
+        return outgoing.by_the_machines(&to).await;
+    }
     match outgoing.pre_copy().await {
         Ok((round, round_bytes)) => outgoing.stop_and_copy(round, round_bytes).await,
         Err(end) => end,
@@ -419,31 +439,8 @@ impl Outgoing<'_> {
         let link = ctx.transfers.link();
         let bandwidth = link.bandwidth();
         let dirty = self.dirty_rate().await.unwrap_or(0);
-        // The forwarding entries go in with the journal write, under the ledger lock: the
-        // reconcile (which pauses a Ready source too) and the V2P task see `Ready` only with
-        // them on the machine.
-        let forwards = std::mem::take(&mut self.forwards);
-        let journaled = finish_then(
-            ctx,
-            uid,
-            MigrationRole::Source,
-            |previous, m| {
-                let message = "the guest is paused for the last round; waiting for the switch";
-                ready(previous, m, message, corral_client::clock::now())
-            },
-            || install(ctx.v2p.as_ref(), forwards),
-        )
-        .await;
-        match journaled {
-            Ok(Some(Ok(()))) => {}
-            Ok(Some(Err(error))) => {
-                // Without them the target must never hold a whole guest: end the stream
-                // without `done`, as for a failed pause below.
-                tracing::warn!(error = %DisplayChain(&error), "installing the forwarding entries");
-                return SourceEnd::BrokeAfterPause;
-            }
-            Ok(None) => return SourceEnd::Cancelled,
-            Err(error) => return SourceEnd::Failed(format!("journaling the pause: {error}")),
+        if let Err(end) = self.journal_pause().await {
+            return end;
         }
         if let Err(error) = ctx.hypervisor.pause(uid).await {
             // The guest may still run here, so the target must never hold a whole guest: end
@@ -472,6 +469,39 @@ impl Outgoing<'_> {
             return SourceEnd::BrokeAfterPause;
         }
         SourceEnd::Done
+    }
+}
+
+impl Outgoing<'_> {
+    /// Journals `Ready` and installs the forwarding entries, before (or, when the machine
+    /// pauses the guest itself, as soon as) the guest is paused. The entries go in with the
+    /// journal write, under the ledger lock: the reconcile (which pauses a Ready source too)
+    /// and the V2P task see `Ready` only with them on the machine.
+    async fn journal_pause(&mut self) -> Result<(), SourceEnd> {
+        let (ctx, uid) = (self.ctx, self.uid);
+        let forwards = std::mem::take(&mut self.forwards);
+        let journaled = finish_then(
+            ctx,
+            uid,
+            MigrationRole::Source,
+            |previous, m| {
+                let message = "the guest is paused for the last round; waiting for the switch";
+                ready(previous, m, message, corral_client::clock::now())
+            },
+            || install(ctx.v2p.as_ref(), forwards),
+        )
+        .await;
+        match journaled {
+            Ok(Some(Ok(()))) => Ok(()),
+            Ok(Some(Err(error))) => {
+                // Without them the target must never hold a whole guest: end the stream
+                // without `done`, as for a failed pause.
+                tracing::warn!(error = %DisplayChain(&error), "installing the forwarding entries");
+                Err(SourceEnd::BrokeAfterPause)
+            }
+            Ok(None) => Err(SourceEnd::Cancelled),
+            Err(error) => Err(SourceEnd::Failed(format!("journaling the pause: {error}"))),
+        }
     }
 }
 

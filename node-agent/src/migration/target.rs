@@ -34,6 +34,7 @@ pub fn start_target(ctx: &Arc<Context>, vmm: &Vmm, record: &VmmRecord) {
         source_vmm: from.vmm.clone(),
         target_vmm: record.name.clone(),
         target_sled: ctx.sled.name.clone(),
+        incoming: None,
     };
     let task_ctx = ctx.clone();
     let uid = record.uid.clone();
@@ -88,7 +89,17 @@ async fn receive(
         .status
         .and_then(|s| s.agent_address)
         .ok_or_else(|| format!("the source sled {source_sled} reports no agent address"))?;
-    let body = serde_json::to_vec(request).expect("a transfer request serializes");
+    // A driver that moves guests itself listens for this one first (QEMU's -incoming).
+    let incoming = ctx
+        .hypervisor
+        .listen_for_guest(uid)
+        .await
+        .map_err(|e| format!("listening for the guest: {e}"))?;
+    let request = TransferRequest {
+        incoming,
+        ..request.clone()
+    };
+    let body = serde_json::to_vec(&request).expect("a transfer request serializes");
     let http_request = hyper::Request::post(format!("http://{address}/migrations"))
         .header("content-type", "application/json")
         .body(Full::new(Bytes::from(body)))

@@ -22,8 +22,10 @@
 //! # Assumptions
 //! - The data directory is this sled's alone. `qemu-system-x86_64` and qboot come from
 //!   Debian's `qemu-system-x86` (`scripts/setup.sh`).
-//! - Live migration between QEMU processes is not driven from here yet; a receiving VMM waits
-//!   for an incoming migration that nothing starts.
+//! - Live migration is QEMU's own (`migrate` over TCP between the sleds' QEMU processes,
+//!   loopback addresses only for now), driven by the agents' migration protocol
+//!   (`migration/source.rs`): the guest pauses in `pre-switchover` until the source agent has
+//!   journaled its pause.
 
 pub mod guest;
 pub mod process;
@@ -40,7 +42,9 @@ use corral_crds::Resources;
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
-use crate::hypervisor::{BootId, Hypervisor, HypervisorError, VmmId, VmmInfo, VmmLaunch};
+use crate::hypervisor::{
+    BootId, GuestTransfer, Hypervisor, HypervisorError, VmmId, VmmInfo, VmmLaunch,
+};
 use process::Spec;
 pub use process::{Accel, Pid};
 use vmm::Vmm;
@@ -388,6 +392,32 @@ impl Hypervisor for QemuHypervisor {
 
     fn description(&self) -> String {
         format!("qemu ({})", self.config.accel.as_str())
+    }
+
+    async fn listen_for_guest(&self, id: &VmmId) -> Result<Option<String>, HypervisorError> {
+        self.vmm(id).await?.listen().await.map(Some)
+    }
+
+    async fn send_guest(
+        &self,
+        id: &VmmId,
+        to: &str,
+        bandwidth: u64,
+        downtime: Duration,
+    ) -> Result<(), HypervisorError> {
+        self.vmm(id).await?.send(to, bandwidth, downtime).await
+    }
+
+    async fn guest_transfer(&self, id: &VmmId) -> Result<GuestTransfer, HypervisorError> {
+        self.vmm(id).await?.transfer().await
+    }
+
+    async fn finish_sending(&self, id: &VmmId) -> Result<(), HypervisorError> {
+        self.vmm(id).await?.finish_sending().await
+    }
+
+    async fn cancel_sending(&self, id: &VmmId) -> Result<(), HypervisorError> {
+        self.vmm(id).await?.cancel_sending().await
     }
 
     async fn inspect(&self, id: &VmmId) -> Result<Option<VmmInfo>, HypervisorError> {

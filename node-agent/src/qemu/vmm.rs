@@ -36,7 +36,10 @@ use tokio::time::Instant;
 use super::guest::{self, Channel};
 use super::process::{self, Pid, Spec};
 use super::qmp::{Event, Qmp, QmpError};
-use crate::hypervisor::{ExitReason, HypervisorError, VmmId, VmmInfo, VmmLaunch, VmmRunState};
+use crate::hypervisor::{
+    ExitReason, GuestTransfer, HypervisorError, TransferPhase, VmmId, VmmInfo, VmmLaunch,
+    VmmRunState,
+};
 
 /// The record file.
 pub const RECORD: &str = "vmm.json";
@@ -294,8 +297,19 @@ impl Vmm {
         self.execute("stop", None).await.map(|_| ())
     }
 
-    /// Runs the guest again; a received guest counts as booted from here on.
+    /// Runs the guest again; a received guest counts as booted from here on. A source paused
+    /// by an unfinished migration (an abort) gives the migration up first.
     pub async fn resume(&self) -> Result<(), HypervisorError> {
+        if let Ok(transfer) = self.transfer().await
+            && matches!(
+                transfer.phase,
+                TransferPhase::Copying
+                    | TransferPhase::AwaitingSwitchover
+                    | TransferPhase::Finishing
+            )
+        {
+            self.cancel_sending().await?;
+        }
         self.execute("cont", None).await?;
         let received = self.update(|record| {
             if record.receiving {
@@ -306,6 +320,96 @@ impl Vmm {
             self.channel.mark_booted();
         }
         Ok(())
+    }
+
+    /// Listens for an incoming migration on a free loopback port; the URI the source sends to.
+    pub async fn listen(&self) -> Result<String, HypervisorError> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .map_err(|source| persist(&self.dir, source))?
+            .port();
+        let uri = format!("tcp:127.0.0.1:{port}");
+        self.execute("migrate-incoming", Some(json!({"uri": uri})))
+            .await?;
+        Ok(uri)
+    }
+
+    /// Starts a migration to `to`: QEMU pauses the guest when the rest fits `downtime` and
+    /// waits in `pre-switchover` for [`Vmm::finish_sending`].
+    pub async fn send(
+        &self,
+        to: &str,
+        bandwidth: u64,
+        downtime: Duration,
+    ) -> Result<(), HypervisorError> {
+        self.execute(
+            "migrate-set-capabilities",
+            Some(json!({"capabilities": [
+                {"capability": "pause-before-switchover", "state": true},
+            ]})),
+        )
+        .await?;
+        self.execute(
+            "migrate-set-parameters",
+            Some(json!({
+                "max-bandwidth": bandwidth,
+                "downtime-limit": downtime.as_millis() as u64,
+            })),
+        )
+        .await?;
+        self.execute("migrate", Some(json!({"uri": to})))
+            .await
+            .map(|_| ())
+    }
+
+    /// Where the outgoing migration is (`query-migrate`).
+    pub async fn transfer(&self) -> Result<GuestTransfer, HypervisorError> {
+        let answer = self.execute("query-migrate", None).await?;
+        let status = answer
+            .get("status")
+            .and_then(Value::as_str)
+            .unwrap_or("none");
+        let ram = answer.get("ram").cloned().unwrap_or(Value::Null);
+        let number =
+            |value: &Value, field: &str| value.get(field).and_then(Value::as_u64).unwrap_or(0);
+        let phase = match status {
+            "setup" | "active" => TransferPhase::Copying,
+            "pre-switchover" => TransferPhase::AwaitingSwitchover,
+            "device" => TransferPhase::Finishing,
+            "completed" => TransferPhase::Completed,
+            other => TransferPhase::Failed(format!(
+                "migration {other}: {}",
+                answer
+                    .get("error-desc")
+                    .and_then(Value::as_str)
+                    .unwrap_or("no reason given")
+            )),
+        };
+        let downtime_ms = if phase == TransferPhase::Completed {
+            number(&answer, "downtime")
+        } else {
+            number(&answer, "expected-downtime")
+        };
+        Ok(GuestTransfer {
+            phase,
+            memory_bytes: number(&ram, "total"),
+            bytes_sent: number(&ram, "transferred"),
+            bytes_remaining: number(&ram, "remaining"),
+            dirty_bytes_per_second: number(&ram, "dirty-pages-rate") * number(&ram, "page-size"),
+            downtime_ms,
+        })
+    }
+
+    /// Sends the rest of the paused guest.
+    pub async fn finish_sending(&self) -> Result<(), HypervisorError> {
+        self.execute("migrate-continue", Some(json!({"state": "pre-switchover"})))
+            .await
+            .map(|_| ())
+    }
+
+    /// Gives up the outgoing migration.
+    pub async fn cancel_sending(&self) -> Result<(), HypervisorError> {
+        self.execute("migrate_cancel", None).await.map(|_| ())
     }
 
     /// Kills the process and removes the directory.

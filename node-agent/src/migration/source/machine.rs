@@ -1,0 +1,142 @@
+//! The source end of a transfer that the machines carry themselves (QEMU's `migrate`): the
+//! target's machine listens (`TransferRequest::incoming`), the source's driver sends, and the
+//! agent follows, reporting progress on the same stream and journal as a modelled transfer.
+//!
+//! # Guarantees (those of the modelled transfer, `source.rs`)
+//! - The driver pauses the guest itself when the rest fits [`DOWNTIME_BUDGET`] and holds it
+//!   there; the agent journals `Ready` and installs the forwarding entries before it lets the
+//!   rest go (`finish_sending`), and only then tells the target `paused`, then `done`. The
+//!   target cannot hold the whole guest before the journal says the source is paused.
+//! - A transfer that fails before the pause leaves the guest running (the driver resumes it);
+//!   after the pause nothing here resumes it: only the plan does, on the verdict.
+//! - Cancelled before the pause, the driver's transfer is given up.
+
+use std::time::Duration;
+
+use corral_crds::TransferProgress;
+use corral_crds::migration::DOWNTIME_BUDGET;
+
+use super::{Outgoing, SourceEnd, emit};
+use crate::hypervisor::{GuestTransfer, TransferPhase};
+use crate::migration::progress::{Throttle, progress};
+use crate::migration::protocol::{TransferEvent, line};
+
+/// How often the driver's transfer is looked at.
+const POLL: Duration = Duration::from_millis(25);
+
+impl Outgoing<'_> {
+    /// The whole transfer, by the machines, to the target machine listening at `to`.
+    pub(super) async fn by_the_machines(&mut self, to: &str) -> SourceEnd {
+        let (ctx, uid, events, token) = (self.ctx, self.uid, self.events, self.token);
+        let bandwidth = ctx.transfers.link().bandwidth();
+        if let Err(error) = ctx
+            .hypervisor
+            .send_guest(uid, to, bandwidth, DOWNTIME_BUDGET)
+            .await
+        {
+            return SourceEnd::Failed(format!("starting the transfer: {error}"));
+        }
+        let mut throttle = Throttle::default();
+        // Pre-copy, the guest running.
+        loop {
+            tokio::select! {
+                _ = token.cancelled() => {
+                    let _ = ctx.hypervisor.cancel_sending(uid).await;
+                    return SourceEnd::Cancelled;
+                }
+                _ = tokio::time::sleep(POLL) => {}
+            }
+            if events.is_closed() {
+                let _ = ctx.hypervisor.cancel_sending(uid).await;
+                return SourceEnd::Failed("the connection to the target broke".into());
+            }
+            let transfer = match ctx.hypervisor.guest_transfer(uid).await {
+                Ok(transfer) => transfer,
+                Err(error) => return SourceEnd::Failed(format!("reading the transfer: {error}")),
+            };
+            match &transfer.phase {
+                TransferPhase::Copying => {
+                    if throttle.due() {
+                        let p = progress_of(&transfer, bandwidth);
+                        progress(ctx, uid, &p).await;
+                        let _ = events.try_send(line(&TransferEvent::Progress { progress: p }));
+                    }
+                }
+                TransferPhase::AwaitingSwitchover
+                | TransferPhase::Finishing
+                | TransferPhase::Completed => break,
+                TransferPhase::Failed(why) => return SourceEnd::Failed(why.clone()),
+            }
+        }
+        // The driver paused the guest: journal it before the rest may go.
+        if let Err(end) = self.journal_pause().await {
+            return end;
+        }
+        let paused = ctx.hypervisor.guest_transfer(uid).await;
+        let p = paused.as_ref().map_or_else(
+            |_| TransferProgress::default(),
+            |t| progress_of(t, bandwidth),
+        );
+        if !emit(events, token, TransferEvent::Paused { progress: p }).await {
+            return SourceEnd::BrokeAfterPause;
+        }
+        if paused.is_ok_and(|t| t.phase == TransferPhase::AwaitingSwitchover)
+            && let Err(error) = ctx.hypervisor.finish_sending(uid).await
+        {
+            tracing::warn!(%error, "letting the rest of the paused guest go");
+            return SourceEnd::BrokeAfterPause;
+        }
+        loop {
+            let transfer = match ctx.hypervisor.guest_transfer(uid).await {
+                Ok(transfer) => transfer,
+                Err(error) => {
+                    tracing::warn!(%error, "reading the transfer after the pause");
+                    return SourceEnd::BrokeAfterPause;
+                }
+            };
+            match &transfer.phase {
+                TransferPhase::Completed => {
+                    let p = progress_of(&transfer, bandwidth);
+                    tracing::info!(
+                        vmm = %uid,
+                        downtime_ms = transfer.downtime_ms,
+                        bytes = transfer.bytes_sent,
+                        "the machines moved the guest"
+                    );
+                    progress(ctx, uid, &p).await;
+                    if !emit(events, token, TransferEvent::Done { progress: p }).await {
+                        return SourceEnd::BrokeAfterPause;
+                    }
+                    return SourceEnd::Done;
+                }
+                TransferPhase::Failed(why) => {
+                    tracing::warn!(%why, "the transfer failed after the pause");
+                    return SourceEnd::BrokeAfterPause;
+                }
+                _ => {}
+            }
+            tokio::select! {
+                _ = token.cancelled() => return SourceEnd::BrokeAfterPause,
+                _ = tokio::time::sleep(POLL) => {}
+            }
+        }
+    }
+}
+
+/// A driver's transfer as the protocol reports progress.
+fn progress_of(transfer: &GuestTransfer, bandwidth: u64) -> TransferProgress {
+    let total = transfer.bytes_sent + transfer.bytes_remaining;
+    TransferProgress {
+        memory_bytes: transfer.memory_bytes,
+        bytes_sent: transfer.bytes_sent,
+        bytes_remaining: transfer.bytes_remaining,
+        dirty_bytes_per_second: transfer.dirty_bytes_per_second,
+        bandwidth_bytes_per_second: bandwidth,
+        round: 0,
+        percent: (transfer.bytes_sent * 100)
+            .checked_div(total)
+            .map_or(100, |percent| percent.min(100) as u32),
+        eta_seconds: (bandwidth > 0).then(|| transfer.bytes_remaining.div_ceil(bandwidth)),
+        predicted_downtime_ms: transfer.downtime_ms,
+    }
+}
