@@ -14,7 +14,9 @@
 //!    counts toward the crash backoff, and the instance runs again.
 //! 4. A live migration of the dirtying guest → `Succeeded`; its QEMU process now on another
 //!    sled, beating without having booted again; the source process gone.
-//! 5. `kill -9` of a node-agent and a restart → the same QEMU processes (same pids) still run
+//! 5. A drain of the sled it moved to → `Completed`: no guest left on that sled's machine,
+//!    every guest beating elsewhere.
+//! 6. `kill -9` of a node-agent and a restart → the same QEMU processes (same pids) still run
 //!    the guests, and nothing restarted.
 //!
 //! Every QEMU process dies with the test process (`--vmms-die-with`).
@@ -27,8 +29,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use corral_crds::{
-    DIRTY_RATE_ANNOTATION, Instance, InstanceSpec, InstanceState, Migration, MigrationPhase,
-    MigrationSpec, Sled, Vmm,
+    DIRTY_RATE_ANNOTATION, Drain, DrainPhase, DrainSpec, Instance, InstanceSpec, InstanceState,
+    Migration, MigrationPhase, MigrationSpec, Sled, Vmm,
 };
 use corral_harness::wait::{Unmet, wait_for_polling};
 use corral_harness::{Rack, RackSpec, Scratch, Store, Victim};
@@ -238,7 +240,58 @@ async fn real_guests_run_are_repaired_and_outlive_their_agent() {
         before.sled, before.pid, moved.sled, moved.pid
     );
 
-    // 5. kill -9 of an agent, then a restart: the same processes run the guests.
+    // 5. A drain of the sled the guest moved to: every guest on it moves live; none is left.
+    let drained = moved.sled.clone();
+    let drains: Api<Drain> = Api::all(rack.client().clone());
+    drains
+        .create(
+            &PostParams::default(),
+            &Drain::new(
+                "drain-guests",
+                DrainSpec {
+                    sled: drained.clone(),
+                    deadline: Some("5m".into()),
+                    max_parallel: 2,
+                    force: false,
+                    cancel: false,
+                },
+            ),
+        )
+        .await
+        .expect("creating a drain");
+    rack.fault(format!("drain {drained}"));
+    let (_, took) = wait_for_polling("the drain Completed", CONVERGE, POLL, async || {
+        let drain = drains
+            .get("drain-guests")
+            .await
+            .map_err(|e| Unmet::Yet(e.to_string()))?;
+        let phase = drain.status.as_ref().and_then(|s| s.phase);
+        match phase {
+            Some(DrainPhase::Completed) => {}
+            Some(DrainPhase::Refused | DrainPhase::Failed) => {
+                return Err(Unmet::Never(format!("{:?}", drain.status)));
+            }
+            _ => return Err(Unmet::Yet(format!("{:?}", drain.status))),
+        }
+        let now = machines(&rack).await.map_err(Unmet::Yet)?;
+        let left: Vec<&String> = now
+            .iter()
+            .filter(|(_, guest)| guest.sled == drained)
+            .map(|(name, _)| name)
+            .collect();
+        if left.is_empty() && now.len() == SLEDS && now.values().all(|guest| guest.beats) {
+            Ok(())
+        } else {
+            Err(Unmet::Yet(format!(
+                "on {drained}: {left:?}; machines {now:?}"
+            )))
+        }
+    })
+    .await
+    .expect("drained");
+    println!("drained {drained} in {took:?}");
+
+    // 6. kill -9 of an agent, then a restart: the same processes run the guests.
     let before = machines(&rack).await.expect("the machines");
     let index = 0;
     let what = rack.kill9(Victim::Agent(index));

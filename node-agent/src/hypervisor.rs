@@ -154,6 +154,8 @@ pub struct GuestTransfer {
     pub bytes_sent: u64,
     pub bytes_remaining: u64,
     pub dirty_bytes_per_second: u64,
+    /// The pre-copy round under way (1 for the first pass over memory).
+    pub round: u32,
     /// What the driver expects the pause to last, then (once completed) what it lasted.
     pub downtime_ms: u64,
 }

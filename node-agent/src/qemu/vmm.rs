@@ -396,6 +396,7 @@ impl Vmm {
             bytes_sent: number(&ram, "transferred"),
             bytes_remaining: number(&ram, "remaining"),
             dirty_bytes_per_second: number(&ram, "dirty-pages-rate") * number(&ram, "page-size"),
+            round: number(&ram, "dirty-sync-count").max(1) as u32,
             downtime_ms,
         })
     }

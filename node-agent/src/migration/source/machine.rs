@@ -9,12 +9,13 @@
 //!   target cannot hold the whole guest before the journal says the source is paused.
 //! - A transfer that fails before the pause leaves the guest running (the driver resumes it);
 //!   after the pause nothing here resumes it: only the plan does, on the verdict.
-//! - Cancelled before the pause, the driver's transfer is given up.
+//! - Cancelled before the pause, the driver's transfer is given up; so is one still copying
+//!   after [`MAX_ROUNDS`] passes over memory (it does not converge), as a modelled one.
 
 use std::time::Duration;
 
 use corral_crds::TransferProgress;
-use corral_crds::migration::DOWNTIME_BUDGET;
+use corral_crds::migration::{DOWNTIME_BUDGET, MAX_ROUNDS};
 
 use super::{Outgoing, SourceEnd, emit};
 use crate::hypervisor::{GuestTransfer, TransferPhase};
@@ -55,6 +56,13 @@ impl Outgoing<'_> {
                 Err(error) => return SourceEnd::Failed(format!("reading the transfer: {error}")),
             };
             match &transfer.phase {
+                TransferPhase::Copying if transfer.round > MAX_ROUNDS => {
+                    let _ = ctx.hypervisor.cancel_sending(uid).await;
+                    return SourceEnd::Failed(format!(
+                        "did not converge: {} bytes still dirty after {MAX_ROUNDS} rounds",
+                        transfer.bytes_remaining
+                    ));
+                }
                 TransferPhase::Copying => {
                     if throttle.due() {
                         let p = progress_of(&transfer, bandwidth);
@@ -132,7 +140,7 @@ fn progress_of(transfer: &GuestTransfer, bandwidth: u64) -> TransferProgress {
         bytes_remaining: transfer.bytes_remaining,
         dirty_bytes_per_second: transfer.dirty_bytes_per_second,
         bandwidth_bytes_per_second: bandwidth,
-        round: 0,
+        round: transfer.round,
         percent: (transfer.bytes_sent * 100)
             .checked_div(total)
             .map_or(100, |percent| percent.min(100) as u32),
