@@ -40,6 +40,10 @@ pub struct SledArgs {
     /// promise to renew within it. The sled-health controller never judges a sled before it.
     #[arg(long, default_value = "15s", value_parser = parse_duration)]
     pub lease_duration: Duration,
+    /// The sled's migration link, bytes per second (live migrations out of the sled: the
+    /// simulator models them over it, QEMU caps each at it).
+    #[arg(long, default_value_t = corral_node_agent::sim::DEFAULT_MIGRATION_BANDWIDTH)]
+    pub migration_bandwidth: u64,
     /// What runs the VMMs: `sim`, the simulated machine, or `qemu`, a QEMU process per VMM
     /// running corral-guest (docs/qemu.md; size `--cpus` and `--memory-mib` to the machine).
     #[arg(long, value_enum, default_value_t = HypervisorKind::Sim)]
@@ -70,11 +74,13 @@ impl SledArgs {
         config.timing = SimTiming {
             boot_time: self.boot_time,
             stop_time: self.stop_time,
+            migration_bandwidth: self.migration_bandwidth,
             ..SimTiming::default()
         };
         if self.hypervisor == HypervisorKind::Qemu {
             let mut qemu = QemuConfig::new(config.agent.capacity);
             qemu.vmms_die_with = self.vmms_die_with;
+            qemu.migration_bandwidth = self.migration_bandwidth;
             config.qemu = Some(qemu);
         }
         config

@@ -241,12 +241,23 @@ pub async fn request(
     method: &str,
     path: &str,
 ) -> Result<(u16, String), String> {
+    request_with_body(address, method, path, "").await
+}
+
+/// [`request`] with a JSON body.
+pub async fn request_with_body(
+    address: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> Result<(u16, String), String> {
     let exchange = async {
         let mut stream = tokio::net::TcpStream::connect(address)
             .await
             .map_err(|error| format!("connecting: {error}"))?;
         let request = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {address}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            "{method} {path} HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
         );
         stream
             .write_all(request.as_bytes())

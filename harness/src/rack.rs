@@ -43,7 +43,9 @@ use k8s_openapi::api::coordination::v1::Lease;
 use kube::ResourceExt;
 use kube::api::{Api, ListParams};
 
-use crate::apiserver::{Apiserver, ApiserverError, ApiserverSpec, Store, free_address, request};
+use crate::apiserver::{
+    Apiserver, ApiserverError, ApiserverSpec, Store, free_address, request, request_with_body,
+};
 use crate::process::{Process, ProcessError};
 use crate::scratch::Scratch;
 use crate::wait::{Unmet, WaitError, wait_for};
@@ -528,6 +530,20 @@ impl Rack {
         .await
     }
 
+    /// The guest of the Vmm `namespace/name` on `sled` dirties `bytes_per_second` from now on.
+    pub async fn vmm_dirty_rate(
+        &mut self,
+        sled: &str,
+        (namespace, name): (&str, &str),
+        bytes_per_second: u64,
+    ) -> Result<(), String> {
+        let path = format!("/vmms/{namespace}/{name}/dirty-rate");
+        let body = format!("{{\"bytesPerSecond\":{bytes_per_second}}}");
+        let what = format!("{namespace}/{name} dirties {bytes_per_second} B/s on");
+        self.sled_fault_with(sled, SledDoor::Agent, (&path, &body), &what)
+            .await
+    }
+
     /// Cuts the agent of `sled` off from the API server: every request of its API client fails
     /// at once; its guests run on and its fault API answers.
     pub async fn partition(&mut self, sled: &str) -> Result<(), String> {
@@ -624,9 +640,21 @@ impl Rack {
         path: &str,
         what: &str,
     ) -> Result<(), String> {
+        self.sled_fault_with(sled, door, (path, ""), what).await
+    }
+
+    /// [`Rack::sled_fault`] with a JSON body.
+    async fn sled_fault_with(
+        &mut self,
+        sled: &str,
+        door: SledDoor,
+        (path, body): (&str, &str),
+        what: &str,
+    ) -> Result<(), String> {
         let (address, prefix) = self.door(sled, door).await?;
         self.fault(format!("{what} {sled}"));
-        let (status, body) = request(address, "POST", &format!("{prefix}{path}")).await?;
+        let (status, body) =
+            request_with_body(address, "POST", &format!("{prefix}{path}"), body).await?;
         if !(200..300).contains(&status) {
             return Err(format!("{what} {sled}: {status} {body}"));
         }

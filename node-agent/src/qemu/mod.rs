@@ -81,7 +81,8 @@ impl QemuConfig {
             capacity,
             stop_timeout: Duration::from_secs(10),
             vmms_die_with: None,
-            migration_bandwidth: 1 << 30,
+            // 10 Gbit/s: a rack's migration network.
+            migration_bandwidth: 1_250_000_000,
         }
     }
 }
