@@ -221,10 +221,11 @@ fn plan_end(input: &PlanInput, previous: &VmmRecord, migration: &MigrationRecord
                 ..Plan::default()
             }
         }
-        (MigrationRole::Source, VmmMigrationPhase::Transferring) if running || paused => {
-            Plan::default()
-        }
+        (MigrationRole::Source, VmmMigrationPhase::Transferring) if running => Plan::default(),
         (MigrationRole::Source, VmmMigrationPhase::Transferring) => {
+            // No `Ready` was journaled, so the target never got `done` and can never run the
+            // guest: it runs on here. A machine that moves guests itself may have paused it
+            // for the last round before the agent stopped; resume it then.
             let message = "the transfer broke (the agent stopped during it); the guest runs on";
             let mut decision = Decision::new(VmmState::Running, Reason::TransferFailed, message);
             decision.migration = Some(moved(
@@ -234,6 +235,7 @@ fn plan_end(input: &PlanInput, previous: &VmmRecord, migration: &MigrationRecord
                 message,
             ));
             Plan {
+                machine: paused.then_some(MachineAction::Resume),
                 record: Some(record(input, Some(previous), decision)),
                 events: vec![warning(Reason::TransferFailed, message)],
                 ..Plan::default()

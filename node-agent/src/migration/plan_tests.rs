@@ -146,6 +146,15 @@ fn cases() -> Vec<Case> {
             ..BASE
         },
         Case {
+            name: "a source its machine paused for the last round before the agent stopped, \
+                   never journaled Ready, resumes and runs on",
+            role: Source,
+            machine: Some(M::Paused),
+            expect_machine: Some(Resume),
+            expect_state: Some((S::Running, Some(P::Failed))),
+            ..BASE
+        },
+        Case {
             name: "a ready source stays paused while the verdict is pending",
             role: Source,
             phase: Some(P::Ready),
