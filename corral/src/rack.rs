@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use corral_crds::Resources;
-use corral_node_agent::qemu::QemuConfig;
+use corral_node_agent::qemu::{Accel, QemuConfig};
 use corral_node_agent::sim::{SimSled, SimSledConfig, SimTiming, SledHandle, StartMode};
 use corral_node_agent::{AgentConfig, PowerControllers, power_controller_url};
 use tokio_util::sync::CancellationToken;
@@ -48,6 +48,10 @@ pub struct SledArgs {
     /// running corral-guest (docs/qemu.md; size `--cpus` and `--memory-mib` to the machine).
     #[arg(long, value_enum, default_value_t = HypervisorKind::Sim)]
     pub hypervisor: HypervisorKind,
+    /// QEMU sleds: how guests are accelerated — `auto` (KVM when `/dev/kvm` is usable, TCG
+    /// otherwise), `kvm` or `tcg`.
+    #[arg(long, value_enum, default_value_t = AccelChoice::Auto)]
+    pub accel: AccelChoice,
     /// QEMU sleds: the sled's QEMU processes die when this process does (by default they
     /// outlive the agent, which re-attaches to them when it starts again).
     #[arg(long)]
@@ -59,6 +63,24 @@ pub struct SledArgs {
 pub enum HypervisorKind {
     Sim,
     Qemu,
+}
+
+/// How a QEMU sled accelerates its guests.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AccelChoice {
+    Auto,
+    Kvm,
+    Tcg,
+}
+
+impl AccelChoice {
+    pub fn accel(self) -> Accel {
+        match self {
+            AccelChoice::Auto => Accel::detect(),
+            AccelChoice::Kvm => Accel::Kvm,
+            AccelChoice::Tcg => Accel::Tcg,
+        }
+    }
 }
 
 impl SledArgs {
@@ -79,6 +101,7 @@ impl SledArgs {
         };
         if self.hypervisor == HypervisorKind::Qemu {
             let mut qemu = QemuConfig::new(config.agent.capacity);
+            qemu.accel = self.accel.accel();
             qemu.vmms_die_with = self.vmms_die_with;
             qemu.migration_bandwidth = self.migration_bandwidth;
             config.qemu = Some(qemu);
@@ -267,7 +290,7 @@ pub async fn up(mut args: UpArgs) -> anyhow::Result<()> {
         HypervisorKind::Sim => "simulated sleds".to_string(),
         HypervisorKind::Qemu => format!(
             "sleds of QEMU processes ({})",
-            corral_node_agent::qemu::Accel::detect().as_str()
+            args.sled.accel.accel().as_str()
         ),
     };
     println!(

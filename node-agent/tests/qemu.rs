@@ -1,5 +1,6 @@
-//! The QEMU driver against real QEMU processes (KVM when `/dev/kvm` is usable, TCG otherwise;
-//! `scripts/setup.sh` installs QEMU, so a missing QEMU fails these tests).
+//! The QEMU driver against real QEMU processes (KVM when `/dev/kvm` is usable, TCG otherwise,
+//! and one test under TCG whatever the machine has; `scripts/setup.sh` installs QEMU, so a
+//! missing QEMU fails these tests).
 //!
 //! Every claim is checked on the machine: the QEMU process (`/proc/<pid>`) and what the guest
 //! itself says on its serial port, not only the state the driver reports. Every QEMU process a
@@ -13,7 +14,7 @@ use corral_crds::Resources;
 use corral_node_agent::hypervisor::{
     ExitReason, Hypervisor, HypervisorError, VmmId, VmmLaunch, VmmRunState,
 };
-use corral_node_agent::qemu::{Pid, QemuConfig, QemuHypervisor};
+use corral_node_agent::qemu::{Accel, Pid, QemuConfig, QemuHypervisor};
 use tokio::time::Instant;
 
 /// Bound on every wait: generous for TCG on a loaded 2-core machine.
@@ -246,4 +247,37 @@ async fn a_hung_guest_is_unresponsive_and_its_stop_ends_in_a_kill() {
     wait_state(&qemu, "c", Some(VmmRunState::Exited(ExitReason::Stopped))).await;
     assert!(!alive(pid), "the stop timeout killed it");
     qemu.power_off().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guest_runs_under_tcg_as_under_kvm() {
+    let dir = tempfile::tempdir().unwrap();
+    let qemu = QemuHypervisor::open(
+        dir.path(),
+        QemuConfig {
+            accel: Accel::Tcg,
+            ..config()
+        },
+    )
+    .await
+    .expect("opening the QEMU machine");
+    assert_eq!(qemu.description(), "qemu (tcg)");
+    let dirtying = VmmLaunch {
+        dirty_rate: Some(1 << 20),
+        ..launch("t")
+    };
+    qemu.create(&dirtying).await.expect("creating");
+    let pid = qemu.pid(&VmmId::from("t")).await.expect("a pid file");
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", pid.0)).unwrap();
+    assert!(
+        cmdline.windows(10).any(|w| w == b"-accel\0tcg"),
+        "QEMU runs with TCG"
+    );
+    wait_state(&qemu, "t", Some(VmmRunState::Running)).await;
+    wait_beats(&qemu, "t", 2).await;
+    assert_eq!(qemu.guest(&VmmId::from("t")).await.unwrap().dirty, 1 << 20);
+    qemu.stop(&VmmId::from("t")).await.expect("stopping");
+    wait_state(&qemu, "t", Some(VmmRunState::Exited(ExitReason::Stopped))).await;
+    qemu.power_off().await.unwrap();
+    assert!(!alive(pid), "a power-off kills the QEMU process");
 }
