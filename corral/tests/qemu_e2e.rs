@@ -181,14 +181,7 @@ async fn a_guest_panic_is_counted_and_repaired(
 ) {
     let instances: Api<Instance> = Api::namespaced(rack.client().clone(), NAMESPACE);
     let crashed = running.keys().nth(1).expect("a second guest").clone();
-    let sled = current_sled(&instances, &crashed).await;
-    let vmm_name = instances
-        .get(&crashed)
-        .await
-        .expect("the instance")
-        .status
-        .and_then(|s| s.active_vmm)
-        .expect("an active Vmm");
+    let (sled, vmm_name) = active_vmm(&instances, &crashed).await;
     rack.vmm_fault(&sled, (NAMESPACE, &vmm_name), "crash")
         .await
         .expect("the crash fault");
@@ -362,14 +355,7 @@ async fn an_agent_restart_keeps_the_same_processes(rack: &mut Rack) {
 /// not zero: an idle guest moves in a blink), then dirty slowly enough to converge.
 async fn fill_memory(rack: &mut Rack, name: &str) {
     let instances: Api<Instance> = Api::namespaced(rack.client().clone(), NAMESPACE);
-    let sled = current_sled(&instances, name).await;
-    let vmm = instances
-        .get(name)
-        .await
-        .expect("the instance")
-        .status
-        .and_then(|s| s.active_vmm)
-        .expect("an active Vmm");
+    let (sled, vmm) = active_vmm(&instances, name).await;
     rack.vmm_dirty_rate(&sled, (NAMESPACE, &vmm), 128 << 20)
         .await
         .expect("dirtying fast");
@@ -639,14 +625,18 @@ fn qemu_processes(rack: &Rack) -> usize {
         .count()
 }
 
-async fn current_sled(instances: &Api<Instance>, name: &str) -> String {
-    instances
+/// Where the instance `name` runs: its sled and its active Vmm.
+async fn active_vmm(instances: &Api<Instance>, name: &str) -> (String, String) {
+    let status = instances
         .get(name)
         .await
         .expect("the instance")
         .status
-        .and_then(|s| s.sled)
-        .expect("a sled")
+        .unwrap_or_default();
+    (
+        status.sled.expect("a sled"),
+        status.active_vmm.expect("an active Vmm"),
+    )
 }
 
 fn alive(pid: u32) -> bool {

@@ -6,14 +6,13 @@ mod common;
 
 use std::time::Duration;
 
+use common::migration::{TwoSleds, machine_state};
 use common::{Rack, stays_false, wait_for};
 use corral_crds::migration::MIB;
 use corral_crds::{
-    Instance, InstanceSpec, MigrateFrom, MigrationRole, Reason, VMM_FINALIZER, Vmm,
-    VmmMigrationPhase, VmmSpec, VmmState, VmmStatus,
+    Instance, InstanceSpec, MigrationRole, Reason, VmmMigrationPhase, VmmState, VmmStatus,
 };
-use corral_node_agent::sim::{SimSled, SimSledConfig, SledHandle, StartMode};
-use corral_node_agent::{Hypervisor, VmmRunState};
+use corral_node_agent::VmmRunState;
 use kube::api::{Api, DeleteParams, ObjectMeta, Patch, PatchParams, PostParams};
 
 /// The guests: 1 CPU, 512 MiB.
@@ -21,37 +20,17 @@ const MEMORY_MIB: u64 = 512;
 /// 256 MiB/s: the first round of a 512 MiB guest takes two seconds.
 const BANDWIDTH: u64 = 256 * MIB;
 
-fn config(rack: &Rack, sled: &str) -> SimSledConfig {
-    let mut config = rack.config(sled);
-    config.fault_listen = Some("127.0.0.1:0".parse().unwrap());
-    config.timing.migration_bandwidth = BANDWIDTH;
-    config
-}
-
-/// Two sleds, an Instance `web` whose active Vmm `web-v1` runs on sled-1, and the epoch of
-/// sled-2.
-struct Setup {
-    rack: Rack,
-    source: SledHandle,
-    target: SledHandle,
-    target_epoch: u64,
-}
+/// Two sleds, an Instance `web` whose active Vmm `web-v1` runs on sled-1.
+type Setup = TwoSleds;
 
 async fn setup() -> Setup {
-    let rack = Rack::start().await;
-    let source = SimSled::start(config(&rack, "sled-1"), StartMode::ColdStart)
-        .await
-        .unwrap();
-    let target = SimSled::start(config(&rack, "sled-2"), StartMode::ColdStart)
-        .await
-        .unwrap();
-    let source_epoch = rack.ready_sled("sled-1").await.status.unwrap().epoch;
-    let target_sled = rack.ready_sled("sled-2").await;
-    let target_status = target_sled.status.unwrap();
+    let setup = TwoSleds::start(BANDWIDTH).await;
+    let rack = &setup.rack;
+    let target_status = rack.ready_sled("sled-2").await.status.unwrap();
     assert_eq!(target_status.migration_bandwidth, BANDWIDTH);
     assert!(target_status.agent_address.is_some());
 
-    let instances = instances(&rack);
+    let instances = instances(rack);
     let instance = Instance {
         metadata: ObjectMeta {
             name: Some("web".into()),
@@ -70,16 +49,12 @@ async fn setup() -> Setup {
         .create(&PostParams::default(), &instance)
         .await
         .unwrap();
-    name_vmms(&rack, Some("web-v1"), None).await;
-    rack.create_vmm("web-v1", "sled-1", source_epoch, 1).await;
+    name_vmms(rack, Some("web-v1"), None).await;
+    rack.create_vmm("web-v1", "sled-1", setup.source_epoch, 1)
+        .await;
     let running = rack.vmm_in("web-v1", VmmState::Running).await;
     assert_eq!(running.dirty_bytes_per_second, 32 * MIB);
-    Setup {
-        rack,
-        source,
-        target,
-        target_epoch: target_status.epoch,
-    }
+    setup
 }
 
 fn instances(rack: &Rack) -> Api<Instance> {
@@ -99,52 +74,12 @@ async fn name_vmms(rack: &Rack, active: Option<&str>, target: Option<&str>) {
 
 /// Names `web-v2` the target and creates it on sled-2 with `migrateFrom`.
 async fn start_migration(setup: &Setup) {
-    let rack = &setup.rack;
-    name_vmms(rack, Some("web-v1"), Some("web-v2")).await;
-    let vmm = Vmm {
-        metadata: ObjectMeta {
-            name: Some("web-v2".into()),
-            namespace: Some("default".into()),
-            finalizers: Some(vec![VMM_FINALIZER.to_string()]),
-            ..Default::default()
-        },
-        spec: VmmSpec {
-            instance: "web".into(),
-            sled: "sled-2".into(),
-            sled_epoch: setup.target_epoch,
-            resources: corral_crds::Resources {
-                cpus: 1,
-                memory_mib: MEMORY_MIB,
-            },
-            image: "debian-12".into(),
-            nics: Vec::new(),
-            migrate_from: Some(MigrateFrom {
-                vmm: "web-v1".into(),
-                sled: "sled-1".into(),
-                migration: "web-move".into(),
-            }),
-            reboot_request: None,
-        },
-        status: None,
-    };
-    rack.vmms()
-        .create(&PostParams::default(), &vmm)
-        .await
-        .unwrap();
+    name_vmms(&setup.rack, Some("web-v1"), Some("web-v2")).await;
+    setup.create_target(MEMORY_MIB).await;
 }
 
 fn phase(status: &VmmStatus) -> Option<VmmMigrationPhase> {
     status.migration.as_ref().map(|m| m.phase)
-}
-
-async fn machine_state(sled: &SledHandle, name: &str) -> Option<VmmRunState> {
-    let id = sled.machine().find("default", name)?;
-    sled.machine()
-        .inspect(&id)
-        .await
-        .ok()
-        .flatten()
-        .map(|info| info.state)
 }
 
 async fn delete(rack: &Rack, name: &str) {
@@ -218,11 +153,6 @@ async fn transfer_to_ready(setup: &Setup) {
     );
 }
 
-async fn shutdown(setup: Setup) {
-    setup.source.shutdown().await;
-    setup.target.shutdown().await;
-}
-
 #[tokio::test]
 async fn a_migration_completes_after_the_switch() {
     let setup = setup().await;
@@ -285,7 +215,7 @@ async fn a_migration_completes_after_the_switch() {
         machine_state(&setup.target, "web-v2").await,
         Some(VmmRunState::Running)
     );
-    shutdown(setup).await;
+    setup.shutdown().await;
 }
 
 #[tokio::test]
@@ -315,7 +245,7 @@ async fn an_abort_after_ready_resumes_the_source() {
         machine_state(&setup.source, "web-v1").await,
         Some(VmmRunState::Running)
     );
-    shutdown(setup).await;
+    setup.shutdown().await;
 }
 
 #[tokio::test]
@@ -361,7 +291,7 @@ async fn a_target_agent_stopped_mid_transfer_fails_it_and_the_source_runs_on() {
             .then_some(())
     })
     .await;
-    shutdown(setup).await;
+    setup.shutdown().await;
 }
 
 #[tokio::test]
@@ -419,7 +349,7 @@ async fn a_guest_dirtying_faster_than_the_link_does_not_converge() {
             .then_some(())
     })
     .await;
-    shutdown(setup).await;
+    setup.shutdown().await;
 }
 
 /// POSTs `body` to `path` on the fault API at `address`; returns the raw response.
@@ -466,7 +396,7 @@ async fn deleting_the_target_mid_transfer_cancels_it_and_the_source_runs_on() {
         machine_state(&setup.source, "web-v1").await,
         Some(VmmRunState::Running)
     );
-    shutdown(setup).await;
+    setup.shutdown().await;
 }
 
 #[tokio::test]
@@ -487,7 +417,7 @@ async fn deleting_the_source_mid_transfer_fails_the_target() {
             .then_some(())
     })
     .await;
-    shutdown(setup).await;
+    setup.shutdown().await;
 }
 
 #[tokio::test]
@@ -518,7 +448,7 @@ async fn restarted_agents_go_on_waiting_for_the_verdict() {
         machine_state(&setup.source, "web-v1").await,
         Some(VmmRunState::Paused)
     );
-    shutdown(setup).await;
+    setup.shutdown().await;
 }
 
 #[tokio::test]
@@ -544,7 +474,7 @@ async fn a_source_agent_restarted_mid_transfer_runs_the_guest_on() {
     // The target saw its connection end without `done`.
     let target = rack.vmm_in("web-v2", VmmState::Failed).await;
     assert_eq!(target.reason, Some(Reason::TransferFailed));
-    shutdown(setup).await;
+    setup.shutdown().await;
 }
 
 #[tokio::test]
@@ -564,5 +494,5 @@ async fn a_source_sled_losing_power_mid_transfer_fails_the_target() {
             .then_some(())
     })
     .await;
-    shutdown(setup).await;
+    setup.shutdown().await;
 }

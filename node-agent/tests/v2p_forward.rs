@@ -11,28 +11,24 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use common::migration::{TwoSleds, machine_state};
 use common::{Rack, stays_false, wait_for};
 use corral_crds::migration::MIB;
 use corral_crds::{
-    ConditionStatus, Instance, InstanceSpec, MigrateFrom, Nic, Reason, Sled, SledConditionType,
-    SledSpec, SledStatus, V2pAck, V2pMapping, VMM_FINALIZER, Vmm, VmmMigrationPhase, VmmSpec,
-    VmmState, VpcRoutes, VpcRoutesSpec, condition,
+    ConditionStatus, Instance, InstanceSpec, Nic, Reason, Sled, SledConditionType, SledSpec,
+    SledStatus, V2pAck, V2pMapping, VmmMigrationPhase, VmmState, VpcRoutes, VpcRoutesSpec,
+    condition,
 };
-use corral_node_agent::sim::{SimSled, SledHandle, StartMode, V2pRow};
-use corral_node_agent::{Hypervisor, VmmRunState};
-use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
+use corral_node_agent::VmmRunState;
+use corral_node_agent::sim::{SledHandle, V2pRow};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 
 const VPC: &str = "blue";
 const IP: &str = "10.0.0.5";
 /// The Ready sled without an agent: it acknowledges only what the test writes.
 const SILENT: &str = "sled-9";
 
-struct Setup {
-    rack: Rack,
-    source: SledHandle,
-    target: SledHandle,
-    target_epoch: u64,
-}
+type Setup = TwoSleds;
 
 fn instances(rack: &Rack) -> Api<Instance> {
     Api::namespaced(rack.client.clone(), "default")
@@ -102,21 +98,8 @@ async fn silent_acknowledges(rack: &Rack, generation: i64) {
 }
 
 async fn setup() -> Setup {
-    let rack = Rack::start().await;
-    let config = |sled: &str| {
-        let mut config = rack.config(sled);
-        config.fault_listen = Some("127.0.0.1:0".parse().unwrap());
-        config.timing.migration_bandwidth = 2048 * MIB;
-        config
-    };
-    let source = SimSled::start(config("sled-1"), StartMode::ColdStart)
-        .await
-        .unwrap();
-    let target = SimSled::start(config("sled-2"), StartMode::ColdStart)
-        .await
-        .unwrap();
-    let source_epoch = rack.ready_sled("sled-1").await.status.unwrap().epoch;
-    let target_epoch = rack.ready_sled("sled-2").await.status.unwrap().epoch;
+    let setup = TwoSleds::start(2048 * MIB).await;
+    let rack = &setup.rack;
     rack.sleds()
         .create(
             &PostParams::default(),
@@ -140,25 +123,21 @@ async fn setup() -> Setup {
         },
     );
     instance.metadata.namespace = Some("default".into());
-    instances(&rack)
+    instances(rack)
         .create(&PostParams::default(), &instance)
         .await
         .unwrap();
     write_instance(
-        &rack,
+        rack,
         serde_json::json!({ "activeVmm": "web-v1", "sled": "sled-1", "locationGeneration": 1 }),
     )
     .await;
-    let generation = route(&rack, "sled-1", 1).await;
-    silent_acknowledges(&rack, generation).await;
-    rack.create_vmm("web-v1", "sled-1", source_epoch, 1).await;
+    let generation = route(rack, "sled-1", 1).await;
+    silent_acknowledges(rack, generation).await;
+    rack.create_vmm("web-v1", "sled-1", setup.source_epoch, 1)
+        .await;
     rack.vmm_in("web-v1", VmmState::Running).await;
-    Setup {
-        rack,
-        source,
-        target,
-        target_epoch,
-    }
+    setup
 }
 
 /// The forward of `IP` in `sled`'s table, as the fault API shows it.
@@ -194,12 +173,6 @@ fn forwards(sled: &SledHandle) -> Option<String> {
         .and_then(|row| row.forward_to)
 }
 
-async fn machine_state(sled: &SledHandle, name: &str) -> Option<VmmRunState> {
-    let id = sled.machine().find("default", name)?;
-    let info = sled.machine().inspect(&id).await.ok().flatten()?;
-    Some(info.state)
-}
-
 /// Starts the migration of `web` to sled-2 and returns once both ends are Ready (the source
 /// guest paused, the target holding the whole guest).
 async fn migrate_to_ready(setup: &Setup) {
@@ -211,36 +184,7 @@ async fn migrate_to_ready(setup: &Setup) {
     .await;
     // Nothing forwards while the guest runs on the source.
     assert_eq!(forwards(&setup.source), None);
-    let vmm = Vmm {
-        metadata: ObjectMeta {
-            name: Some("web-v2".into()),
-            namespace: Some("default".into()),
-            finalizers: Some(vec![VMM_FINALIZER.to_string()]),
-            ..Default::default()
-        },
-        spec: VmmSpec {
-            instance: "web".into(),
-            sled: "sled-2".into(),
-            sled_epoch: setup.target_epoch,
-            resources: corral_crds::Resources {
-                cpus: 1,
-                memory_mib: 512,
-            },
-            image: "debian-12".into(),
-            nics: Vec::new(),
-            migrate_from: Some(MigrateFrom {
-                vmm: "web-v1".into(),
-                sled: "sled-1".into(),
-                migration: "web-move".into(),
-            }),
-            reboot_request: None,
-        },
-        status: None,
-    };
-    rack.vmms()
-        .create(&PostParams::default(), &vmm)
-        .await
-        .unwrap();
+    setup.create_target(512).await;
     // From the pause on, the source forwards (installed before the pause).
     wait_for("the source guest paused", || async {
         (machine_state(&setup.source, "web-v1").await == Some(VmmRunState::Paused)).then_some(())
@@ -256,11 +200,6 @@ async fn migrate_to_ready(setup: &Setup) {
     rack.vmm_status("web-v1", ready).await;
     assert_eq!(forward_of(&setup.source).await.as_deref(), Some("sled-2"));
     assert_eq!(forwards(&setup.target), None);
-}
-
-async fn shutdown(setup: Setup) {
-    setup.source.shutdown().await;
-    setup.target.shutdown().await;
 }
 
 #[tokio::test]
@@ -321,7 +260,7 @@ async fn the_source_forwards_from_the_pause_until_every_ready_sled_acknowledged(
         machine_state(&setup.target, "web-v2").await,
         Some(VmmRunState::Running)
     );
-    shutdown(setup).await;
+    setup.shutdown().await;
 }
 
 #[tokio::test]
@@ -380,5 +319,5 @@ async fn an_abort_withdraws_the_forward_before_the_guest_resumes_even_after_a_re
         "the guest ran with a forward away"
     );
     assert_eq!(forwards(&setup.source), None);
-    shutdown(setup).await;
+    setup.shutdown().await;
 }

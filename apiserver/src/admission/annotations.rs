@@ -5,7 +5,7 @@
 //!   number; docs/qemu.md, "The guest"), copied to each Vmm the instance controller creates.
 
 use corral_apimachinery::validation::FieldError;
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::error::{ApiError, ApiResult};
 use crate::objects::{AdmissionRequest, AdmissionRule, Subresource};
@@ -57,14 +57,4 @@ impl AdmissionRule for DirtyRateIsANumber {
         );
         Err(ApiError::invalid(&request.target(), &[error]))
     }
-}
-
-/// The dirty rate an object's annotations ask for, if any (for tests and readers).
-pub fn dirty_rate(object: &Value) -> Option<u64> {
-    object
-        .pointer("/metadata/annotations")?
-        .get(DIRTY_RATE_ANNOTATION)?
-        .as_str()?
-        .parse()
-        .ok()
 }

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod migration;
+
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
