@@ -166,12 +166,13 @@ pub fn spawn(spec: &Spec<'_>, vmms_die_with: Option<u32>) -> std::io::Result<()>
     Ok(())
 }
 
-/// The keeper: runs QEMU (`$@` after the lifeline pid) and kills it once the lifeline is gone.
+/// The keeper: runs QEMU (`$@` after the lifeline pid) and kills it once the lifeline is gone;
+/// it ends with QEMU too (the shell reaps its ended child while it sleeps, so `kill -0` fails).
 const KEEPER: &str = r#"lifeline=$1; shift
 "$@" &
 vmm=$!
 trap 'kill -9 $vmm 2>/dev/null; exit 0' TERM INT HUP
-while kill -0 "$lifeline" 2>/dev/null; do sleep 1; done
+while kill -0 "$lifeline" 2>/dev/null && kill -0 "$vmm" 2>/dev/null; do sleep 1; done
 kill -9 "$vmm" 2>/dev/null
 "#;
 
