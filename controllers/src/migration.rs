@@ -146,13 +146,18 @@ impl MigrationController {
     /// The migrations under way, besides `this`, with this controller's recent admissions.
     fn load(&self, this: &Migration) -> Load {
         let mut load = Load::default();
-        let mut seen = HashSet::new();
+        // Admitted here, but still Pending in the cache: only those count from memory. One the
+        // cache shows admitted or finished counts from the cache; one deleted meanwhile not at
+        // all (remembered, it would hold a slot for ever).
+        let mut still_pending = HashSet::new();
+        if !is_under_way(this) && !this.is_finished() {
+            still_pending.insert(key_of(this));
+        }
         for migration in self.migrations.all() {
             if key_of(migration.as_ref()) == key_of(this) {
                 continue;
             }
             if is_under_way(&migration) {
-                seen.insert(key_of(migration.as_ref()));
                 let status = migration.status.as_ref();
                 load.add(
                     status.and_then(|s| s.source_sled.as_deref()),
@@ -160,12 +165,12 @@ impl MigrationController {
                         .and_then(|s| s.target_sled.as_deref())
                         .or(migration.spec.target_sled.as_deref()),
                 );
-            } else if migration.is_finished() {
-                seen.insert(key_of(migration.as_ref()));
+            } else if !migration.is_finished() {
+                still_pending.insert(key_of(migration.as_ref()));
             }
         }
         let mut admitted = self.admitted.lock().expect("admitted lock");
-        admitted.retain(|name, _| !seen.contains(name));
+        admitted.retain(|name, _| still_pending.contains(name));
         for (name, (source, target)) in admitted.iter() {
             if *name != key_of(this) {
                 load.add(Some(source), target.as_deref());
@@ -254,7 +259,7 @@ impl Reconciler for MigrationController {
         migration: Arc<Migration>,
     ) -> Result<Reconciled<MigrationStatus, NoAction>, Error> {
         let phase = migration.status.as_ref().and_then(|s| s.phase);
-        if migration.is_finished() {
+        if migration.is_finished() && !plan::awaits_measurement(&migration) {
             if let Some(uid) = migration.uid() {
                 self.progress.lock().expect("progress lock").remove(&uid);
             }

@@ -236,6 +236,7 @@ fn end(role: MigrationRole, phase: VmmMigrationPhase, sent: u64) -> VmmMigration
         },
         reason: None,
         message: String::new(),
+        timings: Default::default(),
     }
 }
 

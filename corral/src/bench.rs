@@ -6,6 +6,8 @@
 //!   thousands of Instances, through the real processes.
 //! - [`drain`]: `corral bench drain` — a drain's wall time against its modelled transfers.
 //! - [`v2p`]: `corral bench v2p` — how fast a moved instance's mapping reaches every sled.
+//! - [`migrate`]: `corral bench migrate` — live migrations of real (QEMU) or simulated guests,
+//!   measured beside the pre-copy model's prediction.
 //! - [`failover`]: `corral bench failover` — how long the instances of a sled that lost its
 //!   power take to run elsewhere (detect, fence, restart).
 //!
@@ -27,6 +29,7 @@ mod api;
 mod drain;
 mod failover;
 mod measure;
+mod migrate;
 mod rack;
 mod session;
 mod v2p;
@@ -46,6 +49,9 @@ pub enum BenchCommand {
     /// Move instances one after another and time how long each new V2P mapping takes to
     /// reach every sled.
     V2p(v2p::V2pArgs),
+    /// Live-migrate guests of several sizes and dirty rates (real QEMU guests by default) and
+    /// compare each move's measured time and downtime with the model's prediction.
+    Migrate(migrate::MigrateArgs),
     /// Power the busiest sled off behind the control plane's back and time how long its
     /// instances take to run elsewhere (detect, fence, restart).
     Failover(failover::FailoverArgs),
@@ -57,6 +63,7 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Rack(args) => rack::rack(args).await,
         BenchCommand::Drain(args) => drain::drain(args).await,
         BenchCommand::V2p(args) => v2p::v2p(args).await,
+        BenchCommand::Migrate(args) => migrate::migrate(args).await,
         BenchCommand::Failover(args) => failover::failover(args).await,
     }
 }

@@ -44,6 +44,11 @@ pub struct SledArgs {
     /// simulator models them over it, QEMU caps each at it).
     #[arg(long, default_value_t = corral_node_agent::sim::DEFAULT_MIGRATION_BANDWIDTH)]
     pub migration_bandwidth: u64,
+    /// The longest pause a live migration out of the sled plans for: pre-copy ends once the
+    /// rest would take this long to send. Default: 300ms on simulated sleds, 20ms on QEMU
+    /// sleds (docs/qemu.md, "Downtime").
+    #[arg(long, value_parser = parse_duration)]
+    pub downtime_budget: Option<Duration>,
     /// What runs the VMMs: `sim`, the simulated machine, or `qemu`, a QEMU process per VMM
     /// running corral-guest (docs/qemu.md; size `--cpus` and `--memory-mib` to the machine).
     #[arg(long, value_enum, default_value_t = HypervisorKind::Sim)]
@@ -99,11 +104,17 @@ impl SledArgs {
             migration_bandwidth: self.migration_bandwidth,
             ..SimTiming::default()
         };
+        if let Some(budget) = self.downtime_budget {
+            config.timing.downtime_budget = budget;
+        }
         if self.hypervisor == HypervisorKind::Qemu {
             let mut qemu = QemuConfig::new(config.agent.capacity);
             qemu.accel = self.accel.accel();
             qemu.vmms_die_with = self.vmms_die_with;
             qemu.migration_bandwidth = self.migration_bandwidth;
+            if let Some(budget) = self.downtime_budget {
+                qemu.downtime_budget = budget;
+            }
             config.qemu = Some(qemu);
         }
         config
@@ -442,7 +453,9 @@ pub struct PowerSimArgs {
 }
 
 /// `corral power-sim`: many simulated sleds (machines, agents) and their power controllers.
-pub async fn power_sim(args: PowerSimArgs) -> anyhow::Result<()> {
+pub async fn power_sim(mut args: PowerSimArgs) -> anyhow::Result<()> {
+    // The machines it simulates are its own: their QEMU processes end with it.
+    args.sled.vmms_die_with.get_or_insert(std::process::id());
     let client = corral_client::connect(args.kubeconfig.as_deref()).await?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await

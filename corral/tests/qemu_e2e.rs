@@ -13,7 +13,8 @@
 //! 3. A guest panic (the fault API's `crash`, which makes the guest itself panic) → the exit
 //!    counts toward the crash backoff, and the instance runs again.
 //! 4. A live migration of the dirtying guest → `Succeeded`; its QEMU process now on another
-//!    sled, beating without having booted again; the source process gone.
+//!    sled, beating without having booted again; the source process gone; the Migration
+//!    records the measured transfer time and downtime beside the admission's prediction.
 //! 5. A migration cancelled while QEMU copies → `Cancelled`; the guest runs on in the same
 //!    process, beating (never left paused), and the target's QEMU process is gone.
 //! 6. The target's node-agent `kill -9`'d while QEMU copies (then restarted) → the migration
@@ -230,9 +231,42 @@ async fn a_live_migration_moves_the_guest(rack: &mut Rack) -> Machine {
         !log.contains("corral-guest ready"),
         "the guest was moved, not booted again: {log}"
     );
+    // The move's ends measured it: the pause (source paused -> target running) and the whole
+    // transfer, beside what the model predicted at admission.
+    let (status, _) = wait_for_polling("the move measured", CONVERGE, POLL, async || {
+        let status = Api::<Migration>::namespaced(rack.client().clone(), NAMESPACE)
+            .get("move-guest")
+            .await
+            .map_err(|e| Unmet::Yet(e.to_string()))?
+            .status
+            .unwrap_or_default();
+        match status.measured {
+            Some(_) => Ok(status),
+            None => Err(Unmet::Yet("not measured yet".into())),
+        }
+    })
+    .await
+    .expect("the measured downtime recorded");
+    let measured = status.measured.expect("measured");
+    let predicted = status.predicted.expect("the prediction made at admission");
+    assert!(
+        measured.downtime_ms > 0 && measured.downtime_ms < measured.transfer_ms,
+        "a pause, shorter than the whole move: {measured:?}"
+    );
+    assert!(
+        measured.transfer_ms as u128 <= took.as_millis(),
+        "the transfer fits in the time the move took: {measured:?}, {took:?}"
+    );
     println!(
-        "moved {moving} from {} (pid {}) to {} (pid {}) in {took:?}",
-        before.sled, before.pid, moved.sled, moved.pid
+        "moved {moving} from {} (pid {}) to {} (pid {}) in {took:?}: transfer {} ms, downtime {} ms (predicted {} ms, {} ms)",
+        before.sled,
+        before.pid,
+        moved.sled,
+        moved.pid,
+        measured.transfer_ms,
+        measured.downtime_ms,
+        predicted.transfer_ms,
+        predicted.downtime_ms
     );
     moved
 }

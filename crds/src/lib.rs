@@ -87,7 +87,7 @@ pub use instance::{
 };
 pub use migration::{
     Migration, MigrationAbort, MigrationMode, MigrationPhase, MigrationReason, MigrationSpec,
-    MigrationStatus, TransferProgress,
+    MigrationStatus, TransferProgress, TransferTimes, TransferTimings,
 };
 pub use sled::{
     Evacuation, HealthVerdict, Resources, Sled, SledConditionType, SledHealth, SledSpec,

@@ -13,7 +13,7 @@
 
 use std::time::Duration;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, Time};
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -124,6 +124,7 @@ impl MigrationPhase {
     printcolumn = r#"{"name":"ETA","type":"integer","jsonPath":".status.progress.etaSeconds"}"#,
     printcolumn = r#"{"name":"Round","type":"integer","priority":1,"jsonPath":".status.progress.round"}"#,
     printcolumn = r#"{"name":"Reason","type":"string","priority":1,"jsonPath":".status.reason"}"#,
+    printcolumn = r#"{"name":"Downtime-ms","type":"integer","priority":1,"jsonPath":".status.measured.downtimeMs"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
     selectable = ".spec.instance",
     selectable = ".status.phase"
@@ -188,6 +189,14 @@ pub struct TransferProgress {
     /// Predicted guest downtime of the stop-and-copy round.
     #[serde(default)]
     pub predicted_downtime_ms: u64,
+    /// The source sled's downtime budget: pre-copy ends once the rest fits it. 0: the default,
+    /// [`DOWNTIME_BUDGET`].
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub downtime_budget_ms: u64,
+}
+
+pub(crate) fn is_zero(value: &u64) -> bool {
+    *value == 0
 }
 
 impl TransferProgress {
@@ -202,8 +211,16 @@ impl TransferProgress {
             bandwidth_bytes_per_second: sled
                 .and_then(|s| s.status.as_ref())
                 .map_or(0, |s| s.migration_bandwidth),
+            downtime_budget_ms: sled
+                .and_then(|s| s.status.as_ref())
+                .map_or(0, |s| s.migration_downtime_budget_ms),
             ..Default::default()
         }
+    }
+
+    /// The downtime budget these inputs name ([`DOWNTIME_BUDGET`] if none).
+    pub fn budget(&self) -> Duration {
+        budget_or_default(self.downtime_budget_ms)
     }
 
     /// What [`predict`] says of a transfer with these inputs; `Ok(None)` when the sled reports
@@ -212,10 +229,11 @@ impl TransferProgress {
         if self.bandwidth_bytes_per_second == 0 {
             return Ok(None);
         }
-        predict(
+        predict_within(
             self.memory_bytes,
             self.dirty_bytes_per_second,
             self.bandwidth_bytes_per_second,
+            self.budget(),
         )
         .map(Some)
     }
@@ -268,8 +286,80 @@ pub struct MigrationStatus {
     /// The instance's `locationGeneration` after the switch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub location_generation: Option<u64>,
+    /// What the pre-copy model predicted at admission (`progress` follows the transfer and
+    /// changes; this does not). Absent for a restart, or without a bandwidth to predict from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub predicted: Option<TransferTimes>,
+    /// What the live move took, as its ends measured it; written once the target runs the
+    /// guest, which may be just after the migration `Succeeded`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub measured: Option<TransferTimes>,
     #[serde(default)]
     pub observed_generation: i64,
+}
+
+/// A live move's two durations, predicted or measured (docs/migration.md, "Measured").
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TransferTimes {
+    /// From the first byte to the whole guest on the target (the stop-and-copy round
+    /// included).
+    pub transfer_ms: u64,
+    /// From the guest paused on the source to the guest running on the target.
+    pub downtime_ms: u64,
+}
+
+impl From<Prediction> for TransferTimes {
+    fn from(prediction: Prediction) -> Self {
+        TransferTimes {
+            transfer_ms: prediction.duration.as_millis() as u64,
+            downtime_ms: prediction.downtime.as_millis() as u64,
+        }
+    }
+}
+
+/// When one end of a live move saw each step, on its sled's clock (the source's pause is
+/// relayed to the target with `done`). Only the target's, all four present, measure the move:
+/// the transfer from `startedAt` to `receivedAt`, the downtime from `pausedAt` to `resumedAt`.
+/// Across two sleds the downtime carries the offset of their clocks.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TransferTimings {
+    /// The target asked the source for the guest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<MicroTime>,
+    /// The source paused the guest for the last round.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused_at: Option<MicroTime>,
+    /// The whole guest was on the target.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub received_at: Option<MicroTime>,
+    /// The guest ran on the target (after the switch), or on the source again (after an
+    /// abort).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resumed_at: Option<MicroTime>,
+}
+
+impl TransferTimings {
+    pub fn is_empty(&self) -> bool {
+        *self == TransferTimings::default()
+    }
+
+    /// The move's measured durations, once every step is stamped.
+    pub fn measured(&self) -> Option<TransferTimes> {
+        let between = |from: &Option<MicroTime>, to: &Option<MicroTime>| {
+            let (from, to) = (from.as_ref()?.0, to.as_ref()?.0);
+            let micros = to
+                .as_microsecond()
+                .saturating_sub(from.as_microsecond())
+                .max(0);
+            Some(micros as u64 / 1000)
+        };
+        Some(TransferTimes {
+            transfer_ms: between(&self.started_at, &self.received_at)?,
+            downtime_ms: between(&self.paused_at, &self.resumed_at)?,
+        })
+    }
 }
 
 /// What the pre-copy model predicts for one transfer.
@@ -313,14 +403,33 @@ pub fn dirtied(memory: u64, dirty_rate: u64, elapsed: Duration) -> u64 {
     ((dirty_rate as f64 * elapsed.as_secs_f64()) as u64).min(memory)
 }
 
-/// Whether a round of `bytes` fits the downtime budget (and so is the stop-and-copy round).
-pub fn fits_downtime(bytes: u64, bandwidth: u64) -> bool {
-    transfer_time(bytes, bandwidth) <= DOWNTIME_BUDGET
+/// `budget_ms` as a budget; 0 is the default, [`DOWNTIME_BUDGET`].
+pub fn budget_or_default(budget_ms: u64) -> Duration {
+    match budget_ms {
+        0 => DOWNTIME_BUDGET,
+        ms => Duration::from_millis(ms),
+    }
+}
+
+/// Whether a round of `bytes` fits the downtime `budget` (and so is the stop-and-copy round).
+pub fn fits_downtime(bytes: u64, bandwidth: u64, budget: Duration) -> bool {
+    transfer_time(bytes, bandwidth) <= budget
+}
+
+/// [`predict_within`] the default budget, [`DOWNTIME_BUDGET`].
+pub fn predict(memory: u64, dirty_rate: u64, bandwidth: u64) -> Result<Prediction, NonConvergence> {
+    predict_within(memory, dirty_rate, bandwidth, DOWNTIME_BUDGET)
 }
 
 /// Predicts a pre-copy transfer of `memory` bytes over `bandwidth` bytes/s while the guest
-/// dirties `dirty_rate` bytes/s (see docs/migration.md, "The pre-copy model").
-pub fn predict(memory: u64, dirty_rate: u64, bandwidth: u64) -> Result<Prediction, NonConvergence> {
+/// dirties `dirty_rate` bytes/s, ending once a round fits the downtime `budget` (see
+/// docs/migration.md, "The pre-copy model").
+pub fn predict_within(
+    memory: u64,
+    dirty_rate: u64,
+    bandwidth: u64,
+    budget: Duration,
+) -> Result<Prediction, NonConvergence> {
     if bandwidth == 0 {
         return Err(NonConvergence::NoBandwidth);
     }
@@ -337,7 +446,7 @@ pub fn predict(memory: u64, dirty_rate: u64, bandwidth: u64) -> Result<Predictio
         let took = transfer_time(round_bytes, bandwidth);
         total += round_bytes;
         duration += took;
-        if fits_downtime(round_bytes, bandwidth) {
+        if fits_downtime(round_bytes, bandwidth, budget) {
             return Ok(Prediction {
                 rounds: round,
                 total_bytes: total,
@@ -350,7 +459,7 @@ pub fn predict(memory: u64, dirty_rate: u64, bandwidth: u64) -> Result<Predictio
     Err(NonConvergence::TooManyRounds {
         rounds: MAX_ROUNDS,
         left: round_bytes,
-        budget: (bandwidth as f64 * DOWNTIME_BUDGET.as_secs_f64()) as u64,
+        budget: (bandwidth as f64 * budget.as_secs_f64()) as u64,
     })
 }
 
@@ -388,6 +497,33 @@ mod tests {
             Err(NonConvergence::TooManyRounds { .. })
         ));
         assert_eq!(predict(GIB, 0, 0), Err(NonConvergence::NoBandwidth));
+    }
+
+    #[test]
+    fn timings_measure_only_once_every_step_is_stamped() {
+        let at = |ms: i64| {
+            Some(MicroTime(
+                jiff::Timestamp::from_millisecond(1_800_000_000_000 + ms).unwrap(),
+            ))
+        };
+        let mut timings = TransferTimings {
+            started_at: at(0),
+            paused_at: at(900),
+            received_at: at(950),
+            resumed_at: None,
+        };
+        assert_eq!(timings.measured(), None);
+        timings.resumed_at = at(960);
+        assert_eq!(
+            timings.measured(),
+            Some(TransferTimes {
+                transfer_ms: 950,
+                downtime_ms: 60
+            })
+        );
+        // Clocks that disagree never make a negative duration.
+        timings.resumed_at = at(800);
+        assert_eq!(timings.measured().map(|t| t.downtime_ms), Some(0));
     }
 
     #[test]

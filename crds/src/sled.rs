@@ -262,6 +262,11 @@ pub struct SledStatus {
     /// the sled share it).
     #[serde(default)]
     pub migration_bandwidth: u64,
+    /// The longest pause a live migration out of the sled plans for, in milliseconds: pre-copy
+    /// ends once the rest would take this long to send. 0: the default
+    /// ([`crate::migration::DOWNTIME_BUDGET`]).
+    #[serde(default, skip_serializing_if = "crate::migration::is_zero")]
+    pub migration_downtime_budget_ms: u64,
     /// The VpcRoutes generation the sled's V2P table holds, per VPC.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub v2p: Vec<V2pAck>,

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::condition::{Condition, Reason};
 use crate::instance::{Instance, Nic};
-use crate::migration::TransferProgress;
+use crate::migration::{TransferProgress, TransferTimings};
 use crate::sled::{Resources, Sled};
 
 /// One VMM of an instance on one sled.
@@ -112,6 +112,9 @@ pub struct VmmMigrationStatus {
     pub reason: Option<Reason>,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub message: String,
+    /// When this end saw each step of the move (the target's measure it).
+    #[serde(default, skip_serializing_if = "TransferTimings::is_empty")]
+    pub timings: TransferTimings,
 }
 
 string_enum! {

@@ -16,7 +16,8 @@
  *   panic             panic (pvpanic: QEMU's GUEST_PANICKED)
  *   poweroff          power off (ACPI S5: QEMU's SHUTDOWN, reason guest-shutdown)
  *   hang              stop everything, interrupts off: the process lives, the guest is gone
- * The boot command line (`-append`) may say `dirty=<bytes/s>`.
+ * The boot command line (`-append`) may say `dirty=<bytes/s>`. Before `ready` it writes every
+ * page it may dirty once, so that its memory is in use from the start.
  *
  * The work that touches memory runs in ring 3: under nested KVM on a paging-based hypervisor
  * (PVM) supervisor code is emulated instruction by instruction, user code runs natively. Ring 0
@@ -262,6 +263,9 @@ void kmain(u32 magic, u32 *info) {
       if (arg) dirty_rate = parse_u64(arg);
     }
   }
+  /* Every page it may dirty is written once before it says ready: its memory is in use, as a
+     real guest's is (a migration sends a never-written page as almost nothing). */
+  if (dirty_pages) run_user(dirty, dirty_pages);
   put_str("corral-guest ready memory=");
   put_u64(memory >> 20);
   put_str(" dirty=");

@@ -307,6 +307,7 @@ impl Agent {
             agent_address: self.agent_address.clone(),
             hypervisor: self.hypervisor.description(),
             migration_bandwidth: self.hypervisor.migration_bandwidth(),
+            migration_downtime_budget_ms: self.hypervisor.downtime_budget().as_millis() as u64,
             diverged: Divergence::converged(),
             running: true,
             unknown: Vec::new(),
@@ -388,7 +389,10 @@ impl Agent {
             hypervisor: self.hypervisor.clone(),
             journal: started.journal,
             ledger: Mutex::new(started.ledger),
-            transfers: Transfers::new(self.hypervisor.migration_bandwidth()),
+            transfers: Transfers::new(
+                self.hypervisor.migration_bandwidth(),
+                self.hypervisor.downtime_budget(),
+            ),
             v2p: self.v2p.clone(),
         });
         let (listed, _) = watch::channel(false);

@@ -158,6 +158,8 @@ pub struct GuestTransfer {
     pub round: u32,
     /// What the driver expects the pause to last, then (once completed) what it lasted.
     pub downtime_ms: u64,
+    /// When the driver paused the guest for the last round, if it did and knows.
+    pub paused_at: Option<jiff::Timestamp>,
 }
 
 /// Where a driver's transfer is.
@@ -243,6 +245,10 @@ pub trait Hypervisor: Send + Sync + 'static {
     /// The bandwidth of the machine's migration link, bytes per second.
     fn migration_bandwidth(&self) -> u64;
 
+    /// The longest pause a live migration out of the machine plans for: pre-copy ends once
+    /// the rest would take this long to send.
+    fn downtime_budget(&self) -> Duration;
+
     /// What runs the VMMs, for operators (`Sled.status.hypervisor`): `sim`, `qemu (kvm)`, ….
     fn description(&self) -> String;
 
@@ -272,6 +278,13 @@ pub trait Hypervisor: Send + Sync + 'static {
     /// How the transfer of `id`'s guest is going.
     async fn guest_transfer(&self, id: &VmmId) -> Result<GuestTransfer, HypervisorError> {
         Err(HypervisorError::NotFound(id.clone()))
+    }
+
+    /// Returns once the transfer of `id`'s guest may have changed phase, or after `bound`:
+    /// a driver that announces its steps (QEMU's `MIGRATION` events) wakes the follower at
+    /// once; the default just waits `bound`.
+    async fn transfer_changed(&self, _id: &VmmId, bound: Duration) {
+        tokio::time::sleep(bound).await;
     }
 
     /// Sends the rest of a paused guest ([`GuestTransfer::AwaitingSwitchover`]).

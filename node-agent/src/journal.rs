@@ -526,6 +526,7 @@ mod tests {
                 progress: Default::default(),
                 reason: None,
                 message: String::new(),
+                timings: Default::default(),
             },
             peer_vmm: "web-v2".into(),
         });

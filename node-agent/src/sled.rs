@@ -63,6 +63,8 @@ pub struct SledReport {
     pub hypervisor: String,
     /// The migration link's bandwidth, bytes per second.
     pub migration_bandwidth: u64,
+    /// The longest pause an outgoing migration plans for, milliseconds.
+    pub migration_downtime_budget_ms: u64,
     pub diverged: Divergence,
     /// The agent runs (`Ready=True`); false once it stopped cleanly.
     pub running: bool,
@@ -115,6 +117,7 @@ pub fn render_status(
     status.agent_address = report.agent_address.clone();
     status.hypervisor = report.hypervisor.clone();
     status.migration_bandwidth = report.migration_bandwidth;
+    status.migration_downtime_budget_ms = report.migration_downtime_budget_ms;
     status.unknown_vmms = report.unknown.clone();
     let expired =
         condition::find(&status.conditions, SledConditionType::Ready).is_some_and(|ready| {
@@ -398,6 +401,7 @@ mod tests {
             agent_address: Some("127.0.0.1:9000".into()),
             hypervisor: "sim".into(),
             migration_bandwidth: 1_250_000_000,
+            migration_downtime_budget_ms: 300,
             diverged: Divergence::converged(),
             running: true,
             unknown: Vec::new(),

@@ -178,6 +178,26 @@ async fn a_migration_completes_after_the_switch() {
         machine_state(&setup.target, "web-v2").await,
         Some(VmmRunState::Running)
     );
+    // The target stamped every step (the source's pause relayed with `done`); the guest was
+    // paused from the source's pause until the target ran it, the 300 ms held above included.
+    let timings = target
+        .migration
+        .as_ref()
+        .expect("the target's end")
+        .timings
+        .clone();
+    let stamps: Vec<_> = [
+        &timings.started_at,
+        &timings.paused_at,
+        &timings.received_at,
+        &timings.resumed_at,
+    ]
+    .into_iter()
+    .map(|at| at.as_ref().expect("every step stamped").0)
+    .collect();
+    assert!(stamps.is_sorted(), "{timings:?}");
+    let measured = timings.measured().expect("measured");
+    assert!(measured.downtime_ms >= 300, "{measured:?}");
     let source = rack
         .vmm_status("web-v1", |s| phase(s) == Some(VmmMigrationPhase::Completed))
         .await;

@@ -95,6 +95,7 @@ fn target(phase: Option<VmmMigrationPhase>) -> Arc<Vmm> {
         progress: TransferProgress::default(),
         reason: None,
         message: String::new(),
+        timings: Default::default(),
     });
     Arc::new(target)
 }

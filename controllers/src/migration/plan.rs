@@ -31,7 +31,8 @@ use corral_client::events::EventType;
 use corral_crds::migration::MIB;
 use corral_crds::{
     Instance, InstanceState, Migration, MigrationAbort, MigrationMode, MigrationPhase,
-    MigrationStatus, Reason, Sled, TransferProgress, Vmm, VmmMigrationPhase, VmmState, VpcRoutes,
+    MigrationRole, MigrationStatus, Reason, Sled, TransferProgress, TransferTimes, Vmm,
+    VmmMigrationPhase, VmmState, VpcRoutes,
 };
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -154,15 +155,15 @@ pub fn plan(observed: &Observed<'_>) -> Plan {
     let mut plan = Plan::new(previous.clone());
     plan.status.observed_generation = migration.metadata.generation.unwrap_or(0);
     let phase = plan.status.phase.unwrap_or(MigrationPhase::Pending);
-    if phase.is_final() {
-        return plan;
+    if !phase.is_final() {
+        plan.status.phase = Some(phase);
+        if phase == MigrationPhase::Pending {
+            plan_pending(observed, &mut plan);
+        } else {
+            plan_under_way(observed, &mut plan);
+        }
     }
-    plan.status.phase = Some(phase);
-    if phase == MigrationPhase::Pending {
-        plan_pending(observed, &mut plan);
-    } else {
-        plan_under_way(observed, &mut plan);
-    }
+    measure(observed, &mut plan.status);
     if !plan.status.phase.is_some_and(MigrationPhase::is_final) {
         plan.requeue = Some(RECHECK);
     }
@@ -173,6 +174,29 @@ pub fn plan(observed: &Observed<'_>) -> Plan {
         plan.write_status_at_if_changed(0, &previous);
     }
     plan
+}
+
+/// Whether a finished Migration still waits for its measurement: a live move that succeeded
+/// is measured once its target runs the guest, which is after the switch that finished it.
+pub fn awaits_measurement(migration: &Migration) -> bool {
+    let status = migration.status.as_ref();
+    migration.spec.mode == MigrationMode::Live
+        && status.and_then(|s| s.phase) == Some(MigrationPhase::Succeeded)
+        && status.is_some_and(|s| s.measured.is_none())
+}
+
+/// Copies the move's measurement from the target's timings, once they are all there.
+fn measure(observed: &Observed<'_>, status: &mut MigrationStatus) {
+    if status.measured.is_some() || status.phase != Some(MigrationPhase::Succeeded) {
+        return;
+    }
+    let name = observed.migration.name_any();
+    status.measured = observed
+        .target
+        .filter(|vmm| status.target_vmm.as_deref() == Some(vmm.name_any().as_str()))
+        .and_then(|vmm| vmm.status.as_ref()?.migration.as_ref())
+        .filter(|end| end.migration == name && end.role == MigrationRole::Target)
+        .and_then(|end| end.timings.measured());
 }
 
 /// How a step of the pending path ends the reconcile, if it does.
@@ -423,6 +447,10 @@ fn admit(
     status.source_sled = Some(source_sled);
     status.target_sled = migration.spec.target_sled.clone();
     status.started_at = Some(Time(observed.now));
+    status.predicted = progress
+        .as_ref()
+        .and_then(|p| p.prediction().ok().flatten())
+        .map(TransferTimes::from);
     status.progress = progress;
     status.reason = Some(Reason::MigrationStarted);
     status.message = message.clone();

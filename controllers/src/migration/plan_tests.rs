@@ -114,6 +114,7 @@ fn vmm(name: &str, sled: &str, dirty: u64, end: Option<(MigrationRole, VmmMigrat
             },
             reason: None,
             message: "the link broke".into(),
+            timings: Default::default(),
         }),
         ..Default::default()
     });
@@ -193,8 +194,79 @@ fn a_movable_instance_is_admitted_with_a_prediction() {
         "4 GiB at 10 Gbit/s, a few rounds"
     );
     assert!(progress.predicted_downtime_ms <= 300);
+    let predicted = status
+        .predicted
+        .expect("the prediction kept beside the progress");
+    assert_eq!(predicted.downtime_ms, progress.predicted_downtime_ms);
+    assert!(
+        predicted.transfer_ms > 3400 && predicted.transfer_ms <= 4000,
+        "{predicted:?}"
+    );
     assert_eq!(plan.events().count(), 1);
     assert_eq!(plan.requeue, Some(RECHECK));
+}
+
+#[test]
+fn a_sleds_smaller_downtime_budget_means_more_rounds_and_a_shorter_pause() {
+    let mut case = Case::new(migration("move", None));
+    let mut tight = (*case.sleds[0]).clone();
+    tight.status.as_mut().unwrap().migration_downtime_budget_ms = 20;
+    case.sleds[0] = Arc::new(tight);
+    let plan = case.run();
+    let predicted = plan.status.predicted.expect("a prediction");
+    assert!(predicted.downtime_ms <= 20, "{predicted:?}");
+    assert_eq!(plan.status.progress.unwrap().downtime_budget_ms, 20);
+}
+
+#[test]
+fn a_succeeded_move_is_measured_from_its_targets_timings_once_they_are_all_there() {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+    let micro = |ms: i64| {
+        Some(MicroTime(
+            Timestamp::from_millisecond(1_800_000_000_000 + ms).unwrap(),
+        ))
+    };
+    let mut finished = migration("move", Some(MigrationPhase::Succeeded));
+    let status = finished.status.as_mut().unwrap();
+    status.target_vmm = Some("web-v2".into());
+    let mut case = Case::new(finished);
+    let mut target = vmm(
+        "web-v2",
+        "sled-2",
+        0,
+        Some((MigrationRole::Target, VmmMigrationPhase::Completed)),
+    );
+    let end = target.status.as_mut().unwrap().migration.as_mut().unwrap();
+    end.timings = corral_crds::TransferTimings {
+        started_at: micro(0),
+        paused_at: micro(1_200),
+        received_at: micro(1_230),
+        resumed_at: None,
+    };
+    case.target = Some(target.clone());
+    assert!(awaits_measurement(&case.migration));
+    let plan = case.run();
+    assert_eq!(
+        plan.status.measured, None,
+        "not resumed yet: nothing to write"
+    );
+    assert!(plan.steps.is_empty());
+
+    let end = target.status.as_mut().unwrap().migration.as_mut().unwrap();
+    end.timings.resumed_at = micro(1_245);
+    case.target = Some(target);
+    let plan = case.run();
+    assert_eq!(
+        plan.status.measured,
+        Some(TransferTimes {
+            transfer_ms: 1_230,
+            downtime_ms: 45,
+        })
+    );
+    assert_eq!(plan.status.phase, Some(MigrationPhase::Succeeded));
+    assert_eq!(plan.requeue, None);
+    case.migration.status = Some(plan.status.clone());
+    assert!(!awaits_measurement(&case.migration));
 }
 
 #[test]

@@ -27,8 +27,9 @@ use crate::hypervisor::VmmRunState;
 use crate::journal::{MigrationRecord, VmmRecord};
 use crate::vmm::decision::{Decision, MachineAction, Plan, PlanInput, record, warning};
 
-/// How often an end that waits for the verdict reads the Instance.
-pub const VERDICT_POLL: Duration = Duration::from_millis(40);
+/// How soon an end that waits for the verdict reads the Instance again. Each read also
+/// watches it for a while (`vmm/reconcile.rs`), so the verdict is seen as it is written.
+pub const VERDICT_POLL: Duration = Duration::from_millis(10);
 
 /// Whether `record` is an end of a migration under way (see the module docs).
 pub fn is_migrating(record: &VmmRecord) -> bool {
@@ -59,6 +60,7 @@ pub fn migration_status(
         progress: Default::default(),
         reason,
         message: message.into(),
+        timings: Default::default(),
     }
 }
 

@@ -9,6 +9,7 @@
 use bytes::Bytes;
 use corral_crds::TransferProgress;
 use corral_crds::migration::MIB;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use serde::{Deserialize, Serialize};
 
 /// Bytes sent per link reservation, so that concurrent transfers interleave.
@@ -25,9 +26,12 @@ pub enum TransferEvent {
     Paused {
         progress: TransferProgress,
     },
-    /// Every byte is sent: the target holds the whole guest.
+    /// Every byte is sent: the target holds the whole guest. `pausedAt`: when the source
+    /// paused the guest for the last round (the source's clock), for the target's timings.
     Done {
         progress: TransferProgress,
+        #[serde(default, rename = "pausedAt", skip_serializing_if = "Option::is_none")]
+        paused_at: Option<MicroTime>,
     },
     Error {
         message: String,

@@ -16,6 +16,7 @@ mod machine;
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
@@ -24,8 +25,11 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use bytes::Bytes;
-use corral_crds::migration::{MAX_ROUNDS, MIB, NonConvergence, dirtied, fits_downtime, predict};
+use corral_crds::migration::{
+    MAX_ROUNDS, MIB, NonConvergence, dirtied, fits_downtime, predict_within,
+};
 use corral_crds::{Instance, MigrationRole, Reason, TransferProgress, VmmMigrationPhase, VmmState};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use kube::api::Api;
 use kube::runtime::reflector::ObjectRef;
 use tokio::sync::mpsc;
@@ -302,8 +306,9 @@ fn progress_of(
     remaining: u64,
     dirty: u64,
     bandwidth: u64,
+    budget: Duration,
 ) -> TransferProgress {
-    let prediction = predict(remaining, dirty, bandwidth).ok();
+    let prediction = predict_within(remaining, dirty, bandwidth, budget).ok();
     let predicted_total = prediction.map_or(sent + remaining, |p| sent + p.total_bytes);
     TransferProgress {
         memory_bytes: memory,
@@ -319,6 +324,7 @@ fn progress_of(
         },
         eta_seconds: prediction.map(|p| p.duration.as_secs_f64().ceil() as u64),
         predicted_downtime_ms: prediction.map_or(0, |p| p.downtime.as_millis() as u64),
+        downtime_budget_ms: budget.as_millis() as u64,
     }
 }
 
@@ -339,6 +345,7 @@ async fn rounds(
         token,
         forwards: transfer.forwards,
         sent: 0,
+        paused_at: None,
     };
     if let Some(to) = transfer.incoming {
         return outgoing.by_the_machines(&to).await;
@@ -361,6 +368,8 @@ struct Outgoing<'a> {
     forwards: Vec<TableChange>,
     /// Bytes sent so far, all rounds together.
     sent: u64,
+    /// When the guest paused for the last round, once it did.
+    paused_at: Option<MicroTime>,
 }
 
 impl Outgoing<'_> {
@@ -380,12 +389,13 @@ impl Outgoing<'_> {
         let (ctx, uid, memory, events) = (self.ctx, self.uid, self.memory, self.events);
         let link = ctx.transfers.link();
         let bandwidth = link.bandwidth();
+        let budget = ctx.transfers.downtime_budget();
         let mut round: u32 = 1;
         let mut round_bytes = memory;
         let mut throttle = Throttle::default();
         loop {
             let dirty = self.dirty_rate().await.map_err(SourceEnd::Failed)?;
-            if fits_downtime(round_bytes, bandwidth) {
+            if fits_downtime(round_bytes, bandwidth, budget) {
                 return Ok((round, round_bytes));
             }
             if round > MAX_ROUNDS {
@@ -395,7 +405,7 @@ impl Outgoing<'_> {
             }
             if let Err(
                 reason @ (NonConvergence::DirtyFasterThanLink { .. } | NonConvergence::NoBandwidth),
-            ) = predict(round_bytes, dirty, bandwidth)
+            ) = predict_within(round_bytes, dirty, bandwidth, budget)
             {
                 return Err(SourceEnd::Failed(format!("did not converge: {reason}")));
             }
@@ -414,7 +424,9 @@ impl Outgoing<'_> {
                     return Err(broke());
                 }
                 if throttle.due() {
-                    let p = progress_of(memory, self.sent, round, remaining, dirty, bandwidth);
+                    let p = progress_of(
+                        memory, self.sent, round, remaining, dirty, bandwidth, budget,
+                    );
                     progress(ctx, uid, &p).await;
                     if events
                         .try_send(line(&TransferEvent::Progress { progress: p }))
@@ -438,10 +450,12 @@ impl Outgoing<'_> {
             (self.ctx, self.uid, self.memory, self.events, self.token);
         let link = ctx.transfers.link();
         let bandwidth = link.bandwidth();
+        let budget = ctx.transfers.downtime_budget();
         let dirty = self.dirty_rate().await.unwrap_or(0);
         if let Err(end) = self.journal_pause().await {
             return end;
         }
+        self.paused_at = Some(MicroTime(corral_client::clock::now()));
         if let Err(error) = ctx.hypervisor.pause(uid).await {
             // The guest may still run here, so the target must never hold a whole guest: end
             // the stream without `done` (the target fails, the instance aborts). Journaled
@@ -449,7 +463,15 @@ impl Outgoing<'_> {
             tracing::warn!(error = %error, "pausing the source guest");
             return SourceEnd::BrokeAfterPause;
         }
-        let p = progress_of(memory, self.sent, round, round_bytes, dirty, bandwidth);
+        let p = progress_of(
+            memory,
+            self.sent,
+            round,
+            round_bytes,
+            dirty,
+            bandwidth,
+            budget,
+        );
         if !emit(events, token, TransferEvent::Paused { progress: p }).await {
             return SourceEnd::BrokeAfterPause;
         }
@@ -463,9 +485,13 @@ impl Outgoing<'_> {
             remaining -= chunk;
             self.sent += chunk;
         }
-        let p = progress_of(memory, self.sent, round, 0, dirty, bandwidth);
+        let p = progress_of(memory, self.sent, round, 0, dirty, bandwidth, budget);
         progress(ctx, uid, &p).await;
-        if !emit(events, token, TransferEvent::Done { progress: p }).await {
+        let done = TransferEvent::Done {
+            progress: p,
+            paused_at: self.paused_at.clone(),
+        };
+        if !emit(events, token, done).await {
             return SourceEnd::BrokeAfterPause;
         }
         SourceEnd::Done
@@ -522,10 +548,20 @@ async fn emit(
 mod tests {
     use super::*;
 
+    const BUDGET: Duration = corral_crds::migration::DOWNTIME_BUDGET;
+
     #[test]
     fn progress_predicts_the_rest_of_the_transfer() {
         // 64 MiB sent of a 256 MiB guest, 192 MiB left of round 1 at 256 MiB/s, 16 MiB/s dirty.
-        let progress = progress_of(256 * MIB, 64 * MIB, 1, 192 * MIB, 16 * MIB, 256 * MIB);
+        let progress = progress_of(
+            256 * MIB,
+            64 * MIB,
+            1,
+            192 * MIB,
+            16 * MIB,
+            256 * MIB,
+            BUDGET,
+        );
         assert_eq!(progress.round, 1);
         assert_eq!(progress.bytes_remaining, 192 * MIB);
         assert!(
@@ -535,7 +571,7 @@ mod tests {
         assert_eq!(progress.eta_seconds, Some(1));
         assert!(progress.predicted_downtime_ms <= 300, "{progress:?}");
         // Nothing left: done.
-        let done = progress_of(256 * MIB, 300 * MIB, 2, 0, 16 * MIB, 256 * MIB);
+        let done = progress_of(256 * MIB, 300 * MIB, 2, 0, 16 * MIB, 256 * MIB, BUDGET);
         assert_eq!(done.percent, 100);
     }
 }

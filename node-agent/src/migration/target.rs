@@ -10,8 +10,9 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use corral_crds::{MigrationRole, Reason, Sled, Vmm, VmmMigrationPhase, VmmState};
+use corral_crds::{MigrationRole, Reason, Sled, TransferTimings, Vmm, VmmMigrationPhase, VmmState};
 use http_body_util::{BodyExt, Full};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use kube::api::Api;
 
 use crate::context::Context;
@@ -99,6 +100,7 @@ async fn receive(
         incoming,
         ..request.clone()
     };
+    let started_at = MicroTime(corral_client::clock::now());
     let body = serde_json::to_vec(&request).expect("a transfer request serializes");
     let http_request = hyper::Request::post(format!("http://{address}/migrations"))
         .header("content-type", "application/json")
@@ -145,12 +147,22 @@ async fn receive(
                         progress(ctx, uid, &p).await;
                     }
                 }
-                TransferEvent::Done { progress: p } => {
+                TransferEvent::Done {
+                    progress: p,
+                    paused_at,
+                } => {
+                    let received_at = MicroTime(corral_client::clock::now());
                     // Not journaled (`false`) only if the Vmm no longer waits for this transfer
                     // (it is being deleted): nothing more to do either way.
                     finish(ctx, uid, MigrationRole::Target, |previous, m| {
                         let mut m = m.clone();
                         m.status.progress = p;
+                        m.status.timings = TransferTimings {
+                            started_at: Some(started_at.clone()),
+                            paused_at: paused_at.clone(),
+                            received_at: Some(received_at.clone()),
+                            resumed_at: None,
+                        };
                         let message = "the whole guest is here; waiting for the switch";
                         ready(previous, &m, message, corral_client::clock::now())
                     })

@@ -38,12 +38,15 @@ pub struct Transfers {
     running: Arc<Mutex<HashMap<VmmId, CancellationToken>>>,
     tasks: Mutex<JoinSet<()>>,
     link: Link,
+    downtime_budget: Duration,
     http: HttpClient,
 }
 
 impl Transfers {
-    pub fn new(bandwidth: u64) -> Transfers {
+    /// Transfers over a link of `bandwidth` bytes/s that plan for pauses of `downtime_budget`.
+    pub fn new(bandwidth: u64, downtime_budget: Duration) -> Transfers {
         Transfers {
+            downtime_budget,
             stop: CancellationToken::new(),
             running: Arc::default(),
             tasks: Mutex::new(JoinSet::new()),
@@ -54,6 +57,11 @@ impl Transfers {
                 Client::builder(TokioExecutor::new()).build(connector)
             },
         }
+    }
+
+    /// The longest pause an outgoing transfer plans for.
+    pub fn downtime_budget(&self) -> Duration {
+        self.downtime_budget
     }
 
     /// The sled's outgoing link.
@@ -133,7 +141,7 @@ mod tests {
 
     #[tokio::test]
     async fn one_transfer_a_vmm_ended_once_it_no_longer_runs_and_none_once_stopping() {
-        let transfers = Arc::new(Transfers::new(1));
+        let transfers = Arc::new(Transfers::new(1, corral_crds::migration::DOWNTIME_BUDGET));
         let uid = VmmId::from("a");
         let (ended, was_running) = oneshot::channel();
         let ended = {

@@ -69,7 +69,13 @@ pub struct QemuConfig {
     pub vmms_die_with: Option<u32>,
     /// The migration link's bandwidth, bytes per second.
     pub migration_bandwidth: u64,
+    /// QEMU's `downtime-limit`: the longest pause a migration out of the sled plans for.
+    pub downtime_budget: Duration,
 }
+
+/// A QEMU sled's default downtime budget: small enough that the whole pause, the control
+/// plane's switch included, stays near 50 ms on a fast link (docs/qemu.md, "Downtime").
+pub const QEMU_DOWNTIME_BUDGET: Duration = Duration::from_millis(20);
 
 impl QemuConfig {
     /// Debian's QEMU and qboot, KVM if usable, a 10 s stop timeout.
@@ -83,6 +89,7 @@ impl QemuConfig {
             vmms_die_with: None,
             // 10 Gbit/s: a rack's migration network.
             migration_bandwidth: 1_250_000_000,
+            downtime_budget: QEMU_DOWNTIME_BUDGET,
         }
     }
 }
@@ -391,6 +398,10 @@ impl Hypervisor for QemuHypervisor {
         self.config.migration_bandwidth
     }
 
+    fn downtime_budget(&self) -> Duration {
+        self.config.downtime_budget
+    }
+
     fn description(&self) -> String {
         format!("qemu ({})", self.config.accel.as_str())
     }
@@ -411,6 +422,13 @@ impl Hypervisor for QemuHypervisor {
 
     async fn guest_transfer(&self, id: &VmmId) -> Result<GuestTransfer, HypervisorError> {
         self.vmm(id).await?.transfer().await
+    }
+
+    async fn transfer_changed(&self, id: &VmmId, bound: Duration) {
+        match self.vmm(id).await {
+            Ok(vmm) => vmm.transfer_changed(bound).await,
+            Err(_) => tokio::time::sleep(bound).await,
+        }
     }
 
     async fn finish_sending(&self, id: &VmmId) -> Result<(), HypervisorError> {

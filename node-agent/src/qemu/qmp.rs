@@ -53,8 +53,12 @@ pub enum QmpError {
 /// What QEMU told without being asked.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Event {
-    /// A QMP event: its name and data.
-    Qemu { name: String, data: Value },
+    /// A QMP event: its name, data, and when QEMU says it happened.
+    Qemu {
+        name: String,
+        data: Value,
+        at: Option<jiff::Timestamp>,
+    },
     /// The monitor closed: the process ended (or closed it).
     Gone,
 }
@@ -180,6 +184,7 @@ async fn read_loop(
             on_event(Event::Qemu {
                 name: name.to_string(),
                 data: message.get("data").cloned().unwrap_or(Value::Null),
+                at: timestamp(&message),
             });
             continue;
         }
@@ -207,6 +212,14 @@ async fn read_loop(
     // Closing the map fails every waiter (their senders drop) and every later command.
     pending.lock().expect("qmp lock").take();
     on_event(Event::Gone);
+}
+
+/// An event's `timestamp` (`{"seconds": S, "microseconds": U}`, the host's clock).
+fn timestamp(message: &Value) -> Option<jiff::Timestamp> {
+    let at = message.get("timestamp")?;
+    let seconds = at.get("seconds")?.as_i64()?;
+    let micros = at.get("microseconds")?.as_i64()?;
+    jiff::Timestamp::from_microsecond(seconds.checked_mul(1_000_000)?.checked_add(micros)?).ok()
 }
 
 fn text(value: &Value, field: &str) -> String {

@@ -72,7 +72,19 @@ pub struct Vmm {
     pid: Option<Pid>,
     qmp: Option<Qmp>,
     channel: Channel,
-    stopping: Arc<AtomicBool>,
+    seen: Arc<Seen>,
+}
+
+/// What the monitor's events told, shared with its event callback.
+#[derive(Default)]
+struct Seen {
+    /// The agent asked the guest to stop: its power-off is not a guest's own.
+    stopping: AtomicBool,
+    /// When the outgoing migration paused the guest for the last round (QEMU's clock, from
+    /// the `MIGRATION` event's timestamp).
+    paused_at: Mutex<Option<jiff::Timestamp>>,
+    /// Woken by every `MIGRATION` event (a step of a transfer).
+    migration_steps: tokio::sync::Notify,
 }
 
 impl Vmm {
@@ -93,9 +105,9 @@ impl Vmm {
         write_record(spec.dir, &record)?;
         process::spawn(spec, vmms_die_with).map_err(|source| persist(spec.dir, source))?;
         let deadline = Instant::now() + MONITOR_BOUND;
-        let stopping = Arc::new(AtomicBool::new(false));
+        let seen = Arc::new(Seen::default());
         let qmp = loop {
-            match connect(spec.dir, &spec.launch.id, &changes, &stopping).await {
+            match connect(spec.dir, &spec.launch.id, &changes, &seen).await {
                 Ok(qmp) => break qmp,
                 Err(error) if Instant::now() >= deadline => {
                     return Err(HypervisorError::Start {
@@ -119,7 +131,7 @@ impl Vmm {
             dir: spec.dir.to_path_buf(),
             record: Mutex::new(record),
             qmp: Some(qmp),
-            stopping,
+            seen,
         })
     }
 
@@ -133,11 +145,12 @@ impl Vmm {
             remove_dir(dir);
             return None;
         }
-        let stopping = Arc::new(AtomicBool::new(record.stop_requested_at.is_some()));
+        let seen = Arc::new(Seen {
+            stopping: AtomicBool::new(record.stop_requested_at.is_some()),
+            ..Seen::default()
+        });
         let qmp = match pid {
-            Some(_) => connect(dir, &record.launch.id, &changes, &stopping)
-                .await
-                .ok(),
+            Some(_) => connect(dir, &record.launch.id, &changes, &seen).await.ok(),
             None => None,
         };
         let booted = !record.receiving || record.resumed;
@@ -151,7 +164,7 @@ impl Vmm {
             record: Mutex::new(record),
             pid,
             qmp,
-            stopping,
+            seen,
         })
     }
 
@@ -280,7 +293,7 @@ impl Vmm {
 
     /// Asks the guest to stop (the ACPI power button), recording when.
     pub async fn ask_to_stop(&self) -> Result<(), HypervisorError> {
-        self.stopping.store(true, Ordering::Release);
+        self.seen.stopping.store(true, Ordering::Release);
         self.update(|record| {
             record.stop_requested_at = Some(jiff::Timestamp::now().as_millisecond());
         })?;
@@ -342,10 +355,12 @@ impl Vmm {
         bandwidth: u64,
         downtime: Duration,
     ) -> Result<(), HypervisorError> {
+        *self.seen.paused_at.lock().expect("seen lock") = None;
         self.execute(
             "migrate-set-capabilities",
             Some(json!({"capabilities": [
                 {"capability": "pause-before-switchover", "state": true},
+                {"capability": "events", "state": true},
             ]})),
         )
         .await?;
@@ -398,7 +413,13 @@ impl Vmm {
             dirty_bytes_per_second: number(&ram, "dirty-pages-rate") * number(&ram, "page-size"),
             round: number(&ram, "dirty-sync-count").max(1) as u32,
             downtime_ms,
+            paused_at: *self.seen.paused_at.lock().expect("seen lock"),
         })
+    }
+
+    /// Returns at the next step of a transfer (a `MIGRATION` event), or after `bound`.
+    pub async fn transfer_changed(&self, bound: Duration) {
+        let _ = tokio::time::timeout(bound, self.seen.migration_steps.notified()).await;
     }
 
     /// Sends the rest of the paused guest.
@@ -452,17 +473,24 @@ async fn connect(
     dir: &Path,
     id: &VmmId,
     changes: &broadcast::Sender<VmmId>,
-    stopping: &Arc<AtomicBool>,
+    seen: &Arc<Seen>,
 ) -> Result<Qmp, QmpError> {
     let id = id.clone();
     let changes = changes.clone();
-    let stopping = stopping.clone();
+    let seen = seen.clone();
     Qmp::connect(&dir.join(process::QMP), move |event| {
         let announce = match &event {
             Event::Gone => true,
             Event::Qemu { name, .. } if name == "GUEST_PANICKED" => true,
-            Event::Qemu { name, data } if name == "SHUTDOWN" => {
-                data.get("guest") == Some(&json!(true)) && !stopping.load(Ordering::Acquire)
+            Event::Qemu { name, data, .. } if name == "SHUTDOWN" => {
+                data.get("guest") == Some(&json!(true)) && !seen.stopping.load(Ordering::Acquire)
+            }
+            Event::Qemu { name, data, at } if name == "MIGRATION" => {
+                if data.get("status").and_then(Value::as_str) == Some("pre-switchover") {
+                    *seen.paused_at.lock().expect("seen lock") = *at;
+                }
+                seen.migration_steps.notify_one();
+                false
             }
             Event::Qemu { .. } => false,
         };

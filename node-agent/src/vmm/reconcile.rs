@@ -29,15 +29,17 @@ use std::time::Duration;
 
 use corral_client::events;
 use corral_client::idempotent::{Idempotent, is_conflict};
-use corral_crds::{Instance, VMM_FINALIZER, Vmm};
-use kube::api::{Api, Patch, PatchParams};
+use corral_crds::{Instance, MigrationRole, VMM_FINALIZER, Vmm};
+use futures::StreamExt;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use kube::api::{Api, Patch, PatchParams, WatchEvent, WatchParams};
 use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
 
 use crate::context::Context;
 use crate::error::{DisplayChain, VmmApiError, api_error};
 use crate::hypervisor::{HypervisorError, VmmId, VmmLaunch};
-use crate::journal::JournalError;
+use crate::journal::{JournalError, VmmRecord};
 use crate::migration;
 use crate::status::{reread, write_status};
 use crate::vmm::decision::{InstanceView, MachineAction, MigrationInput, Plan, PlanInput, VmmView};
@@ -120,29 +122,83 @@ async fn read_verdict(
     uid: &VmmId,
     ctx: &Context,
 ) -> Result<Option<InstanceView>, ReconcileError> {
-    let awaits_verdict = {
+    let ends = {
         let ledger = ctx.ledger.lock().await;
         ledger
             .records
             .get(uid)
-            .is_some_and(migration::plan::awaits_verdict)
+            .filter(|r| migration::plan::awaits_verdict(r))
+            .and_then(|r| r.migration.as_ref())
+            .map(|m| match m.status.role {
+                MigrationRole::Source => (vmm.name_any(), m.peer_vmm.clone()),
+                MigrationRole::Target => (m.peer_vmm.clone(), vmm.name_any()),
+            })
     };
-    if !awaits_verdict || vmm.meta().deletion_timestamp.is_some() {
+    let Some((source, target)) = ends else {
+        return Ok(None);
+    };
+    if vmm.meta().deletion_timestamp.is_some() {
         return Ok(None);
     }
     let instances: Api<Instance> =
         Api::namespaced(ctx.api.client.clone(), &vmm.namespace().unwrap_or_default());
-    let instance = instances
-        .get_opt(&vmm.spec.instance)
+    let name = &vmm.spec.instance;
+    let Some(mut instance) = instances
+        .get_opt(name)
         .await
-        .map_err(api_error(vmm, "reading the Instance of"))?;
-    Ok(instance.map(|instance| {
-        let status = instance.status.unwrap_or_default();
+        .map_err(api_error(vmm, "reading the Instance of"))?
+    else {
+        return Ok(None);
+    };
+    let view = |instance: &Instance| {
+        let status = instance.status.clone().unwrap_or_default();
         InstanceView {
             active_vmm: status.active_vmm,
             target_vmm: status.target_vmm,
         }
-    }))
+    };
+    let undecided = |view: &InstanceView| {
+        view.active_vmm.as_ref() == Some(&source) && view.target_vmm.as_ref() == Some(&target)
+    };
+    if undecided(&view(&instance))
+        && let Some(changed) = next_version(&instances, &instance, VERDICT_WATCH).await
+    {
+        // The guest is paused while this waits: the verdict is acted on as it is written.
+        instance = changed;
+    }
+    Ok(Some(view(&instance)))
+}
+
+/// How long a migration end waiting for its verdict watches its Instance for it in one
+/// reconcile (the plan looks again at once after).
+const VERDICT_WATCH: Duration = Duration::from_millis(500);
+
+/// The next version of `instance` (a watch from its resourceVersion), if one is written
+/// within `bound`; `None` on a timeout or any error (the caller reads it again later).
+async fn next_version(
+    instances: &Api<Instance>,
+    instance: &Instance,
+    bound: Duration,
+) -> Option<Instance> {
+    let version = instance.resource_version()?;
+    let params = WatchParams::default()
+        .fields(&format!("metadata.name={}", instance.name_any()))
+        .timeout(bound.as_secs().max(1) as u32);
+    let next = async {
+        let stream = instances.watch(&params, &version).await.ok()?;
+        let mut stream = std::pin::pin!(stream);
+        while let Some(event) = stream.next().await {
+            match event.ok()? {
+                WatchEvent::Added(changed) | WatchEvent::Modified(changed) => {
+                    return Some(changed);
+                }
+                WatchEvent::Bookmark(_) => continue,
+                WatchEvent::Deleted(_) | WatchEvent::Error(_) => return None,
+            }
+        }
+        None
+    };
+    tokio::time::timeout(bound, next).await.ok().flatten()
 }
 
 /// Executes the parts of `plan` that `reconcile` did not already do under the lock.
@@ -195,7 +251,10 @@ async fn apply(
         ) {
             ledger.seen.insert(uid.clone());
         }
-        if let Some(next) = plan.record.clone() {
+        if let Some(mut next) = plan.record.clone() {
+            if action == MachineAction::Resume {
+                stamp_resumed(&mut next);
+            }
             ctx.record(&mut ledger, next).await?;
         }
     }
@@ -230,6 +289,16 @@ async fn apply(
         ctx.forget(&mut ledger, uid).await?;
     }
     Ok(())
+}
+
+/// A migration end whose guest runs again (the target after the switch, the source after an
+/// abort) records when: now, just after the machine resumed it.
+fn stamp_resumed(record: &mut VmmRecord) {
+    if let Some(migration) = record.migration.as_mut()
+        && migration.status.timings.resumed_at.is_none()
+    {
+        migration.status.timings.resumed_at = Some(MicroTime(corral_client::clock::now()));
+    }
 }
 
 /// Removes exactly the agent's finalizer: a JSON patch that tests the entry before removing

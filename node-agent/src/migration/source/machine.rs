@@ -3,8 +3,8 @@
 //! agent follows, reporting progress on the same stream and journal as a modelled transfer.
 //!
 //! # Guarantees (those of the modelled transfer, `source.rs`)
-//! - The driver pauses the guest itself when the rest fits [`DOWNTIME_BUDGET`] and holds it
-//!   there; the agent journals `Ready` and installs the forwarding entries before it lets the
+//! - The driver pauses the guest itself when the rest fits the sled's downtime budget and
+//!   holds it there; the agent journals `Ready` and installs the forwarding entries before it lets the
 //!   rest go (`finish_sending`), and only then tells the target `paused`, then `done`. The
 //!   target cannot hold the whole guest before the journal says the source is paused.
 //! - A transfer that fails before the pause leaves the guest running (the driver resumes it);
@@ -15,14 +15,15 @@
 use std::time::Duration;
 
 use corral_crds::TransferProgress;
-use corral_crds::migration::{DOWNTIME_BUDGET, MAX_ROUNDS};
+use corral_crds::migration::MAX_ROUNDS;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 
 use super::{Outgoing, SourceEnd, emit};
 use crate::hypervisor::{GuestTransfer, TransferPhase};
 use crate::migration::progress::{Throttle, progress};
 use crate::migration::protocol::{TransferEvent, line};
 
-/// How often the driver's transfer is looked at.
+/// How often the driver's transfer is looked at (at once when the driver announces a step).
 const POLL: Duration = Duration::from_millis(25);
 
 impl Outgoing<'_> {
@@ -30,11 +31,8 @@ impl Outgoing<'_> {
     pub(super) async fn by_the_machines(&mut self, to: &str) -> SourceEnd {
         let (ctx, uid, events, token) = (self.ctx, self.uid, self.events, self.token);
         let bandwidth = ctx.transfers.link().bandwidth();
-        if let Err(error) = ctx
-            .hypervisor
-            .send_guest(uid, to, bandwidth, DOWNTIME_BUDGET)
-            .await
-        {
+        let budget = ctx.transfers.downtime_budget();
+        if let Err(error) = ctx.hypervisor.send_guest(uid, to, bandwidth, budget).await {
             return SourceEnd::Failed(format!("starting the transfer: {error}"));
         }
         let mut throttle = Throttle::default();
@@ -45,7 +43,7 @@ impl Outgoing<'_> {
                     let _ = ctx.hypervisor.cancel_sending(uid).await;
                     return SourceEnd::Cancelled;
                 }
-                _ = tokio::time::sleep(POLL) => {}
+                _ = ctx.hypervisor.transfer_changed(uid, POLL) => {}
             }
             if events.is_closed() {
                 let _ = ctx.hypervisor.cancel_sending(uid).await;
@@ -65,14 +63,18 @@ impl Outgoing<'_> {
                 }
                 TransferPhase::Copying => {
                     if throttle.due() {
-                        let p = progress_of(&transfer, bandwidth);
+                        let p = progress_of(&transfer, bandwidth, budget);
                         progress(ctx, uid, &p).await;
                         let _ = events.try_send(line(&TransferEvent::Progress { progress: p }));
                     }
                 }
                 TransferPhase::AwaitingSwitchover
                 | TransferPhase::Finishing
-                | TransferPhase::Completed => break,
+                | TransferPhase::Completed => {
+                    let paused = transfer.paused_at.unwrap_or_else(corral_client::clock::now);
+                    self.paused_at = Some(MicroTime(paused));
+                    break;
+                }
                 TransferPhase::Failed(why) => return SourceEnd::Failed(why.clone()),
             }
         }
@@ -83,7 +85,7 @@ impl Outgoing<'_> {
         let paused = ctx.hypervisor.guest_transfer(uid).await;
         let p = paused.as_ref().map_or_else(
             |_| TransferProgress::default(),
-            |t| progress_of(t, bandwidth),
+            |t| progress_of(t, bandwidth, budget),
         );
         if !emit(events, token, TransferEvent::Paused { progress: p }).await {
             return SourceEnd::BrokeAfterPause;
@@ -104,7 +106,7 @@ impl Outgoing<'_> {
             };
             match &transfer.phase {
                 TransferPhase::Completed => {
-                    let p = progress_of(&transfer, bandwidth);
+                    let p = progress_of(&transfer, bandwidth, budget);
                     tracing::info!(
                         vmm = %uid,
                         downtime_ms = transfer.downtime_ms,
@@ -112,7 +114,11 @@ impl Outgoing<'_> {
                         "the machines moved the guest"
                     );
                     progress(ctx, uid, &p).await;
-                    if !emit(events, token, TransferEvent::Done { progress: p }).await {
+                    let done = TransferEvent::Done {
+                        progress: p,
+                        paused_at: self.paused_at.clone(),
+                    };
+                    if !emit(events, token, done).await {
                         return SourceEnd::BrokeAfterPause;
                     }
                     return SourceEnd::Done;
@@ -125,14 +131,14 @@ impl Outgoing<'_> {
             }
             tokio::select! {
                 _ = token.cancelled() => return SourceEnd::BrokeAfterPause,
-                _ = tokio::time::sleep(POLL) => {}
+                _ = ctx.hypervisor.transfer_changed(uid, POLL) => {}
             }
         }
     }
 }
 
 /// A driver's transfer as the protocol reports progress.
-fn progress_of(transfer: &GuestTransfer, bandwidth: u64) -> TransferProgress {
+fn progress_of(transfer: &GuestTransfer, bandwidth: u64, budget: Duration) -> TransferProgress {
     let total = transfer.bytes_sent + transfer.bytes_remaining;
     TransferProgress {
         memory_bytes: transfer.memory_bytes,
@@ -146,5 +152,6 @@ fn progress_of(transfer: &GuestTransfer, bandwidth: u64) -> TransferProgress {
             .map_or(100, |percent| percent.min(100) as u32),
         eta_seconds: (bandwidth > 0).then(|| transfer.bytes_remaining.div_ceil(bandwidth)),
         predicted_downtime_ms: transfer.downtime_ms,
+        downtime_budget_ms: budget.as_millis() as u64,
     }
 }
