@@ -161,10 +161,14 @@ async fn read_verdict(
         view.active_vmm.as_ref() == Some(&source) && view.target_vmm.as_ref() == Some(&target)
     };
     if undecided(&view(&instance))
-        && let Some(changed) = next_version(&instances, &instance, VERDICT_WATCH).await
+        && let Some(decided) =
+            first_version_where(&instances, &instance, VERDICT_WATCH, |changed| {
+                !undecided(&view(changed))
+            })
+            .await
     {
         // The guest is paused while this waits: the verdict is acted on as it is written.
-        instance = changed;
+        instance = decided;
     }
     Ok(Some(view(&instance)))
 }
@@ -173,12 +177,15 @@ async fn read_verdict(
 /// reconcile (the plan looks again at once after).
 const VERDICT_WATCH: Duration = Duration::from_millis(500);
 
-/// The next version of `instance` (a watch from its resourceVersion), if one is written
-/// within `bound`; `None` on a timeout or any error (the caller reads it again later).
-async fn next_version(
+/// The first version of `instance` written after it (a watch from its resourceVersion) for
+/// which `wanted` holds, if one is written within `bound`; other versions (the Instance changes
+/// for other reasons too) are passed over. `None` on a timeout or any error: the caller reads
+/// it again later.
+async fn first_version_where(
     instances: &Api<Instance>,
     instance: &Instance,
     bound: Duration,
+    wanted: impl Fn(&Instance) -> bool,
 ) -> Option<Instance> {
     let version = instance.resource_version()?;
     let params = WatchParams::default()
@@ -190,7 +197,9 @@ async fn next_version(
         while let Some(event) = stream.next().await {
             match event.ok()? {
                 WatchEvent::Added(changed) | WatchEvent::Modified(changed) => {
-                    return Some(changed);
+                    if wanted(&changed) {
+                        return Some(changed);
+                    }
                 }
                 WatchEvent::Bookmark(_) => continue,
                 WatchEvent::Deleted(_) | WatchEvent::Error(_) => return None,
