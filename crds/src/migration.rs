@@ -347,19 +347,26 @@ impl TransferTimings {
 
     /// The move's measured durations, once every step is stamped.
     pub fn measured(&self) -> Option<TransferTimes> {
-        let between = |from: &Option<MicroTime>, to: &Option<MicroTime>| {
-            let (from, to) = (from.as_ref()?.0, to.as_ref()?.0);
-            let micros = to
-                .as_microsecond()
-                .saturating_sub(from.as_microsecond())
-                .max(0);
-            Some(micros as u64 / 1000)
-        };
         Some(TransferTimes {
-            transfer_ms: between(&self.started_at, &self.received_at)?,
-            downtime_ms: between(&self.paused_at, &self.resumed_at)?,
+            transfer_ms: between_ms(&self.started_at, &self.received_at)?,
+            downtime_ms: between_ms(&self.paused_at, &self.resumed_at)?,
         })
     }
+
+    /// Of the downtime, the last round's copy: paused to received.
+    pub fn copy_ms(&self) -> Option<u64> {
+        between_ms(&self.paused_at, &self.received_at)
+    }
+}
+
+/// Whole milliseconds from `from` to `to`, if both are stamped; 0 if the clocks disagree.
+fn between_ms(from: &Option<MicroTime>, to: &Option<MicroTime>) -> Option<u64> {
+    let (from, to) = (from.as_ref()?.0, to.as_ref()?.0);
+    let micros = to
+        .as_microsecond()
+        .saturating_sub(from.as_microsecond())
+        .max(0);
+    Some(micros as u64 / 1000)
 }
 
 /// What the pre-copy model predicts for one transfer.

@@ -368,10 +368,7 @@ async fn move_one(
 /// How long the target's timings say the last round's copy took (paused to received).
 async fn copy_time(vmms: &Api<Vmm>, finished: &MigrationStatus) -> Option<u64> {
     let target = vmms.get(finished.target_vmm.as_ref()?).await.ok()?;
-    let timings = target.status?.migration?.timings;
-    let (paused, received) = (timings.paused_at?.0, timings.received_at?.0);
-    let micros = received.as_microsecond() - paused.as_microsecond();
-    Some(micros.max(0) as u64 / 1000)
+    target.status?.migration?.timings.copy_ms()
 }
 
 #[cfg(test)]

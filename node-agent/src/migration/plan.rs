@@ -25,7 +25,9 @@ use jiff::Timestamp;
 
 use crate::hypervisor::VmmRunState;
 use crate::journal::{MigrationRecord, VmmRecord};
-use crate::vmm::decision::{Decision, MachineAction, Plan, PlanInput, record, warning};
+use crate::vmm::decision::{
+    Decision, InstanceView, MachineAction, Plan, PlanInput, record, warning,
+};
 
 /// How soon an end that waits for the verdict reads the Instance again. Each read also
 /// watches it for a while (`vmm/reconcile.rs`), so the verdict is seen as it is written.
@@ -34,6 +36,22 @@ pub const VERDICT_POLL: Duration = Duration::from_millis(10);
 /// Whether `record` is an end of a migration under way (see the module docs).
 pub fn is_migrating(record: &VmmRecord) -> bool {
     record.state == VmmState::Migrating && record.migration.is_some()
+}
+
+/// Whether `instance` gives the verdict on the migration `record` is an end of: *switched*
+/// or *aborted* (see the definitions). The reconcile watches the Instance until it does.
+pub fn verdict_given(record: &VmmRecord, instance: &InstanceView) -> bool {
+    let Some(migration) = record.migration.as_ref() else {
+        return true;
+    };
+    let (source, target) = match migration.status.role {
+        MigrationRole::Source => (&record.name, &migration.peer_vmm),
+        MigrationRole::Target => (&migration.peer_vmm, &record.name),
+    };
+    let switched = instance.active_vmm.as_ref() == Some(target);
+    let aborted = instance.active_vmm.as_ref() == Some(source)
+        && instance.target_vmm.as_ref() != Some(target);
+    switched || aborted
 }
 
 /// Whether the record waits for the Instance's verdict (and so the reconcile reads it).

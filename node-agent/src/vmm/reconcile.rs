@@ -29,7 +29,7 @@ use std::time::Duration;
 
 use corral_client::events;
 use corral_client::idempotent::{Idempotent, is_conflict};
-use corral_crds::{Instance, MigrationRole, VMM_FINALIZER, Vmm};
+use corral_crds::{Instance, VMM_FINALIZER, Vmm};
 use futures::StreamExt;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use kube::api::{Api, Patch, PatchParams, WatchEvent, WatchParams};
@@ -122,19 +122,15 @@ async fn read_verdict(
     uid: &VmmId,
     ctx: &Context,
 ) -> Result<Option<InstanceView>, ReconcileError> {
-    let ends = {
+    let record = {
         let ledger = ctx.ledger.lock().await;
         ledger
             .records
             .get(uid)
             .filter(|r| migration::plan::awaits_verdict(r))
-            .and_then(|r| r.migration.as_ref())
-            .map(|m| match m.status.role {
-                MigrationRole::Source => (vmm.name_any(), m.peer_vmm.clone()),
-                MigrationRole::Target => (m.peer_vmm.clone(), vmm.name_any()),
-            })
+            .cloned()
     };
-    let Some((source, target)) = ends else {
+    let Some(record) = record else {
         return Ok(None);
     };
     if vmm.meta().deletion_timestamp.is_some() {
@@ -142,9 +138,8 @@ async fn read_verdict(
     }
     let instances: Api<Instance> =
         Api::namespaced(ctx.api.client.clone(), &vmm.namespace().unwrap_or_default());
-    let name = &vmm.spec.instance;
     let Some(mut instance) = instances
-        .get_opt(name)
+        .get_opt(&vmm.spec.instance)
         .await
         .map_err(api_error(vmm, "reading the Instance of"))?
     else {
@@ -157,15 +152,10 @@ async fn read_verdict(
             target_vmm: status.target_vmm,
         }
     };
-    let undecided = |view: &InstanceView| {
-        view.active_vmm.as_ref() == Some(&source) && view.target_vmm.as_ref() == Some(&target)
-    };
-    if undecided(&view(&instance))
+    let given = |instance: &Instance| migration::plan::verdict_given(&record, &view(instance));
+    if !given(&instance)
         && let Some(decided) =
-            first_version_where(&instances, &instance, VERDICT_WATCH, |changed| {
-                !undecided(&view(changed))
-            })
-            .await
+            first_version_where(&instances, &instance, VERDICT_WATCH, given).await
     {
         // The guest is paused while this waits: the verdict is acted on as it is written.
         instance = decided;
