@@ -28,9 +28,7 @@ pub async fn serve(
         }),
     );
     let task = tokio::spawn(async move {
-        let served = axum::serve(listener, router)
-            .with_graceful_shutdown(async move { stop.cancelled().await })
-            .await;
+        let served = corral_node_agent::http::serve(listener, router, stop).await;
         if let Err(error) = served {
             tracing::warn!(%error, "debug listener stopped");
         }

@@ -203,9 +203,7 @@ pub async fn serve_power(
 ) -> std::io::Result<()> {
     let router = corral_node_agent::power::router(controllers.clone())
         .merge(corral_node_agent::sim::power_faults::router(controllers));
-    axum::serve(listener, router)
-        .with_graceful_shutdown(async move { stop.cancelled().await })
-        .await
+    corral_node_agent::http::serve(listener, router, stop).await
 }
 
 async fn shutdown_sleds(controllers: &PowerControllers<SledHandle>) {
@@ -416,11 +414,7 @@ pub async fn node_agent(args: NodeAgentArgs) -> anyhow::Result<()> {
             corral_node_agent::sim::power_faults::sled_router(sled.clone()),
         );
         let stop = stop.clone();
-        tokio::spawn(async move {
-            axum::serve(listener, router)
-                .with_graceful_shutdown(async move { stop.cancelled().await })
-                .await
-        })
+        tokio::spawn(corral_node_agent::http::serve(listener, router, stop))
     });
     shutdown_signal().await;
     sled.shutdown().await;

@@ -55,6 +55,7 @@ pub mod config;
 pub mod context;
 pub mod error;
 pub mod fence;
+pub mod http;
 pub mod hypervisor;
 pub mod journal;
 pub mod ledger;

@@ -54,6 +54,8 @@ impl Transfers {
             http: {
                 let mut connector = HttpConnector::new();
                 connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
+                // A migration streams small rounds; none should wait for a delayed ACK.
+                connector.set_nodelay(true);
                 Client::builder(TokioExecutor::new()).build(connector)
             },
         }

@@ -239,11 +239,7 @@ async fn agent_process(
             machine.frozen().clone(),
             answer_unless_frozen,
         ));
-        let stopped = stop.clone();
-        if let Err(error) = axum::serve(listener, router)
-            .with_graceful_shutdown(async move { stopped.cancelled().await })
-            .await
-        {
+        if let Err(error) = crate::http::serve(listener, router, stop.clone()).await {
             tracing::warn!(sled = %config.sled_name, %error, "the fault API stopped");
         }
     };
