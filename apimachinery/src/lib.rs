@@ -3,6 +3,7 @@
 //!
 //! - [`labels`] and [`fields`]: selector parsing and matching.
 //! - [`patch`]: RFC 7386 merge patch and RFC 6902 JSON patch with Kubernetes' semantics.
+//! - [`limits`]: how deep and how large an object may be.
 //! - [`validation`]: names, label keys and values, field-error values.
 //! - [`schema`]: structural `openAPIV3Schema` — validation, defaulting, pruning of unknown fields.
 //! - [`managed`]: server-side apply — field sets, `managedFields`, conflicts.
@@ -16,6 +17,7 @@ pub mod duration;
 pub mod fields;
 pub mod jsonpath;
 pub mod labels;
+pub mod limits;
 pub mod managed;
 pub mod patch;
 pub mod schema;

@@ -8,10 +8,28 @@
 //! - [`json_patch()`]: the patch must decode as an array of operations, else
 //!   [`PatchError::Decode`] (400); more than 10,000 operations is
 //!   [`PatchError::TooManyOperations`] (413, as Kubernetes); an operation that cannot be
-//!   applied is [`PatchError::Apply`] (422) naming the operation and its path.
+//!   applied is [`PatchError::Apply`] (422) naming the operation and its path; one that would
+//!   take the document past its [`JsonPatchLimits`] is [`PatchError::TooLarge`] or
+//!   [`PatchError::TooDeep`] (422), and nothing of it is built.
+//!
+//! # Why JSON patches are bounded
+//!
+//! Each `copy` can double the document (`copy / to /a`, then `/a` to `/b`, …): 10,000
+//! operations of a tiny patch would build an object of 2^10000 bytes (Kubernetes'
+//! CVE-2019-1002100). So a patch may *create* at most [`JsonPatchLimits::max_created_bytes`]:
+//! the compact JSON of every value an `add`, `replace` or `copy` puts in, summed over the patch.
+//! Removals are never credited back: that bounds the work of the whole patch (each copy costs
+//! what it creates), not only its result. Kubernetes counts copies only, against 3 MiB
+//! (`JSONPatchMaxCopyBytes`, evanphx `AccumulatedCopySizeLimit`), and answers 422; the values
+//! an `add` or `replace` brings are in the body, so counting them too changes little. And
+//! since each `copy` (or `move`) into a child of what it copies can double the nesting, no
+//! operation may put a value deeper than [`JsonPatchLimits::max_depth`]: the document never
+//! grows deeper than the limit, so nothing that walks it later can run out of stack.
 //!
 //! **Invariants:**
 //! - Neither function modifies its inputs; a failed JSON patch leaves nothing half-applied.
+//! - A JSON patch creates at most `max_created_bytes` and never nests the document deeper than
+//!   `max_depth` levels (unless the target already was).
 //! - `merge_patch(x, {}) == x`.
 //! - A `test` whose value is `null` succeeds on a path whose parent object exists but lacks the
 //!   key, as in evanphx/json-patch v4 (`patch.go` `test`). kube-runtime's finalizer helper sends
@@ -21,8 +39,20 @@
 
 use serde_json::Value;
 
+use crate::limits;
+
 /// Kubernetes' `maxJSONPatchOperations`.
 pub const MAX_JSON_PATCH_OPERATIONS: usize = 10_000;
+
+/// What one JSON patch may build (see the module docs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct JsonPatchLimits {
+    /// The most bytes (compact JSON) the values of the patch's `add`, `replace` and `copy`
+    /// operations may add up to.
+    pub max_created_bytes: usize,
+    /// The deepest nesting any operation may give the document (the document is level 1).
+    pub max_depth: usize,
+}
 
 /// Why a patch could not be applied.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -43,6 +73,27 @@ pub enum PatchError {
         op: &'static str,
         path: String,
         reason: String,
+    },
+    /// An operation that would take the bytes the patch creates past the limit (422).
+    #[error(
+        "the \"{op}\" operation at index {index} on path \"{path}\" failed: the patch would create more than {max} bytes"
+    )]
+    TooLarge {
+        index: usize,
+        op: &'static str,
+        path: String,
+        max: usize,
+    },
+    /// An operation that would nest the document deeper than the limit (422).
+    #[error(
+        "the \"{op}\" operation at index {index} on path \"{path}\" failed: the value would be nested {depth} levels deep, more than the limit of {max}"
+    )]
+    TooDeep {
+        index: usize,
+        op: &'static str,
+        path: String,
+        depth: usize,
+        max: usize,
     },
 }
 
@@ -76,8 +127,12 @@ fn merge_into(target: &mut Value, patch: &Value) {
     }
 }
 
-/// Applies an RFC 6902 JSON patch to `target` and returns the result.
-pub fn json_patch(target: &Value, patch: &Value) -> Result<Value, PatchError> {
+/// Applies an RFC 6902 JSON patch to `target` within `limits` and returns the result.
+pub fn json_patch(
+    target: &Value,
+    patch: &Value,
+    limits: JsonPatchLimits,
+) -> Result<Value, PatchError> {
     if let Value::Array(ops) = patch
         && ops.len() > MAX_JSON_PATCH_OPERATIONS
     {
@@ -91,7 +146,9 @@ pub fn json_patch(target: &Value, patch: &Value) -> Result<Value, PatchError> {
             detail: e.to_string(),
         })?;
     let mut document = target.clone();
+    let mut created = 0usize;
     for (index, operation) in operations.0.iter().enumerate() {
+        created = check_growth(&document, index, operation, created, limits)?;
         if let json_patch::PatchOperation::Test(test) = operation
             && test.value.is_null()
             && is_missing_key_of_existing_object(&document, test.path.as_str())
@@ -110,6 +167,54 @@ pub fn json_patch(target: &Value, patch: &Value) -> Result<Value, PatchError> {
         })?;
     }
     Ok(document)
+}
+
+/// Checks what `operation` would put into `document` against `limits`, before it is applied;
+/// returns the bytes the patch has created with it. An operation whose source is missing is let
+/// through: applying it fails.
+fn check_growth(
+    document: &Value,
+    index: usize,
+    operation: &json_patch::PatchOperation,
+    created: usize,
+    limits: JsonPatchLimits,
+) -> Result<usize, PatchError> {
+    use json_patch::PatchOperation as Op;
+    let (value, creates) = match operation {
+        Op::Add(add) => (Some(&add.value), true),
+        Op::Replace(replace) => (Some(&replace.value), true),
+        Op::Copy(copy) => (document.pointer(copy.from.as_str()), true),
+        Op::Move(moved) => (document.pointer(moved.from.as_str()), false),
+        Op::Remove(_) | Op::Test(_) => (None, false),
+    };
+    let Some(value) = value else {
+        return Ok(created);
+    };
+    let path = operation.path().as_str();
+    // The value lies under as many containers as the path has segments.
+    let depth = path.matches('/').count() + limits::depth(value);
+    if depth > limits.max_depth {
+        return Err(PatchError::TooDeep {
+            index,
+            op: op_name(operation),
+            path: path.to_string(),
+            depth,
+            max: limits.max_depth,
+        });
+    }
+    if !creates {
+        return Ok(created);
+    }
+    let created = created.saturating_add(limits::serialized_len(value));
+    if created > limits.max_created_bytes {
+        return Err(PatchError::TooLarge {
+            index,
+            op: op_name(operation),
+            path: path.to_string(),
+            max: limits.max_created_bytes,
+        });
+    }
+    Ok(created)
 }
 
 /// Whether `pointer` names a key that its parent object lacks (evanphx v4 reads it as `null`).
@@ -136,6 +241,12 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
     use serde_json::json;
+
+    /// Generous limits, for the tests of everything else.
+    const LIMITS: JsonPatchLimits = JsonPatchLimits {
+        max_created_bytes: 1 << 20,
+        max_depth: 100,
+    };
 
     fn check_merge(target: Value, patch: Value, expected: Result<Value, PatchError>) {
         assert_eq!(merge_patch(&target, &patch), expected, "{target} + {patch}");
@@ -218,7 +329,7 @@ mod tests {
     }
 
     fn check_json(target: Value, patch: Value, expected: Result<Value, &str>) {
-        let actual = json_patch(&target, &patch).map_err(|e| e.to_string());
+        let actual = json_patch(&target, &patch, LIMITS).map_err(|e| e.to_string());
         assert_eq!(
             actual,
             expected.map_err(str::to_string),
@@ -353,7 +464,7 @@ mod tests {
         ] {
             assert!(
                 matches!(
-                    json_patch(&json!({}), &patch),
+                    json_patch(&json!({}), &patch, LIMITS),
                     Err(PatchError::Decode { .. })
                 ),
                 "{patch}"
@@ -367,12 +478,104 @@ mod tests {
             .map(|_| json!({"op": "test", "path": "", "value": {}}))
             .collect();
         assert_eq!(
-            json_patch(&json!({}), &Value::Array(ops)),
+            json_patch(&json!({}), &Value::Array(ops), LIMITS),
             Err(PatchError::TooManyOperations {
                 count: 10_001,
                 max: 10_000
             })
         );
+    }
+
+    #[test]
+    fn a_copy_bomb_is_refused_before_it_grows() {
+        // Each copy doubles the document: 64 of them would build 2^64 copies of the leaf.
+        let mut ops = vec![json!({"op": "add", "path": "/a", "value": ["0123456789"]})];
+        for _ in 0..64 {
+            ops.push(json!({"op": "copy", "from": "/a", "path": "/b"}));
+            ops.push(json!({"op": "add", "path": "/a/-", "value": null}));
+            ops.push(json!({"op": "move", "from": "/b", "path": "/a/-"}));
+        }
+        let limits = JsonPatchLimits {
+            max_created_bytes: 100_000,
+            max_depth: 100,
+        };
+        let error = json_patch(&json!({}), &Value::Array(ops), limits).unwrap_err();
+        let PatchError::TooLarge { op, max, .. } = &error else {
+            panic!("{error}");
+        };
+        assert_eq!((*op, *max), ("copy", 100_000));
+        assert!(
+            error
+                .to_string()
+                .ends_with("failed: the patch would create more than 100000 bytes"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn created_bytes_count_adds_replaces_and_copies_never_removals() {
+        let value = json!("x".repeat(98)); // 100 bytes as JSON
+        let limits = JsonPatchLimits {
+            max_created_bytes: 300,
+            max_depth: 100,
+        };
+        let op = |op: &str, path: &str| json!({"op": op, "path": path, "value": value});
+        let copy = json!({"op": "copy", "from": "/a", "path": "/c"});
+        let remove = json!({"op": "remove", "path": "/a"});
+        // add + replace + copy: exactly 300.
+        let fits = json!([op("add", "/a"), op("replace", "/a"), copy]);
+        assert!(json_patch(&json!({}), &fits, limits).is_ok());
+        // A removal in between gives nothing back.
+        let over = json!([
+            op("add", "/a"),
+            remove,
+            op("add", "/a"),
+            op("add", "/b"),
+            op("add", "/c")
+        ]);
+        assert!(matches!(
+            json_patch(&json!({}), &over, limits),
+            Err(PatchError::TooLarge { index: 4, .. })
+        ));
+        // The target's own size does not count.
+        let big = json!({"big": "y".repeat(10_000)});
+        assert!(json_patch(&big, &json!([op("add", "/a")]), limits).is_ok());
+    }
+
+    #[test]
+    fn no_operation_may_nest_the_document_deeper_than_the_limit() {
+        let limits = JsonPatchLimits {
+            max_created_bytes: 1 << 20,
+            max_depth: 4,
+        };
+        // `/a/b` is under 2 containers; a value of depth 2 reaches level 4.
+        let at_limit = json!([{"op": "add", "path": "/a", "value": {"b": null}},
+                              {"op": "add", "path": "/a/b", "value": {"c": []}}]);
+        assert!(json_patch(&json!({}), &at_limit, limits).is_ok());
+        let too_deep = json!([{"op": "add", "path": "/a", "value": {"b": {"c": {"d": []}}}}]);
+        let error = json_patch(&json!({}), &too_deep, limits).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            r#"the "add" operation at index 0 on path "/a" failed: the value would be nested 5 levels deep, more than the limit of 4"#
+        );
+        // Copying or moving a value under itself doubles its nesting.
+        let nest = |op: &str| {
+            json!([{"op": "add", "path": "/a", "value": {"b": {}}},
+                   {"op": op, "from": "/a", "path": "/a/b/c"}])
+        };
+        for op in ["copy", "move"] {
+            assert!(
+                matches!(
+                    json_patch(&json!({}), &nest(op), limits),
+                    Err(PatchError::TooDeep {
+                        index: 1,
+                        depth: 5,
+                        ..
+                    })
+                ),
+                "{op}"
+            );
+        }
     }
 
     fn arbitrary_json() -> impl Strategy<Value = Value> {
@@ -408,7 +611,7 @@ mod tests {
 
         #[test]
         fn json_patch_never_panics(target in arbitrary_json(), patch in arbitrary_json()) {
-            let _ = json_patch(&target, &patch);
+            let _ = json_patch(&target, &patch, LIMITS);
         }
 
         #[test]
@@ -423,7 +626,7 @@ mod tests {
                 .into_iter()
                 .map(|(op, path, from, value)| json!({"op": op, "path": path, "from": from, "value": value}))
                 .collect();
-            let _ = json_patch(&target, &Value::Array(patch));
+            let _ = json_patch(&target, &Value::Array(patch), LIMITS);
         }
     }
 }

@@ -13,6 +13,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use corral_apimachinery::limits::ObjectLimits;
 use corral_store::DynStore;
 
 use crate::admission;
@@ -26,6 +27,12 @@ use crate::resource::{Registry, ResourceType};
 pub struct Config {
     /// Largest request body accepted (Kubernetes: 3 MiB).
     pub max_body_bytes: usize,
+    /// How deep and how large a stored object may be: a write whose object is past either is
+    /// refused (`objects/pipeline.rs` `check_limits`). Default: 100 levels, 1,500,000 bytes.
+    pub object_limits: ObjectLimits,
+    /// The most bytes one JSON patch may create with its `add`, `replace` and `copy` operations
+    /// (`corral_apimachinery::patch`; Kubernetes' `JSONPatchMaxCopyBytes`, 3 MiB).
+    pub json_patch_max_created_bytes: usize,
     /// How often a watch that asked for bookmarks gets one.
     pub bookmark_interval: Duration,
     /// Compact history older than this, every this often (0 disables compaction).
@@ -43,6 +50,8 @@ impl Default for Config {
     fn default() -> Config {
         Config {
             max_body_bytes: 3 * 1024 * 1024,
+            object_limits: ObjectLimits::DEFAULT,
+            json_patch_max_created_bytes: 3 * 1024 * 1024,
             bookmark_interval: Duration::from_secs(60),
             compaction_interval: Duration::from_secs(300),
             gc_resync_interval: Duration::from_secs(30),

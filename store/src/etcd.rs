@@ -86,7 +86,7 @@ impl Store for EtcdStore {
     }
 
     async fn get(&self, key: &str) -> Result<Option<KeyValue>> {
-        let mut kv = self.client.kv_client();
+        let mut kv = self.kv();
         let response = timed(kv.get(self.full_key(key), None))
             .await?
             .map_err(other)?;
@@ -162,7 +162,7 @@ impl Store for EtcdStore {
             .when([Compare::create_revision(full.clone(), CompareOp::Equal, 0)])
             .and_then([TxnOp::put(full.clone(), value.to_vec(), None)])
             .or_else([TxnOp::get(full, None)]);
-        let mut kv = self.client.kv_client();
+        let mut kv = self.kv();
         let response = timed(kv.txn(txn)).await?.map_err(other)?;
         if response.succeeded() {
             let revision = Self::header_revision(response.header())?;
@@ -197,7 +197,7 @@ impl Store for EtcdStore {
                 Some(PutOptions::new().with_prev_key()),
             )])
             .or_else([TxnOp::get(full, None)]);
-        let mut kv = self.client.kv_client();
+        let mut kv = self.kv();
         let response = timed(kv.txn(txn)).await?.map_err(other)?;
         if !response.succeeded() {
             return Err(match self.else_value(&response)? {
@@ -239,7 +239,7 @@ impl Store for EtcdStore {
                 Some(DeleteOptions::new().with_prev_key()),
             )])
             .or_else([TxnOp::get(full, None)]);
-        let mut kv = self.client.kv_client();
+        let mut kv = self.kv();
         let response = timed(kv.txn(txn)).await?.map_err(other)?;
         if !response.succeeded() {
             return Err(match self.else_value(&response)? {
@@ -280,7 +280,7 @@ impl Store for EtcdStore {
             .with_prefix()
             .with_prev_key()
             .with_start_revision(after + 1);
-        let mut client = self.client.watch_client();
+        let mut client = self.watcher();
         let stream = timed(client.watch(self.full_key(prefix), Some(etcd_options)))
             .await?
             .map_err(other)?;
@@ -291,7 +291,7 @@ impl Store for EtcdStore {
     }
 
     async fn compact(&self, revision: Revision) -> Result<()> {
-        let mut kv = self.client.kv_client();
+        let mut kv = self.kv();
         match timed(kv.compact(revision, None)).await? {
             Ok(_) => {
                 self.note_compacted(revision);

@@ -8,7 +8,7 @@ use corral_apimachinery::validation::FieldError;
 use serde_json::Value;
 
 use super::render::written_response;
-use super::request::ResourceRequest;
+use super::request::{ResourceRequest, parse_yaml};
 use crate::error::{ApiError, ApiResult, Reason};
 use crate::objects::{self, Patch};
 
@@ -57,13 +57,14 @@ fn decode_patch(request: &ResourceRequest, kind: PatchKind, body: &[u8]) -> ApiR
             }
             let text = std::str::from_utf8(body)
                 .map_err(|_| ApiError::bad_request("the request body is not valid UTF-8"))?;
-            let configuration: Value = serde_saphyr::from_str(text)
+            let configuration = parse_yaml(text)
                 .map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))?;
             if !configuration.is_object() {
                 return Err(ApiError::bad_request(
                     "the applied configuration must be an object",
                 ));
             }
+            request.check_depth(&configuration)?;
             if configuration
                 .pointer("/metadata/managedFields")
                 .is_some_and(|v| !v.is_null())
@@ -83,6 +84,8 @@ fn decode_patch(request: &ResourceRequest, kind: PatchKind, body: &[u8]) -> ApiR
                 if !document.is_object() {
                     return Err(ApiError::bad_request("Invalid JSON Patch"));
                 }
+                // A merge patch is shaped like the object it changes.
+                request.check_depth(&document)?;
                 return Ok(Patch::Merge(document));
             }
             Ok(Patch::Json(document))

@@ -11,9 +11,12 @@ use std::sync::Arc;
 use axum::http::{HeaderMap, header};
 use serde_json::Value;
 
+use corral_apimachinery::limits;
+
 use super::protobuf;
 use crate::error::{ApiError, ApiResult, Reason, Target};
 use crate::filter::Filter;
+use crate::object;
 use crate::objects::{ObjectRef, Subresource, WriteContext};
 use crate::query::Query;
 use crate::resource::ResourceType;
@@ -101,6 +104,21 @@ impl ResourceRequest {
         agent.split('/').next().unwrap_or(agent).to_string()
     }
 
+    /// Refuses (422 `Invalid`, naming the field) a body nested deeper than a stored object may
+    /// be. Bodies are checked as soon as they are decoded: every later step (pruning,
+    /// defaulting, validation, field management) walks the object recursively, and the stored
+    /// object's own check comes last (`objects/pipeline.rs` `check_limits`).
+    pub fn check_depth(&self, body: &Value) -> ApiResult<()> {
+        let max_depth = self.server.config.object_limits.max_depth;
+        match limits::depth_violation(body, max_depth) {
+            None => Ok(()),
+            Some(error) => Err(ApiError::invalid(
+                &self.resource.target(object::name(body)),
+                &[error],
+            )),
+        }
+    }
+
     /// `?force` is only for server-side apply.
     pub fn refuse_force(&self) -> ApiResult<()> {
         if self.query.bool("force") {
@@ -120,27 +138,29 @@ pub enum Accept {
     Table,
 }
 
-/// Decodes a JSON, YAML or (core kinds only) protobuf request body into an object.
-pub fn decode_body(headers: &HeaderMap, resource: &ResourceType, body: &[u8]) -> ApiResult<Value> {
+/// Decodes a JSON, YAML or (core kinds only) protobuf request body into an object, refusing
+/// one nested deeper than a stored object may be before anything else works on it.
+pub fn decode_body(request: &ResourceRequest, body: &[u8]) -> ApiResult<Value> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::bad_request("the request body is empty"));
     }
-    let content_type = headers
+    let content_type = request
+        .headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("application/json");
     let value: Value = if content_type.starts_with(protobuf::MEDIA_TYPE) {
-        if !resource.group.is_empty() {
+        if !request.resource.group.is_empty() {
             return Err(ApiError::new(
                 Reason::UnsupportedMediaType,
                 "protobuf is not supported for custom resources; send application/json or application/yaml",
             ));
         }
-        protobuf::decode(&resource.kind, body)?
+        protobuf::decode(&request.resource.kind, body)?
     } else if content_type.contains("yaml") {
         let text = std::str::from_utf8(body)
             .map_err(|_| ApiError::bad_request("the request body is not valid UTF-8"))?;
-        serde_saphyr::from_str(text).map_err(|e| {
+        parse_yaml(text).map_err(|e| {
             ApiError::bad_request(format!("the request body is not valid YAML: {e}"))
         })?
     } else {
@@ -153,5 +173,47 @@ pub fn decode_body(headers: &HeaderMap, resource: &ResourceType, body: &[u8]) ->
             "the request body must be a JSON object",
         ));
     }
+    request.check_depth(&value)?;
     Ok(value)
 }
+
+/// The deepest nesting a YAML body may have (the default of serde-saphyr, whose deserializer
+/// recurses once per level with large frames: 2 MiB of stack, a Tokio worker's, hold about 110
+/// levels in a debug build). JSON text is read as JSON, to the object limits.
+const YAML_MAX_DEPTH: usize = 64;
+
+/// The most events aliases may replay in one body. A body is at most 3 MiB, but each alias
+/// repeats its anchor's whole content: nine anchors, each ten aliases of the one before, expand
+/// to a billion nodes ("billion laughs"). This bounds the expansion to about what a body of
+/// plain YAML could hold anyway, and so the time and memory a body's decoding takes.
+const YAML_MAX_REPLAYED_EVENTS: usize = 100_000;
+
+/// Decodes a YAML request body (bodies, and server-side apply configurations) within a budget:
+/// nesting, aliases and their expansion are bounded; the size of the text is the body limit's.
+/// A body that is JSON (kubectl and kube-rs send server-side apply configurations as JSON) is
+/// read by the JSON decoder, which is faster and reads as deep as a JSON body may be.
+pub fn parse_yaml(text: &str) -> Result<Value, serde_saphyr::Error> {
+    if text.trim_start().starts_with('{')
+        && let Ok(value) = serde_json::from_str(text)
+    {
+        return Ok(value);
+    }
+    let options = serde_saphyr::options! {
+        budget: serde_saphyr::budget! {
+            max_depth: YAML_MAX_DEPTH,
+            // Plain nodes and events cost input bytes, which the body limit bounds; these
+            // counts only have to admit every body of that size.
+            max_nodes: usize::MAX,
+            max_events: usize::MAX,
+            max_documents: 1,
+        },
+        alias_limits: serde_saphyr::alias_limits! {
+            max_total_replayed_events: YAML_MAX_REPLAYED_EVENTS,
+        },
+    };
+    serde_saphyr::from_str_with_options(text, options)
+}
+
+#[cfg(test)]
+#[path = "request_tests.rs"]
+mod tests;

@@ -15,14 +15,14 @@ pub async fn create(request: ResourceRequest, body: Bytes) -> ApiResult<Response
     }
     let dry_run = request.query.dry_run()?;
     request.refuse_force()?;
-    let body = decode_body(&request.headers, &request.resource, &body)?;
+    let body = decode_body(&request, &body)?;
     let written = objects::create(&request.write_context(dry_run), body).await?;
     Ok(written_response(&request, written))
 }
 
 pub async fn replace(request: ResourceRequest, body: Bytes) -> ApiResult<Response> {
     let dry_run = request.query.dry_run()?;
-    let desired = decode_body(&request.headers, &request.resource, &body)?;
+    let desired = decode_body(&request, &body)?;
     let written = objects::replace(&request.write_context(dry_run), desired).await?;
     Ok(written_response(&request, written))
 }

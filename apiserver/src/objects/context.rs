@@ -10,6 +10,7 @@
 use serde_json::Value;
 
 use super::admission::{AdmissionRequest, ReadObjects, Verb};
+use super::pipeline::check_limits;
 use super::subresource::Subresource;
 use crate::error::{ApiError, ApiResult, Target};
 use crate::object::{self, Stored};
@@ -125,8 +126,9 @@ impl<'a> WriteContext<'a> {
         FieldValidation::parse(self.field_validation)
     }
 
-    /// Runs the server's admission rules (`admission.rs`) on `new`, the object this write would
-    /// store in place of `old` (`None` for a create).
+    /// Checks `new`, the object this write would store in place of `old` (`None` for a
+    /// create), against the server's object limits (`pipeline.rs` `check_limits`), then runs
+    /// the server's admission rules (`admission.rs`) on it.
     pub(super) async fn admit(
         &self,
         verb: Verb,
@@ -134,6 +136,7 @@ impl<'a> WriteContext<'a> {
         new: &Value,
     ) -> ApiResult<()> {
         let server = self.object.server;
+        check_limits(self, new)?;
         if server.config.admission.is_empty() {
             return Ok(());
         }

@@ -9,8 +9,9 @@
 //! - Server-side apply owns exactly the fields of the applied configuration; fields the manager
 //!   applied before and no longer sends are removed unless another manager owns them.
 
+use corral_apimachinery::limits::MANAGED_FIELDS_EXTRA_DEPTH;
 use corral_apimachinery::managed::{self, ApplyOptions};
-use corral_apimachinery::patch::{self as json_patches, PatchError};
+use corral_apimachinery::patch::{self as json_patches, JsonPatchLimits, PatchError};
 use serde_json::{Value, json};
 
 use super::admission::Verb;
@@ -63,7 +64,8 @@ pub async fn patch(context: &WriteContext<'_>, patch: &Patch) -> ApiResult<Writt
                 Ownership::Tracked,
             ),
             Patch::Json(document) => (
-                json_patches::json_patch(&presented, document).map_err(patch_error)?,
+                json_patches::json_patch(&presented, document, json_patch_limits(context))
+                    .map_err(patch_error)?,
                 Ownership::Tracked,
             ),
             Patch::Apply {
@@ -121,9 +123,22 @@ impl Patch {
     }
 }
 
+/// What one JSON patch may build: the server's `json_patch_max_created_bytes`, and no deeper
+/// than a stored object may be (managedFields included; the object's own fields are held to
+/// the limit when the result is checked, naming the field).
+fn json_patch_limits(context: &WriteContext<'_>) -> JsonPatchLimits {
+    let config = &context.object.server.config;
+    JsonPatchLimits {
+        max_created_bytes: config.json_patch_max_created_bytes,
+        max_depth: config.object_limits.max_depth + MANAGED_FIELDS_EXTRA_DEPTH,
+    }
+}
+
 fn patch_error(error: PatchError) -> ApiError {
     match error {
-        PatchError::Apply { .. } => ApiError::new(Reason::Invalid, error.to_string()),
+        PatchError::Apply { .. } | PatchError::TooLarge { .. } | PatchError::TooDeep { .. } => {
+            ApiError::new(Reason::Invalid, error.to_string())
+        }
         PatchError::TooManyOperations { .. } => {
             ApiError::new(Reason::RequestEntityTooLarge, error.to_string())
         }

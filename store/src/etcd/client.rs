@@ -16,7 +16,10 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use etcd_client::{Client, ConnectOptions, GetOptions, GetResponse, TxnOpResponse, TxnResponse};
+use etcd_client::{
+    Client, ConnectOptions, GetOptions, GetResponse, KvClient, TxnOpResponse, TxnResponse,
+    WatchClient,
+};
 
 use super::error::{EtcdError, Failure, classify, malformed, other};
 use crate::{KeyValue, Result, Revision, StoreError};
@@ -24,6 +27,13 @@ use crate::{KeyValue, Result, Revision, StoreError};
 /// How long a non-watch request may take before it is `Unavailable`.
 pub(super) const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The largest response read from etcd (Kubernetes' `MaxCallRecvMsgSize`, `math.MaxInt32`).
+/// gRPC's default, 4 MiB, is less than one list page of large objects, or one watch response
+/// (etcd sends up to 1,000 revisions in one, each with its previous value): such a list or
+/// watch would fail every time. The API server bounds what it asks for instead (pages, and
+/// objects of at most 1.5 MB).
+const MAX_RESPONSE_BYTES: usize = i32::MAX as usize;
 
 /// Runs an etcd request with [`REQUEST_TIMEOUT`].
 pub(super) async fn timed<T>(
@@ -97,6 +107,20 @@ impl EtcdStore {
         })
     }
 
+    /// A KV client that reads responses of up to [`MAX_RESPONSE_BYTES`].
+    pub(super) fn kv(&self) -> KvClient {
+        self.client
+            .kv_client()
+            .max_decoding_message_size(MAX_RESPONSE_BYTES)
+    }
+
+    /// A watch client that reads responses of up to [`MAX_RESPONSE_BYTES`].
+    pub(super) fn watcher(&self) -> WatchClient {
+        self.client
+            .watch_client()
+            .max_decoding_message_size(MAX_RESPONSE_BYTES)
+    }
+
     pub(super) fn full_key(&self, key: &str) -> Vec<u8> {
         let mut full = Vec::with_capacity(self.prefix.len() + key.len());
         full.extend_from_slice(&self.prefix);
@@ -131,7 +155,7 @@ impl EtcdStore {
     /// `Ok(false)` if it was compacted.
     async fn serves_revision(&self, revision: Revision) -> Result<bool> {
         let options = GetOptions::new().with_count_only().with_revision(revision);
-        let mut kv = self.client.kv_client();
+        let mut kv = self.kv();
         match timed(kv.get(&self.prefix[..], Some(options))).await? {
             Ok(_) => Ok(true),
             Err(error) => match classify(error) {
@@ -165,7 +189,7 @@ impl EtcdStore {
         start: Vec<u8>,
         options: GetOptions,
     ) -> Result<GetResponse, etcd_client::Error> {
-        let mut kv = self.client.kv_client();
+        let mut kv = self.kv();
         match tokio::time::timeout(REQUEST_TIMEOUT, kv.get(start, Some(options))).await {
             Ok(result) => result,
             Err(_) => Err(etcd_client::Error::GRpcStatus(
@@ -200,7 +224,7 @@ impl EtcdStore {
 
     /// The store-wide revision, from a `count_only` read of the prefix.
     pub(super) async fn read_current_revision(&self) -> Result<Revision> {
-        let mut kv = self.client.kv_client();
+        let mut kv = self.kv();
         let options = GetOptions::new().with_count_only();
         let response = timed(kv.get(&self.prefix[..], Some(options)))
             .await?

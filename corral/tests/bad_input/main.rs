@@ -1,7 +1,10 @@
 //! Bad input never crashes the server nor returns 500: each case gets a Kubernetes `Status`
-//! with the right code and reason, and a rejected create leaves nothing behind.
+//! with the right code and reason, and a rejected create leaves nothing behind. `limits.rs`
+//! holds the cases about the server's limits (object depth and size, patches, YAML, lists).
 
+#[path = "../common/mod.rs"]
 mod common;
+mod limits;
 
 use common::{Backend, http};
 use serde_json::Value;
@@ -547,6 +550,7 @@ fn run(backend: Backend) {
     let json_ct = [("Content-Type", "application/json")];
     let (status, body) = http(server.address(), "POST", BASE, &json_ct, br#"{"apiVersion":"test.corral.dev/v1","kind":"Widget","metadata":{"name":"good"},"spec":{"color":"red"}}"#);
     assert_eq!(status, 201, "{body}");
+    let gadget_before = limits::create_good_gadget(server.address());
     let good: Value = serde_json::from_str(&body).unwrap();
     let rv = good["metadata"]["resourceVersion"]
         .as_str()
@@ -568,7 +572,7 @@ fn run(backend: Backend) {
         },
     );
     let mut failures = Vec::new();
-    for c in cases(&rv) {
+    for c in cases(&rv).into_iter().chain(limits::cases()) {
         let (status, body) = http(
             server.address(),
             c.method,
@@ -597,9 +601,11 @@ fn run(backend: Backend) {
         let (health, _) = http(server.address(), "GET", "/healthz", &[], b"");
         assert_eq!(health, 200, "server unhealthy after {}", c.name);
     }
-    // Nothing of a rejected create was written.
+    // Nothing of a rejected create or patch was written.
     let names = common::list_names(server.address(), BASE);
     assert_eq!(names, vec!["good"], "only the good object exists");
+    limits::assert_good_gadget_unchanged(server.address(), &gadget_before);
+    limits::objects_at_the_limits_round_trip(server.address());
     assert!(
         failures.is_empty(),
         "{} case(s) failed:\n{}",

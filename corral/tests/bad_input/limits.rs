@@ -1,0 +1,263 @@
+//! The cases about the server's limits: JSON patches that would grow without bound, objects
+//! nested too deep or too large, YAML alias bombs; and the objects at the limits, which must
+//! be stored and read back whole.
+
+use std::net::SocketAddr;
+
+use serde_json::{Value, json};
+
+use super::{BASE, Case};
+use crate::common::http;
+
+pub const GADGETS: &str = "/apis/test.corral.dev/v1/gadgets";
+
+/// `{"a":{"a":…1}}` with `levels` objects.
+pub fn nested(levels: usize) -> Value {
+    (0..levels).fold(json!(1), |inner, _| json!({ "a": inner }))
+}
+
+fn gadget(name: &str, spec: Value) -> Vec<u8> {
+    json!({"apiVersion": "test.corral.dev/v1", "kind": "Gadget", "metadata": {"name": name}, "spec": spec})
+        .to_string()
+        .into_bytes()
+}
+
+/// Creates the Gadget the cases patch (its spec keeps unknown fields, so it can hold
+/// anything); returns it as created.
+pub fn create_good_gadget(address: SocketAddr) -> Value {
+    let json_ct = [("Content-Type", "application/json")];
+    let (status, body) = http(
+        address,
+        "POST",
+        GADGETS,
+        &json_ct,
+        &gadget("good-gadget", json!({"x": 1})),
+    );
+    assert_eq!(status, 201, "{body}");
+    serde_json::from_str(&body).expect("a created object is JSON")
+}
+
+/// No case changed the Gadget, and no Gadget of a case was created.
+pub fn assert_good_gadget_unchanged(address: SocketAddr, before: &Value) {
+    let (status, body) = http(address, "GET", &format!("{GADGETS}/good-gadget"), &[], b"");
+    assert_eq!(status, 200, "{body}");
+    let now: Value = serde_json::from_str(&body).expect("an object is JSON");
+    assert_eq!(
+        now["metadata"]["resourceVersion"], before["metadata"]["resourceVersion"],
+        "a refused patch changed the Gadget: {body}"
+    );
+    assert_eq!(
+        crate::common::list_names(address, GADGETS),
+        vec!["good-gadget"]
+    );
+}
+
+/// Each `copy` appends the whole list to itself: the document doubles per operation.
+fn copy_bomb() -> String {
+    let mut ops = vec![json!({"op": "add", "path": "/spec/bomb", "value": ["x".repeat(1000)]})];
+    ops.extend(
+        (0..40).map(|_| json!({"op": "copy", "from": "/spec/bomb", "path": "/spec/bomb/-"})),
+    );
+    Value::Array(ops).to_string()
+}
+
+/// Each `copy` puts the value under itself: its nesting grows by its own depth per operation.
+fn nesting_by_copies() -> String {
+    let mut ops = vec![json!({"op": "add", "path": "/spec/x", "value": {"a": {}}})];
+    ops.extend((0..60).map(|_| json!({"op": "copy", "from": "/spec/x", "path": "/spec/x/a/b"})));
+    Value::Array(ops).to_string()
+}
+
+/// Nine anchors, each ten aliases of the one before: 10^9 strings once expanded.
+pub fn billion_laughs() -> String {
+    let mut yaml = String::from(
+        "apiVersion: test.corral.dev/v1\nkind: Widget\nmetadata: {name: laughs}\nspec:\n  color: red\n  a0: &a0 [lol]\n",
+    );
+    for i in 1..10 {
+        let aliases = vec![format!("*a{}", i - 1); 10].join(", ");
+        yaml.push_str(&format!("  a{i}: &a{i} [{aliases}]\n"));
+    }
+    yaml
+}
+
+// One argument per column, as the table of `main.rs`.
+#[allow(clippy::too_many_arguments)]
+fn case(
+    name: &'static str,
+    method: &'static str,
+    path: String,
+    content_type: &'static str,
+    body: impl Into<Vec<u8>>,
+    code: u16,
+    reason: &'static str,
+    message: &'static str,
+) -> Case {
+    Case {
+        name,
+        method,
+        path,
+        content_type,
+        body: body.into(),
+        code,
+        reason,
+        message,
+    }
+}
+
+pub fn cases() -> Vec<Case> {
+    let json = "application/json";
+    let json_patch = "application/json-patch+json";
+    let good_gadget = format!("{GADGETS}/good-gadget");
+    vec![
+        case(
+            "JSON patch copy bomb",
+            "PATCH",
+            format!("{BASE}/good"),
+            json_patch,
+            copy_bomb(),
+            422,
+            "Invalid",
+            "the patch would create more than 3145728 bytes",
+        ),
+        case(
+            "JSON patch nesting by copies",
+            "PATCH",
+            good_gadget.clone(),
+            json_patch,
+            nesting_by_copies(),
+            422,
+            "Invalid",
+            "more than the limit of 105",
+        ),
+        case(
+            "JSON patch result nested too deep",
+            "PATCH",
+            good_gadget.clone(),
+            json_patch,
+            json!([{"op": "add", "path": "/spec/deep", "value": nested(99)}]).to_string(),
+            422,
+            "Invalid",
+            "spec.deep.a.a.a",
+        ),
+        case(
+            "merge patch nested too deep",
+            "PATCH",
+            good_gadget.clone(),
+            "application/merge-patch+json",
+            json!({"spec": nested(110)}).to_string(),
+            422,
+            "Invalid",
+            "Forbidden: nested too deeply: an object may nest at most 100 levels",
+        ),
+        case(
+            "apply nested too deep",
+            "PATCH",
+            format!("{good_gadget}?fieldManager=t"),
+            "application/apply-patch+yaml",
+            gadget("good-gadget", nested(105)),
+            422,
+            "Invalid",
+            "nested too deeply",
+        ),
+        case(
+            "object nested too deep",
+            "POST",
+            GADGETS.to_string(),
+            json,
+            gadget("deep", nested(110)),
+            422,
+            "Invalid",
+            "spec.a.a.a",
+        ),
+        case(
+            "object too large",
+            "POST",
+            GADGETS.to_string(),
+            json,
+            gadget("huge", json!({"note": "x".repeat(1_600_000)})),
+            422,
+            "Invalid",
+            "spec: Too long: the object would take",
+        ),
+        case(
+            "YAML alias bomb",
+            "POST",
+            BASE.to_string(),
+            "application/yaml",
+            billion_laughs(),
+            400,
+            "BadRequest",
+            "not valid YAML",
+        ),
+        case(
+            "YAML nested too deep",
+            "POST",
+            BASE.to_string(),
+            "application/yaml",
+            format!(
+                "apiVersion: test.corral.dev/v1\nkind: Widget\nmetadata: {{name: deep}}\nspec: {}1{}\n",
+                "[".repeat(70),
+                "]".repeat(70)
+            ),
+            400,
+            "BadRequest",
+            "not valid YAML",
+        ),
+    ]
+}
+
+/// The objects at the limits are stored and read back whole: nested to the limit (created,
+/// and applied, whose managedFields nest deeper still), and three objects of nearly the most
+/// bytes an object may have, in one list.
+pub fn objects_at_the_limits_round_trip(address: SocketAddr) {
+    let json_ct = [("Content-Type", "application/json")];
+    // The object is level 1 and spec level 2: 99 levels under spec reach the limit of 100.
+    let (status, body) = http(
+        address,
+        "POST",
+        GADGETS,
+        &json_ct,
+        &gadget("deepest", nested(99)),
+    );
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = http(
+        address,
+        "PATCH",
+        &format!("{GADGETS}/applied?fieldManager=t"),
+        &[("Content-Type", "application/apply-patch+yaml")],
+        &gadget("applied", nested(99)),
+    );
+    assert_eq!(status, 201, "{body}");
+    let large = json!({"note": "x".repeat(1_400_000)});
+    for name in ["large-1", "large-2", "large-3"] {
+        let (status, body) = http(
+            address,
+            "POST",
+            GADGETS,
+            &json_ct,
+            &gadget(name, large.clone()),
+        );
+        assert_eq!(status, 201, "{}", &body[..body.len().min(400)]);
+    }
+    for name in ["deepest", "applied", "large-1"] {
+        let (status, body) = http(address, "GET", &format!("{GADGETS}/{name}"), &[], b"");
+        assert_eq!(status, 200, "{}", &body[..body.len().min(400)]);
+    }
+    let expected = [
+        "applied",
+        "deepest",
+        "good-gadget",
+        "large-1",
+        "large-2",
+        "large-3",
+    ];
+    // From the store, and from the watch cache.
+    for list in [GADGETS.to_string(), format!("{GADGETS}?resourceVersion=0")] {
+        let names = crate::common::list_names(address, &list);
+        assert_eq!(names, expected, "{list}");
+    }
+    for name in expected.iter().filter(|name| **name != "good-gadget") {
+        let (status, body) = http(address, "DELETE", &format!("{GADGETS}/{name}"), &[], b"");
+        assert_eq!(status, 200, "{body}");
+    }
+}
