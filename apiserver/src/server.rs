@@ -35,6 +35,9 @@ pub struct Config {
     pub json_patch_max_created_bytes: usize,
     /// How often a watch that asked for bookmarks gets one.
     pub bookmark_interval: Duration,
+    /// Kubernetes' `--min-request-timeout`: a watch without `timeoutSeconds` lasts between this
+    /// and twice this (chosen at random), and one with it at most twice this (1,800 s).
+    pub min_request_timeout: Duration,
     /// Compact history older than this, every this often (0 disables compaction).
     pub compaction_interval: Duration,
     /// How often the garbage collector rescans everything (it also reacts to events).
@@ -53,6 +56,7 @@ impl Default for Config {
             object_limits: ObjectLimits::DEFAULT,
             json_patch_max_created_bytes: 3 * 1024 * 1024,
             bookmark_interval: Duration::from_secs(60),
+            min_request_timeout: Duration::from_secs(1800),
             compaction_interval: Duration::from_secs(300),
             gc_resync_interval: Duration::from_secs(30),
             cache: CacheConfig::default(),

@@ -32,6 +32,34 @@ pub struct ApiserverArgs {
     /// How often watches that ask for bookmarks get one.
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     pub(crate) bookmark_interval: Duration,
+    #[command(flatten)]
+    pub(crate) limits: LimitArgs,
+}
+
+/// What one client may make the server do (docs/api.md, "Limits").
+#[derive(clap::Args, Clone, Debug)]
+pub struct LimitArgs {
+    /// A watch without `timeoutSeconds` lasts between this and twice this (at random); one with
+    /// it, at most twice this.
+    #[arg(long, default_value = "30m", value_parser = parse_duration)]
+    pub(crate) min_request_timeout: Duration,
+}
+
+impl Default for LimitArgs {
+    /// The flags' defaults.
+    fn default() -> LimitArgs {
+        use clap::{Args, FromArgMatches};
+        let command = LimitArgs::augment_args(clap::Command::new("limits"));
+        LimitArgs::from_arg_matches(&command.get_matches_from(["limits"]))
+            .expect("the defaults of the limit flags parse")
+    }
+}
+
+impl LimitArgs {
+    /// Sets the limits in `config`.
+    fn apply(&self, config: &mut corral_apiserver::Config) {
+        config.min_request_timeout = self.min_request_timeout;
+    }
 }
 
 /// Starts the API server in this process; it serves until `stop`. Returns its address and the
@@ -49,11 +77,12 @@ pub async fn start_apiserver(
     let store = corral_store::open(&store_config)
         .await
         .with_context(|| format!("opening store {store_config}"))?;
-    let config = corral_apiserver::Config {
+    let mut config = corral_apiserver::Config {
         compaction_interval: args.compaction_interval,
         bookmark_interval: args.bookmark_interval,
         ..Default::default()
     };
+    args.limits.apply(&mut config);
     let running = corral_apiserver::ApiServer::start(registry, store, config).await?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await

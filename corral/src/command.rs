@@ -13,11 +13,16 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let n: u64 = number
         .parse()
         .map_err(|_| format!("invalid duration {text:?}"))?;
+    let seconds = |per_unit: u64| {
+        n.checked_mul(per_unit)
+            .map(Duration::from_secs)
+            .ok_or_else(|| format!("duration {text:?} is too long"))
+    };
     match unit {
         "" | "s" => Ok(Duration::from_secs(n)),
         "ms" => Ok(Duration::from_millis(n)),
-        "m" => Ok(Duration::from_secs(n * 60)),
-        "h" => Ok(Duration::from_secs(n * 3600)),
+        "m" => seconds(60),
+        "h" => seconds(3600),
         _ => Err(format!(
             "invalid duration unit in {text:?} (use ms, s, m or h)"
         )),
@@ -34,4 +39,19 @@ pub async fn shutdown_signal() {
         _ = term.recv() => {},
     }
     tracing::info!("shutting down");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_and_never_overflow() {
+        assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("30m"), Ok(Duration::from_secs(1800)));
+        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
+        assert!(parse_duration("18446744073709551615h").is_err());
+        assert!(parse_duration("5d").is_err());
+    }
 }

@@ -14,7 +14,7 @@ use corral_node_agent::sim::{SimSled, SimSledConfig, SimTiming, SledHandle, Star
 use corral_node_agent::{AgentConfig, PowerControllers, power_controller_url};
 use tokio_util::sync::CancellationToken;
 
-use crate::apiserver::{ApiserverArgs, kubeconfig, start_apiserver};
+use crate::apiserver::{ApiserverArgs, LimitArgs, kubeconfig, start_apiserver};
 use crate::command::{parse_duration, shutdown_signal};
 use crate::controllers::controllers_config;
 
@@ -250,6 +250,7 @@ pub async fn up(mut args: UpArgs) -> anyhow::Result<()> {
         crds: args.crds,
         compaction_interval: Duration::from_secs(300),
         bookmark_interval: Duration::from_secs(60),
+        limits: LimitArgs::default(),
     };
     let stop = CancellationToken::new();
     let (address, apiserver_task) = start_apiserver(apiserver, stop.clone()).await?;

@@ -13,8 +13,10 @@
 //!   `ERROR` event with a 410 `Expired` Status, then the end of the stream — never an HTTP
 //!   410, which would make kube-rs retry the same revision forever.
 //! - Bookmarks are sent only when asked for, and carry `kind` and `apiVersion`.
-//! - The stream ends cleanly at `timeoutSeconds` (or a random 30–60 min), or when the server
-//!   shuts down.
+//! - The stream ends cleanly at `timeoutSeconds` — at most twice `Config::min_request_timeout`
+//!   (1 h by default) — or, without one, after a random time between the minimum request
+//!   timeout and twice it (30–60 min), or when the server shuts down. No client number can
+//!   overflow a deadline.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -46,7 +48,7 @@ pub async fn watch(request: ResourceRequest, accept: Accept) -> ApiResult<Respon
     let cache = request.server.cache(&request.resource).clone();
     let start = Start::from_query(&request.query)?;
     wait_for_start(&request, &cache, start.at).await?;
-    let timeout = timeout(&request.query)?;
+    let timeout = timeout(&request.query, request.server.config.min_request_timeout)?;
     let mut watcher = Watcher::new(request, accept, cache, filter, timeout);
     watcher.begin(&start);
     let stream = futures::stream::unfold(watcher, |mut watcher| async move {
@@ -163,12 +165,25 @@ async fn wait_for_start(request: &ResourceRequest, cache: &Cacher, at: StartAt) 
     Ok(())
 }
 
-/// `timeoutSeconds`, else a random 30–60 minutes (so watches do not all end at once).
-fn timeout(query: &Query) -> ApiResult<Duration> {
+/// How long a watch lasts: a positive `timeoutSeconds`, at most twice `min_request_timeout`
+/// (the longest watch the server itself would choose); without one (or with 0 or less), a
+/// random time between `min_request_timeout` and twice it, so that watches do not all end at
+/// once — Kubernetes' `--min-request-timeout` rule.
+fn timeout(query: &Query, min_request_timeout: Duration) -> ApiResult<Duration> {
+    let shortest = min_request_timeout.as_secs().max(1);
+    let longest = shortest.saturating_mul(2);
     Ok(match query.int("timeoutSeconds")? {
-        Some(seconds) if seconds > 0 => Duration::from_secs(seconds as u64),
-        _ => Duration::from_secs(rand::rng().random_range(1800..3600)),
+        Some(seconds) if seconds > 0 => Duration::from_secs(seconds.unsigned_abs().min(longest)),
+        _ => Duration::from_secs(rand::rng().random_range(shortest..=longest)),
     })
+}
+
+/// `now + after`, or a time too far off to come if that is past what an `Instant` holds.
+fn later(now: Instant, after: Duration) -> Instant {
+    const CENTURY: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+    now.checked_add(after)
+        .or_else(|| now.checked_add(CENTURY))
+        .unwrap_or(now)
 }
 
 /// One open watch: its position in the cache's event history and the frames not yet sent.
@@ -219,8 +234,8 @@ impl Watcher {
             columns_sent: false,
             storage_version,
             bookmark_interval,
-            next_bookmark: now + bookmark_interval.unwrap_or_default(),
-            deadline: now + timeout,
+            next_bookmark: later(now, bookmark_interval.unwrap_or_default()),
+            deadline: later(now, timeout),
             pending: VecDeque::new(),
             done: false,
             shutdown,
@@ -313,7 +328,7 @@ impl Watcher {
             _ = tokio::time::sleep_until(bookmark_at.unwrap_or(self.deadline)), if bookmark_at.is_some() => {
                 let frame = self.bookmark_frame(false);
                 self.pending.push_back(frame);
-                self.next_bookmark = Instant::now() + self.bookmark_interval.unwrap_or_default();
+                self.next_bookmark = later(Instant::now(), self.bookmark_interval.unwrap_or_default());
                 if Instant::now() >= self.deadline {
                     self.done = true;
                 }
@@ -428,6 +443,32 @@ fn line(value: &Value) -> Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn watch_timeouts_are_clamped_and_never_overflow() {
+        let min = Duration::from_secs(1800);
+        let timeout = |query: &str| timeout(&Query::parse(Some(query)), min);
+        let secs = |query: &str| timeout(query).map(|t| t.as_secs()).ok();
+        assert_eq!(secs("timeoutSeconds=290"), Some(290));
+        assert_eq!(secs("timeoutSeconds=3600"), Some(3600));
+        assert_eq!(secs("timeoutSeconds=3601"), Some(3600));
+        assert_eq!(secs("timeoutSeconds=9223372036854775807"), Some(3600));
+        assert_eq!(secs("timeoutSeconds=99999999999999999999"), None);
+        for query in [
+            "",
+            "timeoutSeconds=0",
+            "timeoutSeconds=-9223372036854775808",
+        ] {
+            let chosen = secs(query).expect("a timeout");
+            assert!((1800..=3600).contains(&chosen), "{query}: {chosen}");
+        }
+        let now = Instant::now();
+        assert_eq!(
+            later(now, Duration::from_secs(5)),
+            now + Duration::from_secs(5)
+        );
+        assert!(later(now, Duration::MAX) > now + Duration::from_secs(3600));
+    }
 
     #[test]
     fn watch_starts_are_read_from_the_query_and_bad_combinations_refused() {

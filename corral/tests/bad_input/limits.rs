@@ -2,7 +2,9 @@
 //! nested too deep or too large, YAML alias bombs; and the objects at the limits, which must
 //! be stored and read back whole.
 
-use std::net::SocketAddr;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
 
 use serde_json::{Value, json};
 
@@ -260,4 +262,50 @@ pub fn objects_at_the_limits_round_trip(address: SocketAddr) {
         let (status, body) = http(address, "DELETE", &format!("{GADGETS}/{name}"), &[], b"");
         assert_eq!(status, 200, "{body}");
     }
+}
+
+/// Sends a GET for `path` and reads the answer's status line and headers, leaving the body (a
+/// watch's stream) unread on the returned connection.
+pub fn open_stream(address: SocketAddr, path: &str) -> (u16, BufReader<TcpStream>) {
+    let mut stream =
+        TcpStream::connect_timeout(&address, Duration::from_secs(2)).expect("connecting");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("a read timeout");
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {address}\r\n\r\n").expect("writing");
+    let mut reader = BufReader::new(stream);
+    let mut status_line = String::new();
+    reader.read_line(&mut status_line).expect("a status line");
+    let status = status_line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0);
+    loop {
+        let mut header = String::new();
+        let read = reader.read_line(&mut header).expect("a header line");
+        if read == 0 || header == "\r\n" {
+            break;
+        }
+    }
+    (status, reader)
+}
+
+/// A watch asking for the longest timeout there is gets one the server can keep (it is
+/// clamped to twice the minimum request timeout); so do one with none and one with a negative
+/// one.
+pub fn watches_with_any_timeout_are_served(address: SocketAddr) {
+    for timeout in ["9223372036854775807", "0", "-9223372036854775808", "1"] {
+        let path = format!("{BASE}?watch=true&timeoutSeconds={timeout}");
+        let (status, mut stream) = open_stream(address, &path);
+        assert_eq!(status, 200, "{path}");
+        // The first event: the existing Widget.
+        let mut size = String::new();
+        stream.read_line(&mut size).expect("a chunk size");
+        let mut event = String::new();
+        stream.read_line(&mut event).expect("an event");
+        assert!(event.contains(r#""type":"ADDED""#), "{path}: {event}");
+    }
+    let (health, _) = http(address, "GET", "/healthz", &[], b"");
+    assert_eq!(health, 200);
 }

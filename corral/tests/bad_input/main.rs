@@ -606,6 +606,7 @@ fn run(backend: Backend) {
     assert_eq!(names, vec!["good"], "only the good object exists");
     limits::assert_good_gadget_unchanged(server.address(), &gadget_before);
     limits::objects_at_the_limits_round_trip(server.address());
+    limits::watches_with_any_timeout_are_served(server.address());
     assert!(
         failures.is_empty(),
         "{} case(s) failed:\n{}",
