@@ -227,7 +227,9 @@ impl LedgerInner {
     fn insert(&mut self, key: String, entry: Entry) {
         self.remove(&key);
         let usage = self.usage.entry(entry.sled.clone()).or_default();
-        usage.allocated += entry.resources;
+        // Saturating: Vmms a client wrote with huge resources make the sled full, never wrap
+        // its total round to little (the schema's maxima keep real totals far below this).
+        usage.allocated = usage.allocated.saturating_add(&entry.resources);
         if let Some(group) = &entry.group {
             usage.groups.insert(group.clone());
             *self
@@ -528,6 +530,24 @@ mod tests {
                 .insert(ANTI_AFFINITY_LABEL.into(), group.into());
         }
         vmm
+    }
+
+    #[test]
+    fn huge_vmms_fill_their_sled_instead_of_overflowing_its_total() {
+        use kube::runtime::watcher::Event;
+        let sleds = vec![sled("a", 64, true, false)];
+        let ledger = Ledger::default();
+        for name in ["h1-v1", "h2-v1"] {
+            let mut huge = vmm(name, "a", u32::MAX, None);
+            huge.spec.resources.memory_mib = u64::MAX;
+            ledger.observe(&Event::Apply(huge));
+        }
+        let total = ledger.allocated()["a"];
+        assert_eq!((total.cpus, total.memory_mib), (u32::MAX, u64::MAX));
+        let refused = ledger
+            .place(&instance("small", 1), "small-v1", &sleds, None)
+            .unwrap_err();
+        assert_eq!(refused.capacity, 1);
     }
 
     #[test]

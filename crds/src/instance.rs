@@ -103,8 +103,9 @@ impl Default for EvictionStrategy {
 pub struct InstanceSpec {
     #[schemars(range(min = 1, max = 256))]
     pub cpus: u32,
+    /// The guest's memory: at least 64 MiB, at most 1 TiB.
     #[serde(rename = "memoryMiB")]
-    #[schemars(range(min = 64))]
+    #[schemars(range(min = 64, max = 1_048_576))]
     pub memory_mib: u64,
     /// The boot image.
     pub image: String,

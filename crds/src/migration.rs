@@ -204,7 +204,7 @@ impl TransferProgress {
     /// rate its `source` VMM's agent last reported, the sled's migration bandwidth.
     pub fn before(instance: &Instance, source: Option<&Vmm>, sled: Option<&Sled>) -> Self {
         TransferProgress {
-            memory_bytes: instance.spec.memory_mib * MIB,
+            memory_bytes: instance.spec.memory_mib.saturating_mul(MIB),
             dirty_bytes_per_second: source
                 .and_then(|v| v.status.as_ref())
                 .map_or(0, |s| s.dirty_bytes_per_second),
@@ -397,12 +397,13 @@ pub enum NonConvergence {
     TooManyRounds { rounds: u32, left: u64, budget: u64 },
 }
 
-/// The time `bytes` take at `bandwidth` bytes per second.
+/// The time `bytes` take at `bandwidth` bytes per second ([`Duration::MAX`] if that is more
+/// than a `Duration` holds, or the link has no bandwidth).
 pub fn transfer_time(bytes: u64, bandwidth: u64) -> Duration {
     if bandwidth == 0 {
         return Duration::MAX;
     }
-    Duration::from_secs_f64(bytes as f64 / bandwidth as f64)
+    Duration::try_from_secs_f64(bytes as f64 / bandwidth as f64).unwrap_or(Duration::MAX)
 }
 
 /// The bytes the next round sends, after a round that took `elapsed`.
@@ -451,8 +452,8 @@ pub fn predict_within(
     let mut duration = Duration::ZERO;
     for round in 1..=MAX_ROUNDS {
         let took = transfer_time(round_bytes, bandwidth);
-        total += round_bytes;
-        duration += took;
+        total = total.saturating_add(round_bytes);
+        duration = duration.saturating_add(took);
         if fits_downtime(round_bytes, bandwidth, budget) {
             return Ok(Prediction {
                 rounds: round,
@@ -477,6 +478,20 @@ mod tests {
     const GIB: u64 = 1024 * MIB;
     /// 10 Gbit/s.
     const TEN_GBIT: u64 = 1_250_000_000;
+
+    #[test]
+    fn huge_transfers_take_the_longest_time_instead_of_panicking() {
+        assert!(transfer_time(u64::MAX, 1) > Duration::from_secs(u64::MAX / 2));
+        assert_eq!(transfer_time(1, 0), Duration::MAX);
+        // Rounds too long for any budget: the prediction gives up, its sums do not overflow.
+        let refused = predict_within(u64::MAX, 1, 2, Duration::ZERO);
+        assert!(
+            matches!(refused, Err(NonConvergence::TooManyRounds { .. })),
+            "{refused:?}"
+        );
+        let slow = predict_within(u64::MAX, 1, 2, Duration::MAX).expect("one round fits");
+        assert_eq!(slow.rounds, 1);
+    }
 
     #[test]
     fn a_quiet_guest_converges_in_a_few_rounds() {

@@ -24,12 +24,23 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use crate::condition::{Condition, Reason};
 use crate::vpc::V2pAck;
 
-/// What a sled offers and what is allocated of it.
+/// The most CPUs one [`Resources`] may hold (a sled's capacity, or one Vmm's).
+pub const MAX_CPUS: u32 = 4096;
+/// The most memory one [`Resources`] may hold, in MiB: 16 TiB.
+pub const MAX_MEMORY_MIB: u64 = 16 * 1024 * 1024;
+
+/// What a sled offers and what is allocated of it, or what a Vmm takes: at most 4096 CPUs and
+/// 16 TiB of memory.
+// Each quantity has a maximum in the schema, so no stored value comes near overflowing a sum
+// the control plane makes; sums saturate anyway, so a total that did reach the type's limit
+// reads as full instead of wrapping to almost nothing.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Resources {
+    #[schemars(range(max = MAX_CPUS))]
     pub cpus: u32,
     #[serde(rename = "memoryMiB")]
+    #[schemars(range(max = MAX_MEMORY_MIB))]
     pub memory_mib: u64,
 }
 
@@ -44,15 +55,21 @@ impl Resources {
             memory_mib: self.memory_mib.saturating_sub(other.memory_mib),
         }
     }
+
+    /// The sum, each quantity stopping at its type's maximum instead of overflowing.
+    pub fn saturating_add(&self, other: &Resources) -> Resources {
+        Resources {
+            cpus: self.cpus.saturating_add(other.cpus),
+            memory_mib: self.memory_mib.saturating_add(other.memory_mib),
+        }
+    }
 }
 
+/// [`Resources::saturating_add`]: a sum of resources never overflows.
 impl std::ops::Add for Resources {
     type Output = Resources;
     fn add(self, other: Resources) -> Resources {
-        Resources {
-            cpus: self.cpus + other.cpus,
-            memory_mib: self.memory_mib + other.memory_mib,
-        }
+        self.saturating_add(&other)
     }
 }
 
@@ -304,6 +321,45 @@ mod tests {
             "status": status,
         }))
         .unwrap()
+    }
+
+    #[test]
+    fn sums_of_resources_saturate_instead_of_overflowing() {
+        let huge = Resources {
+            cpus: u32::MAX,
+            memory_mib: u64::MAX,
+        };
+        let one = Resources {
+            cpus: 1,
+            memory_mib: 1,
+        };
+        assert_eq!(huge + huge, huge);
+        assert_eq!(huge + one, huge);
+        let mut total = Resources::default();
+        total += one;
+        total += huge;
+        assert_eq!(total, huge);
+        assert_eq!(
+            one + one,
+            Resources {
+                cpus: 2,
+                memory_mib: 2
+            }
+        );
+        // A saturated total is full: nothing more fits beside it.
+        let capacity = Resources {
+            cpus: MAX_CPUS,
+            memory_mib: MAX_MEMORY_MIB,
+        };
+        assert!(!one.fits_within(&capacity.saturating_sub(&total)));
+    }
+
+    #[test]
+    fn the_schema_bounds_every_quantity() {
+        let schema = serde_json::to_value(schemars::schema_for!(Resources)).unwrap();
+        let properties = &schema["properties"];
+        assert_eq!(properties["cpus"]["maximum"], json!(MAX_CPUS));
+        assert_eq!(properties["memoryMiB"]["maximum"], json!(MAX_MEMORY_MIB));
     }
 
     fn ready(status: &str) -> Value {

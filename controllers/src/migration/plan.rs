@@ -617,7 +617,10 @@ fn follow_live(
     {
         let mut progress = best.progress.clone();
         if progress.memory_bytes == 0 {
-            progress.memory_bytes = observed.instance.map_or(0, |i| i.spec.memory_mib) * MIB;
+            progress.memory_bytes = observed
+                .instance
+                .map_or(0, |i| i.spec.memory_mib)
+                .saturating_mul(MIB);
         }
         plan.status.progress = Some(progress);
     }

@@ -12,6 +12,20 @@ use super::{BASE, Case};
 use crate::common::http;
 
 pub const GADGETS: &str = "/apis/test.corral.dev/v1/gadgets";
+const INSTANCES: &str = "/apis/corral.dev/v1alpha1/namespaces/default/instances";
+const VMMS: &str = "/apis/corral.dev/v1alpha1/namespaces/default/vmms";
+
+fn instance(cpus: &str, memory_mib: &str) -> String {
+    format!(
+        r#"{{"apiVersion":"corral.dev/v1alpha1","kind":"Instance","metadata":{{"name":"big"}},"spec":{{"cpus":{cpus},"memoryMiB":{memory_mib},"image":"debian"}}}}"#
+    )
+}
+
+fn vmm(cpus: &str, memory_mib: &str) -> String {
+    format!(
+        r#"{{"apiVersion":"corral.dev/v1alpha1","kind":"Vmm","metadata":{{"name":"big-v1"}},"spec":{{"instance":"big","sled":"s1","sledEpoch":1,"resources":{{"cpus":{cpus},"memoryMiB":{memory_mib}}},"image":"debian"}}}}"#
+    )
+}
 
 /// `{"a":{"a":…1}}` with `levels` objects.
 pub fn nested(levels: usize) -> Value {
@@ -180,6 +194,56 @@ pub fn cases() -> Vec<Case> {
             422,
             "Invalid",
             "spec: Too long: the object would take",
+        ),
+        case(
+            "Instance with 2^32-1 CPUs",
+            "POST",
+            INSTANCES.to_string(),
+            json,
+            instance("4294967295", "1024"),
+            422,
+            "Invalid",
+            "spec.cpus",
+        ),
+        case(
+            "Instance with 2^64-1 MiB",
+            "POST",
+            INSTANCES.to_string(),
+            json,
+            instance("2", "18446744073709551615"),
+            422,
+            "Invalid",
+            "spec.memoryMiB",
+        ),
+        case(
+            "Instance with more MiB than an integer holds",
+            "POST",
+            INSTANCES.to_string(),
+            json,
+            instance("2", "100000000000000000000000000000"),
+            422,
+            "Invalid",
+            "spec.memoryMiB",
+        ),
+        case(
+            "Vmm with 2^32-1 CPUs",
+            "POST",
+            VMMS.to_string(),
+            json,
+            vmm("4294967295", "1024"),
+            422,
+            "Invalid",
+            "spec.resources.cpus",
+        ),
+        case(
+            "Vmm with 2^64-1 MiB",
+            "POST",
+            VMMS.to_string(),
+            json,
+            vmm("1", "18446744073709551615"),
+            422,
+            "Invalid",
+            "spec.resources.memoryMiB",
         ),
         case(
             "YAML alias bomb",

@@ -209,7 +209,7 @@ async fn begin(
     // Started under the ledger lock: no reconcile sees the record without its task.
     let task_ctx = ctx.clone();
     let uid = record.uid.clone();
-    let memory = record.resources.memory_mib * MIB;
+    let memory = record.resources.memory_mib.saturating_mul(MIB);
     let incoming = request.incoming.clone();
     let started = ctx.transfers.spawn(
         &record.uid,

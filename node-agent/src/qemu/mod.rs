@@ -294,11 +294,7 @@ impl QemuHypervisor {
             return Ok(());
         }
         let used = vmms.values().fold(Resources::default(), |used, vmm| {
-            let resources = vmm.launch().resources;
-            Resources {
-                cpus: used.cpus + resources.cpus,
-                memory_mib: used.memory_mib + resources.memory_mib,
-            }
+            used + vmm.launch().resources
         });
         let free = Resources {
             cpus: self.config.capacity.cpus.saturating_sub(used.cpus),
