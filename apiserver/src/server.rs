@@ -30,6 +30,10 @@ pub struct Config {
     /// How deep and how large a stored object may be: a write whose object is past either is
     /// refused (`objects/pipeline.rs` `check_limits`). Default: 100 levels, 1,500,000 bytes.
     pub object_limits: ObjectLimits,
+    /// The most bytes of objects one list answer holds (`handlers/read.rs`): a page asked for
+    /// with `limit` ends there with a `continue`; a list without `limit` that would hold more is
+    /// refused. Default: 128 MiB.
+    pub max_list_bytes: usize,
     /// The most bytes one JSON patch may create with its `add`, `replace` and `copy` operations
     /// (`corral_apimachinery::patch`; Kubernetes' `JSONPatchMaxCopyBytes`, 3 MiB).
     pub json_patch_max_created_bytes: usize,
@@ -55,6 +59,7 @@ impl Default for Config {
             max_body_bytes: 3 * 1024 * 1024,
             object_limits: ObjectLimits::DEFAULT,
             json_patch_max_created_bytes: 3 * 1024 * 1024,
+            max_list_bytes: 128 * 1024 * 1024,
             bookmark_interval: Duration::from_secs(60),
             min_request_timeout: Duration::from_secs(1800),
             compaction_interval: Duration::from_secs(300),

@@ -43,6 +43,10 @@ pub struct LimitArgs {
     /// it, at most twice this.
     #[arg(long, default_value = "30m", value_parser = parse_duration)]
     pub(crate) min_request_timeout: Duration,
+    /// The most bytes of objects one list answer holds: a page asked for with `limit` ends
+    /// there (with a `continue`); a list without `limit` that would hold more is refused.
+    #[arg(long, default_value_t = 128 * 1024 * 1024)]
+    pub(crate) max_list_bytes: usize,
 }
 
 impl Default for LimitArgs {
@@ -59,6 +63,7 @@ impl LimitArgs {
     /// Sets the limits in `config`.
     fn apply(&self, config: &mut corral_apiserver::Config) {
         config.min_request_timeout = self.min_request_timeout;
+        config.max_list_bytes = self.max_list_bytes;
     }
 }
 

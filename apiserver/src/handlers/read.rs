@@ -5,6 +5,18 @@
 //! - `resourceVersion=0` or `resourceVersionMatch=NotOlderThan`: served from the watch cache
 //!   (after it has caught up to the asked revision); `limit` is ignored, which Kubernetes allows.
 //! - `resourceVersionMatch=Exact`: a store read at exactly that revision (410 once compacted).
+//!
+//! # Bounds
+//!
+//! `limit` of 0 or less is no limit, as in Kubernetes. No list answer holds more than
+//! `Config::max_list_bytes` of objects (128 MiB; the 10,000 Instances of the rack benchmark
+//! take about 35 MB): a page a client asked for with `limit` ends early there, with a
+//! `continue` (Kubernetes allows a page shorter than its limit); a list without `limit` that
+//! would hold more is refused with 422 naming `limit`, never cut short silently — a client
+//! that did not ask for pages would take a part for the whole. A cached list too large for one
+//! answer is read from the store in pages when the client asked for a limit. The store is
+//! read [`STORE_PAGE`] objects at a time whatever the client asked, so no store response
+//! holds more.
 
 use std::sync::Arc;
 
@@ -17,9 +29,12 @@ use serde_json::{Value, json};
 use super::render::{json_response, list_body, object_response};
 use super::request::{Accept, ResourceRequest};
 use super::table::{self, IncludeObject};
-use crate::error::{ApiError, ApiResult, Reason};
+use crate::error::{ApiError, ApiResult, Cause, Reason};
 use crate::filter::Filter;
 use crate::object;
+
+/// How many keys one store read of a list fetches at most.
+const STORE_PAGE: usize = 500;
 
 pub async fn get(request: ResourceRequest, accept: Accept) -> ApiResult<Response> {
     let target = request.target();
@@ -183,7 +198,7 @@ pub async fn collect(request: &ResourceRequest, filter: &Filter) -> ApiResult<Pa
         .map(|l| l as usize);
     match list_mode(request, &prefix)? {
         ListMode::Cache { not_older_than } => {
-            collect_from_cache(request, filter, &prefix, not_older_than).await
+            collect_from_cache(request, filter, &prefix, limit, not_older_than).await
         }
         ListMode::Store { revision, start } => {
             collect_from_store(request, filter, &prefix, limit, revision, start).await
@@ -191,12 +206,28 @@ pub async fn collect(request: &ResourceRequest, filter: &Filter) -> ApiResult<Pa
     }
 }
 
+/// The answer to a list without `limit` larger than `max_bytes`.
+fn list_too_large(max_bytes: usize) -> ApiError {
+    let detail = format!(
+        "the list holds more than {max_bytes} bytes of objects: ask for it in pages (limit and continue)"
+    );
+    let mut error = ApiError::new(Reason::Invalid, format!("limit: Required value: {detail}"));
+    error.causes = vec![Cause {
+        kind: "FieldValueRequired".into(),
+        message: format!("Required value: {detail}"),
+        field: "limit".into(),
+    }];
+    error
+}
+
 /// Every matching object under `prefix` in the watch cache, once it is at least at
-/// `not_older_than`.
+/// `not_older_than`; read from the store in pages instead if that is more than one answer may
+/// hold and the client asked for a `limit`.
 async fn collect_from_cache(
     request: &ResourceRequest,
     filter: &Filter,
     prefix: &str,
+    limit: Option<usize>,
     not_older_than: i64,
 ) -> ApiResult<Page> {
     let cache = request.server.cache(&request.resource);
@@ -213,13 +244,23 @@ async fn collect_from_cache(
         ));
     }
     let (objects, revision) = cache.snapshot_prefix(prefix);
-    let objects = objects
+    let matching: Vec<_> = objects
         .iter()
         .filter(|o| filter.matches(&o.value))
-        .map(|o| o.value.clone())
         .collect();
+    let max_bytes = request.server.config.max_list_bytes;
+    let bytes = matching
+        .iter()
+        .fold(0usize, |sum, o| sum.saturating_add(o.json.len()));
+    if bytes > max_bytes {
+        // The store's latest revision is at least the cache's, so at least `not_older_than`.
+        return match limit {
+            Some(_) => collect_from_store(request, filter, prefix, limit, None, None).await,
+            None => Err(list_too_large(max_bytes)),
+        };
+    }
     Ok(Page {
-        objects,
+        objects: matching.into_iter().map(|o| o.value.clone()).collect(),
         revision,
         continue_token: None,
         remaining: None,
@@ -227,7 +268,8 @@ async fn collect_from_cache(
 }
 
 /// Up to `limit` matching objects under `prefix` from the store at `revision` (None: the
-/// latest), from `start` on, reading further pages while a selector leaves the page short.
+/// latest), from `start` on, read [`STORE_PAGE`] keys at a time; at most `max_list_bytes` of
+/// them (see the module docs).
 async fn collect_from_store(
     request: &ResourceRequest,
     filter: &Filter,
@@ -237,19 +279,20 @@ async fn collect_from_store(
     mut start: Option<String>,
 ) -> ApiResult<Page> {
     let store = &request.server.store;
-    let mut objects = Vec::new();
+    let max_bytes = request.server.config.max_list_bytes;
     let continued = start.is_some();
-    let mut remaining = None;
+    let mut objects = Vec::new();
+    let mut bytes = 0usize;
     loop {
-        let want = limit.map(|l| l - objects.len());
-        // With a selector, read more than asked: most keys may not match.
-        let page_size = match want {
-            Some(w) if filter.selects_everything() => Some(w),
-            Some(w) => Some(w.max(256)),
-            None => None,
+        let wanted = limit.map_or(STORE_PAGE, |l| l - objects.len());
+        // With a selector, read a whole page: most keys may not match.
+        let page_size = if filter.selects_everything() {
+            wanted.min(STORE_PAGE)
+        } else {
+            STORE_PAGE
         };
         let page = store
-            .list(ListRequest { prefix: prefix.to_string(), revision, start: start.clone(), limit: page_size })
+            .list(ListRequest { prefix: prefix.to_string(), revision, start: start.clone(), limit: Some(page_size) })
             .await
             .map_err(|e| match e {
                 StoreError::Compacted { .. } if continued => ApiError::expired(
@@ -261,30 +304,28 @@ async fn collect_from_store(
                 other => ApiError::from_store(other, &request.target()),
             })?;
         revision = Some(page.revision);
-        let mut last_key = None;
+        let mut examined = 0;
+        let mut full = false;
         for kv in &page.items {
-            last_key = Some(kv.key.clone());
+            examined += 1;
             let stored = object::decode(kv)
                 .map_err(|e| ApiError::internal("stored object is corrupt", &e))?;
-            if filter.matches(&stored.object) {
-                objects.push(stored.object);
-                if limit.is_some_and(|l| objects.len() >= l) {
-                    break;
-                }
+            if !filter.matches(&stored.object) {
+                continue;
+            }
+            bytes = bytes.saturating_add(kv.value.len());
+            if limit.is_none() && bytes > max_bytes {
+                return Err(list_too_large(max_bytes));
+            }
+            objects.push(stored.object);
+            if limit.is_some_and(|l| objects.len() >= l || bytes >= max_bytes) {
+                full = true;
+                break;
             }
         }
-        let examined_all = last_key.as_ref() == page.items.last().map(|kv| &kv.key);
-        let full = limit.is_some_and(|l| objects.len() >= l);
-        let more = page.more || !examined_all;
-        if !more {
-            return Ok(Page {
-                objects,
-                revision: page.revision,
-                continue_token: None,
-                remaining: None,
-            });
-        }
-        let Some(last) = last_key else {
+        let last = page.items[..examined].last().map(|kv| kv.key.as_str());
+        let more = page.more || examined < page.items.len();
+        let (true, Some(last)) = (more, last) else {
             return Ok(Page {
                 objects,
                 revision: page.revision,
@@ -294,9 +335,9 @@ async fn collect_from_store(
         };
         let next_start = format!("{last}\0");
         if full {
-            if filter.selects_everything() {
-                remaining = Some(page.count.saturating_sub(page.items.len() as u64));
-            }
+            let remaining = filter
+                .selects_everything()
+                .then(|| page.count.saturating_sub(examined as u64));
             let relative = next_start
                 .strip_prefix(prefix)
                 .unwrap_or(&next_start)

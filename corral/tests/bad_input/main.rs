@@ -1,10 +1,13 @@
 //! Bad input never crashes the server nor returns 500: each case gets a Kubernetes `Status`
 //! with the right code and reason, and a rejected create leaves nothing behind. `limits.rs`
-//! holds the cases about the server's limits (object depth and size, patches, YAML, lists).
+//! holds the cases about the server's limits (object depth and size, patches, YAML,
+//! quantities, watch timeouts), `lists.rs` those about lists (`limit`, `continue`, and lists
+//! larger than an answer may hold).
 
 #[path = "../common/mod.rs"]
 mod common;
 mod limits;
+mod lists;
 
 use common::{Backend, http};
 use serde_json::Value;
@@ -572,7 +575,11 @@ fn run(backend: Backend) {
         },
     );
     let mut failures = Vec::new();
-    for c in cases(&rv).into_iter().chain(limits::cases()) {
+    let all = cases(&rv)
+        .into_iter()
+        .chain(limits::cases())
+        .chain(lists::cases());
+    for c in all {
         let (status, body) = http(
             server.address(),
             c.method,
@@ -607,6 +614,7 @@ fn run(backend: Backend) {
     limits::assert_good_gadget_unchanged(server.address(), &gadget_before);
     limits::objects_at_the_limits_round_trip(server.address());
     limits::watches_with_any_timeout_are_served(server.address());
+    lists::any_limit_lists(server.address());
     assert!(
         failures.is_empty(),
         "{} case(s) failed:\n{}",
