@@ -29,13 +29,13 @@
 //!
 //! [`ApiServer::start`] builds the state and spawns the background tasks; [`router`] gives
 //! the axum `Router` (handler tests drive it without a socket); [`serve`] runs it on a
-//! listener until a shutdown future completes.
+//! listener until a shutdown future completes (`serve.rs`: the accept loop, with its
+//! header-read timeout and connection cap).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::serve::ListenerExt;
 use corral_store::{DynStore, StoreError};
 use tokio::task::JoinSet;
 
@@ -50,11 +50,13 @@ mod objects;
 mod openapi;
 pub mod query;
 pub mod resource;
+mod serve;
 mod server;
 #[cfg(feature = "testing")]
 pub mod testing;
 
 pub use objects::{Admission, AdmissionRequest, AdmissionRule, ReadObjects, Subresource, Verb};
+pub use serve::serve;
 pub use server::{ApiServer, Config};
 
 use resource::Registry;
@@ -145,28 +147,4 @@ async fn compactor(server: Arc<ApiServer>) {
 /// The HTTP routes of the API server.
 pub fn router(server: Arc<ApiServer>) -> Router {
     handlers::router(server)
-}
-
-/// Serves the API on `listener` until `shutdown` completes.
-///
-/// Every connection is `TCP_NODELAY`: a watch writes one small event at a time, and with Nagle's
-/// algorithm an event written while the previous one is unacknowledged waits for the client's
-/// delayed ACK (up to 40 ms on Linux) — on an established watch, every event but the first.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    server: Arc<ApiServer>,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    let token = server.shutdown.clone();
-    let listener = listener.tap_io(|stream| {
-        if let Err(error) = stream.set_nodelay(true) {
-            tracing::debug!(%error, "TCP_NODELAY refused");
-        }
-    });
-    axum::serve(listener, router(server))
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            token.cancel();
-        })
-        .await
 }

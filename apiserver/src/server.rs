@@ -30,6 +30,12 @@ pub struct Config {
     /// How deep and how large a stored object may be: a write whose object is past either is
     /// refused (`objects/pipeline.rs` `check_limits`). Default: 100 levels, 1,500,000 bytes.
     pub object_limits: ObjectLimits,
+    /// A client that has not sent a whole request head in this time is disconnected; a
+    /// keep-alive connection idle this long is closed (`serve.rs`; Kubernetes'
+    /// `ReadHeaderTimeout`, 32 s). Zero: no timeout.
+    pub header_read_timeout: Duration,
+    /// The most connections open at once; more wait in the listen backlog (`serve.rs`).
+    pub max_connections: usize,
     /// The most bytes of objects one list answer holds (`handlers/read.rs`): a page asked for
     /// with `limit` ends there with a `continue`; a list without `limit` that would hold more is
     /// refused. Default: 128 MiB.
@@ -60,6 +66,8 @@ impl Default for Config {
             object_limits: ObjectLimits::DEFAULT,
             json_patch_max_created_bytes: 3 * 1024 * 1024,
             max_list_bytes: 128 * 1024 * 1024,
+            header_read_timeout: Duration::from_secs(32),
+            max_connections: 10_000,
             bookmark_interval: Duration::from_secs(60),
             min_request_timeout: Duration::from_secs(1800),
             compaction_interval: Duration::from_secs(300),

@@ -47,6 +47,13 @@ pub struct LimitArgs {
     /// there (with a `continue`); a list without `limit` that would hold more is refused.
     #[arg(long, default_value_t = 128 * 1024 * 1024)]
     pub(crate) max_list_bytes: usize,
+    /// A client that has not sent a whole request head in this time is disconnected (and a
+    /// keep-alive connection idle this long is closed).
+    #[arg(long, default_value = "32s", value_parser = parse_duration)]
+    pub(crate) header_read_timeout: Duration,
+    /// The most connections open at once; more wait until one closes.
+    #[arg(long, default_value_t = 10_000)]
+    pub(crate) max_connections: usize,
 }
 
 impl Default for LimitArgs {
@@ -64,6 +71,8 @@ impl LimitArgs {
     fn apply(&self, config: &mut corral_apiserver::Config) {
         config.min_request_timeout = self.min_request_timeout;
         config.max_list_bytes = self.max_list_bytes;
+        config.header_read_timeout = self.header_read_timeout;
+        config.max_connections = self.max_connections;
     }
 }
 

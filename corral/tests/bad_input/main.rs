@@ -2,10 +2,12 @@
 //! with the right code and reason, and a rejected create leaves nothing behind. `limits.rs`
 //! holds the cases about the server's limits (object depth and size, patches, YAML,
 //! quantities, watch timeouts), `lists.rs` those about lists (`limit`, `continue`, and lists
-//! larger than an answer may hold).
+//! larger than an answer may hold), `flow.rs` those about clients that would hold the
+//! server up.
 
 #[path = "../common/mod.rs"]
 mod common;
+mod flow;
 mod limits;
 mod lists;
 

@@ -1,0 +1,272 @@
+//! The API server's accept loop: every connection the listener accepts is served by hyper
+//! (HTTP/1.1, and HTTP/2 when the client speaks it) on a task of its own, until the server
+//! shuts down.
+//!
+//! # Guarantees
+//!
+//! - A client that has not sent a whole request head within `Config::header_read_timeout`
+//!   (Kubernetes' `ReadHeaderTimeout`, 32 s) is disconnected: a slow client holds one
+//!   connection for a bounded time, and no other client waits for it. The same timer closes a
+//!   keep-alive connection idle for as long, and one that never sends a byte
+//!   ([`FirstByteDeadline`]: hyper first reads to tell HTTP/1.1 from HTTP/2, without a timeout).
+//! - At most `Config::max_connections` connections are open at once; past that, new ones wait
+//!   in the listen backlog until one closes.
+//! - Every connection is `TCP_NODELAY`: a watch writes one small event at a time, and with
+//!   Nagle's algorithm an event written while the previous one is unacknowledged waits for the
+//!   client's delayed ACK (up to 40 ms on Linux) — on an established watch, every event but the
+//!   first.
+//! - Each request carries the peer's address (axum's `ConnectInfo`), which the per-client
+//!   limits read (`handlers/flow.rs`).
+//! - Shutdown stops accepting, ends every open watch, lets requests in flight finish (HTTP/1
+//!   keep-alive connections close after their current response) and returns once every
+//!   connection is closed, or after `SHUTDOWN_GRACE`.
+//!
+//! # Where TLS goes
+//!
+//! A connection is served by [`serve_connection`], generic over its stream: a TLS handshake
+//! is the one step to add, at the top of the connection's task (so that a slow handshake
+//! holds up no other connection, and with a timeout of its own: the header-read timeout starts
+//! only once hyper reads). With ALPN, the protocol is known from the handshake: a builder made
+//! `http1_only` or `http2_only` then skips the version sniffing.
+//!
+//! # Not responsible for
+//!
+//! - Limits on requests (in flight, their duration, watches per client): `handlers/flow.rs`.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::ConnectInfo;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+
+use crate::server::ApiServer;
+
+/// How long shutdown waits for open connections to finish their requests.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(60);
+
+/// How long the loop rests after an accept error that is not about one connection (out of
+/// file descriptors, say), instead of spinning on it.
+const ACCEPT_ERROR_REST: Duration = Duration::from_secs(1);
+
+/// Serves the API on `listener` until `shutdown` completes (see the module docs).
+pub async fn serve(
+    listener: TcpListener,
+    server: Arc<ApiServer>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let config = &server.config;
+    let router = crate::router(server.clone());
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // Zero disables the timeout (hyper would time every head out at once).
+    let header_read_timeout = Some(config.header_read_timeout).filter(|t| !t.is_zero());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_read_timeout);
+    builder.http2().timer(TokioTimer::new());
+    let builder = Arc::new(builder);
+    let connections = Arc::new(Semaphore::new(config.max_connections.max(1)));
+    let graceful = GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let accepted = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = accept(&listener, &connections) => accepted,
+        };
+        let Some((stream, peer, permit)) = accepted else {
+            continue;
+        };
+        let (builder, router, watcher) = (builder.clone(), router.clone(), graceful.watcher());
+        let stream = FirstByteDeadline::new(stream, header_read_timeout);
+        tokio::spawn(async move {
+            serve_connection(stream, peer, &builder, router, watcher).await;
+            drop(permit);
+        });
+    }
+    drop(listener);
+    // Watches end only when told to; everything else finishes its request.
+    server.shutdown.cancel();
+    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            grace = ?SHUTDOWN_GRACE,
+            "connections still open at the end of the shutdown grace"
+        );
+    }
+    Ok(())
+}
+
+/// The next connection, once there is room for one; `None` after an error (already waited
+/// on, if it was not about one connection).
+async fn accept(
+    listener: &TcpListener,
+    connections: &Arc<Semaphore>,
+) -> Option<(TcpStream, SocketAddr, tokio::sync::OwnedSemaphorePermit)> {
+    let permit = connections
+        .clone()
+        .acquire_owned()
+        .await
+        .expect("the connection semaphore is never closed");
+    match listener.accept().await {
+        Ok((stream, peer)) => {
+            if let Err(error) = stream.set_nodelay(true) {
+                tracing::debug!(%error, "TCP_NODELAY refused");
+            }
+            Some((stream, peer, permit))
+        }
+        Err(error) if is_connection_error(&error) => None,
+        Err(error) => {
+            tracing::error!(%error, "accepting a connection failed");
+            tokio::time::sleep(ACCEPT_ERROR_REST).await;
+            None
+        }
+    }
+}
+
+/// An accept error about the one connection being accepted (which is gone), not the listener.
+fn is_connection_error(error: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(
+        error.kind(),
+        ConnectionRefused | ConnectionAborted | ConnectionReset
+    )
+}
+
+/// Serves one connection until it closes (or shutdown closes it); `peer` is who it is from.
+/// Generic over the stream: see the module docs on TLS.
+async fn serve_connection<S>(
+    stream: S,
+    peer: SocketAddr,
+    builder: &auto::Builder<TokioExecutor>,
+    router: Router,
+    watcher: Watcher,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = tower::ServiceExt::map_request(
+        router,
+        move |mut request: axum::http::Request<Incoming>| {
+            request.extensions_mut().insert(ConnectInfo(peer));
+            request
+        },
+    );
+    let connection = builder
+        .serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(service));
+    if let Err(error) = watcher.watch(connection).await {
+        tracing::debug!(%peer, %error, "connection ended with an error");
+    }
+}
+
+/// A stream whose reads fail with `TimedOut` if its first byte has not come within a deadline;
+/// after it, a plain pass-through. Without a deadline, a plain pass-through from the start.
+struct FirstByteDeadline<S> {
+    inner: S,
+    /// Until the first byte has come.
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<S> FirstByteDeadline<S> {
+    fn new(inner: S, timeout: Option<Duration>) -> FirstByteDeadline<S> {
+        FirstByteDeadline {
+            inner,
+            deadline: timeout.map(|timeout| Box::pin(tokio::time::sleep(timeout))),
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for FirstByteDeadline<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let filled = buf.filled().len();
+        let read = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let Some(deadline) = self.deadline.as_mut() else {
+            return read;
+        };
+        match read {
+            Poll::Ready(Ok(())) if buf.filled().len() > filled => {
+                self.deadline = None;
+                Poll::Ready(Ok(()))
+            }
+            Poll::Pending if deadline.as_mut().poll(cx).is_ready() => {
+                Poll::Ready(Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "no request within the header-read timeout",
+                )))
+            }
+            other => other,
+        }
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for FirstByteDeadline<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stream_that_sends_nothing_times_out_and_one_that_sends_does_not() {
+        let (client, server) = tokio::io::duplex(64);
+        let mut silent = FirstByteDeadline::new(server, Some(Duration::from_secs(1)));
+        let mut buffer = [0u8; 8];
+        let error = silent.read(&mut buffer).await.expect_err("times out");
+        assert_eq!(error.kind(), std::io::ErrorKind::TimedOut);
+        drop(client);
+
+        let (mut client, server) = tokio::io::duplex(64);
+        let mut talking = FirstByteDeadline::new(server, Some(Duration::from_secs(1)));
+        client.write_all(b"G").await.unwrap();
+        assert_eq!(talking.read(&mut buffer).await.unwrap(), 1);
+        // Past the first byte, no deadline: a read waits as long as the peer.
+        tokio::time::advance(Duration::from_secs(10)).await;
+        client.write_all(b"ET").await.unwrap();
+        assert_eq!(talking.read(&mut buffer).await.unwrap(), 2);
+    }
+}
