@@ -57,6 +57,7 @@ pub enum Reason {
     Expired,
     Gone,
     RequestEntityTooLarge,
+    TooManyRequests,
     Timeout,
     ServiceUnavailable,
     InternalError,
@@ -77,6 +78,7 @@ impl Reason {
             Reason::Expired => "Expired",
             Reason::Gone => "Gone",
             Reason::RequestEntityTooLarge => "RequestEntityTooLarge",
+            Reason::TooManyRequests => "TooManyRequests",
             Reason::Timeout => "Timeout",
             Reason::ServiceUnavailable => "ServiceUnavailable",
             Reason::InternalError => "InternalError",
@@ -95,6 +97,7 @@ impl Reason {
             Reason::MethodNotAllowed => 405,
             Reason::Expired | Reason::Gone => 410,
             Reason::RequestEntityTooLarge => 413,
+            Reason::TooManyRequests => 429,
             Reason::Timeout => 504,
             Reason::ServiceUnavailable => 503,
             Reason::InternalError => 500,
@@ -117,6 +120,8 @@ pub struct ApiError {
     /// Boxed: errors travel by value through every handler, so they stay small.
     pub target: Option<Box<Target>>,
     pub causes: Vec<Cause>,
+    /// When to try again: `details.retryAfterSeconds` and a `Retry-After` header.
+    pub retry_after_seconds: Option<u32>,
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;
@@ -128,6 +133,15 @@ impl ApiError {
             message: message.into(),
             target: None,
             causes: Vec::new(),
+            retry_after_seconds: None,
+        }
+    }
+
+    /// 429: the server is at a limit for now; try again in `retry_after_seconds`.
+    pub fn too_many_requests(message: impl Into<String>, retry_after_seconds: u32) -> ApiError {
+        ApiError {
+            retry_after_seconds: Some(retry_after_seconds),
+            ..ApiError::new(Reason::TooManyRequests, message)
         }
     }
 
@@ -208,10 +222,8 @@ impl ApiError {
             })
             .collect();
         ApiError {
-            reason: Reason::Invalid,
-            message,
-            target: Some(Box::new(target.clone())),
             causes,
+            ..ApiError::new(Reason::Invalid, message).with_target(target)
         }
     }
 
@@ -271,6 +283,9 @@ impl ApiError {
             details.insert("group".into(), json!(t.group));
             details.insert("kind".into(), json!(t.plural));
         }
+        if let Some(seconds) = self.retry_after_seconds {
+            details.insert("retryAfterSeconds".into(), json!(seconds));
+        }
         if !self.causes.is_empty() {
             let causes: Vec<Value> = self
                 .causes
@@ -319,6 +334,11 @@ impl IntoResponse for ApiError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
+        if let Some(seconds) = self.retry_after_seconds {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
         response
     }
 }

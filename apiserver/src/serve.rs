@@ -19,7 +19,7 @@
 //!   limits read (`handlers/flow.rs`).
 //! - Shutdown stops accepting, ends every open watch, lets requests in flight finish (HTTP/1
 //!   keep-alive connections close after their current response) and returns once every
-//!   connection is closed, or after `SHUTDOWN_GRACE`.
+//!   connection is closed, or after `Config::request_timeout` (no request lasts longer).
 //!
 //! # Where TLS goes
 //!
@@ -52,9 +52,6 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
 use crate::server::ApiServer;
-
-/// How long shutdown waits for open connections to finish their requests.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(60);
 
 /// How long the loop rests after an accept error that is not about one connection (out of
 /// file descriptors, say), instead of spinning on it.
@@ -98,12 +95,13 @@ pub async fn serve(
     drop(listener);
     // Watches end only when told to; everything else finishes its request.
     server.shutdown.cancel();
-    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
+    let grace = server.config.request_timeout;
+    if tokio::time::timeout(grace, graceful.shutdown())
         .await
         .is_err()
     {
         tracing::warn!(
-            grace = ?SHUTDOWN_GRACE,
+            ?grace,
             "connections still open at the end of the shutdown grace"
         );
     }

@@ -36,6 +36,18 @@ pub struct Config {
     pub header_read_timeout: Duration,
     /// The most connections open at once; more wait in the listen backlog (`serve.rs`).
     pub max_connections: usize,
+    /// The most read-only requests worked on at once; one more is 429 (`handlers/flow.rs`;
+    /// Kubernetes' `--max-requests-inflight`, 400). 0: no limit. Watches are not counted.
+    pub max_requests_inflight: usize,
+    /// The most mutating requests worked on at once; one more is 429 (Kubernetes'
+    /// `--max-mutating-requests-inflight`, 200). 0: no limit.
+    pub max_mutating_requests_inflight: usize,
+    /// A non-watch request that takes longer is answered 504 (Kubernetes' `--request-timeout`,
+    /// 60 s). Shutdown waits as long for requests in flight.
+    pub request_timeout: Duration,
+    /// The most watches one client (`handlers/flow.rs` `client_key`) holds open at once; one
+    /// more is 429.
+    pub max_watches_per_client: usize,
     /// The most bytes of objects one list answer holds (`handlers/read.rs`): a page asked for
     /// with `limit` ends there with a `continue`; a list without `limit` that would hold more is
     /// refused. Default: 128 MiB.
@@ -67,6 +79,10 @@ impl Default for Config {
             json_patch_max_created_bytes: 3 * 1024 * 1024,
             max_list_bytes: 128 * 1024 * 1024,
             header_read_timeout: Duration::from_secs(32),
+            max_requests_inflight: 400,
+            max_mutating_requests_inflight: 200,
+            request_timeout: Duration::from_secs(60),
+            max_watches_per_client: 1000,
             max_connections: 10_000,
             bookmark_interval: Duration::from_secs(60),
             min_request_timeout: Duration::from_secs(1800),

@@ -54,6 +54,20 @@ pub struct LimitArgs {
     /// The most connections open at once; more wait until one closes.
     #[arg(long, default_value_t = 10_000)]
     pub(crate) max_connections: usize,
+    /// The most read-only requests worked on at once (watches are not counted); one more is
+    /// answered 429 with `Retry-After: 1`. 0: no limit.
+    #[arg(long, default_value_t = 400)]
+    pub(crate) max_requests_inflight: usize,
+    /// The most mutating requests worked on at once; one more is answered 429 with
+    /// `Retry-After: 1`. 0: no limit.
+    #[arg(long, default_value_t = 200)]
+    pub(crate) max_mutating_requests_inflight: usize,
+    /// A non-watch request that takes longer is answered 504.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub(crate) request_timeout: Duration,
+    /// The most watches one client holds open at once; one more is answered 429.
+    #[arg(long, default_value_t = 1000)]
+    pub(crate) max_watches_per_client: usize,
 }
 
 impl Default for LimitArgs {
@@ -73,6 +87,10 @@ impl LimitArgs {
         config.max_list_bytes = self.max_list_bytes;
         config.header_read_timeout = self.header_read_timeout;
         config.max_connections = self.max_connections;
+        config.max_requests_inflight = self.max_requests_inflight;
+        config.max_mutating_requests_inflight = self.max_mutating_requests_inflight;
+        config.request_timeout = self.request_timeout;
+        config.max_watches_per_client = self.max_watches_per_client;
     }
 }
 

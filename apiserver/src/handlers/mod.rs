@@ -4,7 +4,8 @@
 //!
 //! Every handler decodes its request, calls the object layer (`objects`) or reads the store
 //! and the watch cache, and renders the reply (`render.rs`); a `ResourceRequest`
-//! (`request.rs`) is what routing hands it.
+//! (`request.rs`) is what routing hands it. Every route is behind flow control (`flow.rs`:
+//! requests in flight, their timeout, watches per client).
 
 use std::sync::Arc;
 
@@ -24,6 +25,7 @@ use crate::server::ApiServer;
 
 mod delete;
 mod discovery;
+pub mod flow;
 mod openapi;
 mod patch;
 mod protobuf;
@@ -35,6 +37,7 @@ mod watch;
 mod write;
 
 pub fn router(server: Arc<ApiServer>) -> Router {
+    let flow = Arc::new(flow::Flow::new(&server.config));
     Router::new()
         .route("/version", get(discovery::version))
         .route("/healthz", get(|| async { "ok" }))
@@ -45,6 +48,7 @@ pub fn router(server: Arc<ApiServer>) -> Router {
         .route("/openapi/v3/{*path}", get(openapi::document))
         .fallback(dispatch)
         .with_state(server)
+        .layer(axum::middleware::from_fn_with_state(flow, flow::limit))
         .layer(
             tower_http::trace::TraceLayer::new_for_http()
                 .make_span_with(|request: &Request| {
