@@ -9,7 +9,8 @@
 //!
 //! Why a depth limit at all: every JSON decoder the objects meet — the server's own store
 //! decoder and watch cache, and kube-rs clients, all `serde_json` — stops at 128 levels
-//! ([`DECODER_DEPTH`]), and a list wraps each object in two more levels, a Table row in three.
+//! ([`DECODER_DEPTH`]), and a list wraps each object in two more levels, a Table row in three,
+//! a watch event of a Table row in four.
 //! An object deeper than a decoder reads would be stored and then never read back.
 //!
 //! **Invariants:** nothing here recurses deeper than the limit it checks, so a value of any
@@ -28,9 +29,9 @@ pub const DECODER_DEPTH: usize = 127;
 /// scalar field is recorded as an empty object, one level more.
 pub const MANAGED_FIELDS_EXTRA_DEPTH: usize = 5;
 
-/// The most levels any reply wraps around an object: a Table row with the whole object
-/// (`{"rows":[{"object":…}]}`).
-pub const WRAPPING_DEPTH: usize = 3;
+/// The most levels any reply wraps around an object: a watch event of a Table row with the
+/// whole object (`{"object":{"rows":[{"object":…}]}}`).
+pub const WRAPPING_DEPTH: usize = 4;
 
 /// How deep and how large a stored object may be.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -129,9 +129,11 @@ fn what_the_default_limits_admit_every_serde_json_reader_reads_back() {
         depth(&object),
         limits.max_depth + MANAGED_FIELDS_EXTRA_DEPTH
     );
-    // As a Table row with the whole object, the deepest reply there is.
+    // As a watch event of a Table row with the whole object, the deepest reply there is.
     let row = json!({"kind": "Table", "rows": [{"cells": [], "object": object}]});
-    let text = row.to_string();
+    let event = json!({"type": "ADDED", "object": row});
+    assert_eq!(depth(&event), depth(&object) + WRAPPING_DEPTH);
+    let text = event.to_string();
     assert!(serde_json::from_str::<Value>(&text).is_ok());
     // And the decoder's limit is where this module says it is.
     assert!(serde_json::from_str::<Value>(&nested(DECODER_DEPTH, json!(1)).to_string()).is_ok());

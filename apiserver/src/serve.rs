@@ -53,6 +53,9 @@ use tokio::sync::Semaphore;
 
 use crate::server::ApiServer;
 
+/// The longest header-read timeout taken from the configuration.
+const LONGEST_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+
 /// How long the loop rests after an accept error that is not about one connection (out of
 /// file descriptors, say), instead of spinning on it.
 const ACCEPT_ERROR_REST: Duration = Duration::from_secs(1);
@@ -66,8 +69,10 @@ pub async fn serve(
     let config = &server.config;
     let router = crate::router(server.clone());
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    // Zero disables the timeout (hyper would time every head out at once).
-    let header_read_timeout = Some(config.header_read_timeout).filter(|t| !t.is_zero());
+    // Zero disables the timeout (hyper would time every head out at once). hyper adds it to an
+    // `Instant`, which a day cannot overflow (and no client needs longer to send a head).
+    let header_read_timeout =
+        Some(config.header_read_timeout.min(LONGEST_HEADER_READ_TIMEOUT)).filter(|t| !t.is_zero());
     builder
         .http1()
         .timer(TokioTimer::new())
