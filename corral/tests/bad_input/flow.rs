@@ -7,7 +7,7 @@
 //! - a request that takes too long (here: a body that never comes whole): 504;
 //! - more watches from one client than it may hold: 429, while other clients watch on.
 
-use std::io::{BufRead, ErrorKind, Read, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,7 +17,7 @@ use corral_harness::{block_on, wait_for_blocking};
 use serde_json::{Value, json};
 
 use super::BASE;
-use super::limits::open_stream;
+use super::limits::{next_event, open_stream};
 use crate::common::{self, Backend, http};
 
 /// An answer: status, headers (lowercase names) and the parsed body.
@@ -226,10 +226,7 @@ fn slow_clients_are_disconnected(backend: Backend) {
         widget.to_string().as_bytes(),
     );
     assert_eq!(status, 201, "{body}");
-    let mut size = String::new();
-    watch.read_line(&mut size).expect("a chunk size");
-    let mut event = String::new();
-    watch.read_line(&mut event).expect("an event");
+    let event = next_event(&mut watch);
     assert!(event.contains(r#""name":"after""#), "{event}");
     assert!(
         started.elapsed() > Duration::from_secs(1),

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use super::{BASE, Case};
+use super::{BASE, Case, case};
 use crate::common::http;
 
 pub const GADGETS: &str = "/apis/test.corral.dev/v1/gadgets";
@@ -38,17 +38,16 @@ fn gadget(name: &str, spec: Value) -> Vec<u8> {
         .into_bytes()
 }
 
+/// Creates the Gadget `name`; its status and answer.
+fn post_gadget(address: SocketAddr, name: &str, spec: Value) -> (u16, String) {
+    let json_ct = [("Content-Type", "application/json")];
+    http(address, "POST", GADGETS, &json_ct, &gadget(name, spec))
+}
+
 /// Creates the Gadget the cases patch (its spec keeps unknown fields, so it can hold
 /// anything); returns it as created.
 pub fn create_good_gadget(address: SocketAddr) -> Value {
-    let json_ct = [("Content-Type", "application/json")];
-    let (status, body) = http(
-        address,
-        "POST",
-        GADGETS,
-        &json_ct,
-        &gadget("good-gadget", json!({"x": 1})),
-    );
+    let (status, body) = post_gadget(address, "good-gadget", json!({"x": 1}));
     assert_eq!(status, 201, "{body}");
     serde_json::from_str(&body).expect("a created object is JSON")
 }
@@ -94,30 +93,6 @@ pub fn billion_laughs() -> String {
         yaml.push_str(&format!("  a{i}: &a{i} [{aliases}]\n"));
     }
     yaml
-}
-
-// One argument per column, as the table of `main.rs`.
-#[allow(clippy::too_many_arguments)]
-fn case(
-    name: &'static str,
-    method: &'static str,
-    path: String,
-    content_type: &'static str,
-    body: impl Into<Vec<u8>>,
-    code: u16,
-    reason: &'static str,
-    message: &'static str,
-) -> Case {
-    Case {
-        name,
-        method,
-        path,
-        content_type,
-        body: body.into(),
-        code,
-        reason,
-        message,
-    }
 }
 
 pub fn cases() -> Vec<Case> {
@@ -178,7 +153,7 @@ pub fn cases() -> Vec<Case> {
         case(
             "object nested too deep",
             "POST",
-            GADGETS.to_string(),
+            GADGETS,
             json,
             gadget("deep", nested(110)),
             422,
@@ -188,7 +163,7 @@ pub fn cases() -> Vec<Case> {
         case(
             "object too large",
             "POST",
-            GADGETS.to_string(),
+            GADGETS,
             json,
             gadget("huge", json!({"note": "x".repeat(1_600_000)})),
             422,
@@ -198,7 +173,7 @@ pub fn cases() -> Vec<Case> {
         case(
             "Instance with 2^32-1 CPUs",
             "POST",
-            INSTANCES.to_string(),
+            INSTANCES,
             json,
             instance("4294967295", "1024"),
             422,
@@ -208,7 +183,7 @@ pub fn cases() -> Vec<Case> {
         case(
             "Instance with 2^64-1 MiB",
             "POST",
-            INSTANCES.to_string(),
+            INSTANCES,
             json,
             instance("2", "18446744073709551615"),
             422,
@@ -218,7 +193,7 @@ pub fn cases() -> Vec<Case> {
         case(
             "Instance with more MiB than an integer holds",
             "POST",
-            INSTANCES.to_string(),
+            INSTANCES,
             json,
             instance("2", "100000000000000000000000000000"),
             422,
@@ -228,7 +203,7 @@ pub fn cases() -> Vec<Case> {
         case(
             "Vmm with 2^32-1 CPUs",
             "POST",
-            VMMS.to_string(),
+            VMMS,
             json,
             vmm("4294967295", "1024"),
             422,
@@ -238,7 +213,7 @@ pub fn cases() -> Vec<Case> {
         case(
             "Vmm with 2^64-1 MiB",
             "POST",
-            VMMS.to_string(),
+            VMMS,
             json,
             vmm("1", "18446744073709551615"),
             422,
@@ -248,7 +223,7 @@ pub fn cases() -> Vec<Case> {
         case(
             "YAML alias bomb",
             "POST",
-            BASE.to_string(),
+            BASE,
             "application/yaml",
             billion_laughs(),
             400,
@@ -258,7 +233,7 @@ pub fn cases() -> Vec<Case> {
         case(
             "YAML nested too deep",
             "POST",
-            BASE.to_string(),
+            BASE,
             "application/yaml",
             format!(
                 "apiVersion: test.corral.dev/v1\nkind: Widget\nmetadata: {{name: deep}}\nspec: {}1{}\n",
@@ -276,15 +251,8 @@ pub fn cases() -> Vec<Case> {
 /// and applied, whose managedFields nest deeper still), and three objects of nearly the most
 /// bytes an object may have, in one list.
 pub fn objects_at_the_limits_round_trip(address: SocketAddr) {
-    let json_ct = [("Content-Type", "application/json")];
     // The object is level 1 and spec level 2: 99 levels under spec reach the limit of 100.
-    let (status, body) = http(
-        address,
-        "POST",
-        GADGETS,
-        &json_ct,
-        &gadget("deepest", nested(99)),
-    );
+    let (status, body) = post_gadget(address, "deepest", nested(99));
     assert_eq!(status, 201, "{body}");
     let (status, body) = http(
         address,
@@ -296,13 +264,7 @@ pub fn objects_at_the_limits_round_trip(address: SocketAddr) {
     assert_eq!(status, 201, "{body}");
     let large = json!({"note": "x".repeat(1_400_000)});
     for name in ["large-1", "large-2", "large-3"] {
-        let (status, body) = http(
-            address,
-            "POST",
-            GADGETS,
-            &json_ct,
-            &gadget(name, large.clone()),
-        );
+        let (status, body) = post_gadget(address, name, large.clone());
         assert_eq!(status, 201, "{}", &body[..body.len().min(400)]);
     }
     for name in ["deepest", "applied", "large-1"] {
@@ -355,6 +317,15 @@ pub fn open_stream(address: SocketAddr, path: &str) -> (u16, BufReader<TcpStream
     (status, reader)
 }
 
+/// The next event of a watch opened by [`open_stream`] (one event per chunk).
+pub fn next_event(stream: &mut BufReader<TcpStream>) -> String {
+    let mut size = String::new();
+    stream.read_line(&mut size).expect("a chunk size");
+    let mut event = String::new();
+    stream.read_line(&mut event).expect("an event");
+    event
+}
+
 /// A watch asking for the longest timeout there is gets one the server can keep (it is
 /// clamped to twice the minimum request timeout); so do one with none and one with a negative
 /// one.
@@ -364,10 +335,7 @@ pub fn watches_with_any_timeout_are_served(address: SocketAddr) {
         let (status, mut stream) = open_stream(address, &path);
         assert_eq!(status, 200, "{path}");
         // The first event: the existing Widget.
-        let mut size = String::new();
-        stream.read_line(&mut size).expect("a chunk size");
-        let mut event = String::new();
-        stream.read_line(&mut event).expect("an event");
+        let event = next_event(&mut stream);
         assert!(event.contains(r#""type":"ADDED""#), "{path}: {event}");
     }
     let (health, _) = http(address, "GET", "/healthz", &[], b"");

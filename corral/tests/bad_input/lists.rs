@@ -7,7 +7,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE;
 use serde_json::{Value, json};
 
-use super::{BASE, Case};
+use super::{BASE, Case, case};
 use crate::common::{self, Backend, http};
 
 fn token(value: Value) -> String {
@@ -21,16 +21,16 @@ fn get(
     reason: &'static str,
     message: &'static str,
 ) -> Case {
-    Case {
+    case(
         name,
-        method: "GET",
+        "GET",
         path,
-        content_type: "application/json",
-        body: Vec::new(),
+        "application/json",
+        "",
         code,
         reason,
         message,
-    }
+    )
 }
 
 /// Continue tokens a client made up or changed.

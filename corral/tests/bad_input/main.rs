@@ -33,9 +33,9 @@ struct Case {
 fn case(
     name: &'static str,
     method: &'static str,
-    path: &str,
+    path: impl AsRef<str>,
     content_type: &'static str,
-    body: &str,
+    body: impl AsRef<[u8]>,
     code: u16,
     reason: &'static str,
     message: &'static str,
@@ -43,9 +43,9 @@ fn case(
     Case {
         name,
         method,
-        path: path.to_string(),
+        path: path.as_ref().to_string(),
         content_type,
-        body: body.as_bytes().to_vec(),
+        body: body.as_ref().to_vec(),
         code,
         reason,
         message,
@@ -139,9 +139,9 @@ fn cases(existing_rv: &str) -> Vec<Case> {
         case(
             "unknown field, strict",
             "POST",
-            &format!("{BASE}?fieldValidation=Strict"),
+            format!("{BASE}?fieldValidation=Strict"),
             json,
-            &widget(r#"{"color":"red","bogus":1}"#),
+            widget(r#"{"color":"red","bogus":1}"#),
             400,
             "BadRequest",
             "unknown field \"spec.bogus\"",
@@ -151,7 +151,7 @@ fn cases(existing_rv: &str) -> Vec<Case> {
             "POST",
             BASE,
             json,
-            &widget(r#"{"color":"purple"}"#),
+            widget(r#"{"color":"purple"}"#),
             422,
             "Invalid",
             "spec.color",
@@ -161,7 +161,7 @@ fn cases(existing_rv: &str) -> Vec<Case> {
             "POST",
             BASE,
             json,
-            &widget(r#"{"color":"red","size":"big"}"#),
+            widget(r#"{"color":"red","size":"big"}"#),
             422,
             "Invalid",
             "spec.size",
@@ -171,7 +171,7 @@ fn cases(existing_rv: &str) -> Vec<Case> {
             "POST",
             BASE,
             json,
-            &widget(r#"{"color":"red","size":1000}"#),
+            widget(r#"{"color":"red","size":1000}"#),
             422,
             "Invalid",
             "spec.size",
@@ -181,7 +181,7 @@ fn cases(existing_rv: &str) -> Vec<Case> {
             "POST",
             BASE,
             json,
-            &widget(r#"{"size":3}"#),
+            widget(r#"{"size":3}"#),
             422,
             "Invalid",
             "spec.color",
@@ -241,7 +241,7 @@ fn cases(existing_rv: &str) -> Vec<Case> {
             "POST",
             "/apis/test.corral.dev/v1/namespaces/nowhere/widgets",
             json,
-            &widget(r#"{"color":"red"}"#),
+            widget(r#"{"color":"red"}"#),
             404,
             "NotFound",
             "nowhere",
@@ -279,7 +279,7 @@ fn cases(existing_rv: &str) -> Vec<Case> {
         case(
             "stale resourceVersion",
             "PUT",
-            &format!("{BASE}/good"),
+            format!("{BASE}/good"),
             json,
             &stale_put,
             409,
@@ -289,7 +289,7 @@ fn cases(existing_rv: &str) -> Vec<Case> {
         case(
             "update without resourceVersion",
             "PUT",
-            &format!("{BASE}/good"),
+            format!("{BASE}/good"),
             json,
             r#"{"apiVersion":"test.corral.dev/v1","kind":"Widget","metadata":{"name":"good"},"spec":{"color":"red"}}"#,
             422,
@@ -299,7 +299,7 @@ fn cases(existing_rv: &str) -> Vec<Case> {
         case(
             "name mismatch",
             "PUT",
-            &format!("{BASE}/good"),
+            format!("{BASE}/good"),
             json,
             r#"{"apiVersion":"test.corral.dev/v1","kind":"Widget","metadata":{"name":"other","resourceVersion":"1"},"spec":{"color":"red"}}"#,
             400,
@@ -309,7 +309,7 @@ fn cases(existing_rv: &str) -> Vec<Case> {
         case(
             "update missing object",
             "PUT",
-            &format!("{BASE}/ghost"),
+            format!("{BASE}/ghost"),
             json,
             r#"{"apiVersion":"test.corral.dev/v1","kind":"Widget","metadata":{"name":"ghost","resourceVersion":"1"},"spec":{"color":"red"}}"#,
             404,
@@ -319,7 +319,7 @@ fn cases(existing_rv: &str) -> Vec<Case> {
         case(
             "bogus label selector",
             "GET",
-            &format!("{BASE}?labelSelector=a+in+%28"),
+            format!("{BASE}?labelSelector=a+in+%28"),
             json,
             "",
             400,
@@ -329,7 +329,7 @@ fn cases(existing_rv: &str) -> Vec<Case> {
         case(
             "unsupported field selector",
             "GET",
-            &format!("{BASE}?fieldSelector=spec.size%3D1"),
+            format!("{BASE}?fieldSelector=spec.size%3D1"),
             json,
             "",
             400,
@@ -339,7 +339,7 @@ fn cases(existing_rv: &str) -> Vec<Case> {
         case(
             "invalid continue",
             "GET",
-            &format!("{BASE}?limit=1&continue=garbage"),
+            format!("{BASE}?limit=1&continue=garbage"),
             json,
             "",
             400,
@@ -349,7 +349,7 @@ fn cases(existing_rv: &str) -> Vec<Case> {
         case(
             "continue with resourceVersion",
             "GET",
-            &format!("{BASE}?limit=1&continue=abc&resourceVersion=5"),
+            format!("{BASE}?limit=1&continue=abc&resourceVersion=5"),
             json,
             "",
             400,
@@ -359,7 +359,7 @@ fn cases(existing_rv: &str) -> Vec<Case> {
         case(
             "match without resourceVersion",
             "GET",
-            &format!("{BASE}?resourceVersionMatch=Exact"),
+            format!("{BASE}?resourceVersionMatch=Exact"),
             json,
             "",
             422,
@@ -369,7 +369,7 @@ fn cases(existing_rv: &str) -> Vec<Case> {
         case(
             "exact match of 0",
             "GET",
-            &format!("{BASE}?resourceVersion=0&resourceVersionMatch=Exact"),
+            format!("{BASE}?resourceVersion=0&resourceVersionMatch=Exact"),
             json,
             "",
             422,
@@ -379,7 +379,7 @@ fn cases(existing_rv: &str) -> Vec<Case> {
         case(
             "invalid resourceVersion",
             "GET",
-            &format!("{BASE}?resourceVersion=abc"),
+            format!("{BASE}?resourceVersion=abc"),
             json,
             "",
             400,
@@ -389,7 +389,7 @@ fn cases(existing_rv: &str) -> Vec<Case> {
         case(
             "invalid watch resourceVersion",
             "GET",
-            &format!("{BASE}?watch=true&resourceVersion=-3"),
+            format!("{BASE}?watch=true&resourceVersion=-3"),
             json,
             "",
             400,
@@ -399,7 +399,7 @@ fn cases(existing_rv: &str) -> Vec<Case> {
         case(
             "compacted exact list",
             "GET",
-            &format!("{BASE}?resourceVersion=1&resourceVersionMatch=Exact"),
+            format!("{BASE}?resourceVersion=1&resourceVersionMatch=Exact"),
             json,
             "",
             410,
@@ -409,7 +409,7 @@ fn cases(existing_rv: &str) -> Vec<Case> {
         case(
             "strategic merge patch",
             "PATCH",
-            &format!("{BASE}/good"),
+            format!("{BASE}/good"),
             "application/strategic-merge-patch+json",
             r#"{"spec":{"size":2}}"#,
             415,
@@ -419,7 +419,7 @@ fn cases(existing_rv: &str) -> Vec<Case> {
         case(
             "merge patch not an object",
             "PATCH",
-            &format!("{BASE}/good"),
+            format!("{BASE}/good"),
             "application/merge-patch+json",
             "[1]",
             400,
@@ -429,7 +429,7 @@ fn cases(existing_rv: &str) -> Vec<Case> {
         case(
             "malformed JSON patch",
             "PATCH",
-            &format!("{BASE}/good"),
+            format!("{BASE}/good"),
             "application/json-patch+json",
             r#"{"op":"add"}"#,
             400,
@@ -439,7 +439,7 @@ fn cases(existing_rv: &str) -> Vec<Case> {
         case(
             "failing JSON patch test",
             "PATCH",
-            &format!("{BASE}/good"),
+            format!("{BASE}/good"),
             "application/json-patch+json",
             r#"[{"op":"test","path":"/spec/color","value":"blue"}]"#,
             422,
@@ -449,7 +449,7 @@ fn cases(existing_rv: &str) -> Vec<Case> {
         case(
             "patch to invalid value",
             "PATCH",
-            &format!("{BASE}/good"),
+            format!("{BASE}/good"),
             "application/merge-patch+json",
             r#"{"spec":{"size":0}}"#,
             422,
@@ -459,7 +459,7 @@ fn cases(existing_rv: &str) -> Vec<Case> {
         case(
             "patch stale resourceVersion",
             "PATCH",
-            &format!("{BASE}/good"),
+            format!("{BASE}/good"),
             "application/merge-patch+json",
             r#"{"metadata":{"resourceVersion":"1"}}"#,
             409,
@@ -469,7 +469,7 @@ fn cases(existing_rv: &str) -> Vec<Case> {
         case(
             "apply without fieldManager",
             "PATCH",
-            &format!("{BASE}/good"),
+            format!("{BASE}/good"),
             "application/apply-patch+yaml",
             "apiVersion: test.corral.dev/v1\nkind: Widget\nmetadata: {name: good}\nspec: {color: red}\n",
             422,
@@ -479,7 +479,7 @@ fn cases(existing_rv: &str) -> Vec<Case> {
         case(
             "apply with managedFields",
             "PATCH",
-            &format!("{BASE}/good?fieldManager=t"),
+            format!("{BASE}/good?fieldManager=t"),
             "application/apply-patch+yaml",
             "apiVersion: test.corral.dev/v1\nkind: Widget\nmetadata: {name: good, managedFields: [{manager: x}]}\nspec: {color: red}\n",
             400,
@@ -489,7 +489,7 @@ fn cases(existing_rv: &str) -> Vec<Case> {
         case(
             "force on merge patch",
             "PATCH",
-            &format!("{BASE}/good?force=true"),
+            format!("{BASE}/good?force=true"),
             "application/merge-patch+json",
             "{}",
             422,
@@ -499,7 +499,7 @@ fn cases(existing_rv: &str) -> Vec<Case> {
         case(
             "bad propagation policy",
             "DELETE",
-            &format!("{BASE}/good"),
+            format!("{BASE}/good"),
             json,
             r#"{"propagationPolicy":"Sideways"}"#,
             422,
@@ -509,7 +509,7 @@ fn cases(existing_rv: &str) -> Vec<Case> {
         case(
             "bad delete precondition",
             "DELETE",
-            &format!("{BASE}/good"),
+            format!("{BASE}/good"),
             json,
             r#"{"preconditions":{"uid":"not-the-uid"}}"#,
             409,
@@ -519,9 +519,9 @@ fn cases(existing_rv: &str) -> Vec<Case> {
         case(
             "bad dryRun",
             "POST",
-            &format!("{BASE}?dryRun=Some"),
+            format!("{BASE}?dryRun=Some"),
             json,
-            &widget(r#"{"color":"red"}"#),
+            widget(r#"{"color":"red"}"#),
             422,
             "Invalid",
             "dryRun",
@@ -539,7 +539,7 @@ fn cases(existing_rv: &str) -> Vec<Case> {
         case(
             "unknown subresource",
             "GET",
-            &format!("{BASE}/good/scale"),
+            format!("{BASE}/good/scale"),
             json,
             "",
             404,
