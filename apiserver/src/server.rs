@@ -28,7 +28,8 @@ pub struct Config {
     /// Largest request body accepted (Kubernetes: 3 MiB).
     pub max_body_bytes: usize,
     /// How deep and how large a stored object may be: a write whose object is past either is
-    /// refused (`objects/pipeline.rs` `check_limits`). Default: 100 levels, 1,500,000 bytes.
+    /// refused (`objects/context.rs` `WriteContext::check_limits`). Default: 100 levels,
+    /// 1,500,000 bytes.
     pub object_limits: ObjectLimits,
     /// A client that has not sent a whole request head in this time is disconnected; a
     /// keep-alive connection idle this long is closed (`serve.rs`; Kubernetes'

@@ -107,7 +107,7 @@ impl ResourceRequest {
     /// Refuses (422 `Invalid`, naming the field) a body nested deeper than a stored object may
     /// be. Bodies are checked as soon as they are decoded: every later step (pruning,
     /// defaulting, validation, field management) walks the object recursively, and the stored
-    /// object's own check comes last (`objects/pipeline.rs` `check_limits`).
+    /// object's own check comes last (`objects/context.rs` `WriteContext::check_limits`).
     pub fn check_depth(&self, body: &Value) -> ApiResult<()> {
         let max_depth = self.server.config.object_limits.max_depth;
         match limits::depth_violation(body, max_depth) {

@@ -7,10 +7,10 @@
 //! - A context's version is one its kind serves (routing checked it): [`WriteContext::version`]
 //!   relies on it.
 
+use corral_apimachinery::limits;
 use serde_json::Value;
 
 use super::admission::{AdmissionRequest, ReadObjects, Verb};
-use super::pipeline::check_limits;
 use super::subresource::Subresource;
 use crate::error::{ApiError, ApiResult, Target};
 use crate::object::{self, Stored};
@@ -127,8 +127,8 @@ impl<'a> WriteContext<'a> {
     }
 
     /// Checks `new`, the object this write would store in place of `old` (`None` for a
-    /// create), against the server's object limits (`pipeline.rs` `check_limits`), then runs
-    /// the server's admission rules (`admission.rs`) on it.
+    /// create), against the server's object limits ([`WriteContext::check_limits`]), then
+    /// runs the server's admission rules (`admission.rs`) on it.
     pub(super) async fn admit(
         &self,
         verb: Verb,
@@ -136,7 +136,7 @@ impl<'a> WriteContext<'a> {
         new: &Value,
     ) -> ApiResult<()> {
         let server = self.object.server;
-        check_limits(self, new)?;
+        self.check_limits(new)?;
         if server.config.admission.is_empty() {
             return Ok(());
         }
@@ -149,6 +149,21 @@ impl<'a> WriteContext<'a> {
             objects: server,
         };
         server.config.admission.admit(&request).await
+    }
+
+    /// Refuses (422 `Invalid`, naming the field) an object nested deeper or larger than the
+    /// server's object limits: nothing is stored that the store's decoder, the watch cache or a
+    /// `serde_json` client could not read back, inside a list or a Table too
+    /// (`corral_apimachinery::limits`).
+    fn check_limits(&self, object: &Value) -> ApiResult<()> {
+        let limits = self.object.server.config.object_limits;
+        match limits::object_violation(object, limits) {
+            None => Ok(()),
+            Some(error) => Err(ApiError::invalid(
+                &self.resource().target(object::name(object)),
+                &[error],
+            )),
+        }
     }
 
     /// `object` with the `apiVersion` and `kind` the client speaks.

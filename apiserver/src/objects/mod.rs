@@ -8,8 +8,8 @@
 //!
 //! Every client write goes through the same steps, in Kubernetes' order: type meta →
 //! unknown-field check (`fieldValidation`) → server-owned metadata → defaulting → validation
-//! (schema and metadata) → field-manager bookkeeping → no-op check → admission (the server's
-//! rules, `admission.rs`) → conditional store write.
+//! (schema and metadata) → field-manager bookkeeping → no-op check → object limits → admission
+//! (the server's rules, `admission.rs`) → conditional store write.
 //!
 //! # Invariants
 //!
@@ -21,6 +21,9 @@
 //!   once when deletion starts; status writes never bump it.
 //! - A write that changes nothing gets the current object back: no new revision, no event.
 //! - `dryRun=All` runs every step but the store write.
+//! - Nothing is stored that is nested deeper or is larger than `Config::object_limits`
+//!   (checked on the object as it would be stored, before admission): every stored object can
+//!   be read back by the store's decoder, the watch cache and every `serde_json` client.
 //! - Nothing is stored that an admission rule refused; a refusal is never retried.
 //! - An object whose deletion has started and whose last finalizer is removed is deleted.
 //!

@@ -1,17 +1,14 @@
 //! The checks every write of a client's object shares, in Kubernetes' order: type meta
 //! (`apiVersion`, `kind`, `metadata`), the name, unknown fields (`fieldValidation`), then
-//! defaulting and validation of the complete object, and last, on the very object the write
-//! would store (managedFields included), the server's object limits.
+//! defaulting and validation of the complete object. (The server's object limits are checked
+//! last, on the very object the write would store, managedFields included: `context.rs`
+//! `WriteContext::admit`.)
 //!
 //! # Invariants
 //!
 //! - Unknown fields never reach the store: they are refused (Strict) or pruned (Warn, Ignore).
 //! - Nothing is stored that fails the kind's schema or Kubernetes' metadata rules.
-//! - Nothing is stored that is nested deeper or is larger than `Config::object_limits`: so
-//!   every stored object can be read back by the store's decoder, the watch cache and every
-//!   `serde_json` client, inside a list or a Table too (`corral_apimachinery::limits`).
 
-use corral_apimachinery::limits;
 use corral_apimachinery::validation::{self, FieldError};
 use serde_json::{Value, json};
 
@@ -140,19 +137,6 @@ pub(super) fn default_and_validate(
         Ok(())
     } else {
         Err(ApiError::invalid(target, &errors))
-    }
-}
-
-/// Refuses (422 `Invalid`, naming the field) an object nested deeper or larger than the
-/// server's object limits. Runs on the object as it would be stored, before admission.
-pub(super) fn check_limits(context: &WriteContext<'_>, object: &Value) -> ApiResult<()> {
-    let limits = context.object.server.config.object_limits;
-    match limits::object_violation(object, limits) {
-        None => Ok(()),
-        Some(error) => Err(ApiError::invalid(
-            &context.resource().target(object::name(object)),
-            &[error],
-        )),
     }
 }
 
