@@ -147,3 +147,29 @@ pub fn kubeconfig(address: SocketAddr) -> String {
         "apiVersion: v1\nkind: Config\nclusters:\n- name: corral\n  cluster:\n    server: http://{address}\ncontexts:\n- name: corral\n  context:\n    cluster: corral\n    user: corral\n    namespace: default\ncurrent-context: corral\nusers:\n- name: corral\n  user: {{}}\n"
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_limit_flags_default_to_the_servers_defaults() {
+        let mut config = corral_apiserver::Config::default();
+        let defaults = corral_apiserver::Config::default();
+        LimitArgs::default().apply(&mut config);
+        assert_eq!(config.min_request_timeout, defaults.min_request_timeout);
+        assert_eq!(config.max_list_bytes, defaults.max_list_bytes);
+        assert_eq!(config.header_read_timeout, defaults.header_read_timeout);
+        assert_eq!(config.max_connections, defaults.max_connections);
+        assert_eq!(config.max_requests_inflight, defaults.max_requests_inflight);
+        assert_eq!(
+            config.max_mutating_requests_inflight,
+            defaults.max_mutating_requests_inflight
+        );
+        assert_eq!(config.request_timeout, defaults.request_timeout);
+        assert_eq!(
+            config.max_watches_per_client,
+            defaults.max_watches_per_client
+        );
+    }
+}
