@@ -10,13 +10,13 @@
 //!
 //! `limit` of 0 or less is no limit, as in Kubernetes. No list answer holds more than
 //! `Config::max_list_bytes` of objects (128 MiB; a running Instance is about 2 KB, so the
-//! 10,000 of the rack benchmark take about 20 MB): a page a client asked for with `limit` ends early there, with a
-//! `continue` (Kubernetes allows a page shorter than its limit); a list without `limit` that
-//! would hold more is refused with 422 naming `limit`, never cut short silently — a client
-//! that did not ask for pages would take a part for the whole. A cached list too large for one
-//! answer is read from the store in pages when the client asked for a limit. The store is
-//! read [`STORE_PAGE`] objects at a time whatever the client asked, so no store response
-//! holds more.
+//! 10,000 of the rack benchmark take about 20 MB): a page a client asked for with `limit`
+//! ends early there, with a `continue` (Kubernetes allows a page shorter than its limit); a
+//! list without `limit` that would hold more is refused with 422 naming `limit`, never cut
+//! short silently — a client that did not ask for pages would take a part for the whole. A
+//! cached list too large for one answer is read from the store in pages when the client asked
+//! for a limit. The store is read [`STORE_PAGE`] keys at a time whatever the client asked, so
+//! no store response holds more.
 
 use std::sync::Arc;
 
