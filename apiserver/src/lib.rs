@@ -35,11 +35,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::serve::ListenerExt;
 use corral_store::{DynStore, StoreError};
 use tokio::task::JoinSet;
 
 pub mod admission;
+pub mod auth;
 pub mod cache;
 pub mod error;
 pub mod filter;
@@ -50,6 +50,7 @@ mod objects;
 mod openapi;
 pub mod query;
 pub mod resource;
+pub mod serve;
 mod server;
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -147,26 +148,17 @@ pub fn router(server: Arc<ApiServer>) -> Router {
     handlers::router(server)
 }
 
-/// Serves the API on `listener` until `shutdown` completes.
-///
-/// Every connection is `TCP_NODELAY`: a watch writes one small event at a time, and with Nagle's
-/// algorithm an event written while the previous one is unacknowledged waits for the client's
-/// delayed ACK (up to 40 ms on Linux) — on an established watch, every event but the first.
+/// Serves the API on `listener` (over TLS when `tls` is given) until `shutdown` completes.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     server: Arc<ApiServer>,
+    tls: Option<serve::Tls>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let token = server.shutdown.clone();
-    let listener = listener.tap_io(|stream| {
-        if let Err(error) = stream.set_nodelay(true) {
-            tracing::debug!(%error, "TCP_NODELAY refused");
-        }
-    });
-    axum::serve(listener, router(server))
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            token.cancel();
-        })
-        .await
+    serve::serve(listener, router(server), tls, async move {
+        shutdown.await;
+        token.cancel();
+    })
+    .await
 }

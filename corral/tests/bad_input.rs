@@ -545,7 +545,7 @@ fn run(backend: Backend) {
     // Compact often so an exact list at revision 1 is gone.
     let server = common::apiserver_with(backend, &["--compaction-interval", "1s"]);
     let json_ct = [("Content-Type", "application/json")];
-    let (status, body) = http(server.address(), "POST", BASE, &json_ct, br#"{"apiVersion":"test.corral.dev/v1","kind":"Widget","metadata":{"name":"good"},"spec":{"color":"red"}}"#);
+    let (status, body) = http(&server, "POST", BASE, &json_ct, br#"{"apiVersion":"test.corral.dev/v1","kind":"Widget","metadata":{"name":"good"},"spec":{"color":"red"}}"#);
     assert_eq!(status, 201, "{body}");
     let good: Value = serde_json::from_str(&body).unwrap();
     let rv = good["metadata"]["resourceVersion"]
@@ -558,7 +558,7 @@ fn run(backend: Backend) {
         std::time::Duration::from_secs(20),
         || {
             let (status, _) = http(
-                server.address(),
+                &server,
                 "GET",
                 &format!("{BASE}?resourceVersion=1&resourceVersionMatch=Exact"),
                 &[],
@@ -570,7 +570,7 @@ fn run(backend: Backend) {
     let mut failures = Vec::new();
     for c in cases(&rv) {
         let (status, body) = http(
-            server.address(),
+            &server,
             c.method,
             &c.path,
             &[("Content-Type", c.content_type)],
@@ -594,11 +594,11 @@ fn run(backend: Backend) {
                 &body[..body.len().min(400)]
             ));
         }
-        let (health, _) = http(server.address(), "GET", "/healthz", &[], b"");
+        let (health, _) = http(&server, "GET", "/healthz", &[], b"");
         assert_eq!(health, 200, "server unhealthy after {}", c.name);
     }
     // Nothing of a rejected create was written.
-    let names = common::list_names(server.address(), BASE);
+    let names = common::list_names(&server, BASE);
     assert_eq!(names, vec!["good"], "only the good object exists");
     assert!(
         failures.is_empty(),

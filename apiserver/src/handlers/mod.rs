@@ -44,6 +44,10 @@ pub fn router(server: Arc<ApiServer>) -> Router {
         .route("/openapi/v3", get(openapi::index))
         .route("/openapi/v3/{*path}", get(openapi::document))
         .fallback(dispatch)
+        .layer(axum::middleware::from_fn_with_state(
+            server.clone(),
+            authenticate,
+        ))
         .with_state(server)
         .layer(
             tower_http::trace::TraceLayer::new_for_http()
@@ -52,6 +56,26 @@ pub fn router(server: Arc<ApiServer>) -> Router {
                 })
                 .on_response(tower_http::trace::DefaultOnResponse::new().level(tracing::Level::DEBUG)),
         )
+}
+
+/// The authentication layer (`auth`): puts the [`User`](crate::auth::User) on the request, or
+/// answers 401.
+async fn authenticate(
+    State(server): State<Arc<ApiServer>>,
+    mut request: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    match server.config.authentication.user_of(&request) {
+        Ok(Some(user)) => {
+            request.extensions_mut().insert(user);
+            next.run(request).await
+        }
+        Ok(None) if crate::auth::PUBLIC_PATHS.contains(&request.uri().path()) => {
+            next.run(request).await
+        }
+        Ok(None) => crate::auth::unauthorized().into_response(),
+        Err(error) => error.into_response(),
+    }
 }
 
 fn negotiate(headers: &HeaderMap) -> ApiResult<Accept> {
