@@ -40,6 +40,7 @@ use corral_store::{DynStore, StoreError};
 use tokio::task::JoinSet;
 
 pub mod admission;
+pub mod auth;
 pub mod cache;
 pub mod error;
 pub mod filter;
@@ -50,13 +51,12 @@ mod objects;
 mod openapi;
 pub mod query;
 pub mod resource;
-mod serve;
+pub mod serve;
 mod server;
 #[cfg(feature = "testing")]
 pub mod testing;
 
 pub use objects::{Admission, AdmissionRequest, AdmissionRule, ReadObjects, Subresource, Verb};
-pub use serve::serve;
 pub use server::{ApiServer, Config};
 
 use resource::Registry;
@@ -147,4 +147,15 @@ async fn compactor(server: Arc<ApiServer>) {
 /// The HTTP routes of the API server.
 pub fn router(server: Arc<ApiServer>) -> Router {
     handlers::router(server)
+}
+
+/// Serves the API on `listener` (over TLS when `tls` is given) until `shutdown` completes
+/// (`serve.rs`).
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    server: Arc<ApiServer>,
+    tls: Option<serve::Tls>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    serve::serve(listener, router(server.clone()), server, tls, shutdown).await
 }

@@ -1,14 +1,20 @@
-//! The API server's accept loop: every connection the listener accepts is served by hyper
-//! (HTTP/1.1, and HTTP/2 when the client speaks it) on a task of its own, until the server
-//! shuts down.
+//! The API server's listener: every connection it accepts is served by hyper (HTTP/1.1, and
+//! HTTP/2 when a plain-text client speaks it) on a task of its own, over TLS when the server
+//! has a certificate, until the server shuts down.
 //!
 //! # Guarantees
 //!
+//! - A TLS handshake runs in the connection's own task, bounded by [`HANDSHAKE_TIMEOUT`]: a
+//!   client that never finishes one holds nothing but its socket.
+//! - A client certificate is only read after rustls verified it against the client CA; the
+//!   user it names ([`ClientCertificate`]) goes on every request of that connection, and the
+//!   authentication layer (`auth`) decides what it counts for.
 //! - A client that has not sent a whole request head within `Config::header_read_timeout`
 //!   (Kubernetes' `ReadHeaderTimeout`, 32 s) is disconnected: a slow client holds one
 //!   connection for a bounded time, and no other client waits for it. The same timer closes a
-//!   keep-alive connection idle for as long, and one that never sends a byte
-//!   ([`FirstByteDeadline`]: hyper first reads to tell HTTP/1.1 from HTTP/2, without a timeout).
+//!   keep-alive connection idle for as long, and one that sends no byte after its handshake
+//!   ([`FirstByteDeadline`]: hyper first reads to tell HTTP/1.1 from HTTP/2, without a
+//!   timeout).
 //! - At most `Config::max_connections` connections are open at once; past that, new ones wait
 //!   in the listen backlog until one closes.
 //! - Every connection is `TCP_NODELAY`: a watch writes one small event at a time, and with
@@ -21,20 +27,14 @@
 //!   keep-alive connections close after their current response) and returns once every
 //!   connection is closed, or after `Config::request_timeout` (no request lasts longer).
 //!
-//! # Where TLS goes
-//!
-//! A connection is served by [`serve_connection`], generic over its stream: a TLS handshake
-//! is the one step to add, at the top of the connection's task (so that a slow handshake
-//! holds up no other connection, and with a timeout of its own: the header-read timeout starts
-//! only once hyper reads). With ALPN, the protocol is known from the handshake: a builder made
-//! `http1_only` or `http2_only` then skips the version sniffing.
-//!
 //! # Not responsible for
 //!
 //! - Limits on requests (in flight, their duration, watches per client): `handlers/flow.rs`.
+//! - Who a request is from: `auth`.
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -47,11 +47,17 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use hyper_util::service::TowerToHyperService;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use crate::auth::{ClientCertificate, x509};
 use crate::server::ApiServer;
+
+/// The longest a client may take to finish its TLS handshake.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The longest header-read timeout taken from the configuration.
 const LONGEST_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
@@ -60,14 +66,84 @@ const LONGEST_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 /// file descriptors, say), instead of spinning on it.
 const ACCEPT_ERROR_REST: Duration = Duration::from_secs(1);
 
-/// Serves the API on `listener` until `shutdown` completes (see the module docs).
+/// The server side of TLS: the serving certificate and, optionally, the CA client
+/// certificates must be signed by.
+#[derive(Clone)]
+pub struct Tls {
+    config: Arc<rustls::ServerConfig>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("{path}: {message}")]
+    File { path: String, message: String },
+    #[error("TLS configuration: {0}")]
+    Config(String),
+}
+
+impl Tls {
+    /// TLS with the certificate chain `cert` and key `key` (PEM files); with `client_ca`,
+    /// clients may present a certificate that CA signed (clients without one may still
+    /// authenticate otherwise, e.g. with a bearer token).
+    pub fn from_files(cert: &Path, key: &Path, client_ca: Option<&Path>) -> Result<Tls, TlsError> {
+        let file_error = |path: &Path, message: String| TlsError::File {
+            path: path.display().to_string(),
+            message,
+        };
+        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+            .and_then(|certs| certs.collect())
+            .map_err(|e| file_error(cert, e.to_string()))?;
+        if chain.is_empty() {
+            return Err(file_error(cert, "no certificate in it".into()));
+        }
+        let key_der =
+            PrivateKeyDer::from_pem_file(key).map_err(|e| file_error(key, e.to_string()))?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| TlsError::Config(e.to_string()))?;
+        let builder = match client_ca {
+            None => builder.with_no_client_auth(),
+            Some(ca) => {
+                let mut roots = rustls::RootCertStore::empty();
+                for der in CertificateDer::pem_file_iter(ca)
+                    .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+                    .map_err(|e| file_error(ca, e.to_string()))?
+                {
+                    roots.add(der).map_err(|e| file_error(ca, e.to_string()))?;
+                }
+                let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                    Arc::new(roots),
+                    provider,
+                )
+                .allow_unauthenticated()
+                .build()
+                .map_err(|e| TlsError::Config(e.to_string()))?;
+                builder.with_client_cert_verifier(verifier)
+            }
+        };
+        let mut config = builder
+            .with_single_cert(chain, key_der)
+            .map_err(|e| TlsError::Config(e.to_string()))?;
+        // HTTP/1.1 only: every client Corral is tested with speaks it, and a watch is one
+        // request per connection either way.
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(Tls {
+            config: Arc::new(config),
+        })
+    }
+}
+
+/// Serves `router`, the routes of `server`, on `listener` (over TLS when `tls` is given) until
+/// `shutdown` completes (see the module docs).
 pub async fn serve(
     listener: TcpListener,
+    router: Router,
     server: Arc<ApiServer>,
+    tls: Option<Tls>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let config = &server.config;
-    let router = crate::router(server.clone());
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // Zero disables the timeout (hyper would time every head out at once). hyper adds it to an
     // `Instant`, which a day cannot overflow (and no client needs longer to send a head).
@@ -79,6 +155,7 @@ pub async fn serve(
         .header_read_timeout(header_read_timeout);
     builder.http2().timer(TokioTimer::new());
     let builder = Arc::new(builder);
+    let acceptor = tls.map(|tls| tokio_rustls::TlsAcceptor::from(tls.config));
     let connections = Arc::new(Semaphore::new(config.max_connections.max(1)));
     let graceful = GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
@@ -90,11 +167,42 @@ pub async fn serve(
         let Some((stream, peer, permit)) = accepted else {
             continue;
         };
-        let (builder, router, watcher) = (builder.clone(), router.clone(), graceful.watcher());
-        let stream = FirstByteDeadline::new(stream, header_read_timeout);
+        let connection = Connection {
+            peer,
+            builder: builder.clone(),
+            router: router.clone(),
+            watcher: graceful.watcher(),
+            header_read_timeout,
+        };
+        let acceptor = acceptor.clone();
+        let stopping = server.shutdown.clone();
         tokio::spawn(async move {
-            serve_connection(stream, peer, &builder, router, watcher).await;
-            drop(permit);
+            let _permit = permit;
+            let Some(acceptor) = acceptor else {
+                return connection.serve(stream, None).await;
+            };
+            let handshake = tokio::select! {
+                handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)) => handshake,
+                () = stopping.cancelled() => return,
+            };
+            let stream = match handshake {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(error)) => {
+                    tracing::debug!(%peer, %error, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake timed out");
+                    return;
+                }
+            };
+            let user = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|chain| chain.first())
+                .and_then(|leaf| x509::identity(leaf));
+            connection.serve(stream, user.map(ClientCertificate)).await
         });
     }
     drop(listener);
@@ -118,7 +226,7 @@ pub async fn serve(
 async fn accept(
     listener: &TcpListener,
     connections: &Arc<Semaphore>,
-) -> Option<(TcpStream, SocketAddr, tokio::sync::OwnedSemaphorePermit)> {
+) -> Option<(TcpStream, SocketAddr, OwnedSemaphorePermit)> {
     let permit = connections
         .clone()
         .acquire_owned()
@@ -149,28 +257,48 @@ fn is_connection_error(error: &std::io::Error) -> bool {
     )
 }
 
-/// Serves one connection until it closes (or shutdown closes it); `peer` is who it is from.
-/// Generic over the stream: see the module docs on TLS.
-async fn serve_connection<S>(
-    stream: S,
+/// What serving one accepted connection needs.
+struct Connection {
     peer: SocketAddr,
-    builder: &auto::Builder<TokioExecutor>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
     router: Router,
     watcher: Watcher,
-) where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let service = tower::ServiceExt::map_request(
-        router,
-        move |mut request: axum::http::Request<Incoming>| {
-            request.extensions_mut().insert(ConnectInfo(peer));
-            request
-        },
-    );
-    let connection = builder
-        .serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(service));
-    if let Err(error) = watcher.watch(connection).await {
-        tracing::debug!(%peer, %error, "connection ended with an error");
+    header_read_timeout: Option<Duration>,
+}
+
+impl Connection {
+    /// Serves the connection over `stream` (TCP, or TLS after its handshake) until it closes
+    /// (or shutdown closes it), tagging each request with the peer's address and the client
+    /// certificate's user.
+    async fn serve<S>(self, stream: S, certificate: Option<ClientCertificate>)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let Connection {
+            peer,
+            builder,
+            router,
+            watcher,
+            header_read_timeout,
+        } = self;
+        let stream = FirstByteDeadline::new(stream, header_read_timeout);
+        let service = tower::ServiceExt::map_request(
+            router,
+            move |mut request: axum::http::Request<Incoming>| {
+                request.extensions_mut().insert(ConnectInfo(peer));
+                if let Some(certificate) = &certificate {
+                    request.extensions_mut().insert(certificate.clone());
+                }
+                request
+            },
+        );
+        let connection = builder.serve_connection_with_upgrades(
+            TokioIo::new(stream),
+            TowerToHyperService::new(service),
+        );
+        if let Err(error) = watcher.watch(connection).await {
+            tracing::debug!(%peer, %error, "connection ended with an error");
+        }
     }
 }
 

@@ -70,6 +70,8 @@ pub struct Config {
     /// default is [`admission::defaults`], the fence-token rules; [`Admission::none`] admits
     /// every write.
     pub admission: Admission,
+    /// How requests are authenticated (`auth`).
+    pub authentication: crate::auth::Authentication,
 }
 
 impl Default for Config {
@@ -91,6 +93,7 @@ impl Default for Config {
             gc_resync_interval: Duration::from_secs(30),
             cache: CacheConfig::default(),
             admission: admission::defaults(),
+            authentication: crate::auth::Authentication::default(),
         }
     }
 }

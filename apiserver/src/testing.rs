@@ -1,12 +1,35 @@
 //! A real API server for the tests of its clients: the built-in kinds plus the CRDs given, over
 //! a temporary SQLite file, on a free loopback port. Dropping it (or [`TestServer::stop`])
 //! shuts it down and removes the file.
+//!
+//! It serves plain HTTP (`--insecure-http`'s mode): the clients under test authenticate with
+//! the bearer token [`ADMIN_TOKEN`] of `admin` in `system:masters`, which its kubeconfig
+//! carries. TLS and client certificates are tested against the real binary.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use crate::auth::{Authentication, TokenFile, identities};
 use crate::resource::Registry;
 use crate::{ApiServer, Config, Running};
+
+/// The bearer token of `admin` (in `system:masters`) on every [`TestServer`].
+pub const ADMIN_TOKEN: &str = "corral-test-admin-token";
+
+/// A configuration whose only credential is [`ADMIN_TOKEN`].
+pub fn admin_token_config() -> Config {
+    let tokens = TokenFile::parse(&format!(
+        "{ADMIN_TOKEN},admin,admin,{}",
+        identities::MASTERS_GROUP
+    ))
+    .expect("a valid token line");
+    Config {
+        authentication: Authentication {
+            tokens: Some(std::sync::Arc::new(tokens)),
+        },
+        ..Config::default()
+    }
+}
 
 pub struct TestServer {
     /// `http://127.0.0.1:PORT`.
@@ -32,7 +55,7 @@ impl TestServer {
             .await
             .expect("opening the SQLite store");
         let registry = Registry::load_with(crds, None).expect("loading the CRDs");
-        let running = ApiServer::start(registry, store, Config::default())
+        let running = ApiServer::start(registry, store, admin_token_config())
             .await
             .expect("starting the API server");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -46,7 +69,13 @@ impl TestServer {
         let server = running.server.clone();
         let stopped = stop.clone();
         let serving = tokio::spawn(async move {
-            let _ = crate::serve(listener, server, async move { stopped.cancelled().await }).await;
+            let _ = crate::serve(
+                listener,
+                server,
+                None,
+                async move { stopped.cancelled().await },
+            )
+            .await;
         });
         TestServer {
             url,
@@ -85,9 +114,10 @@ impl Drop for TestServer {
     }
 }
 
-/// A kubeconfig for a plain-HTTP server at `url`, namespace `default`.
+/// A kubeconfig for a plain-HTTP server at `url` as `admin` ([`ADMIN_TOKEN`]), namespace
+/// `default`.
 pub fn kubeconfig_yaml(url: &str) -> String {
     format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: corral\n  cluster:\n    server: {url}\ncontexts:\n- name: corral\n  context:\n    cluster: corral\n    user: corral\n    namespace: default\ncurrent-context: corral\nusers:\n- name: corral\n  user: {{}}\n"
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: corral\n  cluster:\n    server: {url}\ncontexts:\n- name: corral\n  context:\n    cluster: corral\n    user: corral\n    namespace: default\ncurrent-context: corral\nusers:\n- name: corral\n  user:\n    token: {ADMIN_TOKEN}\n"
     )
 }

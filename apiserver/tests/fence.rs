@@ -37,6 +37,9 @@ struct Server {
     _dir: tempfile::TempDir,
 }
 
+/// The bearer token of `admin` in `system:masters`.
+const TOKEN: &str = "fence-admin";
+
 impl Server {
     async fn start(backend: Backend) -> Server {
         let dir = tempfile::tempdir().expect("a temporary directory");
@@ -53,7 +56,17 @@ impl Server {
             .await
             .expect("opening the store");
         let registry = Registry::load_with(corral_crds::MANIFESTS, None).expect("Corral's CRDs");
-        let running = ApiServer::start(registry, store, Config::default())
+        let tokens = corral_apiserver::auth::TokenFile::parse(&format!(
+            "{TOKEN},admin,admin,system:masters"
+        ))
+        .expect("a token line");
+        let config = Config {
+            authentication: corral_apiserver::auth::Authentication {
+                tokens: Some(std::sync::Arc::new(tokens)),
+            },
+            ..Config::default()
+        };
+        let running = ApiServer::start(registry, store, config)
             .await
             .expect("starting the API server");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -64,12 +77,19 @@ impl Server {
         let serving = tokio::spawn(corral_apiserver::serve(
             listener,
             running.server.clone(),
+            None,
             async move {
                 let _ = stopped.await;
             },
         ));
-        let client = Client::try_from(kube::Config::new(url.parse().expect("a URL")))
-            .expect("a kube client");
+        let kubeconfig = kube::config::Kubeconfig::from_yaml(&format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: {url}\ncontexts:\n- name: c\n  context:\n    cluster: c\n    user: u\ncurrent-context: c\nusers:\n- name: u\n  user:\n    token: {TOKEN}\n"
+        ))
+        .expect("a kubeconfig");
+        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+            .await
+            .expect("a client configuration");
+        let client = Client::try_from(config).expect("a kube client");
         Server {
             client,
             running: Some(running),

@@ -294,10 +294,14 @@ impl Apply for SledHealthController {
     }
 }
 
+/// A sled as last seen: its Lease's renew time, its epoch, and when that pair was first seen
+/// (this process's clock).
+type LeaseSeen = (Option<Time>, u64, Instant);
+
 /// When each sled's Lease was last seen renewed, on this process's clock.
 #[derive(Default)]
 pub struct Heartbeats {
-    seen: Mutex<HashMap<String, (Option<Time>, u64, Instant)>>,
+    seen: Mutex<HashMap<String, LeaseSeen>>,
 }
 
 impl Heartbeats {

@@ -350,13 +350,22 @@ async fn a_drain_cordons_refuses_what_does_not_fit_then_moves_everything_and_com
     assert_eq!((status.moved, status.total, status.vmms_left), (3, 3, 0));
     assert!(status.finished_at.is_some());
 
+    // Events are recorded after the status they tell of: wait for the last one.
     let events: Api<k8s_openapi::api::core::v1::Event> =
         Api::namespaced(rack.client.clone(), "default");
-    let events = events.list(&ListParams::default()).await.unwrap().items;
+    let events = wait_for("the DrainCompleted event", || {
+        let events = events.clone();
+        async move {
+            let events = events.list(&ListParams::default()).await.ok()?.items;
+            event_reasons(&events, "second")
+                .contains(&"DrainCompleted".to_string())
+                .then_some(events)
+        }
+    })
+    .await;
     assert!(event_reasons(&events, "first").contains(&"DoesNotFit".to_string()));
     let second = event_reasons(&events, "second");
     assert!(second.contains(&"DrainStarted".to_string()), "{second:?}");
-    assert!(second.contains(&"DrainCompleted".to_string()), "{second:?}");
     assert!(event_reasons(&events, "sled-1").contains(&"Cordoned".to_string()));
     rack.stop().await;
 }

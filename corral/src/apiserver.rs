@@ -33,7 +33,86 @@ pub struct ApiserverArgs {
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     pub(crate) bookmark_interval: Duration,
     #[command(flatten)]
+    pub(crate) security: SecurityArgs,
+    #[command(flatten)]
     pub(crate) limits: LimitArgs,
+}
+
+/// How the API server proves who it is and learns who asks (docs/security.md).
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct SecurityArgs {
+    /// A directory `corral certs` made: serve with its `apiserver.crt`/`apiserver.key` and
+    /// accept client certificates its `ca.crt` signed.
+    #[arg(long)]
+    pub(crate) pki: Option<PathBuf>,
+    /// The serving certificate chain (PEM); overrides the one in --pki.
+    #[arg(long)]
+    pub(crate) tls_cert_file: Option<PathBuf>,
+    /// The serving certificate's private key (PEM); overrides the one in --pki.
+    #[arg(long)]
+    pub(crate) tls_private_key_file: Option<PathBuf>,
+    /// Accept client certificates this CA signed (CN = user, O = groups); overrides --pki's.
+    #[arg(long)]
+    pub(crate) client_ca_file: Option<PathBuf>,
+    /// Bearer tokens, one per line: `token,user,uid[,"group1,group2"]` (kube-apiserver's
+    /// --token-auth-file format).
+    #[arg(long)]
+    pub(crate) token_auth_file: Option<PathBuf>,
+    /// Serve plain HTTP instead of HTTPS. This gives up encryption — anyone on the path reads
+    /// every object and every bearer token, and can change both — and client certificates:
+    /// only bearer tokens authenticate. For a loopback-only test setup, never for a rack.
+    #[arg(long)]
+    pub(crate) insecure_http: bool,
+}
+
+impl SecurityArgs {
+    /// The TLS configuration, `None` for --insecure-http.
+    fn tls(&self) -> anyhow::Result<Option<corral_apiserver::serve::Tls>> {
+        let in_pki = |file: &str| self.pki.as_ref().map(|dir| dir.join(file));
+        if self.insecure_http {
+            anyhow::ensure!(
+                self.tls_cert_file.is_none() && self.tls_private_key_file.is_none(),
+                "--insecure-http serves no certificate: drop --tls-cert-file/--tls-private-key-file or --insecure-http"
+            );
+            tracing::warn!(
+                "serving plain HTTP (--insecure-http): no encryption, no client certificates"
+            );
+            return Ok(None);
+        }
+        let cert = self
+            .tls_cert_file
+            .clone()
+            .or_else(|| in_pki("apiserver.crt"));
+        let key = self
+            .tls_private_key_file
+            .clone()
+            .or_else(|| in_pki("apiserver.key"));
+        let (Some(cert), Some(key)) = (cert, key) else {
+            anyhow::bail!(
+                "HTTPS needs a serving certificate: give --pki DIR (made by `corral certs --dir DIR`) or --tls-cert-file and --tls-private-key-file; --insecure-http serves plain HTTP"
+            );
+        };
+        let client_ca = self.client_ca_file.clone().or_else(|| in_pki("ca.crt"));
+        Ok(Some(corral_apiserver::serve::Tls::from_files(
+            &cert,
+            &key,
+            client_ca.as_deref(),
+        )?))
+    }
+
+    fn authentication(&self) -> anyhow::Result<corral_apiserver::auth::Authentication> {
+        let tokens = match &self.token_auth_file {
+            None => None,
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                let file = corral_apiserver::auth::TokenFile::parse(&text)
+                    .with_context(|| path.display().to_string())?;
+                Some(std::sync::Arc::new(file))
+            }
+        };
+        Ok(corral_apiserver::auth::Authentication { tokens })
+    }
 }
 
 /// What one client may make the server do (docs/api.md, "Limits").
@@ -109,9 +188,11 @@ pub async fn start_apiserver(
     let store = corral_store::open(&store_config)
         .await
         .with_context(|| format!("opening store {store_config}"))?;
+    let tls = args.security.tls()?;
     let mut config = corral_apiserver::Config {
         compaction_interval: args.compaction_interval,
         bookmark_interval: args.bookmark_interval,
+        authentication: args.security.authentication()?,
         ..Default::default()
     };
     args.limits.apply(&mut config);
@@ -120,9 +201,10 @@ pub async fn start_apiserver(
         .await
         .with_context(|| format!("binding {}", args.listen))?;
     let address = listener.local_addr()?;
-    tracing::info!(%address, store = %store_config, "apiserver listening");
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    tracing::info!(%address, %scheme, store = %store_config, "apiserver listening");
     let task = tokio::spawn(async move {
-        corral_apiserver::serve(listener, running.server.clone(), async move {
+        corral_apiserver::serve(listener, running.server.clone(), tls, async move {
             stop.cancelled().await
         })
         .await?;
@@ -139,13 +221,6 @@ pub async fn run_apiserver(args: ApiserverArgs) -> anyhow::Result<()> {
     shutdown_signal().await;
     stop.cancel();
     task.await?
-}
-
-/// A kubeconfig for the API server at `address`: no credentials, namespace `default`.
-pub fn kubeconfig(address: SocketAddr) -> String {
-    format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: corral\n  cluster:\n    server: http://{address}\ncontexts:\n- name: corral\n  context:\n    cluster: corral\n    user: corral\n    namespace: default\ncurrent-context: corral\nusers:\n- name: corral\n  user: {{}}\n"
-    )
 }
 
 #[cfg(test)]

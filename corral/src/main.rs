@@ -4,6 +4,7 @@ use clap::{Parser, Subcommand};
 
 mod apiserver;
 mod bench;
+mod certs;
 mod chaos;
 mod command;
 mod controllers;
@@ -34,6 +35,9 @@ enum Command {
     Up(rack::UpArgs),
     /// Run the Kubernetes-compatible API server.
     Apiserver(apiserver::ApiserverArgs),
+    /// Make (or complete) a rack's CA, the API server's certificate and kubeconfigs for
+    /// `admin`, the controllers, sleds and users.
+    Certs(certs::CertsArgs),
     /// Run the controllers (leader-elected: run several, one acts).
     Controllers(controllers::ControllersArgs),
     /// Run the node-agent of one simulated sled.
@@ -71,6 +75,7 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(async move {
         match cli.command {
             Command::Apiserver(args) => apiserver::run_apiserver(args).await,
+            Command::Certs(args) => certs::run(args),
             Command::Controllers(args) => controllers::run_controllers(args).await,
             Command::Up(args) => rack::up(args).await,
             Command::NodeAgent(args) => rack::node_agent(args).await,

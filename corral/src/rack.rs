@@ -14,7 +14,8 @@ use corral_node_agent::sim::{SimSled, SimSledConfig, SimTiming, SledHandle, Star
 use corral_node_agent::{AgentConfig, PowerControllers, power_controller_url};
 use tokio_util::sync::CancellationToken;
 
-use crate::apiserver::{ApiserverArgs, LimitArgs, kubeconfig, start_apiserver};
+use crate::apiserver::{ApiserverArgs, LimitArgs, SecurityArgs, start_apiserver};
+use crate::certs::{self, CertsArgs};
 use crate::command::{parse_duration, shutdown_signal};
 use crate::controllers::controllers_config;
 
@@ -126,10 +127,35 @@ pub fn sled_name(index: usize) -> String {
     format!("sled-{index}")
 }
 
+/// How each sled's agent reaches the API server.
+pub enum SledClients {
+    /// All sleds with one client.
+    Shared(kube::Client),
+    /// Sled `NAME` with the identity in `DIR/node-NAME.kubeconfig` (`corral certs --node`).
+    Dir(PathBuf),
+}
+
+impl SledClients {
+    async fn client(&self, sled: &str) -> anyhow::Result<kube::Client> {
+        match self {
+            SledClients::Shared(client) => Ok(client.clone()),
+            SledClients::Dir(dir) => {
+                let path = dir.join(format!("node-{sled}.kubeconfig"));
+                Ok(corral_client::connect(Some(&path))
+                    .await
+                    .with_context(|| format!("the identity of {sled}"))?)
+            }
+        }
+    }
+}
+
 /// Starts `count` simulated sleds under `data_dir/sleds/NAME`, each with a fault API on a free
-/// loopback port, and registers their power controllers (served at `power_url`).
+/// loopback port and its agent's own client (`agents`), and registers their power controllers
+/// (served at `power_url`) with `client`.
+#[allow(clippy::too_many_arguments)]
 pub async fn start_sleds(
     client: &kube::Client,
+    agents: &SledClients,
     count: usize,
     data_dir: &Path,
     sled: &SledArgs,
@@ -141,7 +167,7 @@ pub async fn start_sleds(
         let name = sled_name(index);
         let dir = data_dir.join("sleds").join(&name);
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        let mut config = sled.sled_config(client, &name, &dir);
+        let mut config = sled.sled_config(&agents.client(&name).await?, &name, &dir);
         config.fault_listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
         config.agent.power_controller_url = power_url.map(|url| power_controller_url(url, &name));
         config.agent.failure_domain = Some(format!("shelf-{}", (index - 1) / 8 + 1));
@@ -241,6 +267,15 @@ pub async fn up(mut args: UpArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating {}", args.data_dir.display()))?;
     let data_dir = args.data_dir.canonicalize()?;
+    let pki = data_dir.join("pki");
+    let mut certs = CertsArgs {
+        dir: pki.clone(),
+        server: server_url(args.listen),
+        hosts: Vec::new(),
+        nodes: (1..=args.sleds).map(sled_name).collect(),
+        users: Vec::new(),
+    };
+    certs::make(&certs)?;
     let apiserver = ApiserverArgs {
         listen: args.listen,
         store: corral_store::StoreConfig::Sqlite {
@@ -251,13 +286,24 @@ pub async fn up(mut args: UpArgs) -> anyhow::Result<()> {
         compaction_interval: Duration::from_secs(300),
         bookmark_interval: Duration::from_secs(60),
         limits: LimitArgs::default(),
+        security: SecurityArgs {
+            pki: Some(pki.clone()),
+            ..SecurityArgs::default()
+        },
     };
     let stop = CancellationToken::new();
     let (address, apiserver_task) = start_apiserver(apiserver, stop.clone()).await?;
+    if server_url(address) != certs.server {
+        // A port picked at bind time: the kubeconfigs name the one bound.
+        certs.server = server_url(address);
+        certs::make(&certs)?;
+    }
     let kubeconfig_path = data_dir.join("kubeconfig");
-    std::fs::write(&kubeconfig_path, kubeconfig(address))
+    std::fs::copy(pki.join("admin.kubeconfig"), &kubeconfig_path)
         .with_context(|| format!("writing {}", kubeconfig_path.display()))?;
     let client = corral_client::connect(Some(&kubeconfig_path)).await?;
+    let controllers_client =
+        corral_client::connect(Some(&pki.join("controllers.kubeconfig"))).await?;
 
     let controllers_stop = CancellationToken::new();
     let config = controllers_config(
@@ -271,7 +317,7 @@ pub async fn up(mut args: UpArgs) -> anyhow::Result<()> {
     )
     .await?;
     let controllers = tokio::spawn(corral_controllers::run(
-        client.clone(),
+        controllers_client,
         config,
         controllers_stop.clone(),
     ));
@@ -282,6 +328,7 @@ pub async fn up(mut args: UpArgs) -> anyhow::Result<()> {
     let power_url = format!("http://{}", power_listener.local_addr()?);
     let sleds = start_sleds(
         &client,
+        &SledClients::Dir(pki.clone()),
         args.sleds,
         &data_dir,
         &args.sled,
@@ -304,7 +351,7 @@ pub async fn up(mut args: UpArgs) -> anyhow::Result<()> {
         ),
     };
     println!(
-        "Corral is up: API server at http://{address}, {} {machines} (power controllers at {power_url}), data in {}",
+        "Corral is up: API server at https://{address}, {} {machines} (power controllers at {power_url}), data in {}",
         args.sleds,
         data_dir.display()
     );
@@ -434,6 +481,10 @@ pub struct PowerSimArgs {
     /// How many simulated sleds this process hosts (`sled-1` ... `sled-N`).
     #[arg(long, default_value_t = 8)]
     sleds: usize,
+    /// Each sled's agent uses its own identity, `DIR/node-SLED.kubeconfig` (`corral certs
+    /// --dir DIR --node SLED`); without it every agent uses --kubeconfig.
+    #[arg(long)]
+    credentials: Option<PathBuf>,
     /// Where the sleds' machines and journals live (`DIR/sleds/NAME`).
     #[arg(long)]
     data_dir: PathBuf,
@@ -461,8 +512,13 @@ pub async fn power_sim(mut args: PowerSimArgs) -> anyhow::Result<()> {
     } else {
         StartMode::Resume
     };
+    let agents = match &args.credentials {
+        Some(dir) => SledClients::Dir(dir.clone()),
+        None => SledClients::Shared(client.clone()),
+    };
     let sleds = start_sleds(
         &client,
+        &agents,
         args.sleds,
         &args.data_dir,
         &args.sled,
@@ -479,4 +535,13 @@ pub async fn power_sim(mut args: PowerSimArgs) -> anyhow::Result<()> {
     stop.cancel();
     let _ = power.await;
     Ok(())
+}
+
+/// The URL of an API server listening on `address` (a wildcard address is reached on loopback).
+fn server_url(address: SocketAddr) -> String {
+    let mut address = address;
+    if address.ip().is_unspecified() {
+        address.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    format!("https://{address}")
 }

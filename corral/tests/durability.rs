@@ -13,13 +13,14 @@ const BASE: &str = "/apis/test.corral.dev/v1/namespaces/default/widgets";
 
 fn burst_then_kill(backend: Backend) {
     let mut server = common::apiserver(backend);
-    let address = server.address();
+    let endpoint = common::Reach::endpoint(&server);
     let acknowledged = Arc::new(Mutex::new(Vec::<String>::new()));
     let stop = Arc::new(AtomicBool::new(false));
     let writers: Vec<_> = (0..16)
         .map(|writer| {
             let acknowledged = acknowledged.clone();
             let stop = stop.clone();
+            let endpoint = endpoint.clone();
             std::thread::spawn(move || {
                 for i in 0.. {
                     if stop.load(Ordering::Relaxed) {
@@ -27,7 +28,7 @@ fn burst_then_kill(backend: Backend) {
                     }
                     let name = format!("w{writer}-{i}");
                     let body = format!(r#"{{"apiVersion":"test.corral.dev/v1","kind":"Widget","metadata":{{"name":"{name}"}},"spec":{{"color":"red"}}}}"#);
-                    let result = std::panic::catch_unwind(|| http(address, "POST", BASE, &[("Content-Type", "application/json")], body.as_bytes()));
+                    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| http(&endpoint, "POST", BASE, &[("Content-Type", "application/json")], body.as_bytes())));
                     match result {
                         Ok((201, _)) => acknowledged.lock().unwrap().push(name),
                         // Connection refused or reset once the server is dead.
@@ -49,9 +50,8 @@ fn burst_then_kill(backend: Backend) {
     }
     let acknowledged = acknowledged.lock().unwrap().clone();
     common::restart(&mut server);
-    let present: std::collections::HashSet<String> = common::list_names(server.address(), BASE)
-        .into_iter()
-        .collect();
+    let present: std::collections::HashSet<String> =
+        common::list_names(&server, BASE).into_iter().collect();
     let lost: Vec<&String> = acknowledged
         .iter()
         .filter(|n| !present.contains(n.as_str()))

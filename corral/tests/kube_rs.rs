@@ -50,8 +50,14 @@ fn widget(name: &str, color: &str) -> Widget {
     )
 }
 
+/// A client from the server's `admin` kubeconfig: HTTPS, the rack's CA, a client certificate.
 async fn client(server: &Apiserver) -> Client {
-    let config = kube::Config::new(server.base_url().parse().unwrap());
+    let kubeconfig =
+        kube::config::Kubeconfig::read_from(server.kubeconfig()).expect("a kubeconfig");
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .expect("a client configuration");
+    assert_eq!(config.cluster_url.scheme_str(), Some("https"));
     Client::try_from(config).expect("kube client")
 }
 
@@ -210,7 +216,7 @@ async fn watcher_survives_restart_and_compaction(server: &mut Apiserver) {
     // Wait until history up to the current revision is compacted (compaction interval is 1 s).
     common::wait_until("compaction", Duration::from_secs(30), || {
         let (status, _) = common::http(
-            server.address(),
+            &server,
             "GET",
             &format!(
                 "/apis/test.corral.dev/v1/namespaces/default/widgets?resourceVersion={}&resourceVersionMatch=Exact",
@@ -232,7 +238,7 @@ async fn watcher_survives_restart_and_compaction(server: &mut Apiserver) {
 }
 
 fn reqwest_free_get(server: &Apiserver, path: &str) -> serde_json::Value {
-    let (status, body) = common::http(server.address(), "GET", path, &[], b"");
+    let (status, body) = common::http(&server, "GET", path, &[], b"");
     assert_eq!(status, 200, "{body}");
     serde_json::from_str(&body).unwrap()
 }

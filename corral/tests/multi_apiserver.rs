@@ -4,7 +4,6 @@
 mod common;
 
 use std::io::{BufRead, BufReader, Write};
-use std::net::TcpStream;
 use std::time::Duration;
 
 use common::{Apiserver, Backend, http};
@@ -17,7 +16,7 @@ fn create(server: &Apiserver, name: &str) -> Value {
         r#"{{"apiVersion":"test.corral.dev/v1","kind":"Widget","metadata":{{"name":"{name}"}},"spec":{{"color":"red"}}}}"#
     );
     let (status, body) = http(
-        server.address(),
+        server,
         "POST",
         BASE,
         &[("Content-Type", "application/json")],
@@ -34,15 +33,12 @@ fn three_apiservers_on_one_etcd_agree() {
     let c = common::peer(&a);
 
     // A watch through C, started before the writes.
-    let (_, list) = http(c.address(), "GET", BASE, &[], b"");
+    let (_, list) = http(&c, "GET", BASE, &[], b"");
     let rv = serde_json::from_str::<Value>(&list).unwrap()["metadata"]["resourceVersion"]
         .as_str()
         .unwrap()
         .to_string();
-    let mut watch = TcpStream::connect(c.address()).unwrap();
-    watch
-        .set_read_timeout(Some(Duration::from_secs(20)))
-        .unwrap();
+    let mut watch = common::connect(&c, Duration::from_secs(20)).expect("connecting to C");
     write!(
         watch,
         "GET {BASE}?watch=1&resourceVersion={rv} HTTP/1.1\r\nHost: x\r\n\r\n"
@@ -57,7 +53,7 @@ fn three_apiservers_on_one_etcd_agree() {
         .unwrap();
 
     // B reads A's write at once (a consistent read from etcd).
-    let (status, body) = http(b.address(), "GET", &format!("{BASE}/from-a"), &[], b"");
+    let (status, body) = http(&b, "GET", &format!("{BASE}/from-a"), &[], b"");
     assert_eq!(status, 200, "{body}");
     let through_b: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(through_b["metadata"]["uid"], created["metadata"]["uid"]);
@@ -66,7 +62,7 @@ fn three_apiservers_on_one_etcd_agree() {
     let mut stale = through_b.clone();
     let patch = r#"{"spec":{"color":"blue"}}"#;
     let (status, _) = http(
-        a.address(),
+        &a,
         "PATCH",
         &format!("{BASE}/from-a"),
         &[("Content-Type", "application/merge-patch+json")],
@@ -75,7 +71,7 @@ fn three_apiservers_on_one_etcd_agree() {
     assert_eq!(status, 200);
     stale["spec"]["color"] = "green".into();
     let (status, body) = http(
-        b.address(),
+        &b,
         "PUT",
         &format!("{BASE}/from-a"),
         &[("Content-Type", "application/json")],
@@ -86,7 +82,7 @@ fn three_apiservers_on_one_etcd_agree() {
     // Every server lists the same objects at a revision at least as new as the write.
     create(&b, "from-b");
     for server in [&a, &b, &c] {
-        let (status, body) = http(server.address(), "GET", BASE, &[], b"");
+        let (status, body) = http(server, "GET", BASE, &[], b"");
         assert_eq!(status, 200);
         let list: Value = serde_json::from_str(&body).unwrap();
         let names: Vec<&str> = list["items"]

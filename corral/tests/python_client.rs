@@ -13,7 +13,7 @@ fn run(backend: Backend) {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/python_client.py");
     let output = Command::new("python3")
         .arg(script)
-        .arg(server.base_url())
+        .arg(server.kubeconfig())
         .output()
         .expect("running python3");
     let stdout = String::from_utf8_lossy(&output.stdout);

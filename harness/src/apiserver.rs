@@ -1,4 +1,5 @@
-//! A real `corral apiserver` process on a free loopback port, with a kubeconfig for it.
+//! A real `corral apiserver` process on a free loopback port, serving HTTPS with the
+//! certificates of a `corral certs` directory, with an `admin` kubeconfig for it.
 //!
 //! # Guarantees
 //! - [`Apiserver::start`] and [`Apiserver::restart`] return only once `GET /readyz` answers
@@ -7,10 +8,12 @@
 //! - A restart keeps the address, the store and the flags, so clients and the kubeconfig stay
 //!   valid.
 //! - The process dies with its owner ([`Process`]).
+//! - Peers ([`Apiserver::peer`]) share the CA and the identities: a credential of one is good
+//!   at every other.
 //!
 //! # Assumptions
-//! - `program` is the `corral` binary; its `apiserver` command takes `--listen`, `--store`
-//!   and `--etcd-prefix`.
+//! - `program` is the `corral` binary; its `apiserver` command takes `--listen`, `--store`,
+//!   `--etcd-prefix` and `--pki`, its `certs` command `--dir`, `--server` and `--node`.
 
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -20,6 +23,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::process::{Process, ProcessError};
 use crate::scratch::Scratch;
+use crate::tls::ClientTls;
 use crate::wait::{Unmet, WaitError, wait_for_polling};
 
 /// How long an API server may take to answer after its start.
@@ -64,6 +68,9 @@ pub struct ApiserverSpec {
     pub args: Vec<String>,
     /// `RUST_LOG` of the process.
     pub log_filter: String,
+    /// The `corral certs` directory it serves with (None: a new one in its scratch directory,
+    /// which its peers then share).
+    pub pki: Option<PathBuf>,
 }
 
 /// Why an API server did not start.
@@ -79,6 +86,8 @@ pub enum ApiserverError {
     Port(#[source] std::io::Error),
     #[error(transparent)]
     Process(#[from] ProcessError),
+    #[error("corral certs failed: {0}")]
+    Certs(String),
     #[error("corral apiserver did not become ready; the end of its log:\n{log_tail}")]
     NotReady {
         #[source]
@@ -91,6 +100,8 @@ pub enum ApiserverError {
 pub struct Apiserver {
     spec: ApiserverSpec,
     address: SocketAddr,
+    /// `admin`'s TLS client for the harness's own requests.
+    tls: ClientTls,
     // Dropped before the directory it writes in.
     process: Process,
     scratch: Scratch,
@@ -99,13 +110,23 @@ pub struct Apiserver {
 impl Apiserver {
     /// Starts an API server that keeps its log (`apiserver.log`) and kubeconfig (`kubeconfig`)
     /// in `scratch`, and waits until it is ready.
-    pub async fn start(spec: ApiserverSpec, scratch: Scratch) -> Result<Apiserver, ApiserverError> {
+    pub async fn start(
+        mut spec: ApiserverSpec,
+        scratch: Scratch,
+    ) -> Result<Apiserver, ApiserverError> {
         let log = scratch.path().join("apiserver.log");
         let process =
             Process::new("apiserver", &spec.program, log).env("RUST_LOG", &spec.log_filter);
+        let pki = spec
+            .pki
+            .get_or_insert_with(|| scratch.path().join("pki"))
+            .clone();
+        certs(&spec.program, &pki, None, &[])?;
+        let tls = ClientTls::from_pki(&pki, Some("admin")).map_err(ApiserverError::Certs)?;
         let mut server = Apiserver {
             spec,
             address: free_address()?,
+            tls,
             process,
             scratch,
         };
@@ -123,8 +144,9 @@ impl Apiserver {
                 Ok(()) => break,
             }
         }
+        server.issue(&[])?;
         let path = server.kubeconfig();
-        std::fs::write(&path, kubeconfig(server.address))
+        std::fs::copy(server.pki().join("admin.kubeconfig"), &path)
             .map_err(|source| ApiserverError::Write { path, source })?;
         Ok(server)
     }
@@ -148,12 +170,48 @@ impl Apiserver {
         self.address
     }
 
-    /// `http://ADDRESS`.
+    /// `https://ADDRESS`.
     pub fn base_url(&self) -> String {
-        format!("http://{}", self.address)
+        format!("https://{}", self.address)
     }
 
-    /// A kubeconfig whose current context is this server, namespace `default`.
+    /// The `corral certs` directory: the CA, and a kubeconfig per identity issued.
+    pub fn pki(&self) -> &Path {
+        self.spec.pki.as_deref().expect("set at start")
+    }
+
+    /// Issues (or keeps) `admin`, the controllers' identity and that of each of `nodes`' agents,
+    /// each as `pki()/NAME.kubeconfig` naming this server.
+    pub fn issue(&self, nodes: &[String]) -> Result<(), ApiserverError> {
+        certs(
+            &self.spec.program,
+            self.pki(),
+            Some(&self.base_url()),
+            nodes,
+        )
+    }
+
+    /// `admin`'s TLS client configuration (for raw requests of tests).
+    pub fn tls(&self) -> &ClientTls {
+        &self.tls
+    }
+
+    /// [`request_with_body`] to this server over TLS, as `admin`.
+    pub async fn request(
+        &self,
+        method: &str,
+        path: &str,
+        body: &str,
+    ) -> Result<(u16, String), String> {
+        let stream = self
+            .tls
+            .connect(self.address)
+            .await
+            .map_err(|error| format!("connecting: {error}"))?;
+        exchange(stream, self.address, method, path, body).await
+    }
+
+    /// An `admin` kubeconfig whose current context is this server, namespace `default`.
     pub fn kubeconfig(&self) -> PathBuf {
         self.scratch.path().join("kubeconfig")
     }
@@ -194,8 +252,9 @@ impl Apiserver {
         ];
         args.extend(self.spec.store.args());
         args.extend(self.spec.args.iter().cloned());
+        args.extend(["--pki".to_string(), self.pki().display().to_string()]);
         self.process.start(&args)?;
-        let (address, process) = (self.address, &mut self.process);
+        let (address, tls, process) = (self.address, &self.tls, &mut self.process);
         let ready = wait_for_polling(
             "GET /readyz",
             START_BOUND,
@@ -204,7 +263,14 @@ impl Apiserver {
                 if let Err(exited) = process.check_alive() {
                     return Err(Unmet::Never(exited.to_string()));
                 }
-                match request(address, "GET", "/readyz").await {
+                let readyz = async {
+                    let stream = tls
+                        .connect(address)
+                        .await
+                        .map_err(|error| format!("connecting: {error}"))?;
+                    exchange(stream, address, "GET", "/readyz", "").await
+                };
+                match readyz.await {
                     Ok((200, _)) => Ok(()),
                     Ok((status, body)) => Err(Unmet::Yet(format!("HTTP {status}: {body}"))),
                     Err(error) => Err(Unmet::Yet(error)),
@@ -228,14 +294,33 @@ pub fn free_address() -> Result<SocketAddr, ApiserverError> {
         .map_err(ApiserverError::Port)
 }
 
-/// A kubeconfig for an API server at `address`: no credentials, namespace `default`.
-pub fn kubeconfig(address: SocketAddr) -> String {
-    format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: corral\n  cluster:\n    server: http://{address}\ncontexts:\n- name: corral\n  context:\n    cluster: corral\n    user: corral\n    namespace: default\ncurrent-context: corral\nusers:\n- name: corral\n  user: {{}}\n"
-    )
+/// Runs `corral certs --dir DIR [--server URL] [--node N]...`.
+fn certs(
+    program: &Path,
+    dir: &Path,
+    server: Option<&str>,
+    nodes: &[String],
+) -> Result<(), ApiserverError> {
+    let mut command = std::process::Command::new(program);
+    command.arg("certs").arg("--dir").arg(dir);
+    if let Some(server) = server {
+        command.arg("--server").arg(server);
+    }
+    for node in nodes {
+        command.arg("--node").arg(node);
+    }
+    let output = command
+        .output()
+        .map_err(|error| ApiserverError::Certs(error.to_string()))?;
+    if !output.status.success() {
+        return Err(ApiserverError::Certs(
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        ));
+    }
+    Ok(())
 }
 
-/// A plain HTTP/1.1 request without a body on loopback, bounded: the status and the body.
+/// A plain HTTP/1.1 request without a body on loopback (a sled's fault or power API), bounded: the status and the body.
 pub async fn request(
     address: SocketAddr,
     method: &str,
@@ -251,10 +336,24 @@ pub async fn request_with_body(
     path: &str,
     body: &str,
 ) -> Result<(u16, String), String> {
+    let stream = tokio::net::TcpStream::connect(address)
+        .await
+        .map_err(|error| format!("connecting: {error}"))?;
+    exchange(stream, address, method, path, body).await
+}
+
+/// One HTTP/1.1 request on `stream` (`Connection: close`), bounded by 5 s.
+async fn exchange<S>(
+    mut stream: S,
+    address: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> Result<(u16, String), String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     let exchange = async {
-        let mut stream = tokio::net::TcpStream::connect(address)
-            .await
-            .map_err(|error| format!("connecting: {error}"))?;
         let request = format!(
             "{method} {path} HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
             body.len()
@@ -264,10 +363,12 @@ pub async fn request_with_body(
             .await
             .map_err(|error| format!("writing: {error}"))?;
         let mut response = Vec::new();
-        stream
-            .read_to_end(&mut response)
-            .await
-            .map_err(|error| format!("reading: {error}"))?;
+        // A TLS peer may close without close_notify once it has answered.
+        if let Err(error) = stream.read_to_end(&mut response).await
+            && response.is_empty()
+        {
+            return Err(format!("reading: {error}"));
+        }
         Ok::<_, String>(String::from_utf8_lossy(&response).into_owned())
     };
     let response = tokio::time::timeout(Duration::from_secs(5), exchange)

@@ -20,6 +20,7 @@ pub mod process;
 pub mod rack;
 pub mod scratch;
 mod spawner;
+pub mod tls;
 pub mod wait;
 
 pub use apiserver::{Apiserver, ApiserverSpec, Store};

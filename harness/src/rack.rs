@@ -247,12 +247,15 @@ impl Rack {
             store: self.spec.store.clone(),
             args: self.spec.apiserver_args.clone(),
             log_filter: self.spec.log_filter.clone(),
+            pki: None,
         };
         let scratch = Scratch::at(self.dir()).map_err(|source| RackError::Directory {
             path: self.dir().to_path_buf(),
             source,
         })?;
-        self.apiserver = Some(Apiserver::start(apiserver_spec, scratch).await?);
+        let apiserver = Apiserver::start(apiserver_spec, scratch).await?;
+        apiserver.issue(&self.sled_names())?;
+        self.apiserver = Some(apiserver);
         self.connect().await?;
         for index in 0..self.controllers.len() {
             self.start_controllers(index, &[])?;
@@ -289,8 +292,14 @@ impl Rack {
         self.apiserver.as_ref().expect(NOT_STARTED)
     }
 
+    /// `admin`'s kubeconfig.
     pub fn kubeconfig(&self) -> PathBuf {
         self.apiserver().kubeconfig()
+    }
+
+    /// The kubeconfig of identity `name` (`controllers`, `node-SLED`, `admin`).
+    pub fn identity(&self, name: &str) -> PathBuf {
+        self.apiserver().pki().join(format!("{name}.kubeconfig"))
     }
 
     /// The rack's directory (see the module docs).
@@ -308,7 +317,7 @@ impl Rack {
         let mut args = vec![
             "controllers".to_string(),
             "--kubeconfig".into(),
-            self.kubeconfig().display().to_string(),
+            self.identity("controllers").display().to_string(),
         ];
         args.extend(self.spec.controllers_args.iter().cloned());
         args
@@ -341,7 +350,9 @@ impl Rack {
         let mut args = vec![
             "node-agent".to_string(),
             "--kubeconfig".into(),
-            self.kubeconfig().display().to_string(),
+            self.identity(&format!("node-{}", agent.sled))
+                .display()
+                .to_string(),
             "--sled".into(),
             agent.sled.clone(),
             "--data-dir".into(),
@@ -362,6 +373,8 @@ impl Rack {
             "power-sim".to_string(),
             "--kubeconfig".into(),
             self.kubeconfig().display().to_string(),
+            "--credentials".into(),
+            self.apiserver().pki().display().to_string(),
             "--sleds".into(),
             self.spec.sleds.to_string(),
             "--data-dir".into(),

@@ -47,8 +47,14 @@ pub fn router(server: Arc<ApiServer>) -> Router {
         .route("/openapi/v3", get(openapi::index))
         .route("/openapi/v3/{*path}", get(openapi::document))
         .fallback(dispatch)
-        .with_state(server)
+        // Flow control inside authentication, as kube-apiserver's max-in-flight filter: a
+        // request is counted once it is known who sent it.
         .layer(axum::middleware::from_fn_with_state(flow, flow::limit))
+        .layer(axum::middleware::from_fn_with_state(
+            server.clone(),
+            authenticate,
+        ))
+        .with_state(server)
         .layer(
             tower_http::trace::TraceLayer::new_for_http()
                 .make_span_with(|request: &Request| {
@@ -56,6 +62,26 @@ pub fn router(server: Arc<ApiServer>) -> Router {
                 })
                 .on_response(tower_http::trace::DefaultOnResponse::new().level(tracing::Level::DEBUG)),
         )
+}
+
+/// The authentication layer (`auth`): puts the [`User`](crate::auth::User) on the request, or
+/// answers 401.
+async fn authenticate(
+    State(server): State<Arc<ApiServer>>,
+    mut request: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    match server.config.authentication.user_of(&request) {
+        Ok(Some(user)) => {
+            request.extensions_mut().insert(user);
+            next.run(request).await
+        }
+        Ok(None) if crate::auth::PUBLIC_PATHS.contains(&request.uri().path()) => {
+            next.run(request).await
+        }
+        Ok(None) => crate::auth::unauthorized().into_response(),
+        Err(error) => error.into_response(),
+    }
 }
 
 fn negotiate(headers: &HeaderMap) -> ApiResult<Accept> {

@@ -88,8 +88,19 @@ pub fn fixture_crds() -> PathBuf {
 }
 
 /// The configuration the suite runs with: everything periodic is fast.
+/// The bearer token of `admin` (in `system:masters`) that every request of the suite carries
+/// unless it sets its own `Authorization`.
+pub const ADMIN_TOKEN: &str = "semantic-suite-admin";
+
 pub fn test_config() -> Config {
+    let tokens = corral_apiserver::auth::TokenFile::parse(&format!(
+        "{ADMIN_TOKEN},admin,admin,system:masters"
+    ))
+    .expect("a valid token line");
     Config {
+        authentication: corral_apiserver::auth::Authentication {
+            tokens: Some(std::sync::Arc::new(tokens)),
+        },
         bookmark_interval: Duration::from_millis(300),
         compaction_interval: Duration::ZERO,
         gc_resync_interval: Duration::from_millis(500),
@@ -299,7 +310,14 @@ impl Harness {
         self.store.current_revision().await.expect("store revision")
     }
 
-    async fn send(&self, request: Request<Body>) -> axum::response::Response {
+    async fn send(&self, mut request: Request<Body>) -> axum::response::Response {
+        if !request.headers().contains_key(header::AUTHORIZATION) {
+            let bearer = format!("Bearer {ADMIN_TOKEN}");
+            request.headers_mut().insert(
+                header::AUTHORIZATION,
+                bearer.parse().expect("a header value"),
+            );
+        }
         self.app
             .clone()
             .oneshot(request)

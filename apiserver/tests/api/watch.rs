@@ -364,6 +364,7 @@ async fn watch_events_are_one_compact_json_object_per_line() {
     let response = tower::ServiceExt::oneshot(
         h.app.clone(),
         axum::http::Request::get(format!("{WIDGETS}?watch=true&timeoutSeconds=1"))
+            .header("authorization", format!("Bearer {ADMIN_TOKEN}"))
             .body(axum::body::Body::empty())
             .unwrap(),
     )

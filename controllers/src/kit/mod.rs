@@ -14,6 +14,7 @@
 //!    the plan ran or failed.
 //! 6. `error_policy` — [`error_policy`]: a conflict is planned again at once, anything else
 //!    after a second.
+//!
 //! Each reconcile's [`Outcome`] goes on the [`Board`] (`/debug/controllers`).
 //!
 //! The V2P controller (a coalescing worker keyed by VPC, not by object) and the reaper (a

@@ -15,6 +15,7 @@ use bytes::Bytes;
 use corral_apiserver::resource::Registry;
 use corral_store::StoreConfig;
 use http_body_util::{BodyExt, Full};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -40,9 +41,6 @@ pub struct ApiArgs {
     /// Writes per second during the latency phase.
     #[arg(long, default_value_t = 1000)]
     watch_rate: usize,
-    /// Send the creates over HTTP/2 (cleartext, prior knowledge) instead of HTTP/1.1.
-    #[arg(long)]
-    http2: bool,
     /// Length of the latency phase.
     #[arg(long, default_value = "5s", value_parser = crate::command::parse_duration)]
     watch_duration: Duration,
@@ -119,7 +117,23 @@ fn micros_since_epoch() -> u128 {
         .unwrap_or(0)
 }
 
-type HttpClient = Client<HttpConnector, Full<Bytes>>;
+type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// A client of the benchmark's server: HTTPS, as `admin` with its client certificate (the
+/// path every client of a rack takes).
+fn https_client(tls: &corral_harness::tls::ClientTls, pool: usize) -> HttpClient {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls.config().as_ref().clone())
+        .https_only()
+        .enable_http1()
+        .wrap_connector(http);
+    Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(pool)
+        .build(connector)
+}
 
 async fn create(client: &HttpClient, base: &str, body: Bytes) -> anyhow::Result<()> {
     let request = hyper::Request::post(format!(
@@ -213,16 +227,33 @@ pub async fn api(args: ApiArgs) -> anyhow::Result<()> {
             .await?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let address: SocketAddr = listener.local_addr()?;
+    let pki = scratch.path().join("pki");
+    crate::certs::make(&crate::certs::CertsArgs {
+        dir: pki.clone(),
+        server: format!("https://{address}"),
+        hosts: Vec::new(),
+        nodes: Vec::new(),
+        users: Vec::new(),
+    })?;
+    let tls = corral_apiserver::serve::Tls::from_files(
+        &pki.join("apiserver.crt"),
+        &pki.join("apiserver.key"),
+        Some(&pki.join("ca.crt")),
+    )?;
+    let client_tls = corral_harness::tls::ClientTls::from_pki(&pki, Some("admin"))
+        .map_err(anyhow::Error::msg)?;
     let server = running.server.clone();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let serving = tokio::spawn(corral_apiserver::serve(listener, server, async move {
-        let _ = stop_rx.await;
-    }));
-    let base = format!("http://{address}");
-    let client: HttpClient = Client::builder(TokioExecutor::new())
-        .http2_only(args.http2)
-        .pool_max_idle_per_host(args.concurrency.max(args.watchers) + 8)
-        .build_http();
+    let serving = tokio::spawn(corral_apiserver::serve(
+        listener,
+        server,
+        Some(tls),
+        async move {
+            let _ = stop_rx.await;
+        },
+    ));
+    let base = format!("https://{address}");
+    let client = https_client(&client_tls, args.concurrency.max(args.watchers) + 8);
 
     println!(
         "corral bench api: store {store_config}, {} objects of ~1 KiB, concurrency {}",
@@ -278,7 +309,8 @@ pub async fn api(args: ApiArgs) -> anyhow::Result<()> {
 
     // Phase 3: watch delivery latency.
     let meter = CpuMeter::start(etcd_pid);
-    let (p50, p99, delivered, expected) = watch_latency(&client, &base, &payload, &args).await?;
+    let (p50, p99, delivered, expected) =
+        watch_latency(&client, &client_tls, &base, &payload, &args).await?;
     println!(
         "watch delivery:   p50 {:.1} ms, p99 {:.1} ms  ({} watchers, {} writes/s, {delivered}/{expected} events delivered; {})",
         p50,
@@ -309,6 +341,7 @@ fn raw_kind(config: &StoreConfig) -> &'static str {
 /// Starts the watchers, writes at a steady rate, and measures send→receive per event.
 async fn watch_latency(
     client: &HttpClient,
+    tls: &corral_harness::tls::ClientTls,
     base: &str,
     payload: &str,
     args: &ApiArgs,
@@ -331,7 +364,7 @@ async fn watch_latency(
     let mut watchers = tokio::task::JoinSet::new();
     for _ in 0..args.watchers {
         // Watchers use their own connections, outside the writers' pool.
-        let watch_client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
+        let watch_client = https_client(tls, 1);
         let url = format!(
             "{base}/apis/bench.corral.dev/v1/namespaces/default/benchobjects?watch=true&resourceVersion={rv}&timeoutSeconds=120"
         );

@@ -77,8 +77,8 @@ struct View {
 /// One change the watches delivered.
 enum Seen {
     Instance(Box<Instance>),
-    Routes(VpcRoutes),
-    Sled(Sled),
+    Routes(Box<VpcRoutes>),
+    Sled(Box<Sled>),
 }
 
 impl View {
@@ -174,11 +174,11 @@ async fn run(args: &V2pArgs, session: &mut Session) -> anyhow::Result<String> {
             watcher::Config::default(),
         )
         .applied_objects()
-        .map(|r| r.map(Seen::Routes))
+        .map(|r| r.map(|routes| Seen::Routes(Box::new(routes))))
         .boxed(),
         watcher(Api::<Sled>::all(client.clone()), watcher::Config::default())
             .applied_objects()
-            .map(|r| r.map(Seen::Sled))
+            .map(|r| r.map(|sled| Seen::Sled(Box::new(sled))))
             .boxed(),
     ]);
     let mut seen = std::pin::pin!(seen);

@@ -137,7 +137,7 @@ fn strip_tests(text: &str) -> (String, Vec<String>) {
         let trimmed = after.trim_start();
         // `mod name;` — a test module in its own file.
         if let Some(declaration) = trimmed.strip_prefix("mod ")
-            && let Some(end) = declaration.find(|c: char| c == ';' || c == '{')
+            && let Some(end) = declaration.find([';', '{'])
             && declaration.as_bytes()[end] == b';'
         {
             test_modules.push(declaration[..end].trim().to_string());

@@ -3,13 +3,12 @@
 //! be stored and read back whole.
 
 use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
 use serde_json::{Value, json};
 
 use super::{BASE, Case, case};
-use crate::common::http;
+use crate::common::{Reach, TlsStream, connect, http};
 
 pub const GADGETS: &str = "/apis/test.corral.dev/v1/gadgets";
 const INSTANCES: &str = "/apis/corral.dev/v1alpha1/namespaces/default/instances";
@@ -39,32 +38,29 @@ fn gadget(name: &str, spec: Value) -> Vec<u8> {
 }
 
 /// Creates the Gadget `name`; its status and answer.
-fn post_gadget(address: SocketAddr, name: &str, spec: Value) -> (u16, String) {
+fn post_gadget(to: &impl Reach, name: &str, spec: Value) -> (u16, String) {
     let json_ct = [("Content-Type", "application/json")];
-    http(address, "POST", GADGETS, &json_ct, &gadget(name, spec))
+    http(to, "POST", GADGETS, &json_ct, &gadget(name, spec))
 }
 
 /// Creates the Gadget the cases patch (its spec keeps unknown fields, so it can hold
 /// anything); returns it as created.
-pub fn create_good_gadget(address: SocketAddr) -> Value {
-    let (status, body) = post_gadget(address, "good-gadget", json!({"x": 1}));
+pub fn create_good_gadget(to: &impl Reach) -> Value {
+    let (status, body) = post_gadget(to, "good-gadget", json!({"x": 1}));
     assert_eq!(status, 201, "{body}");
     serde_json::from_str(&body).expect("a created object is JSON")
 }
 
 /// No case changed the Gadget, and no Gadget of a case was created.
-pub fn assert_good_gadget_unchanged(address: SocketAddr, before: &Value) {
-    let (status, body) = http(address, "GET", &format!("{GADGETS}/good-gadget"), &[], b"");
+pub fn assert_good_gadget_unchanged(to: &impl Reach, before: &Value) {
+    let (status, body) = http(to, "GET", &format!("{GADGETS}/good-gadget"), &[], b"");
     assert_eq!(status, 200, "{body}");
     let now: Value = serde_json::from_str(&body).expect("an object is JSON");
     assert_eq!(
         now["metadata"]["resourceVersion"], before["metadata"]["resourceVersion"],
         "a refused patch changed the Gadget: {body}"
     );
-    assert_eq!(
-        crate::common::list_names(address, GADGETS),
-        vec!["good-gadget"]
-    );
+    assert_eq!(crate::common::list_names(to, GADGETS), vec!["good-gadget"]);
 }
 
 /// Each `copy` appends the whole list to itself: the document doubles per operation.
@@ -250,12 +246,12 @@ pub fn cases() -> Vec<Case> {
 /// The objects at the limits are stored and read back whole: nested to the limit (created,
 /// and applied, whose managedFields nest deeper still), and three objects of nearly the most
 /// bytes an object may have, in one list.
-pub fn objects_at_the_limits_round_trip(address: SocketAddr) {
+pub fn objects_at_the_limits_round_trip(to: &impl Reach) {
     // The object is level 1 and spec level 2: 99 levels under spec reach the limit of 100.
-    let (status, body) = post_gadget(address, "deepest", nested(99));
+    let (status, body) = post_gadget(to, "deepest", nested(99));
     assert_eq!(status, 201, "{body}");
     let (status, body) = http(
-        address,
+        to,
         "PATCH",
         &format!("{GADGETS}/applied?fieldManager=t"),
         &[("Content-Type", "application/apply-patch+yaml")],
@@ -264,11 +260,11 @@ pub fn objects_at_the_limits_round_trip(address: SocketAddr) {
     assert_eq!(status, 201, "{body}");
     let large = json!({"note": "x".repeat(1_400_000)});
     for name in ["large-1", "large-2", "large-3"] {
-        let (status, body) = post_gadget(address, name, large.clone());
+        let (status, body) = post_gadget(to, name, large.clone());
         assert_eq!(status, 201, "{}", &body[..body.len().min(400)]);
     }
     for name in ["deepest", "applied", "large-1"] {
-        let (status, body) = http(address, "GET", &format!("{GADGETS}/{name}"), &[], b"");
+        let (status, body) = http(to, "GET", &format!("{GADGETS}/{name}"), &[], b"");
         assert_eq!(status, 200, "{}", &body[..body.len().min(400)]);
     }
     let expected = [
@@ -281,24 +277,22 @@ pub fn objects_at_the_limits_round_trip(address: SocketAddr) {
     ];
     // From the store, and from the watch cache.
     for list in [GADGETS.to_string(), format!("{GADGETS}?resourceVersion=0")] {
-        let names = crate::common::list_names(address, &list);
+        let names = crate::common::list_names(to, &list);
         assert_eq!(names, expected, "{list}");
     }
     for name in expected.iter().filter(|name| **name != "good-gadget") {
-        let (status, body) = http(address, "DELETE", &format!("{GADGETS}/{name}"), &[], b"");
+        let (status, body) = http(to, "DELETE", &format!("{GADGETS}/{name}"), &[], b"");
         assert_eq!(status, 200, "{body}");
     }
 }
 
 /// Sends a GET for `path` and reads the answer's status line and headers, leaving the body (a
 /// watch's stream) unread on the returned connection.
-pub fn open_stream(address: SocketAddr, path: &str) -> (u16, BufReader<TcpStream>) {
-    let mut stream =
-        TcpStream::connect_timeout(&address, Duration::from_secs(2)).expect("connecting");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("a read timeout");
+pub fn open_stream(to: &impl Reach, path: &str) -> (u16, BufReader<TlsStream>) {
+    let address = to.endpoint().address;
+    let mut stream = connect(to, Duration::from_secs(10)).expect("connecting");
     write!(stream, "GET {path} HTTP/1.1\r\nHost: {address}\r\n\r\n").expect("writing");
+    stream.flush().expect("sending");
     let mut reader = BufReader::new(stream);
     let mut status_line = String::new();
     reader.read_line(&mut status_line).expect("a status line");
@@ -318,7 +312,7 @@ pub fn open_stream(address: SocketAddr, path: &str) -> (u16, BufReader<TcpStream
 }
 
 /// The next event of a watch opened by [`open_stream`] (one event per chunk).
-pub fn next_event(stream: &mut BufReader<TcpStream>) -> String {
+pub fn next_event(stream: &mut BufReader<TlsStream>) -> String {
     let mut size = String::new();
     stream.read_line(&mut size).expect("a chunk size");
     let mut event = String::new();
@@ -329,15 +323,15 @@ pub fn next_event(stream: &mut BufReader<TcpStream>) -> String {
 /// A watch asking for the longest timeout there is gets one the server can keep (it is
 /// clamped to twice the minimum request timeout); so do one with none and one with a negative
 /// one.
-pub fn watches_with_any_timeout_are_served(address: SocketAddr) {
+pub fn watches_with_any_timeout_are_served(to: &impl Reach) {
     for timeout in ["9223372036854775807", "0", "-9223372036854775808", "1"] {
         let path = format!("{BASE}?watch=true&timeoutSeconds={timeout}");
-        let (status, mut stream) = open_stream(address, &path);
+        let (status, mut stream) = open_stream(to, &path);
         assert_eq!(status, 200, "{path}");
         // The first event: the existing Widget.
         let event = next_event(&mut stream);
         assert!(event.contains(r#""type":"ADDED""#), "{path}: {event}");
     }
-    let (health, _) = http(address, "GET", "/healthz", &[], b"");
+    let (health, _) = http(to, "GET", "/healthz", &[], b"");
     assert_eq!(health, 200);
 }

@@ -1,14 +1,12 @@
 //! Lists with any `limit` and any `continue`, and lists larger than one answer may hold
 //! (`--max-list-bytes`).
 
-use std::net::SocketAddr;
-
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE;
 use serde_json::{Value, json};
 
 use super::{BASE, Case, case};
-use crate::common::{self, Backend, http};
+use crate::common::{self, Backend, Reach, http};
 
 fn token(value: Value) -> String {
     URL_SAFE.encode(value.to_string())
@@ -101,8 +99,8 @@ pub fn cases() -> Vec<Case> {
 }
 
 /// A list's names and its `continue`.
-fn list(address: SocketAddr, path: &str) -> (Vec<String>, Option<String>) {
-    let (status, body) = http(address, "GET", path, &[], b"");
+fn list(to: &impl Reach, path: &str) -> (Vec<String>, Option<String>) {
+    let (status, body) = http(to, "GET", path, &[], b"");
     assert_eq!(status, 200, "{path}: {body}");
     let list: Value = serde_json::from_str(&body).expect("a list is JSON");
     let names = list["items"]
@@ -116,33 +114,29 @@ fn list(address: SocketAddr, path: &str) -> (Vec<String>, Option<String>) {
 }
 
 /// Any `limit` of 0 or less is no limit, and a huge one is a limit like any other.
-pub fn any_limit_lists(address: SocketAddr) {
+pub fn any_limit_lists(to: &impl Reach) {
     for limit in ["", "0", "-1", "-9223372036854775808", "9223372036854775807"] {
         for rv in ["", "0"] {
             let path = format!("{BASE}?limit={limit}&resourceVersion={rv}");
-            assert_eq!(
-                list(address, &path),
-                (vec!["good".to_string()], None),
-                "{path}"
-            );
+            assert_eq!(list(to, &path), (vec!["good".to_string()], None), "{path}");
         }
     }
 }
 
 fn lists_are_bounded(backend: Backend) {
     let server = common::apiserver_with(backend, &["--max-list-bytes", "4000"]);
-    let address = server.address();
+    let to = &server;
     let json_ct = [("Content-Type", "application/json")];
     let mut names: Vec<String> = (0..12).map(|i| format!("w{i:02}")).collect();
     for name in &names {
         let body = json!({"apiVersion": "test.corral.dev/v1", "kind": "Widget",
                           "metadata": {"name": name}, "spec": {"color": "red", "note": "n".repeat(60)}});
-        let (status, body) = http(address, "POST", BASE, &json_ct, body.to_string().as_bytes());
+        let (status, body) = http(to, "POST", BASE, &json_ct, body.to_string().as_bytes());
         assert_eq!(status, 201, "{body}");
     }
     // Without a limit: refused, naming `limit`, from the store and from the cache alike.
     for path in [BASE.to_string(), format!("{BASE}?resourceVersion=0")] {
-        let (status, body) = http(address, "GET", &path, &[], b"");
+        let (status, body) = http(to, "GET", &path, &[], b"");
         let status_body: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
         assert_eq!(status, 422, "{path}: {body}");
         assert_eq!(status_body["reason"], "Invalid", "{body}");
@@ -156,13 +150,13 @@ fn lists_are_bounded(backend: Backend) {
         format!("{BASE}?limit=500"),
         format!("{BASE}?limit=500&resourceVersion=0"),
     ] {
-        let (mut seen, mut token) = list(address, &first);
+        let (mut seen, mut token) = list(to, &first);
         assert!(
             seen.len() < names.len() && token.is_some(),
             "{first}: {seen:?}"
         );
         while let Some(next) = token.take() {
-            let (page, after) = list(address, &format!("{BASE}?limit=500&continue={next}"));
+            let (page, after) = list(to, &format!("{BASE}?limit=500&continue={next}"));
             assert!(!page.is_empty(), "{first}: an empty page");
             seen.extend(page);
             token = after;
@@ -170,7 +164,7 @@ fn lists_are_bounded(backend: Backend) {
         names.sort();
         assert_eq!(seen, names, "{first}");
     }
-    let (health, _) = http(address, "GET", "/healthz", &[], b"");
+    let (health, _) = http(to, "GET", "/healthz", &[], b"");
     assert_eq!(health, 200);
 }
 

@@ -553,9 +553,9 @@ fn run(backend: Backend) {
     // Compact often so an exact list at revision 1 is gone.
     let server = common::apiserver_with(backend, &["--compaction-interval", "1s"]);
     let json_ct = [("Content-Type", "application/json")];
-    let (status, body) = http(server.address(), "POST", BASE, &json_ct, br#"{"apiVersion":"test.corral.dev/v1","kind":"Widget","metadata":{"name":"good"},"spec":{"color":"red"}}"#);
+    let (status, body) = http(&server, "POST", BASE, &json_ct, br#"{"apiVersion":"test.corral.dev/v1","kind":"Widget","metadata":{"name":"good"},"spec":{"color":"red"}}"#);
     assert_eq!(status, 201, "{body}");
-    let gadget_before = limits::create_good_gadget(server.address());
+    let gadget_before = limits::create_good_gadget(&server);
     let good: Value = serde_json::from_str(&body).unwrap();
     let rv = good["metadata"]["resourceVersion"]
         .as_str()
@@ -567,7 +567,7 @@ fn run(backend: Backend) {
         std::time::Duration::from_secs(20),
         || {
             let (status, _) = http(
-                server.address(),
+                &server,
                 "GET",
                 &format!("{BASE}?resourceVersion=1&resourceVersionMatch=Exact"),
                 &[],
@@ -583,7 +583,7 @@ fn run(backend: Backend) {
         .chain(lists::cases());
     for c in all {
         let (status, body) = http(
-            server.address(),
+            &server,
             c.method,
             &c.path,
             &[("Content-Type", c.content_type)],
@@ -607,16 +607,16 @@ fn run(backend: Backend) {
                 &body[..body.len().min(400)]
             ));
         }
-        let (health, _) = http(server.address(), "GET", "/healthz", &[], b"");
+        let (health, _) = http(&server, "GET", "/healthz", &[], b"");
         assert_eq!(health, 200, "server unhealthy after {}", c.name);
     }
     // Nothing of a rejected create or patch was written.
-    let names = common::list_names(server.address(), BASE);
+    let names = common::list_names(&server, BASE);
     assert_eq!(names, vec!["good"], "only the good object exists");
-    limits::assert_good_gadget_unchanged(server.address(), &gadget_before);
-    limits::objects_at_the_limits_round_trip(server.address());
-    limits::watches_with_any_timeout_are_served(server.address());
-    lists::any_limit_lists(server.address());
+    limits::assert_good_gadget_unchanged(&server, &gadget_before);
+    limits::objects_at_the_limits_round_trip(&server);
+    limits::watches_with_any_timeout_are_served(&server);
+    lists::any_limit_lists(&server);
     assert!(
         failures.is_empty(),
         "{} case(s) failed:\n{}",

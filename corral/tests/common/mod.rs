@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use corral_harness::Apiserver;
+use corral_harness::tls::ClientTls;
 use corral_harness::{ApiserverSpec, Scratch, Store, block_on, wait_for_blocking};
 use corral_store::testing::EtcdServer;
 
@@ -54,6 +55,7 @@ pub async fn start_apiserver(backend: Backend, extra: &[&str]) -> Apiserver {
         store,
         args,
         log_filter: "info".into(),
+        pki: None,
     };
     Apiserver::start(spec, scratch)
         .await
@@ -89,17 +91,68 @@ pub fn wait_until(what: &str, timeout: Duration, mut condition: impl FnMut() -> 
     .unwrap_or_else(|error| panic!("{error}"));
 }
 
+/// Where a raw request goes: an API server's address and `admin`'s TLS client for it.
+#[derive(Clone)]
+pub struct Endpoint {
+    pub address: SocketAddr,
+    pub tls: ClientTls,
+}
+
+/// Anything raw requests can be sent to.
+pub trait Reach {
+    fn endpoint(&self) -> Endpoint;
+}
+
+impl Reach for Apiserver {
+    fn endpoint(&self) -> Endpoint {
+        Endpoint {
+            address: self.address(),
+            tls: self.tls().clone(),
+        }
+    }
+}
+
+impl<T: Reach + ?Sized> Reach for &T {
+    fn endpoint(&self) -> Endpoint {
+        (**self).endpoint()
+    }
+}
+
+impl<T: Reach + ?Sized> Reach for &mut T {
+    fn endpoint(&self) -> Endpoint {
+        (**self).endpoint()
+    }
+}
+
+impl Reach for Endpoint {
+    fn endpoint(&self) -> Endpoint {
+        self.clone()
+    }
+}
+
+/// A TLS connection to `to`, as `admin`, with a read timeout.
+pub fn connect(to: &impl Reach, read_timeout: Duration) -> Option<TlsStream> {
+    let Endpoint { address, tls } = to.endpoint();
+    let stream = tls.connect_blocking(address, Duration::from_secs(2)).ok()?;
+    stream.sock.set_read_timeout(Some(read_timeout)).ok()?;
+    Some(stream)
+}
+
+/// A blocking TLS stream to an API server.
+pub type TlsStream = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
+
 /// A minimal blocking HTTP/1.1 GET (no client library needed for health checks).
-pub fn http_get(address: SocketAddr, path: &str) -> Option<(u16, String)> {
-    let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(1)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+pub fn http_get(to: &impl Reach, path: &str) -> Option<(u16, String)> {
+    let address = to.endpoint().address;
+    let mut stream = connect(to, Duration::from_secs(5))?;
     write!(
         stream,
         "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
     )
     .ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
+    let mut response = Vec::new();
+    read_all(&mut stream, &mut response);
+    let response = String::from_utf8_lossy(&response);
     let status = response.split_whitespace().nth(1)?.parse().ok()?;
     let body = response
         .split_once("\r\n\r\n")
@@ -108,19 +161,28 @@ pub fn http_get(address: SocketAddr, path: &str) -> Option<(u16, String)> {
     Some((status, body))
 }
 
-/// A blocking HTTP/1.1 request with a body; returns status and body. For non-streaming calls.
+/// Reads until the peer closes (a TLS peer may close without `close_notify` once it answered).
+pub fn read_all(stream: &mut impl Read, into: &mut Vec<u8>) {
+    let mut buffer = [0u8; 16 * 1024];
+    loop {
+        match stream.read(&mut buffer) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => into.extend_from_slice(&buffer[..n]),
+        }
+    }
+}
+
+/// A blocking HTTP/1.1 request with a body, as `admin`; returns status and body. For
+/// non-streaming calls.
 pub fn http(
-    address: SocketAddr,
+    to: &impl Reach,
     method: &str,
     path: &str,
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> (u16, String) {
-    let mut stream =
-        TcpStream::connect_timeout(&address, Duration::from_secs(2)).expect("connecting");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .expect("timeout");
+    let address = to.endpoint().address;
+    let mut stream = connect(to, Duration::from_secs(30)).expect("connecting");
     let mut request = format!(
         "{method} {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\nContent-Length: {}\r\n",
         body.len()
@@ -134,8 +196,9 @@ pub fn http(
         .expect("writing request");
     // The server may answer (e.g. 413) before reading a large body; a failed write is fine.
     let _ = stream.write_all(body);
+    let _ = stream.flush();
     let mut response = Vec::new();
-    let _ = stream.read_to_end(&mut response);
+    read_all(&mut stream, &mut response);
     let text = String::from_utf8_lossy(&response).into_owned();
     let status = text
         .split_whitespace()
@@ -150,8 +213,8 @@ pub fn http(
 }
 
 /// GETs a collection and returns the names of its items, in list order.
-pub fn list_names(address: SocketAddr, path: &str) -> Vec<String> {
-    let (status, body) = http(address, "GET", path, &[], b"");
+pub fn list_names(to: &impl Reach, path: &str) -> Vec<String> {
+    let (status, body) = http(to, "GET", path, &[], b"");
     assert_eq!(status, 200, "listing {path}: {body}");
     let list: serde_json::Value = serde_json::from_str(&body).expect("a list is JSON");
     list["items"]

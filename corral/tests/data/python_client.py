@@ -1,4 +1,5 @@
-"""The Python `kubernetes` client against a Corral API server (URL in argv[1]).
+"""The Python `kubernetes` client against a Corral API server (its kubeconfig in argv[1]: HTTPS,
+the rack's CA, a client certificate).
 
 Exercises what the client does differently from kubectl and kube-rs: it sends core objects
 without apiVersion/kind, always sends merge patches from CustomObjectsApi, and asks for
@@ -8,12 +9,13 @@ import sys
 import threading
 import time
 
-from kubernetes import client, watch
+from kubernetes import client, config, watch
 
 G, V = "test.corral.dev", "v1"
 
 configuration = client.Configuration()
-configuration.host = sys.argv[1]
+config.load_kube_config(config_file=sys.argv[1], client_configuration=configuration)
+assert configuration.host.startswith("https://"), configuration.host
 api = client.ApiClient(configuration)
 custom = client.CustomObjectsApi(api)
 core = client.CoreV1Api(api)
