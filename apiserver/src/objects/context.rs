@@ -93,6 +93,8 @@ pub struct WriteContext<'a> {
     pub field_validation: Option<&'a str>,
     /// `dryRun=All`: every step runs but the store write.
     pub dry_run: bool,
+    /// Who asks (node restriction and RBAC's escalation checks read it, `authz`).
+    pub user: Option<&'a crate::auth::User>,
 }
 
 impl<'a> WriteContext<'a> {
@@ -134,9 +136,6 @@ impl<'a> WriteContext<'a> {
         new: &Value,
     ) -> ApiResult<()> {
         let server = self.object.server;
-        if server.config.admission.is_empty() {
-            return Ok(());
-        }
         let request = AdmissionRequest {
             resource: self.resource(),
             subresource: self.subresource,
@@ -144,7 +143,9 @@ impl<'a> WriteContext<'a> {
             old,
             new,
             objects: server,
+            user: self.user,
         };
+        crate::authz::admit(server, &request).await?;
         server.config.admission.admit(&request).await
     }
 
