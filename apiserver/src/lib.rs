@@ -41,6 +41,7 @@ use tokio::task::JoinSet;
 
 pub mod admission;
 pub mod auth;
+pub mod authz;
 pub mod cache;
 pub mod error;
 pub mod filter;
@@ -80,6 +81,8 @@ impl Running {
 pub enum StartError {
     #[error("could not create the built-in namespaces")]
     Bootstrap(#[source] StoreError),
+    #[error("could not create the default policy")]
+    Policy(#[from] authz::bootstrap::PolicyError),
 }
 
 impl ApiServer {
@@ -105,6 +108,7 @@ impl ApiServer {
                 .await
                 .map_err(StartError::Bootstrap)?;
         }
+        authz::bootstrap::ensure(&server, &config.policy).await?;
         tasks.spawn(gc::run(server.clone()));
         if !config.compaction_interval.is_zero() {
             tasks.spawn(compactor(server.clone()));

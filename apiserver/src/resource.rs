@@ -1,5 +1,7 @@
 //! The registry of served resource types: every CustomResourceDefinition loaded at start, plus
-//! the built-in kinds (core/v1 `namespaces` and `events`, coordination.k8s.io/v1 `leases`),
+//! the built-in kinds (core/v1 `namespaces` and `events`, coordination.k8s.io/v1 `leases`,
+//! rbac.authorization.k8s.io/v1 `roles`, `clusterroles`, `rolebindings`,
+//! `clusterrolebindings`),
 //! which are described by CRDs embedded in the binary so that one code path serves all kinds.
 //!
 //! # Invariants
@@ -194,6 +196,7 @@ const BUILTIN_CRDS: &[(&str, &str)] = &[
         "builtin/leases.yaml",
         include_str!("../builtin/leases.yaml"),
     ),
+    ("builtin/rbac.yaml", include_str!("../builtin/rbac.yaml")),
 ];
 
 impl Registry {

@@ -72,6 +72,9 @@ pub struct Config {
     pub admission: Admission,
     /// How requests are authenticated (`auth`).
     pub authentication: crate::auth::Authentication,
+    /// Default ClusterRoles and ClusterRoleBindings ((origin, YAML) pairs) made sure to exist
+    /// at start besides the built-in ones (`authz/bootstrap.rs`).
+    pub policy: Vec<(&'static str, &'static str)>,
 }
 
 impl Default for Config {
@@ -94,6 +97,7 @@ impl Default for Config {
             cache: CacheConfig::default(),
             admission: admission::defaults(),
             authentication: crate::auth::Authentication::default(),
+            policy: Vec::new(),
         }
     }
 }

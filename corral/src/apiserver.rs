@@ -193,6 +193,7 @@ pub async fn start_apiserver(
         compaction_interval: args.compaction_interval,
         bookmark_interval: args.bookmark_interval,
         authentication: args.security.authentication()?,
+        policy: corral_crds::POLICY.to_vec(),
         ..Default::default()
     };
     args.limits.apply(&mut config);

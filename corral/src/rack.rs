@@ -387,6 +387,10 @@ pub struct NodeAgentArgs {
     /// The kubeconfig to reach the API server with (default: $KUBECONFIG, ~/.kube/config).
     #[arg(long)]
     kubeconfig: Option<PathBuf>,
+    /// With --power-listen: the identity that records the power controller's address in the
+    /// Sled's spec (inventory an agent may not write itself; default: --kubeconfig).
+    #[arg(long)]
+    inventory_kubeconfig: Option<PathBuf>,
     /// The sled this agent runs.
     #[arg(long)]
     sled: String,
@@ -442,8 +446,12 @@ pub async fn node_agent(args: NodeAgentArgs) -> anyhow::Result<()> {
         let url = format!("http://{}", listener.local_addr()?);
         // The API server may be down while the sled boots: the sled comes up anyway, and its
         // Sled learns the address once the API answers.
+        let inventory = match &args.inventory_kubeconfig {
+            Some(path) => corral_client::connect(Some(path)).await?,
+            None => client.clone(),
+        };
         tokio::spawn(keep_pointing_at_power_controller(
-            client.clone(),
+            inventory,
             args.sled.clone(),
             url.clone(),
         ));

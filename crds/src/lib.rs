@@ -140,6 +140,11 @@ pub fn render(definition: &CustomResourceDefinition) -> String {
     format!("# Generated from the Rust types in crds/src; do not edit.\n{yaml}")
 }
 
+/// Corral's default ClusterRoles and bindings (`corral:tenant`, `corral:operator`,
+/// `corral:viewer`, the controllers'), which the API server makes sure exist: (file name, YAML).
+pub const POLICY: &[(&str, &str)] =
+    &[("policy/corral.yaml", include_str!("../policy/corral.yaml"))];
+
 /// The committed CRD files, embedded: (file name, YAML).
 pub const MANIFESTS: &[(&str, &str)] = &[
     (

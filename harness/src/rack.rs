@@ -361,6 +361,9 @@ impl Rack {
             agent.fault.to_string(),
             "--power-listen".into(),
             agent.power.to_string(),
+            // The simulated power controller's address is inventory: admin records it.
+            "--inventory-kubeconfig".into(),
+            self.kubeconfig().display().to_string(),
         ];
         args.extend(self.spec.sled_args.iter().cloned());
         args.extend(extra.iter().cloned());

@@ -18,11 +18,13 @@ use axum::routing::get;
 use bytes::Bytes;
 
 use self::request::{Accept, ResourceRequest};
+use crate::auth::User;
 use crate::error::{ApiError, ApiResult, Reason};
 use crate::objects::Subresource;
 use crate::query::Query;
 use crate::server::ApiServer;
 
+mod access;
 mod delete;
 mod discovery;
 pub mod flow;
@@ -52,7 +54,7 @@ pub fn router(server: Arc<ApiServer>) -> Router {
         .layer(axum::middleware::from_fn_with_state(flow, flow::limit))
         .layer(axum::middleware::from_fn_with_state(
             server.clone(),
-            authenticate,
+            access::authenticate,
         ))
         .with_state(server)
         .layer(
@@ -62,26 +64,6 @@ pub fn router(server: Arc<ApiServer>) -> Router {
                 })
                 .on_response(tower_http::trace::DefaultOnResponse::new().level(tracing::Level::DEBUG)),
         )
-}
-
-/// The authentication layer (`auth`): puts the [`User`](crate::auth::User) on the request, or
-/// answers 401.
-async fn authenticate(
-    State(server): State<Arc<ApiServer>>,
-    mut request: Request,
-    next: axum::middleware::Next,
-) -> Response {
-    match server.config.authentication.user_of(&request) {
-        Ok(Some(user)) => {
-            request.extensions_mut().insert(user);
-            next.run(request).await
-        }
-        Ok(None) if crate::auth::PUBLIC_PATHS.contains(&request.uri().path()) => {
-            next.run(request).await
-        }
-        Ok(None) => crate::auth::unauthorized().into_response(),
-        Err(error) => error.into_response(),
-    }
 }
 
 fn negotiate(headers: &HeaderMap) -> ApiResult<Accept> {
@@ -134,6 +116,13 @@ async fn route(server: Arc<ApiServer>, request: Request) -> ApiResult<Response> 
         .filter(|s| !s.is_empty())
         .collect();
     let query = Query::parse(parts.uri.query());
+    let user = parts.extensions.get::<User>().cloned();
+    if matches!(
+        segments.as_slice(),
+        ["api"] | ["apis"] | ["api", "v1"] | ["apis", _] | ["apis", _, _]
+    ) {
+        access::authorize_path(&server, user.as_ref(), &parts.method, &path)?;
+    }
     let (group, version, rest): (&str, &str, &[&str]) = match segments.as_slice() {
         ["api"] => return Ok(discovery::api()),
         ["apis"] => return discovery::apis(&server, &parts.headers),
@@ -150,6 +139,22 @@ async fn route(server: Arc<ApiServer>, request: Request) -> ApiResult<Response> 
         name,
         subresource: sub,
     } = parse_resource_path(group, rest).ok_or_else(ApiError::no_route)?;
+    // The self reviews behind `kubectl auth can-i` are answered, never stored.
+    if group == "authorization.k8s.io"
+        && version == "v1"
+        && (namespace, name, sub) == (None, None, None)
+        && let Some(review) = access::Review::of(plural)
+    {
+        let body = read_body(body, server.config.max_body_bytes).await?;
+        return access::review(
+            &server,
+            user.as_ref(),
+            review,
+            &parts.method,
+            &parts.headers,
+            &body,
+        );
+    }
     let resource = server
         .registry
         .lookup(group, plural)
@@ -181,9 +186,11 @@ async fn route(server: Arc<ApiServer>, request: Request) -> ApiResult<Response> 
         subresource,
         query,
         headers: parts.headers,
+        user,
     };
     let method = parts.method;
     let is_object = request.name.is_some();
+    access::authorize_request(&request, &method)?;
     let body_needed = matches!(
         method,
         Method::POST | Method::PUT | Method::PATCH | Method::DELETE

@@ -1,4 +1,6 @@
-//! Decoding of Kubernetes protobuf request bodies for the built-in core kinds.
+//! Decoding of Kubernetes protobuf request bodies for the built-in kinds client-go's typed
+//! clients send so: core Namespaces, the RBAC kinds (`kubectl create rolebinding`) and the self
+//! reviews of `authorization.k8s.io/v1` (`kubectl auth can-i`).
 //!
 //! client-go's typed clientset sends core/v1 objects as `application/vnd.kubernetes.protobuf`
 //! (`kubectl create namespace` does), even though it accepts JSON replies. This module turns
@@ -174,6 +176,111 @@ fn namespace(data: &[u8]) -> Result<Value, ()> {
     Ok(object)
 }
 
+/// The strings of a message whose fields are all strings: field number → JSON name.
+fn strings(data: &[u8], names: &[(u64, &str)]) -> Result<Value, ()> {
+    let mut object = Map::new();
+    fields(data, |n, f| {
+        if let (Field::Bytes(b), Some((_, name))) = (f, names.iter().find(|(k, _)| *k == n)) {
+            object.insert((*name).into(), json!(text(b)?));
+        }
+        Ok(())
+    })?;
+    Ok(Value::Object(object))
+}
+
+/// authorization.k8s.io/v1 SelfSubjectAccessReview: spec (2) {resourceAttributes (1),
+/// nonResourceAttributes (2)}; SelfSubjectRulesReview: spec (2) {namespace (1)}.
+fn review(kind: &str, data: &[u8]) -> Result<Value, ()> {
+    let mut object = json!({"apiVersion": "authorization.k8s.io/v1", "kind": kind, "spec": {}});
+    fields(data, |n, f| {
+        if let (2, Field::Bytes(spec)) = (n, f) {
+            fields(spec, |n, f| {
+                match (kind, n, f) {
+                    ("SelfSubjectAccessReview", 1, Field::Bytes(b)) => {
+                        object["spec"]["resourceAttributes"] = strings(
+                            b,
+                            &[
+                                (1, "namespace"),
+                                (2, "verb"),
+                                (3, "group"),
+                                (4, "version"),
+                                (5, "resource"),
+                                (6, "subresource"),
+                                (7, "name"),
+                            ],
+                        )?
+                    }
+                    ("SelfSubjectAccessReview", 2, Field::Bytes(b)) => {
+                        object["spec"]["nonResourceAttributes"] =
+                            strings(b, &[(1, "path"), (2, "verb")])?
+                    }
+                    ("SelfSubjectRulesReview", 1, Field::Bytes(b)) => {
+                        object["spec"]["namespace"] = json!(text(b)?)
+                    }
+                    _ => {}
+                }
+                Ok(())
+            })?;
+        }
+        Ok(())
+    })?;
+    Ok(object)
+}
+
+/// rbac.authorization.k8s.io/v1: Role and ClusterRole (metadata 1, rules 2: PolicyRule {verbs
+/// 1, apiGroups 2, resources 3, resourceNames 4, nonResourceURLs 5}); RoleBinding and
+/// ClusterRoleBinding (metadata 1, subjects 2: {kind 1, apiGroup 2, name 3, namespace 4},
+/// roleRef 3: {apiGroup 1, kind 2, name 3}).
+fn rbac(kind: &str, data: &[u8]) -> Result<Value, ()> {
+    let mut object = json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": kind});
+    let binding = kind.ends_with("Binding");
+    let mut rules = Vec::new();
+    let mut subjects = Vec::new();
+    fields(data, |n, f| {
+        match (n, f, binding) {
+            (1, Field::Bytes(b), _) => object["metadata"] = object_meta(b)?,
+            (2, Field::Bytes(b), false) => {
+                let mut rule = Map::new();
+                let names = [
+                    "verbs",
+                    "apiGroups",
+                    "resources",
+                    "resourceNames",
+                    "nonResourceURLs",
+                ];
+                fields(b, |n, f| {
+                    if let (Field::Bytes(s), Some(name)) =
+                        (f, names.get((n as usize).wrapping_sub(1)))
+                    {
+                        rule.entry(*name)
+                            .or_insert_with(|| json!([]))
+                            .as_array_mut()
+                            .ok_or(())?
+                            .push(json!(text(s)?));
+                    }
+                    Ok(())
+                })?;
+                rules.push(Value::Object(rule));
+            }
+            (2, Field::Bytes(b), true) => subjects.push(strings(
+                b,
+                &[(1, "kind"), (2, "apiGroup"), (3, "name"), (4, "namespace")],
+            )?),
+            (3, Field::Bytes(b), true) => {
+                object["roleRef"] = strings(b, &[(1, "apiGroup"), (2, "kind"), (3, "name")])?
+            }
+            _ => {}
+        }
+        Ok(())
+    })?;
+    if binding {
+        object["subjects"] = Value::Array(subjects);
+    } else {
+        object["rules"] = Value::Array(rules);
+    }
+    Ok(object)
+}
+
 /// Decodes a protobuf body for `kind` of the core group into JSON.
 pub fn decode(kind: &str, body: &[u8]) -> ApiResult<Value> {
     let bad =
@@ -203,6 +310,12 @@ pub fn decode(kind: &str, body: &[u8]) -> ApiResult<Value> {
     }
     match kind {
         "Namespace" => namespace(raw).map_err(|_| bad()),
+        "Role" | "ClusterRole" | "RoleBinding" | "ClusterRoleBinding" => {
+            rbac(kind, raw).map_err(|_| bad())
+        }
+        "SelfSubjectAccessReview" | "SelfSubjectRulesReview" => {
+            review(kind, raw).map_err(|_| bad())
+        }
         _ => Err(ApiError::new(
             Reason::UnsupportedMediaType,
             format!(

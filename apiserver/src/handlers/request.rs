@@ -32,6 +32,8 @@ pub struct ResourceRequest {
     pub subresource: Option<Subresource>,
     pub query: Query,
     pub headers: HeaderMap,
+    /// Who asks (`None` only on the public paths, which name no resource).
+    pub user: Option<crate::auth::User>,
 }
 
 impl ResourceRequest {
@@ -72,6 +74,7 @@ impl ResourceRequest {
             field_manager: self.field_manager(),
             field_validation: self.query.get("fieldValidation"),
             dry_run,
+            user: self.user.as_ref(),
         }
     }
 
@@ -150,7 +153,7 @@ pub fn decode_body(request: &ResourceRequest, body: &[u8]) -> ApiResult<Value> {
         .and_then(|v| v.to_str().ok())
         .unwrap_or("application/json");
     let value: Value = if content_type.starts_with(protobuf::MEDIA_TYPE) {
-        if !request.resource.group.is_empty() {
+        if !request.resource.builtin {
             return Err(ApiError::new(
                 Reason::UnsupportedMediaType,
                 "protobuf is not supported for custom resources; send application/json or application/yaml",

@@ -78,6 +78,8 @@ pub struct AdmissionRequest<'a> {
     pub new: &'a Value,
     /// Reads of other objects (see the module docs on what is atomic).
     pub objects: &'a dyn ReadObjects,
+    /// Who asked for the write (`None` for writes no client made).
+    pub user: Option<&'a crate::auth::User>,
 }
 
 impl AdmissionRequest<'_> {

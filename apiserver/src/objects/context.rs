@@ -94,6 +94,8 @@ pub struct WriteContext<'a> {
     pub field_validation: Option<&'a str>,
     /// `dryRun=All`: every step runs but the store write.
     pub dry_run: bool,
+    /// Who asks (node restriction and RBAC's escalation checks read it, `authz`).
+    pub user: Option<&'a crate::auth::User>,
 }
 
 impl<'a> WriteContext<'a> {
@@ -137,9 +139,6 @@ impl<'a> WriteContext<'a> {
     ) -> ApiResult<()> {
         let server = self.object.server;
         self.check_limits(new)?;
-        if server.config.admission.is_empty() {
-            return Ok(());
-        }
         let request = AdmissionRequest {
             resource: self.resource(),
             subresource: self.subresource,
@@ -147,7 +146,9 @@ impl<'a> WriteContext<'a> {
             old,
             new,
             objects: server,
+            user: self.user,
         };
+        crate::authz::admit(server, &request).await?;
         server.config.admission.admit(&request).await
     }
 
