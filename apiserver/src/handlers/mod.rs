@@ -261,13 +261,51 @@ fn parse_resource_path<'a>(group: &str, rest: &[&'a str]) -> Option<ResourcePath
     }
 }
 
+/// The whole request body, at most `limit` bytes; past it a 413. The rest of an oversized body
+/// is read and dropped, up to [`DRAIN_LIMIT`] more bytes, before the answer: a connection
+/// closed with unread data in it is reset, and a reset can destroy the 413 on its way to the
+/// client before the client reads it.
 async fn read_body(body: Body, limit: usize) -> ApiResult<Bytes> {
-    axum::body::to_bytes(body, limit).await.map_err(|_| {
+    let too_large = || {
         ApiError::new(
             Reason::RequestEntityTooLarge,
             format!("the request body is larger than the limit of {limit} bytes"),
         )
-    })
+    };
+    let mut body = body.into_data_stream();
+    let mut collected = bytes::BytesMut::new();
+    let mut dropped = 0usize;
+    while let Some(chunk) = futures::StreamExt::next(&mut body).await {
+        let Ok(chunk) = chunk else {
+            return Err(too_large_or_broken(collected.len() > limit, limit));
+        };
+        if collected.len() + chunk.len() <= limit && dropped == 0 {
+            collected.extend_from_slice(&chunk);
+            continue;
+        }
+        dropped += chunk.len();
+        if dropped > DRAIN_LIMIT {
+            break;
+        }
+    }
+    if dropped > 0 {
+        return Err(too_large());
+    }
+    Ok(collected.freeze())
+}
+
+/// How much of an oversized body is read and dropped before the 413 (see [`read_body`]).
+const DRAIN_LIMIT: usize = 16 * 1024 * 1024;
+
+fn too_large_or_broken(too_large: bool, limit: usize) -> ApiError {
+    if too_large {
+        ApiError::new(
+            Reason::RequestEntityTooLarge,
+            format!("the request body is larger than the limit of {limit} bytes"),
+        )
+    } else {
+        ApiError::bad_request("the request body could not be read")
+    }
 }
 
 #[cfg(test)]
