@@ -10,7 +10,7 @@
 
 mod common;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
@@ -86,45 +86,27 @@ fn instance(name: &str) -> String {
     )
 }
 
-/// One raw HTTPS GET as `identity` (a file stem in `pki`; none: no client certificate) with
+/// One HTTPS GET as `identity` (a file stem in `pki`; none: no client certificate) with
 /// `headers`: the status code and the body.
 fn raw_get(
     pki: &Path,
     identity: Option<&str>,
     address: std::net::SocketAddr,
     path: &str,
-    headers: &str,
+    headers: &[(&str, &str)],
 ) -> (u16, String) {
     let tls = ClientTls::from_pki(pki, identity).expect("the rack's CA");
-    let mut stream = tls
-        .connect_blocking(address, Duration::from_secs(2))
-        .expect("connecting");
-    stream
-        .sock
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {address}\r\n{headers}Connection: close\r\n\r\n"
+    common::http(
+        &common::Endpoint { address, tls },
+        "GET",
+        path,
+        headers,
+        b"",
     )
-    .unwrap();
-    let mut response = Vec::new();
-    let _ = stream.read_to_end(&mut response);
-    let text = String::from_utf8_lossy(&response).into_owned();
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
 }
 
 fn anonymous_get(pki: &Path, address: std::net::SocketAddr, path: &str) -> u16 {
-    raw_get(pki, None, address, path, "").0
+    raw_get(pki, None, address, path, &[]).0
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -352,7 +334,10 @@ async fn tenants_reach_their_namespace_and_nothing_else_through_corral_up() {
         Some("bob"),
         listen,
         "/apis/corral.dev/v1alpha1/namespaces/team-a/instances",
-        "Impersonate-User: alice\r\nImpersonate-Group: corral:tenants\r\n",
+        &[
+            ("Impersonate-User", "alice"),
+            ("Impersonate-Group", "corral:tenants"),
+        ],
     );
     assert_eq!(status, 403, "{body}");
     assert!(
@@ -365,7 +350,7 @@ async fn tenants_reach_their_namespace_and_nothing_else_through_corral_up() {
         Some("bob"),
         listen,
         "/apis/corral.dev/v1alpha1/sleds",
-        "",
+        &[],
     );
     assert_eq!(status, 403, "{body}");
     assert!(
@@ -378,7 +363,10 @@ async fn tenants_reach_their_namespace_and_nothing_else_through_corral_up() {
         Some("admin"),
         listen,
         "/apis/corral.dev/v1alpha1/namespaces/team-a/instances",
-        "Impersonate-User: alice\r\nImpersonate-Group: corral:tenants\r\n",
+        &[
+            ("Impersonate-User", "alice"),
+            ("Impersonate-Group", "corral:tenants"),
+        ],
     );
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("\"mine\""), "{body}");
