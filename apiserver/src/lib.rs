@@ -40,6 +40,7 @@ use corral_store::{DynStore, StoreError};
 use tokio::task::JoinSet;
 
 pub mod admission;
+pub mod audit;
 pub mod auth;
 pub mod authz;
 pub mod cache;
@@ -74,6 +75,9 @@ impl Running {
     pub async fn shutdown(mut self) {
         self.server.shutdown.cancel();
         self.tasks.shutdown().await;
+        if let Some(audit) = &self.server.audit {
+            audit.flush().await;
+        }
     }
 }
 
@@ -83,6 +87,12 @@ pub enum StartError {
     Bootstrap(#[source] StoreError),
     #[error("could not create the default policy")]
     Policy(#[from] authz::bootstrap::PolicyError),
+    #[error("could not open the audit log {path}")]
+    Audit {
+        path: std::path::PathBuf,
+        #[source]
+        error: std::io::Error,
+    },
 }
 
 impl ApiServer {
@@ -93,7 +103,14 @@ impl ApiServer {
         store: DynStore,
         config: Config,
     ) -> Result<Running, StartError> {
-        let server = Arc::new(ApiServer::new(registry, store.clone(), config.clone()));
+        let mut state = ApiServer::new(registry, store.clone(), config.clone());
+        if let Some(audit) = &config.audit {
+            state.audit = Some(audit::Log::open(audit).map_err(|error| StartError::Audit {
+                path: audit.path.clone(),
+                error,
+            })?);
+        }
+        let server = Arc::new(state);
         let mut tasks = JoinSet::new();
         for cache in server.caches() {
             tasks.spawn(cache.clone().run(store.clone(), config.cache.clone()));

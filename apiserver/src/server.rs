@@ -75,6 +75,8 @@ pub struct Config {
     /// Default ClusterRoles and ClusterRoleBindings ((origin, YAML) pairs) made sure to exist
     /// at start besides the built-in ones (`authz/bootstrap.rs`).
     pub policy: Vec<(&'static str, &'static str)>,
+    /// Where the audit trail is written (`audit`); `None`: no trail.
+    pub audit: Option<crate::audit::AuditConfig>,
 }
 
 impl Default for Config {
@@ -98,6 +100,7 @@ impl Default for Config {
             admission: admission::defaults(),
             authentication: crate::auth::Authentication::default(),
             policy: Vec::new(),
+            audit: None,
         }
     }
 }
@@ -112,6 +115,8 @@ pub struct ApiServer {
     /// Cancelled when the server stops: ends every open watch so shutdown does not wait for
     /// their timeouts.
     pub shutdown: tokio_util::sync::CancellationToken,
+    /// The audit trail, when `config.audit` names one (opened by `ApiServer::start`).
+    pub audit: Option<crate::audit::Log>,
 }
 
 impl ApiServer {
@@ -130,6 +135,7 @@ impl ApiServer {
             caches,
             openapi,
             shutdown: tokio_util::sync::CancellationToken::new(),
+            audit: None,
         }
     }
 

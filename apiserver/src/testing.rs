@@ -4,7 +4,9 @@
 //!
 //! It serves plain HTTP (`--insecure-http`'s mode): the clients under test authenticate with
 //! the bearer token [`ADMIN_TOKEN`] of `admin` in `system:masters`, which its kubeconfig
-//! carries. TLS and client certificates are tested against the real binary.
+//! carries, or as further users a test names ([`TestOptions`], [`TestServer::kubeconfig_of`]).
+//! TLS and client certificates are tested against the real binary. It keeps an audit trail
+//! in its directory (`audit.log`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -18,17 +20,40 @@ pub const ADMIN_TOKEN: &str = "corral-test-admin-token";
 
 /// A configuration whose only credential is [`ADMIN_TOKEN`].
 pub fn admin_token_config() -> Config {
-    let tokens = TokenFile::parse(&format!(
-        "{ADMIN_TOKEN},admin,admin,{}",
-        identities::MASTERS_GROUP
-    ))
-    .expect("a valid token line");
+    token_config(&[])
+}
+
+/// The bearer token of a further user of a [`TestServer`].
+pub fn token_of(user: &str) -> String {
+    format!("corral-test-token-{user}")
+}
+
+/// [`ADMIN_TOKEN`] and a token ([`token_of`]) for each of `users` (name, groups).
+fn token_config(users: &[(String, Vec<String>)]) -> Config {
+    let mut lines = format!("{ADMIN_TOKEN},admin,admin,{}\n", identities::MASTERS_GROUP);
+    for (name, groups) in users {
+        lines.push_str(&format!(
+            "{},{name},{name},\"{}\"\n",
+            token_of(name),
+            groups.join(",")
+        ));
+    }
+    let tokens = TokenFile::parse(&lines).expect("valid token lines");
     Config {
         authentication: Authentication {
             tokens: Some(std::sync::Arc::new(tokens)),
         },
         ..Config::default()
     }
+}
+
+/// What a [`TestServer`] has besides the built-ins.
+#[derive(Clone, Debug, Default)]
+pub struct TestOptions {
+    /// Default policy to create at start ((origin, YAML) pairs; `Config::policy`).
+    pub policy: Vec<(&'static str, &'static str)>,
+    /// Users with a bearer token: (name, groups).
+    pub users: Vec<(String, Vec<String>)>,
 }
 
 pub struct TestServer {
@@ -46,6 +71,11 @@ pub struct TestServer {
 impl TestServer {
     /// Starts a server serving `crds` ((origin, YAML) pairs) besides the built-ins.
     pub async fn start(crds: &[(&str, &str)]) -> TestServer {
+        TestServer::start_with(crds, TestOptions::default()).await
+    }
+
+    /// [`TestServer::start`] with `options`.
+    pub async fn start_with(crds: &[(&str, &str)], options: TestOptions) -> TestServer {
         let dir = tempfile::tempdir().expect("creating a temporary directory");
         let config: corral_store::StoreConfig =
             format!("sqlite:{}", dir.path().join("store.db").display())
@@ -55,7 +85,16 @@ impl TestServer {
             .await
             .expect("opening the SQLite store");
         let registry = Registry::load_with(crds, None).expect("loading the CRDs");
-        let running = ApiServer::start(registry, store, admin_token_config())
+        let config = Config {
+            policy: options.policy,
+            audit: Some(crate::audit::AuditConfig {
+                path: dir.path().join("audit.log"),
+                max_bytes: 16 * 1024 * 1024,
+                max_backups: 1,
+            }),
+            ..token_config(&options.users)
+        };
+        let running = ApiServer::start(registry, store, config)
             .await
             .expect("starting the API server");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -86,6 +125,15 @@ impl TestServer {
             stop,
             dir,
         }
+    }
+
+    /// A kubeconfig that authenticates as `user` (one of [`TestOptions::users`]), written in
+    /// the server's directory.
+    pub fn kubeconfig_of(&self, user: &str) -> PathBuf {
+        let path = self.dir.path().join(format!("{user}.kubeconfig"));
+        let text = kubeconfig_yaml(&self.url).replace(ADMIN_TOKEN, &token_of(user));
+        std::fs::write(&path, text).expect("writing a kubeconfig");
+        path
     }
 
     /// The temporary directory the server lives in (tests may put their own files there).

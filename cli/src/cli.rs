@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use crate::apply::{self, ApplyOptions};
+use crate::audit::{self, AuditOptions};
 use crate::command::{Outcome, Terminal};
 use crate::context::Context;
 use crate::delete::{self, DeleteOptions};
@@ -93,6 +94,55 @@ pub enum Command {
     /// Report where the rack differs from what was asked (instances not running, diverged
     /// objects, abandoned or stale VMMs, sleds not ready).
     Diff(DiffArgs),
+    /// Who changed what, and when: the API server's audit trail, oldest first (every request
+    /// that changed state or tried to: its user, verb, object, answer and program).
+    Audit(AuditArgs),
+}
+
+impl Command {
+    /// The command's word, as typed.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::Apply(_) => "apply",
+            Command::Get(_) => "get",
+            Command::Describe(_) => "describe",
+            Command::Delete(_) => "delete",
+            Command::Wait(_) => "wait",
+            Command::Start(_) => "start",
+            Command::Stop(_) => "stop",
+            Command::Reboot(_) => "reboot",
+            Command::Cordon(_) => "cordon",
+            Command::Uncordon(_) => "uncordon",
+            Command::Fence(_) => "fence",
+            Command::Drain(_) => "drain",
+            Command::Migrate(_) => "migrate",
+            Command::Events(_) => "events",
+            Command::Diff(_) => "diff",
+            Command::Audit(_) => "audit",
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    /// Only requests about this kind (`sleds`, `sled`, `instances`, ...).
+    #[arg(long)]
+    pub resource: Option<String>,
+    /// Only requests about objects of this name.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Only requests made by (or impersonating) this user.
+    #[arg(long)]
+    pub user: Option<String>,
+    /// Only requests with this verb (`create`, `patch`, `update`, `delete`, ...).
+    #[arg(long)]
+    pub verb: Option<String>,
+    /// At most this many, the most recent.
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub limit: u32,
+    /// Output format (default: a table).
+    #[arg(short = 'o', long, value_enum)]
+    pub output: Option<OutputFormat>,
 }
 
 #[derive(Debug, Args)]
@@ -291,7 +341,12 @@ pub async fn run(
     stdin: &mut dyn Read,
     term: &mut Terminal<'_>,
 ) -> Result<Outcome, Error> {
-    let ctx = Context::connect(cli.kubeconfig.as_ref(), cli.namespace.as_deref()).await?;
+    let ctx = Context::connect(
+        cli.kubeconfig.as_ref(),
+        cli.namespace.as_deref(),
+        cli.command.name(),
+    )
+    .await?;
     match cli.command {
         Command::Apply(args) => {
             let options = ApplyOptions {
@@ -386,6 +441,19 @@ pub async fn run(
             events::events(&ctx, &options, term).await
         }
         Command::Diff(args) => diff::diff(&ctx, args.exit_code, term).await,
+        Command::Audit(args) => {
+            let options = AuditOptions {
+                resource: args.resource,
+                name: args.name,
+                // Only when asked: the trail of every namespace is what an operator reads.
+                namespace: cli.namespace.clone(),
+                user: args.user,
+                verb: args.verb,
+                limit: args.limit as usize,
+                output: args.output,
+            };
+            audit::audit(&ctx, &options, term).await
+        }
     }
 }
 

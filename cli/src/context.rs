@@ -6,8 +6,9 @@
 
 use std::path::PathBuf;
 
+use k8s_openapi::api::authentication::v1::SelfSubjectReview;
 use kube::Api;
-use kube::api::DynamicObject;
+use kube::api::{DynamicObject, PostParams};
 use tokio::sync::OnceCell;
 
 use crate::discovery::{Catalog, ResourceType};
@@ -20,15 +21,21 @@ pub struct Context {
     /// Whether `-n` named it (a manifest's own namespace must then agree with it).
     pub namespace_explicit: bool,
     catalog: OnceCell<Catalog>,
+    /// Who the API server knows this client as, asked on first use.
+    user: OnceCell<String>,
 }
 
 impl Context {
-    /// Connects with the kubeconfig at `kubeconfig`, or the one kubectl would read.
+    /// Connects with the kubeconfig at `kubeconfig`, or the one kubectl would read; every
+    /// request names `command` in its `User-Agent` (`corralctl/VERSION (COMMAND)`), which the
+    /// API server's audit trail records.
     pub async fn connect(
         kubeconfig: Option<&PathBuf>,
         namespace: Option<&str>,
+        command: &str,
     ) -> Result<Context, Error> {
-        let client = corral_client::connect(kubeconfig.map(|p| p.as_path())).await?;
+        let agent = format!("corralctl/{} ({command})", env!("CARGO_PKG_VERSION"));
+        let client = corral_client::connect_as(kubeconfig.map(|p| p.as_path()), &agent).await?;
         Ok(Context::new(client, namespace))
     }
 
@@ -42,7 +49,30 @@ impl Context {
             namespace,
             namespace_explicit,
             catalog: OnceCell::new(),
+            user: OnceCell::new(),
         }
+    }
+
+    /// The user name the API server authenticates this client as (a `SelfSubjectReview`, as
+    /// `kubectl auth whoami` asks).
+    pub async fn user(&self) -> Result<&str, Error> {
+        self.user
+            .get_or_try_init(|| async {
+                let api: Api<SelfSubjectReview> = Api::all(self.client.clone());
+                let review = api
+                    .create(&PostParams::default(), &SelfSubjectReview::default())
+                    .await
+                    .map_err(Error::api("asking the API server who this client is"))?;
+                Ok::<_, Error>(
+                    review
+                        .status
+                        .and_then(|status| status.user_info)
+                        .and_then(|user| user.username)
+                        .unwrap_or_default(),
+                )
+            })
+            .await
+            .map(String::as_str)
     }
 
     /// The served resource types, discovered on first use.

@@ -14,6 +14,7 @@
 //!   Migration and follow it to its final phase with a progress line.
 //! - [`events`] — the Events table, `-w`.
 //! - [`diff`] — where the rack differs from what was asked of it.
+//! - [`audit`] — the API server's audit trail: who changed what, and when.
 //!
 //! Shared pieces: [`command`] (what every command returns and where it writes, and how
 //! corralctl marks its writes), [`context`] (the client and the namespace), [`discovery`]
@@ -26,6 +27,7 @@
 //! **Invariant:** talks to the API server only; never names the store.
 
 pub mod apply;
+pub mod audit;
 pub mod cli;
 pub mod command;
 pub mod context;

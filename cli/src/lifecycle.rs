@@ -11,6 +11,12 @@
 //! - `reboot` sets `spec.rebootRequest` to the current time.
 //! - `cordon`/`uncordon` set `spec.unschedulable`.
 //!
+//! Each change made is also recorded as an Event about the object that names who asked
+//! (`StartRequested`, `StopRequested`, `RebootRequested`, `Cordoned`, `Uncordoned`: "cordoned by
+//! alice"), the user as the API server knows it. The audit trail (`corralctl audit`) is the
+//! authoritative record; the Event puts the answer where `describe` and `events` show it. A
+//! failure to record it is a warning: the change itself was made.
+//!
 //! # Guarantees
 //! - `start` and `stop` decide from the object they read and write with that read's
 //!   `resourceVersion` in the patch, so a concurrent change makes the write fail (409) rather
@@ -21,7 +27,8 @@ use kube::Api;
 use kube::api::{Patch, PatchParams};
 use serde_json::{Value, json};
 
-use corral_crds::{Instance, RunStrategy, Sled};
+use corral_client::events::{EventType, Recorder, reference};
+use corral_crds::{Instance, Reason, RunStrategy, Sled};
 
 use crate::command::{FIELD_MANAGER, Outcome, Terminal};
 use crate::context::Context;
@@ -112,7 +119,17 @@ pub async fn instances(
     let mut outcome = Outcome::Succeeded;
     for name in names {
         match instance(&api, verb, name).await {
-            Ok(done) => writeln!(term.out, "instance.{}/{name} {done}", corral_crds::GROUP)?,
+            Ok((done, changed)) => {
+                writeln!(term.out, "instance.{}/{name} {done}", corral_crds::GROUP)?;
+                if let Some(changed) = changed {
+                    let (reason, what) = match verb {
+                        InstanceVerb::Start => (Reason::StartRequested, "start requested"),
+                        InstanceVerb::Stop => (Reason::StopRequested, "stop requested"),
+                        InstanceVerb::Reboot => (Reason::RebootRequested, "reboot requested"),
+                    };
+                    record(ctx, term, &changed, reason, what).await?;
+                }
+            }
             Err(error) => {
                 outcome = Outcome::Failed;
                 writeln!(term.err, "error: {}", render(&error))?;
@@ -133,17 +150,53 @@ fn render(error: &Error) -> String {
     text
 }
 
+/// Records that `who` asked for `what` on `object`, as an Event naming the user.
+async fn record<K: kube::Resource<DynamicType = ()>>(
+    ctx: &Context,
+    term: &mut Terminal<'_>,
+    object: &K,
+    reason: Reason,
+    what: &str,
+) -> Result<(), Error> {
+    let user = match ctx.user().await {
+        Ok(user) => user.to_string(),
+        Err(error) => {
+            writeln!(term.err, "warning: {}", render(&error))?;
+            "a user the API server did not name".to_string()
+        }
+    };
+    let recorded = Recorder::new(ctx.client.clone(), "corralctl")
+        .try_publish(
+            reference(object),
+            EventType::Normal,
+            reason,
+            format!("{what} by {user}"),
+        )
+        .await;
+    if let Err(error) = recorded {
+        writeln!(
+            term.err,
+            "warning: the change was made, but recording its Event failed: {}",
+            render(&Error::api("creating the Event")(error))
+        )?;
+    }
+    Ok(())
+}
+
+/// Does `verb` to instance `name`: what to print, and the Instance as written (`None` when
+/// nothing needed changing).
 async fn instance(
     api: &Api<Instance>,
     verb: InstanceVerb,
     name: &str,
-) -> Result<&'static str, Error> {
+) -> Result<(&'static str, Option<Instance>), Error> {
     if verb == InstanceVerb::Reboot {
         let patch = reboot_patch(corral_client::clock::now());
-        api.patch(name, &params(), &Patch::Merge(&patch))
+        let written = api
+            .patch(name, &params(), &Patch::Merge(&patch))
             .await
             .map_err(Error::api(format!("asking instance {name} to reboot")))?;
-        return Ok("reboot requested");
+        return Ok(("reboot requested", Some(written)));
     }
     let mut attempt = 0;
     loop {
@@ -155,16 +208,17 @@ async fn instance(
         let patch = match verb {
             InstanceVerb::Stop => match stop_patch(&current) {
                 Some(patch) => patch,
-                None => return Ok("already stopped (runStrategy Halted)"),
+                None => return Ok(("already stopped (runStrategy Halted)", None)),
             },
             _ => start_patch(&current, corral_client::clock::now()),
         };
         match api.patch(name, &params(), &Patch::Merge(&patch)).await {
-            Ok(_) => {
-                return Ok(match verb {
+            Ok(written) => {
+                let done = match verb {
                     InstanceVerb::Stop => "stopped (runStrategy Halted)",
                     _ => "start requested",
-                });
+                };
+                return Ok((done, Some(written)));
             }
             Err(kube::Error::Api(status)) if status.is_conflict() && attempt < CONFLICT_RETRIES => {
                 continue;
@@ -192,9 +246,9 @@ pub async fn sleds(
 ) -> Result<Outcome, Error> {
     let api: Api<Sled> = Api::all(ctx.client.clone());
     let unschedulable = verb == SledVerb::Cordon;
-    let verb = match verb {
-        SledVerb::Cordon => "cordoned",
-        SledVerb::Uncordon => "uncordoned",
+    let (verb, reason) = match verb {
+        SledVerb::Cordon => ("cordoned", Reason::Cordoned),
+        SledVerb::Uncordon => ("uncordoned", Reason::Uncordoned),
     };
     let mut outcome = Outcome::Succeeded;
     for name in names {
@@ -222,7 +276,10 @@ pub async fn sleds(
             .patch(name, &params(), &Patch::Merge(&cordon_patch(unschedulable)))
             .await
         {
-            Ok(_) => writeln!(term.out, "sled.{}/{name} {verb}", corral_crds::GROUP)?,
+            Ok(written) => {
+                writeln!(term.out, "sled.{}/{name} {verb}", corral_crds::GROUP)?;
+                record(ctx, term, &written, reason, verb).await?;
+            }
             Err(e) => {
                 outcome = Outcome::Failed;
                 writeln!(

@@ -126,7 +126,7 @@ impl Recorder {
     }
 
     /// Records an event about the object `involved` refers to. Cluster-scoped objects' events
-    /// go to the `default` namespace, as Kubernetes does for nodes.
+    /// go to the `default` namespace, as Kubernetes does for nodes. A failure is logged.
     pub async fn publish(
         &self,
         involved: ObjectReference,
@@ -134,6 +134,19 @@ impl Recorder {
         reason: Reason,
         message: String,
     ) {
+        if let Err(error) = self.try_publish(involved, type_, reason, message).await {
+            tracing::warn!(%error, %reason, "publishing an event failed");
+        }
+    }
+
+    /// [`Recorder::publish`], for a caller that reports the failure itself.
+    pub async fn try_publish(
+        &self,
+        involved: ObjectReference,
+        type_: EventType,
+        reason: Reason,
+        message: String,
+    ) -> Result<(), kube::Error> {
         let now = clock::now();
         let key = (
             involved.uid.clone().unwrap_or_default(),
@@ -160,7 +173,7 @@ impl Recorder {
                     r.clone()
                 })
         };
-        let result = match repeat {
+        match repeat {
             Some(recent) => {
                 let api: Api<Event> = Api::namespaced(self.client.clone(), &recent.namespace);
                 let patch = serde_json::json!({
@@ -217,9 +230,6 @@ impl Recorder {
                 }
                 created.map(|_| ())
             }
-        };
-        if let Err(error) = result {
-            tracing::warn!(%error, %reason, "publishing an event failed");
         }
     }
 }

@@ -33,7 +33,16 @@ pub enum ConnectError {
 /// A client for the API server named by `kubeconfig`, or by `$KUBECONFIG` / `~/.kube/config`
 /// when it is `None` — the same lookup kubectl does. Must be called inside the Tokio runtime.
 pub async fn connect(kubeconfig: Option<&Path>) -> Result<kube::Client, ConnectError> {
-    let config = match kubeconfig {
+    connect_as(kubeconfig, concat!("corral/", env!("CARGO_PKG_VERSION"))).await
+}
+
+/// [`connect`], naming the program in every request's `User-Agent` (what the API server's audit
+/// trail records beside the user).
+pub async fn connect_as(
+    kubeconfig: Option<&Path>,
+    user_agent: &str,
+) -> Result<kube::Client, ConnectError> {
+    let mut config = match kubeconfig {
         Some(path) => {
             let options = kube::config::KubeConfigOptions::default();
             let file = kube::config::Kubeconfig::read_from(path).map_err(|source| {
@@ -51,6 +60,9 @@ pub async fn connect(kubeconfig: Option<&Path>) -> Result<kube::Client, ConnectE
         }
         None => kube::Config::infer().await.map_err(ConnectError::Infer)?,
     };
+    if let Ok(value) = http::HeaderValue::from_str(user_agent) {
+        config.headers.push((http::header::USER_AGENT, value));
+    }
     kube::Client::try_from(config).map_err(ConnectError::Client)
 }
 

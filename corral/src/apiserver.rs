@@ -36,6 +36,43 @@ pub struct ApiserverArgs {
     pub(crate) security: SecurityArgs,
     #[command(flatten)]
     pub(crate) limits: LimitArgs,
+    #[command(flatten)]
+    pub(crate) audit: AuditArgs,
+}
+
+/// Where the audit trail goes (docs/security.md, "Audit"; kube-apiserver's flags).
+#[derive(clap::Args, Clone, Debug)]
+pub struct AuditArgs {
+    /// Record every request that changes state, as audit.k8s.io/v1 Events, one JSON line
+    /// each, in this file (read back with `corralctl audit`). Unset: no audit trail.
+    #[arg(long)]
+    pub(crate) audit_log_path: Option<PathBuf>,
+    /// Rotate the file before it grows past this many megabytes (MiB).
+    #[arg(long, default_value_t = 100)]
+    pub(crate) audit_log_maxsize: u64,
+    /// Keep this many rotated files (`PATH.1` the newest); older ones are deleted.
+    #[arg(long, default_value_t = 5)]
+    pub(crate) audit_log_maxbackup: usize,
+}
+
+impl AuditArgs {
+    /// The flags' defaults, writing to `path`.
+    pub fn at(path: PathBuf) -> AuditArgs {
+        AuditArgs {
+            audit_log_path: Some(path),
+            audit_log_maxsize: 100,
+            audit_log_maxbackup: 5,
+        }
+    }
+
+    fn config(&self) -> Option<corral_apiserver::audit::AuditConfig> {
+        let path = self.audit_log_path.clone()?;
+        Some(corral_apiserver::audit::AuditConfig {
+            path,
+            max_bytes: self.audit_log_maxsize.saturating_mul(1024 * 1024),
+            max_backups: self.audit_log_maxbackup,
+        })
+    }
 }
 
 /// How the API server proves who it is and learns who asks (docs/security.md).
@@ -194,6 +231,7 @@ pub async fn start_apiserver(
         bookmark_interval: args.bookmark_interval,
         authentication: args.security.authentication()?,
         policy: corral_crds::POLICY.to_vec(),
+        audit: args.audit.config(),
         ..Default::default()
     };
     args.limits.apply(&mut config);

@@ -14,7 +14,7 @@ use corral_node_agent::sim::{SimSled, SimSledConfig, SimTiming, SledHandle, Star
 use corral_node_agent::{AgentConfig, PowerControllers, power_controller_url};
 use tokio_util::sync::CancellationToken;
 
-use crate::apiserver::{ApiserverArgs, LimitArgs, SecurityArgs, start_apiserver};
+use crate::apiserver::{ApiserverArgs, AuditArgs, LimitArgs, SecurityArgs, start_apiserver};
 use crate::certs::{self, CertsArgs};
 use crate::command::{parse_duration, shutdown_signal};
 use crate::controllers::controllers_config;
@@ -286,6 +286,7 @@ pub async fn up(mut args: UpArgs) -> anyhow::Result<()> {
         compaction_interval: Duration::from_secs(300),
         bookmark_interval: Duration::from_secs(60),
         limits: LimitArgs::default(),
+        audit: AuditArgs::at(data_dir.join("audit.log")),
         security: SecurityArgs {
             pki: Some(pki.clone()),
             ..SecurityArgs::default()

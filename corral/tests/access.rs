@@ -272,6 +272,46 @@ async fn tenants_reach_their_namespace_and_nothing_else_through_corral_up() {
         Some(drain),
         r#"User "alice" cannot create resource "drains" in API group "corral.dev""#,
     );
+    // `kubectl auth whoami` answers for each.
+    let admin_is = kubectl.ok(&["auth", "whoami"], None);
+    assert!(
+        admin_is.contains("admin") && admin_is.contains("system:masters"),
+        "{admin_is}"
+    );
+    let alice_is = kubectl.ok(&as_alice(&["auth", "whoami"]), None);
+    assert!(
+        alice_is.contains("alice") && alice_is.contains("corral:tenants"),
+        "{alice_is}"
+    );
+    // corral up keeps an audit trail (0600): the refused Drain is in it, sent by admin acting
+    // as alice.
+    let trail = data.join("audit.log");
+    let mode = std::fs::metadata(&trail)
+        .expect("corral up's audit log")
+        .permissions();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+        0o600
+    );
+    let (status, body) = raw_get(&pki, Some("admin"), listen, "/audit?resource=drains", &[]);
+    assert_eq!(status, 200, "{body}");
+    let list: serde_json::Value = serde_json::from_str(&body).expect("an EventList");
+    let refused = list["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .find(|event| event["impersonatedUser"]["username"] == "alice")
+        .unwrap_or_else(|| panic!("alice's Drain is not in the trail: {body}"));
+    assert_eq!(refused["user"]["username"], "admin");
+    assert_eq!(refused["verb"], "create");
+    assert_eq!(refused["responseStatus"]["code"], 403);
+    assert!(
+        refused["userAgent"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("kubectl/"),
+        "{refused}"
+    );
     // Escalation: bob may create RoleBindings in team-a, and holds nothing else.
     let binder = "apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata: {name: binder, namespace: team-a}\nrules:\n- {verbs: [create, get], apiGroups: [rbac.authorization.k8s.io], resources: [rolebindings]}\n";
     kubectl.ok(&["create", "-f", "-"], Some(binder));

@@ -53,6 +53,12 @@ string_enum! {
         Rebooting,
         /// A restart waits for its backoff to expire.
         BackingOff,
+        /// Someone asked the instance to start (`corralctl start`).
+        StartRequested,
+        /// Someone asked the instance to stop (`corralctl stop`).
+        StopRequested,
+        /// Someone asked the instance to reboot (`corralctl reboot`).
+        RebootRequested,
         /// The instance is being deleted; its Vmms are torn down first.
         Deleting,
         /// An abandoned Vmm was deleted by the reaper.
@@ -87,6 +93,8 @@ string_enum! {
         SledFailed,
         /// An operator cordoned the sled.
         Cordoned,
+        /// An operator made the sled schedulable again.
+        Uncordoned,
         /// The sled powered on with a new epoch.
         SledBooted,
         /// The sled's epoch moved past the Vmm's (the sled rebooted or was fenced).

@@ -238,6 +238,11 @@ impl Apiserver {
         &mut self.process
     }
 
+    /// Its audit trail (unless its arguments name another).
+    pub fn audit_log(&self) -> PathBuf {
+        self.scratch.path().join("audit.log")
+    }
+
     /// Its whole log, across restarts.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.process.log_path()).unwrap_or_default()
@@ -253,6 +258,12 @@ impl Apiserver {
         args.extend(self.spec.store.args());
         args.extend(self.spec.args.iter().cloned());
         args.extend(["--pki".to_string(), self.pki().display().to_string()]);
+        if !self.spec.args.iter().any(|arg| arg == "--audit-log-path") {
+            args.extend([
+                "--audit-log-path".to_string(),
+                self.audit_log().display().to_string(),
+            ]);
+        }
         self.process.start(&args)?;
         let (address, tls, process) = (self.address, &self.tls, &mut self.process);
         let ready = wait_for_polling(

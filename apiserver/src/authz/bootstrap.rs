@@ -3,9 +3,14 @@
 //!
 //! # Invariants
 //!
-//! - Created when missing, never overwritten: an operator's change to a default role stays.
+//! - Created when missing. An existing default is reconciled as Kubernetes reconciles its
+//!   bootstrap policy: the rules a default ClusterRole lacks and the subjects a default binding
+//!   lacks are added (so a rack made by an older version gains what a newer one grants), and
+//!   nothing is ever removed — an operator's additions stay. An object annotated
+//!   `rbac.authorization.kubernetes.io/autoupdate: "false"` is left exactly as it is.
 //! - Idempotent and safe for several servers at once (a create that finds the object there is
-//!   done).
+//!   done; an update that loses a race is left to the server that won it, which adds the
+//!   same).
 
 use corral_store::StoreError;
 use serde_json::Value;
@@ -56,7 +61,22 @@ pub async fn ensure(server: &ApiServer, extra: &[(&str, &str)]) -> Result<(), Po
                 continue;
             };
             let key = resource.key(None, &name);
-            if server.store.get(&key).await?.is_some() {
+            if let Some(existing) = server.store.get(&key).await? {
+                let Ok(stored) = object::decode(&existing) else {
+                    continue;
+                };
+                if let Some(reconciled) = reconcile(stored.object, &document) {
+                    match server
+                        .store
+                        .update(&key, existing.mod_revision, object::encode(&reconciled))
+                        .await
+                    {
+                        Ok(_) | Err(StoreError::Conflict { .. } | StoreError::NotFound { .. }) => {
+                            tracing::info!(%kind, %name, "default policy object gained what it lacked");
+                        }
+                        Err(error) => return Err(error.into()),
+                    }
+                }
                 continue;
             }
             let mut object = document;
@@ -69,4 +89,59 @@ pub async fn ensure(server: &ApiServer, extra: &[(&str, &str)]) -> Result<(), Po
         }
     }
     Ok(())
+}
+
+/// Annotation that keeps a default policy object as the operator left it.
+pub const AUTOUPDATE: &str = "rbac.authorization.kubernetes.io/autoupdate";
+
+/// `existing` with what `default` has and it lacks — rules of a role, subjects of a binding —
+/// or `None` when it lacks nothing (or must not be touched).
+fn reconcile(mut existing: Value, default: &Value) -> Option<Value> {
+    let autoupdate = existing["metadata"]["annotations"][AUTOUPDATE].as_str();
+    if autoupdate == Some("false") {
+        return None;
+    }
+    let field = if default.get("rules").is_some() {
+        "rules"
+    } else {
+        "subjects"
+    };
+    let wanted = default[field].as_array().cloned().unwrap_or_default();
+    let have = existing[field].as_array().cloned().unwrap_or_default();
+    let missing: Vec<Value> = wanted
+        .into_iter()
+        .filter(|entry| !have.contains(entry))
+        .collect();
+    if missing.is_empty() {
+        return None;
+    }
+    let mut merged = have;
+    merged.extend(missing);
+    existing[field] = Value::Array(merged);
+    Some(existing)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn reconciling_adds_what_is_missing_and_removes_nothing() {
+        let default = json!({"rules": [{"verbs": ["get"], "resources": ["a"]},
+                                        {"verbs": ["get"], "nonResourceURLs": ["/audit"]}]});
+        let edited = json!({"metadata": {}, "rules": [{"verbs": ["get"], "resources": ["a"]},
+                                                       {"verbs": ["list"], "resources": ["b"]}]});
+        let reconciled = reconcile(edited, &default).expect("a rule is missing");
+        assert_eq!(reconciled["rules"].as_array().unwrap().len(), 3);
+        assert_eq!(reconcile(reconciled.clone(), &default), None);
+        let mut kept = reconciled;
+        kept["rules"] = json!([]);
+        kept["metadata"]["annotations"] = json!({AUTOUPDATE: "false"});
+        assert_eq!(reconcile(kept, &default), None);
+        let binding = json!({"subjects": [{"kind": "Group", "name": "g"}]});
+        let existing = json!({"metadata": {}, "subjects": []});
+        let reconciled = reconcile(existing, &binding).unwrap();
+        assert_eq!(reconciled["subjects"], binding["subjects"]);
+    }
 }

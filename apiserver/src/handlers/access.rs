@@ -38,10 +38,18 @@ pub async fn authenticate(
         Ok(None) => return auth::unauthorized().into_response(),
         Err(error) => return error.into_response(),
     };
+    let pending = request.extensions().get::<super::audit::Pending>().cloned();
+    if let Some(pending) = &pending {
+        pending.user(&user);
+    }
+    let impersonating = request.headers().contains_key("impersonate-user");
     let user = match impersonate(&server, user, request.headers()) {
         Ok(user) => user,
         Err(error) => return error.into_response(),
     };
+    if impersonating && let Some(pending) = &pending {
+        pending.impersonated(&user);
+    }
     let api = path == "/api"
         || path.starts_with("/api/")
         || path == "/apis"
@@ -135,7 +143,7 @@ fn impersonate(server: &ApiServer, user: User, headers: &HeaderMap) -> ApiResult
 }
 
 /// Kubernetes' verb for a request on a resource.
-fn verb(method: &Method, named: bool, watch: bool) -> &'static str {
+pub(super) fn verb(method: &Method, named: bool, watch: bool) -> &'static str {
     match (method, named) {
         (&Method::GET, _) if watch => "watch",
         (&Method::GET, true) => "get",
@@ -179,25 +187,32 @@ pub fn authorize_request(request: &ResourceRequest, method: &Method) -> ApiResul
     authz::authorize(&request.server, user, &attributes)
 }
 
-/// The review kinds of `authorization.k8s.io/v1` this server answers.
+/// The self reviews this server answers.
 #[derive(Clone, Copy, Debug)]
 pub enum Review {
-    SelfSubjectAccessReview,
-    SelfSubjectRulesReview,
+    /// `authorization.k8s.io/v1` `SelfSubjectAccessReview`: may I (`kubectl auth can-i`).
+    Access,
+    /// `authorization.k8s.io/v1` `SelfSubjectRulesReview`: what may I (`can-i --list`).
+    Rules,
+    /// `authentication.k8s.io/v1` `SelfSubjectReview`: who am I (`kubectl auth whoami`).
+    Whoami,
 }
 
 impl Review {
     fn kind(self) -> &'static str {
         match self {
-            Review::SelfSubjectAccessReview => "SelfSubjectAccessReview",
-            Review::SelfSubjectRulesReview => "SelfSubjectRulesReview",
+            Review::Access => "SelfSubjectAccessReview",
+            Review::Rules => "SelfSubjectRulesReview",
+            Review::Whoami => "SelfSubjectReview",
         }
     }
 
-    pub fn of(plural: &str) -> Option<Review> {
-        match plural {
-            "selfsubjectaccessreviews" => Some(Review::SelfSubjectAccessReview),
-            "selfsubjectrulesreviews" => Some(Review::SelfSubjectRulesReview),
+    /// The review a `POST` to `/apis/GROUP/v1/PLURAL` asks for.
+    pub fn of(group: &str, plural: &str) -> Option<Review> {
+        match (group, plural) {
+            ("authorization.k8s.io", "selfsubjectaccessreviews") => Some(Review::Access),
+            ("authorization.k8s.io", "selfsubjectrulesreviews") => Some(Review::Rules),
+            ("authentication.k8s.io", "selfsubjectreviews") => Some(Review::Whoami),
             _ => None,
         }
     }
@@ -225,7 +240,10 @@ pub fn review(
         .get(axum::http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with(super::protobuf::MEDIA_TYPE));
-    let mut object: Value = if protobuf {
+    let mut object: Value = if let Review::Whoami = review {
+        // Nothing in its body is read: the answer is who sent it.
+        json!({"apiVersion": "authentication.k8s.io/v1", "kind": review.kind()})
+    } else if protobuf {
         super::protobuf::decode(review.kind(), body)?
     } else {
         serde_json::from_slice(body)
@@ -235,7 +253,7 @@ pub fn review(
     let str_of =
         |value: &Value, key: &str| value.get(key).and_then(Value::as_str).map(String::from);
     let status = match review {
-        Review::SelfSubjectAccessReview => {
+        Review::Access => {
             let attributes = if let Some(resource) = spec.get("resourceAttributes") {
                 let get = |key: &str| str_of(resource, key).filter(|v| !v.is_empty());
                 Attributes::resource(
@@ -264,10 +282,11 @@ pub fn review(
             }
             status
         }
-        Review::SelfSubjectRulesReview => {
+        Review::Rules => {
             let namespace = str_of(&spec, "namespace").filter(|ns| !ns.is_empty());
             rules_review(server, user, namespace.as_deref())
         }
+        Review::Whoami => json!({"userInfo": user}),
     };
     object["status"] = status;
     object.as_object_mut().map(|map| {

@@ -38,18 +38,25 @@ use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use crate::auth::User;
 use crate::error::{ApiError, Reason};
 use crate::query::Query;
 use crate::server::Config;
 
-/// Who a request is from, as far as per-client limits go: for now the peer's IP address (port
-/// aside: a client opens many connections). Authentication, once the server has it, makes this
-/// the user's name instead — this function is the one place that decides.
+/// Who a request is from, as far as per-client limits go: the authenticated user (the one it
+/// impersonates, if it does: that is who the request acts as), and only for a request without
+/// one (a public path) the peer's IP address (port aside: a client opens many connections).
+/// Keyed by identity, one client cannot exhaust the limit of another behind the same address
+/// (every sled's agent on one host, or a load balancer), nor escape its own by connecting from
+/// several. This function is the one place that decides.
 pub fn client_key(request: &Request) -> String {
+    if let Some(user) = request.extensions().get::<User>() {
+        return format!("user:{}", user.name);
+    }
     request
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
-        .map(|ConnectInfo(peer)| peer.ip().to_string())
+        .map(|ConnectInfo(peer)| format!("address:{}", peer.ip()))
         .unwrap_or_else(|| "unknown".to_string())
 }
 
@@ -237,12 +244,17 @@ mod tests {
     }
 
     #[test]
-    fn the_client_is_the_peer_address_without_its_port() {
+    fn the_client_is_the_user_and_without_one_the_peer_address() {
         let mut from_peer = request(Method::GET, "/");
         from_peer
             .extensions_mut()
             .insert(ConnectInfo(SocketAddr::from(([10, 0, 0, 7], 51234))));
-        assert_eq!(client_key(&from_peer), "10.0.0.7");
+        assert_eq!(client_key(&from_peer), "address:10.0.0.7");
+        from_peer.extensions_mut().insert(User {
+            name: "system:node:sled-1".into(),
+            ..User::default()
+        });
+        assert_eq!(client_key(&from_peer), "user:system:node:sled-1");
         assert_eq!(client_key(&request(Method::GET, "/")), "unknown");
     }
 

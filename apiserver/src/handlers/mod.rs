@@ -25,6 +25,7 @@ use crate::query::Query;
 use crate::server::ApiServer;
 
 mod access;
+pub mod audit;
 mod delete;
 mod discovery;
 pub mod flow;
@@ -48,6 +49,7 @@ pub fn router(server: Arc<ApiServer>) -> Router {
         .route("/openapi/v2", get(|| async { ApiError::no_route() }))
         .route("/openapi/v3", get(openapi::index))
         .route("/openapi/v3/{*path}", get(openapi::document))
+        .route("/audit", get(audit::read))
         .fallback(dispatch)
         // Flow control inside authentication, as kube-apiserver's max-in-flight filter: a
         // request is counted once it is known who sent it.
@@ -55,6 +57,11 @@ pub fn router(server: Arc<ApiServer>) -> Router {
         .layer(axum::middleware::from_fn_with_state(
             server.clone(),
             access::authenticate,
+        ))
+        // The audit layer outside them all: it records how each was answered.
+        .layer(axum::middleware::from_fn_with_state(
+            server.clone(),
+            audit::record,
         ))
         .with_state(server)
         .layer(
@@ -139,11 +146,25 @@ async fn route(server: Arc<ApiServer>, request: Request) -> ApiResult<Response> 
         name,
         subresource: sub,
     } = parse_resource_path(group, rest).ok_or_else(ApiError::no_route)?;
-    // The self reviews behind `kubectl auth can-i` are answered, never stored.
-    if group == "authorization.k8s.io"
-        && version == "v1"
+    let pending = parts.extensions.get::<audit::Pending>().cloned();
+    if let Some(pending) = &pending {
+        let verb = access::verb(&parts.method, name.is_some(), query.bool("watch"));
+        pending.object(
+            verb,
+            crate::audit::ObjectRef {
+                resource: plural.to_string(),
+                namespace: namespace.unwrap_or_default().to_string(),
+                name: name.unwrap_or_default().to_string(),
+                api_group: group.to_string(),
+                api_version: version.to_string(),
+                subresource: sub.unwrap_or_default().to_string(),
+            },
+        );
+    }
+    // The self reviews behind `kubectl auth can-i` and `whoami` are answered, never stored.
+    if version == "v1"
         && (namespace, name, sub) == (None, None, None)
-        && let Some(review) = access::Review::of(plural)
+        && let Some(review) = access::Review::of(group, plural)
     {
         let body = read_body(body, server.config.max_body_bytes).await?;
         return access::review(
@@ -187,6 +208,7 @@ async fn route(server: Arc<ApiServer>, request: Request) -> ApiResult<Response> 
         query,
         headers: parts.headers,
         user,
+        audit: pending,
     };
     let method = parts.method;
     let is_object = request.name.is_some();

@@ -34,6 +34,8 @@ pub struct ResourceRequest {
     pub headers: HeaderMap,
     /// Who asks (`None` only on the public paths, which name no resource).
     pub user: Option<crate::auth::User>,
+    /// Where the audit layer learns what the request did (only on requests it records).
+    pub audit: Option<super::audit::Pending>,
 }
 
 impl ResourceRequest {

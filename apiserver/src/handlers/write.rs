@@ -17,6 +17,9 @@ pub async fn create(request: ResourceRequest, body: Bytes) -> ApiResult<Response
     request.refuse_force()?;
     let body = decode_body(&request, &body)?;
     let written = objects::create(&request.write_context(dry_run), body).await?;
+    if let Some(pending) = &request.audit {
+        pending.created(crate::object::meta_str(&written.object, "name").unwrap_or_default());
+    }
     Ok(written_response(&request, written))
 }
 

@@ -6,6 +6,7 @@
 mod support;
 
 mod admission;
+mod audit;
 mod authentication;
 mod delete_gc;
 mod discovery;

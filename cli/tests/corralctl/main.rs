@@ -5,6 +5,7 @@
 mod support;
 
 mod apply;
+mod audit;
 mod describe_events;
 mod drain;
 mod get;

@@ -56,8 +56,26 @@ impl std::fmt::Display for Run {
 
 impl Rack {
     pub async fn start() -> Rack {
+        Rack::start_with_users(&[]).await
+    }
+
+    /// A rack with Corral's default policy and, besides `admin`, `users` (name, groups), each
+    /// with a bearer token ([`Rack::corralctl_as`]).
+    pub async fn start_with_users(users: &[(&str, &[&str])]) -> Rack {
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let server = TestServer::start(corral_crds::MANIFESTS).await;
+        let options = corral_apiserver::testing::TestOptions {
+            policy: corral_crds::POLICY.to_vec(),
+            users: users
+                .iter()
+                .map(|(name, groups)| {
+                    (
+                        name.to_string(),
+                        groups.iter().map(|g| g.to_string()).collect(),
+                    )
+                })
+                .collect(),
+        };
+        let server = TestServer::start_with(corral_crds::MANIFESTS, options).await;
         let client = corral_client::connect(Some(&server.kubeconfig))
             .await
             .expect("a client for the test server");
@@ -65,10 +83,14 @@ impl Rack {
     }
 
     fn command(&self, args: &[&str]) -> Command {
+        self.command_with(&self.server.kubeconfig, args)
+    }
+
+    fn command_with(&self, kubeconfig: &std::path::Path, args: &[&str]) -> Command {
         let mut command = Command::new(env!("CARGO_BIN_EXE_corralctl"));
         command
             .args(args)
-            .env("KUBECONFIG", &self.server.kubeconfig)
+            .env("KUBECONFIG", kubeconfig)
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -82,9 +104,19 @@ impl Rack {
         self.corralctl_with_stdin(args, None).await
     }
 
+    /// Runs corralctl to completion as `user` (one of [`Rack::start_with_users`]).
+    pub async fn corralctl_as(&self, user: &str, args: &[&str]) -> Run {
+        let kubeconfig = self.server.kubeconfig_of(user);
+        self.finish(self.command_with(&kubeconfig, args), args, None)
+            .await
+    }
+
     /// Runs corralctl with `stdin` as its standard input.
     pub async fn corralctl_with_stdin(&self, args: &[&str], stdin: Option<&str>) -> Run {
-        let mut command = self.command(args);
+        self.finish(self.command(args), args, stdin).await
+    }
+
+    async fn finish(&self, mut command: Command, args: &[&str], stdin: Option<&str>) -> Run {
         if stdin.is_some() {
             command.stdin(Stdio::piped());
         }

@@ -5,7 +5,9 @@
 //! - more requests in flight than the server works on at once: 429 with `Retry-After: 1`,
 //!   read-only and mutating requests each against their own limit, probes and watches never;
 //! - a request that takes too long (here: a body that never comes whole): 504;
-//! - more watches from one client than it may hold: 429, while other clients watch on.
+//! - more watches from one client than it may hold: 429, while other clients watch on. A
+//!   client is its user: the same user from another address is the same client, another user
+//!   from the same address another.
 
 use std::io::{ErrorKind, Read, Write};
 use std::sync::Arc;
@@ -339,9 +341,24 @@ fn too_many_watches_from_one_client(backend: Backend) {
     let (second, _second_stream) = open_stream(&to, &watch);
     assert_eq!((first, second), (200, 200));
     request(&to, "GET", &watch, "").assert_too_many_requests("a third watch");
-    // Another client watches on, and everything else is served.
-    let other = connect_from("127.0.0.2", &to);
-    let other = send(other, &to, "GET", &format!("{watch}&timeoutSeconds=1"), "");
+    // The same user from another address is the same client.
+    let elsewhere = connect_from("127.0.0.2", &to);
+    send(elsewhere, &to, "GET", &watch, "")
+        .assert_too_many_requests("a third watch from another address");
+    // Another user, from the same address, watches on; and everything else is served.
+    let issued = std::process::Command::new(common::corral())
+        .args(["certs", "--dir"])
+        .arg(server.pki())
+        .args(["--user", "carol:system:masters"])
+        .output()
+        .expect("corral certs");
+    assert!(issued.status.success(), "{issued:?}");
+    let carol = Endpoint {
+        address: to.address,
+        tls: corral_harness::tls::ClientTls::from_pki(server.pki(), Some("carol"))
+            .expect("carol's certificate"),
+    };
+    let other = request(&carol, "GET", &format!("{watch}&timeoutSeconds=1"), "");
     assert_eq!(other.status, 200, "{}", other.body);
     assert_eq!(request(&to, "GET", BASE, "").status, 200);
     // A watch that ends gives its place back.
