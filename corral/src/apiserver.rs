@@ -22,6 +22,16 @@ pub struct ApiserverArgs {
     /// Key prefix in etcd (several Corral installations may share one etcd).
     #[arg(long, default_value = "/corral")]
     pub(crate) etcd_prefix: String,
+    /// Speak TLS to etcd and trust the etcd certificates this CA signed (PEM; the store's
+    /// `cacert` option).
+    #[arg(long)]
+    pub(crate) etcd_cafile: Option<PathBuf>,
+    /// The client certificate etcd's --client-cert-auth asks for (PEM; with --etcd-keyfile).
+    #[arg(long, requires_all = ["etcd_keyfile", "etcd_cafile"])]
+    pub(crate) etcd_certfile: Option<PathBuf>,
+    /// The client certificate's key (PEM).
+    #[arg(long, requires = "etcd_certfile")]
+    pub(crate) etcd_keyfile: Option<PathBuf>,
     /// A directory of further CustomResourceDefinition YAML files to serve, besides Corral's
     /// own kinds (Sled, Instance, Vmm), which are always served.
     #[arg(long)]
@@ -217,8 +227,28 @@ pub async fn start_apiserver(
     stop: tokio_util::sync::CancellationToken,
 ) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<anyhow::Result<()>>)> {
     let mut store_config = args.store.clone();
-    if let StoreConfig::Etcd { prefix, .. } = &mut store_config {
+    if let StoreConfig::Etcd {
+        prefix,
+        tls,
+        endpoints,
+    } = &mut store_config
+    {
         *prefix = args.etcd_prefix.clone();
+        let flags = corral_store::EtcdTls::from_parts(
+            args.etcd_cafile.clone(),
+            args.etcd_certfile.clone(),
+            args.etcd_keyfile.clone(),
+        )
+        .map_err(|why| anyhow::anyhow!("--etcd-cafile, --etcd-certfile, --etcd-keyfile: {why}"))?;
+        if let Some(flags) = flags {
+            // A bare host:port became http://: with TLS it is https://.
+            for endpoint in endpoints.iter_mut() {
+                if let Some(authority) = endpoint.strip_prefix("http://") {
+                    *endpoint = format!("https://{authority}");
+                }
+            }
+            *tls = Some(flags);
+        }
     }
     let registry = Registry::load_with(corral_crds::MANIFESTS, args.crds.as_deref())
         .context("loading CustomResourceDefinitions")?;

@@ -34,7 +34,7 @@ enum Command {
     /// controllers and --sleds simulated sleds.
     Up(rack::UpArgs),
     /// Run the Kubernetes-compatible API server.
-    Apiserver(apiserver::ApiserverArgs),
+    Apiserver(Box<apiserver::ApiserverArgs>),
     /// Make (or complete) a rack's CA, the API server's certificate and kubeconfigs for
     /// `admin`, the controllers, sleds and users.
     Certs(certs::CertsArgs),
@@ -74,7 +74,7 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     runtime.block_on(async move {
         match cli.command {
-            Command::Apiserver(args) => apiserver::run_apiserver(args).await,
+            Command::Apiserver(args) => apiserver::run_apiserver(*args).await,
             Command::Certs(args) => certs::run(args),
             Command::Controllers(args) => controllers::run_controllers(args).await,
             Command::Up(args) => rack::up(args).await,

@@ -2,8 +2,12 @@
 //!
 //! - `sqlite:PATH` (also `sqlite://PATH`): the embedded backend on one file. [`open`] creates
 //!   the file and its parent directory when they are missing.
-//! - `etcd:URL[,URL...][?prefix=PREFIX]`: an etcd cluster. An endpoint written as a bare
-//!   `host:port` gets `http://`. Every key lives under `PREFIX`, `/corral` unless given.
+//! - `etcd:URL[,URL...][?prefix=PREFIX][&cacert=PATH][&cert=PATH&key=PATH]`: an etcd cluster.
+//!   Every key lives under `PREFIX`, `/corral` unless given. With `cacert` the connection is
+//!   TLS and etcd's certificate must be signed by that CA (PEM); `cert` and `key` (PEM, given
+//!   together) are the client certificate etcd's `--client-cert-auth` asks for — etcdctl's
+//!   flag names. An endpoint written as a bare `host:port` gets `https://` with `cacert`,
+//!   `http://` without; an `http://` endpoint with `cacert` is refused.
 //!
 //! `Display` writes the same syntax back, so a config survives a round trip through a string.
 
@@ -27,7 +31,18 @@ pub enum StoreConfig {
     Etcd {
         endpoints: Vec<String>,
         prefix: String,
+        /// TLS to etcd; `None`: plain HTTP.
+        tls: Option<EtcdTls>,
     },
+}
+
+/// How a client speaks TLS to etcd: the CA that signed etcd's certificate and, for an etcd
+/// that authenticates its clients, the client certificate and key (PEM files).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EtcdTls {
+    pub ca: PathBuf,
+    /// The client certificate and its key, or neither.
+    pub identity: Option<(PathBuf, PathBuf)>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -40,8 +55,12 @@ pub enum ConfigError {
     NoEndpoints(String),
     #[error("etcd endpoint {0:?} is neither an http(s) URL nor host:port")]
     BadEndpoint(String),
-    #[error("store config option {0:?} is unknown (the only option is prefix=...)")]
+    #[error("store config option {0:?} is unknown (the options are prefix, cacert, cert, key)")]
     UnknownOption(String),
+    #[error("store config {0:?}: cert and key go together, and need cacert")]
+    PartialTls(String),
+    #[error("store config {0:?}: a TLS option with an http:// endpoint")]
+    TlsOverHttp(String),
 }
 
 impl FromStr for StoreConfig {
@@ -63,31 +82,65 @@ impl FromStr for StoreConfig {
                 None => (rest, None),
             };
             let mut prefix = DEFAULT_ETCD_PREFIX.to_owned();
+            let (mut ca, mut cert, mut key) = (None, None, None);
             for option in options.into_iter().flat_map(|o| o.split('&')) {
                 match option.split_once('=') {
                     Some(("prefix", value)) => prefix = value.to_owned(),
+                    Some(("cacert", value)) => ca = Some(PathBuf::from(value)),
+                    Some(("cert", value)) => cert = Some(PathBuf::from(value)),
+                    Some(("key", value)) => key = Some(PathBuf::from(value)),
                     _ => return Err(ConfigError::UnknownOption(option.to_owned())),
                 }
             }
+            let tls = EtcdTls::from_parts(ca, cert, key)
+                .map_err(|_| ConfigError::PartialTls(text.to_owned()))?;
             let endpoints = list
                 .split(',')
                 .map(str::trim)
                 .filter(|e| !e.is_empty())
-                .map(normalize_endpoint)
+                .map(|e| normalize_endpoint(e, tls.is_some()))
                 .collect::<Result<Vec<_>, _>>()?;
             if endpoints.is_empty() {
                 return Err(ConfigError::NoEndpoints(text.to_owned()));
             }
-            return Ok(StoreConfig::Etcd { endpoints, prefix });
+            if tls.is_some() && endpoints.iter().any(|e| e.starts_with("http://")) {
+                return Err(ConfigError::TlsOverHttp(text.to_owned()));
+            }
+            return Ok(StoreConfig::Etcd {
+                endpoints,
+                prefix,
+                tls,
+            });
         }
         Err(ConfigError::UnknownScheme(text.to_owned()))
     }
 }
 
-fn normalize_endpoint(endpoint: &str) -> Result<String, ConfigError> {
+impl EtcdTls {
+    /// The TLS options from their parts: `None` without any, `Err` for a partial set (a
+    /// certificate without its key, or either without a CA).
+    pub fn from_parts(
+        ca: Option<PathBuf>,
+        cert: Option<PathBuf>,
+        key: Option<PathBuf>,
+    ) -> Result<Option<EtcdTls>, &'static str> {
+        match (ca, cert, key) {
+            (None, None, None) => Ok(None),
+            (Some(ca), None, None) => Ok(Some(EtcdTls { ca, identity: None })),
+            (Some(ca), Some(cert), Some(key)) => Ok(Some(EtcdTls {
+                ca,
+                identity: Some((cert, key)),
+            })),
+            _ => Err("a client certificate and its key go together, and need a CA"),
+        }
+    }
+}
+
+fn normalize_endpoint(endpoint: &str, tls: bool) -> Result<String, ConfigError> {
     let bad = || ConfigError::BadEndpoint(endpoint.to_owned());
     let (scheme, authority) = match endpoint.split_once("://") {
         Some((scheme, authority)) => (scheme, authority),
+        None if tls => ("https", endpoint),
         None => ("http", endpoint),
     };
     if scheme != "http" && scheme != "https" {
@@ -104,10 +157,25 @@ impl fmt::Display for StoreConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             StoreConfig::Sqlite { path } => write!(f, "sqlite:{}", path.display()),
-            StoreConfig::Etcd { endpoints, prefix } => {
+            StoreConfig::Etcd {
+                endpoints,
+                prefix,
+                tls,
+            } => {
                 write!(f, "etcd:{}", endpoints.join(","))?;
+                let mut options = Vec::new();
                 if prefix != DEFAULT_ETCD_PREFIX {
-                    write!(f, "?prefix={prefix}")?;
+                    options.push(format!("prefix={prefix}"));
+                }
+                if let Some(tls) = tls {
+                    options.push(format!("cacert={}", tls.ca.display()));
+                    if let Some((cert, key)) = &tls.identity {
+                        options.push(format!("cert={}", cert.display()));
+                        options.push(format!("key={}", key.display()));
+                    }
+                }
+                if !options.is_empty() {
+                    write!(f, "?{}", options.join("&"))?;
                 }
                 Ok(())
             }
@@ -120,9 +188,13 @@ impl fmt::Display for StoreConfig {
 pub async fn open(config: &StoreConfig) -> Result<DynStore> {
     match config {
         StoreConfig::Sqlite { path } => Ok(Arc::new(SqliteStore::open(path).await?)),
-        StoreConfig::Etcd { endpoints, prefix } => {
-            Ok(Arc::new(EtcdStore::connect(endpoints, prefix).await?))
-        }
+        StoreConfig::Etcd {
+            endpoints,
+            prefix,
+            tls,
+        } => Ok(Arc::new(
+            EtcdStore::connect(endpoints, prefix, tls.as_ref()).await?,
+        )),
     }
 }
 
@@ -163,15 +235,44 @@ mod tests {
                     "https://10.0.0.2:2379".to_owned()
                 ],
                 prefix: "/corral".to_owned(),
+                tls: None,
             })
         );
         assert_eq!(
             parse("etcd:http://a:1?prefix=/other"),
             Ok(StoreConfig::Etcd {
                 endpoints: vec!["http://a:1".to_owned()],
-                prefix: "/other".to_owned()
+                prefix: "/other".to_owned(),
+                tls: None,
             })
         );
+    }
+
+    #[test]
+    fn tls_options_name_the_ca_and_the_client_identity() {
+        assert_eq!(
+            parse("etcd:127.0.0.1:2379?cacert=/p/ca.crt&cert=/p/c.crt&key=/p/c.key"),
+            Ok(StoreConfig::Etcd {
+                endpoints: vec!["https://127.0.0.1:2379".to_owned()],
+                prefix: "/corral".to_owned(),
+                tls: Some(EtcdTls {
+                    ca: "/p/ca.crt".into(),
+                    identity: Some(("/p/c.crt".into(), "/p/c.key".into())),
+                }),
+            })
+        );
+        assert!(matches!(
+            parse("etcd:a:1?cacert=/ca&cert=/c"),
+            Err(ConfigError::PartialTls(_))
+        ));
+        assert!(matches!(
+            parse("etcd:a:1?cert=/c&key=/k"),
+            Err(ConfigError::PartialTls(_))
+        ));
+        assert!(matches!(
+            parse("etcd:http://a:1?cacert=/ca"),
+            Err(ConfigError::TlsOverHttp(_))
+        ));
     }
 
     #[test]
@@ -201,6 +302,8 @@ mod tests {
             "sqlite:/tmp/x.db",
             "etcd:http://a:1,http://b:2",
             "etcd:http://a:1?prefix=/p",
+            "etcd:https://a:1?prefix=/p&cacert=/ca&cert=/c&key=/k",
+            "etcd:https://a:1?cacert=/ca",
         ] {
             let config = parse(text).expect("parses");
             assert_eq!(config.to_string(), text);

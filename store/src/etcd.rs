@@ -66,6 +66,7 @@ use crate::{
 };
 
 pub use self::client::EtcdStore;
+pub(crate) use self::client::connect_options;
 pub use self::error::EtcdError;
 
 use self::client::timed;

@@ -48,7 +48,7 @@ pub mod sqlite;
 #[cfg(feature = "testing")]
 pub mod testing;
 
-pub use config::{ConfigError, StoreConfig, open};
+pub use config::{ConfigError, EtcdTls, StoreConfig, open};
 
 /// The store-wide revision. Revision 0 is "before the first write"; the first write is 1.
 pub type Revision = i64;

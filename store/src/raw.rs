@@ -60,8 +60,20 @@ pub async fn raw_write_rate(
 ) -> Result<RawReport> {
     let concurrency = concurrency.max(1);
     match config {
-        StoreConfig::Etcd { endpoints, prefix } => {
-            etcd_rate(endpoints, prefix, objects, concurrency, value_size).await
+        StoreConfig::Etcd {
+            endpoints,
+            prefix,
+            tls,
+        } => {
+            etcd_rate(
+                endpoints,
+                prefix,
+                tls.as_ref(),
+                objects,
+                concurrency,
+                value_size,
+            )
+            .await
         }
         StoreConfig::Sqlite { path } => sqlite_rate(path, objects, concurrency, value_size).await,
     }
@@ -78,11 +90,13 @@ fn join_error(error: tokio::task::JoinError) -> StoreError {
 async fn etcd_rate(
     endpoints: &[String],
     prefix: &str,
+    tls: Option<&crate::EtcdTls>,
     objects: usize,
     concurrency: usize,
     value_size: usize,
 ) -> Result<RawReport> {
-    let client = etcd_client::Client::connect(endpoints, None)
+    let options = crate::etcd::connect_options(tls)?;
+    let client = etcd_client::Client::connect(endpoints, Some(options))
         .await
         .map_err(etcd_error)?;
     let scratch = format!("{prefix}/.raw-bench-{}/", std::process::id());

@@ -18,7 +18,7 @@ mod harness;
 
 use std::sync::Arc;
 
-pub use etcd_server::EtcdServer;
+pub use etcd_server::{EtcdServer, EtcdServerTls};
 pub use harness::Harness;
 
 use crate::DynStore;
@@ -52,14 +52,13 @@ pub async fn etcd_harness() -> Harness {
         Err(error) => panic!("starting etcd: {error}"),
     };
     let endpoints = vec![server.endpoint()];
-    let harness =
-        Harness::new(move || {
-            let endpoints = endpoints.clone();
-            async move {
-                Ok(Arc::new(EtcdStore::connect(&endpoints, "/conformance").await?) as DynStore)
-            }
-        })
-        .await;
+    let harness = Harness::new(move || {
+        let endpoints = endpoints.clone();
+        async move {
+            Ok(Arc::new(EtcdStore::connect(&endpoints, "/conformance", None).await?) as DynStore)
+        }
+    })
+    .await;
     match harness {
         Ok(harness) => harness.keep(server),
         Err(error) => panic!("connecting to etcd: {error:?}"),

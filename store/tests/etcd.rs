@@ -15,7 +15,7 @@ async fn an_unreachable_etcd_is_unavailable() {
     let endpoints = vec!["http://127.0.0.1:1".to_owned()];
     match tokio::time::timeout(
         Duration::from_secs(30),
-        EtcdStore::connect(&endpoints, "/x"),
+        EtcdStore::connect(&endpoints, "/x", None),
     )
     .await
     {
@@ -29,7 +29,7 @@ async fn an_unreachable_etcd_is_unavailable() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_etcd_is_unavailable_and_a_restarted_one_has_the_data() {
     let mut server = EtcdServer::start().await.expect("start etcd");
-    let store = EtcdStore::connect(&[server.endpoint()], "/kill")
+    let store = EtcdStore::connect(&[server.endpoint()], "/kill", None)
         .await
         .expect("connect");
     let kv = store

@@ -262,9 +262,10 @@ impl BenchStore {
             Some(text) => text.parse().map_err(|e| anyhow::anyhow!("--store: {e}"))?,
         };
         let config = match config {
-            StoreConfig::Etcd { endpoints, .. } => StoreConfig::Etcd {
+            StoreConfig::Etcd { endpoints, tls, .. } => StoreConfig::Etcd {
                 endpoints,
                 prefix: format!("/corral-bench-{}", rand::random::<u32>()),
+                tls,
             },
             other => other,
         };
@@ -285,7 +286,9 @@ impl BenchStore {
     fn for_the_rack(&self) -> corral_harness::Store {
         match &self.config {
             StoreConfig::Sqlite { path } => corral_harness::Store::Sqlite(path.clone()),
-            StoreConfig::Etcd { endpoints, prefix } => corral_harness::Store::Etcd {
+            StoreConfig::Etcd {
+                endpoints, prefix, ..
+            } => corral_harness::Store::Etcd {
                 endpoints: endpoints.clone(),
                 prefix: prefix.clone(),
             },

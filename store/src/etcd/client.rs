@@ -17,12 +17,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use etcd_client::{
-    Client, ConnectOptions, GetOptions, GetResponse, KvClient, TxnOpResponse, TxnResponse,
-    WatchClient,
+    Certificate, Client, ConnectOptions, GetOptions, GetResponse, Identity, KvClient, TlsOptions,
+    TxnOpResponse, TxnResponse, WatchClient,
 };
 
 use super::error::{EtcdError, Failure, classify, malformed, other};
-use crate::{KeyValue, Result, Revision, StoreError};
+use crate::{EtcdTls, KeyValue, Result, Revision, StoreError};
 
 /// How long a non-watch request may take before it is `Unavailable`.
 pub(super) const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -77,14 +77,41 @@ pub struct EtcdStore {
     pub(super) progress_is_ordered: bool,
 }
 
+/// The options every connection to etcd uses: timeouts, keep-alives and, when given, TLS
+/// (etcd's CA, and the client certificate for an etcd that asks for one). A TLS file that
+/// cannot be read is a `Backend` error naming it.
+pub(crate) fn connect_options(tls: Option<&EtcdTls>) -> Result<ConnectOptions> {
+    let mut options = ConnectOptions::new()
+        .with_connect_timeout(CONNECT_TIMEOUT)
+        .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5))
+        .with_keep_alive_while_idle(true);
+    if let Some(tls) = tls {
+        let read = |path: &std::path::Path| {
+            std::fs::read(path).map_err(|source| {
+                StoreError::Backend(Box::new(EtcdError::TlsFile {
+                    path: path.display().to_string(),
+                    source,
+                }))
+            })
+        };
+        let mut config = TlsOptions::new().ca_certificate(Certificate::from_pem(read(&tls.ca)?));
+        if let Some((cert, key)) = &tls.identity {
+            config = config.identity(Identity::from_pem(read(cert)?, read(key)?));
+        }
+        options = options.with_tls(config);
+    }
+    Ok(options)
+}
+
 impl EtcdStore {
-    /// Connects to `endpoints` and checks that etcd answers (an unreachable cluster is
-    /// `Unavailable`).
-    pub async fn connect(endpoints: &[String], prefix: &str) -> Result<EtcdStore> {
-        let options = ConnectOptions::new()
-            .with_connect_timeout(CONNECT_TIMEOUT)
-            .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5))
-            .with_keep_alive_while_idle(true);
+    /// Connects to `endpoints` (over TLS when `tls` is given) and checks that etcd answers (an
+    /// unreachable cluster, or one that refuses the handshake, is `Unavailable`).
+    pub async fn connect(
+        endpoints: &[String],
+        prefix: &str,
+        tls: Option<&EtcdTls>,
+    ) -> Result<EtcdStore> {
+        let options = connect_options(tls)?;
         let client = timed(Client::connect(endpoints, Some(options)))
             .await?
             .map_err(other)?;

@@ -25,6 +25,12 @@ pub enum EtcdError {
     WatchCanceled(String),
     #[error("etcd ended the watch stream")]
     WatchEnded,
+    #[error("reading {path} for TLS to etcd")]
+    TlsFile {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// What an etcd error means for the store.

@@ -3,7 +3,9 @@
 //! # Guarantees
 //!
 //! - [`EtcdServer::start`] returns only once `GET /health` reports healthy (within about 10 s);
-//!   a port taken between choosing and binding it is retried with new ports.
+//!   a port taken between choosing and binding it is retried with new ports. Health is asked
+//!   on etcd's metrics listener (plain HTTP on its own port), so a server that speaks only TLS
+//!   to its clients ([`EtcdServer::start_tls`]) is checked the same way.
 //! - The process never outlives its owner: `Drop` kills it (SIGKILL, then waits) and removes
 //!   the data directory, also when a test panics. If the test process itself dies (a timeout's
 //!   SIGKILL, a static that is never dropped), the kernel kills etcd: it is a
@@ -33,11 +35,24 @@ const DIRECTORY_PREFIX: &str = "corral-etcd-";
 const OWNER_FILE: &str = "owner.pid";
 const PORT_ATTEMPTS: usize = 5;
 
+/// The certificates of an etcd that speaks only TLS and authenticates its clients (PEM files).
+#[derive(Clone, Debug)]
+pub struct EtcdServerTls {
+    /// The CA that signed the serving certificate and the client certificates it accepts.
+    pub ca: PathBuf,
+    /// etcd's serving certificate and key (for 127.0.0.1).
+    pub serving: (PathBuf, PathBuf),
+    /// A client certificate and key [`EtcdServer::config`] hands its clients.
+    pub client: (PathBuf, PathBuf),
+}
+
 /// A running etcd. See the module docs.
 pub struct EtcdServer {
     process: Process,
     client_port: u16,
     peer_port: u16,
+    metrics_port: u16,
+    tls: Option<EtcdServerTls>,
     // Dropped last: the directory goes once the process is dead.
     root: tempfile::TempDir,
 }
@@ -45,6 +60,16 @@ pub struct EtcdServer {
 impl EtcdServer {
     /// Starts a new etcd and waits until it is healthy.
     pub async fn start() -> io::Result<EtcdServer> {
+        EtcdServer::start_with(None).await
+    }
+
+    /// Starts a new etcd that serves its clients only over TLS and only those with a client
+    /// certificate `tls.ca` signed (`--client-cert-auth`).
+    pub async fn start_tls(tls: EtcdServerTls) -> io::Result<EtcdServer> {
+        EtcdServer::start_with(Some(tls)).await
+    }
+
+    async fn start_with(tls: Option<EtcdServerTls>) -> io::Result<EtcdServer> {
         sweep_abandoned_directories();
         let root = tempfile::Builder::new()
             .prefix(DIRECTORY_PREFIX)
@@ -55,11 +80,13 @@ impl EtcdServer {
             process,
             client_port: 0,
             peer_port: 0,
+            metrics_port: 0,
+            tls,
             root,
         };
         let mut attempt = 1;
         loop {
-            (server.client_port, server.peer_port) = free_ports()?;
+            [server.client_port, server.peer_port, server.metrics_port] = free_ports()?;
             match server.launch().await {
                 Ok(()) => return Ok(server),
                 Err(error) if attempt < PORT_ATTEMPTS && server.port_was_taken() => {
@@ -88,14 +115,20 @@ impl EtcdServer {
     }
 
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.client_port)
     }
 
-    /// A store config for this server under `prefix`.
+    /// A store config for this server under `prefix` (with its client certificate, for a
+    /// server started with [`EtcdServer::start_tls`]).
     pub fn config(&self, prefix: &str) -> crate::StoreConfig {
         crate::StoreConfig::Etcd {
             endpoints: vec![self.endpoint()],
             prefix: prefix.to_owned(),
+            tls: self.tls.as_ref().map(|tls| crate::EtcdTls {
+                ca: tls.ca.clone(),
+                identity: Some(tls.client.clone()),
+            }),
         }
     }
 
@@ -125,9 +158,9 @@ impl EtcdServer {
     }
 
     async fn launch(&mut self) -> io::Result<()> {
-        let client_url = format!("http://127.0.0.1:{}", self.client_port);
+        let client_url = self.endpoint();
         let peer_url = format!("http://127.0.0.1:{}", self.peer_port);
-        let args: Vec<OsString> = vec![
+        let mut args: Vec<OsString> = vec![
             "--name".into(),
             "corral-test".into(),
             "--data-dir".into(),
@@ -150,7 +183,20 @@ impl EtcdServer {
             "stderr".into(),
             "--log-level".into(),
             "warn".into(),
+            "--listen-metrics-urls".into(),
+            format!("http://127.0.0.1:{}", self.metrics_port).into(),
         ];
+        if let Some(tls) = &self.tls {
+            args.extend([
+                "--cert-file".into(),
+                tls.serving.0.clone().into(),
+                "--key-file".into(),
+                tls.serving.1.clone().into(),
+                "--trusted-ca-file".into(),
+                tls.ca.clone().into(),
+                "--client-cert-auth".into(),
+            ]);
+        }
         self.process.start(&args).map_err(io::Error::other)?;
 
         let deadline = Instant::now() + HEALTH_TIMEOUT;
@@ -162,7 +208,7 @@ impl EtcdServer {
                     self.log_tail()
                 )));
             }
-            if healthy(self.client_port).await {
+            if healthy(self.metrics_port).await {
                 return Ok(());
             }
             if Instant::now() >= deadline {
@@ -224,11 +270,18 @@ fn etcd_binary() -> PathBuf {
     }
 }
 
-/// Two distinct free loopback ports (free when asked; see the retry in `start`).
-fn free_ports() -> io::Result<(u16, u16)> {
-    let first = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
-    let second = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
-    Ok((first.local_addr()?.port(), second.local_addr()?.port()))
+/// Three distinct free loopback ports (free when asked; see the retry in `start`).
+fn free_ports() -> io::Result<[u16; 3]> {
+    let listeners = [
+        TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?,
+        TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?,
+        TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?,
+    ];
+    let mut ports = [0; 3];
+    for (port, listener) in ports.iter_mut().zip(&listeners) {
+        *port = listener.local_addr()?.port();
+    }
+    Ok(ports)
 }
 
 /// `GET /health` answers `"health":"true"`.
