@@ -3,8 +3,11 @@
 //! [`raw_write_rate`] writes `objects` values of `value_size` bytes with `concurrency` writes in
 //! flight, with no Corral code in between:
 //!
-//! - **etcd**: plain etcd-client puts under a scratch prefix (`PREFIX/.raw-bench-…/`), deleted
-//!   afterwards (the deletion is not timed).
+//! - **etcd**: one create-if-absent transaction per value — compare `create_revision = 0`,
+//!   then put; what an API create is, a conditional write, with nothing else — under a scratch
+//!   prefix (`PREFIX/.raw-bench-…/`), deleted afterwards (the deletion is not timed).
+//!   [`etcd_blind_put_rate`] measures plain puts the same way, for information: etcd's ceiling
+//!   for writes that check nothing.
 //! - **SQLite**: one-row `INSERT` transactions, one per row, into a scratch table of a
 //!   *separate* database file next to the configured one (`PATH.raw-bench-PID`), with the
 //!   store's own settings (WAL, `synchronous=FULL`); the file is removed afterwards. Each row
@@ -65,10 +68,14 @@ pub async fn raw_write_rate(
             prefix,
             tls,
         } => {
-            etcd_rate(
+            let target = EtcdTarget {
                 endpoints,
                 prefix,
-                tls.as_ref(),
+                tls: tls.as_ref(),
+            };
+            etcd_rate(
+                target,
+                EtcdWrite::CreateIfAbsent,
                 objects,
                 concurrency,
                 value_size,
@@ -77,6 +84,54 @@ pub async fn raw_write_rate(
         }
         StoreConfig::Sqlite { path } => sqlite_rate(path, objects, concurrency, value_size).await,
     }
+}
+
+/// Plain etcd puts, measured as [`raw_write_rate`] measures its transactions; `None` for a
+/// store that is not etcd.
+pub async fn etcd_blind_put_rate(
+    config: &StoreConfig,
+    objects: usize,
+    concurrency: usize,
+    value_size: usize,
+) -> Result<Option<RawReport>> {
+    let StoreConfig::Etcd {
+        endpoints,
+        prefix,
+        tls,
+    } = config
+    else {
+        return Ok(None);
+    };
+    let target = EtcdTarget {
+        endpoints,
+        prefix,
+        tls: tls.as_ref(),
+    };
+    let report = etcd_rate(
+        target,
+        EtcdWrite::BlindPut,
+        objects,
+        concurrency.max(1),
+        value_size,
+    )
+    .await?;
+    Ok(Some(report))
+}
+
+/// Where the raw etcd writes go.
+struct EtcdTarget<'a> {
+    endpoints: &'a [String],
+    prefix: &'a str,
+    tls: Option<&'a crate::EtcdTls>,
+}
+
+/// What one raw etcd write is.
+#[derive(Clone, Copy)]
+enum EtcdWrite {
+    /// A transaction: compare `create_revision = 0`, then put.
+    CreateIfAbsent,
+    /// A put that checks nothing.
+    BlindPut,
 }
 
 fn etcd_error(error: etcd_client::Error) -> StoreError {
@@ -88,18 +143,17 @@ fn join_error(error: tokio::task::JoinError) -> StoreError {
 }
 
 async fn etcd_rate(
-    endpoints: &[String],
-    prefix: &str,
-    tls: Option<&crate::EtcdTls>,
+    target: EtcdTarget<'_>,
+    write: EtcdWrite,
     objects: usize,
     concurrency: usize,
     value_size: usize,
 ) -> Result<RawReport> {
-    let options = crate::etcd::connect_options(tls)?;
-    let client = etcd_client::Client::connect(endpoints, Some(options))
+    let options = crate::etcd::connect_options(target.tls)?;
+    let client = etcd_client::Client::connect(target.endpoints, Some(options))
         .await
         .map_err(etcd_error)?;
-    let scratch = format!("{prefix}/.raw-bench-{}/", std::process::id());
+    let scratch = format!("{}/.raw-bench-{}/", target.prefix, std::process::id());
     let value = vec![b'x'; value_size];
     let next = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
@@ -113,8 +167,27 @@ async fn etcd_rate(
                 if index >= objects {
                     return Ok::<_, etcd_client::Error>(());
                 }
-                kv.put(format!("{scratch}{index:09}"), value.clone(), None)
-                    .await?;
+                let key = format!("{scratch}{index:09}");
+                match write {
+                    EtcdWrite::BlindPut => {
+                        kv.put(key, value.clone(), None).await?;
+                    }
+                    EtcdWrite::CreateIfAbsent => {
+                        let txn = etcd_client::Txn::new()
+                            .when([etcd_client::Compare::create_revision(
+                                key.clone(),
+                                etcd_client::CompareOp::Equal,
+                                0,
+                            )])
+                            .and_then([etcd_client::TxnOp::put(key, value.clone(), None)]);
+                        let response = kv.txn(txn).await?;
+                        if !response.succeeded() {
+                            return Err(etcd_client::Error::InvalidArgs(
+                                "a scratch key of the raw benchmark already existed".into(),
+                            ));
+                        }
+                    }
+                }
             }
         });
     }

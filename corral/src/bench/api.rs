@@ -222,9 +222,16 @@ pub async fn api(args: ApiArgs) -> anyhow::Result<()> {
     std::fs::write(crd_dir.join("bench.yaml"), BENCH_CRD)?;
     let registry = Registry::load(Some(&crd_dir))?;
     let store = corral_store::open(&store_config).await?;
-    let running =
-        corral_apiserver::ApiServer::start(registry, store, corral_apiserver::Config::default())
-            .await?;
+    // As `corral up` runs it: with an audit trail (every create is one line of it).
+    let config = corral_apiserver::Config {
+        audit: Some(corral_apiserver::audit::AuditConfig {
+            path: scratch.path().join("audit.log"),
+            max_bytes: 100 * 1024 * 1024,
+            max_backups: 5,
+        }),
+        ..corral_apiserver::Config::default()
+    };
+    let running = corral_apiserver::ApiServer::start(registry, store, config).await?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let address: SocketAddr = listener.local_addr()?;
     let pki = scratch.path().join("pki");
@@ -300,6 +307,19 @@ pub async fn api(args: ApiArgs) -> anyhow::Result<()> {
         raw_kind(&store_config),
         meter.report()
     );
+    let meter = CpuMeter::start(etcd_pid);
+    let blind =
+        corral_store::raw::etcd_blind_put_rate(&store_config, args.objects, args.concurrency, 1024)
+            .await?;
+    if let Some(blind) = blind {
+        println!(
+            "  (for information: etcd blind puts {:>9.0} writes/s; {} in {:.2} s; {})",
+            blind.rate(),
+            blind.writes,
+            blind.elapsed.as_secs_f64(),
+            meter.report()
+        );
+    }
 
     // The earlier phases leave tens of thousands of revisions behind; a running API server
     // compacts its history every few minutes, so do what its compactor would before measuring
@@ -334,7 +354,7 @@ pub async fn api(args: ApiArgs) -> anyhow::Result<()> {
 fn raw_kind(config: &StoreConfig) -> &'static str {
     match config {
         StoreConfig::Sqlite { .. } => "sqlx one-row insert transactions",
-        StoreConfig::Etcd { .. } => "etcd-client puts",
+        StoreConfig::Etcd { .. } => "etcd-client create-if-absent transactions",
     }
 }
 
