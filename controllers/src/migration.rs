@@ -15,7 +15,8 @@
 //!
 //! # Assumptions
 //! - Only the leader runs this (see `lib.rs`); a restart at any `.await` re-plans from what
-//!   was written. The no-progress clock is in memory: a new leader starts it again.
+//!   was written. Every clock a decision reads is in the status (`startedAt`,
+//!   `progressedAt`), so a new leader decides as the old one would have.
 //!
 //! # Not responsible for
 //! Starting the target and the switch-or-abort (the instance controller), the transfer (the
@@ -65,8 +66,6 @@ pub struct MigrationController {
     /// Migrations this controller admitted, `namespace/name` → (source sled, target sled),
     /// until its cache shows them admitted.
     admitted: std::sync::Mutex<HashMap<String, (String, Option<String>)>>,
-    /// Migration uid → (bytes sent, since when) for the no-progress timeout.
-    progress: std::sync::Mutex<HashMap<String, (u64, Instant)>>,
 }
 
 fn is_under_way(migration: &Migration) -> bool {
@@ -101,7 +100,6 @@ pub async fn controller(
         admission: Arc::new(tokio::sync::Mutex::new(())),
         holds: Default::default(),
         admitted: Default::default(),
-        progress: Default::default(),
     };
     let by_instance = reconciler.migrations.clone();
     let controller = Controller::<MigrationController>::new(migrations, &board)
@@ -205,27 +203,6 @@ impl MigrationController {
             .collect()
     }
 
-    /// How long the transfer's bytes have not moved, as far as this controller has watched.
-    fn stalled_for(&self, migration: &Migration) -> Duration {
-        let Some(uid) = migration.uid() else {
-            return Duration::ZERO;
-        };
-        if !is_under_way(migration) {
-            return Duration::ZERO;
-        }
-        let sent = migration
-            .status
-            .as_ref()
-            .and_then(|s| s.progress.as_ref())
-            .map_or(0, |p| p.bytes_sent);
-        let mut progress = self.progress.lock().expect("progress lock");
-        let entry = progress.entry(uid).or_insert((sent, Instant::now()));
-        if entry.0 != sent {
-            *entry = (sent, Instant::now());
-        }
-        entry.1.elapsed()
-    }
-
     /// The Instance, from the cache or, if the cache lacks it, the API.
     async fn instance_of(&self, migration: &Migration) -> Result<Option<Arc<Instance>>, Error> {
         let namespace = migration.namespace().unwrap_or_default();
@@ -260,9 +237,6 @@ impl Reconciler for MigrationController {
     ) -> Result<Reconciled<MigrationStatus, NoAction>, Error> {
         let phase = migration.status.as_ref().and_then(|s| s.phase);
         if migration.is_finished() && !plan::awaits_measurement(&migration) {
-            if let Some(uid) = migration.uid() {
-                self.progress.lock().expect("progress lock").remove(&uid);
-            }
             return Ok(Reconciled::Wait(Wait::Settled, None));
         }
         let namespace = migration.namespace().unwrap_or_default();
@@ -286,7 +260,6 @@ impl Reconciler for MigrationController {
         let routes: Vec<Arc<VpcRoutes>> =
             vpcs.iter().filter_map(|vpc| self.routes.get(vpc)).collect();
         let siblings = self.siblings(&migration);
-        let stalled_for = self.stalled_for(&migration);
         let pending = phase.is_none_or(|p| p == MigrationPhase::Pending);
         if pending {
             // Given back by `cleanup`, once the plan's status write is done.
@@ -310,7 +283,6 @@ impl Reconciler for MigrationController {
             siblings: &siblings,
             routes: &routes,
             load: &load,
-            stalled_for,
             limits: self.config.limits,
             timeouts: self.config.timeouts,
             now: corral_client::clock::now(),

@@ -280,6 +280,11 @@ pub struct MigrationStatus {
     /// When the agents began the transfer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub transfer_started_at: Option<Time>,
+    /// When the transfer last moved: its `bytesSent` last grew (at first, the admission). The
+    /// no-progress timeout counts from here; kept in status, so a new leader of the controllers
+    /// goes on counting where the last one was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progressed_at: Option<Time>,
     /// When it reached its final phase.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<Time>,

@@ -136,8 +136,6 @@ pub struct Observed<'a> {
     /// The VpcRoutes of the instance's VPCs.
     pub routes: &'a [std::sync::Arc<VpcRoutes>],
     pub load: &'a Load,
-    /// How long the transfer has not moved, as far as this controller has watched.
-    pub stalled_for: Duration,
     pub limits: Limits,
     pub timeouts: Timeouts,
     pub now: Timestamp,
@@ -447,6 +445,7 @@ fn admit(
     status.source_sled = Some(source_sled);
     status.target_sled = migration.spec.target_sled.clone();
     status.started_at = Some(Time(observed.now));
+    status.progressed_at = Some(Time(observed.now));
     status.predicted = progress
         .as_ref()
         .and_then(|p| p.prediction().ok().flatten())
@@ -616,6 +615,15 @@ fn follow_live(
         && best.progress.bytes_sent > 0
     {
         let mut progress = best.progress.clone();
+        let sent_before = observed
+            .migration
+            .status
+            .as_ref()
+            .and_then(|s| s.progress.as_ref())
+            .map_or(0, |p| p.bytes_sent);
+        if progress.bytes_sent > sent_before {
+            plan.status.progressed_at = Some(Time(observed.now));
+        }
         if progress.memory_bytes == 0 {
             progress.memory_bytes = observed
                 .instance
@@ -635,6 +643,18 @@ fn ends<'a>(observed: &Observed<'a>) -> Vec<&'a corral_crds::VmmMigrationStatus>
         .filter_map(|vmm| vmm.status.as_ref()?.migration.as_ref())
         .filter(|m| m.migration == name)
         .collect()
+}
+
+/// How long the transfer has not moved at `now`: since `progressedAt`, else (a status written
+/// before that field existed) since the admission.
+pub fn stalled_for(status: &MigrationStatus, now: Timestamp) -> Duration {
+    status
+        .progressed_at
+        .as_ref()
+        .or(status.started_at.as_ref())
+        .map_or(Duration::ZERO, |since| {
+            Duration::try_from(now.duration_since(since.0)).unwrap_or_default()
+        })
 }
 
 /// Why the migration must stop, if it must.
@@ -707,10 +727,11 @@ fn abort_reason(observed: &Observed<'_>, plan: &Plan) -> Option<(Reason, String)
         }
     }
     // A restart sends no bytes: only the overall limit applies to it.
-    if live && observed.stalled_for > observed.timeouts.no_progress {
+    let stalled_for = stalled_for(status, observed.now);
+    if live && stalled_for > observed.timeouts.no_progress {
         return Some((
             Reason::Timeout,
-            format!("no progress for {} s", observed.stalled_for.as_secs()),
+            format!("no progress for {} s", stalled_for.as_secs()),
         ));
     }
     None

@@ -130,6 +130,7 @@ struct Case {
     siblings: Vec<Arc<Migration>>,
     routes: Vec<Arc<VpcRoutes>>,
     load: Load,
+    /// When set, the status says the transfer last moved this long before `now`.
     stalled_for: Duration,
     now: Timestamp,
 }
@@ -151,8 +152,16 @@ impl Case {
     }
 
     fn run(&self) -> Plan {
+        let mut migration = self.migration.clone();
+        if !self.stalled_for.is_zero() {
+            let since = self.now - jiff::SignedDuration::try_from(self.stalled_for).unwrap();
+            migration
+                .status
+                .get_or_insert_with(Default::default)
+                .progressed_at = Some(Time(since));
+        }
         plan(&Observed {
-            migration: &self.migration,
+            migration: &migration,
             instance: self.instance.as_ref(),
             source: self.source.as_ref(),
             target: self.target.as_ref(),
@@ -160,7 +169,6 @@ impl Case {
             siblings: &self.siblings,
             routes: &self.routes,
             load: &self.load,
-            stalled_for: self.stalled_for,
             limits: Limits::default(),
             timeouts: Timeouts::default(),
             now: self.now,
@@ -556,8 +564,20 @@ fn aborts_are_asked_for_once_and_never_decided_here() {
     target_down.sleds = vec![sled("sled-1", true, &[]), sled("sled-2", false, &[])];
     let mut late = transferring();
     late.now = at(60 + 4 * 20 + 1).0;
+    // The status already shows what the ends report, and says it last moved 21 s ago (the
+    // clock a new leader reads: nothing of it is in memory).
     let mut stalled = transferring();
+    stalled.migration.status = Some(stalled.run().status);
     stalled.stalled_for = Duration::from_secs(21);
+    // The same, but the ends report more bytes than the status: the transfer moved.
+    let mut moved = transferring();
+    let mut status = moved.run().status;
+    status.progress.as_mut().expect("progress").bytes_sent -= 1;
+    moved.migration.status = Some(status);
+    moved.stalled_for = Duration::from_secs(21);
+    let plan = moved.run();
+    assert!(plan.status.abort.is_none(), "{:?}", plan.status.abort);
+    assert_eq!(plan.status.progressed_at, Some(Time(moved.now)));
     for (case, reason) in [
         (cancelled, Reason::MigrationCancelled),
         (broken, Reason::TransferFailed),
