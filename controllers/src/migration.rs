@@ -26,13 +26,11 @@ pub mod plan;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
 
 use corral_crds::{Instance, Migration, MigrationPhase, MigrationStatus, Sled, Vmm, VpcRoutes};
 use kube::ResourceExt;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::kit::effects::key_of;
