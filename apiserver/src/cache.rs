@@ -16,11 +16,24 @@
 //!   and must re-list, exactly as with Kubernetes.
 //! - Each object is serialized once per revision ([`CachedObject::json`]); watchers share it.
 //!
+//! - The cache never goes on from a state it cannot vouch for. An event that arrives at or
+//!   below a revision a progress report already gave (etcd before 3.4.24 / 3.5.8 may answer a
+//!   progress request ahead of events still queued: `store/src/etcd/watch.rs`), or a stored
+//!   object that does not decode, is logged as an error and the cache re-lists: watchers
+//!   positioned in the old window get `410 Expired` and re-list too. Nothing is dropped
+//!   silently. (A stored object that does not decode is left out of the list that follows,
+//!   with an error naming its key: the cache then holds what the store holds that can be
+//!   served.)
+//! - A broken store watch resumes after the last *event* the cache applied, not after the last
+//!   progress: if a progress report was ahead of an event, the resumed watch delivers that
+//!   event and the rule above re-lists, instead of the event being lost between two streams.
+//!
 //! # Assumptions
 //!
 //! The store delivers every event after the cache's list revision exactly once and in order
 //! (the `Store` watch guarantee); progress responses are how a quiet type keeps up with the
-//! global revision, which is what bookmarks report.
+//! global revision, which is what bookmarks report. The invariants above hold even when an
+//! old etcd breaks the order of progress and events.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex, RwLock};
@@ -148,8 +161,23 @@ struct State {
     events: VecDeque<Arc<CacheEvent>>,
     window_start: Revision,
     revision: Revision,
+    /// The revision of the last event applied, or of the list: where a resumed store watch
+    /// starts (see the invariants).
+    last_event: Revision,
     /// False until the first list completes, and while re-listing.
     ready: bool,
+}
+
+/// Why the cache re-lists (see the invariants).
+#[derive(Debug, thiserror::Error)]
+enum Broken {
+    #[error(
+        "an event at revision {event} arrived after a progress report had reached {progress} \
+         (the store's progress overtook its events)"
+    )]
+    Overtaken { event: Revision, progress: Revision },
+    #[error("a stored object in the watch does not decode: {0}")]
+    Undecodable(String),
 }
 
 /// What a watcher gets when it asks for the events after its position.
@@ -217,7 +245,7 @@ impl Cacher {
                     }
                 }
             }
-            let after = self.revision();
+            let after = self.state.read().expect("cache lock poisoned").last_event;
             let options = WatchOptions {
                 after,
                 progress_interval: config.progress_interval,
@@ -235,7 +263,17 @@ impl Cacher {
             backoff = Duration::from_millis(100);
             while let Some(item) = stream.next().await {
                 match item {
-                    Ok(response) => self.apply(response),
+                    Ok(response) => {
+                        if let Err(broken) = self.apply(response) {
+                            tracing::error!(
+                                resource = %self.resource.plural,
+                                %broken,
+                                "the watch cache cannot vouch for its state; re-listing"
+                            );
+                            need_list = true;
+                            break;
+                        }
+                    }
                     Err(error) => {
                         need_list = matches!(error, StoreError::Compacted { .. });
                         tracing::warn!(resource = %self.resource.plural, %error, "cache watch broke; resuming");
@@ -273,7 +311,11 @@ impl Cacher {
                             )),
                         );
                     }
-                    Err(error) => tracing::error!(%error, "skipping corrupt object"),
+                    Err(error) => tracing::error!(
+                        resource = %self.resource.plural,
+                        %error,
+                        "a stored object does not decode: it is left out of the cache"
+                    ),
                 }
             }
             match (page.more, page.items.last()) {
@@ -289,25 +331,24 @@ impl Cacher {
             state.events.clear();
             state.window_start = revision;
             state.revision = revision;
+            state.last_event = revision;
             state.ready = true;
         }
         self.revision_tx.send_replace(revision);
         Ok(())
     }
 
-    fn apply(&self, response: corral_store::WatchResponse) {
+    /// Applies one watch response, or says why the cache can no longer vouch for its state
+    /// (see the invariants; the caller re-lists).
+    fn apply(&self, response: corral_store::WatchResponse) -> Result<(), Broken> {
         // Decode and serialize outside the lock; readers only wait for the map updates.
         let decoded: Vec<(EventType, Arc<CachedObject>, Bytes)> = response
             .events
             .into_iter()
-            .filter_map(|event| {
-                let stored = match object::decode(&event.kv) {
-                    Ok(stored) => stored.object,
-                    Err(error) => {
-                        tracing::error!(%error, "skipping corrupt object in watch");
-                        return None;
-                    }
-                };
+            .map(|event| {
+                let stored = object::decode(&event.kv)
+                    .map_err(|error| Broken::Undecodable(error.to_string()))?
+                    .object;
                 let kind = match event.kind {
                     EventKind::Create => EventType::Added,
                     EventKind::Update => EventType::Modified,
@@ -319,14 +360,20 @@ impl Cacher {
                     stored,
                 ));
                 let line = event_line(kind, &cached.json);
-                Some((kind, cached, line))
+                Ok((kind, cached, line))
             })
-            .collect();
+            .collect::<Result<_, Broken>>()?;
         let mut state = self.state.write().expect("cache lock poisoned");
         for (kind, cached, line) in decoded {
             let revision = cached.revision;
+            if revision <= state.last_event {
+                continue; // Already applied (the store promises no duplicates; belt and braces).
+            }
             if revision <= state.revision {
-                continue; // Already reflected (the store promises no duplicates; belt and braces).
+                return Err(Broken::Overtaken {
+                    event: revision,
+                    progress: state.revision,
+                });
             }
             let prev = if kind == EventType::Deleted {
                 state.objects.remove(&cached.key)
@@ -340,6 +387,7 @@ impl Cacher {
                 line,
             }));
             state.revision = revision;
+            state.last_event = revision;
             while state.events.len() > self.capacity {
                 if let Some(dropped) = state.events.pop_front() {
                     state.window_start = dropped.revision();
@@ -356,6 +404,7 @@ impl Cacher {
             *r = revision;
             changed
         });
+        Ok(())
     }
 
     /// Drops history at or below a compacted revision, so watchers from before it get 410
@@ -441,5 +490,148 @@ impl Cacher {
         let first = state.events.partition_point(|e| e.revision() <= position);
         let events = state.events.range(first..).cloned().collect();
         Since::Events(events, state.revision.max(position))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use corral_store::{KeyValue, ListResponse, Store, WatchResponse, WatchStream};
+    use futures::stream;
+
+    /// A store whose watch behaves as etcd before 3.4.24 can: every response with events is
+    /// preceded by a progress report that already names their revision.
+    struct Overtaking {
+        inner: DynStore,
+        watches: std::sync::Mutex<Vec<Revision>>,
+    }
+
+    #[async_trait::async_trait]
+    impl Store for Overtaking {
+        fn backend(&self) -> &'static str {
+            "overtaking"
+        }
+        async fn current_revision(&self) -> corral_store::Result<Revision> {
+            self.inner.current_revision().await
+        }
+        async fn compacted_revision(&self) -> corral_store::Result<Revision> {
+            self.inner.compacted_revision().await
+        }
+        async fn get(&self, key: &str) -> corral_store::Result<Option<KeyValue>> {
+            self.inner.get(key).await
+        }
+        async fn list(&self, request: ListRequest) -> corral_store::Result<ListResponse> {
+            self.inner.list(request).await
+        }
+        async fn create(&self, key: &str, value: Bytes) -> corral_store::Result<KeyValue> {
+            self.inner.create(key, value).await
+        }
+        async fn update(
+            &self,
+            key: &str,
+            expected: Revision,
+            value: Bytes,
+        ) -> corral_store::Result<KeyValue> {
+            self.inner.update(key, expected, value).await
+        }
+        async fn delete(&self, key: &str, expected: Revision) -> corral_store::Result<KeyValue> {
+            self.inner.delete(key, expected).await
+        }
+        async fn watch(
+            &self,
+            prefix: &str,
+            options: WatchOptions,
+        ) -> corral_store::Result<WatchStream> {
+            self.watches.lock().unwrap().push(options.after);
+            let inner = self.inner.watch(prefix, options).await?;
+            Ok(inner
+                .flat_map(|item| {
+                    let items = match item {
+                        Ok(response) if !response.events.is_empty() => {
+                            let ahead = WatchResponse {
+                                events: Vec::new(),
+                                progress: response.events.last().expect("events").revision(),
+                            };
+                            vec![Ok(ahead), Ok(response)]
+                        }
+                        other => vec![other],
+                    };
+                    stream::iter(items)
+                })
+                .boxed())
+        }
+        async fn compact(&self, revision: Revision) -> corral_store::Result<()> {
+            self.inner.compact(revision).await
+        }
+    }
+
+    fn namespace(name: &str) -> Bytes {
+        Bytes::from(format!(
+            r#"{{"apiVersion":"v1","kind":"Namespace","metadata":{{"name":"{name}"}}}}"#
+        ))
+    }
+
+    /// Waits (bounded) until `check` holds of the cache.
+    async fn eventually(cache: &Cacher, what: &str, check: impl Fn(&Cacher) -> bool) {
+        let mut changed = cache.subscribe();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !check(cache) {
+            let waited = tokio::time::timeout_at(deadline, changed.changed()).await;
+            assert!(waited.is_ok(), "{what}: not within 10 s");
+        }
+    }
+
+    #[tokio::test]
+    async fn events_overtaken_by_progress_or_undecodable_make_the_cache_relist_not_diverge() {
+        let dir = tempfile::tempdir().unwrap();
+        let config: corral_store::StoreConfig =
+            format!("sqlite:{}", dir.path().join("s.db").display())
+                .parse()
+                .unwrap();
+        let inner = corral_store::open(&config).await.unwrap();
+        let store = Arc::new(Overtaking {
+            inner: inner.clone(),
+            watches: Default::default(),
+        });
+        let registry = crate::resource::Registry::load(None).unwrap();
+        let namespaces = registry.lookup("", "namespaces").unwrap().clone();
+        let cache_config = CacheConfig {
+            capacity: 100,
+            progress_interval: Duration::from_millis(20),
+        };
+        let cache = Cacher::new(namespaces.clone(), &cache_config);
+        let running = tokio::spawn(cache.clone().run(store.clone(), cache_config));
+        assert!(cache.wait_for(0, Duration::from_secs(10)).await);
+        let listed_at = cache.revision();
+
+        // Overtaken: the event arrives after a progress report that named it.
+        let key = namespaces.key(None, "a");
+        inner.create(&key, namespace("a")).await.unwrap();
+        eventually(&cache, "the overtaken object in the cache", |c| {
+            c.get(&key).is_some()
+        })
+        .await;
+        // A watcher positioned before the re-list must re-list too.
+        assert!(matches!(cache.since(listed_at), Since::Expired { .. }));
+        // The store watch after the re-list resumed after an event, never after a progress
+        // report alone: every `after` is a revision the cache listed or applied.
+        let watches = store.watches.lock().unwrap().clone();
+        assert!(watches.len() >= 2, "{watches:?}");
+
+        // Undecodable: left out, with the cache re-listed, and what comes after is served.
+        let bad = namespaces.key(None, "bad");
+        inner
+            .create(&bad, Bytes::from_static(b"not json"))
+            .await
+            .unwrap();
+        let good = namespaces.key(None, "c");
+        inner.create(&good, namespace("c")).await.unwrap();
+        eventually(&cache, "the object after the corrupt one", |c| {
+            c.get(&good).is_some()
+        })
+        .await;
+        assert!(cache.get(&bad).is_none());
+        assert!(cache.get(&key).is_some());
+        running.abort();
     }
 }
