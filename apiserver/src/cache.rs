@@ -324,6 +324,11 @@ impl Cacher {
             }
         }
         let revision = revision.unwrap_or(0);
+        let resource = self.resource.plural.clone();
+        metrics::counter!(crate::metrics::CACHE_RELISTS, "resource" => resource.clone())
+            .increment(1);
+        metrics::gauge!(crate::metrics::CACHE_OBJECTS, "resource" => resource)
+            .set(objects.len() as f64);
         {
             let mut state = self.state.write().expect("cache lock poisoned");
             // Everything a watcher may have been positioned at is gone from the window.
@@ -364,6 +369,7 @@ impl Cacher {
             })
             .collect::<Result<_, Broken>>()?;
         let mut state = self.state.write().expect("cache lock poisoned");
+        let mut applied = 0u64;
         for (kind, cached, line) in decoded {
             let revision = cached.revision;
             if revision <= state.last_event {
@@ -388,6 +394,7 @@ impl Cacher {
             }));
             state.revision = revision;
             state.last_event = revision;
+            applied += 1;
             while state.events.len() > self.capacity {
                 if let Some(dropped) = state.events.pop_front() {
                     state.window_start = dropped.revision();
@@ -398,7 +405,15 @@ impl Cacher {
             state.revision = response.progress;
         }
         let revision = state.revision;
+        let objects = state.objects.len();
         drop(state);
+        if applied > 0 {
+            let resource = self.resource.plural.clone();
+            metrics::counter!(crate::metrics::CACHE_EVENTS, "resource" => resource.clone())
+                .increment(applied);
+            metrics::gauge!(crate::metrics::CACHE_OBJECTS, "resource" => resource)
+                .set(objects as f64);
+        }
         self.revision_tx.send_if_modified(|r| {
             let changed = *r != revision;
             *r = revision;

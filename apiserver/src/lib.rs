@@ -48,6 +48,7 @@ pub mod error;
 pub mod filter;
 mod gc;
 mod handlers;
+pub mod metrics;
 pub mod object;
 mod objects;
 mod openapi;
@@ -103,6 +104,7 @@ impl ApiServer {
         store: DynStore,
         config: Config,
     ) -> Result<Running, StartError> {
+        let store = metrics::MeteredStore::wrap(store);
         let mut state = ApiServer::new(registry, store.clone(), config.clone());
         if let Some(audit) = &config.audit {
             state.audit = Some(audit::Log::open(audit).map_err(|error| StartError::Audit {

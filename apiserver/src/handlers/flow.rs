@@ -161,6 +161,28 @@ impl Drop for WatchSlot {
     }
 }
 
+/// One request in `apiserver_current_inflight_requests` while it lives.
+struct InFlight(metrics::Gauge);
+
+impl InFlight {
+    fn new(kind: Kind) -> InFlight {
+        let label = if kind == Kind::Mutating {
+            "mutating"
+        } else {
+            "readOnly"
+        };
+        let gauge = metrics::gauge!(crate::metrics::INFLIGHT, "request_kind" => label);
+        gauge.increment(1.0);
+        InFlight(gauge)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
+    }
+}
+
 /// The middleware: limits each request per its kind (see the module docs).
 pub async fn limit(State(flow): State<Arc<Flow>>, request: Request, next: Next) -> Response {
     match kind(&request) {
@@ -188,6 +210,7 @@ pub async fn limit(State(flow): State<Arc<Flow>>, request: Request, next: Next) 
                 Ok(permit) => permit,
                 Err(error) => return error.into_response(),
             };
+            let _counted = InFlight::new(kind);
             match tokio::time::timeout(flow.request_timeout, next.run(request)).await {
                 Ok(response) => response,
                 Err(_) => ApiError::new(

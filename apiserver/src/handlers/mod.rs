@@ -29,6 +29,7 @@ pub mod audit;
 mod delete;
 mod discovery;
 pub mod flow;
+mod measure;
 mod openapi;
 mod patch;
 mod protobuf;
@@ -50,6 +51,15 @@ pub fn router(server: Arc<ApiServer>) -> Router {
         .route("/openapi/v3", get(openapi::index))
         .route("/openapi/v3/{*path}", get(openapi::document))
         .route("/audit", get(audit::read))
+        .route(
+            "/metrics",
+            get(|| async {
+                (
+                    [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                    crate::metrics::render(),
+                )
+            }),
+        )
         .fallback(dispatch)
         // Flow control inside authentication, as kube-apiserver's max-in-flight filter: a
         // request is counted once it is known who sent it.
@@ -63,6 +73,7 @@ pub fn router(server: Arc<ApiServer>) -> Router {
             server.clone(),
             audit::record,
         ))
+        .layer(axum::middleware::from_fn(measure::measure))
         .with_state(server)
         .layer(
             tower_http::trace::TraceLayer::new_for_http()

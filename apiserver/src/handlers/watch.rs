@@ -204,6 +204,14 @@ struct Watcher {
     pending: VecDeque<Bytes>,
     done: bool,
     shutdown: CancellationToken,
+    /// `apiserver_registered_watchers` of its resource, counting this watch while it lives.
+    registered: metrics::Gauge,
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        self.registered.decrement(1.0);
+    }
 }
 
 impl Watcher {
@@ -223,6 +231,11 @@ impl Watcher {
         let shutdown = request.server.shutdown.clone();
         let rx = cache.subscribe();
         let now = Instant::now();
+        let registered = metrics::gauge!(
+            crate::metrics::WATCHERS,
+            "resource" => request.resource.plural.clone()
+        );
+        registered.increment(1.0);
         Watcher {
             request: Arc::new(request),
             cache,
@@ -239,6 +252,7 @@ impl Watcher {
             pending: VecDeque::new(),
             done: false,
             shutdown,
+            registered,
         }
     }
 

@@ -13,6 +13,7 @@ mod discovery;
 mod errors;
 mod lists;
 mod metadata;
+mod metrics;
 mod namespaces;
 mod patch_apply;
 mod status;
