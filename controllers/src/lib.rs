@@ -89,11 +89,14 @@ pub async fn run(client: kube::Client, config: Config, shutdown: CancellationTok
         retry_period: config.retry_period,
         ..LeaseConfig::new(LEADER_LEASE.0, LEADER_LEASE.1, &config.identity)
     };
+    kit::outcome::describe_metrics();
+    metrics::gauge!(kit::outcome::LEADER).set(0.0);
     loop {
         let Some(leadership) = lease::acquire(&client, &lease_config, &shutdown).await else {
             return;
         };
         tracing::info!(identity = %config.identity, "leading: starting controllers");
+        metrics::gauge!(kit::outcome::LEADER).set(1.0);
         let lost = leadership.lost.clone();
         let board = &config.board;
         tokio::join!(
@@ -119,6 +122,7 @@ pub async fn run(client: kube::Client, config: Config, shutdown: CancellationTok
                 lost.clone()
             ),
         );
+        metrics::gauge!(kit::outcome::LEADER).set(0.0);
         if shutdown.is_cancelled() {
             leadership.release().await;
             return;

@@ -92,6 +92,7 @@ pub async fn run(client: kube::Client, board: Board, stop: CancellationToken) {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(PERIOD) => {}
         }
+        let started = tokio::time::Instant::now();
         let outcome = match activate(&reaper).await {
             Ok(counts) => {
                 if counts.reaped > 0 || counts.errors > 0 {
@@ -104,7 +105,9 @@ pub async fn run(client: kube::Client, board: Board, stop: CancellationToken) {
                 Outcome::failed(&error)
             }
         };
-        reaper.board.activated(Reaper::NAME, "all".into(), outcome);
+        reaper
+            .board
+            .activated(Reaper::NAME, "all".into(), outcome, started.elapsed());
     }
 }
 

@@ -384,25 +384,27 @@ async fn work(context: Arc<V2pController>, stop: CancellationToken) {
 
 /// Plans and writes every VPC of `batch`, [`PARALLEL`] at a time.
 async fn pass(context: &Arc<V2pController>, batch: BTreeSet<String>) {
-    let results: Vec<(String, Result<Counts, Error>)> = futures::stream::iter(batch)
-        .map(|vpc| {
-            let context = context.clone();
-            async move {
-                let result = reconcile(&vpc, &context).await;
-                (vpc, result)
-            }
-        })
-        .buffer_unordered(PARALLEL)
-        .collect()
-        .await;
-    for (vpc, result) in results {
+    let results: Vec<(String, Result<Counts, Error>, std::time::Duration)> =
+        futures::stream::iter(batch)
+            .map(|vpc| {
+                let context = context.clone();
+                async move {
+                    let started = tokio::time::Instant::now();
+                    let result = reconcile(&vpc, &context).await;
+                    (vpc, result, started.elapsed())
+                }
+            })
+            .buffer_unordered(PARALLEL)
+            .collect()
+            .await;
+    for (vpc, result, took) in results {
         let outcome = match &result {
             Ok(counts) => Outcome::applied(counts.did(), None, None),
             Err(error) => Outcome::failed(error),
         };
         context
             .board
-            .activated(V2pController::NAME, format!("vpc {vpc}"), outcome);
+            .activated(V2pController::NAME, format!("vpc {vpc}"), outcome, took);
         match result {
             Ok(counts) if counts != Counts::default() => tracing::debug!(%vpc, ?counts, "v2p"),
             Ok(_) => {}

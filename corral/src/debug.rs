@@ -1,6 +1,9 @@
 //! `/debug/controllers`: what each controller of this process did, as JSON (the controller
 //! kit's board: counts, the last outcome and the last failure, reconciles in flight, work
-//! queued). Served on its own listener (`--debug-listen`), never on the API server's port.
+//! queued), and `/metrics`: the process's series in the Prometheus text format (the
+//! controllers' reconciles, durations, queue depth and leadership; docs/controllers.md).
+//! Served on its own plain-HTTP listener (`--debug-listen`, loopback by default), never on the
+//! API server's port: bind it where only monitoring reaches.
 
 use std::net::SocketAddr;
 
@@ -20,13 +23,26 @@ pub async fn serve(
         .await
         .with_context(|| format!("binding the debug listener {listen}"))?;
     let address = listener.local_addr()?;
-    let router = axum::Router::new().route(
-        "/debug/controllers",
-        get(move || {
-            let board = board.clone();
-            async move { Json(board.snapshot()) }
-        }),
-    );
+    let router = axum::Router::new()
+        .route(
+            "/debug/controllers",
+            get(move || {
+                let board = board.clone();
+                async move { Json(board.snapshot()) }
+            }),
+        )
+        .route(
+            "/metrics",
+            get(|| async {
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "text/plain; version=0.0.4",
+                    )],
+                    corral_apiserver::metrics::render(),
+                )
+            }),
+        );
     let task = tokio::spawn(async move {
         let served = corral_node_agent::http::serve(listener, router, stop).await;
         if let Err(error) = served {

@@ -67,6 +67,8 @@ fn init_tracing(format: &str) {
 
 fn main() -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
+    // The process's metrics recorder, before anything records (`/metrics` renders it).
+    corral_apiserver::metrics::handle();
     let cli = Cli::parse();
     init_tracing(&cli.log_format);
     let runtime = tokio::runtime::Builder::new_multi_thread()

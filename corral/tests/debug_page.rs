@@ -1,6 +1,6 @@
 //! `corral controllers --debug-listen`: the real binary, against a real API server, serves
 //! each controller's outcomes at `/debug/controllers`, and they are the reconciles that
-//! happened.
+//! happened; and `/metrics`, whose series count them too and say the process leads.
 
 mod common;
 
@@ -89,5 +89,33 @@ async fn the_controllers_serve_what_each_reconcile_came_to() {
     // Unschedulable: every plan asks to look again soon (the instance controller's retry).
     assert_eq!(instance["last"]["outcome"]["requeueMs"], 2000, "{report}");
     assert_eq!(instance["inFlight"], 0, "{report}");
+
+    // The same reconciles as Prometheus series.
+    let text = http
+        .call("GET", &address, "/metrics", None)
+        .await
+        .expect("the controllers' metrics");
+    let text = String::from_utf8_lossy(&text);
+    let sample = |prefix: &str| -> Option<f64> {
+        text.lines()
+            .find(|line| line.starts_with(prefix))
+            .and_then(|line| line.rsplit_once(' '))
+            .and_then(|(_, value)| value.parse().ok())
+    };
+    let applied =
+        sample("corral_controller_reconciles_total{controller=\"instance\",result=\"applied\"}")
+            .unwrap_or_else(|| panic!("no applied reconciles of the instance controller:\n{text}"));
+    assert!(applied >= 1.0, "{text}");
+    assert_eq!(sample("corral_controllers_leader "), Some(1.0), "{text}");
+    assert!(
+        text.contains(
+            "corral_controller_reconcile_duration_seconds_bucket{controller=\"instance\""
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("corral_controller_queue_depth{controller=\"instance\"}"),
+        "{text}"
+    );
     controllers.stop(Duration::from_secs(5)).await;
 }

@@ -208,15 +208,21 @@ where
 {
     let key = key_of(object.as_ref());
     shared.board.started(R::NAME, &key);
+    let started = tokio::time::Instant::now();
     let result = decide_and_apply(&object, &shared).await;
     let (outcome, requeue) = match result {
         Ok(done) => done,
         Err(error) => {
-            shared.board.finished(R::NAME, key, Outcome::failed(&error));
+            let outcome = Outcome::failed(&error);
+            shared
+                .board
+                .finished(R::NAME, key, outcome, started.elapsed());
             return Err(error);
         }
     };
-    shared.board.finished(R::NAME, key, outcome);
+    shared
+        .board
+        .finished(R::NAME, key, outcome, started.elapsed());
     Ok(requeue)
 }
 

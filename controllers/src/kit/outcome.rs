@@ -145,6 +145,7 @@ impl Board {
     pub fn queued(&self, controller: &'static str, key: String) {
         self.with(controller, |entry| {
             entry.queued.insert(key);
+            queue_depth(controller, entry.queued.len());
         });
     }
 
@@ -153,19 +154,35 @@ impl Board {
         self.with(controller, |entry| {
             entry.queued.remove(key);
             entry.report.in_flight += 1;
+            queue_depth(controller, entry.queued.len());
         });
     }
 
-    /// A reconcile of `object` ended with `outcome`.
-    pub fn finished(&self, controller: &'static str, object: String, outcome: Outcome) {
+    /// A reconcile of `object` ended with `outcome` after `took`.
+    pub fn finished(
+        &self,
+        controller: &'static str,
+        object: String,
+        outcome: Outcome,
+        took: std::time::Duration,
+    ) {
+        measure(controller, &outcome, took);
         self.with(controller, |entry| {
             entry.report.in_flight = entry.report.in_flight.saturating_sub(1);
             record(&mut entry.report, object, outcome);
         });
     }
 
-    /// An activation (not a reconcile of one object: a V2P pass, a reaper scan) ended.
-    pub fn activated(&self, controller: &'static str, object: String, outcome: Outcome) {
+    /// An activation (not a reconcile of one object: a V2P pass, a reaper scan) ended after
+    /// `took`.
+    pub fn activated(
+        &self,
+        controller: &'static str,
+        object: String,
+        outcome: Outcome,
+        took: std::time::Duration,
+    ) {
+        measure(controller, &outcome, took);
         self.with(controller, |entry| {
             record(&mut entry.report, object, outcome)
         });
@@ -173,6 +190,7 @@ impl Board {
 
     /// Work waiting outside kube-runtime's queue (the V2P controller's dirty VPCs).
     pub fn set_queued(&self, controller: &'static str, queued: u64) {
+        queue_depth(controller, queued as usize);
         self.with(controller, |entry| {
             entry.queued.clear();
             entry.report.queued = queued;
@@ -193,6 +211,49 @@ impl Board {
             })
             .collect()
     }
+}
+
+/// The metric names (docs/controllers.md, "Metrics").
+pub const RECONCILES: &str = "corral_controller_reconciles_total";
+pub const RECONCILE_DURATION: &str = "corral_controller_reconcile_duration_seconds";
+pub const QUEUE_DEPTH: &str = "corral_controller_queue_depth";
+pub const LEADER: &str = "corral_controllers_leader";
+
+/// Counts and times one reconcile (or activation) by its result: `applied`, `waited`,
+/// `failed`.
+fn measure(controller: &'static str, outcome: &Outcome, took: std::time::Duration) {
+    let result = match outcome {
+        Outcome::Applied { .. } => "applied",
+        Outcome::Waited { .. } => "waited",
+        Outcome::Failed { .. } => "failed",
+    };
+    metrics::counter!(RECONCILES, "controller" => controller, "result" => result).increment(1);
+    metrics::histogram!(RECONCILE_DURATION, "controller" => controller).record(took.as_secs_f64());
+}
+
+/// Describes the controllers' series (their `# HELP` lines).
+pub fn describe_metrics() {
+    metrics::describe_counter!(
+        RECONCILES,
+        "Reconciles (and activations) ended, by controller and result: applied, waited, failed."
+    );
+    metrics::describe_histogram!(
+        RECONCILE_DURATION,
+        metrics::Unit::Seconds,
+        "How long reconciles took, by controller."
+    );
+    metrics::describe_gauge!(
+        QUEUE_DEPTH,
+        "Objects waiting for a reconcile, by controller."
+    );
+    metrics::describe_gauge!(
+        LEADER,
+        "1 while this process holds the controllers' leader Lease, else 0."
+    );
+}
+
+fn queue_depth(controller: &'static str, depth: usize) {
+    metrics::gauge!(QUEUE_DEPTH, "controller" => controller).set(depth as f64);
 }
 
 fn record(report: &mut Report, object: String, outcome: Outcome) {
@@ -225,6 +286,7 @@ mod tests {
             "drain",
             "d1".into(),
             Outcome::failed(&std::io::Error::other("refused")),
+            std::time::Duration::ZERO,
         );
         board.started("drain", "d1");
         board.finished(
@@ -233,6 +295,7 @@ mod tests {
             Outcome::Waited {
                 why: Wait::CachesListing,
             },
+            std::time::Duration::ZERO,
         );
         let report = &board.snapshot()["drain"];
         assert_eq!(
