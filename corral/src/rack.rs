@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
+use corral_client::tls::{KeyPairFiles, client_config, server_config};
 use corral_crds::Resources;
+use corral_node_agent::http::{Endpoints, Rule, authorize};
 use corral_node_agent::qemu::{Accel, QemuConfig};
 use corral_node_agent::sim::{SimSled, SimSledConfig, SimTiming, SledHandle, StartMode};
 use corral_node_agent::{AgentConfig, PowerControllers, power_controller_url};
@@ -122,6 +124,91 @@ impl SledArgs {
     }
 }
 
+/// How the sleds' own endpoints (fault, migration, power) are served (docs/security.md, "The
+/// sleds' endpoints").
+#[derive(Clone, Debug)]
+pub enum SledSecurity {
+    /// HTTPS with the certificates of a `corral certs` directory: each sled serves with
+    /// `node-SLED-serving.crt` and calls other sleds as `node-SLED.crt`, the power controllers
+    /// serve with `power-controller.crt`; callers are verified against `ca.crt`.
+    Pki(PathBuf),
+    /// Plain HTTP, anyone may call (a rack whose API server runs `--insecure-http`).
+    InsecureHttp,
+}
+
+impl SledSecurity {
+    /// The endpoints of sled `sled`.
+    fn sled(&self, sled: &str) -> anyhow::Result<Endpoints> {
+        let SledSecurity::Pki(dir) = self else {
+            return Ok(Endpoints::InsecureHttp);
+        };
+        let ca = dir.join("ca.crt");
+        let serving = KeyPairFiles::in_dir(dir, &format!("node-{sled}-serving"));
+        let identity = KeyPairFiles::in_dir(dir, &format!("node-{sled}"));
+        Ok(Endpoints::Tls {
+            server: server_config(&serving, &ca)
+                .with_context(|| format!("the serving certificate of {sled}"))?,
+            client: client_config(&ca, Some(&identity))
+                .with_context(|| format!("the identity of {sled}"))?,
+        })
+    }
+
+    /// The endpoints of the power controllers.
+    fn power_controllers(&self) -> anyhow::Result<Endpoints> {
+        let SledSecurity::Pki(dir) = self else {
+            return Ok(Endpoints::InsecureHttp);
+        };
+        let ca = dir.join("ca.crt");
+        let serving = KeyPairFiles::in_dir(dir, "power-controller");
+        Ok(Endpoints::Tls {
+            server: server_config(&serving, &ca)
+                .context("the power controllers' serving certificate")?,
+            client: client_config(&ca, None).context("the rack's CA")?,
+        })
+    }
+}
+
+/// `--pki DIR` or `--insecure-http`: how a sled's endpoints are served.
+#[derive(clap::Args, Clone, Debug)]
+pub struct EndpointArgs {
+    /// The `corral certs` directory the sleds' endpoints are served from over HTTPS:
+    /// `node-SLED-serving.crt`/`.key` for a sled's fault and migration API,
+    /// `power-controller.crt`/`.key` for its power controller, `ca.crt` to verify callers,
+    /// `node-SLED.crt`/`.key` to call other sleds with.
+    #[arg(long, required_unless_present = "insecure_http")]
+    pki: Option<PathBuf>,
+    /// Serve the sleds' endpoints over plain HTTP, to anyone: only beside an API server run
+    /// with --insecure-http, on loopback. This gives up encryption and every check of who
+    /// calls (faults, power, migrations).
+    #[arg(long, conflicts_with = "pki")]
+    insecure_http: bool,
+}
+
+impl EndpointArgs {
+    fn security(&self) -> SledSecurity {
+        match &self.pki {
+            Some(dir) => SledSecurity::Pki(dir.clone()),
+            None => {
+                tracing::warn!(
+                    "serving the sleds' endpoints over plain HTTP (--insecure-http): no encryption, anyone may call them"
+                );
+                SledSecurity::InsecureHttp
+            }
+        }
+    }
+}
+
+/// The routes of power controllers: power to `system:masters` and the controllers, the
+/// simulated faults to `system:masters` only.
+fn power_routes(power: axum::Router, faults: axum::Router) -> axum::Router {
+    authorize(
+        power,
+        Rule::MastersOrControllers,
+        "use the power controller",
+    )
+    .merge(authorize(faults, Rule::Masters, "inject power faults"))
+}
+
 /// The name of the `index`th simulated sled (1-based).
 pub fn sled_name(index: usize) -> String {
     format!("sled-{index}")
@@ -150,12 +237,12 @@ impl SledClients {
 }
 
 /// Starts `count` simulated sleds under `data_dir/sleds/NAME`, each with a fault API on a free
-/// loopback port and its agent's own client (`agents`), and registers their power controllers
-/// (served at `power_url`) with `client`.
+/// loopback port served as `security` says and its agent's own client (`agents`), and
+/// registers their power controllers (served at `power_url`) with `client`.
 #[allow(clippy::too_many_arguments)]
 pub async fn start_sleds(
     client: &kube::Client,
-    agents: &SledClients,
+    (agents, security): (&SledClients, &SledSecurity),
     count: usize,
     data_dir: &Path,
     sled: &SledArgs,
@@ -169,6 +256,7 @@ pub async fn start_sleds(
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let mut config = sled.sled_config(&agents.client(&name).await?, &name, &dir);
         config.fault_listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
+        config.endpoints = security.sled(&name)?;
         config.agent.power_controller_url = power_url.map(|url| power_controller_url(url, &name));
         config.agent.failure_domain = Some(format!("shelf-{}", (index - 1) / 8 + 1));
         if let Some(url) = &config.agent.power_controller_url {
@@ -225,11 +313,14 @@ async fn point_at_power_controller(
 pub async fn serve_power(
     listener: tokio::net::TcpListener,
     controllers: PowerControllers<SledHandle>,
+    endpoints: Endpoints,
     stop: CancellationToken,
 ) -> std::io::Result<()> {
-    let router = corral_node_agent::power::router(controllers.clone())
-        .merge(corral_node_agent::sim::power_faults::router(controllers));
-    corral_node_agent::http::serve(listener, router, stop).await
+    let router = power_routes(
+        corral_node_agent::power::router(controllers.clone()),
+        corral_node_agent::sim::power_faults::router(controllers),
+    );
+    corral_node_agent::http::serve(listener, router, endpoints, stop).await
 }
 
 async fn shutdown_sleds(controllers: &PowerControllers<SledHandle>) {
@@ -306,10 +397,13 @@ pub async fn up(mut args: UpArgs) -> anyhow::Result<()> {
         corral_client::connect(Some(&pki.join("controllers.kubeconfig"))).await?;
 
     let controllers_stop = CancellationToken::new();
-    let config = controllers_config(
-        Duration::from_secs(15),
-        corral_controllers::DEFAULT_CONCURRENCY,
-    );
+    let config = corral_controllers::Config {
+        power_tls: Some(crate::controllers::power_tls(&pki)?),
+        ..controllers_config(
+            Duration::from_secs(15),
+            corral_controllers::DEFAULT_CONCURRENCY,
+        )
+    };
     let (debug_address, debug) = crate::debug::serve(
         args.debug_listen,
         config.board.clone(),
@@ -325,10 +419,11 @@ pub async fn up(mut args: UpArgs) -> anyhow::Result<()> {
     let power_listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
         .await
         .context("binding the power controllers' port")?;
-    let power_url = format!("http://{}", power_listener.local_addr()?);
+    let power_url = format!("https://{}", power_listener.local_addr()?);
+    let security = SledSecurity::Pki(pki.clone());
     let sleds = start_sleds(
         &client,
-        &SledClients::Dir(pki.clone()),
+        (&SledClients::Dir(pki.clone()), &security),
         args.sleds,
         &data_dir,
         &args.sled,
@@ -340,6 +435,7 @@ pub async fn up(mut args: UpArgs) -> anyhow::Result<()> {
     let power = tokio::spawn(serve_power(
         power_listener,
         sleds.clone(),
+        security.power_controllers()?,
         power_stop.clone(),
     ));
 
@@ -414,6 +510,8 @@ pub struct NodeAgentArgs {
     #[arg(long = "label", value_parser = parse_label)]
     labels: Vec<(String, String)>,
     #[command(flatten)]
+    endpoints: EndpointArgs,
+    #[command(flatten)]
     sled_args: SledArgs,
 }
 
@@ -431,7 +529,9 @@ pub async fn node_agent(args: NodeAgentArgs) -> anyhow::Result<()> {
     let mut config = args
         .sled_args
         .sled_config(&client, &args.sled, &args.data_dir);
+    let security = args.endpoints.security();
     config.fault_listen = args.fault_listen;
+    config.endpoints = security.sled(&args.sled)?;
     config.agent.failure_domain = args.failure_domain;
     config.agent.labels = args.labels.into_iter().collect::<BTreeMap<_, _>>();
     let power_listener = match args.power_listen {
@@ -442,8 +542,9 @@ pub async fn node_agent(args: NodeAgentArgs) -> anyhow::Result<()> {
         ),
         None => None,
     };
+    let power_endpoints = security.power_controllers()?;
     if let Some(listener) = &power_listener {
-        let url = format!("http://{}", listener.local_addr()?);
+        let url = format!("{}://{}", power_endpoints.scheme(), listener.local_addr()?);
         // The API server may be down while the sled boots: the sled comes up anyway, and its
         // Sled learns the address once the API answers.
         let inventory = match &args.inventory_kubeconfig {
@@ -466,11 +567,12 @@ pub async fn node_agent(args: NodeAgentArgs) -> anyhow::Result<()> {
     tracing::info!(sled = %args.sled, fault = ?sled.fault_address(), "node-agent running");
     let stop = CancellationToken::new();
     let power = power_listener.map(|listener| {
-        let router = corral_node_agent::power::sled_router(sled.clone()).merge(
+        let router = power_routes(
+            corral_node_agent::power::sled_router(sled.clone()),
             corral_node_agent::sim::power_faults::sled_router(sled.clone()),
         );
-        let stop = stop.clone();
-        tokio::spawn(corral_node_agent::http::serve(listener, router, stop))
+        let serve = corral_node_agent::http::serve(listener, router, power_endpoints, stop.clone());
+        tokio::spawn(serve)
     });
     shutdown_signal().await;
     sled.shutdown().await;
@@ -503,6 +605,8 @@ pub struct PowerSimArgs {
     #[arg(long)]
     cold_start: bool,
     #[command(flatten)]
+    endpoints: EndpointArgs,
+    #[command(flatten)]
     sled: SledArgs,
 }
 
@@ -514,7 +618,9 @@ pub async fn power_sim(mut args: PowerSimArgs) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;
-    let url = format!("http://{}", listener.local_addr()?);
+    let security = args.endpoints.security();
+    let power_endpoints = security.power_controllers()?;
+    let url = format!("{}://{}", power_endpoints.scheme(), listener.local_addr()?);
     let mode = if args.cold_start {
         StartMode::ColdStart
     } else {
@@ -526,7 +632,7 @@ pub async fn power_sim(mut args: PowerSimArgs) -> anyhow::Result<()> {
     };
     let sleds = start_sleds(
         &client,
-        &agents,
+        (&agents, &security),
         args.sleds,
         &args.data_dir,
         &args.sled,
@@ -537,7 +643,12 @@ pub async fn power_sim(mut args: PowerSimArgs) -> anyhow::Result<()> {
     tracing::info!(sleds = args.sleds, power = %url, "power-sim running");
     println!("power controllers at {url}");
     let stop = CancellationToken::new();
-    let power = tokio::spawn(serve_power(listener, sleds.clone(), stop.clone()));
+    let power = tokio::spawn(serve_power(
+        listener,
+        sleds.clone(),
+        power_endpoints,
+        stop.clone(),
+    ));
     shutdown_signal().await;
     shutdown_sleds(&sleds).await;
     stop.cancel();
