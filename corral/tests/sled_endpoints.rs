@@ -235,8 +235,8 @@ async fn target_checks_the_source(rack: &Rack) {
     .err()
     .expect("a plain-HTTP address is refused");
     assert!(error.contains("over TLS only"), "{error}");
-    // The right sled: the request goes through, and the source answers it (an unreadable
-    // body, from an authorized caller).
+    // The right sled: the request goes through, and the source answers it (400: the body is
+    // not a transfer request).
     let answer = ask_source(&endpoints, &format!("https://{sled_2}"), "sled-2", body)
         .await
         .unwrap_or_else(|error| panic!("asking sled-2: {error}"));

@@ -22,6 +22,10 @@
 //!   same with either host: [`Rack::partition`], [`Rack::hang`],
 //!   [`Rack::power_controller_unresponsive`], [`Rack::power_off`] and their ends (docs/rack.md,
 //!   "The fault-injection API of a simulated sled"). Each is written to the fault schedule.
+//! - Every sled's endpoints are HTTPS with the rack's certificates (`--pki`, docs/security.md
+//!   "The sleds' endpoints"); the rack asks them as `admin` unless told another identity
+//!   ([`Rack::sled_request`]), and runs its controllers with `--pki` so they reach the power
+//!   controllers.
 //!
 //! # Layout of its directory
 //! `kubeconfig`, `apiserver.log`, `controllers-N.log`, `sled-N.log` or `power-sim.log`, the
