@@ -178,24 +178,58 @@ pub struct EndpointArgs {
     #[arg(long, required_unless_present = "insecure_http")]
     pki: Option<PathBuf>,
     /// Serve the sleds' endpoints over plain HTTP, to anyone: only beside an API server run
-    /// with --insecure-http, on loopback. This gives up encryption and every check of who
-    /// calls (faults, power, migrations).
+    /// with --insecure-http (refused when the kubeconfig names an https:// server), on
+    /// loopback. This gives up encryption and every check of who calls (faults, power,
+    /// migrations).
     #[arg(long, conflicts_with = "pki")]
     insecure_http: bool,
 }
 
 impl EndpointArgs {
-    fn security(&self) -> SledSecurity {
-        match &self.pki {
-            Some(dir) => SledSecurity::Pki(dir.clone()),
-            None => {
-                tracing::warn!(
-                    "serving the sleds' endpoints over plain HTTP (--insecure-http): no encryption, anyone may call them"
-                );
-                SledSecurity::InsecureHttp
-            }
+    /// How the endpoints are served; plain HTTP only when the API server named by
+    /// `kubeconfig` (the agents' own) is plain HTTP too.
+    fn security(&self, kubeconfig: Option<&Path>) -> anyhow::Result<SledSecurity> {
+        if let Some(dir) = &self.pki {
+            return Ok(SledSecurity::Pki(dir.clone()));
         }
+        let server = api_server_url(kubeconfig)?;
+        anyhow::ensure!(
+            server.starts_with("http://"),
+            "--insecure-http serves the sleds' endpoints over plain HTTP, only beside an API server run with --insecure-http; {server} is not: give --pki DIR"
+        );
+        tracing::warn!(
+            "serving the sleds' endpoints over plain HTTP (--insecure-http): no encryption, anyone may call them"
+        );
+        Ok(SledSecurity::InsecureHttp)
     }
+}
+
+/// The API server's URL in the current context of `kubeconfig` (default: $KUBECONFIG,
+/// ~/.kube/config).
+fn api_server_url(kubeconfig: Option<&Path>) -> anyhow::Result<String> {
+    let config = match kubeconfig {
+        Some(path) => kube::config::Kubeconfig::read_from(path)
+            .with_context(|| format!("reading {}", path.display()))?,
+        None => kube::config::Kubeconfig::read().context("reading the kubeconfig")?,
+    };
+    let current = config
+        .current_context
+        .as_deref()
+        .context("the kubeconfig has no current context")?;
+    let cluster = config
+        .contexts
+        .iter()
+        .find(|named| named.name == current)
+        .and_then(|named| named.context.as_ref())
+        .map(|context| context.cluster.as_str())
+        .with_context(|| format!("the kubeconfig has no context {current}"))?;
+    config
+        .clusters
+        .iter()
+        .find(|named| named.name == cluster)
+        .and_then(|named| named.cluster.as_ref())
+        .and_then(|cluster| cluster.server.clone())
+        .with_context(|| format!("the kubeconfig names no server for cluster {cluster}"))
 }
 
 /// The routes of power controllers: power to `system:masters` and the controllers, the
@@ -529,7 +563,7 @@ pub async fn node_agent(args: NodeAgentArgs) -> anyhow::Result<()> {
     let mut config = args
         .sled_args
         .sled_config(&client, &args.sled, &args.data_dir);
-    let security = args.endpoints.security();
+    let security = args.endpoints.security(args.kubeconfig.as_deref())?;
     config.fault_listen = args.fault_listen;
     config.endpoints = security.sled(&args.sled)?;
     config.agent.failure_domain = args.failure_domain;
@@ -618,7 +652,7 @@ pub async fn power_sim(mut args: PowerSimArgs) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;
-    let security = args.endpoints.security();
+    let security = args.endpoints.security(args.kubeconfig.as_deref())?;
     let power_endpoints = security.power_controllers()?;
     let url = format!("{}://{}", power_endpoints.scheme(), listener.local_addr()?);
     let mode = if args.cold_start {

@@ -10,7 +10,9 @@
 //!   Vmm is placed, and `admin`; the agent of that sled gets past authorization (to the
 //!   source's own checks);
 //! - a target agent refuses a server whose certificate names another sled than the source
-//!   (a Sled whose `agentAddress` points elsewhere), and a plain-HTTP address.
+//!   (a Sled whose `agentAddress` points elsewhere), and a plain-HTTP address;
+//! - a client certificate of another CA does not get through the handshake;
+//! - `corral node-agent --insecure-http` refuses to start beside an HTTPS API server.
 
 mod common;
 
@@ -42,15 +44,9 @@ async fn each_sled_endpoint_serves_only_its_callers() {
     rack.start(Duration::from_secs(60))
         .await
         .expect("the rack starts");
-    let pki = rack.apiserver().pki().to_path_buf();
-    let certs = std::process::Command::new(common::corral())
-        .args(["certs", "--dir"])
-        .arg(&pki)
-        .args(["--server", &rack.apiserver().base_url()])
-        .args(["--user", "alice:corral:tenants"])
-        .output()
-        .expect("corral certs runs");
-    assert!(certs.status.success(), "corral certs: {certs:?}");
+    let server = rack.apiserver().base_url();
+    let alice = ["--server", &server, "--user", "alice:corral:tenants"];
+    certs(rack.apiserver().pki(), &alice);
 
     fault_api(&rack).await;
     power_api(&rack).await;
@@ -109,6 +105,57 @@ async fn fault_api(rack: &Rack) {
 
     let (status, body) = ask(rack, "sled-1", SledDoor::Agent, heartbeat, None).await;
     assert_eq!((status, body.as_str()), (200, "{\"paused\":false}"));
+
+    // An `admin` of another CA, offered by a client that trusts the rack's CA: the sled ends
+    // the handshake.
+    let other = rack.dir().join("other-pki");
+    certs(&other, &[]);
+    let mixed = rack.dir().join("mixed-pki");
+    std::fs::create_dir_all(&mixed).expect("a directory");
+    std::fs::copy(rack.apiserver().pki().join("ca.crt"), mixed.join("ca.crt")).expect("the CA");
+    for file in ["admin.crt", "admin.key"] {
+        std::fs::copy(other.join(file), mixed.join(file)).expect("the other admin");
+    }
+    let foreign = ClientTls::from_pki(&mixed, Some("admin")).expect("the mixed identity");
+    let refused = request_over_tls(&foreign, address, "GET", "/heartbeat", "").await;
+    assert!(refused.is_err(), "{refused:?}");
+}
+
+/// `corral certs --dir DIR` with `extra` flags.
+fn certs(dir: &std::path::Path, extra: &[&str]) {
+    let output = std::process::Command::new(common::corral())
+        .args(["certs", "--dir"])
+        .arg(dir)
+        .args(extra)
+        .output()
+        .expect("corral certs runs");
+    assert!(output.status.success(), "corral certs: {output:?}");
+}
+
+#[test]
+fn plain_http_sleds_are_refused_beside_an_https_api_server() {
+    let scratch = Scratch::temporary("corral-insecure-sled-").expect("a scratch directory");
+    let pki = scratch.path().join("pki");
+    certs(&pki, &["--node", "sled-1"]);
+    let output = std::process::Command::new(common::corral())
+        .args([
+            "node-agent",
+            "--sled",
+            "sled-1",
+            "--insecure-http",
+            "--data-dir",
+        ])
+        .arg(scratch.path().join("sled-1"))
+        .arg("--kubeconfig")
+        .arg(pki.join("node-sled-1.kubeconfig"))
+        .output()
+        .expect("corral node-agent runs");
+    assert!(!output.status.success(), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("only beside an API server run with --insecure-http"),
+        "{stderr}"
+    );
 }
 
 async fn power_api(rack: &Rack) {
