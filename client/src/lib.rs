@@ -1,7 +1,7 @@
 //! What every Corral client shares — controllers, node-agents and `corralctl` alike: how to
 //! reach the API server ([`connect`]), the one clock ([`clock`]), Events ([`events`]), Leases
-//! for heartbeats and leader election ([`lease`]), and "already done is success"
-//! ([`idempotent`]).
+//! for heartbeats and leader election ([`lease`]), "already done is success"
+//! ([`idempotent`]), and TLS to the sleds' own endpoints ([`tls`]).
 //!
 //! **Invariant:** talks to the API server only; never names the store.
 
@@ -10,6 +10,7 @@ pub mod clock;
 pub mod events;
 pub mod idempotent;
 pub mod lease;
+pub mod tls;
 
 use std::path::Path;
 

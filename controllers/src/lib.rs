@@ -61,6 +61,9 @@ pub struct Config {
     pub migration: migration::Config,
     /// The grace, storm guard and evacuation rate of the sled-health controller.
     pub sled_health: sled_health::Config,
+    /// What the sled-health controller presents to `https://` power controllers: the rack's
+    /// CA and the controllers' identity (`None`: it reaches only `http://` ones).
+    pub power_tls: Option<std::sync::Arc<rustls::ClientConfig>>,
     /// Where every controller's outcomes go (`/debug/controllers`).
     pub board: kit::Board,
 }
@@ -75,6 +78,7 @@ impl Default for Config {
             identity: lease::identity("controllers"),
             migration: migration::Config::default(),
             sled_health: sled_health::Config::default(),
+            power_tls: None,
             board: kit::Board::default(),
         }
     }
@@ -117,7 +121,7 @@ pub async fn run(client: kube::Client, config: Config, shutdown: CancellationTok
             v2p::controller(client.clone(), board.clone(), lost.clone()),
             sled_health::controller(
                 client.clone(),
-                config.sled_health,
+                (config.sled_health, config.power_tls.clone()),
                 board.clone(),
                 lost.clone()
             ),

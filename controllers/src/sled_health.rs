@@ -94,7 +94,7 @@ pub struct SledHealthController {
 /// Runs the controller until `stop` fires; returns when every reconcile has finished.
 pub async fn controller(
     client: kube::Client,
-    config: Config,
+    (config, power_tls): (Config, Option<Arc<rustls::ClientConfig>>),
     board: Board,
     stop: CancellationToken,
 ) {
@@ -109,7 +109,7 @@ pub async fn controller(
         leases: leases.cache(),
         vmms: vmms.cache(),
         heartbeats: Heartbeats::default(),
-        power: PowerClient::new(config.power_timeout),
+        power: PowerClient::new(config.power_timeout, power_tls),
         last_power: Mutex::default(),
         last_storm: Mutex::default(),
         releases: Mutex::new(Bucket::new(config.evacuation_rate)),

@@ -7,17 +7,21 @@
 //! |---|---|
 //! | `ca.crt`, `ca.key` | the CA (ECDSA P-256, 10 years); every client and server trusts `ca.crt` |
 //! | `apiserver.crt`, `apiserver.key` | the API server's serving certificate (its host names and IPs) |
+//! | `node-SLED-serving.crt`, `.key` | the serving certificate of sled SLED's endpoints (fault, migration): CN `system:node:SLED`, O `system:nodes`, the same hosts |
+//! | `power-controller.crt`, `.key` | the power controllers' serving certificate: CN `system:corral:power-controller`, the same hosts |
 //! | `NAME.crt`, `NAME.key`, `NAME.kubeconfig` | a client identity: CN = user, O = groups |
 //!
 //! The identities are Kubernetes' conventions: `admin` in `system:masters` (all rights),
 //! `system:corral:controllers` for the controllers, `system:node:SLED` in `system:nodes` for
-//! each sled's agent.
+//! each sled's agent — as a client, and (like a kubelet's serving certificate) as the server
+//! of the sled's own endpoints.
 //!
 //! # Invariants
 //!
 //! - Idempotent: an existing CA is kept (so every certificate it issued stays valid); an
 //!   existing client certificate is kept while it has more than 30 days left; the serving
-//!   certificate is issued again whenever asked, for exactly the names asked.
+//!   certificates are issued again whenever asked, for exactly the names asked (a server that
+//!   still holds the previous one stays valid: the CA is the same).
 //! - Keys are written `0600` before anything refers to them; a kubeconfig embeds its
 //!   credentials, so it is a secret as well (`0600`).
 
@@ -37,6 +41,9 @@ use corral_apiserver::auth::{identities, x509};
 const CA_DAYS: i64 = 10 * 365;
 const LEAF_DAYS: i64 = 365;
 const RENEW_BEFORE_DAYS: i64 = 30;
+
+/// The CN of the power controllers' serving certificate.
+pub const POWER_CONTROLLER_USER: &str = "system:corral:power-controller";
 
 /// The rack's CA, opened from (or created in) its directory.
 pub struct Pki {
@@ -90,10 +97,38 @@ impl Pki {
     /// Issues the API server's serving certificate for `hosts` (DNS names or IP addresses),
     /// replacing the previous one; returns (cert, key) paths.
     pub fn serving(&self, hosts: &[String]) -> anyhow::Result<ClientFiles> {
+        self.server("apiserver", "corral-apiserver", &[], hosts)
+    }
+
+    /// Issues the serving certificate of sled `sled`'s endpoints, `node-SLED-serving.crt`:
+    /// CN `system:node:SLED`, O `system:nodes` (a kubelet's serving certificate), for `hosts`.
+    pub fn node_serving(&self, sled: &str, hosts: &[String]) -> anyhow::Result<ClientFiles> {
+        self.server(
+            &format!("node-{sled}-serving"),
+            &identities::node_user(sled),
+            &[identities::NODES_GROUP],
+            hosts,
+        )
+    }
+
+    /// Issues the power controllers' serving certificate, `power-controller.crt`, for `hosts`.
+    pub fn power_controller_serving(&self, hosts: &[String]) -> anyhow::Result<ClientFiles> {
+        self.server("power-controller", POWER_CONTROLLER_USER, &[], hosts)
+    }
+
+    /// A serving certificate `file` for `hosts` (DNS names or IP addresses), naming `user` in
+    /// `groups`, replacing the previous one.
+    fn server(
+        &self,
+        file: &str,
+        user: &str,
+        groups: &[&str],
+        hosts: &[String],
+    ) -> anyhow::Result<ClientFiles> {
         let mut params = CertificateParams::new(hosts.to_vec())?;
-        params.distinguished_name = name("corral-apiserver", &[]);
+        params.distinguished_name = name(user, groups);
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        self.issue("apiserver", params)
+        self.issue(file, params)
     }
 
     /// A client identity `user` in `groups`, kept in `NAME.crt`/`NAME.key`.
@@ -238,7 +273,9 @@ pub struct CertsArgs {
     /// 127.0.0.1, ::1 and the host of --server).
     #[arg(long = "host")]
     pub hosts: Vec<String>,
-    /// Issue the identity of this sled's agent (`node-SLED.kubeconfig`); repeatable.
+    /// Issue the identity of this sled's agent (`node-SLED.kubeconfig`) and the serving
+    /// certificate of its endpoints (`node-SLED-serving.crt`, for the same hosts as the API
+    /// server's); repeatable.
     #[arg(long = "node")]
     pub nodes: Vec<String>,
     /// Issue a user identity, `NAME` or `NAME:GROUP[,GROUP...]` (`NAME.kubeconfig`);
@@ -247,8 +284,9 @@ pub struct CertsArgs {
     pub users: Vec<String>,
 }
 
-/// What `corral certs` (and `corral up`) make: the CA, the serving certificate, and the
-/// kubeconfigs of `admin`, the controllers, each node and each user asked for.
+/// What `corral certs` (and `corral up`) make: the CA, the serving certificates (the API
+/// server's, the power controllers', each node's), and the kubeconfigs of `admin`, the
+/// controllers, each node and each user asked for.
 pub fn make(args: &CertsArgs) -> anyhow::Result<Vec<PathBuf>> {
     let pki = Pki::open_or_create(&args.dir)?;
     let mut hosts: Vec<String> = vec!["localhost".into(), "127.0.0.1".into(), "::1".into()];
@@ -259,6 +297,7 @@ pub fn make(args: &CertsArgs) -> anyhow::Result<Vec<PathBuf>> {
     hosts.sort();
     hosts.dedup();
     pki.serving(&hosts)?;
+    pki.power_controller_serving(&hosts)?;
     let mut written = Vec::new();
     let admin = pki.client("admin", "admin", &[identities::MASTERS_GROUP])?;
     written.push(pki.kubeconfig("admin", &args.server, &admin)?);
@@ -266,6 +305,7 @@ pub fn make(args: &CertsArgs) -> anyhow::Result<Vec<PathBuf>> {
     written.push(pki.kubeconfig("controllers", &args.server, &controllers)?);
     for sled in &args.nodes {
         let node = pki.node(sled)?;
+        pki.node_serving(sled, &hosts)?;
         written.push(pki.kubeconfig(&format!("node-{sled}"), &args.server, &node)?);
     }
     for spec in &args.users {
@@ -339,6 +379,14 @@ mod tests {
             x509::subject_of_pem(&read(&dir.path().join("node-sled-1.crt")).unwrap()).unwrap();
         assert_eq!(node.common_name, "system:node:sled-1");
         assert_eq!(node.organizations, vec!["system:nodes"]);
+        let serving =
+            x509::subject_of_pem(&read(&dir.path().join("node-sled-1-serving.crt")).unwrap())
+                .unwrap();
+        assert_eq!(serving.common_name, "system:node:sled-1");
+        assert_eq!(serving.organizations, vec!["system:nodes"]);
+        let power =
+            x509::subject_of_pem(&read(&dir.path().join("power-controller.crt")).unwrap()).unwrap();
+        assert_eq!(power.common_name, POWER_CONTROLLER_USER);
         let alice = read(&dir.path().join("alice.crt")).unwrap();
         assert_eq!(
             x509::subject_of_pem(&alice).unwrap().organizations,

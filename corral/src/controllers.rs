@@ -5,6 +5,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use anyhow::Context;
+
 use crate::command::{parse_duration, shutdown_signal};
 
 #[derive(clap::Args, Clone)]
@@ -18,6 +20,11 @@ pub struct ControllersArgs {
     /// How long the leader Lease lasts without renewal; a survivor takes over after it.
     #[arg(long, default_value = "15s", value_parser = parse_duration)]
     pub(crate) lease_duration: Duration,
+    /// The `corral certs` directory whose `ca.crt` and `controllers.crt`/`.key` the
+    /// sled-health controller calls `https://` power controllers with (without it, it reaches
+    /// only `http://` ones).
+    #[arg(long)]
+    pub(crate) pki: Option<PathBuf>,
     /// Serve `/debug/controllers` (each controller's last outcome, errors, work queued) here.
     #[arg(long)]
     pub(crate) debug_listen: Option<SocketAddr>,
@@ -65,6 +72,14 @@ impl SledHealthArgs {
     }
 }
 
+/// What the controllers present to power controllers: the CA of the `corral certs` directory
+/// `pki` and the controllers' identity in it.
+pub fn power_tls(pki: &std::path::Path) -> anyhow::Result<std::sync::Arc<rustls::ClientConfig>> {
+    let identity = corral_client::tls::KeyPairFiles::in_dir(pki, "controllers");
+    corral_client::tls::client_config(&pki.join("ca.crt"), Some(&identity))
+        .context("the controllers' identity for power controllers")
+}
+
 /// Leader lease timing scaled from its duration, in Kubernetes' proportions (15 s / 10 s / 2 s).
 pub fn controllers_config(
     lease_duration: Duration,
@@ -84,6 +99,7 @@ pub async fn run_controllers(args: ControllersArgs) -> anyhow::Result<()> {
     let shutdown = tokio_util::sync::CancellationToken::new();
     let config = corral_controllers::Config {
         sled_health: args.sled_health.config(),
+        power_tls: args.pki.as_deref().map(power_tls).transpose()?,
         ..controllers_config(args.lease_duration, args.concurrency)
     };
     if let Some(point) = args.crash_at {

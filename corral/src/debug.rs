@@ -44,7 +44,9 @@ pub async fn serve(
             }),
         );
     let task = tokio::spawn(async move {
-        let served = corral_node_agent::http::serve(listener, router, stop).await;
+        // A read-only page of what the controllers did, on loopback by default.
+        let plain = corral_node_agent::http::Endpoints::InsecureHttp;
+        let served = corral_node_agent::http::serve(listener, router, plain, stop).await;
         if let Err(error) = served {
             tracing::warn!(%error, "debug listener stopped");
         }

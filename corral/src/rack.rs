@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
+use corral_client::tls::{KeyPairFiles, client_config, server_config};
 use corral_crds::Resources;
+use corral_node_agent::http::{Endpoints, Rule, authorize};
 use corral_node_agent::qemu::{Accel, QemuConfig};
 use corral_node_agent::sim::{SimSled, SimSledConfig, SimTiming, SledHandle, StartMode};
 use corral_node_agent::{AgentConfig, PowerControllers, power_controller_url};
@@ -122,6 +124,125 @@ impl SledArgs {
     }
 }
 
+/// How the sleds' own endpoints (fault, migration, power) are served (docs/security.md, "The
+/// sleds' endpoints").
+#[derive(Clone, Debug)]
+pub enum SledSecurity {
+    /// HTTPS with the certificates of a `corral certs` directory: each sled serves with
+    /// `node-SLED-serving.crt` and calls other sleds as `node-SLED.crt`, the power controllers
+    /// serve with `power-controller.crt`; callers are verified against `ca.crt`.
+    Pki(PathBuf),
+    /// Plain HTTP, anyone may call (a rack whose API server runs `--insecure-http`).
+    InsecureHttp,
+}
+
+impl SledSecurity {
+    /// The endpoints of sled `sled`.
+    fn sled(&self, sled: &str) -> anyhow::Result<Endpoints> {
+        let SledSecurity::Pki(dir) = self else {
+            return Ok(Endpoints::InsecureHttp);
+        };
+        let ca = dir.join("ca.crt");
+        let serving = KeyPairFiles::in_dir(dir, &format!("node-{sled}-serving"));
+        let identity = KeyPairFiles::in_dir(dir, &format!("node-{sled}"));
+        Ok(Endpoints::Tls {
+            server: server_config(&serving, &ca)
+                .with_context(|| format!("the serving certificate of {sled}"))?,
+            client: client_config(&ca, Some(&identity))
+                .with_context(|| format!("the identity of {sled}"))?,
+        })
+    }
+
+    /// The endpoints of the power controllers.
+    fn power_controllers(&self) -> anyhow::Result<Endpoints> {
+        let SledSecurity::Pki(dir) = self else {
+            return Ok(Endpoints::InsecureHttp);
+        };
+        let ca = dir.join("ca.crt");
+        let serving = KeyPairFiles::in_dir(dir, "power-controller");
+        Ok(Endpoints::Tls {
+            server: server_config(&serving, &ca)
+                .context("the power controllers' serving certificate")?,
+            client: client_config(&ca, None).context("the rack's CA")?,
+        })
+    }
+}
+
+/// `--pki DIR` or `--insecure-http`: how a sled's endpoints are served.
+#[derive(clap::Args, Clone, Debug)]
+pub struct EndpointArgs {
+    /// The `corral certs` directory the sleds' endpoints are served from over HTTPS:
+    /// `node-SLED-serving.crt`/`.key` for a sled's fault and migration API,
+    /// `power-controller.crt`/`.key` for its power controller, `ca.crt` to verify callers,
+    /// `node-SLED.crt`/`.key` to call other sleds with.
+    #[arg(long, required_unless_present = "insecure_http")]
+    pki: Option<PathBuf>,
+    /// Serve the sleds' endpoints over plain HTTP, to anyone: only beside an API server run
+    /// with --insecure-http (refused when the kubeconfig names an https:// server), on
+    /// loopback. This gives up encryption and every check of who calls (faults, power,
+    /// migrations).
+    #[arg(long, conflicts_with = "pki")]
+    insecure_http: bool,
+}
+
+impl EndpointArgs {
+    /// How the endpoints are served; plain HTTP only when the API server named by
+    /// `kubeconfig` (the agents' own) is plain HTTP too.
+    fn security(&self, kubeconfig: Option<&Path>) -> anyhow::Result<SledSecurity> {
+        if let Some(dir) = &self.pki {
+            return Ok(SledSecurity::Pki(dir.clone()));
+        }
+        let server = api_server_url(kubeconfig)?;
+        anyhow::ensure!(
+            server.starts_with("http://"),
+            "--insecure-http serves the sleds' endpoints over plain HTTP, only beside an API server run with --insecure-http; {server} is not: give --pki DIR"
+        );
+        tracing::warn!(
+            "serving the sleds' endpoints over plain HTTP (--insecure-http): no encryption, anyone may call them"
+        );
+        Ok(SledSecurity::InsecureHttp)
+    }
+}
+
+/// The API server's URL in the current context of `kubeconfig` (default: $KUBECONFIG,
+/// ~/.kube/config).
+fn api_server_url(kubeconfig: Option<&Path>) -> anyhow::Result<String> {
+    let config = match kubeconfig {
+        Some(path) => kube::config::Kubeconfig::read_from(path)
+            .with_context(|| format!("reading {}", path.display()))?,
+        None => kube::config::Kubeconfig::read().context("reading the kubeconfig")?,
+    };
+    let current = config
+        .current_context
+        .as_deref()
+        .context("the kubeconfig has no current context")?;
+    let cluster = config
+        .contexts
+        .iter()
+        .find(|named| named.name == current)
+        .and_then(|named| named.context.as_ref())
+        .map(|context| context.cluster.as_str())
+        .with_context(|| format!("the kubeconfig has no context {current}"))?;
+    config
+        .clusters
+        .iter()
+        .find(|named| named.name == cluster)
+        .and_then(|named| named.cluster.as_ref())
+        .and_then(|cluster| cluster.server.clone())
+        .with_context(|| format!("the kubeconfig names no server for cluster {cluster}"))
+}
+
+/// The routes of power controllers: power to `system:masters` and the controllers, the
+/// simulated faults to `system:masters` only.
+fn power_routes(power: axum::Router, faults: axum::Router) -> axum::Router {
+    authorize(
+        power,
+        Rule::MastersOrControllers,
+        "use the power controller",
+    )
+    .merge(authorize(faults, Rule::Masters, "inject power faults"))
+}
+
 /// The name of the `index`th simulated sled (1-based).
 pub fn sled_name(index: usize) -> String {
     format!("sled-{index}")
@@ -150,12 +271,12 @@ impl SledClients {
 }
 
 /// Starts `count` simulated sleds under `data_dir/sleds/NAME`, each with a fault API on a free
-/// loopback port and its agent's own client (`agents`), and registers their power controllers
-/// (served at `power_url`) with `client`.
+/// loopback port served as `security` says and its agent's own client (`agents`), and
+/// registers their power controllers (served at `power_url`) with `client`.
 #[allow(clippy::too_many_arguments)]
 pub async fn start_sleds(
     client: &kube::Client,
-    agents: &SledClients,
+    (agents, security): (&SledClients, &SledSecurity),
     count: usize,
     data_dir: &Path,
     sled: &SledArgs,
@@ -169,6 +290,7 @@ pub async fn start_sleds(
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let mut config = sled.sled_config(&agents.client(&name).await?, &name, &dir);
         config.fault_listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
+        config.endpoints = security.sled(&name)?;
         config.agent.power_controller_url = power_url.map(|url| power_controller_url(url, &name));
         config.agent.failure_domain = Some(format!("shelf-{}", (index - 1) / 8 + 1));
         if let Some(url) = &config.agent.power_controller_url {
@@ -225,11 +347,14 @@ async fn point_at_power_controller(
 pub async fn serve_power(
     listener: tokio::net::TcpListener,
     controllers: PowerControllers<SledHandle>,
+    endpoints: Endpoints,
     stop: CancellationToken,
 ) -> std::io::Result<()> {
-    let router = corral_node_agent::power::router(controllers.clone())
-        .merge(corral_node_agent::sim::power_faults::router(controllers));
-    corral_node_agent::http::serve(listener, router, stop).await
+    let router = power_routes(
+        corral_node_agent::power::router(controllers.clone()),
+        corral_node_agent::sim::power_faults::router(controllers),
+    );
+    corral_node_agent::http::serve(listener, router, endpoints, stop).await
 }
 
 async fn shutdown_sleds(controllers: &PowerControllers<SledHandle>) {
@@ -310,10 +435,13 @@ pub async fn up(mut args: UpArgs) -> anyhow::Result<()> {
         corral_client::connect(Some(&pki.join("controllers.kubeconfig"))).await?;
 
     let controllers_stop = CancellationToken::new();
-    let config = controllers_config(
-        Duration::from_secs(15),
-        corral_controllers::DEFAULT_CONCURRENCY,
-    );
+    let config = corral_controllers::Config {
+        power_tls: Some(crate::controllers::power_tls(&pki)?),
+        ..controllers_config(
+            Duration::from_secs(15),
+            corral_controllers::DEFAULT_CONCURRENCY,
+        )
+    };
     let (debug_address, debug) = crate::debug::serve(
         args.debug_listen,
         config.board.clone(),
@@ -329,10 +457,11 @@ pub async fn up(mut args: UpArgs) -> anyhow::Result<()> {
     let power_listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
         .await
         .context("binding the power controllers' port")?;
-    let power_url = format!("http://{}", power_listener.local_addr()?);
+    let power_url = format!("https://{}", power_listener.local_addr()?);
+    let security = SledSecurity::Pki(pki.clone());
     let sleds = start_sleds(
         &client,
-        &SledClients::Dir(pki.clone()),
+        (&SledClients::Dir(pki.clone()), &security),
         args.sleds,
         &data_dir,
         &args.sled,
@@ -344,6 +473,7 @@ pub async fn up(mut args: UpArgs) -> anyhow::Result<()> {
     let power = tokio::spawn(serve_power(
         power_listener,
         sleds.clone(),
+        security.power_controllers()?,
         power_stop.clone(),
     ));
 
@@ -418,6 +548,8 @@ pub struct NodeAgentArgs {
     #[arg(long = "label", value_parser = parse_label)]
     labels: Vec<(String, String)>,
     #[command(flatten)]
+    endpoints: EndpointArgs,
+    #[command(flatten)]
     sled_args: SledArgs,
 }
 
@@ -435,7 +567,9 @@ pub async fn node_agent(args: NodeAgentArgs) -> anyhow::Result<()> {
     let mut config = args
         .sled_args
         .sled_config(&client, &args.sled, &args.data_dir);
+    let security = args.endpoints.security(args.kubeconfig.as_deref())?;
     config.fault_listen = args.fault_listen;
+    config.endpoints = security.sled(&args.sled)?;
     config.agent.failure_domain = args.failure_domain;
     config.agent.labels = args.labels.into_iter().collect::<BTreeMap<_, _>>();
     let power_listener = match args.power_listen {
@@ -446,8 +580,9 @@ pub async fn node_agent(args: NodeAgentArgs) -> anyhow::Result<()> {
         ),
         None => None,
     };
+    let power_endpoints = security.power_controllers()?;
     if let Some(listener) = &power_listener {
-        let url = format!("http://{}", listener.local_addr()?);
+        let url = format!("{}://{}", power_endpoints.scheme(), listener.local_addr()?);
         // The API server may be down while the sled boots: the sled comes up anyway, and its
         // Sled learns the address once the API answers.
         let inventory = match &args.inventory_kubeconfig {
@@ -470,11 +605,12 @@ pub async fn node_agent(args: NodeAgentArgs) -> anyhow::Result<()> {
     tracing::info!(sled = %args.sled, fault = ?sled.fault_address(), "node-agent running");
     let stop = CancellationToken::new();
     let power = power_listener.map(|listener| {
-        let router = corral_node_agent::power::sled_router(sled.clone()).merge(
+        let router = power_routes(
+            corral_node_agent::power::sled_router(sled.clone()),
             corral_node_agent::sim::power_faults::sled_router(sled.clone()),
         );
-        let stop = stop.clone();
-        tokio::spawn(corral_node_agent::http::serve(listener, router, stop))
+        let serve = corral_node_agent::http::serve(listener, router, power_endpoints, stop.clone());
+        tokio::spawn(serve)
     });
     shutdown_signal().await;
     sled.shutdown().await;
@@ -507,6 +643,8 @@ pub struct PowerSimArgs {
     #[arg(long)]
     cold_start: bool,
     #[command(flatten)]
+    endpoints: EndpointArgs,
+    #[command(flatten)]
     sled: SledArgs,
 }
 
@@ -518,7 +656,9 @@ pub async fn power_sim(mut args: PowerSimArgs) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;
-    let url = format!("http://{}", listener.local_addr()?);
+    let security = args.endpoints.security(args.kubeconfig.as_deref())?;
+    let power_endpoints = security.power_controllers()?;
+    let url = format!("{}://{}", power_endpoints.scheme(), listener.local_addr()?);
     let mode = if args.cold_start {
         StartMode::ColdStart
     } else {
@@ -530,7 +670,7 @@ pub async fn power_sim(mut args: PowerSimArgs) -> anyhow::Result<()> {
     };
     let sleds = start_sleds(
         &client,
-        &agents,
+        (&agents, &security),
         args.sleds,
         &args.data_dir,
         &args.sled,
@@ -541,7 +681,12 @@ pub async fn power_sim(mut args: PowerSimArgs) -> anyhow::Result<()> {
     tracing::info!(sleds = args.sleds, power = %url, "power-sim running");
     println!("power controllers at {url}");
     let stop = CancellationToken::new();
-    let power = tokio::spawn(serve_power(listener, sleds.clone(), stop.clone()));
+    let power = tokio::spawn(serve_power(
+        listener,
+        sleds.clone(),
+        power_endpoints,
+        stop.clone(),
+    ));
     shutdown_signal().await;
     shutdown_sleds(&sleds).await;
     stop.cancel();

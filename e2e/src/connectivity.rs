@@ -206,16 +206,21 @@ impl Running {
     }
 }
 
-/// Starts checking every `interval` until stopped.
-pub fn start(client: kube::Client, interval: Duration) -> Running {
+/// Starts checking every `interval` until stopped, asking the sleds with `http`.
+pub fn start(client: kube::Client, http: Http, interval: Duration) -> Running {
     let stop = CancellationToken::new();
-    let task = tokio::spawn(run(client, interval, stop.clone()));
+    let task = tokio::spawn(run(client, http, interval, stop.clone()));
     Running { stop, task }
 }
 
-/// Checks every `interval` until `stop`; returns the report.
-pub async fn run(client: kube::Client, interval: Duration, stop: CancellationToken) -> Report {
-    let http = Http::new();
+/// Checks every `interval` until `stop`, asking the sleds' fault APIs with `http` (which must
+/// present an identity in `system:masters` to a rack served over TLS); returns the report.
+pub async fn run(
+    client: kube::Client,
+    http: Http,
+    interval: Duration,
+    stop: CancellationToken,
+) -> Report {
     let mut tracker = Tracker::default();
     loop {
         let started = Instant::now();

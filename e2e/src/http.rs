@@ -1,10 +1,16 @@
-//! A small HTTP client for the agents' APIs (plain HTTP on loopback), with a bound on every
+//! A small HTTP client for the agents' APIs — HTTPS with a client certificate the rack's CA
+//! signed ([`Http::with_tls`]), or plain HTTP for a plain-HTTP rack — with a bound on every
 //! request so that a hung agent cannot stall a checker round.
+//!
+//! An address is a URL's start (`https://HOST:PORT`, as `Sled.status.agentAddress` says) or a
+//! bare `HOST:PORT`, which is plain HTTP.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -53,7 +59,7 @@ pub enum HttpError {
 /// A pooled HTTP/1 client.
 #[derive(Clone)]
 pub struct Http {
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
 }
 
 impl Default for Http {
@@ -63,13 +69,37 @@ impl Default for Http {
 }
 
 impl Http {
+    /// Plain HTTP only.
     pub fn new() -> Http {
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default protocol versions")
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+        Http::build(config, false)
+    }
+
+    /// HTTPS as `tls` says (the rack's CA, an identity), and plain HTTP.
+    pub fn with_tls(tls: &rustls::ClientConfig) -> Http {
+        Http::build(tls.clone(), true)
+    }
+
+    fn build(tls: rustls::ClientConfig, https: bool) -> Http {
+        let mut http = HttpConnector::new();
+        http.enforce_http(!https);
+        let connector = HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
         Http {
-            client: Client::builder(TokioExecutor::new()).build_http(),
+            client: Client::builder(TokioExecutor::new()).build(connector),
         }
     }
 
-    /// `method` `http://{address}{path}` with an optional JSON body; the body of a 2xx answer.
+    /// `method` `{address}{path}` with an optional JSON body; the body of a 2xx answer.
     pub async fn call(
         &self,
         method: &str,
@@ -77,7 +107,7 @@ impl Http {
         path: &str,
         body: Option<&serde_json::Value>,
     ) -> Result<Bytes, HttpError> {
-        let url = format!("http://{address}{path}");
+        let url = url(address, path);
         let payload = body.map(|b| b.to_string()).unwrap_or_default();
         let request = hyper::Request::builder()
             .method(method)
@@ -129,8 +159,17 @@ impl Http {
     ) -> Result<T, HttpError> {
         let bytes = self.call("GET", address, path, None).await?;
         serde_json::from_slice(&bytes).map_err(|source| HttpError::Decode {
-            url: format!("http://{address}{path}"),
+            url: url(address, path),
             source,
         })
+    }
+}
+
+/// The URL of `path` at `address` (see the module docs).
+fn url(address: &str, path: &str) -> String {
+    if address.contains("://") {
+        format!("{}{path}", address.trim_end_matches('/'))
+    } else {
+        format!("http://{address}{path}")
     }
 }

@@ -331,7 +331,8 @@ fn certs(
     Ok(())
 }
 
-/// A plain HTTP/1.1 request without a body on loopback (a sled's fault or power API), bounded: the status and the body.
+/// A plain HTTP/1.1 request without a body on loopback (a plain-HTTP server: the controllers'
+/// debug page), bounded: the status and the body.
 pub async fn request(
     address: SocketAddr,
     method: &str,
@@ -349,6 +350,22 @@ pub async fn request_with_body(
 ) -> Result<(u16, String), String> {
     let stream = tokio::net::TcpStream::connect(address)
         .await
+        .map_err(|error| format!("connecting: {error}"))?;
+    exchange(stream, address, method, path, body).await
+}
+
+/// [`request_with_body`] over TLS as `tls`'s identity (a sled's endpoints, whose server
+/// certificate names the address).
+pub async fn request_over_tls(
+    tls: &ClientTls,
+    address: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> Result<(u16, String), String> {
+    let stream = tokio::time::timeout(Duration::from_secs(5), tls.connect(address))
+        .await
+        .map_err(|_| "no TLS handshake within 5s".to_string())?
         .map_err(|error| format!("connecting: {error}"))?;
     exchange(stream, address, method, path, body).await
 }

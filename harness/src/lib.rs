@@ -26,6 +26,6 @@ pub mod wait;
 pub use apiserver::{Apiserver, ApiserverSpec, Store};
 pub use process::{Process, ProcessError};
 #[cfg(feature = "rack")]
-pub use rack::{Rack, RackSpec, SledHost, Victim};
+pub use rack::{Rack, RackSpec, SledDoor, SledHost, Victim};
 pub use scratch::Scratch;
 pub use wait::{Unmet, WaitError, block_on, wait_for, wait_for_blocking};

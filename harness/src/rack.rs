@@ -22,6 +22,10 @@
 //!   same with either host: [`Rack::partition`], [`Rack::hang`],
 //!   [`Rack::power_controller_unresponsive`], [`Rack::power_off`] and their ends (docs/rack.md,
 //!   "The fault-injection API of a simulated sled"). Each is written to the fault schedule.
+//! - Every sled's endpoints are HTTPS with the rack's certificates (`--pki`, docs/security.md
+//!   "The sleds' endpoints"); the rack asks them as `admin` unless told another identity
+//!   ([`Rack::sled_request`]), and runs its controllers with `--pki` so they reach the power
+//!   controllers.
 //!
 //! # Layout of its directory
 //! `kubeconfig`, `apiserver.log`, `controllers-N.log`, `sled-N.log` or `power-sim.log`, the
@@ -31,6 +35,7 @@
 //! # Not responsible for
 //! What the rack runs: stories and benchmarks create Instances and check them themselves.
 
+pub mod doors;
 pub mod events;
 pub mod journal;
 
@@ -43,12 +48,11 @@ use k8s_openapi::api::coordination::v1::Lease;
 use kube::ResourceExt;
 use kube::api::{Api, ListParams};
 
-use crate::apiserver::{
-    Apiserver, ApiserverError, ApiserverSpec, Store, free_address, request, request_with_body,
-};
+use crate::apiserver::{Apiserver, ApiserverError, ApiserverSpec, Store, free_address};
 use crate::process::{Process, ProcessError};
 use crate::scratch::Scratch;
 use crate::wait::{Unmet, WaitError, wait_for};
+pub use doors::SledDoor;
 use journal::Journal;
 
 const NOT_STARTED: &str = "the rack is not started (Rack::start)";
@@ -155,14 +159,6 @@ pub struct Agent {
     /// Where its power controller listens (`spec.powerController`), the same across restarts.
     pub power: SocketAddr,
     pub process: Process,
-}
-
-/// Where a sled's faults are injected: its agent's fault API, or its power controller (for
-/// what the sled cannot serve itself).
-#[derive(Clone, Copy, Debug)]
-enum SledDoor {
-    Agent,
-    Power,
 }
 
 /// One process of the rack, to break.
@@ -318,6 +314,8 @@ impl Rack {
             "controllers".to_string(),
             "--kubeconfig".into(),
             self.identity("controllers").display().to_string(),
+            "--pki".into(),
+            self.apiserver().pki().display().to_string(),
         ];
         args.extend(self.spec.controllers_args.iter().cloned());
         args
@@ -364,6 +362,8 @@ impl Rack {
             // The simulated power controller's address is inventory: admin records it.
             "--inventory-kubeconfig".into(),
             self.kubeconfig().display().to_string(),
+            "--pki".into(),
+            self.apiserver().pki().display().to_string(),
         ];
         args.extend(self.spec.sled_args.iter().cloned());
         args.extend(extra.iter().cloned());
@@ -377,6 +377,8 @@ impl Rack {
             "--kubeconfig".into(),
             self.kubeconfig().display().to_string(),
             "--credentials".into(),
+            self.apiserver().pki().display().to_string(),
+            "--pki".into(),
             self.apiserver().pki().display().to_string(),
             "--sleds".into(),
             self.spec.sleds.to_string(),
@@ -526,187 +528,6 @@ impl Rack {
                 process.log_tail(lines)
             );
         }
-    }
-
-    /// A fault of one VMM of `sled` — `crash`, `shutdown`, `kill`, `hang` — the one running
-    /// the Vmm `namespace/name` (docs/rack.md, the fault API).
-    pub async fn vmm_fault(
-        &mut self,
-        sled: &str,
-        (namespace, name): (&str, &str),
-        fault: &str,
-    ) -> Result<(), String> {
-        let path = format!("/vmms/{namespace}/{name}/{fault}");
-        self.sled_fault(
-            sled,
-            SledDoor::Agent,
-            &path,
-            &format!("{fault} {namespace}/{name} on"),
-        )
-        .await
-    }
-
-    /// The guest of the Vmm `namespace/name` on `sled` dirties `bytes_per_second` from now on.
-    pub async fn vmm_dirty_rate(
-        &mut self,
-        sled: &str,
-        (namespace, name): (&str, &str),
-        bytes_per_second: u64,
-    ) -> Result<(), String> {
-        let path = format!("/vmms/{namespace}/{name}/dirty-rate");
-        let body = format!("{{\"bytesPerSecond\":{bytes_per_second}}}");
-        let what = format!("{namespace}/{name} dirties {bytes_per_second} B/s on");
-        self.sled_fault_with(sled, SledDoor::Agent, (&path, &body), &what)
-            .await
-    }
-
-    /// Cuts the agent of `sled` off from the API server: every request of its API client fails
-    /// at once; its guests run on and its fault API answers.
-    pub async fn partition(&mut self, sled: &str) -> Result<(), String> {
-        self.sled_fault(sled, SledDoor::Agent, "/partition", "partition")
-            .await
-    }
-
-    /// Ends the partition of `sled`.
-    pub async fn heal(&mut self, sled: &str) -> Result<(), String> {
-        self.sled_fault(
-            sled,
-            SledDoor::Agent,
-            "/partition/heal",
-            "heal the partition of",
-        )
-        .await
-    }
-
-    /// Hangs the whole of `sled` with power on (agent and guests frozen; power off still
-    /// works and ends it), through its power controller.
-    pub async fn hang(&mut self, sled: &str) -> Result<(), String> {
-        self.sled_fault(sled, SledDoor::Power, "/hang", "hang")
-            .await
-    }
-
-    /// Ends the hang of `sled`: it continues where it stopped.
-    pub async fn resume(&mut self, sled: &str) -> Result<(), String> {
-        self.sled_fault(sled, SledDoor::Power, "/resume", "resume")
-            .await
-    }
-
-    /// The power controller of `sled` stops answering (`GET/POST .../power` wait until the
-    /// caller gives up); the other sleds' still answer.
-    pub async fn power_controller_unresponsive(&mut self, sled: &str) -> Result<(), String> {
-        let what = "stop answering: the power controller of";
-        let path = "/power-controller/stop-answering";
-        self.sled_fault(sled, SledDoor::Power, path, what).await
-    }
-
-    /// The power controller of `sled` answers again.
-    pub async fn power_controller_answers(&mut self, sled: &str) -> Result<(), String> {
-        let what = "answer again: the power controller of";
-        let path = "/power-controller/answer";
-        self.sled_fault(sled, SledDoor::Power, path, what).await
-    }
-
-    /// Cuts the power of `sled` through its power controller (its VMMs are gone, its agent
-    /// dies with it).
-    pub async fn power_off(&mut self, sled: &str) -> Result<(), String> {
-        self.sled_fault(sled, SledDoor::Power, "/power/off", "power off")
-            .await
-    }
-
-    /// Powers `sled` on through its power controller (a new boot, a new epoch).
-    pub async fn power_on(&mut self, sled: &str) -> Result<(), String> {
-        self.sled_fault(sled, SledDoor::Power, "/power/on", "power on")
-            .await
-    }
-
-    /// The agent of `sled` stops renewing its Lease (its guests and everything else go on).
-    pub async fn stop_heartbeat(&mut self, sled: &str) -> Result<(), String> {
-        let what = "stop the heartbeat of";
-        self.sled_fault(sled, SledDoor::Agent, "/heartbeat/stop", what)
-            .await
-    }
-
-    /// The agent of `sled` renews its Lease again.
-    pub async fn resume_heartbeat(&mut self, sled: &str) -> Result<(), String> {
-        let what = "resume the heartbeat of";
-        self.sled_fault(sled, SledDoor::Agent, "/heartbeat/resume", what)
-            .await
-    }
-
-    /// What the power controller of `sled` reads (`On` or `Off`), asked directly.
-    pub async fn power_reads(&self, sled: &str) -> Result<String, String> {
-        let (address, prefix) = self.door(sled, SledDoor::Power).await?;
-        let (status, body) = request(address, "GET", &format!("{prefix}/power")).await?;
-        if status != 200 {
-            return Err(format!("reading the power of {sled}: {status} {body}"));
-        }
-        let answer: serde_json::Value = serde_json::from_str(&body)
-            .map_err(|error| format!("reading the power of {sled}: {error}: {body}"))?;
-        answer["state"]
-            .as_str()
-            .map(String::from)
-            .ok_or_else(|| format!("reading the power of {sled}: {body}"))
-    }
-
-    /// `POST path` on a door of `sled`, recorded in the fault schedule as `what sled`.
-    async fn sled_fault(
-        &mut self,
-        sled: &str,
-        door: SledDoor,
-        path: &str,
-        what: &str,
-    ) -> Result<(), String> {
-        self.sled_fault_with(sled, door, (path, ""), what).await
-    }
-
-    /// [`Rack::sled_fault`] with a JSON body.
-    async fn sled_fault_with(
-        &mut self,
-        sled: &str,
-        door: SledDoor,
-        (path, body): (&str, &str),
-        what: &str,
-    ) -> Result<(), String> {
-        let (address, prefix) = self.door(sled, door).await?;
-        self.fault(format!("{what} {sled}"));
-        let (status, body) =
-            request_with_body(address, "POST", &format!("{prefix}{path}"), body).await?;
-        if !(200..300).contains(&status) {
-            return Err(format!("{what} {sled}: {status} {body}"));
-        }
-        Ok(())
-    }
-
-    /// The address and path prefix of a door of `sled`: where its own process listens, or from
-    /// its Sled — the agent's fault API (`status.agentAddress`) or its power controller
-    /// (`spec.powerController`, a URL).
-    async fn door(&self, sled: &str, door: SledDoor) -> Result<(SocketAddr, String), String> {
-        // A sled of its own process listens where the rack told it to: no need to ask the API
-        // (which may be the thing that is down).
-        if let Some(agent) = self.agents.iter().find(|agent| agent.sled == sled) {
-            return Ok(match door {
-                SledDoor::Agent => (agent.fault, String::new()),
-                SledDoor::Power => (agent.power, String::new()),
-            });
-        }
-        let found = Api::<Sled>::all(self.client().clone())
-            .get(sled)
-            .await
-            .map_err(|error| format!("reading sled {sled}: {error}"))?;
-        let location = match door {
-            SledDoor::Agent => found.status.and_then(|status| status.agent_address),
-            SledDoor::Power => found.spec.power_controller,
-        };
-        let location = location.ok_or_else(|| format!("sled {sled} names no {door:?} address"))?;
-        let without_scheme = location.trim_start_matches("http://");
-        let (authority, path) = match without_scheme.split_once('/') {
-            Some((authority, path)) => (authority, format!("/{path}")),
-            None => (without_scheme, String::new()),
-        };
-        let address = authority
-            .parse()
-            .map_err(|error| format!("sled {sled}'s {door:?} address {location:?}: {error}"))?;
-        Ok((address, path))
     }
 
     /// Keeps the rack's directory (logs, machines, store) after the rack is dropped.

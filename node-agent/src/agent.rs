@@ -70,6 +70,7 @@ use crate::config::{AgentConfig, HeartbeatSwitch};
 use crate::context::{ApiHandles, Context, LocalSled};
 use crate::error::DisplayChain;
 use crate::fence::{FenceAlarm, destroy_every_vmm};
+use crate::http::Endpoints;
 use crate::hypervisor::{BootId, Hypervisor, HypervisorError};
 use crate::journal::{EpochRecord, Journal, JournalError};
 use crate::ledger::Ledger;
@@ -162,6 +163,7 @@ pub struct Agent {
     v2p: Arc<dyn V2pTable>,
     agent_address: Option<String>,
     slot: Option<AgentSlot>,
+    endpoints: Endpoints,
 }
 
 impl Agent {
@@ -176,6 +178,7 @@ impl Agent {
             v2p,
             agent_address: None,
             slot: None,
+            endpoints: Endpoints::InsecureHttp,
         }
     }
 
@@ -186,7 +189,15 @@ impl Agent {
         self
     }
 
-    /// Reports `address` as `Sled.status.agentAddress` (where the sled's HTTP API listens).
+    /// Reaches other sleds' agents (a migration's source) as `endpoints` says (plain HTTP
+    /// unless told).
+    pub fn with_endpoints(mut self, endpoints: Endpoints) -> Agent {
+        self.endpoints = endpoints;
+        self
+    }
+
+    /// Reports `address` as `Sled.status.agentAddress` (the URL where the sled's HTTP API
+    /// listens, `https://HOST:PORT`).
     pub fn with_address(mut self, address: impl Into<String>) -> Agent {
         self.agent_address = Some(address.into());
         self
@@ -392,6 +403,7 @@ impl Agent {
             transfers: Transfers::new(
                 self.hypervisor.migration_bandwidth(),
                 self.hypervisor.downtime_budget(),
+                self.endpoints.clone(),
             ),
             v2p: self.v2p.clone(),
         });

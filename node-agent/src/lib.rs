@@ -21,6 +21,9 @@
 //!   and what it owes the rack then.
 //! - `config.rs` — the agent's configuration and intervals; `error.rs` — error display and
 //!   the error of an API call about a Vmm.
+//! - `http.rs` — serving the sled's endpoints: TLS, the [`Caller`](http::Caller) of each
+//!   request, and who may call what ([`http::authorize`]); docs/security.md, "The sleds'
+//!   endpoints".
 //!
 //! The traits a driver implements:
 //! - `hypervisor.rs` — [`Hypervisor`], what runs VMMs; `v2p/table.rs` — [`V2pTable`], the

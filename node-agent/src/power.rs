@@ -17,10 +17,12 @@
 //! | POST | `/sleds/{name}/power/off` | powers off; `{"state": "Off"}` |
 //! | POST | `/sleds/{name}/power/on` | powers on; `{"state": "On"}` |
 //!
-//! so a sled's `spec.powerController` is `http://ADDRESS/sleds/NAME` ([`power_controller_url`])
+//! so a sled's `spec.powerController` is `https://ADDRESS/sleds/NAME` ([`power_controller_url`])
 //! and its API is `GET/POST {url}/power`, as `SledSpec` documents. [`sled_router`] serves one
 //! sled at `/power` for a process that hosts only that sled. Unknown sleds are 404; power
-//! operations are idempotent. Errors are `{"error": "..."}`.
+//! operations are idempotent. Errors are `{"error": "..."}`. Whoever serves them over TLS
+//! (`http.rs`) lets only `system:masters` and the controllers (`system:corral:controllers`)
+//! call them.
 //!
 //! # Not responsible for
 //! Deciding to power a sled off (the controllers' fencing), and what a power cycle means to
@@ -68,7 +70,7 @@ pub trait PowerController: Clone + Send + Sync + 'static {
 }
 
 /// `spec.powerController` of sled `name` whose controller is served by [`router`] at `base`
-/// (for example `http://127.0.0.1:7070`).
+/// (for example `https://127.0.0.1:7070`).
 pub fn power_controller_url(base: &str, name: &str) -> String {
     format!("{}/sleds/{name}", base.trim_end_matches('/'))
 }

@@ -327,8 +327,12 @@ async fn a_guest_dirtying_faster_than_the_link_does_not_converge() {
         .unwrap()
         .agent_address
         .unwrap();
+    // An in-process rack serves plain HTTP: `http://HOST:PORT`.
+    let address = address
+        .strip_prefix("http://")
+        .expect("a plain-HTTP address");
     let response = fault(
-        &address,
+        address,
         "/vmms/default/web-v1/dirty-rate",
         &format!(r#"{{"bytesPerSecond": {}}}"#, 2 * BANDWIDTH),
     )

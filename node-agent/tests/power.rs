@@ -147,7 +147,8 @@ async fn faults_injected_over_http_reach_the_agent() {
     let address = sled.fault_address().unwrap();
     let registered = rack.ready_sled("sled-1").await;
     let status = registered.status.unwrap();
-    assert_eq!(status.agent_address, Some(address.to_string()));
+    // An in-process rack's sleds serve plain HTTP, as its API server does.
+    assert_eq!(status.agent_address, Some(format!("http://{address}")));
     rack.create_vmm("web-v1", "sled-1", status.epoch, 1).await;
     rack.vmm_in("web-v1", VmmState::Running).await;
 

@@ -25,6 +25,7 @@ use corral_crds::{HealthVerdict, Instance, InstanceSpec, InstanceState, Sled};
 use futures::{StreamExt, TryStreamExt};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use kube::ResourceExt;
 use kube::api::{Api, ListParams, ObjectMeta, PostParams};
@@ -175,7 +176,7 @@ async fn run(args: &FailoverArgs, session: &mut Session) -> anyhow::Result<Strin
             },
         )
         .await?;
-    power_off(&power_controller).await?;
+    power_off(&power_controller, &session.admin_tls()?).await?;
     let start = Instant::now();
     *clock.lock().expect("clock lock") = Some(start);
     println!(
@@ -321,8 +322,17 @@ async fn watch(
 }
 
 /// `POST {url}/power/off` (a simulated sled's power controller).
-async fn power_off(url: &str) -> anyhow::Result<()> {
-    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
+/// `POST {url}/power/off` as `admin` (the power controller speaks HTTPS, or HTTP on a
+/// plain-HTTP rack).
+async fn power_off(url: &str, tls: &corral_harness::tls::ClientTls) -> anyhow::Result<()> {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls.config().as_ref().clone())
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http);
+    let client = Client::builder(TokioExecutor::new()).build::<_, Empty<Bytes>>(connector);
     let request = hyper::Request::post(format!("{url}/power/off")).body(Empty::new())?;
     let response = client.request(request).await?;
     let status = response.status();

@@ -139,6 +139,12 @@ impl Session {
         Ok(rack.client().clone())
     }
 
+    /// `admin`'s TLS client configuration for the rack (to call a sled's endpoints).
+    pub(crate) fn admin_tls(&self) -> anyhow::Result<corral_harness::tls::ClientTls> {
+        let rack = self.rack.as_ref().context("the rack is not started")?;
+        Ok(rack.apiserver().tls().clone())
+    }
+
     /// The processes to measure.
     pub(crate) fn pids(&self) -> Pids {
         let rack = self.rack.as_ref();

@@ -148,7 +148,10 @@ async fn check(rack: &Rack, count: usize) -> Result<(), String> {
         })
         .collect();
     for agent in &rack.agents {
-        let (status, body) = corral_harness::apiserver::request(agent.fault, "GET", "/v2p").await?;
+        let door = corral_harness::SledDoor::Agent;
+        let (status, body) = rack
+            .sled_request(&agent.sled, door, ("GET", "/v2p", ""), None)
+            .await?;
         if status != 200 {
             return Err(format!("{}'s V2P table: {status} {body}", agent.sled));
         }

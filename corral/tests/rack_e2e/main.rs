@@ -448,7 +448,7 @@ async fn check_allocation(rack: &Rack) -> Result<u32, String> {
 async fn machines(rack: &Rack) -> Result<BTreeMap<String, Vec<MachineVmm>>, String> {
     let mut by_instance: BTreeMap<String, Vec<MachineVmm>> = BTreeMap::new();
     for agent in &rack.agents {
-        for vmm in machine(agent).await? {
+        for vmm in machine(rack, agent).await? {
             by_instance
                 .entry(format!("{}/{}", vmm.launch.namespace, vmm.launch.instance))
                 .or_default()
@@ -526,10 +526,15 @@ struct MachineVmm {
     state: String,
 }
 
+/// The client the tests ask the sleds' fault APIs with: HTTPS as `admin`.
+fn fault_http(rack: &Rack) -> corral_e2e::http::Http {
+    corral_e2e::http::Http::with_tls(rack.apiserver().tls().config())
+}
+
 /// What the machine of `agent` runs (its fault API's `GET /vmms`).
-async fn machine(agent: &Agent) -> Result<Vec<FaultApiVmm>, String> {
-    corral_e2e::http::Http::new()
-        .get_json(&agent.fault.to_string(), "/vmms")
+async fn machine(rack: &Rack, agent: &Agent) -> Result<Vec<FaultApiVmm>, String> {
+    fault_http(rack)
+        .get_json(&format!("https://{}", agent.fault), "/vmms")
         .await
         .map_err(|error| {
             format!(

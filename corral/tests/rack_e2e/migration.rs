@@ -348,7 +348,11 @@ async fn drain_with_checker(rack: &mut Rack, rng: &mut StdRng) {
         set_unschedulable(rack, sled, false).await;
     }
 
-    let checker = connectivity::start(rack.client().clone(), connectivity::DEFAULT_INTERVAL);
+    let checker = connectivity::start(
+        rack.client().clone(),
+        fault_http(rack),
+        connectivity::DEFAULT_INTERVAL,
+    );
     let started = Instant::now();
     rack.fault(format!(
         "corralctl drain {drained} ({DRAINED_INSTANCES} instances)"
@@ -485,7 +489,7 @@ async fn nothing_moved(rack: &Rack, name: &str, source: &str, ip: &str, generati
         .iter()
         .find(|a| a.sled == source)
         .expect("the source agent");
-    let listed = machine(agent).await.expect("the source machine");
+    let listed = machine(rack, agent).await.expect("the source machine");
     let states: Vec<&str> = listed
         .iter()
         .filter(|vmm| vmm.launch.instance == name)
@@ -602,7 +606,11 @@ async fn controllers_crash_at_each_phase(rack: &mut Rack) {
         instance_in_state(rack, "hopper", InstanceState::Running).await
     })
     .await;
-    let checker = connectivity::start(rack.client().clone(), connectivity::DEFAULT_INTERVAL);
+    let checker = connectivity::start(
+        rack.client().clone(),
+        fault_http(rack),
+        connectivity::DEFAULT_INTERVAL,
+    );
     for phase in [
         MigrationPhase::Scheduling,
         MigrationPhase::TargetStarting,

@@ -20,6 +20,10 @@ struct Args {
     /// Milliseconds between rounds.
     #[arg(long, default_value_t = 50)]
     interval_ms: u64,
+    /// The `corral certs` directory (`DATA/pki` of `corral up`): the sleds' fault APIs are
+    /// asked over HTTPS as its `admin` (without it, over plain HTTP).
+    #[arg(long)]
+    pki: Option<PathBuf>,
 }
 
 #[tokio::main]
@@ -28,9 +32,19 @@ async fn main() -> anyhow::Result<()> {
     let client = corral_client::connect(args.kubeconfig.as_deref())
         .await
         .context("connecting to the API server")?;
+    let http = match &args.pki {
+        Some(dir) => {
+            let admin = corral_client::tls::KeyPairFiles::in_dir(dir, "admin");
+            let tls = corral_client::tls::client_config(&dir.join("ca.crt"), Some(&admin))
+                .context("the admin identity")?;
+            corral_e2e::http::Http::with_tls(&tls)
+        }
+        None => corral_e2e::http::Http::new(),
+    };
     let stop = CancellationToken::new();
     let checker = tokio::spawn(corral_e2e::connectivity::run(
         client,
+        http,
         Duration::from_millis(args.interval_ms),
         stop.clone(),
     ));

@@ -13,6 +13,10 @@
 //! - `transfers.rs` — the tasks of one agent run; `link.rs` — the link they share.
 //! - `slot.rs` — where the migration API finds the running agent.
 //!
+//! Over TLS the two agents know each other: the source serves only the agent of the target
+//! Vmm's sled, and the target talks only to a server presenting the source sled's identity
+//! (`source.rs`, `target.rs`; docs/security.md, "The sleds' endpoints").
+//!
 //! # What it promises
 //! - The source pauses the guest only for the stop-and-copy round, and journals `Ready` before
 //!   it pauses: a restarted agent finds the guest paused (or pauses it) and waits for the

@@ -2,6 +2,12 @@
 //! and the paused stop-and-copy round, streamed to the target as NDJSON events.
 //!
 //! # Guarantees
+//! - Over TLS, only the agent of the target Vmm's sled may ask: a caller without a certificate
+//!   gets `401`, and any other identity — another sled's agent, `admin` — `403` naming it,
+//!   before anything is journaled. The target Vmm's sled is read with a GET, and the request's
+//!   `targetSled` must be that sled (the forwarding entries point at it).
+//! - The request body is at most `MAX_EVENT_BYTES`; the stream is a channel of
+//!   `EVENTS_IN_FLIGHT` events.
 //! - The source accepts only a Vmm that runs here, is not being deleted, and that its
 //!   Instance (read with a GET) names active with the requester as target.
 //! - It journals `Ready` before it pauses the guest, and never resumes it: only the plan
@@ -18,17 +24,21 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::Extension;
 use axum::Router;
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use bytes::Bytes;
+use corral_client::tls::node_user;
 use corral_crds::migration::{
     MAX_ROUNDS, MIB, NonConvergence, dirtied, fits_downtime, predict_within,
 };
-use corral_crds::{Instance, MigrationRole, Reason, TransferProgress, VmmMigrationPhase, VmmState};
+use corral_crds::{
+    Instance, MigrationRole, Reason, TransferProgress, Vmm, VmmMigrationPhase, VmmState,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use kube::api::Api;
 use kube::runtime::reflector::ObjectRef;
@@ -38,13 +48,16 @@ use tokio_util::sync::CancellationToken;
 
 use crate::context::Context;
 use crate::error::DisplayChain;
+use crate::http::{Caller, Refused};
 use crate::hypervisor::{VmmId, VmmRunState};
 use crate::journal::{JournalError, MigrationRecord, VmmRecord};
 use crate::migration::plan::{advance, migration_status, moved, ready};
 use crate::migration::progress::{
     Throttle, finish, finish_then, progress, reconcile_when_ended, report,
 };
-use crate::migration::protocol::{CHUNK, TransferEvent, TransferRequest, line};
+use crate::migration::protocol::{
+    CHUNK, EVENTS_IN_FLIGHT, MAX_EVENT_BYTES, TransferEvent, TransferRequest, line,
+};
 use crate::migration::slot::AgentSlot;
 use crate::v2p::forward::{forwards_for, install};
 use crate::v2p::table::TableChange;
@@ -63,15 +76,21 @@ enum Refusal {
         source_vmm: String,
         target_vmm: String,
     },
-    #[error("reading the Instance")]
+    #[error("reading the target Vmm or the Instance")]
     Api(#[source] kube::Error),
     #[error("journal")]
     Journal(#[from] JournalError),
+    #[error(transparent)]
+    Caller(#[from] Refused),
 }
 
 impl IntoResponse for Refusal {
     fn into_response(self) -> Response {
+        if let Refusal::Caller(refused) = self {
+            return refused.into_response();
+        }
         let code = match &self {
+            Refusal::Caller(_) => unreachable!("answered above"),
             Refusal::NotRunning => StatusCode::SERVICE_UNAVAILABLE,
             Refusal::Body(_) => StatusCode::BAD_REQUEST,
             Refusal::NotHere(_) => StatusCode::NOT_FOUND,
@@ -87,12 +106,21 @@ impl IntoResponse for Refusal {
 pub fn router(slot: AgentSlot) -> Router {
     Router::new()
         .route("/migrations", post(send))
+        .layer(DefaultBodyLimit::max(MAX_EVENT_BYTES))
         .with_state(slot)
 }
 
-async fn send(State(slot): State<AgentSlot>, body: Bytes) -> Result<Response, Refusal> {
+async fn send(
+    State(slot): State<AgentSlot>,
+    Extension(caller): Extension<Caller>,
+    body: Bytes,
+) -> Result<Response, Refusal> {
+    if caller == Caller::Anonymous {
+        return Err(Refused::Unauthenticated.into());
+    }
     let ctx = slot.get().ok_or(Refusal::NotRunning)?;
     let request: TransferRequest = serde_json::from_slice(&body).map_err(Refusal::Body)?;
+    authorize(&ctx, &caller, &request).await?;
     let (found, instance) = check(&ctx, &request).await?;
     let forwards = forwards_for(
         &instance,
@@ -100,7 +128,7 @@ async fn send(State(slot): State<AgentSlot>, body: Bytes) -> Result<Response, Re
         &request.migration,
         &request.target_sled,
     );
-    let (events, mut receiver) = mpsc::channel::<Bytes>(16);
+    let (events, mut receiver) = mpsc::channel::<Bytes>(EVENTS_IN_FLIGHT);
     let record = begin(&ctx, &found, &request, events, forwards).await?;
     report(&ctx, &record).await;
     let stream = futures::stream::poll_fn(move |cx| {
@@ -113,6 +141,34 @@ async fn send(State(slot): State<AgentSlot>, body: Bytes) -> Result<Response, Re
         Body::from_stream(stream),
     )
         .into_response())
+}
+
+/// Ok if `caller` is the agent of the sled the target Vmm of `request` is placed on (a GET),
+/// and `request` names that sled (see the module docs).
+async fn authorize(
+    ctx: &Context,
+    caller: &Caller,
+    request: &TransferRequest,
+) -> Result<(), Refusal> {
+    if *caller == Caller::Insecure {
+        return Ok(());
+    }
+    let vmms: Api<Vmm> = Api::namespaced(ctx.api.client.clone(), &request.namespace);
+    let target_sled = vmms
+        .get_opt(&request.target_vmm)
+        .await
+        .map_err(Refusal::Api)?
+        .map(|vmm| vmm.spec.sled);
+    let what = format!(
+        "receive a guest for Vmm {}/{} (only the agent of the sled it is placed on may)",
+        request.namespace, request.target_vmm
+    );
+    caller.check(&what, |user| {
+        target_sled
+            .as_deref()
+            .is_some_and(|sled| user.user == node_user(sled) && request.target_sled == sled)
+    })?;
+    Ok(())
 }
 
 /// The record of the Vmm `request` asks for and its Instance, if this sled may send it: it

@@ -3,6 +3,12 @@
 //! the agent run ([`start_target`]).
 //!
 //! # Guarantees
+//! - Over TLS, the target goes on only if the server it reached presents the certificate of
+//!   the source sled's agent (`system:node:SOURCE`, signed by the rack's CA): a Sled whose
+//!   `status.agentAddress` points elsewhere can neither receive the request nor feed a guest.
+//!   It presents its own node identity, which the source checks against the target Vmm's sled.
+//!   A sled served over TLS never asks a plain-HTTP address.
+//! - The stream is read through an [`EventReader`]: a line over the bound fails the transfer.
 //! - The target journals `Ready` only on the source's `done` (it then holds the whole guest),
 //!   and `Failed`/`TransferFailed` on anything else that ends the transfer; a cancelled task
 //!   (its Vmm is being deleted, or the run stops) journals nothing: the plan decides then.
@@ -10,18 +16,25 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
+use corral_client::tls::{node_user, peer_identity};
 use corral_crds::{MigrationRole, Reason, Sled, TransferTimings, Vmm, VmmMigrationPhase, VmmState};
 use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use kube::api::Api;
+use rustls::pki_types::ServerName;
+use tokio::net::TcpStream;
 
 use crate::context::Context;
 use crate::error::DisplayChain;
+use crate::http::Endpoints;
 use crate::hypervisor::VmmId;
 use crate::journal::VmmRecord;
 use crate::migration::plan::{advance, moved, ready};
 use crate::migration::progress::{Throttle, finish, progress, reconcile_when_ended};
-use crate::migration::protocol::{TransferEvent, TransferRequest};
+use crate::migration::protocol::{EventReader, TransferEvent, TransferRequest};
+use crate::migration::transfers::CONNECT_TIMEOUT;
 
 /// Starts the target's transfer of `vmm` (whose record is `record`) as a task of the agent
 /// run; once it ends, the Vmm is reconciled.
@@ -102,16 +115,17 @@ async fn receive(
     };
     let started_at = MicroTime(corral_client::clock::now());
     let body = serde_json::to_vec(&request).expect("a transfer request serializes");
-    let http_request = hyper::Request::post(format!("http://{address}/migrations"))
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(body)))
-        .map_err(|e| format!("building the request: {e}"))?;
-    let response = ctx
-        .transfers
-        .http()
-        .request(http_request)
-        .await
-        .map_err(|e| format!("asking the source agent at {address}: {e}"))?;
+    let source = ask_source(
+        ctx.transfers.endpoints(),
+        &address,
+        source_sled,
+        body.into(),
+    )
+    .await?;
+    let SourceAnswer {
+        response,
+        _connection,
+    } = source;
     let status = response.status();
     let mut body = response.into_body();
     if !status.is_success() {
@@ -125,7 +139,7 @@ async fn receive(
             text.trim()
         ));
     }
-    let mut buffer = Vec::new();
+    let mut reader = EventReader::default();
     let mut throttle = Throttle::default();
     loop {
         let frame = match body.frame().await {
@@ -136,11 +150,10 @@ async fn receive(
         let Ok(data) = frame.into_data() else {
             continue;
         };
-        buffer.extend_from_slice(&data);
-        while let Some(end) = buffer.iter().position(|b| *b == b'\n') {
-            let line: Vec<u8> = buffer.drain(..=end).collect();
-            let event: TransferEvent = serde_json::from_slice(&line)
-                .map_err(|e| format!("an unreadable event from the source: {e}"))?;
+        let events = reader
+            .push(&data)
+            .map_err(|e| DisplayChain(&e).to_string())?;
+        for event in events {
             match event {
                 TransferEvent::Progress { progress: p } | TransferEvent::Paused { progress: p } => {
                     if throttle.due() {
@@ -174,4 +187,126 @@ async fn receive(
             }
         }
     }
+}
+
+/// The source's answer to a transfer request, with the connection that carries it.
+pub struct SourceAnswer {
+    pub response: hyper::Response<Incoming>,
+    /// Drives the connection while the answer is read; ended with it.
+    _connection: Connection,
+}
+
+/// The task that drives a connection, aborted when dropped.
+struct Connection(tokio::task::JoinHandle<()>);
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// `POST /migrations` with `body` to the agent of `source_sled` at `address`
+/// (`Sled.status.agentAddress`: `https://HOST:PORT`, or `http://` / a bare `HOST:PORT` on a
+/// plain-HTTP rack), checking over TLS that the server is that sled's agent (see the module
+/// docs).
+pub async fn ask_source(
+    endpoints: &Endpoints,
+    address: &str,
+    source_sled: &str,
+    body: Bytes,
+) -> Result<SourceAnswer, String> {
+    let (scheme, authority) = address.split_once("://").unwrap_or(("http", address));
+    let authority = authority.trim_end_matches('/');
+    let connect = async {
+        let tcp = TcpStream::connect(authority)
+            .await
+            .map_err(|e| format!("connecting to the source agent at {address}: {e}"))?;
+        if let Err(error) = tcp.set_nodelay(true) {
+            tracing::debug!(%error, "TCP_NODELAY refused");
+        }
+        Ok::<_, String>(tcp)
+    };
+    let timed_out =
+        || format!("the source agent at {address} did not answer within {CONNECT_TIMEOUT:?}");
+    match (scheme, endpoints) {
+        ("https", Endpoints::Tls { client, .. }) => {
+            let host = authority
+                .rsplit_once(':')
+                .map_or(authority, |(host, _)| host)
+                .trim_start_matches('[')
+                .trim_end_matches(']');
+            let name = ServerName::try_from(host.to_string())
+                .map_err(|e| format!("the source agent's address {address}: {e}"))?;
+            let connector = tokio_rustls::TlsConnector::from(client.clone());
+            let stream = tokio::time::timeout(CONNECT_TIMEOUT, async {
+                let tcp = connect.await?;
+                connector
+                    .connect(name, tcp)
+                    .await
+                    .map_err(|e| format!("TLS with the source agent at {address}: {e}"))
+            })
+            .await
+            .map_err(|_| timed_out())??;
+            let expected = node_user(source_sled);
+            let presented = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|chain| chain.first())
+                .and_then(|leaf| peer_identity(leaf));
+            match presented {
+                Some(identity) if identity.user == expected => {}
+                other => {
+                    let who = other.map_or("nobody".to_string(), |identity| identity.user);
+                    return Err(format!(
+                        "the server at {address} is {who}, not {expected}: no guest goes to or comes from it"
+                    ));
+                }
+            }
+            post(stream, authority, body).await
+        }
+        ("http", Endpoints::InsecureHttp) => {
+            let tcp = tokio::time::timeout(CONNECT_TIMEOUT, connect)
+                .await
+                .map_err(|_| timed_out())??;
+            post(tcp, authority, body).await
+        }
+        ("https", Endpoints::InsecureHttp) => Err(format!(
+            "the source agent at {address} speaks TLS; this sled has no identity to reach it with"
+        )),
+        (_, Endpoints::Tls { .. }) => Err(format!(
+            "the source sled {source_sled} reports {address}, not an https:// address; this sled reaches other sleds over TLS only"
+        )),
+        (_, Endpoints::InsecureHttp) => Err(format!(
+            "the source sled {source_sled} reports {address}, not an http:// address"
+        )),
+    }
+}
+
+/// `POST /migrations` on a connection of its own.
+async fn post<S>(stream: S, authority: &str, body: Bytes) -> Result<SourceAnswer, String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let request = hyper::Request::post("/migrations")
+        .header("host", authority)
+        .header("content-type", "application/json")
+        .body(Full::new(body))
+        .map_err(|e| format!("building the request: {e}"))?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| format!("HTTP with the source agent at {authority}: {e}"))?;
+    let connection = Connection(tokio::spawn(async move {
+        if let Err(error) = connection.await {
+            tracing::debug!(%error, "the connection to the source agent ended");
+        }
+    }));
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| format!("asking the source agent at {authority}: {e}"))?;
+    Ok(SourceAnswer {
+        response,
+        _connection: connection,
+    })
 }

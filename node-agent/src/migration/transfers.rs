@@ -1,5 +1,5 @@
 //! [`Transfers`]: the transfer tasks of one agent run, the sled's outgoing [`Link`] they share,
-//! and the HTTP client a target asks its source with.
+//! and how a target reaches its source ([`Endpoints`]: TLS and this sled's identity).
 //!
 //! # Guarantees
 //! - At most one transfer task runs per Vmm, and none starts once the run is stopping.
@@ -15,22 +15,15 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::http::Endpoints;
 use crate::hypervisor::VmmId;
 use crate::migration::link::Link;
 
 /// How long the target waits to connect to the source agent.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// An HTTP/1 client that streams the answer.
-pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
 
 /// The transfer tasks of one agent run (see the module docs).
 pub struct Transfers {
@@ -39,25 +32,20 @@ pub struct Transfers {
     tasks: Mutex<JoinSet<()>>,
     link: Link,
     downtime_budget: Duration,
-    http: HttpClient,
+    endpoints: Endpoints,
 }
 
 impl Transfers {
-    /// Transfers over a link of `bandwidth` bytes/s that plan for pauses of `downtime_budget`.
-    pub fn new(bandwidth: u64, downtime_budget: Duration) -> Transfers {
+    /// Transfers over a link of `bandwidth` bytes/s that plan for pauses of `downtime_budget`,
+    /// reaching sources as `endpoints` says.
+    pub fn new(bandwidth: u64, downtime_budget: Duration, endpoints: Endpoints) -> Transfers {
         Transfers {
             downtime_budget,
             stop: CancellationToken::new(),
             running: Arc::default(),
             tasks: Mutex::new(JoinSet::new()),
             link: Link::new(bandwidth),
-            http: {
-                let mut connector = HttpConnector::new();
-                connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
-                // A migration streams small rounds; none should wait for a delayed ACK.
-                connector.set_nodelay(true);
-                Client::builder(TokioExecutor::new()).build(connector)
-            },
+            endpoints,
         }
     }
 
@@ -71,9 +59,9 @@ impl Transfers {
         &self.link
     }
 
-    /// The client a target asks its source with.
-    pub fn http(&self) -> &HttpClient {
-        &self.http
+    /// How a target reaches its source.
+    pub fn endpoints(&self) -> &Endpoints {
+        &self.endpoints
     }
 
     /// Whether a transfer task works for `uid`.
@@ -143,7 +131,11 @@ mod tests {
 
     #[tokio::test]
     async fn one_transfer_a_vmm_ended_once_it_no_longer_runs_and_none_once_stopping() {
-        let transfers = Arc::new(Transfers::new(1, corral_crds::migration::DOWNTIME_BUDGET));
+        let transfers = Arc::new(Transfers::new(
+            1,
+            corral_crds::migration::DOWNTIME_BUDGET,
+            Endpoints::InsecureHttp,
+        ));
         let uid = VmmId::from("a");
         let (ended, was_running) = oneshot::channel();
         let ended = {

@@ -23,6 +23,10 @@
 //! A hung sled (its power controller's `POST .../hang`, `power_faults.rs`) answers none of
 //! these until it resumes.
 //!
+//! Over TLS (`http.rs`), only `system:masters` (`admin`) may call these: anyone else gets
+//! `401` (no client certificate) or `403`. `POST /migrations` has its own rule (its target's
+//! agent only, `migration/source.rs`).
+//!
 //! Fault requests answer 204; a Vmm with no VMM on the machine is 404, a powered-off machine
 //! 409. Errors are `{"error": "..."}`.
 //!

@@ -40,6 +40,7 @@ use tokio_util::sync::CancellationToken;
 use crate::agent::Agent;
 use crate::config::AgentConfig;
 use crate::error::DisplayChain;
+use crate::http::{Endpoints, Rule, authorize};
 use crate::hypervisor::HypervisorError;
 use crate::migration::AgentSlot;
 use crate::power::{PowerController, PowerError, PowerState};
@@ -65,6 +66,12 @@ pub struct SimSledConfig {
     /// Where the sled's HTTP API (the fault-injection API and the agent's migration API)
     /// listens, reported as `Sled.status.agentAddress`; `None`: it does not listen.
     pub fault_listen: Option<SocketAddr>,
+    /// How that API is served (TLS with the sled's serving certificate, callers authorized:
+    /// faults only to `system:masters`, a migration only to its target's agent), and how the
+    /// agent reaches other sleds'. `corral up`, `corral node-agent` and `corral power-sim`
+    /// serve TLS; [`SimSledConfig::new`] leaves plain HTTP, for in-process racks whose API
+    /// server is plain HTTP too.
+    pub endpoints: Endpoints,
 }
 
 impl SimSledConfig {
@@ -75,6 +82,7 @@ impl SimSledConfig {
             timing: SimTiming::default(),
             qemu: None,
             fault_listen: None,
+            endpoints: Endpoints::InsecureHttp,
         }
     }
 }
@@ -208,7 +216,7 @@ impl SledInner {
             agent,
             self.machine.clone(),
             self.v2p.clone(),
-            listener,
+            (listener, self.config.endpoints.clone()),
             (stop.clone(), self.partitioned.clone()),
         ));
         Ok(AgentProcess { stop, task })
@@ -220,7 +228,7 @@ async fn agent_process(
     config: AgentConfig,
     machine: SledMachine,
     v2p: Arc<SimV2pTable>,
-    listener: Option<TcpListener>,
+    (listener, endpoints): (Option<TcpListener>, Endpoints),
     (stop, partitioned): (CancellationToken, Switch),
 ) {
     let address = listener.as_ref().and_then(|l| l.local_addr().ok());
@@ -228,18 +236,20 @@ async fn agent_process(
     let slot = AgentSlot::default();
     let serve = async {
         let Some(listener) = listener else { return };
-        let router = fault::router(FaultState {
+        let faults = fault::router(FaultState {
             machine: machine.clone(),
             heartbeats: config.heartbeats.clone(),
             v2p: v2p.clone(),
             partitioned,
-        })
-        .merge(crate::migration::router(slot.clone()))
-        .layer(axum::middleware::from_fn_with_state(
-            machine.frozen().clone(),
-            answer_unless_frozen,
-        ));
-        if let Err(error) = crate::http::serve(listener, router, stop.clone()).await {
+        });
+        let router = authorize(faults, Rule::Masters, "use the fault-injection API")
+            .merge(crate::migration::router(slot.clone()))
+            .layer(axum::middleware::from_fn_with_state(
+                machine.frozen().clone(),
+                answer_unless_frozen,
+            ));
+        let served = crate::http::serve(listener, router, endpoints.clone(), stop.clone());
+        if let Err(error) = served.await {
             tracing::warn!(sled = %config.sled_name, %error, "the fault API stopped");
         }
     };
@@ -247,9 +257,10 @@ async fn agent_process(
         let mut backoff = Duration::from_millis(200);
         loop {
             let mut agent = Agent::new(config.clone(), machine.hypervisor(), v2p.clone())
-                .with_slot(slot.clone());
+                .with_slot(slot.clone())
+                .with_endpoints(endpoints.clone());
             if let Some(address) = address {
-                agent = agent.with_address(address.to_string());
+                agent = agent.with_address(format!("{}://{address}", endpoints.scheme()));
             }
             match agent.run(stop.clone()).await {
                 Ok(()) => return,

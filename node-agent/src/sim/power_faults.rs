@@ -11,7 +11,8 @@
 //! | POST | `{url}/power-controller/stop-answering`, `{url}/power-controller/answer` | the sled's `GET/POST {url}/power` wait unanswered (until the caller gives up), or answer again |
 //!
 //! Faults answer 204; an unknown sled is 404, hanging a powered-off sled 409. Errors are
-//! `{"error": "..."}`.
+//! `{"error": "..."}`. Over TLS only `system:masters` may call them (`corral`'s rack commands
+//! serve them so), unlike the power API beside them.
 
 use axum::Router;
 use axum::extract::{Path, State};

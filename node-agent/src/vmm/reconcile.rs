@@ -76,8 +76,10 @@ pub async fn reconcile(vmm: Arc<Vmm>, ctx: Arc<Context>) -> Result<Action, Recon
             .raise(vmm.spec.sled_epoch, "a Vmm names an epoch above this run's");
         return Ok(Action::await_change());
     }
-    let machine = ctx.hypervisor.inspect(&uid).await?;
     let instance = read_verdict(&vmm, &uid, &ctx).await?;
+    // After the verdict's GET, which may take a while: a machine read before it could miss a
+    // pause the source's transfer made meanwhile, and an abort would then resume nothing.
+    let machine = ctx.hypervisor.inspect(&uid).await?;
     let plan = {
         let mut ledger = ctx.ledger.lock().await;
         if machine.is_some() {
