@@ -50,7 +50,7 @@ fn labels(request: &Request) -> (&'static str, String, String) {
         ["apis", group, _version, rest @ ..] if !rest.is_empty() => (group, rest),
         _ => return (http_verb(method), String::new(), String::new()),
     };
-    let Some(parsed) = super::parse_resource_path(group, rest) else {
+    let Some(parsed) = super::path::parse_resource_path(group, rest) else {
         return (http_verb(method), String::new(), String::new());
     };
     let named = parsed.name.is_some();

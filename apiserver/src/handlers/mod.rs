@@ -17,6 +17,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use bytes::Bytes;
 
+use self::path::{ResourcePath, parse_resource_path};
 use self::request::{Accept, ResourceRequest};
 use crate::auth::User;
 use crate::error::{ApiError, ApiResult, Reason};
@@ -32,6 +33,7 @@ pub mod flow;
 mod measure;
 mod openapi;
 mod patch;
+mod path;
 mod protobuf;
 mod read;
 mod render;
@@ -255,45 +257,6 @@ async fn route(server: Arc<ApiServer>, request: Request) -> ApiResult<Response> 
     }
 }
 
-/// The parts of a resource path after its group version.
-#[derive(Debug, PartialEq, Eq)]
-struct ResourcePath<'a> {
-    namespace: Option<&'a str>,
-    plural: &'a str,
-    name: Option<&'a str>,
-    subresource: Option<&'a str>,
-}
-
-fn parse_resource_path<'a>(group: &str, rest: &[&'a str]) -> Option<ResourcePath<'a>> {
-    let path = |namespace, plural, name, subresource| {
-        Some(ResourcePath {
-            namespace,
-            plural,
-            name,
-            subresource,
-        })
-    };
-    let namespaced = rest.first() == Some(&"namespaces")
-        && rest.len() >= 3
-        // `/api/v1/namespaces/x/status` is the namespace's own subresource.
-        && !(group.is_empty() && rest.len() == 3 && matches!(rest[2], "status" | "finalize"));
-    if namespaced {
-        match rest {
-            [_, ns, plural] => path(Some(ns), plural, None, None),
-            [_, ns, plural, name] => path(Some(ns), plural, Some(name), None),
-            [_, ns, plural, name, sub] => path(Some(ns), plural, Some(name), Some(sub)),
-            _ => None,
-        }
-    } else {
-        match rest {
-            [plural] => path(None, plural, None, None),
-            [plural, name] => path(None, plural, Some(name), None),
-            [plural, name, sub] => path(None, plural, Some(name), Some(sub)),
-            _ => None,
-        }
-    }
-}
-
 /// The whole request body, at most `limit` bytes; past it a 413. The rest of an oversized body
 /// is read and dropped, up to [`DRAIN_LIMIT`] more bytes, before the answer: a connection
 /// closed with unread data in it is reset, and a reset can destroy the 413 on its way to the
@@ -344,44 +307,6 @@ fn too_large_or_broken(too_large: bool, limit: usize) -> ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn paths_split_into_namespace_plural_name_and_subresource() {
-        let check =
-            |group: &str, path: &str, expect: (Option<&str>, &str, Option<&str>, Option<&str>)| {
-                let rest: Vec<&str> = path.split('/').collect();
-                let (namespace, plural, name, subresource) = expect;
-                let expect = ResourcePath {
-                    namespace,
-                    plural,
-                    name,
-                    subresource,
-                };
-                assert_eq!(parse_resource_path(group, &rest), Some(expect), "{path}");
-            };
-        check("", "namespaces", (None, "namespaces", None, None));
-        check(
-            "",
-            "namespaces/default",
-            (None, "namespaces", Some("default"), None),
-        );
-        check(
-            "",
-            "namespaces/default/status",
-            (None, "namespaces", Some("default"), Some("status")),
-        );
-        check(
-            "",
-            "namespaces/default/events",
-            (Some("default"), "events", None, None),
-        );
-        check(
-            "g",
-            "namespaces/ns/instances/a/status",
-            (Some("ns"), "instances", Some("a"), Some("status")),
-        );
-        check("g", "sleds/s1", (None, "sleds", Some("s1"), None));
-    }
 
     #[test]
     fn accept_negotiation_prefers_tables_and_refuses_protobuf_only() {
