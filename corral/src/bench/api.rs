@@ -15,6 +15,7 @@ use bytes::Bytes;
 use corral_apiserver::resource::Registry;
 use corral_store::StoreConfig;
 use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -44,6 +45,31 @@ pub struct ApiArgs {
     /// Length of the latency phase.
     #[arg(long, default_value = "5s", value_parser = crate::command::parse_duration)]
     watch_duration: Duration,
+    /// Serve plain HTTP, the client authenticating with a bearer token (what `corral apiserver
+    /// --insecure-http` gives up, measured).
+    #[arg(long)]
+    insecure_http: bool,
+    /// Run the API server without its audit trail (what the trail costs, measured).
+    #[arg(long)]
+    no_audit: bool,
+}
+
+/// The bearer token of `admin` under --insecure-http.
+const BENCH_TOKEN: &str = "corral-bench-admin";
+
+/// Every request of the benchmark's client: its `Authorization` under --insecure-http.
+static BEARER: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+
+fn authorized(builder: hyper::http::request::Builder) -> hyper::http::request::Builder {
+    match BEARER.get().and_then(Option::as_deref) {
+        Some(token) => builder.header("authorization", format!("Bearer {token}")),
+        None => builder,
+    }
+}
+
+async fn get(client: &HttpClient, url: &str) -> anyhow::Result<hyper::Response<Incoming>> {
+    let request = authorized(hyper::Request::get(url)).body(Full::new(Bytes::new()))?;
+    Ok(client.request(request).await?)
 }
 
 const BENCH_CRD: &str = r#"
@@ -127,7 +153,7 @@ fn https_client(tls: &corral_harness::tls::ClientTls, pool: usize) -> HttpClient
     http.set_nodelay(true);
     let connector = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls.config().as_ref().clone())
-        .https_only()
+        .https_or_http()
         .enable_http1()
         .wrap_connector(http);
     Client::builder(TokioExecutor::new())
@@ -136,9 +162,9 @@ fn https_client(tls: &corral_harness::tls::ClientTls, pool: usize) -> HttpClient
 }
 
 async fn create(client: &HttpClient, base: &str, body: Bytes) -> anyhow::Result<()> {
-    let request = hyper::Request::post(format!(
+    let request = authorized(hyper::Request::post(format!(
         "{base}/apis/bench.corral.dev/v1/namespaces/default/benchobjects"
-    ))
+    )))
     .header("content-type", "application/json")
     .body(Full::new(body))?;
     let response = client.request(request).await?;
@@ -223,14 +249,22 @@ pub async fn api(args: ApiArgs) -> anyhow::Result<()> {
     let registry = Registry::load(Some(&crd_dir))?;
     let store = corral_store::open(&store_config).await?;
     // As `corral up` runs it: with an audit trail (every create is one line of it).
-    let config = corral_apiserver::Config {
-        audit: Some(corral_apiserver::audit::AuditConfig {
+    let mut config = corral_apiserver::Config {
+        audit: (!args.no_audit).then(|| corral_apiserver::audit::AuditConfig {
             path: scratch.path().join("audit.log"),
             max_bytes: 100 * 1024 * 1024,
             max_backups: 5,
         }),
         ..corral_apiserver::Config::default()
     };
+    if args.insecure_http {
+        let tokens = corral_apiserver::auth::TokenFile::parse(&format!(
+            "{BENCH_TOKEN},admin,admin,{}",
+            corral_apiserver::auth::identities::MASTERS_GROUP
+        ))?;
+        config.authentication.tokens = Some(std::sync::Arc::new(tokens));
+    }
+    let _ = BEARER.set(args.insecure_http.then(|| BENCH_TOKEN.to_string()));
     let running = corral_apiserver::ApiServer::start(registry, store, config).await?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let address: SocketAddr = listener.local_addr()?;
@@ -254,12 +288,13 @@ pub async fn api(args: ApiArgs) -> anyhow::Result<()> {
     let serving = tokio::spawn(corral_apiserver::serve(
         listener,
         server,
-        Some(tls),
+        (!args.insecure_http).then_some(tls),
         async move {
             let _ = stop_rx.await;
         },
     ));
-    let base = format!("https://{address}");
+    let scheme = if args.insecure_http { "http" } else { "https" };
+    let base = format!("{scheme}://{address}");
     let client = https_client(&client_tls, args.concurrency.max(args.watchers) + 8);
 
     println!(
@@ -367,12 +402,11 @@ async fn watch_latency(
     args: &ApiArgs,
 ) -> anyhow::Result<(f64, f64, usize, usize)> {
     // Start every watcher at the current revision so each sees only the latency-phase writes.
-    let list = client
-        .get(
-            format!("{base}/apis/bench.corral.dev/v1/namespaces/default/benchobjects?limit=1")
-                .parse()?,
-        )
-        .await?;
+    let list = get(
+        client,
+        &format!("{base}/apis/bench.corral.dev/v1/namespaces/default/benchobjects?limit=1"),
+    )
+    .await?;
     let body = list.into_body().collect().await?.to_bytes();
     let list: serde_json::Value = serde_json::from_slice(&body)?;
     let rv = list["metadata"]["resourceVersion"]
@@ -390,7 +424,7 @@ async fn watch_latency(
         );
         let tx = latency_tx.clone();
         watchers.spawn(async move {
-            let response = watch_client.get(url.parse()?).await?;
+            let response = get(&watch_client, &url).await?;
             let mut body = response.into_body();
             let mut buffer: Vec<u8> = Vec::new();
             let mut seen = 0usize;
