@@ -196,8 +196,7 @@ impl Log {
             .spawn(move || {
                 // Idle, the writer waits for the next Event. Busy, it takes what queued up every
                 // `BUSY_PERIOD`, writes it and flushes once: the requests that queue Events
-                // then never wake it (a wake is a system call and a context switch per request,
-                // which cost a third of the API's create rate).
+                // then never wake it (a wake is a system call per request, and a context switch).
                 while let Some(first) = received.blocking_recv() {
                     let mut next = Some(first);
                     while let Some(message) = next {
