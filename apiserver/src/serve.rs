@@ -208,7 +208,10 @@ pub async fn serve(
     drop(listener);
     // Watches end only when told to; everything else finishes its request.
     server.shutdown.cancel();
-    let grace = server.config.request_timeout;
+    // No request outlives the request timeout; without one, a minute.
+    let grace = Some(server.config.request_timeout)
+        .filter(|t| !t.is_zero())
+        .unwrap_or(Duration::from_secs(60));
     if tokio::time::timeout(grace, graceful.shutdown())
         .await
         .is_err()

@@ -44,7 +44,7 @@ pub struct Config {
     /// `--max-mutating-requests-inflight`, 200). 0: no limit.
     pub max_mutating_requests_inflight: usize,
     /// A non-watch request that takes longer is answered 504 (Kubernetes' `--request-timeout`,
-    /// 60 s). Shutdown waits as long for requests in flight.
+    /// 60 s; 0: no timeout). Shutdown waits as long for requests in flight.
     pub request_timeout: Duration,
     /// The most watches one client (`handlers/flow.rs` `client_key`) holds open at once; one
     /// more is 429.

@@ -188,7 +188,7 @@ pub struct LimitArgs {
     /// `Retry-After: 1`. 0: no limit.
     #[arg(long, default_value_t = 200)]
     pub(crate) max_mutating_requests_inflight: usize,
-    /// A non-watch request that takes longer is answered 504.
+    /// A non-watch request that takes longer is answered 504 (0: no timeout).
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     pub(crate) request_timeout: Duration,
     /// The most watches one client holds open at once; one more is answered 429.

@@ -17,7 +17,7 @@
 //!   429 `TooManyRequests` and `Retry-After: 1`, as kube-apiserver's max-in-flight filter does;
 //!   it never queues.
 //! - A non-watch request that takes longer than `Config::request_timeout` (body included) is
-//!   answered 504 `Timeout` and its work dropped. A write it had handed to the store may still
+//!   answered 504 `Timeout` and its work dropped (0: no timeout). A write it had handed to the store may still
 //!   land, as in Kubernetes: the client learns the outcome by reading.
 //! - One client holds at most `Config::max_watches_per_client` open watches; one more is 429
 //!   with `Retry-After: 1`. A watch's slot is given back when its stream ends (timeout,
@@ -211,6 +211,9 @@ pub async fn limit(State(flow): State<Arc<Flow>>, request: Request, next: Next) 
                 Err(error) => return error.into_response(),
             };
             let _counted = InFlight::new(kind);
+            if flow.request_timeout.is_zero() {
+                return next.run(request).await;
+            }
             match tokio::time::timeout(flow.request_timeout, next.run(request)).await {
                 Ok(response) => response,
                 Err(_) => ApiError::new(

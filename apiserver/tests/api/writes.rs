@@ -217,3 +217,18 @@ async fn dry_run_persists_nothing() {
     .await
     .expect_error(422, "Invalid");
 }
+
+#[tokio::test]
+async fn a_zero_request_timeout_means_none() {
+    let h = Harness::start_with(corral_apiserver::Config {
+        request_timeout: std::time::Duration::ZERO,
+        ..test_config()
+    })
+    .await;
+    let created = h
+        .post(WIDGETS, &widget("untimed", json!({"color": "red"})))
+        .await
+        .expect(201);
+    assert_eq!(created["metadata"]["name"], "untimed");
+    h.get(&widget_path("untimed")).await.expect(200);
+}
