@@ -60,6 +60,10 @@ pub struct CachedObject {
     /// `spec.sled`, one JSONPath evaluation per watcher per event was 8% of the API server's
     /// CPU (`corral bench rack`).
     field_values: Mutex<Vec<(String, String, Option<String>)>>,
+    /// A typed reading of `value`, made once by the first reader that asks
+    /// ([`CachedObject::parsed`]): the RBAC kinds' bindings and rules, read on every
+    /// authorization of every user outside `system:masters`.
+    parsed: std::sync::OnceLock<Arc<dyn std::any::Any + Send + Sync>>,
 }
 
 impl CachedObject {
@@ -72,6 +76,20 @@ impl CachedObject {
             value,
             json,
             field_values: Mutex::new(Vec::new()),
+            parsed: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// `parse(value)`, computed once per cached object (an object's revisions are distinct
+    /// cached objects, so a change is parsed anew). One type per object: asked for another,
+    /// it parses without keeping the result.
+    pub fn parsed<T: std::any::Any + Send + Sync>(&self, parse: impl Fn(&Value) -> T) -> Arc<T> {
+        let kept = self
+            .parsed
+            .get_or_init(|| Arc::new(parse(&self.value)) as Arc<dyn std::any::Any + Send + Sync>);
+        match kept.clone().downcast::<T>() {
+            Ok(parsed) => parsed,
+            Err(_) => Arc::new(parse(&self.value)),
         }
     }
 
@@ -594,6 +612,23 @@ mod tests {
             let waited = tokio::time::timeout_at(deadline, changed.changed()).await;
             assert!(waited.is_ok(), "{what}: not within 10 s");
         }
+    }
+
+    #[test]
+    fn a_cached_object_is_parsed_once_per_type_it_keeps() {
+        let object = CachedObject::new("k".into(), 3, serde_json::json!({"n": 7}));
+        let calls = std::sync::atomic::AtomicUsize::new(0);
+        let parse = |value: &Value| {
+            calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            value["n"].as_i64()
+        };
+        assert_eq!(*object.parsed(parse), Some(7));
+        assert_eq!(*object.parsed(parse), Some(7));
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
+        // Another type is parsed, not kept, and does not displace the first.
+        assert_eq!(*object.parsed(|value| value["n"].to_string()), "7");
+        assert_eq!(*object.parsed(parse), Some(7));
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
     }
 
     #[tokio::test]

@@ -153,7 +153,7 @@ pub(super) fn role_rules(
     let Some(role) = server.cache(resource).get(&resource.key(namespace, name)) else {
         return Vec::new();
     };
-    rules_of(&role.value)
+    role.parsed(rules_of).as_ref().clone()
 }
 
 pub(super) fn rules_of(role: &Value) -> Vec<Rule> {
@@ -175,7 +175,9 @@ pub fn rules_for(server: &ApiServer, user: &User, namespace: Option<&str>) -> Ve
             None => cache.snapshot(),
         };
         for object in objects {
-            let Ok(binding) = serde_json::from_value::<Binding>(object.value.clone()) else {
+            let binding =
+                object.parsed(|value| serde_json::from_value::<Binding>(value.clone()).ok());
+            let Some(binding) = binding.as_ref() else {
                 continue;
             };
             let names_user = binding
