@@ -134,7 +134,9 @@ pub async fn audit(
                 writeln!(term.err, "No audit events found.")?;
                 return Ok(Outcome::Succeeded);
             }
-            write!(term.out, "{}", render(&rows(&events)))?;
+            let rows = rows(&events);
+            let headers: Vec<&str> = rows[0].iter().map(String::as_str).collect();
+            write!(term.out, "{}", table::render(&headers, &rows[1..]))?;
         }
         Some(OutputFormat::Json) => writeln!(term.out, "{}", output::to_json(&list)?)?,
         Some(OutputFormat::Yaml) => write!(term.out, "{}", output::to_yaml(&list)?)?,
@@ -145,11 +147,6 @@ pub async fn audit(
         }
     }
     Ok(Outcome::Succeeded)
-}
-
-fn render(rows: &[Vec<String>]) -> String {
-    let columns = table::Columns::fit(rows);
-    rows.iter().map(|row| columns.line(row) + "\n").collect()
 }
 
 #[cfg(test)]

@@ -180,6 +180,30 @@ enum Message {
     Flush(oneshot::Sender<()>),
 }
 
+/// Writes `first` and everything queued behind it, flushes once, then answers the flushes
+/// among them.
+fn write_queued(file: &mut Rotating, first: Message, received: &mut mpsc::Receiver<Message>) {
+    let mut waiting = Vec::new();
+    let mut next = Some(first);
+    while let Some(message) = next {
+        match message {
+            Message::Line(line) => {
+                if let Err(error) = file.write_line(&line) {
+                    tracing::error!(%error, "could not write the audit log");
+                }
+            }
+            Message::Flush(done) => waiting.push(done),
+        }
+        next = received.try_recv().ok();
+    }
+    if let Err(error) = file.flush() {
+        tracing::error!(%error, "could not write the audit log");
+    }
+    for done in waiting {
+        let _ = done.send(());
+    }
+}
+
 /// The trail: a queue to its writer thread, and the files to read it back from.
 pub struct Log {
     config: AuditConfig,
@@ -200,25 +224,7 @@ impl Log {
                 while let Some(first) = received.blocking_recv() {
                     let mut next = Some(first);
                     while let Some(message) = next {
-                        let mut waiting = Vec::new();
-                        let mut message = Some(message);
-                        while let Some(taken) = message {
-                            match taken {
-                                Message::Line(line) => {
-                                    if let Err(error) = file.write_line(&line) {
-                                        tracing::error!(%error, "could not write the audit log");
-                                    }
-                                }
-                                Message::Flush(done) => waiting.push(done),
-                            }
-                            message = received.try_recv().ok();
-                        }
-                        if let Err(error) = file.flush() {
-                            tracing::error!(%error, "could not write the audit log");
-                        }
-                        for done in waiting {
-                            let _ = done.send(());
-                        }
+                        write_queued(&mut file, message, &mut received);
                         std::thread::sleep(BUSY_PERIOD);
                         next = received.try_recv().ok();
                     }
