@@ -227,28 +227,17 @@ pub async fn start_apiserver(
     stop: tokio_util::sync::CancellationToken,
 ) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<anyhow::Result<()>>)> {
     let mut store_config = args.store.clone();
-    if let StoreConfig::Etcd {
-        prefix,
-        tls,
-        endpoints,
-    } = &mut store_config
-    {
+    if let StoreConfig::Etcd { prefix, .. } = &mut store_config {
         *prefix = args.etcd_prefix.clone();
-        let flags = corral_store::EtcdTls::from_parts(
-            args.etcd_cafile.clone(),
-            args.etcd_certfile.clone(),
-            args.etcd_keyfile.clone(),
-        )
-        .map_err(|why| anyhow::anyhow!("--etcd-cafile, --etcd-certfile, --etcd-keyfile: {why}"))?;
-        if let Some(flags) = flags {
-            // A bare host:port became http://: with TLS it is https://.
-            for endpoint in endpoints.iter_mut() {
-                if let Some(authority) = endpoint.strip_prefix("http://") {
-                    *endpoint = format!("https://{authority}");
-                }
-            }
-            *tls = Some(flags);
-        }
+    }
+    let flags = corral_store::EtcdTls::from_parts(
+        args.etcd_cafile.clone(),
+        args.etcd_certfile.clone(),
+        args.etcd_keyfile.clone(),
+    )
+    .map_err(|why| anyhow::anyhow!("--etcd-cafile, --etcd-certfile, --etcd-keyfile: {why}"))?;
+    if let Some(flags) = flags {
+        store_config = store_config.with_etcd_tls(flags);
     }
     let registry = Registry::load_with(corral_crds::MANIFESTS, args.crds.as_deref())
         .context("loading CustomResourceDefinitions")?;

@@ -136,6 +136,29 @@ impl EtcdTls {
     }
 }
 
+impl StoreConfig {
+    /// This config speaking TLS to etcd with `tls`, every endpoint over `https://` (a bare
+    /// `host:port` was read as `http://`). A SQLite config is returned as it is.
+    pub fn with_etcd_tls(self, tls: EtcdTls) -> StoreConfig {
+        match self {
+            StoreConfig::Etcd {
+                endpoints, prefix, ..
+            } => StoreConfig::Etcd {
+                endpoints: endpoints
+                    .into_iter()
+                    .map(|e| match e.strip_prefix("http://") {
+                        Some(authority) => format!("https://{authority}"),
+                        None => e,
+                    })
+                    .collect(),
+                prefix,
+                tls: Some(tls),
+            },
+            sqlite => sqlite,
+        }
+    }
+}
+
 fn normalize_endpoint(endpoint: &str, tls: bool) -> Result<String, ConfigError> {
     let bad = || ConfigError::BadEndpoint(endpoint.to_owned());
     let (scheme, authority) = match endpoint.split_once("://") {
