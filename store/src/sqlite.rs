@@ -138,6 +138,9 @@ impl SqliteStore {
         let reads = SqlitePoolOptions::new()
             .max_connections(options.read_connections.max(1))
             .min_connections(0)
+            // A connection to a local file does not go stale, and the check is a round trip
+            // to the connection's thread before every read.
+            .test_before_acquire(false)
             .connect_lazy_with(connect.pragma("query_only", "ON"));
 
         let (committed_tx, committed) = tokio::sync::watch::channel(current);

@@ -37,6 +37,8 @@ pub enum SqliteError {
         revision: Revision,
         previous: Revision,
     },
+    #[error("the meta table has no {0:?} row")]
+    MissingMeta(&'static str),
     #[error("the write transaction failed")]
     Transaction(#[source] Arc<sqlx::Error>),
     #[error("SQLite failed")]

@@ -5,9 +5,11 @@
 //! - **Position** is the revision up to which every matching log row has been delivered. It
 //!   only moves to a revision the writer has published, so every row at or below it was
 //!   committed before it was read (the writer publishes after committing): nothing is skipped.
-//! - Each scan reads the compacted revision in the same read transaction as the rows; if
-//!   compaction passed the position, rows may be missing and the watch ends with `Compacted`
-//!   instead of delivering an incomplete history.
+//! - Each scan reads the compacted revision in the same statement, hence the same snapshot,
+//!   as the rows; if compaction passed the position, rows may be missing and the watch ends
+//!   with `Compacted` instead of delivering an incomplete history.
+//! - A scan is one statement: one round trip to a read connection's thread. Every watch scans
+//!   after every commit, so this is paid once per commit per watched prefix.
 //! - A response goes out at least every `progress_interval`: events when there are any,
 //!   otherwise an empty one carrying the position.
 
@@ -32,13 +34,18 @@ const PAGE: i64 = 1000;
 /// A shorter interval would only spin.
 const MIN_PROGRESS_INTERVAL: Duration = Duration::from_millis(10);
 
-/// `+l.key` keeps SQLite on the revision (rowid) range instead of the key index: a watch reads
-/// a short span of recent revisions, usually across a wide key range.
-const SCAN_SQL: &str = "SELECT l.revision, l.key, l.value, l.create_revision, l.prev_revision, \
+/// The compacted revision, then the rows past the position, in one statement: the first column
+/// of every row is the compacted revision, and the one row with no log row beside it (NULL
+/// revision) says there are none. `+l.key` keeps SQLite on the revision (rowid) range instead
+/// of the key index: a watch reads a short span of recent revisions, usually across a wide key
+/// range.
+const SCAN_SQL: &str = "SELECT c.value, s.* FROM meta AS c LEFT JOIN (\
+     SELECT l.revision, l.key, l.value, l.create_revision, l.prev_revision, \
      l.deleted, p.value, p.create_revision \
      FROM log AS l LEFT JOIN log AS p ON p.revision = l.prev_revision \
      WHERE l.revision > ?1 AND l.revision <= ?2 AND +l.key >= ?3 AND +l.key < ?4 \
-     ORDER BY l.revision LIMIT ?5";
+     ORDER BY l.revision LIMIT ?5) AS s \
+     WHERE c.name = 'compacted' ORDER BY s.revision";
 
 pub(super) struct SqliteWatch {
     reads: SqlitePool,
@@ -122,28 +129,36 @@ impl SqliteWatch {
     /// Reads matching rows in `(position, target]`, at most a page, and advances the position
     /// past what it read.
     async fn scan(&mut self, target: Revision) -> Result<Vec<Event>> {
-        let mut tx = self.reads.begin().await.map_err(sql_error)?;
-        let compacted: i64 = sqlx::query_scalar("SELECT value FROM meta WHERE name = 'compacted'")
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(sql_error)?;
-        if compacted > self.position {
-            return Err(StoreError::Compacted {
-                requested: self.position,
-                compacted,
-            });
-        }
         let rows = sqlx::query(SCAN_SQL)
             .bind(self.position)
             .bind(target)
             .bind(&self.start[..])
             .bind(&self.end[..])
             .bind(PAGE)
-            .fetch_all(&mut *tx)
+            .fetch_all(&self.reads)
             .await
             .map_err(sql_error)?;
-        tx.rollback().await.map_err(sql_error)?;
-        let events = rows.iter().map(event).collect::<Result<Vec<_>>>()?;
+        let compacted: i64 = match rows.first() {
+            Some(row) => row.try_get(0).map_err(sql_error)?,
+            None => {
+                return Err(StoreError::Backend(Box::new(SqliteError::MissingMeta(
+                    "compacted",
+                ))));
+            }
+        };
+        if compacted > self.position {
+            return Err(StoreError::Compacted {
+                requested: self.position,
+                compacted,
+            });
+        }
+        let mut events = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let revision: Option<i64> = row.try_get(1).map_err(sql_error)?;
+            if revision.is_some() {
+                events.push(event(row)?);
+            }
+        }
         self.position = match events.last() {
             Some(last) if events.len() as i64 == PAGE => last.revision(),
             _ => target,
@@ -152,16 +167,17 @@ impl SqliteWatch {
     }
 }
 
+/// The event in a row of [`SCAN_SQL`] (its columns after the first).
 fn event(row: &SqliteRow) -> Result<Event> {
-    let revision: i64 = row.try_get(0).map_err(sql_error)?;
-    let key = decode_key(row.try_get(1).map_err(sql_error)?)?;
-    let value: Vec<u8> = row.try_get(2).map_err(sql_error)?;
-    let create_revision: i64 = row.try_get(3).map_err(sql_error)?;
-    let prev_revision: i64 = row.try_get(4).map_err(sql_error)?;
-    let deleted: bool = row.try_get(5).map_err(sql_error)?;
+    let revision: i64 = row.try_get(1).map_err(sql_error)?;
+    let key = decode_key(row.try_get(2).map_err(sql_error)?)?;
+    let value: Vec<u8> = row.try_get(3).map_err(sql_error)?;
+    let create_revision: i64 = row.try_get(4).map_err(sql_error)?;
+    let prev_revision: i64 = row.try_get(5).map_err(sql_error)?;
+    let deleted: bool = row.try_get(6).map_err(sql_error)?;
     let prev = if prev_revision > 0 {
-        let prev_value: Option<Vec<u8>> = row.try_get(6).map_err(sql_error)?;
-        let prev_create: Option<i64> = row.try_get(7).map_err(sql_error)?;
+        let prev_value: Option<Vec<u8>> = row.try_get(7).map_err(sql_error)?;
+        let prev_create: Option<i64> = row.try_get(8).map_err(sql_error)?;
         let (Some(prev_value), Some(prev_create)) = (prev_value, prev_create) else {
             return Err(StoreError::Backend(Box::new(
                 SqliteError::MissingPrevious {
