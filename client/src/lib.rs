@@ -1,13 +1,15 @@
 //! What every Corral client shares — controllers, node-agents and `corralctl` alike: how to
 //! reach the API server ([`connect`]), the one clock ([`clock`]), Events ([`events`]), Leases
 //! for heartbeats and leader election ([`lease`]), "already done is success"
-//! ([`idempotent`]), and TLS to the sleds' own endpoints ([`tls`]).
+//! ([`idempotent`]), TLS to the sleds' own endpoints ([`tls`]), and failing over between
+//! several API servers ([`failover`]).
 //!
 //! **Invariant:** talks to the API server only; never names the store.
 
 pub mod backoff;
 pub mod clock;
 pub mod events;
+pub mod failover;
 pub mod idempotent;
 pub mod lease;
 pub mod tls;
@@ -43,7 +45,7 @@ pub async fn connect_as(
     kubeconfig: Option<&Path>,
     user_agent: &str,
 ) -> Result<kube::Client, ConnectError> {
-    let mut config = match kubeconfig {
+    let (mut config, servers) = match kubeconfig {
         Some(path) => {
             let options = kube::config::KubeConfigOptions::default();
             let file = kube::config::Kubeconfig::read_from(path).map_err(|source| {
@@ -52,19 +54,31 @@ pub async fn connect_as(
                     source,
                 }
             })?;
-            kube::Config::from_custom_kubeconfig(file, &options)
+            let servers = failover::listed_servers(&file, None);
+            let config = kube::Config::from_custom_kubeconfig(file, &options)
                 .await
                 .map_err(|source| ConnectError::Kubeconfig {
                     path: path.display().to_string(),
                     source,
-                })?
+                })?;
+            (config, servers)
         }
-        None => kube::Config::infer().await.map_err(ConnectError::Infer)?,
+        None => {
+            let config = kube::Config::infer().await.map_err(ConnectError::Infer)?;
+            // The same file infer() read, if it read one (not in a pod).
+            let servers = kube::config::Kubeconfig::read()
+                .map(|file| failover::listed_servers(&file, None))
+                .unwrap_or_default();
+            (config, servers)
+        }
     };
     if let Ok(value) = http::HeaderValue::from_str(user_agent) {
         config.headers.push((http::header::USER_AGENT, value));
     }
-    kube::Client::try_from(config).map_err(ConnectError::Client)
+    failover::client(config, &servers).map_err(|error| match error {
+        failover::FailoverError::InvalidUrl(url) => ConnectError::InvalidUrl(url),
+        failover::FailoverError::Client(error) => ConnectError::Client(error),
+    })
 }
 
 /// A client for a plain-HTTP API server at `url` (for processes started with `--server`).

@@ -368,3 +368,67 @@ async fn kube_rs_works_against_sqlite() {
 async fn kube_rs_works_against_etcd() {
     scenario(Backend::Etcd).await;
 }
+
+/// `a`'s admin kubeconfig, naming `b` too (the `corral.dev/servers` extension of
+/// `corral certs --server A --server B`).
+fn kubeconfig_of_both(a: &Apiserver, b: &Apiserver) -> std::path::PathBuf {
+    let mut kubeconfig = kube::config::Kubeconfig::read_from(a.kubeconfig()).expect("a kubeconfig");
+    let cluster = kubeconfig.clusters[0].cluster.as_mut().expect("a cluster");
+    cluster.extensions = Some(vec![kube::config::NamedExtension {
+        name: corral_client::failover::SERVERS_EXTENSION.into(),
+        extension: serde_json::json!({"servers": [a.base_url(), b.base_url()]}),
+    }]);
+    let path = a.dir().join("both.kubeconfig");
+    std::fs::write(&path, serde_json::to_vec(&kubeconfig).unwrap()).unwrap();
+    path
+}
+
+/// Corral's client of two API servers keeps working while either dies (SIGKILL), and its
+/// watcher resumes on the other server from its last resourceVersion, without a relist.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_of_two_servers_fails_over_and_its_watch_resumes_without_a_relist() {
+    let mut a = common::start_apiserver(Backend::Etcd, &[]).await;
+    let scratch = corral_harness::Scratch::temporary("corral-test-").unwrap();
+    let mut b = a.peer(scratch).await.expect("a second API server");
+    let client = corral_client::connect(Some(&kubeconfig_of_both(&a, &b)))
+        .await
+        .expect("a client of both");
+    let api: Api<Widget> = Api::namespaced(client, "default");
+    let mut stream = Box::pin(watcher::watcher(api.clone(), watcher::Config::default()));
+    let mut names = std::collections::BTreeSet::new();
+    let mut inits = 0;
+
+    // Each server dies in turn (A comes back before B goes); whichever the client was on,
+    // one of the kills is the one it fails over from.
+    for (step, name) in ["before", "a-dead", "a-back", "b-dead"]
+        .into_iter()
+        .enumerate()
+    {
+        match step {
+            1 => a.kill9(),
+            2 => a.restart().await.expect("restarting A"),
+            3 => b.kill9(),
+            _ => {}
+        }
+        let created = within(
+            &format!("creating {name}"),
+            api.create(&PostParams::default(), &widget(name, "red")),
+        )
+        .await
+        .unwrap_or_else(|error| panic!("creating {name}: {error}"));
+        assert_eq!(created.name_any(), name);
+        within(
+            &format!("watching {name} arrive"),
+            drive(&mut stream, &mut names, &mut inits, |n| n.contains(name)),
+        )
+        .await;
+        let listed = within("listing", api.list(&ListParams::default()))
+            .await
+            .unwrap();
+        assert_eq!(listed.items.len(), step + 1);
+    }
+    assert_eq!(
+        inits, 1,
+        "the watch resumed on the other server without a relist"
+    );
+}
