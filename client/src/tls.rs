@@ -157,6 +157,8 @@ pub fn peer_identity(der: &[u8]) -> Option<PeerIdentity> {
 
 /// The group whose members may do anything (`admin`), as the API server names it.
 pub const MASTERS_GROUP: &str = "system:masters";
+/// The group that may read metrics (Kubernetes' `system:monitoring`), as the API server names it.
+pub const MONITORING_GROUP: &str = "system:monitoring";
 /// The controllers' user.
 pub const CONTROLLERS_USER: &str = "system:corral:controllers";
 

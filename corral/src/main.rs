@@ -69,6 +69,7 @@ fn main() -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     // The process's metrics recorder, before anything records (`/metrics` renders it).
     corral_apiserver::metrics::handle();
+    corral_node_agent::metrics::serve_with(corral_apiserver::metrics::render);
     let cli = Cli::parse();
     init_tracing(&cli.log_format);
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -26,7 +26,7 @@ use axum::extract::Request;
 use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use corral_client::tls::{CONTROLLERS_USER, MASTERS_GROUP, PeerIdentity};
+use corral_client::tls::{CONTROLLERS_USER, MASTERS_GROUP, MONITORING_GROUP, PeerIdentity};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
@@ -90,6 +90,8 @@ pub enum Rule {
     Masters,
     /// `system:masters` or user `system:corral:controllers`: a power controller.
     MastersOrControllers,
+    /// `system:masters` or group `system:monitoring`: the sled's metrics.
+    Monitoring,
 }
 
 impl Rule {
@@ -99,6 +101,7 @@ impl Rule {
             Rule::MastersOrControllers => {
                 user.in_group(MASTERS_GROUP) || user.user == CONTROLLERS_USER
             }
+            Rule::Monitoring => user.in_group(MASTERS_GROUP) || user.in_group(MONITORING_GROUP),
         }
     }
 }

@@ -21,6 +21,8 @@
 //!   and what it owes the rack then.
 //! - `config.rs` — the agent's configuration and intervals; `error.rs` — error display and
 //!   the error of an API call about a Vmm.
+//! - `metrics.rs` — the agent's metrics (VMMs by state, heartbeat, migrations) and
+//!   `/metrics`.
 //! - `http.rs` — serving the sled's endpoints: TLS, the [`Caller`](http::Caller) of each
 //!   request, and who may call what ([`http::authorize`]); docs/security.md, "The sleds'
 //!   endpoints".
@@ -62,6 +64,7 @@ pub mod http;
 pub mod hypervisor;
 pub mod journal;
 pub mod ledger;
+pub mod metrics;
 pub mod migration;
 pub mod power;
 pub mod qemu;

@@ -550,6 +550,7 @@ impl Outgoing<'_> {
         if !emit(events, token, done).await {
             return SourceEnd::BrokeAfterPause;
         }
+        crate::metrics::migration_sent(&ctx.sled.name, self.sent);
         SourceEnd::Done
     }
 }

@@ -244,6 +244,11 @@ async fn agent_process(
         });
         let router = authorize(faults, Rule::Masters, "use the fault-injection API")
             .merge(crate::migration::router(slot.clone()))
+            .merge(authorize(
+                crate::metrics::router(),
+                Rule::Monitoring,
+                "read the sled's metrics",
+            ))
             .layer(axum::middleware::from_fn_with_state(
                 machine.frozen().clone(),
                 answer_unless_frozen,

@@ -29,7 +29,7 @@ use std::time::Duration;
 
 use corral_client::events;
 use corral_client::idempotent::{Idempotent, is_conflict};
-use corral_crds::{Instance, VMM_FINALIZER, Vmm};
+use corral_crds::{Instance, MigrationRole, VMM_FINALIZER, Vmm};
 use futures::StreamExt;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use kube::api::{Api, Patch, PatchParams, WatchEvent, WatchParams};
@@ -254,7 +254,7 @@ async fn apply(
         }
         if let Some(mut next) = plan.record.clone() {
             if action == MachineAction::Resume {
-                stamp_resumed(&mut next);
+                stamp_resumed(&mut next, &ctx.sled.name);
             }
             ctx.record(&mut ledger, next).await?;
         }
@@ -293,12 +293,20 @@ async fn apply(
 }
 
 /// A migration end whose guest runs again (the target after the switch, the source after an
-/// abort) records when: now, just after the machine resumed it.
-fn stamp_resumed(record: &mut VmmRecord) {
+/// abort) records when: now, just after the machine resumed it. The target's also records the
+/// downtime, from the source's pause, in the sled's metrics.
+fn stamp_resumed(record: &mut VmmRecord, sled: &str) {
     if let Some(migration) = record.migration.as_mut()
         && migration.status.timings.resumed_at.is_none()
     {
-        migration.status.timings.resumed_at = Some(MicroTime(corral_client::clock::now()));
+        let now = corral_client::clock::now();
+        migration.status.timings.resumed_at = Some(MicroTime(now));
+        if migration.status.role == MigrationRole::Target
+            && let Some(paused) = &migration.status.timings.paused_at
+            && let Ok(downtime) = Duration::try_from(now.duration_since(paused.0))
+        {
+            crate::metrics::migration_downtime(sled, downtime);
+        }
     }
 }
 

@@ -121,6 +121,7 @@ impl Outgoing<'_> {
                     if !emit(events, token, done).await {
                         return SourceEnd::BrokeAfterPause;
                     }
+                    crate::metrics::migration_sent(&ctx.sled.name, transfer.bytes_sent);
                     return SourceEnd::Done;
                 }
                 TransferPhase::Failed(why) => {
