@@ -35,8 +35,8 @@ enum Command {
     Up(rack::UpArgs),
     /// Run the Kubernetes-compatible API server.
     Apiserver(Box<apiserver::ApiserverArgs>),
-    /// Make (or complete) a rack's CA, the API server's certificate and kubeconfigs for
-    /// `admin`, the controllers, sleds and users.
+    /// Make (or complete) a rack's CA, the API servers' certificate and kubeconfigs for
+    /// `admin`, the controllers, sleds and users, and etcd's own CA and certificates.
     Certs(certs::CertsArgs),
     /// Run the controllers (leader-elected: run several, one acts).
     Controllers(controllers::ControllersArgs),

@@ -395,10 +395,11 @@ pub async fn up(mut args: UpArgs) -> anyhow::Result<()> {
     let pki = data_dir.join("pki");
     let mut certs = CertsArgs {
         dir: pki.clone(),
-        server: server_url(args.listen),
+        servers: vec![server_url(args.listen)],
         hosts: Vec::new(),
         nodes: (1..=args.sleds).map(sled_name).collect(),
         users: Vec::new(),
+        etcd_members: Vec::new(),
     };
     certs::make(&certs)?;
     let apiserver = ApiserverArgs {
@@ -422,9 +423,9 @@ pub async fn up(mut args: UpArgs) -> anyhow::Result<()> {
     };
     let stop = CancellationToken::new();
     let (address, apiserver_task) = start_apiserver(apiserver, stop.clone()).await?;
-    if server_url(address) != certs.server {
+    if [server_url(address)] != certs.servers.as_slice() {
         // A port picked at bind time: the kubeconfigs name the one bound.
-        certs.server = server_url(address);
+        certs.servers = vec![server_url(address)];
         certs::make(&certs)?;
     }
     let kubeconfig_path = data_dir.join("kubeconfig");

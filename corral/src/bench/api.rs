@@ -271,10 +271,11 @@ pub async fn api(args: ApiArgs) -> anyhow::Result<()> {
     let pki = scratch.path().join("pki");
     crate::certs::make(&crate::certs::CertsArgs {
         dir: pki.clone(),
-        server: format!("https://{address}"),
+        servers: vec![format!("https://{address}")],
         hosts: Vec::new(),
         nodes: Vec::new(),
         users: Vec::new(),
+        etcd_members: Vec::new(),
     })?;
     let tls = corral_apiserver::serve::Tls::from_files(
         &pki.join("apiserver.crt"),
