@@ -345,8 +345,11 @@ impl Cacher {
         let resource = self.resource.plural.clone();
         metrics::counter!(crate::metrics::CACHE_RELISTS, "resource" => resource.clone())
             .increment(1);
-        metrics::gauge!(crate::metrics::CACHE_OBJECTS, "resource" => resource)
+        metrics::gauge!(crate::metrics::CACHE_OBJECTS, "resource" => resource.clone())
             .set(objects.len() as f64);
+        // The resource's watcher count exists (at 0) from the first list on, not only once a
+        // watch came: a series that appears late reads as missing to a scraper.
+        metrics::gauge!(crate::metrics::WATCHERS, "resource" => resource).increment(0.0);
         {
             let mut state = self.state.write().expect("cache lock poisoned");
             // Everything a watcher may have been positioned at is gone from the window.

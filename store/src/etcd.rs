@@ -87,10 +87,14 @@ impl Store for EtcdStore {
     }
 
     async fn get(&self, key: &str) -> Result<Option<KeyValue>> {
-        let mut kv = self.kv();
-        let response = timed(kv.get(self.full_key(key), None))
-            .await?
-            .map_err(other)?;
+        let full = self.full_key(key);
+        let response = timed(|| {
+            let mut kv = self.kv();
+            let full = full.clone();
+            async move { kv.get(full, None).await }
+        })
+        .await?
+        .map_err(other)?;
         response
             .kvs()
             .first()
@@ -163,8 +167,13 @@ impl Store for EtcdStore {
             .when([Compare::create_revision(full.clone(), CompareOp::Equal, 0)])
             .and_then([TxnOp::put(full.clone(), value.to_vec(), None)])
             .or_else([TxnOp::get(full, None)]);
-        let mut kv = self.kv();
-        let response = timed(kv.txn(txn)).await?.map_err(other)?;
+        let response = timed(|| {
+            let mut kv = self.kv();
+            let txn = txn.clone();
+            async move { kv.txn(txn).await }
+        })
+        .await?
+        .map_err(other)?;
         if response.succeeded() {
             let revision = Self::header_revision(response.header())?;
             return Ok(KeyValue {
@@ -198,8 +207,13 @@ impl Store for EtcdStore {
                 Some(PutOptions::new().with_prev_key()),
             )])
             .or_else([TxnOp::get(full, None)]);
-        let mut kv = self.kv();
-        let response = timed(kv.txn(txn)).await?.map_err(other)?;
+        let response = timed(|| {
+            let mut kv = self.kv();
+            let txn = txn.clone();
+            async move { kv.txn(txn).await }
+        })
+        .await?
+        .map_err(other)?;
         if !response.succeeded() {
             return Err(match self.else_value(&response)? {
                 Some(current) => StoreError::Conflict {
@@ -240,8 +254,13 @@ impl Store for EtcdStore {
                 Some(DeleteOptions::new().with_prev_key()),
             )])
             .or_else([TxnOp::get(full, None)]);
-        let mut kv = self.kv();
-        let response = timed(kv.txn(txn)).await?.map_err(other)?;
+        let response = timed(|| {
+            let mut kv = self.kv();
+            let txn = txn.clone();
+            async move { kv.txn(txn).await }
+        })
+        .await?
+        .map_err(other)?;
         if !response.succeeded() {
             return Err(match self.else_value(&response)? {
                 Some(current) => StoreError::Conflict {
@@ -281,10 +300,14 @@ impl Store for EtcdStore {
             .with_prefix()
             .with_prev_key()
             .with_start_revision(after + 1);
-        let mut client = self.watcher();
-        let stream = timed(client.watch(self.full_key(prefix), Some(etcd_options)))
-            .await?
-            .map_err(other)?;
+        let full = self.full_key(prefix);
+        let stream = timed(|| {
+            let mut client = self.watcher();
+            let (full, etcd_options) = (full.clone(), etcd_options.clone());
+            async move { client.watch(full, Some(etcd_options)).await }
+        })
+        .await?
+        .map_err(other)?;
         Ok(
             watch::EtcdWatch::new(self.clone(), stream, after, options.progress_interval)
                 .into_stream(),
@@ -292,8 +315,12 @@ impl Store for EtcdStore {
     }
 
     async fn compact(&self, revision: Revision) -> Result<()> {
-        let mut kv = self.kv();
-        match timed(kv.compact(revision, None)).await? {
+        match timed(|| {
+            let mut kv = self.kv();
+            async move { kv.compact(revision, None).await }
+        })
+        .await?
+        {
             Ok(_) => {
                 self.note_compacted(revision);
                 Ok(())

@@ -35,13 +35,58 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// objects of at most 1.5 MB).
 const MAX_RESPONSE_BYTES: usize = i32::MAX as usize;
 
-/// Runs an etcd request with [`REQUEST_TIMEOUT`].
-pub(super) async fn timed<T>(
-    request: impl Future<Output = Result<T, etcd_client::Error>>,
-) -> Result<Result<T, etcd_client::Error>> {
-    tokio::time::timeout(REQUEST_TIMEOUT, request)
+/// How many times a request that reached no member is sent again (see [`timed`]).
+const CONNECT_RETRIES: u32 = 4;
+/// The pause before the first resend; each further one waits this much longer.
+const RETRY_PAUSE: Duration = Duration::from_millis(50);
+
+/// Runs an etcd request (made afresh by `request` for each attempt) with [`REQUEST_TIMEOUT`]
+/// over all its attempts. etcd-client spreads requests over every member it was given and
+/// keeps a member that died in the set, so a request may be sent to a member whose connection
+/// is refused: such a request reached no etcd, whatever it was, and is sent again (up to
+/// [`CONNECT_RETRIES`] times), which lets the balancer pick a live member. Any other failure is
+/// the caller's: a request that may have reached a member is never sent twice.
+pub(super) async fn timed<T, F, Fut>(mut request: F) -> Result<Result<T, etcd_client::Error>>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, etcd_client::Error>>,
+{
+    let attempts = async {
+        let mut attempt = 0;
+        loop {
+            match request().await {
+                Err(error) if attempt < CONNECT_RETRIES && did_not_connect(&error) => {
+                    attempt += 1;
+                    tracing::debug!(%error, attempt, "an etcd member refused the connection; sending again");
+                    tokio::time::sleep(RETRY_PAUSE * attempt).await;
+                }
+                answer => return answer,
+            }
+        }
+    };
+    tokio::time::timeout(REQUEST_TIMEOUT, attempts)
         .await
         .map_err(|_| StoreError::Unavailable(Box::new(EtcdError::Timeout(REQUEST_TIMEOUT))))
+}
+
+/// Whether `error` says no connection to a member could be made (so the request reached none).
+fn did_not_connect(error: &etcd_client::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(error) = source {
+        if error
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused)
+        {
+            return true;
+        }
+        // hyper-util's connector error, which does not always keep the io::Error as a source.
+        let text = error.to_string();
+        if text.contains("tcp connect error") || text.contains("Connection refused") {
+            return true;
+        }
+        source = error.source();
+    }
+    false
 }
 
 /// Whether this etcd version answers `request_progress` only once the watch is synced (etcd
@@ -112,12 +157,15 @@ impl EtcdStore {
         tls: Option<&EtcdTls>,
     ) -> Result<EtcdStore> {
         let options = connect_options(tls)?;
-        let client = timed(Client::connect(endpoints, Some(options)))
+        let client = timed(|| Client::connect(endpoints, Some(options.clone())))
             .await?
             .map_err(other)?;
-        let status = timed(client.maintenance_client().status())
-            .await?
-            .map_err(other)?;
+        let status = timed(|| {
+            let mut maintenance = client.maintenance_client();
+            async move { maintenance.status().await }
+        })
+        .await?
+        .map_err(other)?;
         let progress_is_ordered = progress_is_ordered(status.version());
         if !progress_is_ordered {
             tracing::info!(
@@ -182,8 +230,13 @@ impl EtcdStore {
     /// `Ok(false)` if it was compacted.
     async fn serves_revision(&self, revision: Revision) -> Result<bool> {
         let options = GetOptions::new().with_count_only().with_revision(revision);
-        let mut kv = self.kv();
-        match timed(kv.get(&self.prefix[..], Some(options))).await? {
+        match timed(|| {
+            let mut kv = self.kv();
+            let options = options.clone();
+            async move { kv.get(&self.prefix[..], Some(options)).await }
+        })
+        .await?
+        {
             Ok(_) => Ok(true),
             Err(error) => match classify(error) {
                 Failure::Compacted => Ok(false),
@@ -216,8 +269,12 @@ impl EtcdStore {
         start: Vec<u8>,
         options: GetOptions,
     ) -> Result<GetResponse, etcd_client::Error> {
-        let mut kv = self.kv();
-        match tokio::time::timeout(REQUEST_TIMEOUT, kv.get(start, Some(options))).await {
+        let request = || {
+            let mut kv = self.kv();
+            let (start, options) = (start.clone(), options.clone());
+            async move { kv.get(start, Some(options)).await }
+        };
+        match timed(request).await {
             Ok(result) => result,
             Err(_) => Err(etcd_client::Error::GRpcStatus(
                 tonic::Status::deadline_exceeded("etcd range timed out"),
@@ -251,11 +308,14 @@ impl EtcdStore {
 
     /// The store-wide revision, from a `count_only` read of the prefix.
     pub(super) async fn read_current_revision(&self) -> Result<Revision> {
-        let mut kv = self.kv();
         let options = GetOptions::new().with_count_only();
-        let response = timed(kv.get(&self.prefix[..], Some(options)))
-            .await?
-            .map_err(other)?;
+        let response = timed(|| {
+            let mut kv = self.kv();
+            let options = options.clone();
+            async move { kv.get(&self.prefix[..], Some(options)).await }
+        })
+        .await?
+        .map_err(other)?;
         Self::header_revision(response.header())
     }
 
