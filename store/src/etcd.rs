@@ -167,13 +167,7 @@ impl Store for EtcdStore {
             .when([Compare::create_revision(full.clone(), CompareOp::Equal, 0)])
             .and_then([TxnOp::put(full.clone(), value.to_vec(), None)])
             .or_else([TxnOp::get(full, None)]);
-        let response = timed(|| {
-            let mut kv = self.kv();
-            let txn = txn.clone();
-            async move { kv.txn(txn).await }
-        })
-        .await?
-        .map_err(other)?;
+        let response = self.txn(txn).await?;
         if response.succeeded() {
             let revision = Self::header_revision(response.header())?;
             return Ok(KeyValue {
@@ -207,13 +201,7 @@ impl Store for EtcdStore {
                 Some(PutOptions::new().with_prev_key()),
             )])
             .or_else([TxnOp::get(full, None)]);
-        let response = timed(|| {
-            let mut kv = self.kv();
-            let txn = txn.clone();
-            async move { kv.txn(txn).await }
-        })
-        .await?
-        .map_err(other)?;
+        let response = self.txn(txn).await?;
         if !response.succeeded() {
             return Err(match self.else_value(&response)? {
                 Some(current) => StoreError::Conflict {
@@ -254,13 +242,7 @@ impl Store for EtcdStore {
                 Some(DeleteOptions::new().with_prev_key()),
             )])
             .or_else([TxnOp::get(full, None)]);
-        let response = timed(|| {
-            let mut kv = self.kv();
-            let txn = txn.clone();
-            async move { kv.txn(txn).await }
-        })
-        .await?
-        .map_err(other)?;
+        let response = self.txn(txn).await?;
         if !response.succeeded() {
             return Err(match self.else_value(&response)? {
                 Some(current) => StoreError::Conflict {

@@ -18,7 +18,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use etcd_client::{
     Certificate, Client, ConnectOptions, GetOptions, GetResponse, Identity, KvClient, TlsOptions,
-    TxnOpResponse, TxnResponse, WatchClient,
+    Txn, TxnOpResponse, TxnResponse, WatchClient,
 };
 
 use super::error::{EtcdError, Failure, classify, malformed, other};
@@ -187,6 +187,17 @@ impl EtcdStore {
         self.client
             .kv_client()
             .max_decoding_message_size(MAX_RESPONSE_BYTES)
+    }
+
+    /// Runs `txn` ([`timed`]: sent again only if it reached no member).
+    pub(super) async fn txn(&self, txn: Txn) -> Result<TxnResponse> {
+        timed(|| {
+            let mut kv = self.kv();
+            let txn = txn.clone();
+            async move { kv.txn(txn).await }
+        })
+        .await?
+        .map_err(other)
     }
 
     /// A watch client that reads responses of up to [`MAX_RESPONSE_BYTES`].
