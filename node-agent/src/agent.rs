@@ -605,9 +605,8 @@ async fn ensure_namespace(client: &kube::Client, name: &str) -> Result<(), Agent
     Ok(())
 }
 
-/// Renews the sled's Lease every `intervals.heartbeat` unless paused (and counts the machine's
-/// VMMs for the metrics), and reads the Sled's epoch after each renewal: one above the run's
-/// raises the fence alarm. A failed renewal is
+/// Renews the sled's Lease every `intervals.heartbeat` unless paused, and reads the Sled's
+/// epoch after each renewal: one above the run's raises the fence alarm. A failed renewal is
 /// logged and changes nothing else (the module docs: no self-fence on a lost Lease).
 async fn heartbeat(ctx: Arc<Context>, switch: HeartbeatSwitch, shutdown: CancellationToken) {
     let sled_name = &ctx.sled.name;
@@ -626,10 +625,6 @@ async fn heartbeat(ctx: Arc<Context>, switch: HeartbeatSwitch, shutdown: Cancell
                     tracing::warn!(sled = %sled_name, %error, "renewing the heartbeat lease")
                 }
             }
-        }
-        match ctx.hypervisor.list().await {
-            Ok(listed) => crate::metrics::vmms(sled_name, &listed),
-            Err(error) => tracing::debug!(sled = %sled_name, %error, "listing the machine's VMMs"),
         }
         match sleds.get_opt(sled_name).await {
             Ok(Some(sled)) if sled.epoch() > ctx.sled.epoch => ctx

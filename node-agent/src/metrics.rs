@@ -3,7 +3,8 @@
 //! Every series carries the `sled` label: one `corral power-sim` process runs many sleds.
 //!
 //! - `corral_agent_vmms{sled,state}` (gauge): the machine's VMMs by state, as the machine
-//!   lists them (not as the journal believes), refreshed with every heartbeat.
+//!   lists them (not as the journal believes), refreshed by every divergence scan (which
+//!   lists the machine anyway, `vmm/scan.rs`).
 //! - `corral_agent_heartbeat_last_renewal_timestamp_seconds{sled}` (gauge): when the sled's
 //!   Lease was last renewed, Unix seconds; its age is `time() - ` it.
 //! - `corral_agent_migration_sent_bytes_total{sled}` (counter): guest memory sent by

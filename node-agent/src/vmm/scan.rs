@@ -109,6 +109,7 @@ fn assigned(ctx: &Context, namespace: &str, name: &str, uid: &VmmId) -> Option<A
 /// Every VMM on the machine, by id.
 async fn list_machine(ctx: &Context) -> Result<HashMap<VmmId, VmmInfo>, ScanError> {
     let listed = ctx.hypervisor.list().await?;
+    crate::metrics::vmms(&ctx.sled.name, &listed);
     Ok(listed
         .into_iter()
         .map(|info| (info.launch.id.clone(), info))
