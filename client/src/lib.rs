@@ -45,32 +45,34 @@ pub async fn connect_as(
     kubeconfig: Option<&Path>,
     user_agent: &str,
 ) -> Result<kube::Client, ConnectError> {
-    let (mut config, servers) = match kubeconfig {
+    let file = match kubeconfig {
         Some(path) => {
-            let options = kube::config::KubeConfigOptions::default();
             let file = kube::config::Kubeconfig::read_from(path).map_err(|source| {
                 ConnectError::Kubeconfig {
                     path: path.display().to_string(),
                     source,
                 }
             })?;
+            Some((file, path.display().to_string()))
+        }
+        // `$KUBECONFIG` or `~/.kube/config`, as kubectl reads them; neither: in a pod (below).
+        None => kube::config::Kubeconfig::read()
+            .ok()
+            .map(|file| (file, "$KUBECONFIG or ~/.kube/config".to_string())),
+    };
+    let (mut config, servers) = match file {
+        Some((file, path)) => {
             let servers = failover::listed_servers(&file, None);
+            let options = kube::config::KubeConfigOptions::default();
             let config = kube::Config::from_custom_kubeconfig(file, &options)
                 .await
-                .map_err(|source| ConnectError::Kubeconfig {
-                    path: path.display().to_string(),
-                    source,
-                })?;
+                .map_err(|source| ConnectError::Kubeconfig { path, source })?;
             (config, servers)
         }
-        None => {
-            let config = kube::Config::infer().await.map_err(ConnectError::Infer)?;
-            // The same file infer() read, if it read one (not in a pod).
-            let servers = kube::config::Kubeconfig::read()
-                .map(|file| failover::listed_servers(&file, None))
-                .unwrap_or_default();
-            (config, servers)
-        }
+        None => (
+            kube::Config::infer().await.map_err(ConnectError::Infer)?,
+            Vec::new(),
+        ),
     };
     if let Ok(value) = http::HeaderValue::from_str(user_agent) {
         config.headers.push((http::header::USER_AGENT, value));
