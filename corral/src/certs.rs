@@ -50,6 +50,7 @@ use rcgen::{
 };
 
 use corral_apiserver::auth::{identities, x509};
+use corral_client::failover::SERVERS_EXTENSION;
 
 const CA_DAYS: i64 = 10 * 365;
 const LEAF_DAYS: i64 = 365;
@@ -60,9 +61,6 @@ pub const POWER_CONTROLLER_USER: &str = "system:corral:power-controller";
 
 /// The CN of the API servers' client certificate to etcd (`etcd/apiserver-client.crt`).
 pub const ETCD_CLIENT_USER: &str = "corral-apiserver";
-
-/// The name of the kubeconfig cluster extension that lists every API server.
-pub const SERVERS_EXTENSION: &str = "corral.dev/servers";
 
 /// The rack's CA, opened from (or created in) its directory.
 pub struct Pki {
@@ -282,9 +280,10 @@ fn still_valid(path: &Path, user: &str, groups: &[&str]) -> anyhow::Result<bool>
 /// Whether the certificate at `path` names exactly `hosts` (DNS names or IP addresses, in any
 /// order) as its subject alternative names.
 fn names_exactly(path: &Path, hosts: &[String]) -> anyhow::Result<bool> {
-    let Some(mut named) = alternative_names(&read(path)?) else {
+    let Ok(subject) = x509::subject_of_pem(&read(path)?) else {
         return Ok(false);
     };
+    let mut named = subject.alternative_names;
     // Asked hosts are compared as the certificate spells them: an IP address canonically.
     let mut asked: Vec<String> = hosts
         .iter()
@@ -298,32 +297,6 @@ fn names_exactly(path: &Path, hosts: &[String]) -> anyhow::Result<bool> {
     asked.sort();
     asked.dedup();
     Ok(named == asked)
-}
-
-/// The DNS names and IP addresses a PEM certificate names as its subject alternative names;
-/// `None` if it is no certificate, names none, or names anything else.
-fn alternative_names(pem: &str) -> Option<Vec<String>> {
-    use x509_parser::extensions::GeneralName;
-    let (_, pem) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).ok()?;
-    let cert = pem.parse_x509().ok()?;
-    let names = cert.subject_alternative_name().ok()??;
-    names
-        .value
-        .general_names
-        .iter()
-        .map(|general| match general {
-            GeneralName::DNSName(dns) => Some(dns.to_string()),
-            GeneralName::IPAddress(bytes) => {
-                let ip = match bytes.len() {
-                    4 => std::net::IpAddr::from(<[u8; 4]>::try_from(*bytes).ok()?),
-                    16 => std::net::IpAddr::from(<[u8; 16]>::try_from(*bytes).ok()?),
-                    _ => return None,
-                };
-                Some(ip.to_string())
-            }
-            _ => None,
-        })
-        .collect()
 }
 
 fn name(common: &str, organizations: &[&str]) -> DistinguishedName {
@@ -600,7 +573,9 @@ mod tests {
             .as_str()
             .unwrap()
             .to_string();
-        let mut names = alternative_names(&read(path).unwrap()).unwrap_or_default();
+        let mut names = x509::subject_of_pem(&read(path).unwrap())
+            .unwrap()
+            .alternative_names;
         names.sort();
         let usage = cert.extended_key_usage().unwrap().unwrap().value;
         (issuer, names, (usage.server_auth, usage.client_auth))

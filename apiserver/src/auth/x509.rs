@@ -17,6 +17,9 @@ pub struct Subject {
     pub organizations: Vec<String>,
     /// When it expires (seconds since the Unix epoch).
     pub not_after: i64,
+    /// The DNS names and IP addresses its subject alternative names give (an IP address
+    /// written canonically); names of other kinds are left out.
+    pub alternative_names: Vec<String>,
 }
 
 /// The subject of the DER certificate `der`.
@@ -38,11 +41,39 @@ pub fn subject(der: &[u8]) -> Result<Subject, String> {
         .iter_organization()
         .map(text)
         .collect::<Result<Vec<_>, _>>()?;
+    let alternative_names = match cert.subject_alternative_name() {
+        Ok(Some(names)) => names
+            .value
+            .general_names
+            .iter()
+            .filter_map(dns_or_ip)
+            .collect(),
+        Ok(None) => Vec::new(),
+        Err(e) => return Err(format!("unreadable subject alternative names: {e}")),
+    };
     Ok(Subject {
         common_name,
         organizations,
         not_after: cert.validity().not_after.timestamp(),
+        alternative_names,
     })
+}
+
+/// A DNS name, or an IP address written canonically; `None` for any other kind of name.
+fn dns_or_ip(name: &x509_parser::extensions::GeneralName) -> Option<String> {
+    use x509_parser::extensions::GeneralName;
+    match name {
+        GeneralName::DNSName(dns) => Some(dns.to_string()),
+        GeneralName::IPAddress(bytes) => {
+            let ip = match bytes.len() {
+                4 => std::net::IpAddr::from(<[u8; 4]>::try_from(*bytes).ok()?),
+                16 => std::net::IpAddr::from(<[u8; 16]>::try_from(*bytes).ok()?),
+                _ => return None,
+            };
+            Some(ip.to_string())
+        }
+        _ => None,
+    }
 }
 
 /// The subject of the first certificate in PEM text `pem`.
