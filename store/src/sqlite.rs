@@ -29,7 +29,8 @@
 //! transaction (group commit), each write still individually conditional: a failed condition
 //! fails that write alone. Revisions are assigned in commit order by that single writer, so a
 //! reader never sees revision R+1 without R. After a commit it publishes the new revision on
-//! a `tokio::sync::watch`, which is what watches follow.
+//! a `tokio::sync::watch`, which the log's tail follows: it reads the new rows once for every
+//! watch of the store (`tail`), and each watch keeps those under its prefix (`watch`).
 //!
 //! # Invariants
 //!
@@ -62,6 +63,7 @@
 mod error;
 mod options;
 mod schema;
+mod tail;
 mod watch;
 mod writer;
 
@@ -95,6 +97,8 @@ pub struct SqliteStore {
     commands: mpsc::Sender<Command>,
     reads: SqlitePool,
     committed: tokio::sync::watch::Receiver<Revision>,
+    /// Subscribes watches to the log's tail (`tail.rs`), while it runs.
+    tail: tokio::sync::broadcast::WeakSender<std::sync::Arc<tail::Batch>>,
     /// The writer ends by itself once every sender of `commands` is gone (this store dropped).
     _writer: JoinHandle<()>,
 }
@@ -147,12 +151,14 @@ impl SqliteStore {
         let (commands, receiver) = mpsc::channel(options.max_batch.max(1));
         let writer = Writer::new(conn, lock, current, compacted, committed_tx, &options);
         let handle = tokio::spawn(writer.run(receiver));
+        let tail = tail::spawn(reads.clone(), committed.clone(), current);
         tracing::debug!(path = %path.display(), current, compacted, "opened SQLite store");
         Ok(SqliteStore {
             path: path.to_owned(),
             commands,
             reads,
             committed,
+            tail,
             _writer: handle,
         })
     }
@@ -378,10 +384,15 @@ impl Store for SqliteStore {
                 compacted,
             });
         }
-        Ok(
-            watch::SqliteWatch::new(self.reads.clone(), self.committed.clone(), prefix, options)
-                .into_stream(),
+        let tail = self.tail.upgrade().map(|sender| sender.subscribe());
+        Ok(watch::SqliteWatch::new(
+            self.reads.clone(),
+            self.committed.clone(),
+            tail,
+            prefix,
+            options,
         )
+        .into_stream())
     }
 
     async fn compact(&self, revision: Revision) -> Result<()> {

@@ -129,3 +129,107 @@ async fn compaction_in_many_chunks_keeps_every_revision_above_it() {
     );
     assert_eq!(store.current_revision().await.expect("current"), end);
 }
+
+/// Watches of several prefixes share the store's tail. One reads as the writes happen (it
+/// takes the tail's batches); two read nothing until more commits happened than the tail
+/// keeps for a receiver (they lag and must read the log themselves). Each watch gets exactly
+/// its prefix's events, once each, in revision order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watches_sharing_the_tail_miss_nothing_even_when_they_fall_behind() {
+    // More commits than the tail holds for a receiver (each create is its own commit here:
+    // one at a time), alternating between two prefixes.
+    const WRITES: usize = 1500;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = SqliteStore::open(&dir.path().join("tail.sqlite"))
+        .await
+        .expect("open");
+    let start = store.current_revision().await.expect("revision");
+    let options = || WatchOptions {
+        after: start,
+        progress_interval: Duration::from_millis(50),
+    };
+    let prefix_of = |revision: Revision| {
+        if (revision - start - 1) % 2 == 0 {
+            "/a/"
+        } else {
+            "/b/"
+        }
+    };
+    let all = store.watch("/", options()).await.expect("watch");
+    let following = tokio::spawn(async move {
+        let mut all = all;
+        revisions_of(&mut all, "/", WRITES, false).await
+    });
+    let mut lagging = [
+        ("/a/", store.watch("/a/", options()).await.expect("watch")),
+        ("/b/", store.watch("/b/", options()).await.expect("watch")),
+    ];
+    // One (empty) response each: they have caught up and follow the tail from now on.
+    for (_, stream) in &mut lagging {
+        assert_eq!(
+            revisions_of(stream, "/", 0, true).await,
+            Vec::<Revision>::new()
+        );
+    }
+    for i in 0..WRITES {
+        let revision = start + 1 + i as Revision;
+        store
+            .create(
+                &format!("{}{i:05}", prefix_of(revision)),
+                Bytes::from(format!("v{i}")),
+            )
+            .await
+            .expect("create");
+    }
+    let last = start + WRITES as Revision;
+    assert_eq!(
+        following.await.expect("the following watch"),
+        (start + 1..=last).collect::<Vec<_>>(),
+        "the events of /"
+    );
+    for (prefix, mut stream) in lagging {
+        let expected: Vec<Revision> = (start + 1..=last)
+            .filter(|revision| prefix_of(*revision) == prefix)
+            .collect();
+        assert_eq!(
+            revisions_of(&mut stream, prefix, expected.len(), false).await,
+            expected,
+            "the events of {prefix}"
+        );
+    }
+}
+
+/// The revisions of the first `count` events of `stream`, each checked to be under `prefix`;
+/// with `once`, of its next response only.
+async fn revisions_of(
+    stream: &mut WatchStream,
+    prefix: &'static str,
+    count: usize,
+    once: bool,
+) -> Vec<Revision> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let mut revisions = Vec::new();
+    let mut responses = 0;
+    while revisions.len() < count || (once && responses == 0) {
+        responses += 1;
+        let response = tokio::time::timeout_at(deadline, stream.next())
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "{prefix}: {} of {count} events within 20 s",
+                    revisions.len()
+                )
+            })
+            .expect("the watch is open")
+            .expect("a watch response");
+        for event in response.events {
+            assert!(
+                event.kv.key.starts_with(prefix),
+                "{prefix} got {}",
+                event.kv.key
+            );
+            revisions.push(event.revision());
+        }
+    }
+    revisions
+}

@@ -1,28 +1,38 @@
-//! One watch on a SQLite store: reads the log past its position, in revision order.
+//! One watch on a SQLite store: the log past its position, in revision order.
+//!
+//! A watch reads the log itself only to catch up: when it starts, and when it finds that the
+//! store's tail (`tail.rs`) cannot give it what comes next (a batch that starts past its
+//! position, or batches it fell too far behind on). Otherwise it takes the tail's batches,
+//! which every watch shares: one read of the log per commit for the whole store.
 //!
 //! # Invariants
 //!
 //! - **Position** is the revision up to which every matching log row has been delivered. It
-//!   only moves to a revision the writer has published, so every row at or below it was
-//!   committed before it was read (the writer publishes after committing): nothing is skipped.
-//! - Each scan reads the compacted revision in the same statement, hence the same snapshot,
-//!   as the rows; if compaction passed the position, rows may be missing and the watch ends
-//!   with `Compacted` instead of delivering an incomplete history.
-//! - A scan is one statement: one round trip to a read connection's thread. Every watch scans
-//!   after every commit, so this is paid once per commit per watched prefix.
+//!   only moves to a revision the writer has published (its own reads) or the tail read (a
+//!   batch's `upto`), so every row at or below it was committed before it was read: nothing
+//!   is skipped.
+//! - A batch is taken only if it starts at or below the position; its events at or below the
+//!   position are dropped (already delivered). The watch subscribes to the tail before its
+//!   first read, so every revision it has not read itself comes in a batch it receives, or
+//!   is found missing and read.
+//! - Each read of the log reads the compacted revision in the same statement, hence the same
+//!   snapshot, as the rows; if compaction passed the position, rows may be missing and the
+//!   watch ends with `Compacted` instead of delivering an incomplete history.
 //! - A response goes out at least every `progress_interval`: events when there are any,
 //!   otherwise an empty one carrying the position.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt;
 use sqlx::Row;
 use sqlx::sqlite::{SqlitePool, SqliteRow};
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
 use tokio::time::Instant;
 
 use super::error::{SqliteError, closed, decode_key, sql_error};
+use super::tail::Batch;
 use crate::keys::{ABOVE_ALL_KEYS, prefix_end};
 use crate::{
     Event, EventKind, KeyValue, Result, Revision, StoreError, WatchOptions, WatchResponse,
@@ -50,6 +60,10 @@ const SCAN_SQL: &str = "SELECT c.value, s.* FROM meta AS c LEFT JOIN (\
 pub(super) struct SqliteWatch {
     reads: SqlitePool,
     committed: watch::Receiver<Revision>,
+    /// The store's tail; `None` once it is gone (the store closed), or if it was.
+    tail: Option<broadcast::Receiver<Arc<Batch>>>,
+    /// Whether the watch must read the log itself before it can take batches again.
+    behind: bool,
     start: Vec<u8>,
     end: Vec<u8>,
     position: Revision,
@@ -62,6 +76,7 @@ impl SqliteWatch {
     pub(super) fn new(
         reads: SqlitePool,
         committed: watch::Receiver<Revision>,
+        tail: Option<broadcast::Receiver<Arc<Batch>>>,
         prefix: &str,
         options: WatchOptions,
     ) -> SqliteWatch {
@@ -70,6 +85,8 @@ impl SqliteWatch {
         SqliteWatch {
             reads,
             committed,
+            tail,
+            behind: true,
             start,
             end,
             position: options.after,
@@ -92,17 +109,10 @@ impl SqliteWatch {
             return None;
         }
         loop {
-            let target = *self.committed.borrow_and_update();
-            while target > self.position {
-                match self.scan(target).await {
-                    Ok(events) if events.is_empty() => {}
-                    Ok(events) => {
-                        self.last_sent = Instant::now();
-                        return Some(Ok(WatchResponse {
-                            events,
-                            progress: self.position,
-                        }));
-                    }
+            if self.behind || self.tail.is_none() {
+                match self.catch_up().await {
+                    Ok(events) if events.is_empty() => self.behind = false,
+                    Ok(events) => return Some(Ok(self.respond(events))),
                     Err(error) => {
                         self.finished = true;
                         return Some(Err(error));
@@ -110,61 +120,133 @@ impl SqliteWatch {
                 }
             }
             let deadline = self.last_sent + self.interval;
-            tokio::select! {
-                changed = self.committed.changed() => {
-                    if changed.is_err() {
-                        // The writer is gone: the store was closed.
-                        self.finished = true;
-                        return Some(Err(closed()));
+            let progress = WatchResponse {
+                events: Vec::new(),
+                progress: self.position,
+            };
+            match &mut self.tail {
+                Some(tail) => tokio::select! {
+                    received = tail.recv() => match received {
+                        Ok(batch) => {
+                            let events = self.take(&batch);
+                            if !events.is_empty() {
+                                return Some(Ok(self.respond(events)));
+                            }
+                        }
+                        Err(broadcast::error::RecvError::Lagged(_)) => self.behind = true,
+                        Err(broadcast::error::RecvError::Closed) => self.tail = None,
+                    },
+                    () = tokio::time::sleep_until(deadline) => return Some(Ok(self.respond_with(progress))),
+                },
+                None => tokio::select! {
+                    changed = self.committed.changed() => {
+                        if changed.is_err() {
+                            // The writer is gone: the store was closed.
+                            self.finished = true;
+                            return Some(Err(closed()));
+                        }
                     }
-                }
-                () = tokio::time::sleep_until(deadline) => {
-                    self.last_sent = Instant::now();
-                    return Some(Ok(WatchResponse { events: Vec::new(), progress: self.position }));
-                }
+                    () = tokio::time::sleep_until(deadline) => return Some(Ok(self.respond_with(progress))),
+                },
             }
         }
     }
 
-    /// Reads matching rows in `(position, target]`, at most a page, and advances the position
-    /// past what it read.
-    async fn scan(&mut self, target: Revision) -> Result<Vec<Event>> {
-        let rows = sqlx::query(SCAN_SQL)
-            .bind(self.position)
-            .bind(target)
-            .bind(&self.start[..])
-            .bind(&self.end[..])
-            .bind(PAGE)
-            .fetch_all(&self.reads)
-            .await
-            .map_err(sql_error)?;
-        let compacted: i64 = match rows.first() {
-            Some(row) => row.try_get(0).map_err(sql_error)?,
-            None => {
-                return Err(StoreError::Backend(Box::new(SqliteError::MissingMeta(
-                    "compacted",
-                ))));
-            }
-        };
-        if compacted > self.position {
-            return Err(StoreError::Compacted {
-                requested: self.position,
-                compacted,
-            });
-        }
-        let mut events = Vec::with_capacity(rows.len());
-        for row in &rows {
-            let revision: Option<i64> = row.try_get(1).map_err(sql_error)?;
-            if revision.is_some() {
-                events.push(event(row)?);
-            }
-        }
-        self.position = match events.last() {
-            Some(last) if events.len() as i64 == PAGE => last.revision(),
-            _ => target,
-        };
-        Ok(events)
+    fn respond(&mut self, events: Vec<Event>) -> WatchResponse {
+        let progress = self.position;
+        self.respond_with(WatchResponse { events, progress })
     }
+
+    fn respond_with(&mut self, response: WatchResponse) -> WatchResponse {
+        self.last_sent = Instant::now();
+        response
+    }
+
+    /// Reads the log from the position up to the revision last published, a page at a time,
+    /// until it finds events or reaches that revision.
+    async fn catch_up(&mut self) -> Result<Vec<Event>> {
+        let target = *self.committed.borrow_and_update();
+        while target > self.position {
+            let (events, upto) =
+                scan(&self.reads, self.position, target, &self.start, &self.end).await?;
+            self.position = upto;
+            if !events.is_empty() {
+                return Ok(events);
+            }
+        }
+        Ok(Vec::new())
+    }
+
+    /// The events of `batch` under the prefix and past the position; a batch that starts past
+    /// the position leaves a gap, which the watch reads itself next.
+    fn take(&mut self, batch: &Batch) -> Vec<Event> {
+        if batch.upto <= self.position {
+            return Vec::new();
+        }
+        if batch.after > self.position {
+            self.behind = true;
+            return Vec::new();
+        }
+        let events = batch
+            .events
+            .iter()
+            .filter(|event| {
+                let key = event.kv.key.as_bytes();
+                event.revision() > self.position && key >= &self.start[..] && key < &self.end[..]
+            })
+            .cloned()
+            .collect();
+        self.position = batch.upto;
+        events
+    }
+}
+
+/// Reads the rows of keys in `[start, end)` with revisions in `(after, target]`, at most a
+/// page; returns their events and the revision up to which the range was read (`target`, or
+/// the last row's revision when the page filled). Fails with `Compacted` if compaction passed
+/// `after`.
+pub(super) async fn scan(
+    reads: &SqlitePool,
+    after: Revision,
+    target: Revision,
+    start: &[u8],
+    end: &[u8],
+) -> Result<(Vec<Event>, Revision)> {
+    let rows = sqlx::query(SCAN_SQL)
+        .bind(after)
+        .bind(target)
+        .bind(start)
+        .bind(end)
+        .bind(PAGE)
+        .fetch_all(reads)
+        .await
+        .map_err(sql_error)?;
+    let compacted: i64 = match rows.first() {
+        Some(row) => row.try_get(0).map_err(sql_error)?,
+        None => {
+            return Err(StoreError::Backend(Box::new(SqliteError::MissingMeta(
+                "compacted",
+            ))));
+        }
+    };
+    if compacted > after {
+        return Err(StoreError::Compacted {
+            requested: after,
+            compacted,
+        });
+    }
+    let mut events = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let revision: Option<i64> = row.try_get(1).map_err(sql_error)?;
+        if revision.is_some() {
+            events.push(event(row)?);
+        }
+    }
+    let upto = match events.last() {
+        Some(last) if events.len() as i64 == PAGE => last.revision(),
+        _ => target,
+    };
+    Ok((events, upto))
 }
 
 /// The event in a row of [`SCAN_SQL`] (its columns after the first).
