@@ -1,5 +1,5 @@
-//! Test support (feature `testing`): a real etcd on free loopback ports, and the conformance
-//! suite every backend must pass.
+//! Test support (feature `testing`): a real etcd (one member or a cluster) on free loopback
+//! ports, and the conformance suite every backend must pass.
 //!
 //! A backend's tests are one macro call; each case becomes its own `#[tokio::test]`:
 //!
@@ -18,7 +18,7 @@ mod harness;
 
 use std::sync::Arc;
 
-pub use etcd_server::{EtcdServer, EtcdServerTls};
+pub use etcd_server::{EtcdCluster, EtcdServer, EtcdServerTls};
 pub use harness::Harness;
 
 use crate::DynStore;
@@ -62,6 +62,27 @@ pub async fn etcd_harness() -> Harness {
     match harness {
         Ok(harness) => harness.keep(server),
         Err(error) => panic!("connecting to etcd: {error:?}"),
+    }
+}
+
+/// An etcd store on a 3-member etcd cluster of its own (the production layout: the client
+/// knows every member and may read, write and watch through any of them), under a prefix.
+pub async fn etcd_cluster_harness() -> Harness {
+    let cluster = match EtcdCluster::start(3).await {
+        Ok(cluster) => cluster,
+        Err(error) => panic!("starting a 3-member etcd cluster: {error}"),
+    };
+    let endpoints = cluster.endpoints();
+    let harness = Harness::new(move || {
+        let endpoints = endpoints.clone();
+        async move {
+            Ok(Arc::new(EtcdStore::connect(&endpoints, "/conformance", None).await?) as DynStore)
+        }
+    })
+    .await;
+    match harness {
+        Ok(harness) => harness.keep(cluster),
+        Err(error) => panic!("connecting to the etcd cluster: {error:?}"),
     }
 }
 

@@ -1,6 +1,9 @@
-//! The rack end to end, with real processes: one `corral apiserver` on a SQLite file, two
-//! `corral controllers` (leader-elected on a short Lease) and eight `corral node-agent`s
-//! (simulated sleds, each with its fault API), driven through kube-rs the way a user would.
+//! The rack end to end, with real processes: one `corral apiserver`, two `corral controllers`
+//! (leader-elected on a short Lease) and eight `corral node-agent`s (simulated sleds, each with
+//! its fault API), driven through kube-rs the way a user would. Each story runs twice: with the
+//! API server on a SQLite file (`corral up`'s store), and on a real 3-member etcd cluster on
+//! loopback (the production layout of `deploy/`; the API server is given every member and may
+//! use any of them).
 //!
 //! One story, in order (the numbers are the acceptance items):
 //! 1. 200 Instances are created → every one is `Running`.
@@ -53,6 +56,7 @@ use corral_crds::{Instance, InstanceSpec, InstanceState, RunStrategy, Sled, Vmm,
 use corral_harness::rack::{Agent, sled_name};
 use corral_harness::wait::wait_for_polling;
 use corral_harness::{Rack, RackSpec, Scratch, SledHost, Store, Victim};
+use corral_store::testing::EtcdCluster;
 use futures::{StreamExt, TryStreamExt};
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
@@ -88,16 +92,52 @@ const AFTER_OUTAGE: Duration = Duration::from_secs(10);
 /// The whole story gives up after this long, even if it is stuck where no wait bounds it.
 const STORY_BOUND: Duration = Duration::from_secs(300);
 
-/// Starts the story's rack — the API server on a SQLite file, two controllers processes on a
-/// [`LEADER_LEASE`] Lease, a node-agent per sled — and waits until every sled is Ready and a
-/// leader holds the Lease.
-async fn start_rack() -> Rack {
+/// Where a story's API server keeps its state.
+#[derive(Clone, Copy, Debug)]
+enum Layout {
+    /// A SQLite file, as `corral up` runs.
+    Sqlite,
+    /// A 3-member etcd cluster on loopback, as `deploy/` runs.
+    EtcdCluster,
+}
+
+impl Layout {
+    /// The layout's etcd cluster, if it has one: started here, kept by the caller for as long
+    /// as the rack runs on it.
+    async fn start_etcd(self) -> Option<EtcdCluster> {
+        match self {
+            Layout::Sqlite => None,
+            Layout::EtcdCluster => {
+                let cluster = EtcdCluster::start(3)
+                    .await
+                    .expect("starting a 3-member etcd cluster");
+                println!(
+                    "etcd members {:?} (data and logs in {})",
+                    cluster.endpoints(),
+                    cluster.dir().display()
+                );
+                Some(cluster)
+            }
+        }
+    }
+}
+
+/// Starts the story's rack — the API server on `etcd` (every member) or else on a SQLite file,
+/// two controllers processes on a [`LEADER_LEASE`] Lease, a node-agent per sled — and waits
+/// until every sled is Ready and a leader holds the Lease.
+async fn start_rack(etcd: Option<&EtcdCluster>) -> Rack {
     let started = Instant::now();
     let scratch = Scratch::temporary("corral-rack-e2e-").expect("a temporary directory");
     let (lease_namespace, lease_name) = corral_controllers::LEADER_LEASE;
     let spec = RackSpec {
         program: common::corral().to_path_buf(),
-        store: Store::Sqlite(scratch.path().join("store.db")),
+        store: match etcd {
+            Some(cluster) => Store::Etcd {
+                endpoints: cluster.endpoints(),
+                prefix: "/rack-e2e".into(),
+            },
+            None => Store::Sqlite(scratch.path().join("store.db")),
+        },
         apiserver_args: vec!["--crds".into(), common::crd_dir().display().to_string()],
         controllers: 2,
         controllers_args: vec![

@@ -39,13 +39,25 @@ const MIGRATION_STORY_BOUND: Duration = Duration::from_secs(420);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migration_end_to_end() {
+    migration_story(Layout::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migration_end_to_end_on_a_three_member_etcd() {
+    migration_story(Layout::EtcdCluster).await;
+}
+
+async fn migration_story(layout: Layout) {
+    println!("store: {layout:?}");
     let seed: u64 = std::env::var("MIGRATION_E2E_SEED")
         .ok()
         .and_then(|text| text.parse().ok())
         .unwrap_or_else(rand::random);
     println!("seed {seed} (replay with MIGRATION_E2E_SEED={seed})");
     let mut rng = StdRng::seed_from_u64(seed);
-    let mut rack = start_rack().await;
+    // Declared before the rack, so dropped after it: the store outlives its users.
+    let etcd = layout.start_etcd().await;
+    let mut rack = start_rack(etcd.as_ref()).await;
     tokio::time::timeout(MIGRATION_STORY_BOUND, async {
         refused_drain(&mut rack, &mut rng).await;
         drain_with_checker(&mut rack, &mut rng).await;

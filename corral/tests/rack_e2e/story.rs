@@ -4,13 +4,25 @@ use super::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rack_end_to_end() {
+    story(Layout::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rack_end_to_end_on_a_three_member_etcd() {
+    story(Layout::EtcdCluster).await;
+}
+
+async fn story(layout: Layout) {
+    println!("store: {layout:?}");
     let seed: u64 = std::env::var("RACK_E2E_SEED")
         .ok()
         .and_then(|text| text.parse().ok())
         .unwrap_or_else(rand::random);
     println!("seed {seed} (replay with RACK_E2E_SEED={seed})");
     let mut rng = StdRng::seed_from_u64(seed);
-    let mut rack = start_rack().await;
+    // Declared before the rack, so dropped after it: the store outlives its users.
+    let etcd = layout.start_etcd().await;
+    let mut rack = start_rack(etcd.as_ref()).await;
     tokio::time::timeout(STORY_BOUND, async {
         many_instances_run(&mut rack).await;
         cordon_keeps_new_vmms_off(&mut rack, &mut rng).await;

@@ -1,12 +1,15 @@
-//! A real etcd for tests: one process on free loopback ports with a temporary data directory.
+//! A real etcd for tests: one process ([`EtcdServer`]) or a cluster of several members
+//! ([`EtcdCluster`], the production layout), on free loopback ports with a temporary data
+//! directory.
 //!
 //! # Guarantees
 //!
-//! - [`EtcdServer::start`] returns only once `GET /health` reports healthy (within about 10 s);
-//!   a port taken between choosing and binding it is retried with new ports. Health is asked
-//!   on etcd's metrics listener (plain HTTP on its own port), so a server that speaks only TLS
-//!   to its clients ([`EtcdServer::start_tls`]) is checked the same way.
-//! - The process never outlives its owner: `Drop` kills it (SIGKILL, then waits) and removes
+//! - `start` returns only once `GET /health` reports healthy on every member (within about
+//!   10 s; a member of a new cluster is healthy once the cluster has a leader); a port taken
+//!   between choosing and binding it is retried with new ports for every member. Health is
+//!   asked on etcd's metrics listener (plain HTTP on its own port), so a server that speaks
+//!   only TLS to its clients ([`EtcdServer::start_tls`]) is checked the same way.
+//! - No process outlives its owner: `Drop` kills every member (SIGKILL, then waits) and removes
 //!   the data directory, also when a test panics. If the test process itself dies (a timeout's
 //!   SIGKILL, a static that is never dropped), the kernel kills etcd: it is a
 //!   `corral_harness::Process`, started with `PR_SET_PDEATHSIG` from a thread that lives as
@@ -48,13 +51,10 @@ pub struct EtcdServerTls {
 
 /// A running etcd. See the module docs.
 pub struct EtcdServer {
-    process: Process,
-    client_port: u16,
-    peer_port: u16,
-    metrics_port: u16,
+    member: Member,
     tls: Option<EtcdServerTls>,
     // Dropped last: the directory goes once the process is dead.
-    root: tempfile::TempDir,
+    _root: tempfile::TempDir,
 }
 
 impl EtcdServer {
@@ -70,34 +70,15 @@ impl EtcdServer {
     }
 
     async fn start_with(tls: Option<EtcdServerTls>) -> io::Result<EtcdServer> {
-        sweep_abandoned_directories();
-        let root = tempfile::Builder::new()
-            .prefix(DIRECTORY_PREFIX)
-            .tempdir()?;
-        std::fs::write(root.path().join(OWNER_FILE), std::process::id().to_string())?;
-        let process = Process::new("etcd", etcd_binary(), root.path().join("etcd.log"));
-        let mut server = EtcdServer {
-            process,
-            client_port: 0,
-            peer_port: 0,
-            metrics_port: 0,
+        let root = new_root()?;
+        let mut members = [Member::new(root.path(), "corral-test")];
+        launch_new(&mut members, tls.as_ref()).await?;
+        let [member] = members;
+        Ok(EtcdServer {
+            member,
             tls,
-            root,
-        };
-        let mut attempt = 1;
-        loop {
-            [server.client_port, server.peer_port, server.metrics_port] = free_ports()?;
-            match server.launch().await {
-                Ok(()) => return Ok(server),
-                Err(error) if attempt < PORT_ATTEMPTS && server.port_was_taken() => {
-                    tracing::debug!(%error, attempt, "etcd lost a port race; retrying");
-                    attempt += 1;
-                    // A half-initialized member directory would pin the old peer URL.
-                    let _ = std::fs::remove_dir_all(server.data_dir());
-                }
-                Err(error) => return Err(error),
-            }
-        }
+            _root: root,
+        })
     }
 
     /// One server for the whole test process, started on first use and killed when the
@@ -108,15 +89,14 @@ impl EtcdServer {
         SHARED.get_or_try_init(EtcdServer::start).await
     }
 
-    /// The client URL, `http://127.0.0.1:PORT`.
     /// The etcd process id while it runs (for CPU accounting in benchmarks).
     pub fn pid(&self) -> Option<u32> {
-        self.process.pid()
+        self.member.process.pid()
     }
 
+    /// The client URL, `http://127.0.0.1:PORT` (`https` with TLS).
     pub fn endpoint(&self) -> String {
-        let scheme = if self.tls.is_some() { "https" } else { "http" };
-        format!("{scheme}://127.0.0.1:{}", self.client_port)
+        self.member.client_url(self.tls.as_ref())
     }
 
     /// A store config for this server under `prefix` (with its client certificate, for a
@@ -134,18 +114,127 @@ impl EtcdServer {
 
     /// Kills the process (SIGKILL) and waits for it; the data stays for [`EtcdServer::restart`].
     pub fn kill(&mut self) -> io::Result<()> {
-        self.process.kill9();
+        self.member.process.kill9();
         Ok(())
     }
 
     /// Kills the process if it runs and starts it again on the same ports and data.
     pub async fn restart(&mut self) -> io::Result<()> {
         self.kill()?;
-        self.launch().await
+        let cluster = initial_cluster(std::slice::from_ref(&self.member));
+        self.member.spawn(&cluster, self.tls.as_ref())?;
+        let healthy = wait_healthy(std::slice::from_mut(&mut self.member)).await;
+        if healthy.is_err() {
+            self.member.process.kill9();
+        }
+        healthy
+    }
+}
+
+impl Drop for EtcdServer {
+    fn drop(&mut self) {
+        self.member.process.kill9();
+    }
+}
+
+/// A running etcd cluster of several members on loopback (plain HTTP), the layout of a
+/// production control plane. See the module docs.
+pub struct EtcdCluster {
+    members: Vec<Member>,
+    // Dropped last: the directory goes once the processes are dead.
+    root: tempfile::TempDir,
+}
+
+impl EtcdCluster {
+    /// Starts a new cluster of `size` members (`etcd-1` … `etcd-N`) and waits until every
+    /// member is healthy.
+    pub async fn start(size: usize) -> io::Result<EtcdCluster> {
+        assert!(size >= 1, "a cluster has at least one member");
+        let root = new_root()?;
+        let mut members: Vec<Member> = (1..=size)
+            .map(|index| Member::new(root.path(), &format!("etcd-{index}")))
+            .collect();
+        launch_new(&mut members, None).await?;
+        Ok(EtcdCluster { members, root })
     }
 
-    fn data_dir(&self) -> PathBuf {
-        self.root.path().join("data")
+    /// Every member's client URL, `http://127.0.0.1:PORT`, in member order.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.members
+            .iter()
+            .map(|member| member.client_url(None))
+            .collect()
+    }
+
+    /// A store config for this cluster (every member) under `prefix`.
+    pub fn config(&self, prefix: &str) -> crate::StoreConfig {
+        crate::StoreConfig::Etcd {
+            endpoints: self.endpoints(),
+            prefix: prefix.to_owned(),
+            tls: None,
+        }
+    }
+
+    /// Each member's name and process id while it runs.
+    pub fn pids(&self) -> Vec<(String, Option<u32>)> {
+        self.members
+            .iter()
+            .map(|member| (member.name.clone(), member.process.pid()))
+            .collect()
+    }
+
+    /// The last lines of every member's log, for a failure message.
+    pub fn log_tails(&self) -> String {
+        self.members
+            .iter()
+            .map(|member| format!("--- {}\n{}", member.name, member.process.log_tail(15)))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// The directory that holds every member's data and log (`etcd-N/`, `etcd-N.log`).
+    pub fn dir(&self) -> &Path {
+        self.root.path()
+    }
+}
+
+impl Drop for EtcdCluster {
+    fn drop(&mut self) {
+        for member in &mut self.members {
+            member.process.kill9();
+        }
+    }
+}
+
+/// One etcd process: its name in the cluster, its ports and its data directory.
+struct Member {
+    name: String,
+    process: Process,
+    data_dir: PathBuf,
+    client_port: u16,
+    peer_port: u16,
+    metrics_port: u16,
+}
+
+impl Member {
+    fn new(root: &Path, name: &str) -> Member {
+        Member {
+            name: name.to_owned(),
+            process: Process::new(name, etcd_binary(), root.join(format!("{name}.log"))),
+            data_dir: root.join(name),
+            client_port: 0,
+            peer_port: 0,
+            metrics_port: 0,
+        }
+    }
+
+    fn client_url(&self, tls: Option<&EtcdServerTls>) -> String {
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.client_port)
+    }
+
+    fn peer_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.peer_port)
     }
 
     fn port_was_taken(&self) -> bool {
@@ -153,18 +242,16 @@ impl EtcdServer {
             .is_ok_and(|log| log.contains("address already in use"))
     }
 
-    fn log_tail(&self) -> String {
-        self.process.log_tail(15)
-    }
-
-    async fn launch(&mut self) -> io::Result<()> {
-        let client_url = self.endpoint();
-        let peer_url = format!("http://127.0.0.1:{}", self.peer_port);
+    /// Starts the process (it does not wait for it to be healthy). `initial_cluster` is
+    /// etcd's `--initial-cluster`; a member with data ignores it and rejoins as it was.
+    fn spawn(&mut self, initial_cluster: &str, tls: Option<&EtcdServerTls>) -> io::Result<()> {
+        let client_url = self.client_url(tls);
+        let peer_url = self.peer_url();
         let mut args: Vec<OsString> = vec![
             "--name".into(),
-            "corral-test".into(),
+            self.name.clone().into(),
             "--data-dir".into(),
-            self.data_dir().into(),
+            self.data_dir.clone().into(),
             "--listen-client-urls".into(),
             client_url.clone().into(),
             "--advertise-client-urls".into(),
@@ -172,9 +259,9 @@ impl EtcdServer {
             "--listen-peer-urls".into(),
             peer_url.clone().into(),
             "--initial-advertise-peer-urls".into(),
-            peer_url.clone().into(),
+            peer_url.into(),
             "--initial-cluster".into(),
-            format!("corral-test={peer_url}").into(),
+            initial_cluster.into(),
             "--initial-cluster-state".into(),
             "new".into(),
             "--logger".into(),
@@ -186,7 +273,7 @@ impl EtcdServer {
             "--listen-metrics-urls".into(),
             format!("http://127.0.0.1:{}", self.metrics_port).into(),
         ];
-        if let Some(tls) = &self.tls {
+        if let Some(tls) = tls {
             args.extend([
                 "--cert-file".into(),
                 tls.serving.0.clone().into(),
@@ -197,40 +284,105 @@ impl EtcdServer {
                 "--client-cert-auth".into(),
             ]);
         }
-        self.process.start(&args).map_err(io::Error::other)?;
-
-        let deadline = Instant::now() + HEALTH_TIMEOUT;
-        loop {
-            if let Some(status) = self.process.exit_status() {
-                self.process.kill9();
-                return Err(io::Error::other(format!(
-                    "etcd exited ({status}) before it was healthy:\n{}",
-                    self.log_tail()
-                )));
-            }
-            if healthy(self.metrics_port).await {
-                return Ok(());
-            }
-            if Instant::now() >= deadline {
-                let _ = self.kill();
-                return Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    format!(
-                        "etcd was not healthy within {HEALTH_TIMEOUT:?}:\n{}",
-                        self.log_tail()
-                    ),
-                ));
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        self.process
+            .start(&args)
+            .map(drop)
+            .map_err(io::Error::other)
     }
 }
 
-impl Drop for EtcdServer {
-    fn drop(&mut self) {
-        if let Err(error) = self.kill() {
-            tracing::warn!(%error, "killing etcd failed");
+/// A new directory for a server's or cluster's members, marked with its owner's process id.
+fn new_root() -> io::Result<tempfile::TempDir> {
+    sweep_abandoned_directories();
+    let root = tempfile::Builder::new()
+        .prefix(DIRECTORY_PREFIX)
+        .tempdir()?;
+    std::fs::write(root.path().join(OWNER_FILE), std::process::id().to_string())?;
+    Ok(root)
+}
+
+/// etcd's `--initial-cluster` for `members`: `NAME=PEER_URL,…`.
+fn initial_cluster(members: &[Member]) -> String {
+    members
+        .iter()
+        .map(|member| format!("{}={}", member.name, member.peer_url()))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Starts `members` as a new cluster on free ports and waits until every one is healthy;
+/// when a member lost a port race, stops them all and tries again on new ports.
+async fn launch_new(members: &mut [Member], tls: Option<&EtcdServerTls>) -> io::Result<()> {
+    let mut attempt = 1;
+    loop {
+        let ports = free_ports(3 * members.len())?;
+        for (member, ports) in members.iter_mut().zip(ports.chunks(3)) {
+            [member.client_port, member.peer_port, member.metrics_port] =
+                [ports[0], ports[1], ports[2]];
         }
+        let cluster = initial_cluster(members);
+        let mut launched = Ok(());
+        for member in members.iter_mut() {
+            launched = member.spawn(&cluster, tls);
+            if launched.is_err() {
+                break;
+            }
+        }
+        if launched.is_ok() {
+            launched = wait_healthy(members).await;
+        }
+        let Err(error) = launched else {
+            return Ok(());
+        };
+        for member in members.iter_mut() {
+            member.process.kill9();
+        }
+        if attempt < PORT_ATTEMPTS && members.iter().any(Member::port_was_taken) {
+            tracing::debug!(%error, attempt, "etcd lost a port race; retrying");
+            attempt += 1;
+            // A half-initialized member directory would pin the old peer URLs.
+            for member in members.iter() {
+                let _ = std::fs::remove_dir_all(&member.data_dir);
+            }
+            continue;
+        }
+        return Err(error);
+    }
+}
+
+/// Waits until every member answers healthy; fails (and kills them all) if one exits or the
+/// bound passes, with the last lines of the logs.
+async fn wait_healthy(members: &mut [Member]) -> io::Result<()> {
+    let deadline = Instant::now() + HEALTH_TIMEOUT;
+    loop {
+        for member in members.iter_mut() {
+            if let Some(status) = member.process.exit_status() {
+                let tail = member.process.log_tail(15);
+                return Err(io::Error::other(format!(
+                    "etcd member {} exited ({status}) before it was healthy:\n{tail}",
+                    member.name
+                )));
+            }
+        }
+        let mut all = true;
+        for member in members.iter() {
+            all = all && healthy(member.metrics_port).await;
+        }
+        if all {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            let tails = members
+                .iter()
+                .map(|member| format!("--- {}\n{}", member.name, member.process.log_tail(15)))
+                .collect::<Vec<_>>()
+                .join("\n");
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("etcd was not healthy within {HEALTH_TIMEOUT:?}:\n{tails}"),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -270,18 +422,15 @@ fn etcd_binary() -> PathBuf {
     }
 }
 
-/// Three distinct free loopback ports (free when asked; see the retry in `start`).
-fn free_ports() -> io::Result<[u16; 3]> {
-    let listeners = [
-        TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?,
-        TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?,
-        TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?,
-    ];
-    let mut ports = [0; 3];
-    for (port, listener) in ports.iter_mut().zip(&listeners) {
-        *port = listener.local_addr()?.port();
-    }
-    Ok(ports)
+/// `count` distinct free loopback ports (free when asked; see the retry in `launch_new`).
+fn free_ports(count: usize) -> io::Result<Vec<u16>> {
+    let listeners = (0..count)
+        .map(|_| TcpListener::bind((Ipv4Addr::LOCALHOST, 0)))
+        .collect::<io::Result<Vec<_>>>()?;
+    listeners
+        .iter()
+        .map(|listener| Ok(listener.local_addr()?.port()))
+        .collect()
 }
 
 /// `GET /health` answers `"health":"true"`.
