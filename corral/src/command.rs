@@ -1,7 +1,16 @@
-//! What every `corral` command shares: the syntax of duration flags, and the signals that end a
-//! command that serves.
+//! What every `corral` command shares: the syntax of duration and count flags, and the signals
+//! that end a command that serves.
 
 use std::time::Duration;
+
+/// Parses a count that must be at least 1 (objects, requests in flight, a rate).
+pub fn parse_count(text: &str) -> Result<usize, String> {
+    match text.trim().parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!("{text:?} is not a whole number")),
+    }
+}
 
 /// Parses `500ms`, `30s`, `5m`, `1h` (and a bare number of seconds).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -53,5 +62,13 @@ mod tests {
         assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
         assert!(parse_duration("18446744073709551615h").is_err());
         assert!(parse_duration("5d").is_err());
+    }
+
+    #[test]
+    fn counts_are_whole_numbers_from_one() {
+        assert_eq!(parse_count("64"), Ok(64));
+        assert_eq!(parse_count("0"), Err("must be at least 1".into()));
+        assert!(parse_count("-1").is_err());
+        assert!(parse_count("1.5").is_err());
     }
 }

@@ -31,16 +31,16 @@ pub struct ApiArgs {
     #[arg(long)]
     store: Option<String>,
     /// Objects to create (and raw writes to make).
-    #[arg(long, default_value_t = 20_000)]
+    #[arg(long, default_value_t = 20_000, value_parser = crate::command::parse_count)]
     objects: usize,
     /// Requests in flight.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = crate::command::parse_count)]
     concurrency: usize,
     /// Concurrent watchers for the latency phase.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 100, value_parser = crate::command::parse_count)]
     watchers: usize,
     /// Writes per second during the latency phase.
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = 1000, value_parser = crate::command::parse_count)]
     watch_rate: usize,
     /// Length of the latency phase.
     #[arg(long, default_value = "5s", value_parser = crate::command::parse_duration)]
