@@ -62,6 +62,7 @@
 
 mod error;
 mod options;
+mod scan;
 mod schema;
 mod tail;
 mod watch;

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use sqlx::sqlite::SqlitePool;
 use tokio::sync::{broadcast, watch};
 
-use super::watch::scan;
+use super::scan::scan;
 use crate::keys::ABOVE_ALL_KEYS;
 use crate::{Event, Revision, StoreError};
 
