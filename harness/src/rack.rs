@@ -11,7 +11,8 @@
 //!
 //! # Guarantees
 //! - [`Rack::new`] starts nothing; [`Rack::start`] starts every process and returns once the
-//!   rack is ready, or fails as soon as a process exits. Processes started before a failure
+//!   rack is ready, or fails as soon as a process exits (except an agent whose address
+//!   another process took meanwhile: it starts again on new ones). Processes started before a failure
 //!   stay in the rack, for [`Rack::print_log_tails`] and [`Rack::stop`].
 //! - No process outlives the rack's owner ([`Process`]). If the owner panics, the rack's
 //!   directory (logs, store, sleds' machines) is kept, and the fault schedule and the end of
@@ -56,6 +57,8 @@ pub use doors::SledDoor;
 use journal::Journal;
 
 const NOT_STARTED: &str = "the rack is not started (Rack::start)";
+/// How many times [`Rack::start`] moves an agent whose address another process took.
+const PORT_ATTEMPTS: usize = 3;
 
 /// How a rack's sleds run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -154,7 +157,8 @@ pub struct Agent {
     pub sled: String,
     /// Its journal and simulated machine.
     pub data_dir: PathBuf,
-    /// Where its fault API listens, the same across restarts.
+    /// Where its fault API listens, the same across restarts (chosen again only if another
+    /// process took it before the first start).
     pub fault: SocketAddr,
     /// Where its power controller listens (`spec.powerController`), the same across restarts.
     pub power: SocketAddr,
@@ -260,7 +264,45 @@ impl Rack {
             self.cold_start_agent(index)?;
         }
         self.start_power_sim()?;
-        self.wait_until_ready(bound).await
+        // An agent's addresses were free when chosen, but another process may have bound one
+        // since (other tests start their own processes): such an agent starts again on new ones.
+        let mut attempt = 1;
+        loop {
+            match self.wait_until_ready(bound).await {
+                Err(RackError::NotReady(WaitError::Hopeless { .. }))
+                    if attempt < PORT_ATTEMPTS && self.move_agents_that_lost_a_port()? =>
+                {
+                    attempt += 1;
+                }
+                ready => return ready,
+            }
+        }
+    }
+
+    /// Starts again, on new addresses, every agent that exited because an address it was
+    /// given was taken; whether there was one.
+    fn move_agents_that_lost_a_port(&mut self) -> Result<bool, RackError> {
+        let mut moved = false;
+        for index in 0..self.agents.len() {
+            let agent = &mut self.agents[index];
+            if agent.process.exit_status().is_none()
+                || !agent
+                    .process
+                    .log_tail(20)
+                    .contains("Address already in use")
+            {
+                continue;
+            }
+            agent.fault = free_address()?;
+            agent.power = free_address()?;
+            println!(
+                "{}: an address it was given was taken; starting it on new ones",
+                agent.sled
+            );
+            self.cold_start_agent(index)?;
+            moved = true;
+        }
+        Ok(moved)
     }
 
     /// Waits at most `bound` until every sled is Ready and a controllers process leads; fails
