@@ -55,9 +55,10 @@ pub(super) async fn check_namespace_open(
     };
     let target = ns_type.target(namespace);
     let key = ns_type.key(None, namespace);
-    let cached = server.cache(ns_type).get(&key).map(|o| o.value.clone());
-    let object = match cached {
-        Some(object) => object,
+    let cached = server.cache(ns_type).get(&key);
+    let deleting = match cached {
+        // Read in place: every namespaced create passes here.
+        Some(cached) => object::is_deleting(&cached.value),
         None => {
             let kv = server
                 .store
@@ -65,12 +66,12 @@ pub(super) async fn check_namespace_open(
                 .await
                 .map_err(|e| ApiError::from_store(e, &target))?
                 .ok_or_else(|| ApiError::not_found(&target))?;
-            object::decode(&kv)
-                .map_err(|e| ApiError::internal("stored namespace is corrupt", &e))?
-                .object
+            let decoded = object::decode(&kv)
+                .map_err(|e| ApiError::internal("stored namespace is corrupt", &e))?;
+            object::is_deleting(&decoded.object)
         }
     };
-    if object::is_deleting(&object) {
+    if deleting {
         return Err(ApiError::new(
             Reason::Forbidden,
             format!(
