@@ -14,8 +14,9 @@
 //!    2xx is still there. The drained sled's agent counted the bytes it sent.
 //!
 //! # Determinism
-//! The kills are in a fixed order, each printed with its time (the fault schedule); the victim
-//! of each is read from the cluster (etcd's and the controllers' own leader metrics). Every
+//! The kills are in a fixed order, each printed with its time (the fault schedule); the etcd
+//! and controllers victims are read from the cluster (their own leader metrics), and which API
+//! server dies is drawn from a seed, printed at the start (`HA_SEED=N` replays it). Every
 //! wait polls with a bound. The cluster dies with the test: the script's watchdog runs `down`
 //! once this process is gone (`CORRAL_CLUSTER_OWNER_PID`), and `Drop` runs it first.
 
@@ -33,6 +34,9 @@ use corral_crds::{
 use k8s_openapi::api::core::v1::Event;
 use kube::ResourceExt;
 use kube::api::{Api, ListParams, PostParams};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use rand::seq::IndexedRandom;
 use serde::Deserialize;
 
 const SLEDS: usize = 4;
@@ -402,6 +406,12 @@ fn probe_corralctl(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_production_layout_survives_losing_an_etcd_leader_an_apiserver_and_the_leading_controllers()
  {
+    let seed: u64 = std::env::var("HA_SEED")
+        .ok()
+        .and_then(|text| text.parse().ok())
+        .unwrap_or_else(rand::random);
+    println!("seed {seed} (replay with HA_SEED={seed})");
+    let mut rng = StdRng::seed_from_u64(seed);
     let cluster = Cluster::up();
     let client = corral_client::connect(Some(&cluster.kubeconfig()))
         .await
@@ -548,7 +558,10 @@ async fn the_production_layout_survives_losing_an_etcd_leader_an_apiserver_and_t
         .expect("an etcd leader");
     cluster.kill9(&etcd_leader, "the etcd leader");
     tokio::time::sleep(BETWEEN_KILLS).await;
-    cluster.kill9("apiserver-1", "an API server");
+    let apiserver_victim = *["apiserver-1", "apiserver-2"]
+        .choose(&mut rng)
+        .expect("two API servers");
+    cluster.kill9(apiserver_victim, "an API server");
     tokio::time::sleep(BETWEEN_KILLS).await;
     let controllers_leader = wait_for("a controllers leader", CONVERGE, async || {
         ["controllers-1", "controllers-2"]
