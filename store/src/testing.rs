@@ -51,18 +51,7 @@ pub async fn etcd_harness() -> Harness {
         Ok(server) => server,
         Err(error) => panic!("starting etcd: {error}"),
     };
-    let endpoints = vec![server.endpoint()];
-    let harness = Harness::new(move || {
-        let endpoints = endpoints.clone();
-        async move {
-            Ok(Arc::new(EtcdStore::connect(&endpoints, "/conformance", None).await?) as DynStore)
-        }
-    })
-    .await;
-    match harness {
-        Ok(harness) => harness.keep(server),
-        Err(error) => panic!("connecting to etcd: {error:?}"),
-    }
+    etcd_store_harness(vec![server.endpoint()], server).await
 }
 
 /// An etcd store on a 3-member etcd cluster of its own (the production layout: the client
@@ -72,7 +61,14 @@ pub async fn etcd_cluster_harness() -> Harness {
         Ok(cluster) => cluster,
         Err(error) => panic!("starting a 3-member etcd cluster: {error}"),
     };
-    let endpoints = cluster.endpoints();
+    etcd_store_harness(cluster.endpoints(), cluster).await
+}
+
+/// A harness whose store connects to `endpoints`, keeping `etcd` (what serves them) alive.
+async fn etcd_store_harness(
+    endpoints: Vec<String>,
+    etcd: impl std::any::Any + Send + Sync,
+) -> Harness {
     let harness = Harness::new(move || {
         let endpoints = endpoints.clone();
         async move {
@@ -81,8 +77,8 @@ pub async fn etcd_cluster_harness() -> Harness {
     })
     .await;
     match harness {
-        Ok(harness) => harness.keep(cluster),
-        Err(error) => panic!("connecting to the etcd cluster: {error:?}"),
+        Ok(harness) => harness.keep(etcd),
+        Err(error) => panic!("connecting to etcd: {error:?}"),
     }
 }
 

@@ -100,6 +100,15 @@ fn progress_is_ordered(version: &str) -> bool {
     }
 }
 
+/// A private etcd and a raw client of it (no Corral code between the test and etcd).
+async fn etcd_with_raw_client() -> (EtcdServer, etcd_client::Client) {
+    let server = EtcdServer::start().await.expect("start etcd");
+    let client = etcd_client::Client::connect([server.endpoint()], None)
+        .await
+        .expect("connect");
+    (server, client)
+}
+
 async fn etcd_version(client: &etcd_client::Client) -> String {
     let status = client
         .maintenance_client()
@@ -270,10 +279,7 @@ async fn raw_watch(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn raw_etcd_progress_answers_overtake_the_events_of_a_catching_up_watch() {
     let test = async {
-        let server = EtcdServer::start().await.expect("start etcd");
-        let client = etcd_client::Client::connect([server.endpoint()], None)
-            .await
-            .expect("connect");
+        let (_server, client) = etcd_with_raw_client().await;
         let version = etcd_version(&client).await;
         // 3,000 revisions: etcd catches the watch up in three batches of 1,000, 100 ms apart.
         let backlog = Backlog {
@@ -357,10 +363,7 @@ async fn check_watch(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn store_watch_progress_never_passes_an_undelivered_event() {
     let test = async {
-        let server = EtcdServer::start().await.expect("start etcd");
-        let client = etcd_client::Client::connect([server.endpoint()], None)
-            .await
-            .expect("connect");
+        let (server, client) = etcd_with_raw_client().await;
         let store = EtcdStore::connect(&[server.endpoint()], "/overtake", None)
             .await
             .expect("connect");
@@ -422,10 +425,7 @@ async fn store_watch_progress_never_passes_an_undelivered_event() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn store_watch_of_a_quiet_prefix_from_the_past_reports_progress() {
     let test = async {
-        let server = EtcdServer::start().await.expect("start etcd");
-        let client = etcd_client::Client::connect([server.endpoint()], None)
-            .await
-            .expect("connect");
+        let (server, client) = etcd_with_raw_client().await;
         let store = EtcdStore::connect(&[server.endpoint()], "/quiet", None)
             .await
             .expect("connect");

@@ -175,23 +175,6 @@ impl EtcdCluster {
         }
     }
 
-    /// Each member's name and process id while it runs.
-    pub fn pids(&self) -> Vec<(String, Option<u32>)> {
-        self.members
-            .iter()
-            .map(|member| (member.name.clone(), member.process.pid()))
-            .collect()
-    }
-
-    /// The last lines of every member's log, for a failure message.
-    pub fn log_tails(&self) -> String {
-        self.members
-            .iter()
-            .map(|member| format!("--- {}\n{}", member.name, member.process.log_tail(15)))
-            .collect::<Vec<_>>()
-            .join("\n")
-    }
-
     /// The directory that holds every member's data and log (`etcd-N/`, `etcd-N.log`).
     pub fn dir(&self) -> &Path {
         self.root.path()
