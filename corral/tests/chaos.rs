@@ -18,11 +18,7 @@ const BOUND: Duration = Duration::from_secs(300);
 
 #[test]
 fn a_few_fault_schedules_break_no_invariant() {
-    let seed: u64 = std::env::var("CHAOS_SEED")
-        .ok()
-        .and_then(|seed| seed.parse().ok())
-        .unwrap_or_else(rand::random);
-    println!("seed {seed} (replay: CHAOS_SEED={seed})");
+    let seed = common::seed("CHAOS_SEED");
     let scratch = Scratch::temporary("corral-chaos-test-").expect("a scratch directory");
     let log = scratch.path().join("chaos.log");
     let mut chaos = Process::new("corral chaos", common::corral(), &log);

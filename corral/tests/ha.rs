@@ -406,11 +406,7 @@ fn probe_corralctl(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_production_layout_survives_losing_an_etcd_leader_an_apiserver_and_the_leading_controllers()
  {
-    let seed: u64 = std::env::var("HA_SEED")
-        .ok()
-        .and_then(|text| text.parse().ok())
-        .unwrap_or_else(rand::random);
-    println!("seed {seed} (replay with HA_SEED={seed})");
+    let seed = common::seed("HA_SEED");
     let mut rng = StdRng::seed_from_u64(seed);
     let cluster = Cluster::up();
     let client = corral_client::connect(Some(&cluster.kubeconfig()))

@@ -57,11 +57,7 @@ type Placement = BTreeMap<String, (Option<String>, Option<String>)>;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_failed_sled_is_fenced_before_its_instances_run_elsewhere() {
-    let seed = std::env::var("SLED_FAILURE_SEED")
-        .ok()
-        .and_then(|seed| seed.parse().ok())
-        .unwrap_or_else(rand::random::<u64>);
-    println!("seed {seed} (replay: SLED_FAILURE_SEED={seed})");
+    let seed = common::seed("SLED_FAILURE_SEED");
     let mut rng = StdRng::seed_from_u64(seed);
     let scratch = Scratch::temporary("corral-sled-failure-").expect("a scratch directory");
     let spec = RackSpec {

@@ -22,6 +22,17 @@ pub enum Backend {
     Etcd,
 }
 
+/// The seed of a randomized test: `$var` if set (a replay), else a fresh one; printed either
+/// way, with how to replay it.
+pub fn seed(var: &str) -> u64 {
+    let seed = std::env::var(var)
+        .ok()
+        .and_then(|text| text.parse().ok())
+        .unwrap_or_else(rand::random::<u64>);
+    println!("seed {seed} (replay with {var}={seed})");
+    seed
+}
+
 /// The `corral` binary under test.
 pub fn corral() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_corral"))

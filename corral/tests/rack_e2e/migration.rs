@@ -49,11 +49,7 @@ async fn migration_end_to_end_on_a_three_member_etcd() {
 
 async fn migration_story(layout: Layout) {
     println!("store: {layout:?}");
-    let seed: u64 = std::env::var("MIGRATION_E2E_SEED")
-        .ok()
-        .and_then(|text| text.parse().ok())
-        .unwrap_or_else(rand::random);
-    println!("seed {seed} (replay with MIGRATION_E2E_SEED={seed})");
+    let seed = common::seed("MIGRATION_E2E_SEED");
     let mut rng = StdRng::seed_from_u64(seed);
     // Declared before the rack, so dropped after it: the store outlives its users.
     let etcd = layout.start_etcd().await;
