@@ -15,7 +15,7 @@
 //! - `program` is the `corral` binary; its `apiserver` command takes `--listen`, `--store`,
 //!   `--etcd-prefix` and `--pki`, its `certs` command `--dir`, `--server` and `--node`.
 
-use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -300,9 +300,7 @@ impl Apiserver {
 
 /// A free loopback address (free when asked: see the retry in [`Apiserver::start`]).
 pub fn free_address() -> Result<SocketAddr, ApiserverError> {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .and_then(|listener| listener.local_addr())
-        .map_err(ApiserverError::Port)
+    crate::ports::free_address().map_err(ApiserverError::Port)
 }
 
 /// Runs `corral certs --dir DIR [--server URL] [--node N]...`.

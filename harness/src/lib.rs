@@ -15,6 +15,7 @@
 //! crate at all, which lets `corral-store`'s test support start its etcd with it.
 
 pub mod apiserver;
+pub mod ports;
 pub mod process;
 #[cfg(feature = "rack")]
 pub mod rack;

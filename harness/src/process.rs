@@ -24,6 +24,9 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+/// What opens each start's part of a log.
+const START_MARK: &str = "----- starting ";
+
 /// Why a process could not be started, or is no longer running.
 #[derive(Debug, thiserror::Error)]
 pub enum ProcessError {
@@ -96,7 +99,7 @@ impl Process {
             .iter()
             .map(|arg| arg.as_ref().to_string_lossy().into_owned())
             .collect();
-        writeln!(log, "----- starting {}: {}", self.name, shown.join(" ")).map_err(log_error)?;
+        writeln!(log, "{START_MARK}{}: {}", self.name, shown.join(" ")).map_err(log_error)?;
         let stdout = log.try_clone().map_err(log_error)?;
         let mut command = Command::new(&self.program);
         command
@@ -174,6 +177,15 @@ impl Process {
 
     pub fn log_path(&self) -> &Path {
         &self.log
+    }
+
+    /// What the log holds since the latest start (everything if it was never started).
+    pub fn log_since_start(&self) -> String {
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        match log.rfind(START_MARK) {
+            Some(start) => log[start..].to_string(),
+            None => log,
+        }
     }
 
     /// The last `lines` lines of the log.

@@ -285,10 +285,12 @@ impl Rack {
         let mut moved = false;
         for index in 0..self.agents.len() {
             let agent = &mut self.agents[index];
+            // The whole log of this start: a backtrace (RUST_BACKTRACE) can push the error far
+            // from the end.
             if agent.process.exit_status().is_none()
                 || !agent
                     .process
-                    .log_tail(20)
+                    .log_since_start()
                     .contains("Address already in use")
             {
                 continue;

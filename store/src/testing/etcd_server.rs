@@ -22,7 +22,7 @@
 
 use std::ffi::OsString;
 use std::io;
-use std::net::{Ipv4Addr, TcpListener};
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -298,7 +298,7 @@ fn initial_cluster(members: &[Member]) -> String {
 async fn launch_new(members: &mut [Member], tls: Option<&EtcdServerTls>) -> io::Result<()> {
     let mut attempt = 1;
     loop {
-        let ports = free_ports(3 * members.len())?;
+        let ports = corral_harness::ports::free_ports(3 * members.len())?;
         for (member, ports) in members.iter_mut().zip(ports.chunks(3)) {
             [member.client_port, member.peer_port, member.metrics_port] =
                 [ports[0], ports[1], ports[2]];
@@ -403,17 +403,6 @@ fn etcd_binary() -> PathBuf {
     } else {
         PathBuf::from("etcd")
     }
-}
-
-/// `count` distinct free loopback ports (free when asked; see the retry in `launch_new`).
-fn free_ports(count: usize) -> io::Result<Vec<u16>> {
-    let listeners = (0..count)
-        .map(|_| TcpListener::bind((Ipv4Addr::LOCALHOST, 0)))
-        .collect::<io::Result<Vec<_>>>()?;
-    listeners
-        .iter()
-        .map(|listener| Ok(listener.local_addr()?.port()))
-        .collect()
 }
 
 /// `GET /health` answers `"health":"true"`.
