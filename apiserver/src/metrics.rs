@@ -108,12 +108,47 @@ pub fn render() -> String {
 /// watch is timed until its stream is open.
 pub struct MeteredStore {
     inner: corral_store::DynStore,
+    /// Each operation's series, made once (a labelled lookup in the recorder costs several
+    /// allocations per operation).
+    series: Vec<OperationSeries>,
 }
+
+struct OperationSeries {
+    operation: &'static str,
+    duration: metrics::Histogram,
+    errors: metrics::Counter,
+}
+
+/// The operations a store has, as `operation` labels.
+const OPERATIONS: &[&str] = &[
+    "current_revision",
+    "compacted_revision",
+    "get",
+    "list",
+    "create",
+    "update",
+    "delete",
+    "watch",
+    "compact",
+];
 
 impl MeteredStore {
     pub fn wrap(inner: corral_store::DynStore) -> corral_store::DynStore {
         handle();
-        std::sync::Arc::new(MeteredStore { inner })
+        let backend = inner.backend();
+        let series = OPERATIONS
+            .iter()
+            .map(|&operation| OperationSeries {
+                operation,
+                duration: metrics::histogram!(
+                    STORE_DURATION, "operation" => operation, "backend" => backend
+                ),
+                errors: metrics::counter!(
+                    STORE_ERRORS, "operation" => operation, "backend" => backend
+                ),
+            })
+            .collect();
+        std::sync::Arc::new(MeteredStore { inner, series })
     }
 
     async fn timed<T>(
@@ -122,11 +157,14 @@ impl MeteredStore {
         work: impl std::future::Future<Output = corral_store::Result<T>>,
     ) -> corral_store::Result<T> {
         use corral_store::StoreError;
-        let backend = self.inner.backend();
+        let series = self
+            .series
+            .iter()
+            .find(|series| series.operation == operation)
+            .expect("every store operation is in OPERATIONS");
         let started = tokio::time::Instant::now();
         let result = work.await;
-        metrics::histogram!(STORE_DURATION, "operation" => operation, "backend" => backend)
-            .record(started.elapsed().as_secs_f64());
+        series.duration.record(started.elapsed().as_secs_f64());
         if let Err(error) = &result
             && !matches!(
                 error,
@@ -135,8 +173,7 @@ impl MeteredStore {
                     | StoreError::NotFound { .. }
             )
         {
-            metrics::counter!(STORE_ERRORS, "operation" => operation, "backend" => backend)
-                .increment(1);
+            series.errors.increment(1);
         }
         result
     }

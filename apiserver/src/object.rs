@@ -92,6 +92,14 @@ pub fn now_rfc3339() -> String {
         .to_string()
 }
 
+/// A new random (version 4) UUID, as `metadata.uid` and audit IDs are: drawn from the
+/// thread's generator, seeded from the system's, rather than a system call each.
+pub fn new_uid() -> String {
+    uuid::Builder::from_random_bytes(rand::random())
+        .into_uuid()
+        .to_string()
+}
+
 /// Serializes an object for the store, without its resourceVersion.
 pub fn encode(object: &Value) -> Bytes {
     let mut copy;

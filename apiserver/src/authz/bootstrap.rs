@@ -80,7 +80,7 @@ pub async fn ensure(server: &ApiServer, extra: &[(&str, &str)]) -> Result<(), Po
                 continue;
             }
             let mut object = document;
-            object["metadata"]["uid"] = uuid::Uuid::new_v4().to_string().into();
+            object["metadata"]["uid"] = crate::object::new_uid().into();
             object["metadata"]["creationTimestamp"] = object::now_rfc3339().into();
             match server.store.create(&key, object::encode(&object)).await {
                 Ok(_) | Err(StoreError::AlreadyExists { .. }) => {}

@@ -9,11 +9,8 @@
 //! - An impersonating request is authorized as the user it impersonates, and only once its
 //!   real user may `impersonate` that user, each of its groups and its uid.
 
-use std::sync::Arc;
-
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::{HeaderMap, Method};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
@@ -23,45 +20,37 @@ use crate::authz::{self, Attributes};
 use crate::error::{ApiError, ApiResult, Reason};
 use crate::server::ApiServer;
 
-/// The authentication layer: puts the [`User`] on the request (the impersonated one, if it
-/// may), authorizes the paths the router serves outside `/api` and `/apis`, or answers.
-pub async fn authenticate(
-    State(server): State<Arc<ApiServer>>,
-    mut request: Request,
-    next: Next,
-) -> Response {
-    let path = request.uri().path().to_string();
-    let public = auth::PUBLIC_PATHS.contains(&path.as_str());
-    let user = match server.config.authentication.user_of(&request) {
-        Ok(Some(user)) => user,
-        Ok(None) if public => return next.run(request).await,
-        Ok(None) => return auth::unauthorized().into_response(),
-        Err(error) => return error.into_response(),
+/// The authentication step: puts the [`User`] on the request (the impersonated one, if it
+/// may) and authorizes the paths the router serves outside `/api` and `/apis`; `Err` is the
+/// answer to a request that goes no further.
+pub fn authenticate(server: &ApiServer, request: &mut Request) -> ApiResult<()> {
+    let path = request.uri().path();
+    let public = auth::PUBLIC_PATHS.contains(&path);
+    let Some(user) = server.config.authentication.user_of(request)? else {
+        return if public {
+            Ok(())
+        } else {
+            Err(auth::unauthorized())
+        };
     };
-    let pending = request.extensions().get::<super::audit::Pending>().cloned();
-    if let Some(pending) = &pending {
+    let pending = request.extensions().get::<super::audit::Pending>();
+    if let Some(pending) = pending {
         pending.user(&user);
     }
     let impersonating = request.headers().contains_key("impersonate-user");
-    let user = match impersonate(&server, user, request.headers()) {
-        Ok(user) => user,
-        Err(error) => return error.into_response(),
-    };
-    if impersonating && let Some(pending) = &pending {
+    let user = impersonate(server, user, request.headers())?;
+    if impersonating && let Some(pending) = pending {
         pending.impersonated(&user);
     }
     let api = path == "/api"
         || path.starts_with("/api/")
         || path == "/apis"
         || path.starts_with("/apis/");
-    if !api
-        && !public
-        && let Err(error) = authorize_path(&server, Some(&user), request.method(), &path)
-    {
-        return error.into_response();
+    if !api && !public {
+        authorize_path(server, Some(&user), request.method(), path)?;
     }
     request.extensions_mut().insert(user);
-    next.run(request).await
+    Ok(())
 }
 
 /// The user `user` asks to act as (`Impersonate-User`, `-Group`, `-Uid`, `-Extra-*`), if it may.

@@ -1,10 +1,10 @@
-//! The audit trail at the HTTP edge: the layer that records every request that changes state
+//! The audit trail at the HTTP edge: the step that records every request that changes state
 //! (`crate::audit` says what and how), and `GET /audit`, which reads the trail back.
 //!
-//! The layer is the outermost of the server's own: it sees every request (an unauthenticated
-//! one, one refused by flow control) and the code it was answered with. What it cannot see
-//! from outside — who the request came from, whom it impersonated, the object it named — the
-//! inner layers write into the request's [`Pending`] as they learn it.
+//! The audit step comes right after measuring at the edge (`edge.rs`): it sees every request
+//! (an unauthenticated one, one refused by flow control) and the code it was answered with.
+//! What it cannot see from outside — who the request came from, whom it impersonated, the
+//! object it named — the inner steps write into the request's [`Pending`] as they learn it.
 //!
 //! # Invariants
 //!
@@ -16,8 +16,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{Method, header};
-use axum::middleware::Next;
+use axum::http::{Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
@@ -80,17 +79,12 @@ fn mutating(method: &Method) -> bool {
     )
 }
 
-/// The audit layer (see the module docs).
-pub async fn record(
-    State(server): State<Arc<ApiServer>>,
-    mut request: Request,
-    next: Next,
-) -> Response {
-    let Some(log) = server.audit.as_ref() else {
-        return next.run(request).await;
-    };
+/// Starts the Event of `request` if the server keeps a trail and the request changes state,
+/// and gives the inner steps its [`Pending`].
+pub fn start<'a>(server: &'a ApiServer, request: &mut Request) -> Option<Audited<'a>> {
+    let log = server.audit.as_ref()?;
     if !mutating(request.method()) {
-        return next.run(request).await;
+        return None;
     }
     let received = jiff::Timestamp::now();
     let pending = Pending::default();
@@ -100,7 +94,7 @@ pub async fn record(
         .path_and_query()
         .map(|p| p.as_str().to_string())
         .unwrap_or_default();
-    let mut event = Event::new(uuid::Uuid::new_v4().to_string(), uri, received);
+    let mut event = Event::new(crate::object::new_uid(), uri, received);
     event.verb = request.method().as_str().to_lowercase();
     event.user_agent = request
         .headers()
@@ -111,18 +105,40 @@ pub async fn record(
     if let Some(ConnectInfo(peer)) = request.extensions().get::<ConnectInfo<SocketAddr>>() {
         event.source_ips.push(peer.ip().to_string());
     }
-    let response = next.run(request).await;
-    let learned = std::mem::take(&mut *pending.learned());
-    if let Some(verb) = learned.verb {
-        event.verb = verb;
+    Some(Audited {
+        log,
+        event,
+        pending,
+    })
+}
+
+/// The Event of a request being answered.
+pub struct Audited<'a> {
+    log: &'a audit::Log,
+    event: Event,
+    pending: Pending,
+}
+
+impl Audited<'_> {
+    /// Completes the Event with what the inner steps learned and the `code` the request was
+    /// answered with, and queues it: the request is answered only after this returns.
+    pub async fn finish(self, code: StatusCode) {
+        let Audited {
+            log,
+            mut event,
+            pending,
+        } = self;
+        let learned = std::mem::take(&mut *pending.learned());
+        if let Some(verb) = learned.verb {
+            event.verb = verb;
+        }
+        event.user = learned.user.unwrap_or_default();
+        event.impersonated_user = learned.impersonated;
+        event.object_ref = learned.object;
+        event.response_status = ResponseStatus::code(code.as_u16());
+        event.stage_timestamp = audit::micros(jiff::Timestamp::now());
+        log.record(&event).await;
     }
-    event.user = learned.user.unwrap_or_default();
-    event.impersonated_user = learned.impersonated;
-    event.object_ref = learned.object;
-    event.response_status = ResponseStatus::code(response.status().as_u16());
-    event.stage_timestamp = audit::micros(jiff::Timestamp::now());
-    log.record(&event).await;
-    response
 }
 
 /// `GET /audit?resource=&namespace=&name=&user=&verb=&limit=`: the matching Events, oldest

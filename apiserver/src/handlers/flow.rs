@@ -31,7 +31,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{ConnectInfo, Request};
 use axum::http::Method;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -92,6 +92,8 @@ pub struct Flow {
     request_timeout: Duration,
     max_watches_per_client: usize,
     watches: Arc<Mutex<HashMap<String, usize>>>,
+    /// `apiserver_current_inflight_requests` of mutating and of read-only requests.
+    in_flight_gauges: [metrics::Gauge; 2],
 }
 
 impl Flow {
@@ -103,6 +105,20 @@ impl Flow {
             request_timeout: config.request_timeout,
             max_watches_per_client: config.max_watches_per_client,
             watches: Arc::default(),
+            // Made once (the recorder installed first, or they would be no-ops).
+            in_flight_gauges: {
+                crate::metrics::handle();
+                ["mutating", "readOnly"]
+                    .map(|kind| metrics::gauge!(crate::metrics::INFLIGHT, "request_kind" => kind))
+            },
+        }
+    }
+
+    /// The in-flight gauge of requests of `kind`.
+    fn gauge(&self, kind: Kind) -> &metrics::Gauge {
+        match kind {
+            Kind::Mutating => &self.in_flight_gauges[0],
+            _ => &self.in_flight_gauges[1],
         }
     }
 
@@ -165,15 +181,9 @@ impl Drop for WatchSlot {
 struct InFlight(metrics::Gauge);
 
 impl InFlight {
-    fn new(kind: Kind) -> InFlight {
-        let label = if kind == Kind::Mutating {
-            "mutating"
-        } else {
-            "readOnly"
-        };
-        let gauge = metrics::gauge!(crate::metrics::INFLIGHT, "request_kind" => label);
+    fn new(gauge: &metrics::Gauge) -> InFlight {
         gauge.increment(1.0);
-        InFlight(gauge)
+        InFlight(gauge.clone())
     }
 }
 
@@ -183,47 +193,50 @@ impl Drop for InFlight {
     }
 }
 
-/// The middleware: limits each request per its kind (see the module docs).
-pub async fn limit(State(flow): State<Arc<Flow>>, request: Request, next: Next) -> Response {
-    match kind(&request) {
-        Kind::Probe => next.run(request).await,
-        Kind::Watch => {
-            let slot = match flow.watch_slot(client_key(&request)) {
-                Ok(slot) => slot,
-                Err(error) => return error.into_response(),
-            };
-            let response = next.run(request).await;
-            if !response.status().is_success() {
-                // A refused watch is an ordinary answer; its slot goes at once.
-                return response;
+impl Flow {
+    /// Runs `request` on `next` within the limits of its kind (see the module docs), or
+    /// answers it at once.
+    pub async fn limit(&self, request: Request, next: Next) -> Response {
+        match kind(&request) {
+            Kind::Probe => next.run(request).await,
+            Kind::Watch => {
+                let slot = match self.watch_slot(client_key(&request)) {
+                    Ok(slot) => slot,
+                    Err(error) => return error.into_response(),
+                };
+                let response = next.run(request).await;
+                if !response.status().is_success() {
+                    // A refused watch is an ordinary answer; its slot goes at once.
+                    return response;
+                }
+                // The slot lives as long as the stream: it is dropped with the body.
+                response.map(|body| {
+                    Body::from_stream(body.into_data_stream().map(move |chunk| {
+                        let _held = &slot;
+                        chunk
+                    }))
+                })
             }
-            // The slot lives as long as the stream: it is dropped with the body.
-            response.map(|body| {
-                Body::from_stream(body.into_data_stream().map(move |chunk| {
-                    let _held = &slot;
-                    chunk
-                }))
-            })
-        }
-        kind @ (Kind::Mutating | Kind::ReadOnly) => {
-            let _permit = match flow.in_flight(kind) {
-                Ok(permit) => permit,
-                Err(error) => return error.into_response(),
-            };
-            let _counted = InFlight::new(kind);
-            if flow.request_timeout.is_zero() {
-                return next.run(request).await;
-            }
-            match tokio::time::timeout(flow.request_timeout, next.run(request)).await {
-                Ok(response) => response,
-                Err(_) => ApiError::new(
-                    Reason::Timeout,
-                    format!(
-                        "request did not complete within the allowed timeout of {:?}",
-                        flow.request_timeout
-                    ),
-                )
-                .into_response(),
+            kind @ (Kind::Mutating | Kind::ReadOnly) => {
+                let _permit = match self.in_flight(kind) {
+                    Ok(permit) => permit,
+                    Err(error) => return error.into_response(),
+                };
+                let _counted = InFlight::new(self.gauge(kind));
+                if self.request_timeout.is_zero() {
+                    return next.run(request).await;
+                }
+                match tokio::time::timeout(self.request_timeout, next.run(request)).await {
+                    Ok(response) => response,
+                    Err(_) => ApiError::new(
+                        Reason::Timeout,
+                        format!(
+                            "request did not complete within the allowed timeout of {:?}",
+                            self.request_timeout
+                        ),
+                    )
+                    .into_response(),
+                }
             }
         }
     }

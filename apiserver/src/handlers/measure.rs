@@ -1,58 +1,163 @@
 //! Request metrics at the HTTP edge (`crate::metrics` names the series): every request is
-//! counted by verb, resource and code, and timed unless it is a watch. The outermost layer,
-//! so a request refused before routing (401, 429) counts as well.
+//! counted by verb, resource and code, and timed unless it is a watch. The outermost step of
+//! the edge (`edge.rs`), so a request refused before routing (401, 429) counts as well.
 //!
 //! Verbs are kube-apiserver's metric verbs: `GET`, `LIST`, `WATCH`, `POST`, `PUT`, `PATCH`,
 //! `APPLY` (a server-side apply patch), `DELETE`, `DELETECOLLECTION`; a path that names no
-//! resource has the HTTP method and an empty `resource`.
+//! resource the server serves has the HTTP method and an empty `resource`.
+//!
+//! # Invariants
+//!
+//! - The labels' values are bounded by what the server serves: verbs, served resources,
+//!   `status` or nothing, status codes. No request, authenticated or not, adds a series of its
+//!   own making (each would be kept for the life of the process).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use axum::extract::Request;
 use axum::http::{Method, header};
-use axum::middleware::Next;
 use axum::response::Response;
+use metrics::{Counter, Histogram};
 
 use crate::metrics::{REQUEST_DURATION, REQUESTS};
 use crate::query::Query;
 
-/// The layer.
-pub async fn measure(request: Request, next: Next) -> Response {
-    let (verb, resource, subresource) = labels(&request);
-    let started = tokio::time::Instant::now();
-    let response = next.run(request).await;
-    let code = response.status().as_u16().to_string();
-    metrics::counter!(
-        REQUESTS,
-        "verb" => verb,
-        "resource" => resource.clone(),
-        "subresource" => subresource.clone(),
-        "code" => code
-    )
-    .increment(1);
-    if verb != "WATCH" {
-        metrics::histogram!(
-            REQUEST_DURATION,
-            "verb" => verb,
-            "resource" => resource,
-            "subresource" => subresource
-        )
-        .record(started.elapsed().as_secs_f64());
-    }
-    response
+/// The request series of one resource and subresource, their handles made once: a request
+/// only finds its handles, where building a labelled key and looking it up in the recorder
+/// costs several allocations each time.
+struct Series {
+    resource: String,
+    subresource: String,
+    counters: Mutex<Vec<(&'static str, u16, Counter)>>,
+    durations: Mutex<Vec<(&'static str, Histogram)>>,
 }
 
-/// The metric verb, resource and subresource of a request.
-fn labels(request: &Request) -> (&'static str, String, String) {
+impl Series {
+    fn count(&self, verb: &'static str, code: u16) {
+        let mut counters = self.counters.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((_, _, counter)) = counters.iter().find(|(v, c, _)| *v == verb && *c == code) {
+            counter.increment(1);
+            return;
+        }
+        let counter = metrics::counter!(
+            REQUESTS,
+            "verb" => verb,
+            "resource" => self.resource.clone(),
+            "subresource" => self.subresource.clone(),
+            "code" => code.to_string()
+        );
+        counter.increment(1);
+        counters.push((verb, code, counter));
+    }
+
+    fn time(&self, verb: &'static str, seconds: f64) {
+        let mut durations = self
+            .durations
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some((_, histogram)) = durations.iter().find(|(v, _)| *v == verb) {
+            histogram.record(seconds);
+            return;
+        }
+        let histogram = metrics::histogram!(
+            REQUEST_DURATION,
+            "verb" => verb,
+            "resource" => self.resource.clone(),
+            "subresource" => self.subresource.clone()
+        );
+        histogram.record(seconds);
+        durations.push((verb, histogram));
+    }
+}
+
+/// The request series of one server, by resource and subresource.
+#[derive(Default)]
+pub struct Meter {
+    series: RwLock<HashMap<String, HashMap<String, Arc<Series>>>>,
+}
+
+impl Meter {
+    /// Starts measuring `request`; `served` says whether the server serves a resource
+    /// (group, plural): only those are labelled, so no request can add a series of its own
+    /// making.
+    pub fn start(&self, request: &Request, served: impl Fn(&str, &str) -> bool) -> Measured {
+        let (verb, resource, subresource) = labels(request, served);
+        Measured {
+            series: self.series(resource, subresource),
+            verb,
+            started: tokio::time::Instant::now(),
+        }
+    }
+
+    fn series(&self, resource: &str, subresource: &str) -> Arc<Series> {
+        let found = |series: &HashMap<String, HashMap<String, Arc<Series>>>| {
+            series.get(resource)?.get(subresource).cloned()
+        };
+        if let Some(series) = found(&self.series.read().unwrap_or_else(PoisonError::into_inner)) {
+            return series;
+        }
+        let mut all = self.series.write().unwrap_or_else(PoisonError::into_inner);
+        all.entry(resource.to_string())
+            .or_default()
+            .entry(subresource.to_string())
+            .or_insert_with(|| {
+                Arc::new(Series {
+                    resource: resource.to_string(),
+                    subresource: subresource.to_string(),
+                    counters: Mutex::default(),
+                    durations: Mutex::default(),
+                })
+            })
+            .clone()
+    }
+}
+
+/// A request being measured.
+pub struct Measured {
+    series: Arc<Series>,
+    verb: &'static str,
+    started: tokio::time::Instant,
+}
+
+impl Measured {
+    /// Counts the request with the code it was answered, and times it unless it is a watch.
+    pub fn finish(self, response: &Response) {
+        self.series.count(self.verb, response.status().as_u16());
+        if self.verb != "WATCH" {
+            self.series
+                .time(self.verb, self.started.elapsed().as_secs_f64());
+        }
+    }
+}
+
+/// The metric verb, resource and subresource of a request. A resource the server does not
+/// serve, or a subresource other than `status`, is labelled as a path that names none.
+fn labels(request: &Request, served: impl Fn(&str, &str) -> bool) -> (&'static str, &str, &str) {
     let method = request.method();
     let path = request.uri().path();
-    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
-    let (group, rest): (&str, &[&str]) = match segments.as_slice() {
-        ["api", "v1", rest @ ..] if !rest.is_empty() => ("", rest),
-        ["apis", group, _version, rest @ ..] if !rest.is_empty() => (group, rest),
-        _ => return (http_verb(method), String::new(), String::new()),
+    let unlabelled = (http_verb(method), "", "");
+    let mut segments = path.trim_matches('/').split('/');
+    let (group, rest): (&str, Vec<&str>) = match (segments.next(), segments.next()) {
+        (Some("api"), Some("v1")) => ("", segments.collect()),
+        (Some("apis"), Some(group)) => {
+            let _version = segments.next();
+            (group, segments.collect())
+        }
+        _ => return unlabelled,
     };
-    let Some(parsed) = super::path::parse_resource_path(group, rest) else {
-        return (http_verb(method), String::new(), String::new());
+    if rest.is_empty() {
+        return unlabelled;
+    }
+    let Some(parsed) = super::path::parse_resource_path(group, &rest) else {
+        return unlabelled;
     };
+    let known = (served(group, parsed.plural)
+        || super::access::Review::of(group, parsed.plural).is_some())
+        && matches!(parsed.subresource, None | Some("status"));
+    if !known {
+        return unlabelled;
+    }
     let named = parsed.name.is_some();
     let verb = match *method {
         Method::GET if Query::parse(request.uri().query()).bool("watch") => "WATCH",
@@ -72,11 +177,7 @@ fn labels(request: &Request) -> (&'static str, String, String) {
         Method::DELETE => "DELETECOLLECTION",
         _ => http_verb(method),
     };
-    (
-        verb,
-        parsed.plural.to_string(),
-        parsed.subresource.unwrap_or_default().to_string(),
-    )
+    (verb, parsed.plural, parsed.subresource.unwrap_or_default())
 }
 
 fn http_verb(method: &Method) -> &'static str {
@@ -102,7 +203,10 @@ mod tests {
         if let Some(content_type) = content_type {
             request = request.header(header::CONTENT_TYPE, content_type);
         }
-        labels(&request.body(Body::empty()).unwrap())
+        let request = request.body(Body::empty()).unwrap();
+        let served = |_: &str, plural: &str| plural != "gadgets";
+        let (verb, resource, subresource) = labels(&request, served);
+        (verb, resource.to_string(), subresource.to_string())
     }
 
     #[test]
@@ -145,6 +249,20 @@ mod tests {
                 ("DELETECOLLECTION", "instances", ""),
             ),
             (Method::GET, "/healthz", None, ("GET", "", "")),
+            // Only what the server serves is labelled: no request makes a series of its own.
+            (Method::GET, "/apis/g/v1/gadgets", None, ("GET", "", "")),
+            (
+                Method::GET,
+                "/apis/g/v1/widgets/w/x1",
+                None,
+                ("GET", "", ""),
+            ),
+            (
+                Method::POST,
+                "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews",
+                None,
+                ("POST", "selfsubjectaccessreviews", ""),
+            ),
             (Method::GET, "/apis/corral.dev", None, ("GET", "", "")),
         ];
         for (method, uri, content_type, (verb, resource, subresource)) in cases {

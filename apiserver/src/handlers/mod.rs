@@ -4,8 +4,8 @@
 //!
 //! Every handler decodes its request, calls the object layer (`objects`) or reads the store
 //! and the watch cache, and renders the reply (`render.rs`); a `ResourceRequest`
-//! (`request.rs`) is what routing hands it. Every route is behind flow control (`flow.rs`:
-//! requests in flight, their timeout, watches per client).
+//! (`request.rs`) is what routing hands it. Every route is behind the edge (`edge.rs`): each
+//! request is measured, audited, authenticated and held to flow control before routing.
 
 use std::sync::Arc;
 
@@ -29,6 +29,7 @@ mod access;
 pub mod audit;
 mod delete;
 mod discovery;
+mod edge;
 pub mod flow;
 mod measure;
 mod openapi;
@@ -43,7 +44,6 @@ mod watch;
 mod write;
 
 pub fn router(server: Arc<ApiServer>) -> Router {
-    let flow = Arc::new(flow::Flow::new(&server.config));
     Router::new()
         .route("/version", get(discovery::version))
         .route("/healthz", get(|| async { "ok" }))
@@ -63,19 +63,10 @@ pub fn router(server: Arc<ApiServer>) -> Router {
             }),
         )
         .fallback(dispatch)
-        // Flow control inside authentication, as kube-apiserver's max-in-flight filter: a
-        // request is counted once it is known who sent it.
-        .layer(axum::middleware::from_fn_with_state(flow, flow::limit))
         .layer(axum::middleware::from_fn_with_state(
-            server.clone(),
-            access::authenticate,
+            Arc::new(edge::Edge::new(server.clone())),
+            edge::edge,
         ))
-        // The audit layer outside them all: it records how each was answered.
-        .layer(axum::middleware::from_fn_with_state(
-            server.clone(),
-            audit::record,
-        ))
-        .layer(axum::middleware::from_fn(measure::measure))
         .with_state(server)
         .layer(
             tower_http::trace::TraceLayer::new_for_http()

@@ -82,7 +82,7 @@ pub(super) fn prepare_create(
     handle_unknown_fields(context, &mut object, warnings)?;
     set_storage_type_meta(context, &mut object);
     let meta = object::meta_mut(&mut object);
-    meta.insert("uid".into(), json!(uuid::Uuid::new_v4().to_string()));
+    meta.insert("uid".into(), json!(crate::object::new_uid()));
     meta.insert("creationTimestamp".into(), json!(object::now_rfc3339()));
     meta.insert("generation".into(), json!(1));
     if context.resource().is_namespace() {

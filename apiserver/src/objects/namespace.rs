@@ -29,7 +29,7 @@ pub async fn ensure_namespace(server: &ApiServer, name: &str) -> Result<(), Stor
         "kind": "Namespace",
         "metadata": {
             "name": name,
-            "uid": uuid::Uuid::new_v4().to_string(),
+            "uid": crate::object::new_uid(),
             "creationTimestamp": object::now_rfc3339(),
             "generation": 1,
         },

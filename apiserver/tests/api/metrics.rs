@@ -175,3 +175,30 @@ async fn metrics_count_requests_watches_the_cache_and_the_store() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn no_request_adds_a_series_of_its_own_making() {
+    let h = Harness::start().await;
+    // Paths anyone may send, naming what the server does not serve.
+    let made_up = [
+        "/apis/made.up/v1/gizmo-0001".to_string(),
+        "/api/v1/namespaces/default/gizmo-0002".to_string(),
+        format!("{}/gizmo-0003", widget_path("a")),
+    ];
+    for path in &made_up {
+        let status = h.get(path).await.status;
+        assert!(status == 404, "{path}: {status}");
+    }
+    let (text, samples) = scrape(&h).await;
+    assert!(
+        !text.contains("gizmo"),
+        "a made-up name became a label:\n{text}"
+    );
+    let unnamed = find(
+        &samples,
+        "apiserver_request_total",
+        &[("verb", "GET"), ("resource", ""), ("code", "404")],
+    )
+    .unwrap_or_else(|| panic!("the requests were not counted:\n{text}"));
+    assert_eq!(unnamed.value, 3.0, "{text}");
+}
