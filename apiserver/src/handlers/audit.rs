@@ -8,7 +8,8 @@
 //!
 //! # Invariants
 //!
-//! - A mutating request is answered only after its Event is queued (`audit::Log::record`).
+//! - A mutating request is answered only after its Event is queued (`audit::Log::record`),
+//!   with the Event's ID in its `Audit-ID` header (the client's own, if it sent one).
 //! - `GET /audit` is an ordinary non-resource path: authenticated and authorized (RBAC
 //!   `nonResourceURLs: [/audit]`, verb `get`) like any other.
 
@@ -16,7 +17,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{Method, StatusCode, header};
+use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
@@ -29,6 +30,13 @@ use crate::server::ApiServer;
 /// The most Events one read returns (the most recent), and the default.
 const READ_LIMIT: usize = 10_000;
 const READ_DEFAULT: usize = 500;
+
+/// The header that carries a request's audit ID: taken from the request when its client sent
+/// one (so a client's logs and the trail can be joined), made up otherwise, and sent back with
+/// the answer — as kube-apiserver does.
+pub const AUDIT_ID: &str = "audit-id";
+/// The longest audit ID taken from a client; a longer one is replaced by a new one.
+const MAX_AUDIT_ID: usize = 128;
 
 /// What the inner layers learn about a request for its Event.
 #[derive(Clone, Debug, Default)]
@@ -94,7 +102,13 @@ pub fn start<'a>(server: &'a ApiServer, request: &mut Request) -> Option<Audited
         .path_and_query()
         .map(|p| p.as_str().to_string())
         .unwrap_or_default();
-    let mut event = Event::new(crate::object::new_uid(), uri, received);
+    let id = request
+        .headers()
+        .get(AUDIT_ID)
+        .and_then(|value| value.to_str().ok())
+        .filter(|id| !id.is_empty() && id.len() <= MAX_AUDIT_ID)
+        .map_or_else(crate::object::new_uid, String::from);
+    let mut event = Event::new(id, uri, received);
     event.verb = request.method().as_str().to_lowercase();
     event.user_agent = request
         .headers()
@@ -120,6 +134,11 @@ pub struct Audited<'a> {
 }
 
 impl Audited<'_> {
+    /// The request's audit ID, for the `Audit-ID` header of its answer.
+    pub fn id(&self) -> Option<HeaderValue> {
+        HeaderValue::from_str(&self.event.audit_id).ok()
+    }
+
     /// Completes the Event with what the inner steps learned and the `code` the request was
     /// answered with, and queues it: the request is answered only after this returns.
     pub async fn finish(self, code: StatusCode) {

@@ -44,11 +44,14 @@ pub async fn edge(State(edge): State<Arc<Edge>>, mut request: Request, next: Nex
     let served = |group: &str, plural: &str| edge.server.registry.lookup(group, plural).is_some();
     let measured = edge.meter.start(&request, served);
     let audited = audit::start(&edge.server, &mut request);
-    let response = match access::authenticate(&edge.server, &mut request) {
+    let mut response = match access::authenticate(&edge.server, &mut request) {
         Ok(()) => edge.flow.limit(request, next).await,
         Err(refused) => refused.into_response(),
     };
     if let Some(audited) = audited {
+        if let Some(id) = audited.id() {
+            response.headers_mut().insert(audit::AUDIT_ID, id);
+        }
         audited.finish(response.status()).await;
     }
     measured.finish(&response);

@@ -109,3 +109,58 @@ async fn a_server_without_a_trail_says_so() {
     let status = h.get("/audit").await.expect_error(404, "NotFound");
     assert!(message(&status).contains("--audit-log-path"), "{status}");
 }
+
+#[tokio::test]
+async fn a_write_is_answered_with_its_audit_id_and_a_client_may_choose_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = Harness::start_with(corral_apiserver::Config {
+        audit: Some(corral_apiserver::audit::AuditConfig {
+            path: dir.path().join("audit.log"),
+            max_bytes: 1024 * 1024,
+            max_backups: 1,
+        }),
+        ..test_config()
+    })
+    .await;
+    let audit_id = |reply: &Reply| {
+        reply.headers["audit-id"]
+            .to_str()
+            .expect("an ASCII audit ID")
+            .to_string()
+    };
+    let id_of = async |name: &str| {
+        let events = trail(&h, &format!("name={name}")).await;
+        assert_eq!(events.len(), 1, "{events:#?}");
+        events[0]["auditID"].as_str().unwrap().to_string()
+    };
+
+    // Made up by the server, and the answer names it.
+    let made = create_with_audit_id(&h, "made", None).await;
+    assert_eq!(made.status.as_u16(), 201);
+    assert_eq!(audit_id(&made), id_of("made").await);
+
+    // The client's own, kept.
+    let chosen = create_with_audit_id(&h, "chosen", Some("job-42-step-7")).await;
+    assert_eq!(chosen.status.as_u16(), 201);
+    assert_eq!(audit_id(&chosen), "job-42-step-7");
+    assert_eq!(id_of("chosen").await, "job-42-step-7");
+
+    // One too long is replaced, not stored.
+    let long = "x".repeat(129);
+    let replaced = create_with_audit_id(&h, "replaced", Some(&long)).await;
+    assert_eq!(replaced.status.as_u16(), 201);
+    assert_ne!(audit_id(&replaced), long);
+    assert_eq!(audit_id(&replaced), id_of("replaced").await);
+}
+
+/// Creates widget `name` as admin, sending `audit_id` as its `Audit-ID` header if given.
+async fn create_with_audit_id(h: &Harness, name: &str, audit_id: Option<&str>) -> Reply {
+    let bearer = format!("Bearer {ADMIN_TOKEN}");
+    let mut headers = vec![
+        ("Authorization", bearer.as_str()),
+        ("Content-Type", "application/json"),
+    ];
+    headers.extend(audit_id.map(|id| ("Audit-ID", id)));
+    let body = serde_json::to_vec(&widget(name, json!({"color": "red"}))).unwrap();
+    h.call(Method::POST, WIDGETS, &headers, body).await
+}
