@@ -15,10 +15,9 @@ async fn trail(h: &Harness, query: &str) -> Vec<Value> {
     list["items"].as_array().cloned().unwrap_or_default()
 }
 
-#[tokio::test]
-async fn writes_are_recorded_with_their_object_user_and_code_and_reads_are_not() {
-    let dir = tempfile::tempdir().unwrap();
-    let h = Harness::start_with(corral_apiserver::Config {
+/// A server keeping its audit trail in `dir`.
+async fn with_trail(dir: &tempfile::TempDir) -> Harness {
+    Harness::start_with(corral_apiserver::Config {
         audit: Some(corral_apiserver::audit::AuditConfig {
             path: dir.path().join("audit.log"),
             max_bytes: 1024 * 1024,
@@ -26,7 +25,13 @@ async fn writes_are_recorded_with_their_object_user_and_code_and_reads_are_not()
         }),
         ..test_config()
     })
-    .await;
+    .await
+}
+
+#[tokio::test]
+async fn writes_are_recorded_with_their_object_user_and_code_and_reads_are_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = with_trail(&dir).await;
     let created = h
         .post(
             WIDGETS,
@@ -113,15 +118,7 @@ async fn a_server_without_a_trail_says_so() {
 #[tokio::test]
 async fn a_write_is_answered_with_its_audit_id_and_a_client_may_choose_it() {
     let dir = tempfile::tempdir().unwrap();
-    let h = Harness::start_with(corral_apiserver::Config {
-        audit: Some(corral_apiserver::audit::AuditConfig {
-            path: dir.path().join("audit.log"),
-            max_bytes: 1024 * 1024,
-            max_backups: 1,
-        }),
-        ..test_config()
-    })
-    .await;
+    let h = with_trail(&dir).await;
     let audit_id = |reply: &Reply| {
         reply.headers["audit-id"]
             .to_str()
